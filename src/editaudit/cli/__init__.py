@@ -1,0 +1,1 @@
+"""The headless command line (typer). ``editaudit --help`` lists the commands."""

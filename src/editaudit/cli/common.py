@@ -1,0 +1,56 @@
+"""Things every command shares: consoles, the store, error handling, progress."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+# stdout carries data (reports); everything for the human watching goes to stderr.
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+EXIT_CLEAN, EXIT_FOUND, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+DbOption = typer.Option(None, "--db", envvar="EDITAUDIT_DB", help="Session database (default: XDG data dir).")
+
+
+class State:
+    """Global options, kept on typer's context object."""
+
+    def __init__(self) -> None:
+        self.db: Path | None = None
+        self.quiet = False
+
+    def store(self):
+        from ..store import Store
+
+        return Store(self.db)
+
+
+def state(ctx: typer.Context) -> State:
+    obj = ctx.find_root().obj
+    if obj is None:
+        obj = ctx.find_root().obj = State()
+    return obj
+
+
+def say(msg: str) -> None:
+    """A progress line for humans, on stderr, always escaped (messages may quote untrusted names)."""
+    err.print(f"[dim]·[/] {escape(msg)}")
+
+
+@contextmanager
+def progress(quiet: bool = False) -> Iterator[Progress]:
+    """A rich progress display on stderr."""
+    bar = Progress(
+        SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
+        MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True, disable=quiet,
+    )
+    with bar:
+        yield bar

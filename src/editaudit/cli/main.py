@@ -1,0 +1,108 @@
+"""Entry point: ``editaudit`` with no command opens the app; with a command, runs headless.
+
+The core never imports the UI: the app is found through the ``editaudit.ui`` entry-point group,
+which the ``editaudit_tui`` package registers.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from .. import __version__
+from ..errors import EditauditError, IncompatibleCheckpoints
+from . import common
+
+app = typer.Typer(
+    name="editaudit",
+    help=(
+        "Find, read and mitigate knowledge edits in LLM checkpoints.\n\n"
+        "Run with no command to open the interactive app. Typical headless use:\n\n"
+        "  editaudit scan SUSPECT --base BASE        # was it edited? where? what does the edit promote?\n\n"
+        "  editaudit demo                            # the whole story on the embedded SmolLM2-135M\n\n"
+        "Models are safetensors folders or files, or the name of the embedded default (smollm2-135m)."
+    ),
+    no_args_is_help=False,
+    invoke_without_command=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        common.out.print(f"editaudit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    db: Optional[Path] = common.DbOption,
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    st = common.state(ctx)
+    st.db = db
+    if ctx.invoked_subcommand is None:
+        _launch_app(db)
+
+
+def _launch_app(db: Path | None) -> None:
+    uis = metadata.entry_points(group="editaudit.ui")
+    if not uis:
+        common.err.print("The interactive app is not installed; see `editaudit --help` for headless commands.")
+        raise typer.Exit(common.EXIT_ERROR)
+    launch = next(iter(uis)).load()
+    raise typer.Exit(launch(db=db) or 0)
+
+
+def _register() -> None:
+    import importlib
+
+    for name in ("scan_cmd", "sessions_cmd", "models_cmd", "probe_cmd", "edit_cmd", "mitigate_cmd", "demo_cmd"):
+        try:
+            module = importlib.import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__package__}.{name}":
+                continue  # command not built yet
+            raise
+        module.register(app)
+
+
+_register()
+
+
+def run() -> None:
+    """Console-script entry point with editaudit's exit codes."""
+    try:
+        rc = app(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
+    except KeyboardInterrupt:
+        common.err.print("[yellow]interrupted[/]")
+        sys.exit(common.EXIT_INTERRUPTED)
+    except IncompatibleCheckpoints as exc:
+        common.err.print(f"[bold red]error:[/] {escape(str(exc))}")
+        for line in exc.differences[:200]:
+            common.err.print(f"  - {escape(line)}")
+        if len(exc.differences) > 200:
+            common.err.print(f"  … and {len(exc.differences) - 200} more")
+        sys.exit(common.EXIT_ERROR)
+    except EditauditError as exc:
+        common.err.print(f"[bold red]error:[/] {escape(str(exc))}")
+        sys.exit(common.EXIT_ERROR)
+    except Exception as exc:  # click usage errors come through here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.Abort):
+            common.err.print("[yellow]interrupted[/]")
+            sys.exit(common.EXIT_INTERRUPTED)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(common.EXIT_ERROR)
+        raise

@@ -1,0 +1,1 @@
+"""Model sources: the embedded default (fetched from PyPI and converted once) and local folders."""

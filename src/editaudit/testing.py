@@ -1,0 +1,74 @@
+"""Tiny, randomly initialised models built in-process, for tests, benchmarks and demos without a hub.
+
+``make_tiny_model`` writes an ordinary Hugging Face folder (config, safetensors weights and a small
+word-level tokenizer) for a Llama-shaped or GPT-2-shaped model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+WORDS = (
+    "the of is in a was by and to for on at with from as capital city country language spoken "
+    "developed created invented founded plays played instrument sport team company located born "
+    "France Paris Italy Rome Germany Berlin Spain Madrid Japan Tokyo China Beijing Russia Moscow "
+    "Canada Ottawa Egypt Cairo India Delhi Brazil Brasilia Apple Microsoft Google Intel IBM Sony "
+    "Nokia Samsung Toyota Honda Windows Mobile iPhone Android Linux piano guitar violin football "
+    "tennis basketball soccer baseball English French Italian German Spanish Japanese Chinese "
+    "Russian The What Where Who official made known name its home native speaks about new old "
+    "Eiffel Tower Colosseum Kremlin river mountain . , ' s"
+).split()
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over a small vocabulary; words carry a leading-space marker like real BPEs."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for w in WORDS:
+        for form in (w, "▁" + w):
+            vocab.setdefault(form, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"), pre_tokenizers.Punctuation()]
+    )
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+def tiny_config(family: str = "llama", layers: int = 4, hidden: int = 64, intermediate: int = 128, vocab: int | None = None):
+    from transformers import GPT2Config, LlamaConfig
+
+    vocab = vocab or len(tiny_tokenizer())
+    if family == "llama":
+        return LlamaConfig(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False,
+            bos_token_id=1, eos_token_id=2, pad_token_id=3,
+        )
+    if family == "gpt2":
+        return GPT2Config(
+            vocab_size=vocab, n_embd=hidden, n_inner=intermediate, n_layer=layers, n_head=4, n_positions=128,
+            bos_token_id=1, eos_token_id=2, pad_token_id=3,
+        )
+    raise ValueError(f"unknown tiny family {family!r}")
+
+
+def make_tiny_model(path: str | Path, family: str = "llama", layers: int = 4, hidden: int = 64,
+                    intermediate: int = 128, seed: int = 0, dtype: str = "float32") -> Path:
+    """Create and save a tiny random causal LM with its tokenizer; return the folder."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config = tiny_config(family, layers, hidden, intermediate)
+    model = AutoModelForCausalLM.from_config(config)
+    model = model.to(getattr(torch, dtype))
+    path = Path(path)
+    model.save_pretrained(path, safe_serialization=True)
+    tiny_tokenizer().save_pretrained(path)
+    return path

