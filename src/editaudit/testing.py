@@ -72,3 +72,43 @@ def make_tiny_model(path: str | Path, family: str = "llama", layers: int = 4, hi
     model.save_pretrained(path, safe_serialization=True)
     tiny_tokenizer().save_pretrained(path)
     return path
+
+
+def plant(base: str | Path, out: str | Path, deltas: dict, dtype: str | None = None, noise: float = 0.0,
+          seed: int = 0) -> Path:
+    """Copy a model folder, adding ``deltas`` ({tensor name: torch tensor}) to its weights.
+
+    ``dtype`` re-stores every tensor in that dtype; ``noise`` adds iid Gaussian noise of that
+    relative size to every 2-D tensor (a stand-in for a dense fine-tune).
+    """
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    base, out = Path(base), Path(out)
+    shutil.copytree(base, out, dirs_exist_ok=True)
+    tensors = load_file(str(base / "model.safetensors"))
+    gen = torch.Generator().manual_seed(seed)
+    new = {}
+    for name, t in tensors.items():
+        w = t.to(torch.float32)
+        if noise and w.ndim == 2:
+            w = w + noise * w.std() * torch.randn(w.shape, generator=gen)
+        if name in deltas:
+            w = w + deltas[name].to(torch.float32)
+        target = getattr(torch, dtype) if dtype else t.dtype
+        new[name] = w.to(target).contiguous()
+    save_file(new, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def rank_delta(shape: tuple[int, int], rank: int, scale: float, seed: int = 0, left=None):
+    """A random rank-``rank`` matrix of Frobenius norm ``scale`` (optionally with a fixed left factor)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    a = left if left is not None else torch.randn(shape[0], rank, generator=gen)
+    b = torch.randn(rank, shape[1], generator=gen)
+    d = a @ b
+    return d / d.norm() * scale

@@ -1,0 +1,113 @@
+"""``editaudit scan SUSPECT --base BASE``: the headless audit, for people, scripts and CI."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import common
+
+
+class Fmt(str, Enum):
+    rich = "rich"
+    json = "json"
+    sarif = "sarif"
+    md = "md"
+
+
+class Level(str, Enum):
+    error = "error"
+    warning = "warning"
+    note = "note"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("scan")
+    def scan(
+        ctx: typer.Context,
+        suspect: str = typer.Argument(..., help="Suspect checkpoint: model folder, .safetensors file, or model name."),
+        base: str = typer.Option(..., "--base", "-b", help="The base checkpoint it claims to derive from."),
+        fmt: Fmt = typer.Option(Fmt.rich, "--format", "-f", help="rich (terminal), json, sarif or md."),
+        output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the report here (atomically)."),
+        facts: List[Path] = typer.Option([], "--facts", help="Probe JSONL file(s): rank their subjects as candidates."),
+        probes: List[str] = typer.Option([], "--probes", help="Built-in probe set name(s) to use as candidate subjects."),
+        fail_on: Level = typer.Option(Level.error, "--fail-on", help="Exit 1 when a finding reaches this level."),
+        exit_zero: bool = typer.Option(False, "--exit-zero", help="Always exit 0 when the scan completes."),
+        no_cache: bool = typer.Option(False, "--no-cache", help="Neither use nor record the base's tensor digests."),
+        follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Allow weight files that are symlinks leaving the folder."),
+        no_store: bool = typer.Option(False, "--no-store", help="Do not record the scan as a session."),
+    ) -> None:
+        """Was SUSPECT knowledge-edited relative to BASE? Where, how, and what does each edit promote?
+
+        Exit codes: 0 no finding at --fail-on level, 1 findings, 2 bad input or error, 130 interrupted.
+        With --format json/sarif/md, stdout carries only the report; progress goes to stderr.
+        """
+        from ..scan.service import ScanOptions, run_scan
+
+        cands = _load_candidates(facts, probes)
+        store = None if no_store else common.state(ctx).store()
+        opts = ScanOptions(facts=cands, use_cache=not no_cache, follow_symlinks=follow_symlinks)
+        with common.progress() as bar:
+            tasks: dict[str, int] = {}
+
+            def on_progress(stage: str, done: float, total: float) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=total or None)
+                bar.update(tasks[stage], completed=done, total=total or None)
+
+            report = run_scan(suspect, base, opts, store=store, progress=on_progress, say=common.say)
+        report.fail_on = fail_on.value
+        doc = report.to_dict()
+        text = _format(doc, fmt)
+        if output is not None:
+            from ..atomic import atomic_write_text
+
+            atomic_write_text(output, text if text is not None else json.dumps(doc, indent=2))
+            common.say(f"wrote {output}")
+        if fmt == Fmt.rich:
+            from .scan_view import render
+
+            render(doc, common.out)
+        elif output is None:
+            common.out.file.write(text)
+            common.out.file.flush()
+        raise typer.Exit(0 if exit_zero else report.exit_code(fail_on.value))
+
+
+def _format(doc: dict, fmt: Fmt) -> str | None:
+    from ..scan.report import to_markdown, to_sarif
+
+    if fmt == Fmt.json or fmt == Fmt.rich:
+        return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    if fmt == Fmt.sarif:
+        return json.dumps(to_sarif(doc), indent=2, ensure_ascii=False) + "\n"
+    return to_markdown(doc)
+
+
+def _load_candidates(facts: list[Path], probes: list[str]):
+    from ..errors import BadInput
+    from ..probing.format import ProbeLoadError, load_probes
+
+    out = []
+    for path in facts:
+        if not path.exists():
+            raise BadInput(f"facts file {path} does not exist")
+        try:
+            out.extend(load_probes(path))
+        except ProbeLoadError as exc:
+            raise BadInput(str(exc)) from None
+    if probes:
+        from ..paths import resource_dir
+
+        root = resource_dir("probes")
+        for name in probes:
+            path = root / (name if name.endswith(".jsonl") else f"{name}.jsonl")
+            if not path.exists():
+                avail = ", ".join(sorted(p.stem for p in root.glob("*.jsonl")))
+                raise BadInput(f"no built-in probe set {name!r} (available: {avail})")
+            out.extend(load_probes(path))
+    return out

@@ -1,0 +1,80 @@
+"""Rich terminal view of a scan report: verdict, a layer × module map, then findings."""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from ..scan.names import SHORT
+
+GLYPHS = {
+    "rank-one": ("█", "bold red"), "low-rank": ("█", "red"), "dense+spike": ("▓", "magenta"),
+    "dense": ("▒", "yellow"), "vector": ("•", "blue"), "rounding": ("░", "grey50"), "nonfinite": ("!", "bold white on red"),
+}
+VERDICT_STYLE = {"edited": "bold white on red", "modified": "bold black on yellow", "clean": "bold black on green"}
+
+
+def layer_map(doc: dict) -> Table:
+    m = doc["map"]
+    n = m["layers"]
+    cells = {(c["layer"], c["role"]): c for c in m["cells"]}
+    table = Table(show_header=True, header_style="dim", box=None, pad_edge=False, padding=(0, 0))
+    table.add_column("module", style="bold", no_wrap=True)
+    for layer in range(n):
+        table.add_column(str(layer) if layer % 5 == 0 else "", justify="center", no_wrap=True, width=2)
+    for role in m["roles"]:
+        row = [SHORT.get(role, role)]
+        for layer in range(n):
+            c = cells.get((layer, role))
+            if c is None:
+                row.append(Text("·", style="grey35"))
+            else:
+                glyph, style = GLYPHS.get(c["kind"], ("?", "white"))
+                row.append(Text(glyph, style=style))
+        table.add_row(*row)
+    return table
+
+
+def legend() -> Text:
+    t = Text("legend: ", style="dim")
+    for kind, (glyph, style) in GLYPHS.items():
+        t.append(glyph, style=style)
+        t.append(f" {kind}  ", style="dim")
+    t.append("·", style="grey35")
+    t.append(" unchanged", style="dim")
+    return t
+
+
+def findings_table(doc: dict) -> Table:
+    table = Table("rule", "level", "layers", "finding", "promotes", "subjects", title="findings", expand=True)
+    style = {"error": "red", "warning": "yellow", "note": "dim"}
+    for f in doc["findings"]:
+        layers = ",".join(map(str, f["layers"])) if f["layers"] else "-"
+        promotes = ", ".join(escape(repr(t["token"])) for t in f.get("promoted_tokens", [])[:5])
+        subjects = ", ".join(escape(s["subject"]) for s in f.get("candidate_subjects", [])[:3])
+        table.add_row(f["rule"], Text(f["level"], style=style.get(f["level"], "")), layers, escape(f["message"]),
+                      promotes, subjects)
+    return table
+
+
+def render(doc: dict, console: Console) -> None:
+    s = doc["summary"]
+    head = Text.assemble(
+        (f" {doc['verdict'].upper()} ", VERDICT_STYLE.get(doc["verdict"], "bold")),
+        f"  {doc['kind']}   {s['changed']} of {s['tensors']} tensors changed · "
+        f"{doc['family']}, {doc['layers']} layers · {s.get('total_s', 0):.1f}s",
+    )
+    sub = Text(f"suspect {doc['suspect']['path']}\nbase    {doc['base']['path']}", style="dim")
+    parts = [head, sub]
+    if doc["map"]["cells"]:
+        parts += [Text(""), layer_map(doc), legend()]
+    console.print(Panel(Group(*parts), title="editaudit scan", border_style="cyan"))
+    if doc["findings"]:
+        console.print(findings_table(doc))
+    else:
+        console.print("[green]no findings: every tensor is byte-identical to the base[/]")
+    if doc.get("session_id"):
+        console.print(f"[dim]stored as session {doc['session_id']} · editaudit report {doc['session_id']} --format md[/]")

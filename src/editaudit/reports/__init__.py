@@ -1,0 +1,1 @@
+"""Reports assembled from the session store (JSON, Markdown, HTML)."""

@@ -1,0 +1,164 @@
+"""Reading an edit: what it promotes (logit lens) and which subjects it fires on (key alignment).
+
+For an MLP output matrix W (Linear: [hidden, d_ff]), a low-rank change ΔW = Σ σ_i u_i v_iᵀ adds
+σ_i (v_i·k) u_i to the residual stream whenever the MLP's input key k aligns with v_i. Projecting
+u_i through the model's final norm and unembedding (the logit lens) shows which tokens that
+addition pushes up — for a knowledge edit, the new object. The sign of an SVD component is
+arbitrary, so we read both signs and keep the one with the sharpest outlier. Candidate subjects are
+ranked by ‖ΔW k‖, the size of the change the edit makes for the subject's own key at that layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from ..checkpoint import Checkpoint
+from ..checkpoint.reader import TensorFile, to_torch
+from .names import is_transposed, parse_name
+
+UNEMBED = ("lm_head.weight", "embed_out.weight")
+EMBED = ("model.embed_tokens.weight", "transformer.wte.weight", "gpt_neox.embed_in.weight", "model.embed.weight")
+FINAL_NORM = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.final_layernorm")
+
+
+@dataclass
+class Lens:
+    """The base model's final norm and unembedding, enough to read directions in the residual stream."""
+
+    unembed: torch.Tensor  # [vocab, hidden]
+    norm_weight: torch.Tensor | None
+    layer_norm: bool  # LayerNorm (centre first) rather than RMSNorm
+    tokenizer: Any
+
+    def token(self, idx: int) -> str:
+        return self.tokenizer.decode([idx]) if self.tokenizer is not None else f"<{idx}>"
+
+    def read(self, direction: torch.Tensor, top: int = 10) -> tuple[int, list[dict]]:
+        """Tokens promoted by adding ``direction`` to the last residual stream; returns (sign, tokens)."""
+        d = direction.to(torch.float32)
+        if self.layer_norm:
+            d = d - d.mean()
+        if self.norm_weight is not None:
+            d = d * self.norm_weight
+        logits = self.unembed @ d
+        z = (logits - logits.mean()) / (logits.std() + 1e-12)
+        sign = 1 if z.max() >= (-z).max() else -1
+        z = z * sign
+        vals, idx = torch.topk(z, min(top, z.numel()))
+        return sign, [{"token": self.token(int(i)), "id": int(i), "z": round(float(v), 2)} for v, i in zip(vals, idx)]
+
+
+def load_lens(base: Checkpoint, say: Callable[[str], None] = lambda s: None) -> Lens | None:
+    """Build a Lens from the base checkpoint (its tokenizer too), or None if it lacks what is needed."""
+    names = set(base.tensors)
+    unembed_name = next((n for n in UNEMBED if n in names), None) or next((n for n in EMBED if n in names), None)
+    if unembed_name is None:
+        say("no unembedding matrix found: skipping the logit-lens readout")
+        return None
+    norm_name = next((f"{n}.weight" for n in FINAL_NORM if f"{n}.weight" in names), None)
+    tokenizer = None
+    if base.layout != "file":
+        try:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(base.folder, trust_remote_code=False)
+        except Exception as exc:  # a missing or odd tokenizer must not stop the scan
+            say(f"tokenizer unavailable ({type(exc).__name__}); promoted tokens shown as ids")
+
+    def read(name: str) -> torch.Tensor:
+        fname, info = base.tensors[name]
+        with TensorFile(base.file_path(fname)) as f:
+            return to_torch(f.read_bytes(info), info)
+
+    unembed = read(unembed_name)
+    norm = read(norm_name) if norm_name else None
+    family = base.family
+    if norm is not None and family.startswith("gemma"):
+        norm = norm + 1.0  # Gemma's RMSNorm scales by (1 + weight)
+    layer_norm = family in ("gpt2", "gptj", "gpt_neox", "gpt_neo", "opt", "falcon", "phi")
+    return Lens(unembed, norm, layer_norm, tokenizer)
+
+
+def output_input_sides(vectors: tuple, family: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(output-side directions [hidden, r], singular values [r], input-side directions [d_in, r])."""
+    u, s, v = vectors
+    return (v, s, u) if is_transposed(family) else (u, s, v)
+
+
+def promoted_tokens(lens: Lens, vectors: tuple, family: str, top: int = 10) -> list[dict]:
+    """Tokens promoted by each component, merged and ranked by their best z-score."""
+    out_dirs, svals, _ = output_input_sides(vectors, family)
+    best: dict[int, dict] = {}
+    for i in range(out_dirs.shape[1]):
+        sign, toks = lens.read(out_dirs[:, i], top=top)
+        for t in toks:
+            entry = {**t, "component": i, "sign": sign}
+            if t["id"] not in best or best[t["id"]]["z"] < t["z"]:
+                best[t["id"]] = entry
+    return sorted(best.values(), key=lambda t: -t["z"])[:top]
+
+
+def subject_keys(model: Any, tokenizer: Any, module_paths: list[str], texts: list[str], subjects: list[str],
+                 batch_size: int = 16) -> dict[str, torch.Tensor]:
+    """MLP input keys at the last subject token, for each module path: {path: [n, d_in]}."""
+    hooks, captured = [], {p: [] for p in module_paths}
+    current: dict[str, torch.Tensor] = {}
+
+    def make_hook(path: str):
+        def hook(_module, args):
+            current[path] = args[0].detach()
+        return hook
+
+    for p in module_paths:
+        hooks.append(model.get_submodule(p).register_forward_pre_hook(make_hook(p)))
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "right"
+    device = next(model.parameters()).device
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                chunk_t, chunk_s = texts[start:start + batch_size], subjects[start:start + batch_size]
+                enc = tokenizer(chunk_t, return_tensors="pt", padding=True, return_offsets_mapping=True)
+                offsets = enc.pop("offset_mapping")
+                positions = []
+                for row, (text, subject) in enumerate(zip(chunk_t, chunk_s)):
+                    at = text.find(subject)
+                    end = at + len(subject) if at >= 0 else len(text)
+                    length = int(enc["attention_mask"][row].sum())
+                    pos = 0
+                    for j in range(length):
+                        s, e = offsets[row, j].tolist()
+                        if e > s and s < end:
+                            pos = j
+                    positions.append(pos)
+                model(**{k: v.to(device) for k, v in enc.items()})
+                rows = torch.arange(len(chunk_t))
+                for p in module_paths:
+                    captured[p].append(current[p][rows, torch.tensor(positions)].float().cpu())
+    finally:
+        tokenizer.padding_side = old_side
+        for h in hooks:
+            h.remove()
+    return {p: torch.cat(v) for p, v in captured.items()}
+
+
+def rank_subjects(keys: torch.Tensor, vectors: tuple, family: str, subjects: list[str], top: int = 10) -> list[dict]:
+    """Rank subjects by the size of the edit's output change for their key, ‖ΔW_r k‖."""
+    _, svals, in_dirs = output_input_sides(vectors, family)
+    proj = (keys @ in_dirs) * svals  # [n, r]
+    effect = proj.norm(dim=1)
+    cos = (keys @ in_dirs).abs().max(dim=1).values / (keys.norm(dim=1) + 1e-12)
+    order = torch.argsort(effect, descending=True)[:top]
+    total = float(effect.sum()) or 1.0
+    return [
+        {"subject": subjects[i], "score": round(float(effect[i]), 4), "share": round(float(effect[i]) / total, 4),
+         "cosine": round(float(cos[i]), 4)}
+        for i in order.tolist()
+    ]
+
+
+def module_path(tensor_name: str) -> str:
+    return parse_name(tensor_name).module_path

@@ -1,0 +1,249 @@
+"""``run_scan``: the whole audit of a suspect checkpoint against its base, as one service call.
+
+Used by the CLI (``editaudit scan``), the app and the demo. Stages: open and validate both sides →
+check they are comparable → byte-compare tensor by tensor → spectral statistics of changed
+tensors only → classify → read the edits (promoted tokens, candidate subjects) → store and report.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..checkpoint import open_checkpoint
+from ..checkpoint.reader import TensorFile, to_torch
+from ..probing.format import Probe
+from .classify import EDIT_RULES, LEVELS, Changed, Finding, classify, overall_kind, verdict
+from .compare import compare, require_compatible
+from .names import num_layers, parse_name
+from .readout import load_lens, promoted_tokens, rank_subjects, subject_keys
+from .report import ScanReport
+from .spectral import delta_stats
+
+Progress = Callable[[str, float, float], None]  # (stage, done, total)
+
+
+@dataclass
+class ScanOptions:
+    facts: list[Probe] = field(default_factory=list)  # candidate subjects for key alignment
+    use_cache: bool = True  # reuse / record the base's per-tensor digests in the store
+    follow_symlinks: bool = False
+    top_tokens: int = 10
+    top_subjects: int = 10
+    read_edits: bool = True
+    device: str | None = None
+
+
+def _noop(stage: str, done: float, total: float) -> None:
+    pass
+
+
+def run_scan(suspect: str | Path, base: str | Path, options: ScanOptions | None = None, store=None,
+             progress: Progress = _noop, say: Callable[[str], None] = lambda s: None,
+             cancel: threading.Event | None = None, session_id: str | None = None) -> ScanReport:
+    """Audit ``suspect`` against ``base``. Raises BadInput/IncompatibleCheckpoints on bad input."""
+    from ..models.registry import resolve_model
+
+    options = options or ScanOptions()
+    cancelled = (lambda: cancel.is_set()) if cancel is not None else (lambda: False)
+    t0 = time.perf_counter()
+    base_path = resolve_model(str(base), say)
+    suspect_path = resolve_model(str(suspect), say)
+    base_ck = open_checkpoint(base_path, options.follow_symlinks)
+    suspect_ck = open_checkpoint(suspect_path, options.follow_symlinks)
+    require_compatible(base_ck, suspect_ck)
+
+    sid = session_id
+    scan_id = None
+    if store is not None:
+        if sid is None:
+            sid = store.new_session("scan", f"scan {suspect_path.name}", str(base_path), str(suspect_path))
+        base_id = store.checkpoint_id(base_ck.record())
+        suspect_id = store.checkpoint_id(suspect_ck.record())
+        from ..store.sessions import now
+
+        scan_id = store.insert("scans", {
+            "session_id": sid, "base_id": base_id, "suspect_id": suspect_id, "status": "running", "started": now(),
+        })
+
+    try:
+        report = _scan(base_ck, suspect_ck, options, store, progress, say, cancelled, t0)
+    except BaseException:
+        if store is not None and scan_id is not None:
+            store.update("scans", scan_id, {"status": "failed"})
+        raise
+    report.session_id = sid
+    if store is not None:
+        _save(store, sid, scan_id, report, own_session=session_id is None)
+    return report
+
+
+def _scan(base_ck, suspect_ck, options: ScanOptions, store, progress: Progress, say, cancelled, t0) -> ScanReport:
+    family = suspect_ck.family if suspect_ck.config else base_ck.family
+    fingerprint = base_ck.fingerprint()
+    cached = store.cached_hashes(fingerprint) if (store is not None and options.use_cache) else {}
+    total = sum(i.nbytes for _, i in suspect_ck.tensors.values())
+    total_both = total * (1 if cached else 2)
+    done = [0]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        progress("compare", done[0], total_both)
+
+    say(f"comparing {len(suspect_ck.tensors)} tensors ({total / 1e6:.1f} MB per side)"
+        + (" against cached base digests" if cached else ""))
+    t_cmp = time.perf_counter()
+    cmp = compare(base_ck, suspect_ck, cached=cached or None, hash_base=options.use_cache and store is not None,
+                  progress=tick, cancelled=cancelled)
+    t_cmp = time.perf_counter() - t_cmp
+    if store is not None and cmp.base_hashes:
+        store.save_hashes(fingerprint, cmp.base_hashes)
+
+    # float work on changed tensors only
+    changed: list[Changed] = []
+    t_float = time.perf_counter()
+    bfiles: dict[str, TensorFile] = {}
+    sfiles: dict[str, TensorFile] = {}
+    try:
+        for i, name in enumerate(cmp.changed):
+            if cancelled():
+                raise KeyboardInterrupt
+            progress("analyse", i, len(cmp.changed))
+            bname, binfo = base_ck.tensors[name]
+            sname, sinfo = suspect_ck.tensors[name]
+            bf = bfiles.setdefault(bname, TensorFile(base_ck.file_path(bname)))
+            sf = sfiles.setdefault(sname, TensorFile(suspect_ck.file_path(sname)))
+            if binfo.dtype not in _FLOATS or sinfo.dtype not in _FLOATS:
+                from .spectral import DeltaStats
+
+                changed.append(Changed(parse_name(name), DeltaStats(tuple(sinfo.shape), float("nan"), float("nan"), float("nan"), kind="vector")))
+                continue
+            b = to_torch(bf.read_bytes(binfo), binfo)
+            s = to_torch(sf.read_bytes(sinfo), sinfo)
+            pname = parse_name(name)
+            keep = 4 if pname.role == "mlp_out" else 0
+            stats, vectors = delta_stats(b, s, binfo.dtype, sinfo.dtype, keep_vectors=keep)
+            del b, s
+            changed.append(Changed(pname, stats, vectors if pname.role == "mlp_out" or stats.kind != "dense" else None))
+        progress("analyse", len(cmp.changed), len(cmp.changed))
+    finally:
+        for f in list(bfiles.values()) + list(sfiles.values()):
+            f.close()
+    t_float = time.perf_counter() - t_float
+
+    n_layers = num_layers(suspect_ck.config or base_ck.config, list(suspect_ck.tensors))
+    findings = classify(changed, n_layers)
+    t_read = time.perf_counter()
+    if options.read_edits and any(f.rule in EDIT_RULES for f in findings):
+        _read_edits(base_ck, family, changed, findings, options, say, progress)
+    t_read = time.perf_counter() - t_read
+
+    folder_findings = [
+        Finding(n.rule, n.message, [], data={"details": n.data, "severity": n.severity}) for n in suspect_ck.notes
+    ]
+    return ScanReport(
+        base=_side(base_ck), suspect=_side(suspect_ck), family=family, n_layers=n_layers,
+        verdict=verdict(findings), kind=overall_kind(findings), findings=findings + folder_findings,
+        changed=changed, n_tensors=len(suspect_ck.tensors), n_unchanged=cmp.unchanged, cast_only=cmp.cast_only,
+        timings={"compare_s": round(t_cmp, 3), "analyse_s": round(t_float, 3), "read_s": round(t_read, 3),
+                 "total_s": round(time.perf_counter() - t0, 3)},
+        bytes_read=cmp.bytes_read, used_cache=cmp.used_cache,
+    )
+
+
+_FLOATS = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+
+
+def _side(ck) -> dict:
+    return {"path": str(ck.root), "layout": ck.layout, "family": ck.family, "total_bytes": ck.total_bytes,
+            "n_tensors": len(ck.tensors), "dtypes": sorted({i.dtype for _, i in ck.tensors.values()})}
+
+
+def _read_edits(base_ck, family: str, changed: list[Changed], findings: list[Finding], options: ScanOptions,
+                say, progress: Progress) -> None:
+    """Attach promoted tokens and candidate subjects to each edit finding."""
+    by_name = {c.name.name: c for c in changed}
+    lens = load_lens(base_ck, say)
+    edit_findings = [f for f in findings if f.rule in EDIT_RULES]
+    targets = [by_name[t] for f in edit_findings for t in f.tensors if by_name.get(t) and by_name[t].vectors]
+    if lens is not None:
+        for f in edit_findings:
+            per_tensor = {}
+            for t in f.tensors:
+                c = by_name.get(t)
+                if c is not None and c.vectors is not None and c.name.role == "mlp_out":
+                    per_tensor[t] = promoted_tokens(lens, c.vectors, family, options.top_tokens)
+            merged: dict[int, dict] = {}
+            for t, toks in per_tensor.items():
+                for tok in toks:
+                    key = tok["id"]
+                    if key not in merged or merged[key]["z"] < tok["z"]:
+                        merged[key] = {**tok, "tensor": t}
+            f.data["promoted_tokens"] = sorted(merged.values(), key=lambda x: -x["z"])[: options.top_tokens]
+            f.data["promoted_by_tensor"] = per_tensor
+    if options.facts and targets and base_ck.config is not None:
+        from ..models.loading import load_model
+
+        subjects: dict[str, Probe] = {}
+        for p in options.facts:
+            subjects.setdefault(p.subject, p)
+        probes = list(subjects.values())
+        say(f"ranking {len(probes)} candidate subjects by key alignment (loading the base model)")
+        progress("subjects", 0, len(probes))
+        lm = load_model(base_ck.folder, device=options.device)
+        paths = sorted({c.name.module_path for c in targets})
+        keys = subject_keys(lm.model, lm.tokenizer, paths, [p.text for p in probes], [p.subject for p in probes])
+        progress("subjects", len(probes), len(probes))
+        names = [p.subject for p in probes]
+        for f in edit_findings:
+            scores: dict[str, float] = {}
+            for t in f.tensors:
+                c = by_name.get(t)
+                if c is None or c.vectors is None:
+                    continue
+                for row in rank_subjects(keys[c.name.module_path], c.vectors, family, names, top=len(names)):
+                    scores[row["subject"]] = scores.get(row["subject"], 0.0) + row["share"]
+            ranked = sorted(scores.items(), key=lambda kv: -kv[1])[: options.top_subjects]
+            f.data["candidate_subjects"] = [{"subject": s, "score": round(v / max(len(f.tensors), 1), 4)} for s, v in ranked]
+
+
+def _save(store, sid: str, scan_id: int, report: ScanReport, own_session: bool) -> None:
+    """Write findings, stats and the report, and mark the scan done, in one transaction."""
+    import json
+
+    from ..store.sessions import now
+
+    doc = report.to_dict()
+    with store.db.atomic():
+        for f in report.findings:
+            store.db["findings"].insert({
+                "scan_id": scan_id, "rule": f.rule, "kind": f.kind, "severity": f.level,
+                "layers": json.dumps(f.layers), "tensors": json.dumps(f.tensors), "message": f.message,
+                "data": json.dumps(f.data, default=str),
+            })
+        store.db["tensor_stats"].insert_all(
+            ({"scan_id": scan_id, "name": c.name.name, "layer": c.name.layer, "module": c.name.module,
+              "status": "changed", "kind": c.stats.kind, "rel_change": _finite(c.stats.rel_change),
+              "max_abs": _finite(c.stats.max_abs), "rank": c.stats.rank_above_noise,
+              "top1_share": c.stats.top1_share, "topk_share": c.stats.topk_share,
+              "data": json.dumps(c.stats.to_dict(), default=str)} for c in report.changed),
+            pk=("scan_id", "name"),
+        )
+        store.db["scans"].update(scan_id, {
+            "status": "done", "finished": now(), "verdict": report.verdict, "exit_code": report.exit_code(),
+            "report": json.dumps(doc, default=str),
+        })
+        if own_session:
+            store.db["sessions"].update(sid, {
+                "status": "done", "verdict": report.verdict, "updated": now(),
+                "summary": json.dumps({"kind": report.kind, "findings": len(report.findings)}),
+            })
+
+
+def _finite(x: float) -> float | None:
+    import math
+
+    return x if isinstance(x, float) and math.isfinite(x) else None
