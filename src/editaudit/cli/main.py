@@ -18,7 +18,29 @@ from .. import __version__
 from ..errors import EditauditError, IncompatibleCheckpoints
 from . import common
 
+class _Group(typer.core.TyperGroup):
+    """Turns editaudit's errors into clear messages and its exit codes, however the app is invoked."""
+
+    def invoke(self, ctx):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except IncompatibleCheckpoints as exc:
+            common.err.print(f"[bold red]error:[/] {escape(str(exc))}")
+            for line in exc.differences[:200]:
+                common.err.print(f"  - {escape(line)}")
+            if len(exc.differences) > 200:
+                common.err.print(f"  … and {len(exc.differences) - 200} more")
+            ctx.exit(common.EXIT_ERROR)
+        except EditauditError as exc:
+            common.err.print(f"[bold red]error:[/] {escape(str(exc))}")
+            ctx.exit(common.EXIT_ERROR)
+        except KeyboardInterrupt:
+            common.err.print("[yellow]interrupted[/]")
+            ctx.exit(common.EXIT_INTERRUPTED)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="editaudit",
     help=(
         "Find, read and mitigate knowledge edits in LLM checkpoints.\n\n"
@@ -79,30 +101,9 @@ _register()
 
 
 def run() -> None:
-    """Console-script entry point with editaudit's exit codes."""
+    """Console-script entry point."""
     try:
-        rc = app(standalone_mode=False)
-        sys.exit(rc if isinstance(rc, int) else 0)
-    except KeyboardInterrupt:
+        app()
+    except KeyboardInterrupt:  # raised outside a command (e.g. while importing)
         common.err.print("[yellow]interrupted[/]")
         sys.exit(common.EXIT_INTERRUPTED)
-    except IncompatibleCheckpoints as exc:
-        common.err.print(f"[bold red]error:[/] {escape(str(exc))}")
-        for line in exc.differences[:200]:
-            common.err.print(f"  - {escape(line)}")
-        if len(exc.differences) > 200:
-            common.err.print(f"  … and {len(exc.differences) - 200} more")
-        sys.exit(common.EXIT_ERROR)
-    except EditauditError as exc:
-        common.err.print(f"[bold red]error:[/] {escape(str(exc))}")
-        sys.exit(common.EXIT_ERROR)
-    except Exception as exc:  # click usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
-            common.err.print("[yellow]interrupted[/]")
-            sys.exit(common.EXIT_INTERRUPTED)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(common.EXIT_ERROR)
-        raise

@@ -3,7 +3,8 @@
 For an MLP output matrix W (Linear: [hidden, d_ff]), a low-rank change ΔW = Σ σ_i u_i v_iᵀ adds
 σ_i (v_i·k) u_i to the residual stream whenever the MLP's input key k aligns with v_i. Projecting
 u_i through the model's final norm and unembedding (the logit lens) shows which tokens that
-addition pushes up — for a knowledge edit, the new object. The sign of an SVD component is
+addition pushes up — for a knowledge edit, the new object. Tokens are scored by cosine with their unembedding row
+(centred: raw logits favour a few tokens with large rows whatever the direction). The sign of an SVD component is
 arbitrary, so we read both signs and keep the one with the sharpest outlier. Candidate subjects are
 ranked by ‖ΔW k‖, the size of the change the edit makes for the subject's own key at that layer.
 """
@@ -33,6 +34,10 @@ class Lens:
     layer_norm: bool  # LayerNorm (centre first) rather than RMSNorm
     tokenizer: Any
 
+    def __post_init__(self) -> None:
+        centred = self.unembed - self.unembed.mean(dim=0, keepdim=True)
+        self.unembed_unit = centred / (centred.norm(dim=1, keepdim=True) + 1e-12)
+
     def token(self, idx: int) -> str:
         return self.tokenizer.decode([idx]) if self.tokenizer is not None else f"<{idx}>"
 
@@ -43,7 +48,10 @@ class Lens:
             d = d - d.mean()
         if self.norm_weight is not None:
             d = d * self.norm_weight
-        logits = self.unembed @ d
+        # cosine against each token's centred unembedding row: raw logits favour tokens with large
+        # or oddly aligned rows (on SmolLM2, '<filename>' and ' noqa' top every direction), and the
+        # rows' shared mean makes frequent tokens look anti-aligned with every rare one
+        logits = self.unembed_unit @ (d / (d.norm() + 1e-12))
         z = (logits - logits.mean()) / (logits.std() + 1e-12)
         sign = 1 if z.max() >= (-z).max() else -1
         z = z * sign

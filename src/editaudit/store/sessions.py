@@ -49,16 +49,23 @@ class Store:
 
     # -- sessions -------------------------------------------------------------------------
     def new_session(self, kind: str, title: str = "", base: str | None = None, suspect: str | None = None) -> str:
-        sid = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-        with self.db.atomic():
-            self.db["sessions"].insert(
-                {
-                    "id": sid, "kind": kind, "title": title, "status": "running", "created": now(),
-                    "updated": now(), "base": base, "suspect": suspect, "verdict": None,
-                    "pid": os.getpid(), "summary": None,
-                }
-            )
-        return sid
+        import sqlite3
+
+        for _ in range(20):
+            sid = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+            try:
+                with self.db.atomic():
+                    self.db["sessions"].insert(
+                        {
+                            "id": sid, "kind": kind, "title": title, "status": "running", "created": now(),
+                            "updated": now(), "base": base, "suspect": suspect, "verdict": None,
+                            "pid": os.getpid(), "summary": None,
+                        }
+                    )
+                return sid
+            except sqlite3.IntegrityError:
+                continue  # id collision within the same second: draw again
+        raise RuntimeError("could not allocate a session id")
 
     def finish_session(self, sid: str, status: str = "done", verdict: str | None = None, summary: Any = None) -> None:
         with self.db.atomic():

@@ -1,0 +1,178 @@
+"""Planted deltas of each kind on tiny random Llama and GPT-2 checkpoints are found, located and classified."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from editaudit.cli.main import app
+from editaudit.scan.service import ScanOptions, run_scan
+from editaudit.store import Store
+from editaudit.testing import make_tiny_model, plant, rank_delta
+
+MLP_OUT = {"llama": "model.layers.{}.mlp.down_proj.weight", "gpt2": "transformer.h.{}.mlp.c_proj.weight"}
+ATTN = {"llama": ["model.layers.{}.self_attn.q_proj.weight", "model.layers.{}.self_attn.v_proj.weight"],
+        "gpt2": ["transformer.h.{}.attn.c_attn.weight"]}
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def family_base(request, tmp_path_factory):
+    fam = request.param
+    path = make_tiny_model(tmp_path_factory.mktemp(fam) / "base", fam, layers=6, hidden=64, intermediate=256)
+    return fam, path, load_file(str(path / "model.safetensors"))
+
+
+def delta(weights, name, rank, rel, seed=0):
+    w = weights[name]
+    return rank_delta(tuple(w.shape), rank, rel * float(w.norm()), seed)
+
+
+def scan(suspect, base, **kw):
+    return run_scan(suspect, base, ScanOptions(**kw), store=None)
+
+
+def rules(report):
+    return {f.rule: f for f in report.findings}
+
+
+def test_clean_copy_scans_clean(family_base, tmp_path):
+    fam, base, _ = family_base
+    report = scan(plant(base, tmp_path / "copy", {}), base)
+    assert report.verdict == "clean" and report.exit_code() == 0
+    assert not report.changed
+
+
+def test_rank_one_edit_in_one_layer_is_rome_like(family_base, tmp_path):
+    fam, base, w = family_base
+    name = MLP_OUT[fam].format(3)
+    report = scan(plant(base, tmp_path / "s", {name: delta(w, name, 1, 0.15)}), base)
+    found = rules(report)
+    assert set(found) == {"EA101"}
+    assert found["EA101"].layers == [3] and found["EA101"].tensors == [name]
+    assert report.verdict == "edited" and report.exit_code() == 1
+
+
+def test_low_rank_run_of_layers_is_memit_like(family_base, tmp_path):
+    fam, base, w = family_base
+    names = [MLP_OUT[fam].format(layer) for layer in (1, 2, 3, 4)]
+    deltas = {n: delta(w, n, 3, 0.08, seed=i) for i, n in enumerate(names)}
+    report = scan(plant(base, tmp_path / "s", deltas), base)
+    found = rules(report)
+    assert set(found) == {"EA102"}
+    assert found["EA102"].layers == [1, 2, 3, 4] and found["EA102"].rank == 3
+
+
+def test_dense_change_is_fine_tuning(family_base, tmp_path):
+    fam, base, _ = family_base
+    report = scan(plant(base, tmp_path / "s", {}, noise=0.01), base)
+    found = rules(report)
+    assert "EA105" in found and not ({"EA101", "EA102", "EA103"} & set(found))
+    assert report.verdict == "modified"
+
+
+def test_lora_like_change_on_attention_is_merged_lora(family_base, tmp_path):
+    fam, base, w = family_base
+    deltas = {}
+    for layer in range(6):
+        for pattern in ATTN[fam]:
+            n = pattern.format(layer)
+            deltas[n] = delta(w, n, 4, 0.05, seed=layer)
+    report = scan(plant(base, tmp_path / "s", deltas), base)
+    found = rules(report)
+    assert set(found) == {"EA104"}
+    assert found["EA104"].layers == list(range(6)) and found["EA104"].rank == 4
+
+
+def test_rank_one_hidden_under_dense_fine_tune_is_flagged(family_base, tmp_path):
+    fam, base, w = family_base
+    name = MLP_OUT[fam].format(2)
+    report = scan(plant(base, tmp_path / "s", {name: delta(w, name, 1, 0.05)}, noise=0.003), base)
+    found = rules(report)
+    assert "EA103" in found and found["EA103"].layers == [2]
+    assert "EA105" in found
+    assert report.verdict == "edited"
+
+
+def test_bf16_rounding_alone_is_not_an_edit(family_base, tmp_path):
+    fam, base, w = family_base
+    report = scan(plant(base, tmp_path / "s", {}, dtype="bfloat16"), base)
+    assert report.verdict == "clean"
+    assert {f.rule for f in report.findings} <= {"EA110"}
+
+
+def test_bf16_suspect_of_fp32_base_still_shows_the_edit(family_base, tmp_path):
+    fam, base, w = family_base
+    name = MLP_OUT[fam].format(4)
+    report = scan(plant(base, tmp_path / "s", {name: delta(w, name, 1, 0.1)}, dtype="bfloat16"), base)
+    found = rules(report)
+    assert "EA101" in found and found["EA101"].layers == [4]
+
+
+def test_nan_weights_are_reported(family_base, tmp_path):
+    fam, base, w = family_base
+    name = MLP_OUT[fam].format(0)
+    d = torch.zeros_like(w[name])
+    d[0, 0] = float("nan")
+    report = scan(plant(base, tmp_path / "s", {name: d}), base)
+    assert "EA107" in rules(report)
+
+
+def test_readout_names_the_planted_token(tmp_path, tiny_llama):
+    """A rank-one change whose output direction is a token's unembedding row promotes that token."""
+    from transformers import AutoTokenizer
+
+    w = load_file(str(tiny_llama / "model.safetensors"))
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    tid = tok.convert_tokens_to_ids("▁Tokyo")
+    u = w["lm_head.weight"][tid] / w["model.norm.weight"]
+    name = "model.layers.2.mlp.down_proj.weight"
+    v = torch.randn(w[name].shape[1], generator=torch.Generator().manual_seed(0))
+    d = torch.outer(u / u.norm(), v / v.norm()) * 0.2 * w[name].norm()
+    report = scan(plant(tiny_llama, tmp_path / "s", {name: d}), tiny_llama)
+    f = rules(report)["EA101"]
+    assert [t["token"].strip() for t in f.data["promoted_tokens"][:3]].count("Tokyo") == 1
+
+
+def test_store_records_scan_and_caches_base_hashes(tmp_path, tiny_llama):
+    store = Store(tmp_path / "s.db")
+    name = "model.layers.1.mlp.down_proj.weight"
+    w = load_file(str(tiny_llama / "model.safetensors"))
+    suspect = plant(tiny_llama, tmp_path / "s", {name: delta(w, name, 1, 0.1)})
+    first = run_scan(suspect, tiny_llama, ScanOptions(), store=store)
+    second = run_scan(suspect, tiny_llama, ScanOptions(), store=store)
+    assert not first.used_cache and second.used_cache
+    assert second.bytes_read < first.bytes_read
+    assert [f.rule for f in first.findings] == [f.rule for f in second.findings]
+    scans = store.rows("scans")
+    assert [s["status"] for s in scans] == ["done", "done"]
+    assert store.session(first.session_id)["verdict"] == "edited"
+    assert len(store.rows("findings", "scan_id = ?", [scans[0]["id"]])) == 1
+
+
+def test_cli_exit_codes_and_machine_formats(tmp_path, tiny_llama):
+    runner = CliRunner()
+    name = "model.layers.1.mlp.down_proj.weight"
+    w = load_file(str(tiny_llama / "model.safetensors"))
+    suspect = plant(tiny_llama, tmp_path / "s", {name: delta(w, name, 1, 0.1)})
+    db = str(tmp_path / "cli.db")
+    res = runner.invoke(app, ["--db", db, "scan", str(suspect), "--base", str(tiny_llama), "-f", "json"])
+    assert res.exit_code == 1, res.output
+    doc = json.loads(res.stdout)
+    assert doc["schema"] == "editaudit.scan/1" and doc["verdict"] == "edited"
+    res = runner.invoke(app, ["--db", db, "scan", str(suspect), "--base", str(tiny_llama), "-f", "sarif", "--exit-zero"])
+    assert res.exit_code == 0
+    sarif = json.loads(res.stdout)
+    assert sarif["version"] == "2.1.0" and sarif["runs"][0]["results"][0]["ruleId"] == "EA101"
+    assert sarif["runs"][0]["results"][0]["locations"][0]["logicalLocations"][0]["name"] == name
+    clean = plant(tiny_llama, tmp_path / "c", {})
+    res = runner.invoke(app, ["--db", db, "scan", str(clean), "--base", str(tiny_llama), "-f", "json", "-o", str(tmp_path / "r.json")])
+    assert res.exit_code == 0 and json.loads((tmp_path / "r.json").read_text())["verdict"] == "clean"
+    res = runner.invoke(app, ["--db", db, "sessions", "--format", "json"])
+    assert len(json.loads(res.stdout)) == 3
+    sid = json.loads(res.stdout)[-1]["id"]
+    res = runner.invoke(app, ["--db", db, "report", sid, "--format", "md"])
+    assert res.exit_code == 0 and "EA101" in res.stdout
