@@ -29,17 +29,20 @@ FINAL_NORM = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "mo
 class Lens:
     """The base model's final norm and unembedding, enough to read directions in the residual stream."""
 
-    unembed: torch.Tensor  # [vocab, hidden]
+    unembed_unit: torch.Tensor  # [vocab, hidden]: unembedding rows, centred and unit-normalised
     norm_weight: torch.Tensor | None
     layer_norm: bool  # LayerNorm (centre first) rather than RMSNorm
     tokenizer: Any
 
-    def __post_init__(self) -> None:
-        centred = self.unembed - self.unembed.mean(dim=0, keepdim=True)
-        self.unembed_unit = centred / (centred.norm(dim=1, keepdim=True) + 1e-12)
+    @staticmethod
+    def prepare(unembed: torch.Tensor) -> torch.Tensor:
+        """Centre and normalise the rows in place (one copy of the largest matrix in memory)."""
+        unembed.sub_(unembed.mean(dim=0, keepdim=True))
+        unembed.div_(unembed.norm(dim=1, keepdim=True).add_(1e-12))
+        return unembed
 
     def token(self, idx: int) -> str:
-        return self.tokenizer.decode([idx]) if self.tokenizer is not None else f"<{idx}>"
+        return self.tokenizer.decode([idx], skip_special_tokens=False) if self.tokenizer is not None else f"<{idx}>"
 
     def read(self, direction: torch.Tensor, top: int = 10) -> tuple[int, list[dict]]:
         """Tokens promoted by adding ``direction`` to the last residual stream; returns (sign, tokens)."""
@@ -68,13 +71,14 @@ def load_lens(base: Checkpoint, say: Callable[[str], None] = lambda s: None) -> 
         return None
     norm_name = next((f"{n}.weight" for n in FINAL_NORM if f"{n}.weight" in names), None)
     tokenizer = None
-    if base.layout != "file":
+    tok_file = base.folder / "tokenizer.json"
+    if base.layout != "file" and tok_file.is_file():
         try:
-            from transformers import AutoTokenizer
+            from tokenizers import Tokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(base.folder, trust_remote_code=False)
+            tokenizer = Tokenizer.from_file(str(tok_file))
         except Exception as exc:  # a missing or odd tokenizer must not stop the scan
-            say(f"tokenizer unavailable ({type(exc).__name__}); promoted tokens shown as ids")
+            say(f"tokenizer unreadable ({type(exc).__name__}); promoted tokens shown as ids")
 
     def read(name: str) -> torch.Tensor:
         fname, info = base.tensors[name]
@@ -87,7 +91,7 @@ def load_lens(base: Checkpoint, say: Callable[[str], None] = lambda s: None) -> 
     if norm is not None and family.startswith("gemma"):
         norm = norm + 1.0  # Gemma's RMSNorm scales by (1 + weight)
     layer_norm = family in ("gpt2", "gptj", "gpt_neox", "gpt_neo", "opt", "falcon", "phi")
-    return Lens(unembed, norm, layer_norm, tokenizer)
+    return Lens(Lens.prepare(unembed), norm, layer_norm, tokenizer)
 
 
 def output_input_sides(vectors: tuple, family: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

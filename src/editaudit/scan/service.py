@@ -96,8 +96,7 @@ def _scan(base_ck, suspect_ck, options: ScanOptions, store, progress: Progress, 
     say(f"comparing {len(suspect_ck.tensors)} tensors ({total / 1e6:.1f} MB per side)"
         + (" against cached base digests" if cached else ""))
     t_cmp = time.perf_counter()
-    cmp = compare(base_ck, suspect_ck, cached=cached or None, hash_base=options.use_cache and store is not None,
-                  progress=tick, cancelled=cancelled)
+    cmp = compare(base_ck, suspect_ck, cached=cached or None, progress=tick, cancelled=cancelled)
     t_cmp = time.perf_counter() - t_cmp
     if store is not None and cmp.base_hashes:
         store.save_hashes(fingerprint, cmp.base_hashes)

@@ -34,7 +34,7 @@ def _v1(db: sqlite_utils.Database) -> None:
     )
     db["checkpoints"].create_index(["fingerprint"], unique=True)
     db["tensor_hashes"].create(
-        {"fingerprint": str, "name": str, "sha256": str, "nbytes": int},
+        {"fingerprint": str, "name": str, "digest": str, "nbytes": int},
         pk=("fingerprint", "name"),
     )
     db["scans"].create(

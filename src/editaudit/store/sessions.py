@@ -147,12 +147,12 @@ class Store:
             return table.insert({**record, "created": now()}).last_pk
 
     def cached_hashes(self, fingerprint: str) -> dict[str, str]:
-        return {r["name"]: r["sha256"] for r in self.db["tensor_hashes"].rows_where("fingerprint = ?", [fingerprint])}
+        return {r["name"]: r["digest"] for r in self.db["tensor_hashes"].rows_where("fingerprint = ?", [fingerprint])}
 
     def save_hashes(self, fingerprint: str, hashes: dict[str, tuple[str, int]]) -> None:
         with self.db.atomic():
             self.db["tensor_hashes"].upsert_all(
-                ({"fingerprint": fingerprint, "name": n, "sha256": h, "nbytes": nb} for n, (h, nb) in hashes.items()),
+                ({"fingerprint": fingerprint, "name": n, "digest": h, "nbytes": nb} for n, (h, nb) in hashes.items()),
                 pk=("fingerprint", "name"),
             )
 
