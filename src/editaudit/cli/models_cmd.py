@@ -32,3 +32,29 @@ def register(app: typer.Typer) -> None:
 
         path = ensure_model(name, say=common.say)
         common.out.print(str(path))
+
+    @models.command("convert")
+    def convert(
+        gguf: str = typer.Argument(..., help="A .gguf file."),
+        out: str = typer.Argument(..., help="Output folder (written atomically)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+    ) -> None:
+        """Convert a GGUF file into a safetensors model folder that editaudit can scan."""
+        from pathlib import Path
+
+        from ..atomic import atomic_dir
+        from ..errors import BadInput
+        from ..models.registry import convert_gguf
+
+        src = Path(gguf)
+        if not src.is_file() or src.suffix != ".gguf":
+            raise BadInput(f"{gguf} is not a .gguf file")
+        with src.open("rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise BadInput(f"{gguf} does not start with the GGUF magic bytes")
+        try:
+            with atomic_dir(Path(out), overwrite=overwrite) as staging:
+                convert_gguf(src, staging, common.say)
+        except FileExistsError as exc:
+            raise BadInput(str(exc)) from None
+        common.out.print(out)
