@@ -176,3 +176,38 @@ def test_cli_exit_codes_and_machine_formats(tmp_path, tiny_llama):
     sid = json.loads(res.stdout)[-1]["id"]
     res = runner.invoke(app, ["--db", db, "report", sid, "--format", "md"])
     assert res.exit_code == 0 and "EA101" in res.stdout
+
+
+def test_candidate_subjects_rank_the_edited_subject_first(tmp_path, tiny_llama):
+    """An edit keyed on one subject's MLP key ranks that subject first among the facts' subjects."""
+    from editaudit.models.loading import load_model
+    from editaudit.probing.format import Probe
+    from editaudit.scan.readout import subject_keys
+
+    subjects = ["France", "Italy", "Germany", "Japan", "Spain", "China", "Egypt", "Canada"]
+    probes = [Probe(id=s, subject=s, prompt="The capital of {} is", target_true="x") for s in subjects]
+    lm = load_model(tiny_llama)
+    path = "model.layers.3.mlp.down_proj"
+    keys = subject_keys(lm.model, lm.tokenizer, [path], [p.text for p in probes], subjects)[path]
+    k = keys[subjects.index("Japan")]
+    # a ROME-style input side: C^-1 k*, with C the keys' second moment (so other keys barely fire)
+    c = keys.T @ keys / len(keys) + 1e-3 * torch.eye(keys.shape[1])
+    v_in = torch.linalg.solve(c, k)
+    w = load_file(str(tiny_llama / "model.safetensors"))
+    u = torch.randn(w[path + ".weight"].shape[0], generator=torch.Generator().manual_seed(3))
+    d = torch.outer(u / u.norm(), v_in / v_in.norm()) * 0.2 * w[path + ".weight"].norm()
+    report = scan(plant(tiny_llama, tmp_path / "s", {path + ".weight": d}), tiny_llama, facts=probes)
+    f = rules(report)["EA101"]
+    assert f.data["candidate_subjects"][0]["subject"] == "Japan"
+
+
+def test_changed_embedding_rows_name_their_tokens(tmp_path, tiny_llama):
+    from transformers import AutoTokenizer
+
+    w = load_file(str(tiny_llama / "model.safetensors"))
+    tid = AutoTokenizer.from_pretrained(tiny_llama).convert_tokens_to_ids("▁Apple")
+    d = torch.zeros_like(w["model.embed_tokens.weight"])
+    d[tid] = 0.5
+    report = scan(plant(tiny_llama, tmp_path / "s", {"model.embed_tokens.weight": d}), tiny_llama)
+    rows = rules(report)["EA108"].data["rows"]["model.embed_tokens.weight"]
+    assert rows["changed"] == 1 and rows["top"][0]["token"].strip() == "Apple"

@@ -50,6 +50,7 @@ class Changed:
     name: TensorName
     stats: DeltaStats
     vectors: tuple | None = None  # (U, S, V) in the tensor's own orientation
+    rows: dict | None = None  # embeddings: which token rows changed
 
 
 @dataclass
@@ -162,7 +163,10 @@ def classify(changed: list[Changed], n_layers: int) -> list[Finding]:
 
     emb = [c for c in changed if c.name.role in ("embed", "unembed") and c.stats.kind not in ("rounding", "nonfinite")]
     if emb:
-        findings.append(Finding("EA108", f"{len(emb)} embedding/unembedding matrices changed", [c.name.name for c in emb]))
+        rows = {c.name.name: c.rows for c in emb if c.rows}
+        detail = "; ".join(f"{n}: {r['changed']} of {r['total']} token rows" for n, r in rows.items())
+        findings.append(Finding("EA108", f"{len(emb)} embedding/unembedding matrices changed" + (f" ({detail})" if detail else ""),
+                                [c.name.name for c in emb], data={"rows": rows} if rows else {}))
 
     vec = [c for c in changed if c.stats.kind == "vector"]
     if vec:

@@ -125,8 +125,9 @@ def _scan(base_ck, suspect_ck, options: ScanOptions, store, progress: Progress, 
             pname = parse_name(name)
             keep = 4 if pname.role == "mlp_out" else 0
             stats, vectors = delta_stats(b, s, binfo.dtype, sinfo.dtype, keep_vectors=keep)
+            rows = _changed_rows(b, s) if pname.role in ("embed", "unembed") and b.ndim == 2 else None
             del b, s
-            changed.append(Changed(pname, stats, vectors if pname.role == "mlp_out" or stats.kind != "dense" else None))
+            changed.append(Changed(pname, stats, vectors if pname.role == "mlp_out" or stats.kind != "dense" else None, rows))
         progress("analyse", len(cmp.changed), len(cmp.changed))
     finally:
         for f in list(bfiles.values()) + list(sfiles.values()):
@@ -140,6 +141,7 @@ def _scan(base_ck, suspect_ck, options: ScanOptions, store, progress: Progress, 
         _read_edits(base_ck, family, changed, findings, options, say, progress)
     t_read = time.perf_counter() - t_read
 
+    _name_rows(base_ck, findings)
     folder_findings = [
         Finding(n.rule, n.message, [], data={"details": n.data, "severity": n.severity}) for n in suspect_ck.notes
     ]
@@ -153,7 +155,33 @@ def _scan(base_ck, suspect_ck, options: ScanOptions, store, progress: Progress, 
     )
 
 
+def _changed_rows(b, s, top: int = 20) -> dict:
+    """Which rows (tokens) of an embedding matrix changed, largest first."""
+    norms = (s - b).norm(dim=1)
+    changed = int((norms > 0).sum())
+    order = norms.argsort(descending=True)[: min(top, changed)]
+    return {"changed": changed, "total": int(b.shape[0]),
+            "top": [{"id": int(i), "norm": round(float(norms[i]), 6)} for i in order]}
+
+
 _FLOATS = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+
+
+def _name_rows(base_ck, findings: list[Finding]) -> None:
+    """Attach token strings to changed embedding rows, when the base has a tokenizer.json."""
+    tok_file = base_ck.folder / "tokenizer.json"
+    rows = [r for f in findings if f.rule == "EA108" for r in f.data.get("rows", {}).values()]
+    if not rows or not tok_file.is_file():
+        return
+    try:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(tok_file))
+    except Exception:
+        return
+    for r in rows:
+        for entry in r["top"]:
+            entry["token"] = tok.decode([entry["id"]], skip_special_tokens=False)
 
 
 def _side(ck) -> dict:
