@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Iterator
@@ -54,20 +53,6 @@ class TensorFile:
         if info.nbytes:
             self.read_into(memoryview(buf), info.start)
         return buf
-
-    def advise_done(self, info: TensorInfo) -> None:
-        """Tell the kernel we are done with these pages so page cache does not pile up."""
-        try:
-            os.posix_fadvise(self.fd, info.start, info.nbytes, os.POSIX_FADV_DONTNEED)
-        except (AttributeError, OSError):
-            pass
-
-
-def sha256_tensor(f: TensorFile, info: TensorInfo, buf: bytearray) -> str:
-    h = hashlib.sha256()
-    for part in f.chunks(info, buf):
-        h.update(part)
-    return h.hexdigest()
 
 
 def to_torch(raw: bytearray, info: TensorInfo):

@@ -83,7 +83,6 @@ def digest_tensors(ckpt: Checkpoint, names: list[str], progress: ProgressFn,
                     raise KeyboardInterrupt
                 h.update(part)
                 progress(len(part))
-            f.advise_done(info)
             out[name] = (h.hexdigest(), info.nbytes)
     finally:
         for f in files.values():
