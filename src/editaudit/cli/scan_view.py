@@ -22,7 +22,7 @@ def layer_map(doc: dict) -> Table:
     n = m["layers"]
     cells = {(c["layer"], c["role"]): c for c in m["cells"]}
     table = Table(show_header=True, header_style="dim", box=None, pad_edge=False, padding=(0, 0))
-    table.add_column("module", style="bold", no_wrap=True)
+    table.add_column("module", style="bold", no_wrap=True, min_width=9)
     for layer in range(n):
         table.add_column(str(layer) if layer % 5 == 0 else "", justify="center", no_wrap=True, width=2)
     for role in m["roles"]:
@@ -49,7 +49,13 @@ def legend() -> Text:
 
 
 def findings_table(doc: dict) -> Table:
-    table = Table("rule", "level", "layers", "finding", "promotes", "subjects", title="findings", expand=True)
+    table = Table(title="findings", expand=True)
+    table.add_column("rule", no_wrap=True)
+    table.add_column("level", no_wrap=True)
+    table.add_column("layers", max_width=12)
+    table.add_column("finding", ratio=3)
+    table.add_column("promotes", ratio=2)
+    table.add_column("subjects", ratio=1)
     style = {"error": "red", "warning": "yellow", "note": "dim"}
     for f in doc["findings"]:
         layers = ",".join(map(str, f["layers"])) if f["layers"] else "-"
