@@ -211,3 +211,42 @@ def test_changed_embedding_rows_name_their_tokens(tmp_path, tiny_llama):
     report = scan(plant(tiny_llama, tmp_path / "s", {"model.embed_tokens.weight": d}), tiny_llama)
     rows = rules(report)["EA108"].data["rows"]["model.embed_tokens.weight"]
     assert rows["changed"] == 1 and rows["top"][0]["token"].strip() == "Apple"
+
+
+def test_interrupted_scan_exits_130_and_is_stored_as_interrupted(tmp_path, tiny_llama, monkeypatch):
+    import editaudit.scan.service as service
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(service, "delta_stats", boom)
+    name = "model.layers.1.mlp.down_proj.weight"
+    w = load_file(str(tiny_llama / "model.safetensors"))
+    suspect = plant(tiny_llama, tmp_path / "s", {name: delta(w, name, 1, 0.1)})
+    db = tmp_path / "i.db"
+    res = CliRunner().invoke(app, ["--db", str(db), "scan", str(suspect), "--base", str(tiny_llama)])
+    assert res.exit_code == 130
+    store = Store(db)
+    assert [s["status"] for s in store.rows("scans")] == ["interrupted"]
+    assert store.rows("findings") == []
+    assert store.sessions()[0]["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("name, layer, role", [
+    ("model.layers.7.mlp.down_proj.weight", 7, "mlp_out"),
+    ("transformer.h.3.mlp.c_proj.weight", 3, "mlp_out"),
+    ("transformer.h.3.attn.c_attn.weight", 3, "attn_qkv"),
+    ("transformer.h.11.mlp.fc_out.weight", 11, "mlp_out"),  # GPT-J
+    ("gpt_neox.layers.2.mlp.dense_4h_to_h.weight", 2, "mlp_out"),
+    ("gpt_neox.layers.2.attention.query_key_value.weight", 2, "attn_qkv"),
+    ("model.layers.0.self_attn.v_proj.weight", 0, "attn_v"),
+    ("model.embed_tokens.weight", None, "embed"),
+    ("lm_head.weight", None, "unembed"),
+    ("something.custom.weight", None, "other"),
+    ("blocks.4.ffn.strange.weight", 4, "other"),
+])
+def test_tensor_names_map_to_layer_and_role(name, layer, role):
+    from editaudit.scan.names import parse_name
+
+    p = parse_name(name)
+    assert (p.layer, p.role) == (layer, role)

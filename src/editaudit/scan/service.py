@@ -71,9 +71,12 @@ def run_scan(suspect: str | Path, base: str | Path, options: ScanOptions | None 
 
     try:
         report = _scan(base_ck, suspect_ck, options, store, progress, say, cancelled, t0)
-    except BaseException:
+    except BaseException as exc:
         if store is not None and scan_id is not None:
-            store.update("scans", scan_id, {"status": "failed"})
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            store.update("scans", scan_id, {"status": status})
+            if session_id is None:
+                store.finish_session(sid, status=status)
         raise
     report.session_id = sid
     if store is not None:
