@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from editaudit.cli.main import app
 from editaudit.scan.service import ScanOptions, run_scan
 from editaudit.store import Store
-from editaudit.testing import make_tiny_model, plant, rank_delta
+from editaudit.testing import finetune, make_tiny_model, plant, rank_delta
 
 MLP_OUT = {"llama": "model.layers.{}.mlp.down_proj.weight", "gpt2": "transformer.h.{}.mlp.c_proj.weight"}
 ATTN = {"llama": ["model.layers.{}.self_attn.q_proj.weight", "model.layers.{}.self_attn.v_proj.weight"],
@@ -87,7 +87,7 @@ def test_lora_like_change_on_attention_is_merged_lora(family_base, tmp_path):
     assert found["EA104"].layers == list(range(6)) and found["EA104"].rank == 4
 
 
-def test_rank_one_hidden_under_dense_fine_tune_is_flagged(family_base, tmp_path):
+def test_rank_one_hidden_under_dense_noise_is_flagged(family_base, tmp_path):
     fam, base, w = family_base
     name = MLP_OUT[fam].format(2)
     report = scan(plant(base, tmp_path / "s", {name: delta(w, name, 1, 0.05)}, noise=0.003), base)
@@ -95,6 +95,26 @@ def test_rank_one_hidden_under_dense_fine_tune_is_flagged(family_base, tmp_path)
     assert "EA103" in found and found["EA103"].layers == [2]
     assert "EA105" in found
     assert report.verdict == "edited"
+
+
+def test_rank_one_edit_under_a_real_fine_tune_is_flagged(family_base, tmp_path):
+    """The edit first, then 20 AdamW steps of full fine-tuning of the edited model."""
+    fam, base, w = family_base
+    name = MLP_OUT[fam].format(2)
+    edited = plant(base, tmp_path / "e", {name: delta(w, name, 1, 0.15)})
+    report = scan(finetune(edited, tmp_path / "s", steps=20, lr=1e-4), base)
+    found = rules(report)
+    assert "EA103" in found and found["EA103"].layers == [2] and found["EA103"].tensors == [name]
+    assert "EA105" in found and report.verdict == "edited"
+
+
+@pytest.mark.parametrize("lr", [1e-4, 1e-3])
+def test_a_real_fine_tune_alone_is_not_an_edit(family_base, tmp_path, lr):
+    fam, base, _ = family_base
+    report = scan(finetune(base, tmp_path / "s", steps=20, lr=lr), base)
+    found = rules(report)
+    assert "EA105" in found and not ({"EA101", "EA102", "EA103"} & set(found))
+    assert report.verdict == "modified"
 
 
 def test_bf16_rounding_alone_is_not_an_edit(family_base, tmp_path):
@@ -173,7 +193,9 @@ def test_cli_exit_codes_and_machine_formats(tmp_path, tiny_llama):
     assert res.exit_code == 0 and json.loads((tmp_path / "r.json").read_text())["verdict"] == "clean"
     res = runner.invoke(app, ["--db", db, "sessions", "--format", "json"])
     assert len(json.loads(res.stdout)) == 3
-    sid = json.loads(res.stdout)[-1]["id"]
+    listed = json.loads(res.stdout)
+    assert [s["verdict"] for s in listed] == ["clean", "edited", "edited"]  # newest first
+    sid = listed[-1]["id"]
     res = runner.invoke(app, ["--db", db, "report", sid, "--format", "md"])
     assert res.exit_code == 0 and "EA101" in res.stdout
 

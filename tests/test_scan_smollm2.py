@@ -61,3 +61,18 @@ def test_planted_rank_one_delta_is_found_and_read(planted):
     assert " Tokyo" in promoted, promoted
     # nothing else in the model is flagged: the shared perturbation is identical on both sides
     assert {f.rule for f in report.findings} <= {"EA101", "EA220"}
+
+
+def test_real_fine_tune_is_dense_and_an_edit_under_it_still_stands_out(planted, tmp_path):
+    """Six AdamW steps of full fine-tuning: alone it is a fine-tune; on top of the edit, the edit is still found."""
+    from editaudit.testing import finetune
+
+    base, suspect, name = planted
+    tuned = finetune(base, tmp_path / "tuned", steps=6, lr=5e-5, batch=2, seq=64)
+    report = run_scan(tuned, base, ScanOptions(read_edits=False), store=None)
+    rules = {f.rule for f in report.findings}
+    assert "EA105" in rules and not rules & {"EA101", "EA102", "EA103"}
+    hidden = finetune(suspect, tmp_path / "hidden", steps=6, lr=5e-5, batch=2, seq=64)
+    report = run_scan(hidden, base, ScanOptions(read_edits=False), store=None)
+    edits = [f for f in report.findings if f.rule == "EA103"]
+    assert [f.tensors for f in edits] == [[name]]

@@ -112,3 +112,28 @@ def rank_delta(shape: tuple[int, int], rank: int, scale: float, seed: int = 0, l
     b = torch.randn(rank, shape[1], generator=gen)
     d = a @ b
     return d / d.norm() * scale
+
+
+def finetune(folder: str | Path, out: str | Path, steps: int = 20, lr: float = 1e-3, seed: int = 0,
+             seq: int = 32, batch: int = 8) -> Path:
+    """A real (if tiny) full fine-tune with AdamW on random token sequences: a realistic dense change."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    model.train()
+    vocab = model.config.vocab_size
+    for _ in range(steps):
+        ids = torch.randint(4, vocab, (batch, seq))
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    out = Path(out)
+    shutil.copytree(folder, out, dirs_exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    return out

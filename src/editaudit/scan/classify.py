@@ -121,6 +121,7 @@ def classify(changed: list[Changed], n_layers: int) -> list[Finding]:
             ))
 
     # a dense change with components standing out of its own bulk: an edit under later fine-tuning
+    _peer_check(weights)
     for c in weights:
         if c.stats.kind == "dense+spike":
             findings.append(Finding(
@@ -178,6 +179,38 @@ def classify(changed: list[Changed], n_layers: int) -> list[Finding]:
         findings.append(Finding("EA110", f"{len(rounding)} tensors differ only by rounding of the stored dtype",
                                 [c.name.name for c in rounding]))
     return findings
+
+
+PEER_RATIO = 3.0  # a hidden edit's top component also stands this far above the same matrix in other layers
+LONE_GAP = 5.0  # without enough peers to compare with, the cliff alone must be this steep
+
+
+def _peer_check(weights: list[Changed]) -> None:
+    """Demote ``dense+spike`` tensors whose top component is ordinary for their role.
+
+    A fine-tune moves every layer's copy of a matrix alike (attention output matrices, for one, often
+    gain a dominant direction everywhere), while an edit stands out of its peers in other layers.
+    """
+    by_role: dict[str, list[Changed]] = {}
+    for c in weights:
+        if c.name.layer is not None and c.stats.kind in ("dense", "dense+spike") and c.stats.singular_values:
+            by_role.setdefault(c.name.role, []).append(c)
+    for c in weights:
+        if c.stats.kind != "dense+spike":
+            continue
+        if c.name.layer is None:  # embeddings: frequent tokens' rows move together under any fine-tune
+            c.stats.kind = "dense"
+            continue
+        peers = [p.stats.singular_values[0] for p in by_role.get(c.name.role, []) if p is not c]
+        if len(peers) >= 4:
+            median = sorted(peers)[len(peers) // 2]
+            standout = c.stats.singular_values[0] / max(median, 1e-30)
+            c.stats.peer_ratio = standout
+            ok = standout >= PEER_RATIO
+        else:
+            ok = c.stats.gap >= LONE_GAP
+        if not ok:
+            c.stats.kind = "dense"
 
 
 def _layer(c: Changed) -> list[int]:

@@ -19,6 +19,7 @@ import torch
 MANTISSA_BITS = {"F64": 52, "F32": 23, "F16": 10, "BF16": 7, "F8_E4M3": 3, "F8_E5M2": 2}
 NOISE_MARGIN = 1.5  # singular values below margin × rounding edge are indistinguishable from rounding
 SPIKE_RATIO = 4.0  # a leading component "stands out" when ≥ this × the bulk of its own spectrum
+GAP_RATIO = 3.0  # ... and sits on a cliff: σ_r / σ_(r+1) ≥ this
 LOW_RANK_MAX = 16  # more components than this above noise → the change is dense
 Q_DEFAULT = 40
 
@@ -35,7 +36,9 @@ class DeltaStats:
     noise_edge: float = 0.0  # rounding-noise edge s(√m+√n)
     bulk: float = 0.0  # median of the lower half of the computed spectrum
     rank_above_noise: int = 0  # components above NOISE_MARGIN × noise_edge (== q means "at least q")
-    spikes: int = 0  # leading components ≥ SPIKE_RATIO × bulk (and above noise)
+    spikes: int = 0  # leading components before a cliff (gap ≥ GAP_RATIO), far above the bulk and noise
+    gap: float = 0.0  # the largest leading gap σ_r / σ_(r+1)
+    peer_ratio: float | None = None  # σ_1 over the median σ_1 of the same matrix in other layers
     nonfinite: int = 0
     exact_svd: bool = True
     kind: str = "unchanged"  # rounding | rank-one | low-rank | dense | dense+spike | vector | nonfinite
@@ -93,10 +96,9 @@ def delta_stats(base: torch.Tensor, suspect: torch.Tensor, base_dtype: str, susp
         shape=tuple(base.shape), rel_change=fro / base_norm if base_norm > 0 else math.inf,
         max_abs=float(delta.abs().max()) if delta.numel() else 0.0, fro=fro,
     )
-    # rounding noise: storing the suspect's values in its dtype (a coarser base adds its own step)
+    # rounding noise: what storing the suspect's values in its dtype adds to ΔW. (A base stored
+    # coarser than the suspect adds nothing: its values are exact in the finer dtype.)
     s_noise = ulp_rms(suspect, suspect_dtype)
-    if MANTISSA_BITS.get(base_dtype, 99) < MANTISSA_BITS.get(suspect_dtype, 99):
-        s_noise = max(s_noise, ulp_rms(base, base_dtype))
     if delta.ndim != 2 or min(delta.shape) < 2:
         stats.noise_edge = s_noise  # per-element rounding scale for vectors
         stats.kind = "rounding" if stats.max_abs <= 4 * s_noise * math.sqrt(12) else "vector"
@@ -115,13 +117,17 @@ def delta_stats(base: torch.Tensor, suspect: torch.Tensor, base_dtype: str, susp
     stats.topk_share = sum(x**2 for x in above) / energy
     tail = sv[len(sv) // 2:]
     stats.bulk = float(sorted(tail)[len(tail) // 2]) if tail else 0.0
-    spikes = 0
-    for x in sv:
-        if x > floor and x >= SPIKE_RATIO * max(stats.bulk, 1e-30):
-            spikes += 1
-        else:
-            break
-    stats.spikes = spikes
+    # leading components that stand out: the largest gap σ_r/σ_(r+1) among the first LOW_RANK_MAX,
+    # where σ_r is also far above the bulk and the rounding floor. Real fine-tunes have smoothly
+    # decaying spectra (gaps ≲ 3 even when σ_1 is 10× the bulk); an edit sits on a cliff.
+    best_gap, best_r = 0.0, 0
+    for r in range(1, min(LOW_RANK_MAX, len(sv) - 1) + 1):
+        x, nxt = sv[r - 1], max(sv[r], 1e-30)
+        if x > floor and x >= SPIKE_RATIO * max(stats.bulk, 1e-30) and x / nxt > best_gap:
+            best_gap, best_r = x / nxt, r
+    stats.gap = best_gap
+    stats.spikes = best_r if best_gap >= GAP_RATIO else 0
+    spikes = stats.spikes
     full_rank_seen = stats.rank_above_noise >= len(sv)
     if stats.rank_above_noise == 0:
         stats.kind = "rounding"

@@ -81,7 +81,7 @@ class Store:
 
     def sessions(self, limit: int = 50) -> list[dict]:
         self.reap_stale()
-        return list(self.db["sessions"].rows_where(order_by="created desc, id desc", limit=limit))
+        return list(self.db["sessions"].rows_where(order_by="created desc, rowid desc", limit=limit))
 
     def session(self, sid: str) -> dict:
         from ..errors import BadInput
