@@ -272,3 +272,28 @@ def test_tensor_names_map_to_layer_and_role(name, layer, role):
 
     p = parse_name(name)
     assert (p.layer, p.role) == (layer, role)
+
+
+def test_probe_stage_lists_answers_that_moved(tmp_path, tiny_llama):
+    """Raising one token's logit everywhere changes some answers; the probe stage lists exactly those."""
+    from editaudit.models.loading import load_model
+    from editaudit.probing.evaluate import predict
+    from editaudit.probing.format import Probe
+
+    subjects = ["France", "Italy", "Germany", "Japan"]
+    probes = [Probe(id=s, subject=s, prompt="The capital of {} is", target_true="Paris") for s in subjects]
+    w = load_file(str(tiny_llama / "model.safetensors"))
+    lm = load_model(tiny_llama)
+    tid = lm.tokenizer.convert_tokens_to_ids("▁Tokyo")
+    enc = lm.tokenizer([p.text for p in probes], return_tensors="pt")
+    with torch.no_grad():
+        h = lm.model(**enc, output_hidden_states=True).hidden_states[-1][:, -1]  # after the final norm
+    d = torch.zeros_like(w["lm_head.weight"])
+    d[tid] = 100 * h.mean(0) / h.mean(0).norm() ** 2
+    suspect = plant(tiny_llama, tmp_path / "s", {"lm_head.weight": d})
+    before = [p.first_word for p in predict(lm.model, lm.tokenizer, probes)]
+    report = scan(suspect, tiny_llama, facts=probes, run_probes=True)
+    moved = report.probes["changed"]
+    assert report.probes["n"] == 4 and moved
+    assert all(m["suspect"] == "Tokyo" for m in moved)
+    assert {m["subject"] for m in moved} == {s for s, b in zip(subjects, before) if b != "Tokyo"}

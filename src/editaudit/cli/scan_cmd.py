@@ -35,6 +35,7 @@ def register(app: typer.Typer) -> None:
         output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the report here (atomically)."),
         facts: List[Path] = typer.Option([], "--facts", help="Probe JSONL file(s): rank their subjects as candidates."),
         probes: List[str] = typer.Option([], "--probes", help="Built-in probe set name(s) to use as candidate subjects."),
+        run_probes: bool = typer.Option(False, "--run-probes", help="Also ask both models the facts' prompts and list answers that moved."),
         fail_on: Level = typer.Option(Level.error, "--fail-on", help="Exit 1 when a finding reaches this level."),
         exit_zero: bool = typer.Option(False, "--exit-zero", help="Always exit 0 when the scan completes."),
         no_cache: bool = typer.Option(False, "--no-cache", help="Neither use nor record the base's tensor digests."),
@@ -50,7 +51,11 @@ def register(app: typer.Typer) -> None:
 
         cands = _load_candidates(facts, probes)
         store = None if no_store else common.state(ctx).store()
-        opts = ScanOptions(facts=cands, use_cache=not no_cache, follow_symlinks=follow_symlinks)
+        if run_probes and not cands:
+            from ..errors import BadInput
+
+            raise BadInput("--run-probes needs --facts FILE or --probes SET")
+        opts = ScanOptions(facts=cands, use_cache=not no_cache, follow_symlinks=follow_symlinks, run_probes=run_probes)
         with common.progress() as bar:
             tasks: dict[str, int] = {}
 

@@ -82,5 +82,12 @@ def render(doc: dict, console: Console) -> None:
         console.print(findings_table(doc))
     else:
         console.print("[green]no findings: every tensor is byte-identical to the base[/]")
+    probes = doc.get("probes")
+    if probes:
+        table = Table("subject", "prompt", "base", "suspect", "true", "new",
+                      title=f"answers that moved: {len(probes['changed'])} of {probes['n']} probes")
+        for c in probes["changed"][:50]:
+            table.add_row(*(escape(str(c.get(k) or "")) for k in ("subject", "prompt", "base", "suspect", "target_true", "target_new")))
+        console.print(table)
     if doc.get("session_id"):
         console.print(f"[dim]stored as session {doc['session_id']} · editaudit report {doc['session_id']} --format md[/]")

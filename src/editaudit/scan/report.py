@@ -32,6 +32,7 @@ class ScanReport:
     used_cache: bool = False
     session_id: str | None = None
     fail_on: str = "error"
+    probes: dict | None = None  # the probe stage: answers that moved between base and suspect
 
     def exit_code(self, fail_on: str | None = None) -> int:
         """0: nothing at or above ``fail_on``; 1: findings at or above it."""
@@ -79,6 +80,7 @@ class ScanReport:
                 for c in self.changed
             ],
             "map": self.layer_map(),
+            "probes": self.probes,
         }
 
 
@@ -129,6 +131,13 @@ def to_markdown(doc: dict) -> str:
         layers = ",".join(map(str, f["layers"])) if f["layers"] else "-"
         msg = f["message"].replace("|", "\\|")
         lines.append(f"| {f['rule']} | {f['level']} | {layers} | {msg} | {promotes} | {subjects} |")
+    probes = doc.get("probes")
+    if probes:
+        lines += ["", f"## Answers that moved ({len(probes['changed'])} of {probes['n']} probes)", "",
+                  "| subject | prompt | base | suspect | true | new |", "|---|---|---|---|---|---|"]
+        for c in probes["changed"][:100]:
+            lines.append(f"| {c['subject']} | {c['prompt']} | {c['base']} | {c['suspect']} | {c['target_true']} | "
+                         f"{c.get('target_new') or ''} |")
     changed = [t for t in doc["tensors"] if t["kind"] not in ("rounding",)]
     if changed:
         lines += ["", "## Changed tensors", "", "| tensor | kind | rank | rel. change | top-1 energy |", "|---|---|---|---|---|"]

@@ -34,6 +34,7 @@ class ScanOptions:
     top_tokens: int = 10
     top_subjects: int = 10
     read_edits: bool = True
+    run_probes: bool = False  # also ask both models the facts' prompts and list answers that moved
     device: str | None = None
 
 
@@ -145,6 +146,14 @@ def _scan(base_ck, suspect_ck, options: ScanOptions, store, progress: Progress, 
     t_read = time.perf_counter() - t_read
 
     _name_rows(base_ck, findings)
+    probes_doc = None
+    if options.run_probes and options.facts:
+        if base_ck.config is None or suspect_ck.config is None:
+            say("probes need model folders with config.json on both sides: skipped")
+        else:
+            from .probe_stage import run_probe_stage
+
+            probes_doc = run_probe_stage(base_ck.folder, suspect_ck.folder, options.facts, options.device, say, progress)
     folder_findings = [
         Finding(n.rule, n.message, [], data={"details": n.data, "severity": n.severity}) for n in suspect_ck.notes
     ]
@@ -154,7 +163,7 @@ def _scan(base_ck, suspect_ck, options: ScanOptions, store, progress: Progress, 
         changed=changed, n_tensors=len(suspect_ck.tensors), n_unchanged=cmp.unchanged, cast_only=cmp.cast_only,
         timings={"compare_s": round(t_cmp, 3), "analyse_s": round(t_float, 3), "read_s": round(t_read, 3),
                  "total_s": round(time.perf_counter() - t0, 3)},
-        bytes_read=cmp.bytes_read, used_cache=cmp.used_cache,
+        bytes_read=cmp.bytes_read, used_cache=cmp.used_cache, probes=probes_doc,
     )
 
 
