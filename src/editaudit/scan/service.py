@@ -102,8 +102,11 @@ def _scan(base_ck, suspect_ck, options: ScanOptions, store, progress: Progress, 
     t_cmp = time.perf_counter()
     cmp = compare(base_ck, suspect_ck, cached=cached or None, progress=tick, cancelled=cancelled)
     t_cmp = time.perf_counter() - t_cmp
-    if store is not None and cmp.base_hashes:
-        store.save_hashes(fingerprint, cmp.base_hashes)
+    if store is not None and options.use_cache:
+        if cmp.base_hashes:
+            store.save_hashes(fingerprint, cmp.base_hashes)
+        if cmp.suspect_hashes:  # so that this checkpoint, audited as a base later, is cached too
+            store.save_hashes(suspect_ck.fingerprint(), cmp.suspect_hashes)
 
     # float work on changed tensors only
     changed: list[Changed] = []
