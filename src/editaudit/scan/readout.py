@@ -44,8 +44,11 @@ class Lens:
     def token(self, idx: int) -> str:
         return self.tokenizer.decode([idx], skip_special_tokens=False) if self.tokenizer is not None else f"<{idx}>"
 
-    def read(self, direction: torch.Tensor, top: int = 10) -> tuple[int, list[dict]]:
-        """Tokens promoted by adding ``direction`` to the last residual stream; returns (sign, tokens)."""
+    def read(self, direction: torch.Tensor, top: int = 10, signed: bool = False) -> tuple[int, list[dict]]:
+        """Tokens promoted by adding ``direction`` to the last residual stream; returns (sign, tokens).
+
+        ``signed``: the direction's sign is meaningful (an actual output change), so never flip it.
+        """
         d = direction.to(torch.float32)
         if self.layer_norm:
             d = d - d.mean()
@@ -56,7 +59,7 @@ class Lens:
         # rows' shared mean makes frequent tokens look anti-aligned with every rare one
         logits = self.unembed_unit @ (d / (d.norm() + 1e-12))
         z = (logits - logits.mean()) / (logits.std() + 1e-12)
-        sign = 1 if z.max() >= (-z).max() else -1
+        sign = 1 if signed or z.max() >= (-z).max() else -1
         z = z * sign
         vals, idx = torch.topk(z, min(top, z.numel()))
         return sign, [{"token": self.token(int(i)), "id": int(i), "z": round(float(v), 2)} for v, i in zip(vals, idx)]
@@ -100,17 +103,28 @@ def output_input_sides(vectors: tuple, family: str) -> tuple[torch.Tensor, torch
     return (v, s, u) if is_transposed(family) else (u, s, v)
 
 
-def promoted_tokens(lens: Lens, vectors: tuple, family: str, top: int = 10) -> list[dict]:
-    """Tokens promoted by each component, merged and ranked by their best z-score."""
+def promoted_tokens(lens: Lens, vectors: tuple, family: str, top: int = 10, per_component: int = 5) -> list[dict]:
+    """Tokens promoted by each component, merged and ranked by their best z-score.
+
+    A batch edit (MEMIT) mixes its facts across components, so each component contributes its own
+    few best tokens and the list grows with the rank: up to ``max(top, 3 × rank)`` tokens.
+    """
     out_dirs, svals, _ = output_input_sides(vectors, family)
     best: dict[int, dict] = {}
     for i in range(out_dirs.shape[1]):
-        sign, toks = lens.read(out_dirs[:, i], top=top)
+        sign, toks = lens.read(out_dirs[:, i], top=per_component)
         for t in toks:
             entry = {**t, "component": i, "sign": sign}
             if t["id"] not in best or best[t["id"]]["z"] < t["z"]:
                 best[t["id"]] = entry
-    return sorted(best.values(), key=lambda t: -t["z"])[:top]
+    limit = min(max(top, 3 * out_dirs.shape[1]), 100)
+    return sorted(best.values(), key=lambda t: -t["z"])[:limit]
+
+
+def edit_output(keys: torch.Tensor, vectors: tuple, family: str) -> torch.Tensor:
+    """ΔW_r k for each key: the change the edit makes to the layer's output, [n, hidden]."""
+    out_dirs, svals, in_dirs = output_input_sides(vectors, family)
+    return ((keys @ in_dirs) * svals) @ out_dirs.T
 
 
 def subject_keys(model: Any, tokenizer: Any, module_paths: list[str], texts: list[str], subjects: list[str],
@@ -155,21 +169,6 @@ def subject_keys(model: Any, tokenizer: Any, module_paths: list[str], texts: lis
         for h in hooks:
             h.remove()
     return {p: torch.cat(v) for p, v in captured.items()}
-
-
-def rank_subjects(keys: torch.Tensor, vectors: tuple, family: str, subjects: list[str], top: int = 10) -> list[dict]:
-    """Rank subjects by the size of the edit's output change for their key, ‖ΔW_r k‖."""
-    _, svals, in_dirs = output_input_sides(vectors, family)
-    proj = (keys @ in_dirs) * svals  # [n, r]
-    effect = proj.norm(dim=1)
-    cos = (keys @ in_dirs).abs().max(dim=1).values / (keys.norm(dim=1) + 1e-12)
-    order = torch.argsort(effect, descending=True)[:top]
-    total = float(effect.sum()) or 1.0
-    return [
-        {"subject": subjects[i], "score": round(float(effect[i]), 4), "share": round(float(effect[i]) / total, 4),
-         "cosine": round(float(cos[i]), 4)}
-        for i in order.tolist()
-    ]
 
 
 def module_path(tensor_name: str) -> str:

@@ -19,7 +19,7 @@ from ..probing.format import Probe
 from .classify import EDIT_RULES, LEVELS, Changed, Finding, classify, overall_kind, verdict
 from .compare import compare, require_compatible
 from .names import num_layers, parse_name
-from .readout import load_lens, promoted_tokens, rank_subjects, subject_keys
+from .readout import edit_output, load_lens, promoted_tokens, subject_keys
 from .report import ScanReport
 from .spectral import delta_stats
 
@@ -224,32 +224,55 @@ def _read_edits(base_ck, family: str, changed: list[Changed], findings: list[Fin
                     key = tok["id"]
                     if key not in merged or merged[key]["z"] < tok["z"]:
                         merged[key] = {**tok, "tensor": t}
-            f.data["promoted_tokens"] = sorted(merged.values(), key=lambda x: -x["z"])[: options.top_tokens]
+            limit = max(options.top_tokens, max((len(v) for v in per_tensor.values()), default=0))
+            f.data["promoted_tokens"] = sorted(merged.values(), key=lambda x: -x["z"])[:limit]
             f.data["promoted_by_tensor"] = per_tensor
     if options.facts and targets and base_ck.config is not None:
-        from ..models.loading import load_model
+        _rank_subjects(base_ck, family, by_name, edit_findings, lens, options, say, progress)
 
-        subjects: dict[str, Probe] = {}
-        for p in options.facts:
-            subjects.setdefault(p.subject, p)
-        probes = list(subjects.values())
-        say(f"ranking {len(probes)} candidate subjects by key alignment (loading the base model)")
-        progress("subjects", 0, len(probes))
-        lm = load_model(base_ck.folder, device=options.device)
-        paths = sorted({c.name.module_path for c in targets})
-        keys = subject_keys(lm.model, lm.tokenizer, paths, [p.text for p in probes], [p.subject for p in probes])
-        progress("subjects", len(probes), len(probes))
-        names = [p.subject for p in probes]
-        for f in edit_findings:
-            scores: dict[str, float] = {}
-            for t in f.tensors:
-                c = by_name.get(t)
-                if c is None or c.vectors is None:
-                    continue
-                for row in rank_subjects(keys[c.name.module_path], c.vectors, family, names, top=len(names)):
-                    scores[row["subject"]] = scores.get(row["subject"], 0.0) + row["share"]
-            ranked = sorted(scores.items(), key=lambda kv: -kv[1])[: options.top_subjects]
-            f.data["candidate_subjects"] = [{"subject": s, "score": round(v / max(len(f.tensors), 1), 4)} for s, v in ranked]
+
+def _rank_subjects(base_ck, family: str, by_name: dict, edit_findings: list[Finding], lens, options: ScanOptions,
+                   say, progress: Progress) -> None:
+    """Rank the facts' subjects by the size of the change each edit makes for their key, and read
+    what the edit makes the model say about the top ones (lens of ΔW k, summed over the edit's layers)."""
+    import torch
+
+    from ..models.loading import load_model
+
+    subjects: dict[str, Probe] = {}
+    for p in options.facts:
+        subjects.setdefault(p.subject, p)
+    probes = list(subjects.values())
+    names = [p.subject for p in probes]
+    say(f"ranking {len(probes)} candidate subjects by key alignment (loading the base model)")
+    progress("subjects", 0, len(probes))
+    lm = load_model(base_ck.folder, device=options.device)
+    paths = sorted({by_name[t].name.module_path for f in edit_findings for t in f.tensors
+                    if by_name.get(t) is not None and by_name[t].vectors is not None})
+    keys = subject_keys(lm.model, lm.tokenizer, paths, [p.text for p in probes], names)
+    del lm
+    progress("subjects", len(probes), len(probes))
+    for f in edit_findings:
+        change = None
+        for t in f.tensors:
+            c = by_name.get(t)
+            if c is None or c.vectors is None:
+                continue
+            delta = edit_output(keys[c.name.module_path], c.vectors, family)
+            change = delta if change is None else change + delta
+        if change is None:
+            continue
+        effect = change.norm(dim=1)
+        total = float(effect.sum()) or 1.0
+        n_top = min(len(names), max(options.top_subjects, 2 * (f.rank or 1)))
+        rows = []
+        for i in torch.argsort(effect, descending=True)[:n_top].tolist():
+            row = {"subject": names[i], "score": round(float(effect[i]), 4), "share": round(float(effect[i]) / total, 4)}
+            if lens is not None:
+                _, toks = lens.read(change[i], top=5, signed=True)
+                row["promotes"] = [t["token"] for t in toks]
+            rows.append(row)
+        f.data["candidate_subjects"] = rows
 
 
 def _save(store, sid: str, scan_id: int, report: ScanReport, own_session: bool) -> None:

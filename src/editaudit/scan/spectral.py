@@ -20,8 +20,8 @@ MANTISSA_BITS = {"F64": 52, "F32": 23, "F16": 10, "BF16": 7, "F8_E4M3": 3, "F8_E
 NOISE_MARGIN = 1.5  # singular values below margin × rounding edge are indistinguishable from rounding
 SPIKE_RATIO = 4.0  # a leading component "stands out" when ≥ this × the bulk of its own spectrum
 GAP_RATIO = 3.0  # ... and sits on a cliff: σ_r / σ_(r+1) ≥ this
-LOW_RANK_MAX = 16  # more components than this above noise → the change is dense
-Q_DEFAULT = 40
+LOW_RANK_MAX = 32  # more components than this above noise → the change is dense
+Q_DEFAULT = 48
 
 
 @dataclass
