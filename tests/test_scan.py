@@ -297,3 +297,10 @@ def test_probe_stage_lists_answers_that_moved(tmp_path, tiny_llama):
     assert report.probes["n"] == 4 and moved
     assert all(m["suspect"] == "Tokyo" for m in moved)
     assert {m["subject"] for m in moved} == {s for s, b in zip(subjects, before) if b != "Tokyo"}
+
+
+def test_html_report_escapes_hostile_names(tmp_path):
+    from editaudit.reports.session_report import to_html
+
+    page = to_html("| a | b |\n|---|---|\n| <script>alert(1)</script> | x |\n", "t")
+    assert "<script>" not in page and "<table>" in page

@@ -62,6 +62,20 @@ def to_session_markdown(doc: dict) -> str:
     return "\n".join(parts)
 
 
+STYLE = """body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}
+table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.25rem .5rem;font-size:.9rem}
+th{background:#f3f3f3}code{background:#f6f6f6;padding:0 .2rem}pre{background:#f6f6f6;padding:.5rem;overflow:auto}"""
+
+
+def to_html(markdown: str, title: str) -> str:
+    """A standalone HTML page. Raw HTML in the text is not passed through (names may be hostile)."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>\n{body}</body></html>\n")
+
+
 def render_session(store, session_id: str, fmt: str) -> str:
     doc = session_document(store, session_id)
     if fmt == "json":
@@ -69,7 +83,5 @@ def render_session(store, session_id: str, fmt: str) -> str:
     if fmt == "md":
         return to_session_markdown(doc)
     if fmt == "html":
-        md = to_session_markdown(doc)
-        return ("<!doctype html><meta charset='utf-8'><title>editaudit session</title>"
-                f"<pre style='font-family:monospace'>{html.escape(md)}</pre>")
+        return to_html(to_session_markdown(doc), f"editaudit session {doc['session']['id']}")
     raise BadInput(f"unknown report format {fmt!r} (json, md or html)")
