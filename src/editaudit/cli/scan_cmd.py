@@ -33,8 +33,8 @@ def register(app: typer.Typer) -> None:
         base: str = typer.Option(..., "--base", "-b", help="The base checkpoint it claims to derive from."),
         fmt: Fmt = typer.Option(Fmt.rich, "--format", "-f", help="rich (terminal), json, sarif or md."),
         output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the report here (atomically)."),
-        facts: List[Path] = typer.Option([], "--facts", help="Probe JSONL file(s): rank their subjects as candidates."),
-        probes: List[str] = typer.Option([], "--probes", help="Built-in probe set name(s) to use as candidate subjects."),
+        facts: List[Path] = typer.Option([], "--facts", help="Probe file(s) (editaudit JSONL, CounterFact or zsRE): rank their subjects as candidates."),
+        probes: List[str] = typer.Option([], "--probes", help="Probe set name(s) (e.g. facts, smollm2-135m-edit; see `editaudit probes list`) to use as candidate subjects."),
         run_probes: bool = typer.Option(False, "--run-probes", help="Also ask both models the facts' prompts and list answers that moved."),
         fail_on: Level = typer.Option(Level.error, "--fail-on", help="Exit 1 when a finding reaches this level."),
         exit_zero: bool = typer.Option(False, "--exit-zero", help="Always exit 0 when the scan completes."),
@@ -94,25 +94,15 @@ def _format(doc: dict, fmt: Fmt) -> str | None:
 
 
 def _load_candidates(facts: list[Path], probes: list[str]):
+    """Probe files (JSONL, CounterFact or zsRE) and named probe sets, as one candidate list."""
     from ..errors import BadInput
-    from ..probing.format import ProbeLoadError, load_probes
+    from ..probing.sets import load_set
 
     out = []
     for path in facts:
-        if not path.exists():
+        if not path.is_file():
             raise BadInput(f"facts file {path} does not exist")
-        try:
-            out.extend(load_probes(path))
-        except ProbeLoadError as exc:
-            raise BadInput(str(exc)) from None
-    if probes:
-        from ..paths import resource_dir
-
-        root = resource_dir("probes")
-        for name in probes:
-            path = root / (name if name.endswith(".jsonl") else f"{name}.jsonl")
-            if not path.exists():
-                avail = ", ".join(sorted(p.stem for p in root.glob("*.jsonl")))
-                raise BadInput(f"no built-in probe set {name!r} (available: {avail})")
-            out.extend(load_probes(path))
+        out.extend(load_set(str(path)))
+    for name in probes:
+        out.extend(load_set(name))
     return out

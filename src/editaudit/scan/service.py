@@ -231,13 +231,33 @@ def _read_edits(base_ck, family: str, changed: list[Changed], findings: list[Fin
         _rank_subjects(base_ck, family, by_name, edit_findings, lens, options, say, progress)
 
 
+_KEY_CACHE: dict[tuple, dict[str, "torch.Tensor"]] = {}  # (base fingerprint, texts) -> {module path: keys}
+
+
+def _keys_cached(base_ck, paths: list[str], probes: list[Probe], device: str | None) -> dict:
+    """Subject keys from the base model, remembered within the process (repeat scans against one base)."""
+    import hashlib
+
+    from ..models.loading import load_model
+
+    texts = [p.text for p in probes]
+    key = (base_ck.fingerprint(), hashlib.sha256("\0".join(texts).encode()).hexdigest())
+    cached = _KEY_CACHE.setdefault(key, {})
+    missing = [p for p in paths if p not in cached]
+    if missing:
+        lm = load_model(base_ck.folder, device=device)
+        cached.update(subject_keys(lm.model, lm.tokenizer, missing, texts, [p.subject for p in probes]))
+        del lm
+    if len(_KEY_CACHE) > 4:
+        _KEY_CACHE.pop(next(iter(_KEY_CACHE)))
+    return {p: cached[p] for p in paths}
+
+
 def _rank_subjects(base_ck, family: str, by_name: dict, edit_findings: list[Finding], lens, options: ScanOptions,
                    say, progress: Progress) -> None:
     """Rank the facts' subjects by the size of the change each edit makes for their key, and read
     what the edit makes the model say about the top ones (lens of ΔW k, summed over the edit's layers)."""
     import torch
-
-    from ..models.loading import load_model
 
     subjects: dict[str, Probe] = {}
     for p in options.facts:
@@ -246,11 +266,9 @@ def _rank_subjects(base_ck, family: str, by_name: dict, edit_findings: list[Find
     names = [p.subject for p in probes]
     say(f"ranking {len(probes)} candidate subjects by key alignment (loading the base model)")
     progress("subjects", 0, len(probes))
-    lm = load_model(base_ck.folder, device=options.device)
     paths = sorted({by_name[t].name.module_path for f in edit_findings for t in f.tensors
                     if by_name.get(t) is not None and by_name[t].vectors is not None})
-    keys = subject_keys(lm.model, lm.tokenizer, paths, [p.text for p in probes], names)
-    del lm
+    keys = _keys_cached(base_ck, paths, probes, options.device)
     progress("subjects", len(probes), len(probes))
     for f in edit_findings:
         change = None

@@ -1,0 +1,61 @@
+"""``editaudit demo``: the whole story on the embedded default model, in a few minutes on a CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from . import common
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo(
+        ctx: typer.Context,
+        workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where the suspect checkpoint goes (default: the cache)."),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, … (default: cuda if available)."),
+    ) -> None:
+        """Plant hidden ROME and MEMIT edits in SmolLM2-135M, scan the result blind, and compare with the truth.
+
+        Fetches and converts the model on first use. Everything is stored as one session.
+        """
+        from ..demo import run_demo
+        from ..paths import cache_dir
+        from .scan_view import render
+
+        workdir = workdir or cache_dir() / "demo"
+        store = common.state(ctx).store()
+        with common.progress() as bar:
+            tasks: dict[str, int] = {}
+
+            def on_progress(stage: str, done: float, total: float) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=total or None)
+                bar.update(tasks[stage], completed=done, total=total or None)
+
+            result = run_demo(store, workdir, say=common.say, progress=on_progress, device=device)
+        render(result["report"], common.out)
+        truth = Table("method", "layers", "fact (true → new)", "edit took", "layer found", "object read",
+                      "subject rank", title="the truth beside what the blind scan found")
+        yes = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}
+        for r in result["truth"]:
+            layers = f"{r['layers'][0]}" if len(r["layers"]) == 1 else f"{r['layers'][0]}–{r['layers'][-1]}"
+            truth.add_row(
+                r["method"].upper(), layers,
+                escape(f"{r['prompt']} {r['target_true']} → {r['target_new']}"),
+                yes[r["edit_succeeded"]], yes[r["layer_found"]],
+                yes[r["object_promoted"] or r["object_promoted_for_subject"]],
+                str(r["subject_rank"]) if r["subject_rank"] else "-",
+            )
+        common.out.print(truth)
+        s = result["scores"]
+        common.out.print(
+            f"edits {s['edits']} · layers found {s['layer_found']:.0%} · new object read {s['object_promoted']:.0%}"
+            f" · subject ranked at the top {s['subject_top']:.0%} · {result['seconds']:.0f}s"
+        )
+        common.out.print(f"[dim]suspect checkpoint: {escape(result['suspect'])}\n"
+                         f"session {result['session_id']}: editaudit report {result['session_id']} --format md[/]")

@@ -1,0 +1,146 @@
+"""The main job on the embedded default model, end to end: make a suspect with hidden edits, scan it
+blind, and put what the scan found beside the truth.
+
+Used by ``editaudit demo`` and by ``scripts/blind_reading.py`` (which runs the same comparison over
+many edits per method).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .probing.format import Probe
+
+Say = Callable[[str], None]
+Progress = Callable[[str, float, float], None]
+
+
+@dataclass
+class Planted:
+    """One edit the demo made (the truth the scan is judged against)."""
+
+    method: str
+    layers: list[int]
+    facts: list[Probe]
+    success: list[bool] = field(default_factory=list)
+
+
+def _norm(token: str) -> str:
+    return token.strip().lower()
+
+
+def match(planted: list[Planted], doc: dict) -> list[dict]:
+    """Per planted fact: was its layer flagged, is its new object among the promoted tokens of the
+    finding covering that layer, and where does its subject rank among the candidates?"""
+    edits = [f for f in doc["findings"] if f["rule"] in ("EA101", "EA102", "EA103")]
+    rows = []
+    for p in planted:
+        covering = [f for f in edits if set(p.layers) & set(f["layers"])]
+        for i, fact in enumerate(p.facts):
+            new_first = _norm(fact.target_new or "").split(" ")[0]
+            promoted = [_norm(t["token"]) for f in covering for t in f.get("promoted_tokens", [])]
+            subjects = [s["subject"] for f in covering for s in f.get("candidate_subjects", [])]
+            subject_promotes = [_norm(t) for f in covering for s in f.get("candidate_subjects", [])
+                                if s["subject"] == fact.subject for t in s.get("promotes", [])]
+            rows.append({
+                "method": p.method, "layers": p.layers, "subject": fact.subject, "prompt": fact.text,
+                "target_true": fact.target_true, "target_new": fact.target_new,
+                "edit_succeeded": p.success[i] if i < len(p.success) else None,
+                "layer_found": bool(covering),
+                "found_as": sorted({f["kind"] for f in covering}),
+                "object_promoted": any(new_first and (t == new_first or (len(t) > 2 and new_first.startswith(t)))
+                                       for t in promoted),
+                "object_promoted_for_subject": any(new_first and (t == new_first or (len(t) > 2 and new_first.startswith(t)))
+                                                   for t in subject_promotes),
+                "subject_rank": (subjects.index(fact.subject) + 1) if fact.subject in subjects else None,
+                "n_edits_in_finding": sum(len(q.facts) for q in planted if set(q.layers) & {l for f in covering for l in f["layers"]}),
+            })
+    return rows
+
+
+def summarise(rows: list[dict]) -> dict:
+    n = len(rows) or 1
+    ranked_first = 0
+    for r in rows:
+        # in a batch edit every edited subject belongs at the top: rank ≤ the number of facts in it
+        if r["subject_rank"] is not None and r["subject_rank"] <= max(r["n_edits_in_finding"], 1):
+            ranked_first += 1
+    return {
+        "edits": len(rows),
+        "layer_found": sum(r["layer_found"] for r in rows) / n,
+        "object_promoted": sum(r["object_promoted"] or r["object_promoted_for_subject"] for r in rows) / n,
+        "subject_top": ranked_first / n,
+    }
+
+
+def pick_facts(facts: list[Probe], n: int, exclude: set[str] = frozenset()) -> list[Probe]:
+    """``n`` facts with distinct relations where possible, skipping subjects in ``exclude``."""
+    chosen, relations = [], set()
+    for pass_ in (0, 1):
+        for f in facts:
+            if len(chosen) == n:
+                return chosen
+            if f.subject in exclude or f in chosen or not f.target_new:
+                continue
+            if pass_ == 0 and f.relation in relations:
+                continue
+            chosen.append(f)
+            relations.add(f.relation)
+    return chosen
+
+
+def _precompute_statistics(lm, layers: list[int], progress: Progress, say: Say) -> None:
+    """Key statistics for every layer the demo edits, in one pass over the corpus (then cached)."""
+    from .editing import covariance
+    from .editing.layers import layout_for
+
+    layout = layout_for(lm.model)
+    covariance.second_moments(lm.model, lm.tokenizer, {layer: layout.rewrite_name(layer) for layer in layers},
+                              model_key=covariance.weights_key(lm.model),
+                              progress=lambda d, t: progress("key statistics", d, t), say=say)
+
+
+def run_demo(store, workdir: Path, say: Say = lambda s: None, progress: Progress = lambda *a: None,
+             rome_layers: tuple[int, ...] = (10, 14), memit_facts: int = 4, device: str | None = None) -> dict:
+    """Make the suspect, scan it blind, compare with the truth; everything goes into one session."""
+    from .editing.layers import default_layers
+    from .editing.service import apply_edits
+    from .models.loading import load_model
+    from .models.registry import ensure_model
+    from .probing.sets import fact_bank, load_set
+    from .scan.service import ScanOptions, run_scan
+
+    t0 = time.perf_counter()
+    base = ensure_model("smollm2-135m", say)
+    edit_set = load_set("smollm2-135m-edit")
+    bank = fact_bank()
+    sid = store.new_session("demo", "demo: hidden ROME and MEMIT edits in SmolLM2-135M", str(base), str(workdir / "suspect"))
+    with store.running(sid):
+        lm = load_model(base, device=device, say=say)
+        n_layers = lm.model.config.num_hidden_layers
+        memit_layers = default_layers("memit", n_layers)
+        rome = pick_facts(edit_set, len(rome_layers))
+        memit = pick_facts(edit_set, memit_facts, exclude={f.subject for f in rome})
+        _precompute_statistics(lm, sorted({*memit_layers, *rome_layers}), progress, say)
+        planted: list[Planted] = []
+        plan = [("rome", [layer], [fact]) for layer, fact in zip(rome_layers, rome)] + [("memit", memit_layers, memit)]
+        for i, (method, layers, facts) in enumerate(plan):
+            last = i == len(plan) - 1
+            say(f"editing with {method.upper()} at layer(s) {layers[0]}–{layers[-1]}: "
+                + "; ".join(f"{f.text} → {f.target_new}" for f in facts))
+            run = apply_edits(lm, facts, method, layers=layers, store=store, session_id=sid, progress=progress,
+                              out=workdir / "suspect" if last else None, overwrite=True, say=say)
+            planted.append(Planted(method, layers, facts, [r.success for r in run.results]))
+        del lm
+        say("scanning the suspect blind against the base")
+        report = run_scan(workdir / "suspect", base, ScanOptions(facts=bank + edit_set, run_probes=True, device=device),
+                          store=store, progress=progress, say=say, session_id=sid)
+        doc = report.to_dict()
+        rows = match(planted, doc)
+        summary = {"truth": rows, "scores": summarise(rows), "verdict": doc["verdict"], "kind": doc["kind"],
+                   "seconds": round(time.perf_counter() - t0, 1), "suspect": str(workdir / "suspect")}
+        store.finish_session(sid, status="done", verdict=doc["verdict"], summary=summary)
+    return {"session_id": sid, "report": doc, **summary}
