@@ -136,7 +136,9 @@ def run_demo(store, workdir: Path, say: Say = lambda s: None, progress: Progress
             planted.append(Planted(method, layers, facts, [r.success for r in run.results]))
         del lm
         say("scanning the suspect blind against the base")
-        report = run_scan(workdir / "suspect", base, ScanOptions(facts=bank + edit_set, run_probes=True, device=device),
+        asked = edit_set + load_set("smollm2-135m-intrinsic")
+        report = run_scan(workdir / "suspect", base,
+                          ScanOptions(facts=bank + edit_set, run_probes=True, probe_facts=asked, device=device),
                           store=store, progress=progress, say=say, session_id=sid)
         doc = report.to_dict()
         rows = match(planted, doc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import typer
 from rich.console import Console
@@ -43,6 +43,21 @@ def state(ctx: typer.Context) -> State:
 def say(msg: str) -> None:
     """A progress line for humans, on stderr, always escaped (messages may quote untrusted names)."""
     err.print(f"[dim]·[/] {escape(msg)}")
+
+
+@contextmanager
+def stage_progress(quiet: bool = False) -> Iterator[Callable[[str, float, float], None]]:
+    """A rich progress display on stderr, driven by the services' ``(stage, done, total)`` callback:
+    one bar per stage."""
+    with progress(quiet) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, done: float, total: float) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(escape(stage), total=total or None)
+            bar.update(tasks[stage], completed=done, total=total or None)
+
+        yield update
 
 
 @contextmanager

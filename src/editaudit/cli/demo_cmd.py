@@ -29,14 +29,7 @@ def register(app: typer.Typer) -> None:
 
         workdir = workdir or cache_dir() / "demo"
         store = common.state(ctx).store()
-        with common.progress() as bar:
-            tasks: dict[str, int] = {}
-
-            def on_progress(stage: str, done: float, total: float) -> None:
-                if stage not in tasks:
-                    tasks[stage] = bar.add_task(stage, total=total or None)
-                bar.update(tasks[stage], completed=done, total=total or None)
-
+        with common.stage_progress() as on_progress:
             result = run_demo(store, workdir, say=common.say, progress=on_progress, device=device)
         render(result["report"], common.out)
         truth = Table("method", "layers", "fact (true → new)", "edit took", "layer found", "object read",

@@ -56,14 +56,7 @@ def register(app: typer.Typer) -> None:
 
             raise BadInput("--run-probes needs --facts FILE or --probes SET")
         opts = ScanOptions(facts=cands, use_cache=not no_cache, follow_symlinks=follow_symlinks, run_probes=run_probes)
-        with common.progress() as bar:
-            tasks: dict[str, int] = {}
-
-            def on_progress(stage: str, done: float, total: float) -> None:
-                if stage not in tasks:
-                    tasks[stage] = bar.add_task(stage, total=total or None)
-                bar.update(tasks[stage], completed=done, total=total or None)
-
+        with common.stage_progress() as on_progress:
             report = run_scan(suspect, base, opts, store=store, progress=on_progress, say=common.say)
         report.fail_on = fail_on.value
         doc = report.to_dict()

@@ -35,6 +35,7 @@ class ScanOptions:
     top_subjects: int = 10
     read_edits: bool = True
     run_probes: bool = False  # also ask both models the facts' prompts and list answers that moved
+    probe_facts: list[Probe] | None = None  # what to ask in the probe stage (default: ``facts``)
     device: str | None = None
 
 
@@ -150,13 +151,14 @@ def _scan(base_ck, suspect_ck, options: ScanOptions, store, progress: Progress, 
 
     _name_rows(base_ck, findings)
     probes_doc = None
-    if options.run_probes and options.facts:
+    asked = options.probe_facts if options.probe_facts is not None else options.facts
+    if options.run_probes and asked:
         if base_ck.config is None or suspect_ck.config is None:
             say("probes need model folders with config.json on both sides: skipped")
         else:
             from .probe_stage import run_probe_stage
 
-            probes_doc = run_probe_stage(base_ck.folder, suspect_ck.folder, options.facts, options.device, say, progress)
+            probes_doc = run_probe_stage(base_ck.folder, suspect_ck.folder, asked, options.device, say, progress)
     folder_findings = [
         Finding(n.rule, n.message, [], data={"details": n.data, "severity": n.severity}) for n in suspect_ck.notes
     ]
