@@ -7,6 +7,10 @@ One JSON object per line::
      "kind": "intrinsic", "paraphrases": ["France's capital city is"],
      "neighbourhood": ["The capital of Spain is"], "related": {"target_new": ["Italy"]}}
 
+Optional fields added by the importers: ``neighbourhood_targets`` (the correct answer of each
+neighbourhood prompt when it is not ``target_true``, as in zsRE), ``attribute_prompts`` and
+``generation_prompts`` (CounterFact), and ``meta`` (source identifiers such as a case id).
+
 ``prompt`` is a template with ``{}`` for the subject, or a full prompt that contains the subject.
 ``kind`` is one of ``edited`` (the fact was, or will be, rewritten to ``target_new``), ``intrinsic``
 (knowledge the model has and nobody edited) or ``neighbourhood`` (facts near an edit that must not move).
@@ -38,6 +42,10 @@ class Probe:
     paraphrases: list[str] = field(default_factory=list)
     neighbourhood: list[str] = field(default_factory=list)
     related: dict[str, list[str]] = field(default_factory=dict)
+    neighbourhood_targets: list[str] = field(default_factory=list)
+    attribute_prompts: list[str] = field(default_factory=list)
+    generation_prompts: list[str] = field(default_factory=list)
+    meta: dict[str, str | int | float] = field(default_factory=dict)
 
     @property
     def text(self) -> str:
@@ -80,7 +88,7 @@ def probe_from_dict(rec: object, where: str = "record") -> Probe:
     if target_new is not None and (not isinstance(target_new, str) or not target_new.strip()):
         raise ProbeLoadError(f"{where}: field 'target_new' must be a non-empty string")
     lists = {}
-    for key in ("paraphrases", "neighbourhood"):
+    for key in ("paraphrases", "neighbourhood", "neighbourhood_targets", "attribute_prompts", "generation_prompts"):
         value = rec.get(key, [])
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             raise ProbeLoadError(f"{where}: field {key!r} must be a list of strings")
@@ -90,11 +98,18 @@ def probe_from_dict(rec: object, where: str = "record") -> Probe:
         isinstance(v, list) and all(isinstance(x, str) for x in v) for v in related.values()
     ):
         raise ProbeLoadError(f"{where}: field 'related' must map names to lists of strings")
+    if lists["neighbourhood_targets"] and len(lists["neighbourhood_targets"]) != len(lists["neighbourhood"]):
+        raise ProbeLoadError(f"{where}: field 'neighbourhood_targets' must have one answer per neighbourhood prompt")
+    meta = rec.get("meta", {})
+    if not isinstance(meta, dict) or not all(
+        isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in meta.values()
+    ):
+        raise ProbeLoadError(f"{where}: field 'meta' must map names to strings or numbers")
     pid = rec.get("id")
     return Probe(
         id=str(pid) if pid is not None else f"{rec.get('relation', 'fact')}:{subject}",
         subject=subject, prompt=prompt, target_true=target_true, relation=str(rec.get("relation", "")),
-        target_new=target_new, kind=kind, related=related, **lists,
+        target_new=target_new, kind=kind, related=related, meta=meta, **lists,
     )
 
 
