@@ -1,0 +1,255 @@
+"""``editaudit mitigate SUSPECT --goal erase|preserve --out DIR``: guided selective fine-tuning, or surgical revert."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from . import common
+
+
+class Goal(str, Enum):
+    erase = "erase"
+    preserve = "preserve"
+
+
+class Method(str, Enum):
+    full = "full"
+    lora = "lora"
+    dora = "dora"
+
+
+class Task(str, Enum):
+    lm = "lm"
+    facts = "facts"
+    sentiment = "sentiment"
+    sft = "sft"
+
+
+class Modules(str, Enum):
+    all = "all"
+    mlp = "mlp"
+    mlp_out = "mlp_out"
+    attn = "attn"
+
+
+class Fmt(str, Enum):
+    rich = "rich"
+    json = "json"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("mitigate")
+    def mitigate(
+        ctx: typer.Context,
+        suspect: str = typer.Argument(..., help="Suspect checkpoint folder (or model name)."),
+        goal: Goal = typer.Option(..., "--goal", "-g", help="erase the edits, or preserve them while fine-tuning."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the mitigated checkpoint (atomically)."),
+        base: Optional[str] = typer.Option(None, "--base", "-b", help="Base checkpoint: scan against it if no scan is stored; needed for --revert."),
+        method: Method = typer.Option(Method.full, "--method", help="full fine-tuning, or LoRA/DoRA adapters merged at the end."),
+        layers: str = typer.Option("auto", "--layers", help="auto | edited | non-edited | threshold:L | window:C:W | a list like 3,4,7-9."),
+        modules: Modules = typer.Option(Modules.all, "--modules", help="Which matrices of the chosen layers: all, mlp, mlp_out or attn."),
+        task: Task = typer.Option(Task.lm, "--task", help="Downstream task: lm (prose), facts, sentiment, sft."),
+        data: Optional[Path] = typer.Option(None, "--data", help="Your own data: text (lm) or JSONL (any task)."),
+        steps: int = typer.Option(50, "--steps", help="Step budget."),
+        eval_every: int = typer.Option(10, "--eval-every", help="Evaluate (and save resumable state) every N steps."),
+        stop_loss: Optional[float] = typer.Option(None, "--stop-loss", help="Stop when validation loss < X."),
+        stop_acc: Optional[float] = typer.Option(None, "--stop-acc", help="Stop when validation accuracy > Y (0–1)."),
+        lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 5e-5 for lm, 2e-5 otherwise)."),
+        batch_size: int = typer.Option(8, "--batch-size", help="Examples per step."),
+        seq_len: int = typer.Option(128, "--seq-len", help="Tokens per example (longer ones are cut)."),
+        rank: int = typer.Option(8, "--rank", help="LoRA/DoRA rank."),
+        alpha: float = typer.Option(16.0, "--alpha", help="LoRA/DoRA alpha."),
+        target_modules: Optional[str] = typer.Option(None, "--target-modules", help="LoRA/DoRA: only these module names, e.g. q_proj,v_proj."),
+        probes: List[Path] = typer.Option([], "--probes", help="Probe JSONL: edited facts (kind edited, with target_new) and intrinsic facts to track."),
+        watch: List[str] = typer.Option([], "--watch", help="Probe id whose top-3 tokens to show at each evaluation (repeatable)."),
+        max_examples: Optional[int] = typer.Option(None, "--max-examples", help="Use at most this many examples."),
+        val_size: int = typer.Option(64, "--val-size", help="Validation examples."),
+        compare_full: bool = typer.Option(False, "--compare-full", help="Also run plain full fine-tuning with the same budget, for comparison."),
+        revert: bool = typer.Option(False, "--revert", help="Surgical revert instead of fine-tuning: remove only the scan's edit components."),
+        resume: bool = typer.Option(False, "--resume", help="Continue a stopped run from its last evaluation."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+        plan_only: bool = typer.Option(False, "--plan-only", help="Show the plan and why, then stop."),
+        keep_known_facts: bool = typer.Option(False, "--keep-known-facts", help="facts task: also train on facts the model already knows."),
+        seed: int = typer.Option(0, "--seed", help="Seed for data order and initialisation."),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … (default: cuda when present)."),
+        fmt: Fmt = typer.Option(Fmt.rich, "--format", "-f", help="rich (terminal) or json on stdout."),
+    ) -> None:
+        """Erase (or preserve) knowledge edits by fine-tuning only the layers that matter, then prove it.
+
+        The plan comes from the scan's findings. With --goal erase, --layers auto trains only the edited layers
+        (the most effective way to erase edits); with --goal preserve it freezes them.
+
+        The plan and its reasons are shown before anything runs. Each evaluation shows (and stores) edited and
+        intrinsic retention and the top-3 tokens of watched probes.
+
+        --revert removes only the low-rank edit components found by the scan (needs --base), then re-scans.
+
+        Exit codes: 0 done, 2 bad input or error, 130 interrupted (continue with --resume).
+        """
+        from ..errors import BadInput
+        from ..mitigation.service import MitigationOptions, prepare, run_mitigation
+        from ..mitigation.train import TrainConfig
+
+        if out is None and not plan_only:
+            raise BadInput("--out DIR is required (where the mitigated checkpoint goes)")
+        cfg = TrainConfig(method=method.value, steps=steps, eval_every=eval_every, batch_size=batch_size,
+                          seq_len=seq_len, lr=lr, stop_loss=stop_loss, stop_acc=stop_acc, rank=rank, alpha=alpha,
+                          target_modules=[t.strip() for t in target_modules.split(",") if t.strip()] if target_modules else None,
+                          seed=seed)
+        cfg.check()
+        opts = MitigationOptions(
+            base=base, out=out, method=method.value, layers=layers, modules=modules.value, task=task.value,
+            data=data, max_examples=max_examples, val_size=val_size, train=cfg, probes=_load_probes(probes),
+            watch=list(watch), compare_full=compare_full, revert=revert, overwrite=overwrite, device=device,
+            keep_known_facts=keep_known_facts,
+        )
+        store = _open_store(ctx, device)
+        if plan_only:
+            _, _, evidence, plan = prepare(suspect, goal.value, opts, store, common.say)
+            show_plan(plan.to_dict() if plan else None, evidence.to_dict() if evidence else None, revert)
+            return
+        view = LiveView()
+        with common.progress() as bar:
+            view.bar = bar
+            result = run_mitigation(suspect, goal.value, opts, store=store, progress=view, resume=resume,
+                                    say=common.say)
+        if not result.main:  # a helper process under `accelerate launch`: the main process reports
+            return
+        doc = result.to_dict()
+        if fmt == Fmt.json:
+            common.out.file.write(json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n")
+            common.out.file.flush()
+        else:
+            render_result(doc)
+
+
+def _open_store(ctx: typer.Context, device: str | None):
+    """Open the store; under `accelerate launch` the main process opens (and creates) it first."""
+    from accelerate import PartialState
+
+    from ..mitigation.service import process_state
+
+    main, _ = process_state(device)
+    store = common.state(ctx).store() if main else None
+    PartialState().wait_for_everyone()
+    return store if main else common.state(ctx).store()
+
+
+def _load_probes(paths: list[Path]):
+    from .scan_cmd import _load_candidates
+
+    return _load_candidates(paths, []) if paths else []
+
+
+# -- live view ------------------------------------------------------------------------------------
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
+class LiveView:
+    """Turns service events into a progress bar per arm and one line per evaluation (stderr)."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.tasks: dict[str, int] = {}
+
+    def __call__(self, ev) -> None:
+        if ev.kind == "plan":
+            show_plan(ev.data.get("plan"), ev.data.get("evidence"), ev.data.get("revert", False))
+        elif ev.kind == "stage":
+            if "total" in ev.data and self.bar is not None:
+                self.tasks[ev.arm] = self.bar.add_task(escape(f"{ev.arm}: training"), total=ev.data["total"])
+            common.say(ev.data.get("text", ""))
+        elif ev.kind == "resume":
+            common.say(f"{ev.arm}: resuming from step {ev.data['step']}")
+            if ev.arm in self.tasks and self.bar is not None:
+                self.bar.update(self.tasks[ev.arm], completed=ev.data["step"])
+        elif ev.kind == "step" and self.bar is not None and ev.arm in self.tasks:
+            self.bar.update(self.tasks[ev.arm], completed=ev.data["step"],
+                            description=escape(f"{ev.arm}: loss {ev.data['loss']:.3f}"))
+        elif ev.kind == "eval":
+            common.err.print(eval_line(ev.arm, ev.data))
+
+
+def eval_line(arm: str, m: dict) -> Text:
+    t = Text(f"{arm:>9} step {m.get('step', 0):>4}", style="bold")
+    if "val_loss" in m:
+        t.append(f"  val loss {m['val_loss']:.3f}  acc {m.get('val_acc', 0):.2f}")
+    if "edited_retention" in m:
+        t.append("  edited ", style="dim")
+        t.append(_pct(m["edited_retention"]), style="red" if m["edited_retention"] > 0.5 else "green")
+    if "intrinsic_retention" in m:
+        t.append("  intrinsic ", style="dim")
+        t.append(_pct(m["intrinsic_retention"]), style="green" if m["intrinsic_retention"] > 0.8 else "yellow")
+    for pid, top in (m.get("top3") or {}).items():
+        toks = ", ".join(f"{tok.strip()!r} {p:.2f}" for tok, p in top)
+        t.append(f"\n{'':>15}{pid}: {toks}", style="dim")
+    return t
+
+
+def show_plan(plan: dict | None, evidence: dict | None, revert: bool) -> None:
+    lines: list[str] = []
+    if revert and evidence:
+        lines.append(f"surgical revert of {len(evidence['tensors'])} edited tensors ({escape(evidence['source'])}):")
+        for name, k in evidence["components"].items():
+            lines.append(f"  • {escape(name)}: remove the top {k} component(s) of the change from the base")
+        lines.append("every other change in the checkpoint stays as it is")
+    elif plan:
+        lines += [escape(x) for x in plan["explanation"]]
+        lines += [f"[yellow]warning:[/] {escape(w)}" for w in plan["warnings"]]
+        names = plan["params"]
+        shown = ", ".join(escape(n) for n in names[:6]) + (f" … (+{len(names) - 6})" if len(names) > 6 else "")
+        lines.append(f"[dim]tensors: {shown}[/]")
+    common.err.print(Panel("\n".join(lines) or "nothing to do", title="mitigation plan", border_style="cyan"))
+
+
+ROWS = [
+    ("method", lambda s: s["method"]),
+    ("steps", lambda s: f"{s['steps']} ({s['stop']})" if s.get("stop") else str(s["steps"])),
+    ("edited facts: new answer", lambda s: f"{_pct(s['edited_before'])} → {_pct(s['edited_after'])}"),
+    ("edits erased", lambda s: f"{_pct(s['edits_erased'])} of {s['edits_held_before']} held"),
+    ("edited facts: true answer", lambda s: _pct(s["edited_true_after"])),
+    ("intrinsic facts retained", lambda s: f"{_pct(s['intrinsic_before'])} → {_pct(s['intrinsic_after'])} "
+                                           f"({s['intrinsic_points']:+.1f} pts)"),
+    ("validation loss", lambda s: f"{s['val_loss_before']:.3f} → {s['val_loss_after']:.3f}"),
+    ("validation accuracy", lambda s: f"{s['val_acc_before']:.3f} → {s['val_acc_after']:.3f}"),
+    ("edit left in weights", lambda s: f"{s['edit_weight_share_left']:.1%}"),
+    ("re-scan: edited tensors left", lambda s: f"{s['rescan_edited_tensors_left']} ({s['rescan_verdict']})"),
+]
+
+
+def render_result(doc: dict) -> None:
+    v = doc["verification"]
+    arms = v["arms"]
+    table = Table(title=f"verification · goal {doc['goal']}", title_justify="left")
+    table.add_column("", style="bold", no_wrap=True)
+    for name in arms:
+        table.add_column(name)
+    for label, cell in ROWS:
+        values = []
+        for s in arms.values():
+            try:
+                values.append(escape(cell(s)))
+            except (KeyError, TypeError):
+                values.append("-")
+        if any(x != "-" for x in values):
+            table.add_row(label, *values)
+    common.out.print(table)
+    head = Text.assemble((f" {v['verdict']} ", "bold white on blue"))
+    if "kept_vs_full" in v:
+        head.append(f"  edits kept: {_pct(v['edits_kept'])} vs {_pct(v['full_edits_kept'])} with full fine-tuning")
+    common.out.print(head)
+    if doc.get("out"):
+        common.out.print(Text(f"wrote {doc['out']}  ·  session {doc.get('session_id') or '-'}", style="dim"))
+    for f in doc.get("skipped_files") or []:
+        common.err.print(f"[yellow]not copied:[/] {escape(f)} (pickle, code or a weight file no loader here reads)")

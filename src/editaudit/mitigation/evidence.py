@@ -1,0 +1,105 @@
+"""What the scan says about a suspect's edits, in the form mitigation needs.
+
+Mitigation plans (``auto``/``edited``/``non-edited`` layers) and surgical revert both start from the
+scan's edit findings: which layers and tensors were edited, and how many low-rank components make up
+each edit. The evidence is read from the scan report (the same JSON the store keeps in ``scans.report``),
+so a stored scan and a fresh one are handled by one code path.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+# A single MLP output matrix with a low-rank change of rank > 8 is reported as EA106 (other low-rank
+# change); many ROME edits in one layer look exactly like that, so it counts as edit evidence too.
+BATCH_RULE = "EA106"
+
+
+@dataclass
+class EditEvidence:
+    """Edited layers and tensors from one scan, with the number of edit components per tensor."""
+
+    layers: list[int]
+    tensors: list[str]
+    components: dict[str, int]  # tensor name -> low-rank components that make up the edit
+    findings: list[dict] = field(default_factory=list)  # {rule, layers, tensors, message}
+    scan_id: int | None = None
+    session_id: str | None = None
+    source: str = ""  # human description: "stored scan #3 (session …)" / "scan run now"
+    base: str | None = None  # the base checkpoint the scan compared against
+
+    @property
+    def found(self) -> bool:
+        return bool(self.tensors)
+
+    def describe(self) -> str:
+        if not self.found:
+            return f"{self.source}: no edit found"
+        parts = [f"{f['rule']} layers {','.join(map(str, f['layers'])) or '-'}" for f in self.findings]
+        return f"{self.source}: " + "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {"layers": self.layers, "tensors": self.tensors, "components": self.components,
+                "findings": self.findings, "scan_id": self.scan_id, "session_id": self.session_id,
+                "source": self.source, "base": self.base}
+
+
+def _components(t: dict, finding_rank: int | None) -> int:
+    kind = t.get("kind")
+    if kind == "rank-one":
+        return 1
+    if kind == "low-rank":
+        return max(1, int(t.get("rank_above_noise") or finding_rank or 1))
+    if kind == "dense+spike":
+        return max(1, int(t.get("spikes") or 1))
+    return max(1, int(finding_rank or 1))
+
+
+def evidence_from_report(doc: dict, source: str = "scan", scan_id: int | None = None) -> EditEvidence:
+    """Edit evidence from a scan report dict (``ScanReport.to_dict()`` or the stored JSON)."""
+    from ..scan.classify import EDIT_RULES
+
+    stats = {t["name"]: t for t in doc.get("tensors", [])}
+    layers: set[int] = set()
+    tensors: list[str] = []
+    components: dict[str, int] = {}
+    findings: list[dict] = []
+    for f in doc.get("findings", []):
+        rule = f.get("rule")
+        names = list(f.get("tensors") or [])
+        if rule == BATCH_RULE:
+            if not names or any(stats.get(n, {}).get("role") != "mlp_out" for n in names):
+                continue
+        elif rule not in EDIT_RULES:
+            continue
+        findings.append({"rule": rule, "layers": list(f.get("layers") or []), "tensors": names,
+                         "message": f.get("message", ""), "rank": f.get("rank")})
+        layers.update(f.get("layers") or [])
+        for n in names:
+            if n not in components:
+                tensors.append(n)
+                components[n] = _components(stats.get(n, {}), f.get("rank"))
+    return EditEvidence(sorted(layers), tensors, components, findings, scan_id, doc.get("session_id"), source,
+                        (doc.get("base") or {}).get("path"))
+
+
+def stored_evidence(store, suspect_fingerprint: str, base_fingerprint: str | None = None) -> EditEvidence | None:
+    """The newest finished scan of this exact suspect (against this base, if given), or None."""
+    rows = store.rows("checkpoints", "fingerprint = ?", [suspect_fingerprint])
+    if not rows:
+        return None
+    where, args = "suspect_id = ? and status = 'done'", [rows[0]["id"]]
+    if base_fingerprint is not None:
+        base_rows = store.rows("checkpoints", "fingerprint = ?", [base_fingerprint])
+        if not base_rows:
+            return None
+        where += " and base_id = ?"
+        args.append(base_rows[0]["id"])
+    scans = store.rows("scans", where, args, order_by="id desc")
+    for scan in scans:
+        if not scan.get("report"):
+            continue
+        doc = json.loads(scan["report"])
+        return evidence_from_report(doc, f"stored scan #{scan['id']} (session {scan['session_id']})", scan["id"])
+    return None
