@@ -85,15 +85,10 @@ def _launch_app(db: Path | None) -> None:
 
 
 def _register() -> None:
-    import importlib
+    """Each command lives in its own module; importing them is cheap (heavy libraries load inside commands)."""
+    from . import demo_cmd, edit_cmd, mitigate_cmd, models_cmd, probe_cmd, scan_cmd, sessions_cmd
 
-    for name in ("scan_cmd", "sessions_cmd", "models_cmd", "probe_cmd", "edit_cmd", "mitigate_cmd", "demo_cmd"):
-        try:
-            module = importlib.import_module(f"{__package__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__package__}.{name}":
-                continue  # command not built yet
-            raise
+    for module in (scan_cmd, sessions_cmd, models_cmd, probe_cmd, edit_cmd, mitigate_cmd, demo_cmd):
         module.register(app)
 
 

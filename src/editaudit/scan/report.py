@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 from .. import __version__
 from .classify import LEVELS, RULES, Changed, Finding
-from .names import SHORT
 
 SCHEMA = "editaudit.scan/1"
 MAP_ROLES = ["attn_q", "attn_k", "attn_v", "attn_qkv", "attn_o", "mlp_in", "mlp_out", "norm"]

@@ -11,17 +11,20 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..checkpoint import open_checkpoint
 from ..checkpoint.reader import TensorFile, to_torch
 from ..probing.format import Probe
-from .classify import EDIT_RULES, LEVELS, Changed, Finding, classify, overall_kind, verdict
+from .classify import EDIT_RULES, Changed, Finding, classify, overall_kind, verdict
 from .compare import compare, require_compatible
 from .names import num_layers, parse_name
 from .readout import edit_output, load_lens, promoted_tokens, subject_keys
 from .report import ScanReport
 from .spectral import delta_stats
+
+if TYPE_CHECKING:
+    import torch
 
 Progress = Callable[[str, float, float], None]  # (stage, done, total)
 
@@ -233,7 +236,7 @@ def _read_edits(base_ck, family: str, changed: list[Changed], findings: list[Fin
         _rank_subjects(base_ck, family, by_name, edit_findings, lens, options, say, progress)
 
 
-_KEY_CACHE: dict[tuple, dict[str, "torch.Tensor"]] = {}  # (base fingerprint, texts) -> {module path: keys}
+_KEY_CACHE: dict[tuple, dict[str, torch.Tensor]] = {}  # (base fingerprint, texts) -> {module path: keys}
 
 
 def _keys_cached(base_ck, paths: list[str], probes: list[Probe], device: str | None) -> dict:
