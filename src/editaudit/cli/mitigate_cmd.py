@@ -13,6 +13,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from ..mitigation.summary import kept_vs_full, pct, verification_rows
 from . import common
 
 
@@ -152,10 +153,6 @@ def _load_probes(paths: list[Path]):
 
 # -- live view ------------------------------------------------------------------------------------
 
-def _pct(x) -> str:
-    return "-" if x is None else f"{x:.0%}"
-
-
 class LiveView:
     """Turns service events into a progress bar per arm and one line per evaluation (stderr)."""
 
@@ -187,10 +184,10 @@ def eval_line(arm: str, m: dict) -> Text:
         t.append(f"  val loss {m['val_loss']:.3f}  acc {m.get('val_acc', 0):.2f}")
     if "edited_retention" in m:
         t.append("  edited ", style="dim")
-        t.append(_pct(m["edited_retention"]), style="red" if m["edited_retention"] > 0.5 else "green")
+        t.append(pct(m["edited_retention"]), style="red" if m["edited_retention"] > 0.5 else "green")
     if "intrinsic_retention" in m:
         t.append("  intrinsic ", style="dim")
-        t.append(_pct(m["intrinsic_retention"]), style="green" if m["intrinsic_retention"] > 0.8 else "yellow")
+        t.append(pct(m["intrinsic_retention"]), style="green" if m["intrinsic_retention"] > 0.8 else "yellow")
     for pid, top in (m.get("top3") or {}).items():
         toks = ", ".join(f"{tok.strip()!r} {p:.2f}" for tok, p in top)
         t.append(f"\n{'':>15}{pid}: {toks}", style="dim")
@@ -213,41 +210,19 @@ def show_plan(plan: dict | None, evidence: dict | None, revert: bool) -> None:
     common.err.print(Panel("\n".join(lines) or "nothing to do", title="mitigation plan", border_style="cyan"))
 
 
-ROWS = [
-    ("method", lambda s: s["method"]),
-    ("steps", lambda s: f"{s['steps']} ({s['stop']})" if s.get("stop") else str(s["steps"])),
-    ("edited facts: new answer", lambda s: f"{_pct(s['edited_before'])} → {_pct(s['edited_after'])}"),
-    ("edits erased", lambda s: f"{_pct(s['edits_erased'])} of {s['edits_held_before']} held"),
-    ("edited facts: true answer", lambda s: _pct(s["edited_true_after"])),
-    ("intrinsic facts retained", lambda s: f"{_pct(s['intrinsic_before'])} → {_pct(s['intrinsic_after'])} "
-                                           f"({s['intrinsic_points']:+.1f} pts)"),
-    ("validation loss", lambda s: f"{s['val_loss_before']:.3f} → {s['val_loss_after']:.3f}"),
-    ("validation accuracy", lambda s: f"{s['val_acc_before']:.3f} → {s['val_acc_after']:.3f}"),
-    ("edit left in weights", lambda s: f"{s['edit_weight_share_left']:.1%}"),
-    ("re-scan: edited tensors left", lambda s: f"{s['rescan_edited_tensors_left']} ({s['rescan_verdict']})"),
-]
-
-
 def render_result(doc: dict) -> None:
     v = doc["verification"]
-    arms = v["arms"]
+    names, rows = verification_rows(v)
     table = Table(title=f"verification · goal {doc['goal']}", title_justify="left")
     table.add_column("", style="bold", no_wrap=True)
-    for name in arms:
+    for name in names:
         table.add_column(name)
-    for label, cell in ROWS:
-        values = []
-        for s in arms.values():
-            try:
-                values.append(escape(cell(s)))
-            except (KeyError, TypeError):
-                values.append("-")
-        if any(x != "-" for x in values):
-            table.add_row(label, *values)
+    for label, values in rows:
+        table.add_row(label, *map(escape, values))
     common.out.print(table)
     head = Text.assemble((f" {v['verdict']} ", "bold white on blue"))
-    if "kept_vs_full" in v:
-        head.append(f"  edits kept: {_pct(v['edits_kept'])} vs {_pct(v['full_edits_kept'])} with full fine-tuning")
+    if line := kept_vs_full(v):
+        head.append(f"  {line}")
     common.out.print(head)
     if doc.get("out"):
         common.out.print(Text(f"wrote {doc['out']}  ·  session {doc.get('session_id') or '-'}", style="dim"))

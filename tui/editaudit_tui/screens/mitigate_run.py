@@ -12,7 +12,17 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Label, ProgressBar, RichLog, Sparkline, Static
+from textual.widgets import (
+    Footer,
+    Header,
+    Label,
+    ProgressBar,
+    RichLog,
+    Sparkline,
+    Static,
+)
+
+from editaudit.mitigation.summary import kept_vs_full, verification_rows
 
 from ..fmt import pct, plain, short_path
 from ..jobs import Job, Outcome, describe_error
@@ -26,40 +36,18 @@ def _f(x, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-VERIFY_ROWS = [
-    ("method", lambda s: s["method"]),
-    ("steps", lambda s: f"{s['steps']} ({s['stop']})" if s.get("stop") else str(s["steps"])),
-    ("edited facts: new answer", lambda s: f"{pct(s['edited_before'])} → {pct(s['edited_after'])}"),
-    ("edits erased", lambda s: pct(s["edits_erased"])),
-    ("intrinsic facts retained", lambda s: f"{pct(s['intrinsic_before'])} → {pct(s['intrinsic_after'])} "
-                                           f"({s['intrinsic_points']:+.1f} pts)"),
-    ("validation loss", lambda s: f"{s['val_loss_before']:.3f} → {s['val_loss_after']:.3f}"),
-    ("validation accuracy", lambda s: f"{s['val_acc_before']:.3f} → {s['val_acc_after']:.3f}"),
-    ("edit left in weights", lambda s: f"{s['edit_weight_share_left']:.1%}"),
-    ("re-scan: edited tensors left", lambda s: f"{s['rescan_edited_tensors_left']} ({s['rescan_verdict']})"),
-]
-
-
 def verification_view(v: dict, out: str | None = None) -> Group:
     """The verification report: the verdict, then before → after per arm."""
     head = Text.assemble((f" {v.get('verdict', '?')} ", "bold #FFFFFF on #3B6EA8"))
-    if "kept_vs_full" in v:
-        head.append(f"  edits kept: {pct(v.get('edits_kept'))} vs {pct(v.get('full_edits_kept'))} "
-                    "with full fine-tuning")
-    arms = v.get("arms", {})
+    if line := kept_vs_full(v):
+        head.append(f"  {line}")
+    names, rows = verification_rows(v)
     table = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
     table.add_column("", style="dim", no_wrap=True)
-    for name in arms:
+    for name in names:
         table.add_column(name)
-    for label, cell in VERIFY_ROWS:
-        values = []
-        for s in arms.values():
-            try:
-                values.append(cell(s))
-            except (KeyError, TypeError, ValueError):
-                values.append("-")
-        if any(x != "-" for x in values):
-            table.add_row(label, *[plain(x) for x in values])
+    for label, values in rows:
+        table.add_row(label, *[plain(x) for x in values])
     parts: list = [head, Text(""), table]
     probes = v.get("probes") or {}
     if probes:
