@@ -18,6 +18,7 @@ import os
 import shutil
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -251,6 +252,19 @@ def _finish_run(store, run_id: int | None, result: dict, status: str = "done") -
 def _mark_run(store, run_id: int | None, status: str) -> None:
     if store is not None and run_id is not None:
         store.update("finetune_runs", run_id, {"status": status})
+
+
+@contextmanager
+def _marked_on_failure(store, run_id: int | None):
+    """A run that stops by Ctrl-C is stored as interrupted, by any other error as failed: never left running."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _mark_run(store, run_id, "interrupted")
+        raise
+    except BaseException:
+        _mark_run(store, run_id, "failed")
+        raise
 
 
 # -- the service ------------------------------------------------------------------------------------
@@ -505,7 +519,7 @@ def _train_arm(name: str, lm, plan: Plan, task: TaskData, options: MitigationOpt
             _record_eval(store, run_id, data)
         emit(MitigationEvent(kind, arm=name, data=data))
 
-    try:
+    with _marked_on_failure(store, run_id):
         outcome: TrainOutcome = train(
             lm, plan, task, cfg, evaluate=evaluate, emit=on, cancel=cancel, state_dir=state_dir, resume=arm_resume,
             run_info={"suspect": suspect_ck.fingerprint(), "params": plan.params, "arm": name},
@@ -531,12 +545,6 @@ def _train_arm(name: str, lm, plan: Plan, task: TaskData, options: MitigationOpt
         _finish_run(store, run_id, {k: v for k, v in arm.to_dict().items() if k != "history"})
         emit(MitigationEvent("arm", arm=name, data=arm.to_dict()))
         return arm, skipped
-    except KeyboardInterrupt:
-        _mark_run(store, run_id, "interrupted")
-        raise
-    except BaseException:
-        _mark_run(store, run_id, "failed")
-        raise
 
 
 def _round_trip(outcome: TrainOutcome, suspect_ck) -> dict:
@@ -598,7 +606,7 @@ def _revert_arm(suspect_ck, base_ck, evidence: EditEvidence, goal: str, options:
     t0 = time.perf_counter()
     run_id = _start_run(store, sid, "revert", goal, "revert", evidence.layers, "-",
                         {"components": evidence.components, "evidence": evidence.source}, out)
-    try:
+    with _marked_on_failure(store, run_id):
         before: dict = {"step": 0}
         if evaluate is not None and suspect_ck.config is not None:
             emit(MitigationEvent("stage", arm="revert", data={"text": "measuring the suspect"}))
@@ -632,12 +640,6 @@ def _revert_arm(suspect_ck, base_ck, evidence: EditEvidence, goal: str, options:
         _finish_run(store, run_id, arm.to_dict())
         emit(MitigationEvent("arm", arm="revert", data=arm.to_dict()))
         return arm, skipped
-    except KeyboardInterrupt:
-        _mark_run(store, run_id, "interrupted")
-        raise
-    except BaseException:
-        _mark_run(store, run_id, "failed")
-        raise
 
 
 # -- verification -------------------------------------------------------------------------------------
