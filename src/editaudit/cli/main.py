@@ -44,14 +44,16 @@ app = typer.Typer(
     name="editaudit",
     help=(
         "Find, read and mitigate knowledge edits in LLM checkpoints.\n\n"
-        "Run with no command to open the interactive app. Typical headless use:\n\n"
-        "  editaudit scan SUSPECT --base BASE        # was it edited? where? what does the edit promote?\n\n"
-        "  editaudit demo                            # the whole story on the embedded SmolLM2-135M\n\n"
-        "Models are safetensors folders or files, or the name of the embedded default (smollm2-135m)."
+        "Run with no command to open the interactive app. Headless, start with:\n\n"
+        "* `editaudit demo` — the whole story on the embedded SmolLM2-135M\n"
+        "* `editaudit scan SUSPECT --base BASE` — edited? where? what does each edit promote?\n"
+        "* `editaudit probe MODEL --compare OTHER` — what each model states\n"
+        "* `editaudit mitigate SUSPECT --goal erase` — fine-tune the edits away, verified\n\n"
+        "Models are safetensors folders or files, or the embedded default's name (smollm2-135m)."
     ),
     no_args_is_help=False,
     invoke_without_command=True,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

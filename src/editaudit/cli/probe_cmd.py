@@ -111,7 +111,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Keep the facts MODEL knows confidently and split them into disjoint edit and intrinsic sets.
 
-        Writes <name>-edit.jsonl and <name>-intrinsic.jsonl, each with a .manifest.json recording how it was built.
+        Writes NAME-edit.jsonl and NAME-intrinsic.jsonl, each with a .manifest.json recording how it was built.
         """
         from ..probing.build import BuildOptions, build_sets
         from ..probing.sets import FACT_BANK, resolve_set, user_probe_dir
