@@ -70,12 +70,12 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
             s = summarise(rows)
             took = sum(bool(r["edit_succeeded"]) for r in rows) / max(len(rows), 1)
-            line = (f"{method:10s} {s['edits']:5d} {took:6.0%} {s['layer_found']:13.0%} {s['object_promoted']:12.0%} "
+            line = (f"{method:10s} {s['edits']:5d} {took:6.0%} {s['layer_found']:13.0%} {s['object_read']:12.0%} "
                     f"{s['subject_top']:12.0%} {t_edit / len(rows):7.1f} {t_scan / len(suspects):7.1f}")
             lines.append(line)
             print(line, file=sys.stderr)
             for r in rows:
-                if not (r["layer_found"] and (r["object_promoted"] or r["object_promoted_for_subject"])):
+                if not (r["layer_found"] and r["object_read"]):
                     lines.append(f"    missed: {r['prompt']} → {r['target_new']} (layer found {r['layer_found']}, "
                                  f"rank {r['subject_rank']}, edit took {r['edit_succeeded']})")
     text = "\n".join(lines) + "\n"

@@ -216,11 +216,22 @@ def test_candidate_subjects_rank_the_edited_subject_first(tmp_path, tiny_llama):
     c = keys.T @ keys / len(keys) + 1e-3 * torch.eye(keys.shape[1])
     v_in = torch.linalg.solve(c, k)
     w = load_file(str(tiny_llama / "model.safetensors"))
-    u = torch.randn(w[path + ".weight"].shape[0], generator=torch.Generator().manual_seed(3))
+    apple = lm.tokenizer.convert_tokens_to_ids("▁Apple")
+    u = lm.model.get_output_embeddings().weight[apple].detach()  # the output side writes "Apple"
     d = torch.outer(u / u.norm(), v_in / v_in.norm()) * 0.2 * w[path + ".weight"].norm()
     report = scan(plant(tiny_llama, tmp_path / "s", {path + ".weight": d}), tiny_llama, facts=probes)
     f = rules(report)["EA101"]
     assert f.data["candidate_subjects"][0]["subject"] == "Japan"
+    # each candidate's reading is what the suspect itself answers (the edit patched into the base)
+    from editaudit.probing.evaluate import predict
+
+    suspect = load_model(tmp_path / "s")
+    rows = f.data["candidate_subjects"]
+    said = predict(suspect.model, suspect.tokenizer, [r["prompt"] for r in rows])
+    said_before = predict(lm.model, lm.tokenizer, [r["prompt"] for r in rows])
+    assert [r["answer_after"] for r in rows] == [p.first_word for p in said]
+    assert [r["answer_before"] for r in rows] == [p.first_word for p in said_before]
+    assert rows[0]["answer_after"] != rows[0]["answer_before"]  # the edit moves Japan's answer
 
 
 def test_changed_embedding_rows_name_their_tokens(tmp_path, tiny_llama):

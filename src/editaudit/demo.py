@@ -32,31 +32,45 @@ def _norm(token: str) -> str:
     return token.strip().lower()
 
 
+def _same_word(token: str, word: str) -> bool:
+    """Does a read token name the target's first word? ("J" names "J.K.", "Ukrain" names "Ukrainian")."""
+    if not token or not word:
+        return False
+    return token == word or (word.startswith(token) and (len(token) > 2 or not word[len(token):][:1].isalpha()))
+
+
 def match(planted: list[Planted], doc: dict) -> list[dict]:
-    """Per planted fact: was its layer flagged, is its new object among the promoted tokens of the
-    finding covering that layer, and where does its subject rank among the candidates?"""
+    """Per planted fact: was its layer flagged, is its new object read from the edit, and where does its
+    subject rank among the candidates?
+
+    The object counts as read when it is among the tokens the edit promotes through the model for the
+    scan's top-ranked candidates (top 1, or the top n for a finding that holds n edits), or among the
+    logit-lens tokens of the edit's output directions; both come from the scan alone.
+    """
     edits = [f for f in doc["findings"] if f["rule"] in ("EA101", "EA102", "EA103")]
     rows = []
     for p in planted:
         covering = [f for f in edits if set(p.layers) & set(f["layers"])]
+        n_in_finding = sum(len(q.facts) for q in planted if set(q.layers) & {x for f in covering for x in f["layers"]})
         for i, fact in enumerate(p.facts):
             new_first = _norm(fact.target_new or "").split(" ")[0]
-            promoted = [_norm(t["token"]) for f in covering for t in f.get("promoted_tokens", [])]
-            subjects = [s["subject"] for f in covering for s in f.get("candidate_subjects", [])]
-            subject_promotes = [_norm(t) for f in covering for s in f.get("candidate_subjects", [])
-                                if s["subject"] == fact.subject for t in s.get("promotes", [])]
+            lens = [_norm(t["token"]) for f in covering for t in f.get("promoted_tokens", [])]
+            candidates = [s for f in covering for s in f.get("candidate_subjects", [])]
+            subjects = [s["subject"] for s in candidates]
+            top_reads = [_norm(t) for f in covering for s in f.get("candidate_subjects", [])[:max(n_in_finding, 1)]
+                         for t in s.get("promotes", [])]
+            own = [_norm(t) for s in candidates if s["subject"] == fact.subject for t in s.get("promotes", [])]
             rows.append({
                 "method": p.method, "layers": p.layers, "subject": fact.subject, "prompt": fact.text,
                 "target_true": fact.target_true, "target_new": fact.target_new,
                 "edit_succeeded": p.success[i] if i < len(p.success) else None,
                 "layer_found": bool(covering),
                 "found_as": sorted({f["kind"] for f in covering}),
-                "object_promoted": any(new_first and (t == new_first or (len(t) > 2 and new_first.startswith(t)))
-                                       for t in promoted),
-                "object_promoted_for_subject": any(new_first and (t == new_first or (len(t) > 2 and new_first.startswith(t)))
-                                                   for t in subject_promotes),
+                "object_in_lens": any(_same_word(t, new_first) for t in lens),
+                "object_read": any(_same_word(t, new_first) for t in top_reads + lens),
+                "object_read_for_subject": any(_same_word(t, new_first) for t in own),
                 "subject_rank": (subjects.index(fact.subject) + 1) if fact.subject in subjects else None,
-                "n_edits_in_finding": sum(len(q.facts) for q in planted if set(q.layers) & {l for f in covering for l in f["layers"]}),
+                "n_edits_in_finding": n_in_finding,
             })
     return rows
 
@@ -71,7 +85,8 @@ def summarise(rows: list[dict]) -> dict:
     return {
         "edits": len(rows),
         "layer_found": sum(r["layer_found"] for r in rows) / n,
-        "object_promoted": sum(r["object_promoted"] or r["object_promoted_for_subject"] for r in rows) / n,
+        "object_read": sum(r["object_read"] for r in rows) / n,
+        "object_in_lens": sum(r["object_in_lens"] for r in rows) / n,
         "subject_top": ranked_first / n,
     }
 

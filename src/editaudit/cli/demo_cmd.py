@@ -32,8 +32,12 @@ def register(app: typer.Typer) -> None:
         with common.stage_progress() as on_progress:
             result = run_demo(store, workdir, say=common.say, progress=on_progress, device=device)
         render(result["report"], common.out)
-        truth = Table("method", "layers", "fact (true → new)", "edit took", "layer found", "object read",
-                      "subject rank", title="the truth beside what the blind scan found")
+        truth = Table(title="the truth beside what the blind scan found", expand=True)
+        truth.add_column("method", no_wrap=True)
+        truth.add_column("layers", no_wrap=True)
+        truth.add_column("fact (true → new)", ratio=1)
+        for label in ("took", "layer", "object", "rank"):
+            truth.add_column(label, no_wrap=True, justify="center")
         yes = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}
         for r in result["truth"]:
             layers = f"{r['layers'][0]}" if len(r["layers"]) == 1 else f"{r['layers'][0]}–{r['layers'][-1]}"
@@ -41,13 +45,13 @@ def register(app: typer.Typer) -> None:
                 r["method"].upper(), layers,
                 escape(f"{r['prompt']} {r['target_true']} → {r['target_new']}"),
                 yes[r["edit_succeeded"]], yes[r["layer_found"]],
-                yes[r["object_promoted"] or r["object_promoted_for_subject"]],
+                yes[r["object_read"]],
                 str(r["subject_rank"]) if r["subject_rank"] else "-",
             )
         common.out.print(truth)
         s = result["scores"]
         common.out.print(
-            f"edits {s['edits']} · layers found {s['layer_found']:.0%} · new object read {s['object_promoted']:.0%}"
+            f"edits {s['edits']} · layers found {s['layer_found']:.0%} · new object read {s['object_read']:.0%}"
             f" · subject ranked at the top {s['subject_top']:.0%} · {result['seconds']:.0f}s"
         )
         common.out.print(f"[dim]suspect checkpoint: {escape(result['suspect'])}\n"

@@ -173,3 +173,44 @@ def subject_keys(model: Any, tokenizer: Any, module_paths: list[str], texts: lis
 
 def module_path(tensor_name: str) -> str:
     return parse_name(tensor_name).module_path
+
+
+def read_through_model(model: Any, tokenizer: Any, prompts: list[str], patches: dict[str, tuple], family: str,
+                       top: int = 10) -> list[dict]:
+    """What the edit makes the base model answer: each prompt without and with the edit's low-rank
+    components added to the named modules' outputs (``patches``: module path → SVD factors of ΔW).
+
+    A logit lens reads an early layer's output as if the rest of the network were not there; edits
+    live in early and middle layers, so the object they write is best read by letting the layers after
+    them work. Per prompt: the first non-stop-word answered before and after, and the tokens whose
+    next-token probability rose most (the new answer first when it changed).
+    """
+    from ..probing.evaluate import predict
+
+    def adder(vectors: tuple):
+        moved: dict = {}
+
+        def hook(_module, args, output):
+            x = args[0]
+            if x.device not in moved:
+                moved[x.device] = tuple(t.to(x.device, torch.float32) for t in vectors)
+            delta = edit_output(x.reshape(-1, x.shape[-1]).float(), moved[x.device], family)
+            return output + delta.reshape(*x.shape[:-1], -1).to(output.dtype)
+        return hook
+
+    before = predict(model, tokenizer, prompts, top_k=top)
+    handles = [model.get_submodule(path).register_forward_hook(adder(vectors)) for path, vectors in patches.items()]
+    try:
+        after = predict(model, tokenizer, prompts, top_k=top)
+    finally:
+        for h in handles:
+            h.remove()
+    out = []
+    for b, a in zip(before, after):
+        p_before = dict(b.top)
+        rises = sorted(((p - p_before.get(t, 0.0), t) for t, p in a.top), reverse=True)
+        promotes = [t.strip() for gain, t in rises if gain > 0 and t.strip()]
+        if a.first_word and a.first_word != b.first_word:
+            promotes = [a.first_word] + [t for t in promotes if t != a.first_word]
+        out.append({"before": b.first_word, "after": a.first_word, "promotes": promotes[:5]})
+    return out

@@ -10,6 +10,14 @@ from .. import __version__
 from .classify import LEVELS, RULES, Changed, Finding
 
 SCHEMA = "editaudit.scan/1"
+
+
+def subject_reading(candidate: dict) -> str:
+    """"Ramen → Peru (was Japan)" when the edit changes the candidate's answer, else just the subject."""
+    before, after = candidate.get("answer_before"), candidate.get("answer_after")
+    if after and after != before:
+        return f"{candidate['subject']} → {after} (was {before or '?'})"
+    return candidate["subject"]
 MAP_ROLES = ["attn_q", "attn_k", "attn_v", "attn_qkv", "attn_o", "mlp_in", "mlp_out", "norm"]
 
 
@@ -126,7 +134,7 @@ def to_markdown(doc: dict) -> str:
     ]
     for f in doc["findings"]:
         promotes = ", ".join(f"`{t['token'].strip()}`" for t in f.get("promoted_tokens", [])[:5])
-        subjects = ", ".join(s["subject"] for s in f.get("candidate_subjects", [])[:3])
+        subjects = ", ".join(subject_reading(s) for s in f.get("candidate_subjects", [])[:3])
         layers = ",".join(map(str, f["layers"])) if f["layers"] else "-"
         msg = f["message"].replace("|", "\\|")
         lines.append(f"| {f['rule']} | {f['level']} | {layers} | {msg} | {promotes} | {subjects} |")

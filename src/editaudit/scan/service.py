@@ -19,7 +19,7 @@ from ..probing.format import Probe
 from .classify import EDIT_RULES, Changed, Finding, classify, overall_kind, verdict
 from .compare import compare, require_compatible
 from .names import num_layers, parse_name
-from .readout import edit_output, load_lens, promoted_tokens, subject_keys
+from .readout import edit_output, load_lens, promoted_tokens, read_through_model, subject_keys
 from .report import ScanReport
 from .spectral import delta_stats
 
@@ -233,54 +233,61 @@ def _read_edits(base_ck, family: str, changed: list[Changed], findings: list[Fin
             f.data["promoted_tokens"] = sorted(merged.values(), key=lambda x: -x["z"])[:limit]
             f.data["promoted_by_tensor"] = per_tensor
     if options.facts and targets and base_ck.config is not None:
-        _rank_subjects(base_ck, family, by_name, edit_findings, lens, options, say, progress)
+        _rank_subjects(base_ck, family, by_name, edit_findings, options, say, progress)
 
 
 _KEY_CACHE: dict[tuple, dict[str, torch.Tensor]] = {}  # (base fingerprint, texts) -> {module path: keys}
 
 
-def _keys_cached(base_ck, paths: list[str], probes: list[Probe], device: str | None) -> dict:
+def _keys_cached(base_ck, paths: list[str], probes: list[Probe], base_model: Callable) -> dict:
     """Subject keys from the base model, remembered within the process (repeat scans against one base)."""
     import hashlib
-
-    from ..models.loading import load_model
 
     texts = [p.text for p in probes]
     key = (base_ck.fingerprint(), hashlib.sha256("\0".join(texts).encode()).hexdigest())
     cached = _KEY_CACHE.setdefault(key, {})
     missing = [p for p in paths if p not in cached]
     if missing:
-        lm = load_model(base_ck.folder, device=device)
+        lm = base_model()
         cached.update(subject_keys(lm.model, lm.tokenizer, missing, texts, [p.subject for p in probes]))
-        del lm
     if len(_KEY_CACHE) > 4:
         _KEY_CACHE.pop(next(iter(_KEY_CACHE)))
     return {p: cached[p] for p in paths}
 
 
-def _rank_subjects(base_ck, family: str, by_name: dict, edit_findings: list[Finding], lens, options: ScanOptions,
+def _rank_subjects(base_ck, family: str, by_name: dict, edit_findings: list[Finding], options: ScanOptions,
                    say, progress: Progress) -> None:
-    """Rank the facts' subjects by the size of the change each edit makes for their key, and read
-    what the edit makes the model say about the top ones (lens of ΔW k, summed over the edit's layers)."""
+    """Rank the facts' subjects by the size of the change each edit makes for their key, then read what
+    the edit makes the base model answer for the top ones (the edit's components patched in)."""
     import torch
+
+    from ..models.loading import load_model
+
+    loaded: list = []
+
+    def base_model():
+        if not loaded:
+            loaded.append(load_model(base_ck.folder, device=options.device))
+        return loaded[0]
 
     subjects: dict[str, Probe] = {}
     for p in options.facts:
         subjects.setdefault(p.subject, p)
     probes = list(subjects.values())
     names = [p.subject for p in probes]
-    say(f"ranking {len(probes)} candidate subjects by key alignment (loading the base model)")
+    say(f"ranking {len(probes)} candidate subjects by key alignment")
     progress("subjects", 0, len(probes))
     paths = sorted({by_name[t].name.module_path for f in edit_findings for t in f.tensors
                     if by_name.get(t) is not None and by_name[t].vectors is not None})
-    keys = _keys_cached(base_ck, paths, probes, options.device)
+    keys = _keys_cached(base_ck, paths, probes, base_model)
     progress("subjects", len(probes), len(probes))
-    for f in edit_findings:
-        change = None
+    for n, f in enumerate(edit_findings):
+        change, patches = None, {}
         for t in f.tensors:
             c = by_name.get(t)
             if c is None or c.vectors is None:
                 continue
+            patches[c.name.module_path] = c.vectors
             delta = edit_output(keys[c.name.module_path], c.vectors, family)
             change = delta if change is None else change + delta
         if change is None:
@@ -288,14 +295,16 @@ def _rank_subjects(base_ck, family: str, by_name: dict, edit_findings: list[Find
         effect = change.norm(dim=1)
         total = float(effect.sum()) or 1.0
         n_top = min(len(names), max(options.top_subjects, 2 * (f.rank or 1)))
-        rows = []
-        for i in torch.argsort(effect, descending=True)[:n_top].tolist():
-            row = {"subject": names[i], "score": round(float(effect[i]), 4), "share": round(float(effect[i]) / total, 4)}
-            if lens is not None:
-                _, toks = lens.read(change[i], top=5, signed=True)
-                row["promotes"] = [t["token"] for t in toks]
-            rows.append(row)
+        top = torch.argsort(effect, descending=True)[:n_top].tolist()
+        rows = [{"subject": names[i], "score": round(float(effect[i]), 4), "share": round(float(effect[i]) / total, 4)}
+                for i in top]
+        progress("reading edits", n, len(edit_findings))
+        lm = base_model()
+        reads = read_through_model(lm.model, lm.tokenizer, [probes[i].text for i in top], patches, family)
+        for row, i, r in zip(rows, top, reads):
+            row.update(prompt=probes[i].text, answer_before=r["before"], answer_after=r["after"], promotes=r["promotes"])
         f.data["candidate_subjects"] = rows
+    progress("reading edits", len(edit_findings), len(edit_findings))
 
 
 def _save(store, sid: str, scan_id: int, report: ScanReport, own_session: bool) -> None:
