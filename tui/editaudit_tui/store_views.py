@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from editaudit.scan.wording import subject_reading
+
 from .fmt import ROLE_LABEL
 
 # Roles shown as heat-map rows, in this order, when a family has them.
@@ -118,7 +120,7 @@ def finding_rows(doc: dict) -> list[FindingRow]:
             matrix=", ".join(roles[:3]) + (" …" if len(roles) > 3 else ""), kind=f.get("kind", ""),
             rank="-" if f.get("rank") is None else str(f["rank"]),
             promotes=[str(t.get("token", "")) for t in f.get("promoted_tokens", [])],
-            subjects=[str(s.get("subject", "")) for s in f.get("candidate_subjects", [])],
+            subjects=[subject_reading(s) for s in f.get("candidate_subjects", []) if isinstance(s.get("subject"), str)],
             message=f.get("message", ""), tensors=list(f.get("tensors", [])),
         ))
     return rows

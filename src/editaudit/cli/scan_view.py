@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..scan.names import SHORT
-from ..scan.report import subject_reading
+from ..scan.wording import subject_reading
 
 GLYPHS = {
     "rank-one": ("█", "bold red"), "low-rank": ("█", "red"), "dense+spike": ("▓", "magenta"),

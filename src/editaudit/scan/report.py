@@ -8,16 +8,10 @@ from dataclasses import dataclass, field
 
 from .. import __version__
 from .classify import LEVELS, RULES, Changed, Finding
+from .wording import subject_reading
 
 SCHEMA = "editaudit.scan/1"
 
-
-def subject_reading(candidate: dict) -> str:
-    """"Ramen → Peru (was Japan)" when the edit changes the candidate's answer, else just the subject."""
-    before, after = candidate.get("answer_before"), candidate.get("answer_after")
-    if after and after != before:
-        return f"{candidate['subject']} → {after} (was {before or '?'})"
-    return candidate["subject"]
 MAP_ROLES = ["attn_q", "attn_k", "attn_v", "attn_qkv", "attn_o", "mlp_in", "mlp_out", "norm"]
 
 

@@ -18,9 +18,18 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, ProgressBar, RichLog, Static
 
+from editaudit.scan.wording import subject_reading
+
 from ..fmt import ROLE_LABEL, plain
 from ..jobs import Job, Outcome, describe_error
-from ..store_views import FindingRow, finding_rows, map_roles, scan_document, session_row, tensors_by_name
+from ..store_views import (
+    FindingRow,
+    finding_rows,
+    map_roles,
+    scan_document,
+    session_row,
+    tensors_by_name,
+)
 from ..theme import LEVEL_STYLE, VERDICT_STYLE
 from ..widgets.heatmap import LayerHeatMap
 from ..widgets.spectrum import SpectrumPlot
@@ -296,7 +305,7 @@ class ScanScreen(Screen):
         if subjects:
             out.append("subjects  ", style="dim")
             for s in subjects[:5]:
-                out.append_text(plain(s.get("subject", "")))
+                out.append_text(plain(subject_reading(s) if isinstance(s.get("subject"), str) else "?"))
                 out.append(f" {s.get('score', 0):.2f}  ", style="dim")
             out.append("\n")
         if len(finding.tensors) > 1:
