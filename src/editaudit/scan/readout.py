@@ -182,8 +182,8 @@ def read_through_model(model: Any, tokenizer: Any, prompts: list[str], patches: 
 
     A logit lens reads an early layer's output as if the rest of the network were not there; edits
     live in early and middle layers, so the object they write is best read by letting the layers after
-    them work. Per prompt: the first non-stop-word answered before and after, and the tokens whose
-    next-token probability rose most (the new answer first when it changed).
+    them work. Per prompt: the first non-stop-word answered before and after, the tokens whose
+    next-token probability rose most (the new answer first when it changed) and the largest rise.
     """
     from ..probing.evaluate import predict
 
@@ -212,5 +212,6 @@ def read_through_model(model: Any, tokenizer: Any, prompts: list[str], patches: 
         promotes = [t.strip() for gain, t in rises if gain > 0 and t.strip()]
         if a.first_word and a.first_word != b.first_word:
             promotes = [a.first_word] + [t for t in promotes if t != a.first_word]
-        out.append({"before": b.first_word, "after": a.first_word, "promotes": promotes[:5]})
+        gain = rises[0][0] if rises else 0.0
+        out.append({"before": b.first_word, "after": a.first_word, "promotes": promotes[:5], "gain": gain})
     return out

@@ -271,8 +271,11 @@ def _rank_subjects(base_ck, family: str, by_name: dict, edit_findings: list[Find
         return loaded[0]
 
     subjects: dict[str, Probe] = {}
+    prompts: dict[str, list[str]] = {}   # every distinct prompt each subject has among the facts
     for p in options.facts:
         subjects.setdefault(p.subject, p)
+        if p.text not in prompts.setdefault(p.subject, []):
+            prompts[p.subject].append(p.text)
     probes = list(subjects.values())
     names = [p.subject for p in probes]
     say(f"ranking {len(probes)} candidate subjects by key alignment")
@@ -300,9 +303,12 @@ def _rank_subjects(base_ck, family: str, by_name: dict, edit_findings: list[Find
                 for i in top]
         progress("reading edits", n, len(edit_findings))
         lm = base_model()
-        reads = read_through_model(lm.model, lm.tokenizer, [probes[i].text for i in top], patches, family)
-        for row, i, r in zip(rows, top, reads):
-            row.update(prompt=probes[i].text, answer_before=r["before"], answer_after=r["after"], promotes=r["promotes"])
+        asked = [(row, text) for row in rows for text in prompts[row["subject"]]]
+        reads = read_through_model(lm.model, lm.tokenizer, [text for _, text in asked], patches, family)
+        for row in rows:  # per subject, the prompt whose answer the edit moves (the relation it rewrote)
+            mine = [(text, r) for (owner, text), r in zip(asked, reads) if owner is row]
+            text, r = max(mine, key=lambda tr: (tr[1]["after"] != tr[1]["before"], tr[1]["gain"]))
+            row.update(prompt=text, answer_before=r["before"], answer_after=r["after"], promotes=r["promotes"])
         f.data["candidate_subjects"] = rows
     progress("reading edits", len(edit_findings), len(edit_findings))
 
