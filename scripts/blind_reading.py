@@ -26,9 +26,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--methods", default="rome,memit,alphaedit,ft")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--hparam", action="append", default=[], help="METHOD:KEY=VALUE override (repeatable)")
     args = ap.parse_args()
 
     from editaudit.demo import Planted, match, pick_facts, summarise
+    from editaudit.editing.hparams import parse_assignments
     from editaudit.editing.layers import default_layers
     from editaudit.editing.service import apply_edits
     from editaudit.models.loading import load_model
@@ -36,6 +38,10 @@ def main() -> None:
     from editaudit.probing.sets import fact_bank, load_set
     from editaudit.scan.service import ScanOptions, run_scan
 
+    overrides: dict[str, dict] = {}
+    for item in args.hparam:
+        method, _, rest = item.partition(":")
+        overrides.setdefault(method, {}).update(parse_assignments([rest]))
     base = ensure_model("smollm2-135m")
     edit_set = load_set("smollm2-135m-edit")
     candidates = fact_bank() + edit_set
@@ -55,7 +61,7 @@ def main() -> None:
             for i, group in enumerate(groups):
                 out = Path(tmp) / f"{method}-{i}"
                 t = time.perf_counter()
-                run = apply_edits(lm, group, method, layers=layers, out=out)
+                run = apply_edits(lm, group, method, layers=layers, out=out, hparams=overrides.get(method))
                 t_edit += time.perf_counter() - t
                 suspects.append((out, Planted(method, layers, group, [r.success for r in run.results])))
                 run.restore()

@@ -47,7 +47,8 @@ def match(planted: list[Planted], doc: dict) -> list[dict]:
     scan's top-ranked candidates (top 1, or the top n for a finding that holds n edits), or among the
     logit-lens tokens of the edit's output directions; both come from the scan alone.
     """
-    edits = [f for f in doc["findings"] if f["rule"] in ("EA101", "EA102", "EA103")]
+    # rank-one, low-rank and hidden low-rank edits, and dense changes (FT-L is a dense change of one matrix)
+    edits = [f for f in doc["findings"] if f["rule"] in ("EA101", "EA102", "EA103", "EA105")]
     rows = []
     for p in planted:
         covering = [f for f in edits if set(p.layers) & set(f["layers"])]
