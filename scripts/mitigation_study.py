@@ -170,9 +170,11 @@ def main() -> int:
         checks.append(f"preserve/auto keeps more edits than full fine-tuning (same budget): "
                       f"{_pct(pres.get('edits_kept'))} vs {_pct(full.get('edits_kept'))} → {'met' if ok else 'NOT met'}")
     if rev:
-        one_probe = 100 / max(len(intrinsic), 1)  # "unchanged": within one intrinsic probe
-        ok = (rev.get("edits_erased") or 0) >= 0.95 and abs(rev.get("intrinsic_points", 99)) <= one_probe + 1e-9
-        checks.append(f"surgical revert removes ≥ 95%, intrinsic unchanged (±{one_probe:.1f} points = one probe): "
+        # "unchanged" read as "not harmed": no lower than the suspect's by more than one intrinsic probe. A rise
+        # is the edits' collateral damage undone (the revert returns the base's knowledge), and is shown as measured.
+        one_probe = 100 / max(len(intrinsic), 1)
+        ok = (rev.get("edits_erased") or 0) >= 0.95 and rev.get("intrinsic_points", -99) >= -one_probe - 1e-9
+        checks.append(f"surgical revert removes ≥ 95%, intrinsic not lowered (≥ −{one_probe:.1f} points = one probe): "
                       f"{_pct(rev.get('edits_erased'))}, "
                       f"{rev.get('intrinsic_points', float('nan')):+.1f} points, re-scan edited tensors left "
                       f"{rev.get('rescan_edited_tensors_left')} → {'met' if ok else 'NOT met'}")
