@@ -66,6 +66,28 @@ def test_low_rank_run_of_layers_is_memit_like(family_base, tmp_path):
     assert found["EA102"].layers == [1, 2, 3, 4] and found["EA102"].rank == 3
 
 
+def test_many_edits_in_one_layer_are_edits_whatever_their_number(family_base, tmp_path):
+    """Twelve ROME-style edits in one MLP output matrix: a rank-12 change there is still a knowledge edit."""
+    fam, base, w = family_base
+    name = MLP_OUT[fam].format(3)
+    report = scan(plant(base, tmp_path / "s", {name: delta(w, name, 12, 0.1)}), base)
+    found = rules(report)
+    assert set(found) == {"EA102"} and found["EA102"].layers == [3] and found["EA102"].rank == 12
+    assert report.verdict == "edited"
+
+
+def test_dense_change_of_one_mlp_output_is_an_ft_l_edit(family_base, tmp_path):
+    """FT-L tunes one layer's MLP output matrix: dense, but confined to it."""
+    fam, base, w = family_base
+    name = MLP_OUT[fam].format(2)
+    g = torch.Generator().manual_seed(5)
+    dense = torch.randn(w[name].shape, generator=g) * 0.01 * w[name].float().std()
+    report = scan(plant(base, tmp_path / "s", {name: dense}), base)
+    found = rules(report)
+    assert set(found) == {"EA111"} and found["EA111"].layers == [2] and report.verdict == "edited"
+    assert report.kind == "ft-l-like"
+
+
 def test_dense_change_is_fine_tuning(family_base, tmp_path):
     fam, base, _ = family_base
     report = scan(plant(base, tmp_path / "s", {}, noise=0.01), base)

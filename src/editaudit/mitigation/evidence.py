@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-# A single MLP output matrix with a low-rank change of rank > 8 is reported as EA106 (other low-rank
-# change); many ROME edits in one layer look exactly like that, so it counts as edit evidence too.
+# Reports from before EA102 covered every rank reported an MLP output's low-rank change of rank > 8 as
+# EA106; a stored scan of many ROME edits in one layer can still say so, so it counts as edit evidence too.
 BATCH_RULE = "EA106"
 
 

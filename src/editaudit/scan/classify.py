@@ -28,6 +28,7 @@ RULES: dict[str, tuple[str, str, str]] = {
     "EA108": ("embedding-change", "warning", "Embedding or unembedding rows changed"),
     "EA109": ("vector-change", "note", "Norm weights or biases changed"),
     "EA110": ("rounding-only", "note", "Changes no larger than the stored dtype's rounding (dtype conversion)"),
+    "EA111": ("ft-l-edit", "error", "Dense change confined to one or two layers' MLP output (FT-L-like edit)"),
     "EA201": ("remote-code", "warning", "config.json asks for remote code (auto_map)"),
     "EA202": ("python-files", "warning", "Python files in the checkpoint folder"),
     "EA203": ("pickle-files", "note", "Pickle weight files present (never loaded)"),
@@ -40,7 +41,7 @@ RULES: dict[str, tuple[str, str, str]] = {
     "EA222": ("chat-template-unusual", "warning", "Chat template uses unusual constructs"),
 }
 LEVELS = {"note": 0, "warning": 1, "error": 2}
-EDIT_RULES = {"EA101", "EA102", "EA103"}
+EDIT_RULES = {"EA101", "EA102", "EA103", "EA111"}
 
 
 @dataclass
@@ -111,8 +112,8 @@ def classify(changed: list[Changed], n_layers: int) -> list[Finding]:
                 ))
             else:
                 findings.append(Finding(
-                    "EA102" if ranks[0] <= 8 else "EA106",
-                    f"rank-{ranks[0]} change in layer {run[0]} MLP output (batch of edits in one layer?)", tensors, run, ranks[0],
+                    "EA102", f"rank-{ranks[0]} change in layer {run[0]} MLP output (several edits in one layer)",
+                    tensors, run, ranks[0],
                 ))
         else:
             findings.append(Finding(
@@ -154,7 +155,14 @@ def classify(changed: list[Changed], n_layers: int) -> list[Finding]:
         ))
 
     dense = [c for c in weights if c.stats.kind in ("dense", "dense+spike") and c.name.role not in ("embed", "unembed")]
-    if dense:
+    if dense and _ft_l_like(dense, weights):
+        layers = sorted({c.name.layer for c in dense})
+        findings.append(Finding(
+            "EA111", f"dense change confined to the MLP output of layer(s) {', '.join(map(str, layers))} and nothing "
+            "else (constrained fine-tuning of one layer, FT-L-like)", [c.name.name for c in dense], layers, None,
+            {"rel_change": [round(c.stats.rel_change, 6) for c in dense]},
+        ))
+    elif dense:
         layers = sorted({c.name.layer for c in dense if c.name.layer is not None})
         findings.append(Finding(
             "EA105", f"dense changes in {len(dense)} matrices over {len(layers)} of {n_layers} layers (fine-tuning)",
@@ -213,6 +221,19 @@ def _peer_check(weights: list[Changed]) -> None:
             c.stats.kind = "dense"
 
 
+FT_L_MAX_LAYERS = 2  # FT-L tunes one layer's MLP output; a fine-tune of the whole model moves far more
+
+
+def _ft_l_like(dense: list[Changed], weights: list[Changed]) -> bool:
+    """Only MLP output matrices of at most two layers changed, densely: an edit by constrained fine-tuning."""
+    if any(c.name.role != "mlp_out" or c.name.layer is None for c in dense):
+        return False
+    if len({c.name.layer for c in dense}) > FT_L_MAX_LAYERS:
+        return False
+    others = [c for c in weights if c not in dense and c.stats.kind not in ("rounding",)]
+    return not others
+
+
 def _layer(c: Changed) -> list[int]:
     return [c.name.layer] if c.name.layer is not None else []
 
@@ -236,6 +257,8 @@ def overall_kind(findings: list[Finding]) -> str:
         kinds.append("memit-like")
     if "EA103" in rules:
         kinds.append("hidden-edit")
+    if "EA111" in rules:
+        kinds.append("ft-l-like")
     if "EA104" in rules:
         kinds.append("merged-lora")
     if "EA105" in rules:

@@ -134,7 +134,7 @@ def _scan(base_ck, suspect_ck, options: ScanOptions, store, progress: Progress, 
             b = to_torch(bf.read_bytes(binfo), binfo)
             s = to_torch(sf.read_bytes(sinfo), sinfo)
             pname = parse_name(name)
-            keep = 4 if pname.role == "mlp_out" else 0
+            keep = 16 if pname.role == "mlp_out" else 0  # dense MLP changes: enough components to read an FT-L edit
             stats, vectors = delta_stats(b, s, binfo.dtype, sinfo.dtype, keep_vectors=keep)
             rows = _changed_rows(b, s) if pname.role in ("embed", "unembed") and b.ndim == 2 else None
             del b, s
