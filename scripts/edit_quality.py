@@ -134,7 +134,8 @@ def render(rows: list[dict], base_edit: float, base_kept: float, n_unrelated: in
     head = (f"{'method':<14}{'mode':<11}{'layers':<8}{'facts':>6}{'success':>9}{'goal':>6}{'paraphr.':>10}"
             f"{'kept':>7}{'goal':>6}{'s/edit':>8}{'C (s)':>8}")
     lines = [
-        "Edit quality on SmolLM2-135M-Instruct (fp32, CPU) — scripts/edit_quality.py",
+        "Edit quality on SmolLM2-135M-Instruct (fp32, CPU)",
+        "command: python scripts/edit_quality.py " + " ".join(sys.argv[1:]),
         f"facts: smollm2-135m-edit (known before editing: {base_edit:.0%}); unrelated: {n_unrelated} facts of "
         f"smollm2-135m-intrinsic with other subjects (known before: {base_kept:.0%})",
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} thread(s)",
