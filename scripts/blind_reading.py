@@ -2,7 +2,8 @@
 anything, and measure how often the scan names the edited layers, reads the new object and ranks the
 true subject at the top of the fact bank.
 
-    python scripts/blind_reading.py [--n 10] [--methods rome,memit,alphaedit,ft] [--out bench/results/blind_reading.txt]
+    python scripts/blind_reading.py [--n 10] [--methods rome,memit,alphaedit,ft] [--hparam ft:lr=0.0005]
+                                    [--out bench/results/blind_reading.txt]
 
 ROME and FT-L make one suspect per fact (each edit alone, at the default layer); MEMIT and AlphaEdit
 make one suspect holding a batch of n facts. Candidates for subject ranking are the whole fact bank
@@ -48,7 +49,8 @@ def main() -> None:
     facts = pick_facts(edit_set, args.n)
     lm = load_model(base)
     n_layers = lm.model.config.num_hidden_layers
-    lines = [f"blind reading on SmolLM2-135M: {len(facts)} facts per method, candidates: {len(candidates)} facts"]
+    lines = [f"blind reading on SmolLM2-135M: {len(facts)} facts per method, candidates: {len(candidates)} facts",
+             "command: python scripts/blind_reading.py " + " ".join(sys.argv[1:])]
     header = f"{'method':10s} {'edits':>5s} {'took':>6s} {'layers found':>13s} {'object read':>12s} {'subject top':>12s} {'s/edit':>7s} {'s/scan':>7s}"
     lines.append(header)
     print(lines[0], file=sys.stderr)
