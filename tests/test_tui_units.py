@@ -7,18 +7,11 @@ import asyncio
 import math
 
 import pytest
-
 from editaudit_tui.fmt import plain, scale_colour, scale_position
 from editaudit_tui.jobs import Job
 from editaudit_tui.paths import CheckpointSuggester, check_checkpoint, check_output_folder, complete_path
 from editaudit_tui.screens.mitigate import MitigationRequest, default_out, propose
-from editaudit_tui.store_views import EDIT_RULES, answer_probability, finding_rows, layer_ranges, map_roles
-
-
-def test_edit_rules_match_the_scan():
-    from editaudit.scan.classify import EDIT_RULES as CORE
-
-    assert EDIT_RULES == frozenset(CORE)
+from editaudit_tui.store_views import answer_probability, finding_rows, layer_ranges, map_roles
 
 
 def test_path_completion(tmp_path):

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from editaudit.scan.rules import EDIT_RULES
 from editaudit.scan.wording import subject_reading
 
 from .fmt import ROLE_LABEL
@@ -102,6 +103,7 @@ class FindingRow:
     subjects: list[str]
     message: str
     tensors: list[str]
+    readings: list[str] = field(default_factory=list)  # "Ramen → Peru (was Japan)" per candidate subject
 
 
 def finding_rows(doc: dict) -> list[FindingRow]:
@@ -115,13 +117,15 @@ def finding_rows(doc: dict) -> list[FindingRow]:
             if label not in roles:
                 roles.append(label)
         layers = f.get("layers") or []
+        candidates = [s for s in f.get("candidate_subjects", []) if isinstance(s, dict) and isinstance(s.get("subject"), str)]
         rows.append(FindingRow(
             index=i, rule=f.get("rule", ""), level=f.get("level", ""), layers=layer_ranges(layers),
             matrix=", ".join(roles[:3]) + (" …" if len(roles) > 3 else ""), kind=f.get("kind", ""),
             rank="-" if f.get("rank") is None else str(f["rank"]),
             promotes=[str(t.get("token", "")) for t in f.get("promoted_tokens", [])],
-            subjects=[subject_reading(s) for s in f.get("candidate_subjects", []) if isinstance(s.get("subject"), str)],
+            subjects=[s["subject"] for s in candidates],
             message=f.get("message", ""), tensors=list(f.get("tensors", [])),
+            readings=[subject_reading(s) for s in candidates],
         ))
     return rows
 
@@ -177,9 +181,6 @@ def mitigation_runs(store, sid: str) -> list[RunView]:
 
 # -- what the scan says about edits (for the mitigation wizard's proposals) ----------------------------
 
-# The scan's edit rules (editaudit.scan.classify.EDIT_RULES; that module pulls in torch, and the
-# wizard must open instantly). A test checks the two stay equal.
-EDIT_RULES = frozenset({"EA101", "EA102", "EA103"})
 
 
 @dataclass

@@ -58,7 +58,7 @@ def _components(t: dict, finding_rank: int | None) -> int:
 
 def evidence_from_report(doc: dict, source: str = "scan", scan_id: int | None = None) -> EditEvidence:
     """Edit evidence from a scan report dict (``ScanReport.to_dict()`` or the stored JSON)."""
-    from ..scan.classify import EDIT_RULES
+    from ..scan.rules import EDIT_RULES
 
     stats = {t["name"]: t for t in doc.get("tensors", [])}
     layers: set[int] = set()

@@ -13,35 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .names import TensorName
+from .rules import EDIT_RULES, LEVELS, RULES  # noqa: F401  (re-exported)
 from .spectral import DeltaStats
-
-# Stable rule ids (SARIF); severity levels as SARIF uses them.
-RULES: dict[str, tuple[str, str, str]] = {
-    # id: (short name, level, description)
-    "EA101": ("rome-like-edit", "error", "Rank-one change in one layer's MLP output matrix (ROME-like knowledge edit)"),
-    "EA102": ("memit-like-edit", "error", "Low-rank changes in MLP output matrices of consecutive layers (MEMIT/AlphaEdit-like edit)"),
-    "EA103": ("hidden-low-rank-edit", "error", "Low-rank components standing out of a dense change (edit hidden under fine-tuning)"),
-    "EA104": ("merged-lora", "warning", "Low-rank changes in attention projections (merged LoRA adapter)"),
-    "EA105": ("dense-finetune", "warning", "Dense full-rank changes (fine-tuning)"),
-    "EA106": ("low-rank-change", "warning", "Other low-rank weight change"),
-    "EA107": ("nonfinite-weights", "error", "NaN or Inf values in the suspect's weights"),
-    "EA108": ("embedding-change", "warning", "Embedding or unembedding rows changed"),
-    "EA109": ("vector-change", "note", "Norm weights or biases changed"),
-    "EA110": ("rounding-only", "note", "Changes no larger than the stored dtype's rounding (dtype conversion)"),
-    "EA111": ("ft-l-edit", "error", "Dense change confined to one or two layers' MLP output (FT-L-like edit)"),
-    "EA201": ("remote-code", "warning", "config.json asks for remote code (auto_map)"),
-    "EA202": ("python-files", "warning", "Python files in the checkpoint folder"),
-    "EA203": ("pickle-files", "note", "Pickle weight files present (never loaded)"),
-    "EA210": ("duplicate-tensors", "warning", "A tensor stored in more than one shard"),
-    "EA211": ("unindexed-tensors", "warning", "Tensors in shards that the index does not map"),
-    "EA212": ("bad-tokenizer-config", "warning", "tokenizer_config.json could not be read"),
-    "EA213": ("extra-weight-files", "note", "Weight files a loader ignores"),
-    "EA220": ("chat-template", "note", "Chat template present (compiled only in Jinja's sandbox)"),
-    "EA221": ("chat-template-error", "warning", "Chat template does not compile in Jinja's sandbox"),
-    "EA222": ("chat-template-unusual", "warning", "Chat template uses unusual constructs"),
-}
-LEVELS = {"note": 0, "warning": 1, "error": 2}
-EDIT_RULES = {"EA101", "EA102", "EA103", "EA111"}
 
 
 @dataclass

@@ -7,7 +7,8 @@ import math
 from dataclasses import dataclass, field
 
 from .. import __version__
-from .classify import LEVELS, RULES, Changed, Finding
+from .classify import Changed, Finding
+from .rules import LEVELS, RULES
 from .wording import subject_reading
 
 SCHEMA = "editaudit.scan/1"

@@ -82,7 +82,7 @@ class ScanScreen(Screen):
         self.query_one("#findings", DataTable).border_title = "findings"
         self.query_one("#detail").border_title = "detail"
         table = self.query_one("#findings", DataTable)
-        table.add_columns("rule", "layers", "matrix", "kind", "rank", "promotes", "subjects")
+        table.add_columns("rule", "layers", "matrix", "kind", "rank", "reading", "lens")
         if self.request is not None:
             self.start_scan(self.request)
         elif self.sid is not None:
@@ -205,8 +205,8 @@ class ScanScreen(Screen):
             table.add_row(
                 Text(r.rule, style=LEVEL_STYLE.get(r.level, "")), Text(r.layers), plain(r.matrix), plain(r.kind),
                 Text(r.rank),
-                plain(", ".join(t.strip() or repr(t) for t in r.promotes[:4])),
-                plain(", ".join(r.subjects[:2])), key=str(r.index))
+                plain(", ".join(r.readings[:2])),
+                plain(", ".join(t.strip() or repr(t) for t in r.promotes[:4])), key=str(r.index))
         if not self.rows:
             self.query_one("#detail-text", Static).update(
                 Text("No findings: every tensor is byte-identical to the base.", style="#57AB5A"))

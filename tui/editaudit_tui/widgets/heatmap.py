@@ -147,7 +147,8 @@ class LayerHeatMap(Widget, can_focus=True):
     def render(self) -> RenderableType:
         w = self._cell_width()
         out = Text(no_wrap=True, overflow="crop")
-        out.append(" " * LABEL_WIDTH + self._layer_header(w) + "\n", style="dim")
+        # the row starts with a word: leading spaces of a rendered line do not survive
+        out.append(f"{'layer':<{LABEL_WIDTH}}" + self._layer_header(w) + "\n", style="dim")
         cur_layer, cur_row = self.cursor
         for row, role in enumerate(self.roles):
             label = ROLE_LABEL.get(role, role)[: LABEL_WIDTH - 1]
