@@ -294,19 +294,18 @@ class ScanScreen(Screen):
         out.append(f"{finding.kind}\n", style="bold")
         out.append_text(plain(finding.message))
         out.append("\n")
+        subjects = f.get("candidate_subjects") or []
+        if subjects:
+            out.append("\nsubjects, by key alignment, and what the edit makes the model answer\n", style="dim")
+            for s in subjects[:5]:
+                out.append_text(plain(subject_reading(s) if isinstance(s.get("subject"), str) else "?"))
+                out.append(f"  {s.get('score', 0):.2f}\n", style="dim")
         tokens = (f.get("promoted_by_tensor") or {}).get(tensor) or f.get("promoted_tokens") or []
         if tokens:
-            out.append("\npromotes  ", style="dim")
+            out.append("\nlogit lens  ", style="dim")
             for tok in tokens[:8]:
                 out.append_text(plain(repr(tok.get("token", ""))))
                 out.append(f" z{tok.get('z', 0):.1f}  ", style="dim")
-            out.append("\n")
-        subjects = f.get("candidate_subjects") or []
-        if subjects:
-            out.append("subjects  ", style="dim")
-            for s in subjects[:5]:
-                out.append_text(plain(subject_reading(s) if isinstance(s.get("subject"), str) else "?"))
-                out.append(f" {s.get('score', 0):.2f}  ", style="dim")
             out.append("\n")
         if len(finding.tensors) > 1:
             out.append(f"\n{len(finding.tensors)} matrices: ", style="dim")
