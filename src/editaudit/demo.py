@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from .probing.format import Probe
+from .scan.rules import EDIT_RULES
 
 Say = Callable[[str], None]
 Progress = Callable[[str, float, float], None]
@@ -47,8 +48,8 @@ def match(planted: list[Planted], doc: dict) -> list[dict]:
     scan's top-ranked candidates (top 1, or the top n for a finding that holds n edits), or among the
     logit-lens tokens of the edit's output directions; both come from the scan alone.
     """
-    # rank-one, low-rank and hidden low-rank edits, and dense changes (FT-L is a dense change of one matrix)
-    edits = [f for f in doc["findings"] if f["rule"] in ("EA101", "EA102", "EA103", "EA105")]
+    # every edit finding, and dense fine-tuning too (an FT-L edit under other changes is only seen as that)
+    edits = [f for f in doc["findings"] if f["rule"] in EDIT_RULES | {"EA105"}]
     rows = []
     for p in planted:
         covering = [f for f in edits if set(p.layers) & set(f["layers"])]
