@@ -80,3 +80,30 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, EditauditError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+class RunsJobs:
+    """Mixin for screens that run one job at a time: ``c`` cancels it, leaving is refused while it runs,
+    and closing the screen stops it. Screens set ``BUSY`` (the warning) and may override ``cancelling``."""
+
+    BUSY = "work is still running: c cancels it"
+    job: Job | None = None
+    running: bool = False
+
+    def cancelling(self) -> None:
+        """Shown once the cancel flag is set (the service stops at its next check)."""
+
+    def action_cancel(self) -> None:
+        if self.job is not None and self.running:
+            self.job.cancel.set()
+            self.cancelling()
+
+    def action_back(self) -> None:
+        if self.running:
+            self.notify(self.BUSY, severity="warning")  # type: ignore[attr-defined]
+            return
+        self.dismiss()  # type: ignore[attr-defined]
+
+    def on_unmount(self) -> None:
+        if self.job is not None:
+            self.job.cancel.set()

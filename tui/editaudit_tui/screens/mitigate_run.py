@@ -25,7 +25,7 @@ from textual.widgets import (
 from editaudit.mitigation.summary import kept_vs_full, verification_rows
 
 from ..fmt import pct, plain, short_path
-from ..jobs import Job, Outcome, describe_error
+from ..jobs import Job, Outcome, RunsJobs, describe_error
 from ..store_views import mitigation_runs, session_row
 from .mitigate import MitigationRequest, plan_text
 
@@ -58,7 +58,8 @@ def verification_view(v: dict, out: str | None = None) -> Group:
     return Group(*parts)
 
 
-class MitigationScreen(Screen):
+class MitigationScreen(RunsJobs, Screen):
+    BUSY = "the run is still going: c cancels it"
     BINDINGS = [
         Binding("c", "cancel", "cancel run"),
         Binding("e", "export", "export"),
@@ -263,24 +264,12 @@ class MitigationScreen(Screen):
             self.query_one("#verify", Static).update(Text(f"no verification: the run is {row.status}", style="dim"))
 
     # -- actions ---------------------------------------------------------------------------------------
-    def action_cancel(self) -> None:
-        if self.job is not None and self.running:
-            self.job.cancel.set()
-            self.query_one("#run-stage", Static).update(Text("cancelling at the next step…", style="bold #E9C46A"))
+    def cancelling(self) -> None:
+        self.query_one("#run-stage", Static).update(Text("cancelling at the next step…", style="bold #E9C46A"))
 
     def action_export(self) -> None:
         if self.sid and not self.running:
             self.app.export_report(self.sid)  # type: ignore[attr-defined]
-
-    def action_back(self) -> None:
-        if self.running:
-            self.notify("the run is still going: c cancels it", severity="warning")
-            return
-        self.dismiss()
-
-    def on_unmount(self) -> None:
-        if self.job is not None:
-            self.job.cancel.set()
 
     def palette_commands(self):
         if self.running:

@@ -19,7 +19,7 @@ from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Header, ProgressBar, Select, Static
 
 from ..fmt import pct, plain, short_path
-from ..jobs import Job, Outcome, describe_error
+from ..jobs import Job, Outcome, RunsJobs, describe_error
 from ..paths import probe_sets
 from ..store_views import (ProbeRow, ProbeRunView, answer_probability, mitigated_checkpoint, probe_rows, probe_runs,
                            session_row)
@@ -29,7 +29,8 @@ CATEGORY_STYLE = {"true target": "#57AB5A", "edited target": "bold #E5534B", "re
 MODEL_ORDER = ["base", "suspect", "mitigated"]
 
 
-class ProbesScreen(Screen):
+class ProbesScreen(RunsJobs, Screen):
+    BUSY = "probes are still running: c cancels them"
     BINDINGS = [
         Binding("r", "run", "run probes"),
         Binding("d", "discover", "discover"),
@@ -321,23 +322,9 @@ class ProbesScreen(Screen):
         elif event.button.id == "discover":
             self.action_discover()
 
-    def action_cancel(self) -> None:
-        if self.job is not None and self.running:
-            self.job.cancel.set()
-
     def action_export(self) -> None:
         if not self.running:
             self.app.export_report(self.sid)  # type: ignore[attr-defined]
-
-    def action_back(self) -> None:
-        if self.running:
-            self.notify("probes are still running: c cancels them", severity="warning")
-            return
-        self.dismiss()
-
-    def on_unmount(self) -> None:
-        if self.job is not None:
-            self.job.cancel.set()
 
     def palette_commands(self):
         if self.running:

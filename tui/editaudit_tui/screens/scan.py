@@ -21,7 +21,7 @@ from textual.widgets import DataTable, Footer, Header, ProgressBar, RichLog, Sta
 from editaudit.scan.wording import subject_reading
 
 from ..fmt import ROLE_LABEL, plain
-from ..jobs import Job, Outcome, describe_error
+from ..jobs import Job, Outcome, RunsJobs, describe_error
 from ..store_views import (
     FindingRow,
     finding_rows,
@@ -39,7 +39,8 @@ STAGES = {"compare": "comparing tensors byte for byte", "analyse": "spectra of t
           "subjects": "ranking candidate subjects"}
 
 
-class ScanScreen(Screen):
+class ScanScreen(RunsJobs, Screen):
+    BUSY = "the scan is still running: c cancels it"
     BINDINGS = [
         Binding("t", "toggle_metric", "colour: change ↔ low-rank"),
         Binding("p", "probes", "probes"),
@@ -167,14 +168,8 @@ class ScanScreen(Screen):
             return
         self.show(outcome.result)
 
-    def action_cancel(self) -> None:
-        if self.job is not None and self.running:
-            self.job.cancel.set()
-            self.query_one("#stage", Static).update(Text("cancelling…", style="bold #E9C46A"))
-
-    def on_unmount(self) -> None:
-        if self.job is not None:
-            self.job.cancel.set()
+    def cancelling(self) -> None:
+        self.query_one("#stage", Static).update(Text("cancelling…", style="bold #E9C46A"))
 
     # -- showing a scan -----------------------------------------------------------------------------------
     def load_session(self, sid: str) -> None:
@@ -315,12 +310,6 @@ class ScanScreen(Screen):
     # -- actions ---------------------------------------------------------------------------------------
     def action_toggle_metric(self) -> None:
         self.query_one("#heatmap", LayerHeatMap).toggle_metric()
-
-    def action_back(self) -> None:
-        if self.running:
-            self.notify("the scan is still running: c cancels it", severity="warning")
-            return
-        self.dismiss()
 
     def action_export(self) -> None:
         if self.sid:
