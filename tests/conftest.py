@@ -34,3 +34,14 @@ def smollm2() -> Path:
     from editaudit.models.registry import ensure_model
 
     return ensure_model("smollm2-135m")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -25,12 +25,7 @@ FAST = {"covariance": "identity", "v_weight_decay": 0.0, "clamp": 100.0, "contex
 FACT = Probe(id="f1", subject="France", prompt="The capital city of {}", target_true="Paris", target_new="Tokyo")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tensors(folder) -> dict[str, bytes]:

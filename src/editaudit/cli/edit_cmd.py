@@ -38,23 +38,11 @@ class Fmt(str, Enum):
 
 def parse_layers(text: str | None) -> list[int] | None:
     """``"auto"``/None → None (the method's default); ``"3,4,7-9"`` → [3, 4, 7, 8, 9]."""
-    import re
-
-    from ..errors import BadInput
+    from ..layerspec import parse_layer_list
 
     if text is None or text.strip().lower() in ("", "auto"):
         return None
-    layers: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m:
-            raise BadInput(f"--layers item {part!r} is not a layer number or a range like 3-7")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo:
-            raise BadInput(f"--layers range {part!r} runs backwards")
-        layers += range(lo, hi + 1)
-    return layers
+    return parse_layer_list(text)
 
 
 def register(app: typer.Typer) -> None:

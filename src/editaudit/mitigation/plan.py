@@ -23,6 +23,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from ..errors import BadInput
+from ..layerspec import parse_layer_list
 from ..scan.names import SHORT, num_layers, parse_name
 from .evidence import EditEvidence
 
@@ -59,28 +60,6 @@ class Plan:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "share": self.share}
-
-
-def parse_layer_list(text: str, n_layers: int) -> list[int]:
-    """``"3,4,7-9"`` → [3, 4, 7, 8, 9]; every layer must exist."""
-    layers: set[int] = set()
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m:
-            raise BadInput(f"layer list item {part!r} is not a layer number or a range like 3-5")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo:
-            raise BadInput(f"layer range {part!r} runs backwards")
-        layers.update(range(lo, hi + 1))
-    if not layers:
-        raise BadInput(f"layer list {text!r} names no layer")
-    bad = sorted(x for x in layers if x >= n_layers)
-    if bad:
-        raise BadInput(f"layers {bad} do not exist: the model has layers 0–{n_layers - 1}")
-    return sorted(layers)
 
 
 def _int(text: str, what: str) -> int:
