@@ -28,6 +28,7 @@ class EditEvidence:
     session_id: str | None = None
     source: str = ""  # human description: "stored scan #3 (session …)" / "scan run now"
     base: str | None = None  # the base checkpoint the scan compared against
+    readings: list[dict] = field(default_factory=list)  # the scan's readings with status "edit" (edit_readings)
 
     @property
     def found(self) -> bool:
@@ -42,7 +43,7 @@ class EditEvidence:
     def to_dict(self) -> dict:
         return {"layers": self.layers, "tensors": self.tensors, "components": self.components,
                 "findings": self.findings, "scan_id": self.scan_id, "session_id": self.session_id,
-                "source": self.source, "base": self.base}
+                "source": self.source, "base": self.base, "readings": self.readings}
 
 
 def _components(t: dict, finding_rank: int | None) -> int:
@@ -56,15 +57,11 @@ def _components(t: dict, finding_rank: int | None) -> int:
     return max(1, int(finding_rank or 1))
 
 
-def evidence_from_report(doc: dict, source: str = "scan", scan_id: int | None = None) -> EditEvidence:
-    """Edit evidence from a scan report dict (``ScanReport.to_dict()`` or the stored JSON)."""
+def _edit_findings(doc: dict):
+    """The report's findings that are edits (EDIT_RULES, and EA106 on MLP output matrices only)."""
     from ..scan.rules import EDIT_RULES
 
     stats = {t["name"]: t for t in doc.get("tensors", [])}
-    layers: set[int] = set()
-    tensors: list[str] = []
-    components: dict[str, int] = {}
-    findings: list[dict] = []
     for f in doc.get("findings", []):
         rule = f.get("rule")
         names = list(f.get("tensors") or [])
@@ -73,6 +70,46 @@ def evidence_from_report(doc: dict, source: str = "scan", scan_id: int | None = 
                 continue
         elif rule not in EDIT_RULES:
             continue
+        yield f
+
+
+def edit_readings(doc: dict) -> list[dict]:
+    """The scan's readings of its edit findings that it judged to be edits (status ``"edit"``).
+
+    Each edit finding may carry ``readings`` (in the report JSON the finding's data is spread into the
+    finding; a stored ``findings`` row keeps it under ``data``): ``{subject, prompt, before, after,
+    confidence, status, layer, tensor}``. A finding without them, or a report from before readings
+    existed, gives none. Each reading comes back with its finding's rule, layers and tensors added
+    (``finding_rule``, ``finding_layers``, ``finding_tensors``): an edit spread over several layers
+    (MEMIT) is read once but written in all of them.
+    """
+    out: list[dict] = []
+    for f in _edit_findings(doc):
+        data = f.get("data") if isinstance(f.get("data"), dict) else {}
+        readings = f.get("readings", data.get("readings"))
+        if not isinstance(readings, list):
+            continue
+        for r in readings:
+            if not isinstance(r, dict) or r.get("status") != "edit":
+                continue
+            subject = r.get("subject")
+            if not isinstance(subject, str) or not subject.strip():
+                continue
+            out.append({**r, "finding_rule": f.get("rule"), "finding_layers": list(f.get("layers") or []),
+                        "finding_tensors": list(f.get("tensors") or [])})
+    return out
+
+
+def evidence_from_report(doc: dict, source: str = "scan", scan_id: int | None = None) -> EditEvidence:
+    """Edit evidence from a scan report dict (``ScanReport.to_dict()`` or the stored JSON)."""
+    stats = {t["name"]: t for t in doc.get("tensors", [])}
+    layers: set[int] = set()
+    tensors: list[str] = []
+    components: dict[str, int] = {}
+    findings: list[dict] = []
+    for f in _edit_findings(doc):
+        rule = f.get("rule")
+        names = list(f.get("tensors") or [])
         findings.append({"rule": rule, "layers": list(f.get("layers") or []), "tensors": names,
                          "message": f.get("message", ""), "rank": f.get("rank")})
         layers.update(f.get("layers") or [])
@@ -81,7 +118,7 @@ def evidence_from_report(doc: dict, source: str = "scan", scan_id: int | None = 
                 tensors.append(n)
                 components[n] = _components(stats.get(n, {}), f.get("rank"))
     return EditEvidence(sorted(layers), tensors, components, findings, scan_id, doc.get("session_id"), source,
-                        (doc.get("base") or {}).get("path"))
+                        (doc.get("base") or {}).get("path"), edit_readings(doc))
 
 
 def stored_evidence(store, suspect_fingerprint: str, base_fingerprint: str | None = None) -> EditEvidence | None:
