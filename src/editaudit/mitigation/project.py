@@ -1,0 +1,404 @@
+"""Training-free, base-free erase: re-solve each edited MLP output matrix so the edited subjects' keys
+stop carrying the edit.
+
+ROME writes ΔW = δ uᵀ with u ∝ C⁻¹k* (``editing/rome.py``); MEMIT writes ΔW = R Kᵀ(λC + KKᵀ)⁻¹, whose
+rows are again in span(C⁻¹K) because (λC + KKᵀ)⁻¹K = C⁻¹K(λ + KᵀC⁻¹K)⁻¹. So the edit's *input*
+directions are C⁻¹k for the keys k of the edited subjects, and those keys can be read from the suspect
+itself: the input of the edited matrix does not depend on that matrix, only on the layers below.
+
+Given the suspect's W, the keys K = [k₁ … kₙ] (each subject's input at its last token, averaged over a
+few generated contexts as ROME does, or one per context) and the key second moment C, ROME's own
+least-change solve with equality constraints
+
+    W' = argmin ‖(W' − W) C^½‖_F  s.t.  W' K = V   ⇒   W' = W + (V − W K)(Kᵀ C⁻¹ K)⁻¹ Kᵀ C⁻¹
+
+only changes W along the rows span(C⁻¹K): the very rows the edit wrote. Whatever V, the edit's part in
+those rows is overwritten, and W' − W_base = (V − W_base K)(KᵀC⁻¹K)⁻¹KᵀC⁻¹: what is left is how far the
+target V is from the base's own output W_base K, which is unknown without the base. Targets:
+
+- ``project`` (default): V = W (I − Q) K, Q the orthogonal projector onto span(C⁻¹K) — the suspect's
+  output for each key with the key's component along the edit's input directions removed. Off those
+  directions W equals W_base, so this is W_base's output for the nearest key the edit cannot see. In
+  closed form the solve becomes
+
+      W' = W (I − Q)          (= W_base (I − Q) when the keys and C match the edit's)
+
+  i.e. the edited matrix with its action on the n directions C⁻¹kᵢ removed;
+- ``mean``: V = the layer's mean output over ordinary text (every subject gets a neutral value);
+- ``zero``: V = 0 (the least output energy).
+
+Several subjects in one matrix are solved jointly (one Q for all their keys, as MEMIT's batch solve).
+Several edited layers are fixed lowest first: the keys are read on the suspect before any change (the
+keys MEMIT itself wrote at each layer, with the layers below already edited), while C for a layer is
+asked for only once the layers below it are fixed, so that it comes from a model that is (nearly) the
+base below that layer — as the editor's C was. ``rekey=True`` re-reads the keys after each lower fix
+instead; on tiny MEMIT edits that leaves most of the upper layers' edits in place, because those keys
+are no longer the ones MEMIT wrote. The base is never needed; C comes from the cached second moments
+(``editing/covariance.py``) and should be the editor's (same corpus and token budget): the directions
+C⁻¹k match the edit's only as far as C does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+from ..editing import reads
+from ..editing.hooks import StopForward, add_delta, weight_out_in
+from ..editing.layers import Layout, layout_for
+from ..editing.prompts import context_templates, pad_id, right_pad
+from ..editing.rome import solve_psd
+from ..errors import BadInput
+from ..probing.format import Probe
+
+TARGETS = ("project", "mean", "zero")
+KEY_MODES = ("mean", "each")
+DIRECTIONS = ("ckey", "null", "both")
+#: span(C⁻¹K) directions with a singular value below this share of the largest are dropped
+#: (keys of one subject in several contexts are nearly collinear).
+RANK_TOL = 1e-6
+
+CovForLayer = Callable[[int], torch.Tensor]
+Progress = Callable[[str, float, float], None]
+
+
+@dataclass
+class EraseSubject:
+    """One edited subject: its name and the prompts to read its key in (filled or with ``{}``)."""
+
+    subject: str
+    prompts: list[str] = field(default_factory=list)  # none: the subject on its own, in the contexts
+
+    def probes(self) -> list[Probe]:
+        """One probe per prompt (a template with ``{}``), as the key readers take them."""
+        found: list[Probe] = []
+        for i, text in enumerate(self.prompts or ["{}"]):
+            p = Probe(id=f"{self.subject}#{i}", subject=self.subject, prompt=text, target_true="")
+            if "{}" not in p.template:
+                raise BadInput(f"prompt {text!r} does not contain its subject {self.subject!r}")
+            found.append(p)
+        return found
+
+
+@dataclass
+class SubjectReport:
+    subject: str
+    layer: int
+    prompts: list[str]
+    keys: int            # keys read for it (prompts × contexts in ``each`` mode)
+    gain: float          # largest gain of W along the subject's own directions C⁻¹k, over W's RMS gain (see below)
+    change: float        # ‖(W' − W) k‖ / ‖W k‖: how far its output at this layer moved
+    before: list[str] = field(default_factory=list)   # first answer word per prompt, before and after
+    after: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LayerReport:
+    layer: int
+    param: str           # the model's parameter name
+    directions: int      # rank of the change (independent directions C⁻¹k)
+    weight_change: float  # ‖ΔW‖ / ‖W‖
+    text_change: float   # √(tr ΔW C ΔWᵀ / tr W C Wᵀ): how much ordinary text's outputs move
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ProjectionResult:
+    tensors: dict[str, torch.Tensor]   # parameter name -> new weight (storage orientation, float32)
+    layers: list[LayerReport]
+    subjects: list[SubjectReport]
+    target: str
+    key_mode: str
+    contexts: list[str]
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "key_mode": self.key_mode, "contexts": self.contexts,
+                "seconds": round(self.seconds, 3), "layers": [r.to_dict() for r in self.layers],
+                "subjects": [r.to_dict() for r in self.subjects]}
+
+
+# -- the algebra --------------------------------------------------------------------------------------
+
+def edit_directions(C: torch.Tensor, K: torch.Tensor, directions: str = "ckey",
+                    nullspace_rel: float = 0.5) -> torch.Tensor:
+    """An orthonormal basis [d_in, r] of the rows an edit of the keys K [n, d_in] writes.
+
+    ``ckey``: span(C⁻¹K) (ROME, MEMIT); ``null``: span(PK), P the projector onto C's eigen-directions
+    below ``nullspace_rel`` × the median eigenvalue (AlphaEdit: (PKKᵀ + αI)⁻¹PK = PK(KᵀPK + αI)⁻¹);
+    ``both``: the union, for an edit of unknown method.
+    """
+    if directions not in DIRECTIONS:
+        raise BadInput(f"directions must be one of {', '.join(DIRECTIONS)}, not {directions!r}")
+    Kt = K.T.to(torch.float64)
+    parts = []
+    if directions in ("ckey", "both"):
+        parts.append(solve_psd(C, Kt))                          # [d_in, n]
+    if directions in ("null", "both"):
+        from ..editing.alphaedit import null_projector
+
+        parts.append(null_projector(C, nullspace_rel)[0] @ Kt)
+    U = torch.cat(parts, 1)
+    U = U / U.norm(dim=0, keepdim=True).clamp_min(1e-300)
+    B, s, _ = torch.linalg.svd(U, full_matrices=False)
+    return B[:, s > RANK_TOL * s.max()]
+
+
+def solve_layer(W: torch.Tensor, K: torch.Tensor, C: torch.Tensor, target: str = "project",
+                mean_out: torch.Tensor | None = None, directions: str = "ckey",
+                nullspace_rel: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """ΔW [out, in] (float64) that maps the keys K [n, in] to the target, changing only span(C⁻¹K); and that basis.
+
+    ``project``: ΔW = −W B Bᵀ. Otherwise ΔW = (V − W K)(Bᵀ K)⁺ Bᵀ, which equals ROME's
+    (V − W K)(KᵀC⁻¹K)⁻¹KᵀC⁻¹ when the keys are independent (Bᵀ K is then invertible).
+    """
+    if target not in TARGETS:
+        raise BadInput(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
+    Wd, Kd = W.to(torch.float64), K.to(torch.float64)
+    B = edit_directions(C, Kd, directions, nullspace_rel)
+    if target == "project":
+        return -(Wd @ B) @ B.T, B
+    if target == "mean":
+        if mean_out is None:
+            raise BadInput("the mean target needs the layer's mean output")
+        V = mean_out.to(torch.float64)[:, None].expand(-1, Kd.shape[0])
+    else:
+        V = torch.zeros(Wd.shape[0], Kd.shape[0], dtype=torch.float64)
+    X = (V - Wd @ Kd.T) @ torch.linalg.pinv(B.T @ Kd.T)       # [out, r]
+    return X @ B.T, B
+
+
+# -- reading the model ----------------------------------------------------------------------------------
+
+def mean_output(model, tokenizer, module: str, texts: Sequence[str], tokens: int = 4096,
+                seq_len: int = 256) -> torch.Tensor:
+    """The mean output of ``module`` over the first ``tokens`` tokens of ``texts`` (padding excluded)."""
+    from ..editing.covariance import token_windows
+
+    windows = token_windows(tokenizer, texts, tokens, seq_len)
+    if not windows:
+        raise BadInput("no text to take the layer's mean output from")
+    device = next(model.parameters()).device
+    total, count = None, 0
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(mod, args, out):
+        seen["y"] = out[0] if isinstance(out, tuple) else out
+        raise StopForward
+
+    handle = model.get_submodule(module).register_forward_hook(hook)
+    try:
+        for start in range(0, len(windows), 4):
+            ids, mask = right_pad(windows[start:start + 4], pad_id(tokenizer), device)
+            try:
+                with torch.no_grad():
+                    model(input_ids=ids, attention_mask=mask, use_cache=False)
+            except StopForward:
+                pass
+            y = seen["y"][mask.bool()].to(torch.float64)
+            total = y.sum(0) if total is None else total + y.sum(0)
+            count += y.shape[0]
+    finally:
+        handle.remove()
+    return (total / count).cpu()
+
+
+def _subject_keys(model, tokenizer, module: str, subjects: Sequence[EraseSubject], contexts: list[str],
+                  key_mode: str) -> tuple[torch.Tensor, list[int]]:
+    """Keys [n, d_in] for all subjects (one per prompt, or per prompt and context) and the owner of each row."""
+    rows, owner = [], []
+    for i, s in enumerate(subjects):
+        K = reads.keys(model, tokenizer, s.probes(), module, contexts, average=key_mode == "mean")
+        K = K if K.ndim == 2 else K.reshape(-1, K.shape[-1])
+        rows.append(K.cpu())
+        owner += [i] * len(K)
+    return torch.cat(rows, 0), owner
+
+
+def _answers(model, tokenizer, subjects: Sequence[EraseSubject]) -> list[list[str]]:
+    from ..probing.evaluate import predict
+
+    texts = [[p.text for p in s.probes()] if s.prompts else [] for s in subjects]
+    flat = [t for ts in texts for t in ts]
+    preds = predict(model, tokenizer, flat, top_k=1, max_new_tokens=4) if flat else []
+    out, i = [], 0
+    for ts in texts:
+        out.append([p.first_word for p in preds[i:i + len(ts)]])
+        i += len(ts)
+    return out
+
+
+# -- the entry point --------------------------------------------------------------------------------------
+
+def erase_by_projection(model, tokenizer, targets: Mapping[int, Sequence[EraseSubject | str]],
+                        cov_for_layer: CovForLayer, *, layout: Layout | None = None, target: str = "project",
+                        key_mode: str = "each", directions: str = "ckey", nullspace_rel: float = 0.5,
+                        contexts: list[str] | None = None, rekey: bool = False,
+                        texts: Sequence[str] | None = None, answers: bool = True,
+                        progress: Progress | None = None) -> ProjectionResult:
+    """Erase the edits of ``targets`` ({layer: subjects}) from ``model`` in place; see the module docstring.
+
+    ``cov_for_layer(layer)`` gives C = E[kkᵀ] for that layer's edited matrix (ideally the one the editor
+    used: ``editing.covariance.second_moments``). ``layout`` names the edited module per family (default:
+    from the model's config). ``contexts`` default to ROME's: the subject alone plus five 10-token openings
+    generated by the model (seed 0). ``texts`` feed the ``mean`` target (default: the key-statistics
+    corpus). Returns the new weights and, per subject, its ``gain``: the largest ‖W x‖ over unit x in the
+    subject's own directions, over W's RMS gain ‖W‖_F/√d_in — a rank-one edit written there stands out
+    far above the gain of an unedited subject's directions (a base-free check of a reading) — and its
+    answers before and after.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    if target not in TARGETS:
+        raise BadInput(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
+    if directions not in DIRECTIONS:
+        raise BadInput(f"directions must be one of {', '.join(DIRECTIONS)}, not {directions!r}")
+    if key_mode not in KEY_MODES:
+        raise BadInput(f"key_mode must be one of {', '.join(KEY_MODES)}, not {key_mode!r}")
+    plan = {int(layer): [s if isinstance(s, EraseSubject) else EraseSubject(str(s)) for s in subs]
+            for layer, subs in targets.items() if subs}
+    if not plan:
+        raise BadInput("no subjects to erase")
+    layout = layout or layout_for(model)
+    layers = layout.check_layers(sorted(plan))
+    for subs in plan.values():
+        for s in subs:
+            s.probes()  # fail on a prompt without its subject before any work
+    prog = progress or (lambda stage, done, total: None)
+    if contexts is None:
+        contexts = context_templates(model, tokenizer, 5, 10, 0)
+    all_subjects = list({s.subject: s for subs in plan.values() for s in subs}.values())
+    before = _answers(model, tokenizer, all_subjects) if answers else [[] for _ in all_subjects]
+
+    keys: dict[int, tuple[torch.Tensor, list[int]]] = {}
+    if not rekey:  # every layer's keys as the edit saw them: on the suspect, before any change
+        for layer in layers:
+            keys[layer] = _subject_keys(model, tokenizer, layout.rewrite_name(layer), plan[layer], contexts, key_mode)
+    tensors: dict[str, torch.Tensor] = {}
+    layer_reports: list[LayerReport] = []
+    subject_reports: list[SubjectReport] = []
+    for n, layer in enumerate(layers):
+        prog("erasing", n, len(layers))
+        name = layout.rewrite_name(layer)
+        module = model.get_submodule(name)
+        K, owner = keys[layer] if not rekey else _subject_keys(model, tokenizer, name, plan[layer], contexts, key_mode)
+        W = weight_out_in(module).detach().to("cpu", torch.float64)
+        C = cov_for_layer(layer).to("cpu", torch.float64)
+        if C.shape != (W.shape[1], W.shape[1]):
+            raise BadInput(f"layer {layer}: key statistics of shape {tuple(C.shape)} do not fit {name} "
+                           f"(input width {W.shape[1]})")
+        m = None
+        if target == "mean":
+            from ..editing import corpus as corpus_mod
+
+            m = mean_output(model, tokenizer, name, texts if texts is not None else corpus_mod.texts())
+        delta, B = solve_layer(W, K, C, target, m, directions, nullspace_rel)
+        Kd = K.to(torch.float64)
+        out_before = Kd @ W.T                                    # [n, out]
+        rms_gain = float(W.norm()) / W.shape[1] ** 0.5
+        change = (Kd @ delta.T).norm(dim=1) / out_before.norm(dim=1).clamp_min(1e-30)
+        text_change = float(torch.sqrt(torch.trace(delta @ C @ delta.T) / torch.trace(W @ C @ W.T).clamp_min(1e-30)))
+        add_delta(module, delta.to(torch.float32))
+        param = f"{name}.weight"
+        tensors[param] = module.weight.detach().to("cpu", torch.float32).clone()
+        layer_reports.append(LayerReport(layer, param, int(B.shape[1]), float(delta.norm() / W.norm()), text_change))
+        for i, s in enumerate(plan[layer]):
+            rows = [j for j, o in enumerate(owner) if o == i]
+            own = edit_directions(C, Kd[rows], directions, nullspace_rel)
+            gain = float(torch.linalg.matrix_norm(W @ own, ord=2)) / max(rms_gain, 1e-30)
+            subject_reports.append(SubjectReport(
+                s.subject, layer, list(s.prompts), len(rows), round(gain, 3), round(float(change[rows].mean()), 4)))
+    prog("erasing", len(layers), len(layers))
+    after = _answers(model, tokenizer, all_subjects) if answers else [[] for _ in all_subjects]
+    index = {s.subject: i for i, s in enumerate(all_subjects)}
+    for r in subject_reports:
+        r.before, r.after = before[index[r.subject]], after[index[r.subject]]
+    return ProjectionResult(tensors, layer_reports, subject_reports, target, key_mode, contexts,
+                            time.perf_counter() - t0)
+
+
+# -- which subjects, in which layers ----------------------------------------------------------------------
+
+def _mlp_out_layers(tensors: Sequence[str]) -> tuple[set[int], list[str]]:
+    """Layers of the MLP output matrices among ``tensors``, and the other tensors (not re-solved here)."""
+    from ..scan.names import parse_name
+
+    layers, other = set(), []
+    for t in tensors:
+        n = parse_name(t)
+        if n.role == "mlp_out" and n.layer is not None:
+            layers.add(int(n.layer))
+        else:
+            other.append(t)
+    return layers, other
+
+
+def _add(plan: dict[int, list[EraseSubject]], layer: int, subject: str, prompt: str | None) -> None:
+    subs = plan.setdefault(layer, [])
+    found = next((s for s in subs if s.subject == subject), None)
+    if found is None:
+        found = EraseSubject(subject)
+        subs.append(found)
+    if prompt and prompt not in found.prompts:
+        found.prompts.append(prompt)
+
+
+def targets_from_readings(readings: Sequence[dict]) -> tuple[dict[int, list[EraseSubject]], list[str]]:
+    """{layer: subjects} from the scan's edit readings (``evidence.edit_readings``), and notes.
+
+    A reading is written back into every MLP output matrix of its finding (a MEMIT edit spans several
+    layers); tensors of other kinds in a finding are named in the notes and left alone. A prompt that
+    does not contain its subject is dropped (the subject alone is read instead).
+    """
+    plan: dict[int, list[EraseSubject]] = {}
+    notes: list[str] = []
+    for r in readings:
+        subject = str(r.get("subject") or "").strip()
+        if not subject:
+            continue
+        tensors = list(r.get("finding_tensors") or []) or ([r["tensor"]] if r.get("tensor") else [])
+        layers, other = _mlp_out_layers(tensors)
+        if not tensors:
+            layers = {int(x) for x in (r.get("finding_layers") or ([r["layer"]] if r.get("layer") is not None else []))}
+        for t in other:
+            note = f"{t}: not an MLP output matrix; the projection erase leaves it as it is"
+            if note not in notes:
+                notes.append(note)
+        prompt = r.get("prompt") if isinstance(r.get("prompt"), str) else None
+        if prompt and "{}" not in prompt and subject not in prompt:
+            notes.append(f"reading of {subject!r}: its prompt {prompt!r} does not contain it; the subject alone is read")
+            prompt = None
+        for layer in sorted(layers):
+            _add(plan, layer, subject, prompt)
+    return plan, notes
+
+
+def targets_from_records(records: Sequence[dict], default_layers: Sequence[int]) -> dict[int, list[EraseSubject]]:
+    """{layer: subjects} from user records ``{"subject", "prompt"?, "layer"? | "layers"?}``; records without
+    a layer go to ``default_layers`` (the scan's edited MLP output layers, or ``--layers``)."""
+    plan: dict[int, list[EraseSubject]] = {}
+    for i, rec in enumerate(records):
+        subject = rec.get("subject") if isinstance(rec, dict) else None
+        if not isinstance(subject, str) or not subject.strip():
+            raise BadInput(f"subjects record {i + 1}: needs a non-empty \"subject\"")
+        prompt = rec.get("prompt")
+        if prompt is not None and (not isinstance(prompt, str) or ("{}" not in prompt and subject not in prompt)):
+            raise BadInput(f"subjects record {i + 1}: prompt {prompt!r} must be a string containing the subject "
+                           "(or '{}')")
+        layers = rec.get("layers", [rec["layer"]] if rec.get("layer") is not None else list(default_layers))
+        if not isinstance(layers, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
+            raise BadInput(f"subjects record {i + 1}: layer(s) must be integers")
+        if not layers:
+            raise BadInput(f"subjects record {i + 1} ({subject!r}): no layer — give \"layer\" in the record, "
+                           "--layers, or scan the suspect first")
+        for layer in layers:
+            _add(plan, layer, subject.strip(), prompt)
+    return plan
