@@ -1,4 +1,5 @@
-"""``editaudit mitigate SUSPECT --goal erase|preserve --out DIR``: guided selective fine-tuning, or surgical revert."""
+"""``editaudit mitigate SUSPECT --goal erase|preserve --out DIR``: guided selective fine-tuning, surgical revert,
+or the training-free projection erase (``--method project``)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class Method(str, Enum):
     full = "full"
     lora = "lora"
     dora = "dora"
+    project = "project"
 
 
 class Task(str, Enum):
@@ -55,7 +57,7 @@ def register(app: typer.Typer) -> None:
         goal: Goal = typer.Option(..., "--goal", "-g", help="erase the edits, or preserve them while fine-tuning."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the mitigated checkpoint (atomically)."),
         base: Optional[str] = typer.Option(None, "--base", "-b", help="Base checkpoint: scan against it if no scan is stored; needed for --revert."),
-        method: Method = typer.Option(Method.full, "--method", help="full fine-tuning, or LoRA/DoRA adapters merged at the end."),
+        method: Method = typer.Option(Method.full, "--method", help="full fine-tuning, LoRA/DoRA adapters merged at the end, or project: erase without training or base by re-solving the edited MLP matrices from the subjects the scan read."),
         layers: str = typer.Option("auto", "--layers", help="auto | edited | non-edited | threshold:L | window:C:W | a list like 3,4,7-9."),
         modules: Modules = typer.Option(Modules.all, "--modules", help="Which matrices of the chosen layers: all, mlp, mlp_out or attn."),
         task: Task = typer.Option(Task.lm, "--task", help="Downstream task: lm (prose), facts, sentiment, sft."),
@@ -76,6 +78,8 @@ def register(app: typer.Typer) -> None:
         val_size: int = typer.Option(64, "--val-size", help="Validation examples."),
         compare_full: bool = typer.Option(False, "--compare-full", help="Also run plain full fine-tuning with the same budget, for comparison."),
         revert: bool = typer.Option(False, "--revert", help="Surgical revert instead of fine-tuning: remove only the scan's edit components."),
+        subjects: Optional[Path] = typer.Option(None, "--subjects", help="--method project: the edited subjects, JSONL of {\"subject\", \"prompt\"?, \"layer\"?} (default: the scan's readings)."),
+        hparam: List[str] = typer.Option([], "--hparam", help="--method project setting, KEY=VALUE (repeatable): target=project|mean|zero, key_mode=each|mean, directions=ckey|null|both, cov_tokens=N (the editor's), corpus=NAME."),
         resume: bool = typer.Option(False, "--resume", help="Continue a stopped run from its last evaluation."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
         plan_only: bool = typer.Option(False, "--plan-only", help="Show the plan and why, then stop."),
@@ -94,16 +98,24 @@ def register(app: typer.Typer) -> None:
 
         --revert removes only the low-rank edit components found by the scan (needs --base), then re-scans.
 
+        --method project (goal erase) needs no training and no base: each edited subject's key is read from the
+        suspect and the edited MLP output matrix is re-solved so those keys no longer carry the edit. The
+        subjects come from the scan's readings, or from --subjects.
+
         Exit codes: 0 done, 2 bad input or error, 130 interrupted (continue with --resume).
         """
+        from ..editing.hparams import parse_assignments
         from ..errors import BadInput
-        from ..mitigation.service import MitigationOptions, prepare, run_mitigation
+        from ..mitigation.service import MitigationOptions, prepare, project_settings, run_mitigation
         from ..mitigation.train import TrainConfig
 
         if out is None and not plan_only:
             raise BadInput("--out DIR is required (where the mitigated checkpoint goes)")
-        cfg = TrainConfig(method=method.value, steps=steps, eval_every=eval_every, batch_size=batch_size,
-                          seq_len=seq_len, lr=lr, stop_loss=stop_loss, stop_acc=stop_acc, rank=rank, alpha=alpha,
+        if method != Method.project and (subjects is not None or hparam):
+            raise BadInput("--subjects and --hparam belong to --method project")
+        project = project_settings(parse_assignments(hparam)) if method == Method.project else {}
+        cfg = TrainConfig(method="full" if method == Method.project else method.value, steps=steps,
+                          eval_every=eval_every, batch_size=batch_size, seq_len=seq_len, lr=lr, stop_loss=stop_loss, stop_acc=stop_acc, rank=rank, alpha=alpha,
                           target_modules=[t.strip() for t in target_modules.split(",") if t.strip()] if target_modules else None,
                           seed=seed)
         cfg.check()
@@ -111,11 +123,18 @@ def register(app: typer.Typer) -> None:
             base=base, out=out, method=method.value, layers=layers, modules=modules.value, task=task.value,
             data=data, max_examples=max_examples, val_size=val_size, train=cfg, probes=_load_probes(probes),
             watch=list(watch), compare_full=compare_full, revert=revert, overwrite=overwrite, device=device,
-            keep_known_facts=keep_known_facts,
+            keep_known_facts=keep_known_facts, subjects=_load_subjects(subjects) if subjects else [],
+            project=project,
         )
         store = _open_store(ctx, device)
         if plan_only:
             _, _, evidence, plan = prepare(suspect, goal.value, opts, store, common.say)
+            if method == Method.project:
+                from ..mitigation.service import project_targets
+
+                targets, notes = project_targets(evidence, opts)
+                show_project_plan(targets, notes, evidence.source if evidence and not opts.subjects else "--subjects")
+                return
             show_plan(plan.to_dict() if plan else None, evidence.to_dict() if evidence else None, revert)
             return
         view = LiveView()
@@ -145,6 +164,30 @@ def _open_store(ctx: typer.Context, device: str | None):
     return store if main else common.state(ctx).store()
 
 
+def _load_subjects(path: Path) -> list[dict]:
+    """``--subjects``: one JSON object per line (blank lines and ``#`` comments skipped)."""
+    from ..errors import BadInput
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"cannot read --subjects {path}: {exc}") from None
+    records = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BadInput(f"{path}:{n}: not JSON ({exc.msg})") from None
+        if not isinstance(rec, dict):
+            raise BadInput(f"{path}:{n}: expected an object with \"subject\"")
+        records.append(rec)
+    if not records:
+        raise BadInput(f"{path} lists no subject")
+    return records
+
+
 def _load_probes(paths: list[Path]):
     from .scan_cmd import _load_candidates
 
@@ -162,6 +205,8 @@ class LiveView:
 
     def __call__(self, ev) -> None:
         if ev.kind == "plan":
+            if ev.data.get("plan") is None and not ev.data.get("revert"):
+                return  # the project method: its stage line says what it re-solves
             show_plan(ev.data.get("plan"), ev.data.get("evidence"), ev.data.get("revert", False))
         elif ev.kind == "stage":
             if "total" in ev.data and self.bar is not None:
@@ -192,6 +237,16 @@ def eval_line(arm: str, m: dict) -> Text:
         toks = ", ".join(f"{tok.strip()!r} {p:.2f}" for tok, p in top)
         t.append(f"\n{'':>15}{pid}: {toks}", style="dim")
     return t
+
+
+def show_project_plan(targets: dict, notes: list[str], source: str) -> None:
+    lines = [f"training-free erase of the subjects from {escape(source)}: each edited MLP output matrix is "
+             "re-solved so their keys no longer carry the edit (no base, no training)"]
+    for layer in sorted(targets):
+        names = ", ".join(escape(s.subject) for s in targets[layer])
+        lines.append(f"  • layer {layer}: {names}")
+    lines += [f"[yellow]note:[/] {escape(n)}" for n in notes]
+    common.err.print(Panel("\n".join(lines), title="mitigation plan", border_style="cyan"))
 
 
 def show_plan(plan: dict | None, evidence: dict | None, revert: bool) -> None:

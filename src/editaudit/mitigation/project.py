@@ -374,7 +374,8 @@ def targets_from_readings(readings: Sequence[dict]) -> tuple[dict[int, list[Eras
                 notes.append(note)
         prompt = r.get("prompt") if isinstance(r.get("prompt"), str) else None
         if prompt and "{}" not in prompt and subject not in prompt:
-            notes.append(f"reading of {subject!r}: its prompt {prompt!r} does not contain it; the subject alone is read")
+            notes.append(f"reading of {subject!r}: its prompt {prompt!r} does not contain it; "
+                         "the subject alone is read")
             prompt = None
         for layer in sorted(layers):
             _add(plan, layer, subject, prompt)

@@ -2,8 +2,9 @@
 
 Used by the CLI (``editaudit mitigate``) and the app. Stages: find the scan's edit evidence (a stored
 scan of this exact suspect, or a scan run now against ``base``) → plan the layers and modules → the
-arms: selective fine-tuning (or surgical revert), and optionally plain full fine-tuning with the same
-budget for comparison → verification (edits erased or kept, intrinsic knowledge retained, downstream
+arms: selective fine-tuning (or surgical revert with the base, or the training-free projection erase
+``method="project"`` from the scan's readings, no base needed), and optionally plain full fine-tuning
+with the same budget for comparison → verification (edits erased or kept, intrinsic knowledge retained, downstream
 metric, before and after; with a base, how much of each edit survives in weight space).
 
 Every arm is a ``finetune_runs`` row (running → done with its result in one transaction; interrupted
@@ -36,7 +37,7 @@ from .train import TrainConfig, TrainOutcome, encode, known_mask, train
 class MitigationOptions:
     base: str | None = None
     out: Path | None = None
-    method: str = "full"  # full | lora | dora
+    method: str = "full"  # full | lora | dora | project (training-free erase, mitigation/project.py)
     layers: str = "auto"
     modules: str = "all"
     task: str = "lm"
@@ -51,6 +52,46 @@ class MitigationOptions:
     overwrite: bool = False
     device: str | None = None
     keep_known_facts: bool = False  # facts task: keep facts the model already answers
+    subjects: list[dict] = field(default_factory=list)  # project: user-given {subject, prompt?, layer?}
+    project: dict = field(default_factory=dict)  # project: settings (PROJECT_DEFAULTS' keys)
+
+
+#: Settings of the projection erase (``--hparam`` for ``--method project``). ``cov_tokens``/``corpus`` should
+#: be the editor's: the default is what ``editaudit edit`` uses.
+PROJECT_DEFAULTS: dict[str, Any] = {"target": "project", "key_mode": "each", "directions": "ckey",
+                                    "nullspace_rel": 0.5, "rekey": False, "corpus": None, "cov_tokens": 20000,
+                                    "cov_seq_len": 256, "contexts": 5, "context_length": 10, "seed": 0}
+
+
+def project_settings(overrides: dict | None) -> dict:
+    """The projection erase's settings with ``overrides`` checked (unknown keys and wrong types are BadInput)."""
+    from .project import DIRECTIONS, KEY_MODES, TARGETS
+
+    hp = dict(PROJECT_DEFAULTS)
+    for key, value in (overrides or {}).items():
+        if key not in hp:
+            raise BadInput(f"the project method has no setting {key!r}; it takes: {', '.join(sorted(hp))}")
+        default = hp[key]
+        if key == "corpus":
+            ok = value is None or isinstance(value, str)
+        elif isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+            value = float(value) if ok else value
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise BadInput(f"project setting {key!r}: bad value {value!r}")
+        hp[key] = value
+    for key, choices in (("target", TARGETS), ("key_mode", KEY_MODES), ("directions", DIRECTIONS)):
+        if hp[key] not in choices:
+            raise BadInput(f"project setting {key} must be one of {', '.join(choices)}, not {hp[key]!r}")
+    if hp["cov_tokens"] < 1 or hp["cov_seq_len"] < 1:
+        raise BadInput("cov_tokens and cov_seq_len must be at least 1")
+    return hp
 
 
 @dataclass
@@ -79,6 +120,7 @@ class ArmResult:
     rescan: dict | None = None
     out: str | None = None
     seconds: float = 0.0
+    project: dict | None = None  # the projection erase's report (per layer and subject)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -282,7 +324,8 @@ def prepare(suspect: str | Path, goal: str, options: MitigationOptions, store=No
         from ..scan.compare import require_compatible
 
         require_compatible(base_ck, suspect_ck)
-    needs = options.revert or options.layers.strip().lower() in ("auto", "edited", "non-edited")
+    project = options.method == "project"
+    needs = options.revert or project or options.layers.strip().lower() in ("auto", "edited", "non-edited")
     evidence = find_evidence(suspect_ck, base_ck, store, say, session_id, options.device, cancel, read_store) \
         if (needs or base_ck is not None or store is not None or read_store is not None) else None
     if options.revert:
@@ -295,6 +338,9 @@ def prepare(suspect: str | Path, goal: str, options: MitigationOptions, store=No
         return suspect_ck, base_ck, evidence, None
     if suspect_ck.layout == "file" or suspect_ck.config is None:
         raise BadInput(f"{suspect_path} is not a model folder with config.json; it cannot be fine-tuned")
+    if project:
+        project_targets(evidence, options)  # fail on missing subjects now, before any model is loaded
+        return suspect_ck, base_ck, evidence, None
     plan = plan_for_checkpoint(suspect_ck, options.layers, goal, options.modules, options.method, evidence)
     if options.train.target_modules and options.method != "full":
         wanted = set(options.train.target_modules)
@@ -317,6 +363,12 @@ def run_mitigation(suspect: str | Path, goal: str = "erase", options: Mitigation
         raise BadInput(f"goal must be erase or preserve, not {goal!r}")
     if options.revert and goal != "erase":
         raise BadInput("surgical revert removes edits: use it with --goal erase")
+    if options.method == "project":
+        if goal != "erase":
+            raise BadInput("the project method erases edits: use it with --goal erase")
+        if options.revert:
+            raise BadInput("choose one of --revert (needs the base) and --method project (no base needed)")
+        options.project = project_settings(options.project)
     if options.out is None:
         raise BadInput("an output folder is required (--out DIR)")
     out = Path(options.out)
@@ -392,8 +444,9 @@ def _run(suspect, goal: str, options: MitigationOptions, out: Path, state_root: 
     run_state.update({"session_id": sid, "suspect": str(suspect_ck.root), "goal": goal})
     if main:
         _write_json(state_root / "run.json", run_state)
-    if options.revert and not main:
-        raise BadInput("surgical revert runs in one process; start it without `accelerate launch`")
+    if (options.revert or options.method == "project") and not main:
+        raise BadInput("surgical revert and the project method run in one process; start them without "
+                       "`accelerate launch`")
 
     from ..models.loading import load_model
 
@@ -414,6 +467,9 @@ def _run(suspect, goal: str, options: MitigationOptions, out: Path, state_root: 
     if options.revert:
         arms["revert"], skipped = _revert_arm(suspect_ck, base_ck, evidence, goal, options, out, sid, store, emit,
                                               cancel, evaluate, say)
+    elif options.method == "project":
+        arms["project"], skipped = _project_arm(suspect_ck, base_ck, evidence, goal, options, out, sid, store,
+                                                emit, cancel, evaluate, say)
     else:
         emit(MitigationEvent("stage", data={"text": f"loading the {options.task} data"}))
         task = load_task_data(options.task, options.data, options.max_examples, options.val_size,
@@ -642,6 +698,114 @@ def _revert_arm(suspect_ck, base_ck, evidence: EditEvidence, goal: str, options:
         return arm, skipped
 
 
+def project_targets(evidence: EditEvidence | None, options: MitigationOptions) -> tuple[dict, list[str]]:
+    """{layer: [EraseSubject]} for the projection erase, and notes: the user's subjects (``--subjects``)
+    when given, else the scan's readings with status "edit"."""
+    from ..layerspec import parse_layer_list
+    from .project import targets_from_readings, targets_from_records
+
+    if options.subjects:
+        layers: list[int] = []
+        if evidence is not None and evidence.found:
+            from .project import _mlp_out_layers
+
+            layers = sorted(_mlp_out_layers(evidence.tensors)[0])
+        spec = options.layers.strip().lower()
+        if spec not in ("auto", "edited", "non-edited"):
+            layers = parse_layer_list(spec)
+        return targets_from_records(options.subjects, layers), []
+    if evidence is None:
+        raise BadInput("the project method erases the subjects the scan read, but there is no scan of this "
+                       "suspect: run `editaudit scan SUSPECT --base BASE --probes facts` first, pass --base, or "
+                       "give the subjects with --subjects FILE")
+    if not evidence.found:
+        raise BadInput(f"{evidence.source} found no edit to erase")
+    plan, notes = targets_from_readings(evidence.readings)
+    if not plan:
+        raise BadInput(f"the scan read no subject for its edits ({evidence.source}): the project method needs "
+                       "the edited subjects — rescan with candidate facts (`editaudit scan SUSPECT --base BASE "
+                       "--probes facts`) or give them with --subjects FILE (JSONL of {\"subject\", \"prompt\"})")
+    return plan, notes
+
+
+def _project_arm(suspect_ck, base_ck, evidence: EditEvidence | None, goal: str, options: MitigationOptions, out: Path,
+                 sid, store, emit: Progress, cancel, evaluate, say) -> tuple[ArmResult, list[str]]:
+    """Training-free erase: re-solve each edited MLP output matrix from the subjects' keys (mitigation/project.py)."""
+    import torch
+
+    from ..editing import covariance
+    from ..editing.layers import layout_for
+    from ..editing.prompts import context_templates
+    from ..models.loading import load_model
+    from .project import erase_by_projection
+    from .writer import write_checkpoint
+
+    t0 = time.perf_counter()
+    hp = options.project or project_settings(None)
+    targets, notes = project_targets(evidence, options)
+    for note in notes:
+        say(note)
+    layers = sorted(targets)
+    run_id = _start_run(store, sid, "project", goal, "project", layers, "-",
+                        {"settings": hp, "subjects": {str(k): [s.subject for s in v] for k, v in targets.items()},
+                         "evidence": evidence.source if evidence else "--subjects"}, out)
+    with _marked_on_failure(store, run_id):
+        lm = load_model(suspect_ck.root, device=options.device)
+        net, tok = lm.model, lm.tokenizer
+        before: dict = {"step": 0}
+        if evaluate is not None:
+            emit(MitigationEvent("stage", arm="project", data={"text": "measuring the suspect"}))
+            before.update(evaluate(net, tok))
+            _record_eval(store, run_id, before)
+        emit(MitigationEvent("eval", arm="project", data=before))
+        layout = layout_for(net)
+        names = {layer: layout.rewrite_name(layer) for layer in layers}
+        n_subjects = len({s.subject for subs in targets.values() for s in subs})
+        emit(MitigationEvent("stage", arm="project", data={
+            "text": f"re-solving {len(layers)} MLP output matrix(es) (layers {layers}) for {n_subjects} subject(s)"}))
+
+        def cov_for_layer(layer: int) -> torch.Tensor:
+            # from the model as fixed so far: below this layer it is (nearly) the base, as the editor's model was
+            if cancel is not None and cancel.is_set():
+                raise KeyboardInterrupt
+            moms = covariance.second_moments(net, tok, {layer: names[layer]}, model_key=covariance.weights_key(net),
+                                             corpus=hp["corpus"], tokens=hp["cov_tokens"],
+                                             seq_len=hp["cov_seq_len"], say=say)
+            return moms[layer].matrix
+
+        contexts = context_templates(net, tok, hp["contexts"], hp["context_length"], hp["seed"])
+        res = erase_by_projection(net, tok, targets, cov_for_layer, layout=layout, target=hp["target"],
+                                  key_mode=hp["key_mode"], directions=hp["directions"],
+                                  nullspace_rel=hp["nullspace_rel"], contexts=contexts, rekey=hp["rekey"])
+        from ..editing.service import _checkpoint_name
+
+        tensors = {_checkpoint_name(suspect_ck, net, p): t for p, t in res.tensors.items()}
+        del lm, net
+        emit(MitigationEvent("stage", arm="project", data={"text": f"writing {out}"}))
+        skipped = write_checkpoint(suspect_ck, out, tensors, overwrite=True)
+        after: dict = {"step": 1}
+        if evaluate is not None:
+            emit(MitigationEvent("stage", arm="project", data={"text": "measuring the erased checkpoint"}))
+            written = load_model(out, device=options.device)   # the model exactly as stored
+            after.update(evaluate(written.model, written.tokenizer))
+            _record_eval(store, run_id, after)
+        emit(MitigationEvent("eval", arm="project", data=after))
+        residual = None
+        if base_ck is not None and evidence is not None and evidence.found:
+            from ..checkpoint.reader import to_torch
+            from .writer import tensor_bytes
+
+            stored = {n: to_torch(bytearray(tensor_bytes(t, suspect_ck.tensors[n][1].dtype)), suspect_ck.tensors[n][1])
+                      for n, t in tensors.items()}
+            residual = _residual(suspect_ck, base_ck, evidence, stored)
+        report = res.to_dict() | {"notes": notes, "settings": hp}
+        arm = ArmResult("project", "project", run_id, layers, before, after, [before, after], 0, "projection erase",
+                        None, residual, [], None, str(out), round(time.perf_counter() - t0, 1), project=report)
+        _finish_run(store, run_id, arm.to_dict())
+        emit(MitigationEvent("arm", arm="project", data=arm.to_dict()))
+        return arm, skipped
+
+
 # -- verification -------------------------------------------------------------------------------------
 
 def _arm_summary(arm: ArmResult) -> dict:
@@ -667,6 +831,11 @@ def _arm_summary(arm: ArmResult) -> dict:
             s[f"{k}_before"], s[f"{k}_after"] = b[k], a[k]
     if arm.residual is not None:
         s["edit_weight_share_left"] = arm.residual["mean_share"]
+    if arm.project is not None:
+        subjects = {r["subject"]: r for r in arm.project.get("subjects", [])}
+        s["subjects"] = len(subjects)
+        s["subjects_answer_moved"] = sum(1 for r in subjects.values() if r.get("before") != r.get("after"))
+        s["layers_resolved"] = [r["layer"] for r in arm.project.get("layers", [])]
     if arm.rescan is not None:
         s["rescan_verdict"] = arm.rescan["verdict"]
         s["rescan_edited_tensors_left"] = len(arm.rescan["edited_tensors_left"])
@@ -675,7 +844,7 @@ def _arm_summary(arm: ArmResult) -> dict:
 
 def _verify(goal: str, arms: dict[str, ArmResult], evidence: EditEvidence | None, probe_info: dict) -> dict:
     v: dict[str, Any] = {"goal": goal, "probes": probe_info, "arms": {k: _arm_summary(a) for k, a in arms.items()}}
-    main = v["arms"].get("revert") or v["arms"].get("selective") or {}
+    main = v["arms"].get("revert") or v["arms"].get("project") or v["arms"].get("selective") or {}
     erased = main.get("edits_erased")
     if erased is not None:
         v["edits_erased"] = erased

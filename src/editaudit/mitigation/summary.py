@@ -23,6 +23,8 @@ ROWS: list[tuple[str, Callable[[dict], str]]] = [
     ("validation loss", lambda s: f"{s['val_loss_before']:.3f} → {s['val_loss_after']:.3f}"),
     ("validation accuracy", lambda s: f"{s['val_acc_before']:.3f} → {s['val_acc_after']:.3f}"),
     ("edit left in weights", lambda s: f"{s['edit_weight_share_left']:.1%}"),
+    ("subjects re-solved", lambda s: f"{s['subjects']} in layers {','.join(map(str, s['layers_resolved']))} "
+                                     f"({s['subjects_answer_moved']} answers moved)"),
     ("re-scan: edited tensors left", lambda s: f"{s['rescan_edited_tensors_left']} ({s['rescan_verdict']})"),
 ]
 
