@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import sqlite3
 import subprocess
@@ -104,3 +105,136 @@ def test_concurrent_readers_while_writing(tmp_path):
         r.join()
     assert errors.empty()
     assert len(store.sessions(limit=10_000)) == n
+
+
+# -- migrations, owners of sessions, locks --------------------------------------------------------------------
+
+def socket_host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_version_1_database_is_migrated_in_place(tmp_path):
+    import sqlite_utils
+
+    from editaudit.store import db as store_db
+
+    path = tmp_path / "old.db"
+    old = sqlite_utils.Database(path)
+    store_db.MIGRATIONS[1](old)
+    old["sessions"].insert({"id": "20260101-000000-abcdef", "kind": "scan", "status": "done", "pid": 1})
+    old.conn.execute("PRAGMA user_version = 1")
+    old.conn.close()
+    store = Store(path)
+    assert store.db.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert "host" in store.db["sessions"].columns_dict
+    assert store.session("20260101")["status"] == "done"
+
+
+def test_session_records_its_process_and_host(tmp_path):
+    store = Store(tmp_path / "s.db")
+    sid = store.new_session("scan")
+    row = store.session(sid)
+    assert (row["pid"], row["host"], row["status"]) == (os.getpid(), socket_host(), "running")
+    store.db["sessions"].update(sid, {"host": None})
+    store.touch(sid, pid=os.getpid())  # a resumed session takes the resuming process's host with its pid
+    assert store.session(sid)["host"] == socket_host()
+
+
+def test_only_sessions_whose_process_is_gone_from_this_host_are_interrupted(tmp_path):
+    store = Store(tmp_path / "s.db")
+    dead = _dead_pid()
+    rows = {
+        "mine-dead": {"pid": dead, "host": socket_host()},
+        "mine-alive": {"pid": os.getpid(), "host": socket_host()},
+        "elsewhere": {"pid": dead, "host": "some-other-host.example"},  # cannot be checked from here
+        "legacy": {"pid": dead, "host": None},  # written before hosts were recorded: judged as this host's
+    }
+    for sid, owner in rows.items():
+        store.db["sessions"].insert({"id": sid, "kind": "scan", "status": "running", "created": sid, **owner})
+    store.insert("scans", {"session_id": "mine-dead", "status": "running"})
+    assert store.session("mine-dead")["status"] == "interrupted"  # reading one session judges it too
+    assert [s["status"] for s in store.rows("scans")] == ["interrupted"]
+    status = {r["id"]: r["status"] for r in store.sessions()}
+    assert status == {"mine-dead": "interrupted", "mine-alive": "running", "elsewhere": "running",
+                      "legacy": "interrupted"}
+    assert {r["id"]: r["status"] for r in store.rows("sessions")} == status  # and stored
+
+
+@pytest.fixture
+def short_locks(monkeypatch):
+    from editaudit.store import db as store_db
+
+    monkeypatch.setattr(store_db, "BUSY_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(store_db, "LOCK_DEADLINE_S", 0.5)
+
+
+def _hold_write_lock(path):
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("BEGIN IMMEDIATE")
+    return conn
+
+
+def test_writer_waits_for_another_writer_then_writes(tmp_path, short_locks, monkeypatch):
+    import threading
+
+    from editaudit.store import db as store_db
+
+    monkeypatch.setattr(store_db, "LOCK_DEADLINE_S", 10.0)
+    path = tmp_path / "s.db"
+    store = Store(path)
+    other = _hold_write_lock(path)
+    threading.Timer(0.4, other.rollback).start()
+    t0 = time.monotonic()
+    sid = store.new_session("scan")  # meets the lock, backs off, retries
+    assert time.monotonic() - t0 >= 0.3
+    assert store.session(sid)["status"] == "running"
+    other.close()
+
+
+def test_writer_gives_up_with_a_clear_error_when_locked_too_long(tmp_path, short_locks):
+    from editaudit.errors import StoreBusy
+
+    path = tmp_path / "s.db"
+    store = Store(path)
+    other = _hold_write_lock(path)
+    try:
+        with pytest.raises(StoreBusy, match="locked by another process"):
+            store.new_session("scan")
+        with pytest.raises(StoreBusy):
+            with store.db.atomic():  # services' own transactions take the write lock up front too
+                store.db["sessions"].insert({"id": "x"})
+        assert store.rows("sessions") == []  # reads go on meanwhile (WAL)
+    finally:
+        other.close()
+    store.new_session("scan")
+
+
+def test_listing_judges_dead_sessions_even_when_it_cannot_write(tmp_path, short_locks):
+    path = tmp_path / "s.db"
+    store = Store(path)
+    store.db["sessions"].insert({"id": "gone", "kind": "scan", "status": "running", "pid": _dead_pid(),
+                                 "host": socket_host()})
+    other = _hold_write_lock(path)
+    try:
+        assert [r["status"] for r in store.sessions()] == ["interrupted"]
+        assert store.rows("sessions")[0]["status"] == "running"  # storing it waits for the next listing
+    finally:
+        other.close()
+    store.sessions()
+    assert store.rows("sessions")[0]["status"] == "interrupted"
+
+
+def test_lock_errors_are_told_from_real_errors():
+    from editaudit.store.db import is_locked
+
+    assert is_locked(sqlite3.OperationalError("database is locked"))
+    assert not is_locked(sqlite3.OperationalError("no such table: x"))
+    assert not is_locked(ValueError("database is locked"))

@@ -25,3 +25,7 @@ class IncompatibleCheckpoints(BadInput):
 
 class ModelUnavailable(EditauditError):
     """The embedded default model could not be fetched or converted."""
+
+
+class StoreBusy(EditauditError):
+    """The session database stayed locked by other processes for longer than editaudit waits."""
