@@ -26,6 +26,7 @@ class State:
     def __init__(self) -> None:
         self.db: Path | None = None
         self.quiet = False
+        self.debug = False
 
     def store(self):
         from ..store import Store
@@ -62,10 +63,10 @@ def stage_progress(quiet: bool = False) -> Iterator[Callable[[str, float, float]
 
 @contextmanager
 def progress(quiet: bool = False) -> Iterator[Progress]:
-    """A rich progress display on stderr."""
+    """A rich progress display on stderr (none when stderr is not a terminal: a log would only get a blank line)."""
     bar = Progress(
         SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
-        MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True, disable=quiet,
+        MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True, disable=quiet or not err.is_terminal,
     )
     with bar:
         yield bar

@@ -6,7 +6,9 @@ which the ``editaudit_tui`` package registers.
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from importlib import metadata
 from pathlib import Path
 from typing import Optional
@@ -18,25 +20,86 @@ from .. import __version__
 from ..errors import EditauditError, IncompatibleCheckpoints
 from . import common
 
+
+def _framework_exceptions() -> tuple[tuple, tuple, tuple]:
+    """(exit, abort, error) exception types of typer's command framework: click's, or, from typer 0.2x on,
+    typer's own vendored copy of it (both when both are around)."""
+    exits, aborts, errors = [typer.Exit], [typer.Abort], []
+    if hasattr(typer, "TyperException"):
+        errors.append(typer.TyperException)
+    try:
+        import click
+    except ImportError:  # pragma: no cover - newer typer does not need click
+        pass
+    else:
+        exits.append(click.exceptions.Exit)
+        aborts.append(click.exceptions.Abort)
+        errors.append(click.exceptions.ClickException)
+    return tuple(exits), tuple(aborts), tuple(errors)
+
+
+_EXIT, _ABORT, _FRAMEWORK_ERROR = _framework_exceptions()
+
+
 class _Group(typer.core.TyperGroup):
-    """Turns editaudit's errors into clear messages and its exit codes, however the app is invoked."""
+    """Turns editaudit's errors into clear messages and its exit codes, however the app is invoked.
+
+    Exit 1 belongs to ``scan`` ("edits found") alone: an input error, a bug or any other unexpected
+    exception exits 2 with one line on stderr (the traceback with ``--debug``), an interrupt 130.
+    """
 
     def invoke(self, ctx):  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except IncompatibleCheckpoints as exc:
-            common.err.print(f"[bold red]error:[/] {escape(str(exc))}")
+            common.err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             for line in exc.differences[:200]:
-                common.err.print(f"  - {escape(line)}")
+                common.err.print(f"  - {escape(line)}", soft_wrap=True)
             if len(exc.differences) > 200:
                 common.err.print(f"  … and {len(exc.differences) - 200} more")
             ctx.exit(common.EXIT_ERROR)
         except EditauditError as exc:
-            common.err.print(f"[bold red]error:[/] {escape(str(exc))}")
+            _debug_traceback(ctx)
+            common.err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             ctx.exit(common.EXIT_ERROR)
         except KeyboardInterrupt:
             common.err.print("[yellow]interrupted[/]")
             ctx.exit(common.EXIT_INTERRUPTED)
+        except _EXIT:  # typer.Exit / ctx.exit: the command chose its code
+            raise
+        except _ABORT:  # Ctrl-C or end of input at a prompt
+            common.err.print("[yellow]interrupted[/]")
+            ctx.exit(common.EXIT_INTERRUPTED)
+        except _FRAMEWORK_ERROR as exc:
+            if getattr(exc, "exit_code", 1) != 1:  # usage errors exit 2 already
+                raise
+            common.err.print(f"[bold red]error:[/] {escape(exc.format_message())}", soft_wrap=True)
+            ctx.exit(common.EXIT_ERROR)
+        except Exception as exc:  # a bug or an environment problem: never exit 1, never a bare traceback
+            _unexpected(exc, common.state(ctx).debug)
+            ctx.exit(common.EXIT_ERROR)
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = " ".join(str(exc).split())
+    if len(msg) > 400:
+        msg = msg[:399] + "…"
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def _unexpected(exc: BaseException, debug: bool) -> None:
+    if debug:
+        sys.stderr.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        common.err.print(f"[bold red]error:[/] {escape(_one_line(exc))}", soft_wrap=True)
+    else:
+        common.err.print(f"[bold red]error:[/] {escape(_one_line(exc))} (run with --debug for the traceback)",
+                         soft_wrap=True)
+
+
+def _debug_traceback(ctx: typer.Context) -> None:
+    """With --debug, an input error's traceback too (where in editaudit it was raised)."""
+    if common.state(ctx).debug:
+        sys.stderr.write(traceback.format_exc())
 
 
 app = typer.Typer(
@@ -69,10 +132,13 @@ def _version(value: bool) -> None:
 def main(
     ctx: typer.Context,
     db: Optional[Path] = common.DbOption,
+    debug: bool = typer.Option(False, "--debug", envvar="EDITAUDIT_DEBUG",
+                               help="Show the Python traceback of an unexpected error."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
     st = common.state(ctx)
     st.db = db
+    st.debug = debug
     if ctx.invoked_subcommand is None:
         _launch_app(db)
 
@@ -104,3 +170,7 @@ def run() -> None:
     except KeyboardInterrupt:  # raised outside a command (e.g. while importing)
         common.err.print("[yellow]interrupted[/]")
         sys.exit(common.EXIT_INTERRUPTED)
+    except Exception as exc:  # raised outside a command: still exit 2, never 1
+        debug = "--debug" in sys.argv[1:] or os.environ.get("EDITAUDIT_DEBUG", "").lower() in ("1", "true", "yes")
+        _unexpected(exc, debug)
+        sys.exit(common.EXIT_ERROR)
