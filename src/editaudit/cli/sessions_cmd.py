@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 
 import typer
 from rich.markup import escape
@@ -11,21 +12,40 @@ from rich.table import Table
 from . import common
 
 
+class Fmt(str, Enum):
+    rich = "rich"
+    json = "json"
+
+
+# The id starts with the local date and time the session was created, so the table shows no separate date
+# (the JSON keeps every stored field).
+COLUMNS = ("id", "kind", "status", "verdict", "suspect", "base")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("sessions")
     def sessions(
         ctx: typer.Context,
         limit: int = typer.Option(50, help="How many of the newest sessions to list."),
-        fmt: str = typer.Option("table", "--format", help="table or json."),
+        fmt: Fmt = typer.Option(Fmt.rich, "--format", "-f", help="rich (terminal) or json."),
     ) -> None:
-        """List stored sessions, newest first."""
+        """List stored sessions, newest first.
+
+        A session still marked running whose process is gone from this host (killed, power loss) is
+        listed as interrupted.
+        """
         rows = common.state(ctx).store().sessions(limit=limit)
-        if fmt == "json":
-            common.out.print_json(json.dumps(rows, default=str))
+        if fmt == Fmt.json:
+            common.out.file.write(json.dumps(rows, indent=2, default=str, ensure_ascii=False) + "\n")
+            common.out.file.flush()
             return
-        table = Table("id", "kind", "status", "verdict", "created", "base", "suspect", title="sessions")
+        table = Table(title="sessions")
+        # the id is what every other command takes: never cut it (fold it if the terminal is that narrow)
+        table.add_column("id", no_wrap=True, overflow="fold", min_width=max((len(r["id"]) for r in rows), default=2))
+        for name in COLUMNS[1:]:
+            table.add_column(name, no_wrap=name in ("kind", "status", "verdict"), overflow="fold")
         for r in rows:
-            table.add_row(*(escape(str(r.get(k) or "")) for k in ("id", "kind", "status", "verdict", "created", "base", "suspect")))
+            table.add_row(*(escape(str(r.get(k) or "")) for k in COLUMNS))
         common.out.print(table)
 
     @app.command("report")
