@@ -58,7 +58,7 @@ class MitigationOptions:
 
 #: Settings of the projection erase (``--hparam`` for ``--method project``). ``cov_tokens``/``corpus`` should
 #: be the editor's: the default is what ``editaudit edit`` uses.
-PROJECT_DEFAULTS: dict[str, Any] = {"target": "project", "key_mode": "each", "directions": "ckey",
+PROJECT_DEFAULTS: dict[str, Any] = {"target": "project", "key_mode": "auto", "directions": "ckey",
                                     "nullspace_rel": 0.5, "rekey": False, "corpus": None, "cov_tokens": 20000,
                                     "cov_seq_len": 256, "contexts": 5, "context_length": 10, "seed": 0}
 
