@@ -123,7 +123,7 @@ def test_rome_edit_is_erased_from_the_suspect_alone(tiny_llama, word_corpus):
     K_other = reads.keys(lm.model, lm.tokenizer, others, name, ctx).double()
 
     res = erase_by_projection(lm.model, lm.tokenizer, {2: [EraseSubject(fact.subject, [fact.prompt])]},
-                              _cov(lm, layout), contexts=ctx, answers=False)
+                              _cov(lm, layout), contexts=ctx, answers=False, target="project")
     after = lm.model.get_parameter(param).detach().double()
     assert set(res.tensors) == {param} and torch.equal(res.tensors[param], after.float())
     # the edit's own direction is gone from the weights
@@ -142,6 +142,26 @@ def test_rome_edit_is_erased_from_the_suspect_alone(tiny_llama, word_corpus):
     # writes it), the subject's gain along it far above W's typical gain
     assert res.key_mode == "mean" and res.layers[0].directions == 1 and res.subjects[0].keys == 1
     assert res.subjects[0].subject == "France" and res.subjects[0].gain > 5
+
+
+def test_the_default_mean_target_maps_the_key_to_the_layers_mean_output(tiny_llama, word_corpus):
+    from editaudit.mitigation.project import mean_output
+
+    lm = load_model(tiny_llama)
+    layout = layout_for(lm.model)
+    name = layout.rewrite_name(2)
+    param = f"{name}.weight"
+    run = apply_edits(lm, [FACTS[0]], "rome", layers=[2], hparams=HP, evaluate=False)
+    w_base, w_suspect = run.originals[param].clone(), lm.model.get_parameter(param).detach().clone()
+    ctx = run.info["contexts"]
+    k_star = reads.keys(lm.model, lm.tokenizer, [FACTS[0]], name, ctx)[0].double()
+    m = mean_output(lm.model, lm.tokenizer, name, word_corpus).double()
+    res = erase_by_projection(lm.model, lm.tokenizer, {2: [EraseSubject("France", [FACTS[0].prompt])]},
+                              _cov(lm, layout), contexts=ctx, answers=False)
+    after = lm.model.get_parameter(param).detach().double()
+    assert res.target == "mean"
+    assert torch.allclose(after @ k_star, m, atol=1e-4 * float(m.norm()) + 1e-6)
+    assert _left(w_base, w_suspect, after) < 0.05
 
 
 def test_subjects_that_were_not_edited_show_a_low_gain(tiny_llama, word_corpus):

@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
         compare_full: bool = typer.Option(False, "--compare-full", help="Also run plain full fine-tuning with the same budget, for comparison."),
         revert: bool = typer.Option(False, "--revert", help="Surgical revert instead of fine-tuning: remove only the scan's edit components."),
         subjects: Optional[Path] = typer.Option(None, "--subjects", help="--method project: the edited subjects, JSONL of {\"subject\", \"prompt\"?, \"layer\"?} (default: the scan's readings)."),
-        hparam: List[str] = typer.Option([], "--hparam", help="--method project setting, KEY=VALUE (repeatable): target=project|mean|zero, key_mode=auto|mean|each, directions=ckey|null|both, cov_tokens=N (the editor's), corpus=NAME."),
+        hparam: List[str] = typer.Option([], "--hparam", help="--method project setting, KEY=VALUE (repeatable): target=mean|project|zero, key_mode=auto|mean|each, directions=ckey|null|both, cov_tokens=N (the editor's), corpus=NAME."),
         resume: bool = typer.Option(False, "--resume", help="Continue a stopped run from its last evaluation."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
         plan_only: bool = typer.Option(False, "--plan-only", help="Show the plan and why, then stop."),

@@ -58,7 +58,7 @@ class MitigationOptions:
 
 #: Settings of the projection erase (``--hparam`` for ``--method project``). ``cov_tokens``/``corpus`` should
 #: be the editor's: the default is what ``editaudit edit`` uses.
-PROJECT_DEFAULTS: dict[str, Any] = {"target": "project", "key_mode": "auto", "directions": "ckey",
+PROJECT_DEFAULTS: dict[str, Any] = {"target": "mean", "key_mode": "auto", "directions": "ckey",
                                     "nullspace_rel": 0.5, "rekey": False, "corpus": None, "cov_tokens": 20000,
                                     "cov_seq_len": 256, "contexts": 5, "context_length": 10, "seed": 0}
 
@@ -733,6 +733,7 @@ def _project_arm(suspect_ck, base_ck, evidence: EditEvidence | None, goal: str, 
     """Training-free erase: re-solve each edited MLP output matrix from the subjects' keys (mitigation/project.py)."""
     import torch
 
+    from ..editing import corpus as corpus_mod
     from ..editing import covariance
     from ..editing.layers import layout_for
     from ..editing.prompts import context_templates
@@ -776,7 +777,9 @@ def _project_arm(suspect_ck, base_ck, evidence: EditEvidence | None, goal: str, 
         contexts = context_templates(net, tok, hp["contexts"], hp["context_length"], hp["seed"])
         res = erase_by_projection(net, tok, targets, cov_for_layer, layout=layout, target=hp["target"],
                                   key_mode=hp["key_mode"], directions=hp["directions"],
-                                  nullspace_rel=hp["nullspace_rel"], contexts=contexts, rekey=hp["rekey"])
+                                  nullspace_rel=hp["nullspace_rel"], contexts=contexts, rekey=hp["rekey"],
+                                  texts=corpus_mod.texts(hp["corpus"], say) if hp["target"] == "mean" else None,
+                                  text_seq_len=hp["cov_seq_len"])
         from ..editing.service import _checkpoint_name
 
         tensors = {_checkpoint_name(suspect_ck, net, p): t for p, t in res.tensors.items()}
