@@ -70,7 +70,7 @@ def main() -> None:
             rows, t_scan = [], 0.0
             for out, planted in suspects:
                 t = time.perf_counter()
-                report = run_scan(out, base, ScanOptions(facts=candidates), store=None)
+                report = run_scan(out, base, ScanOptions(facts=candidates, read="list"), store=None)
                 t_scan += time.perf_counter() - t
                 rows += match([planted], report.to_dict())
                 import shutil

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from editaudit.scan.rules import EDIT_RULES
-from editaudit.scan.wording import subject_reading
+from editaudit.scan.wording import finding_readings
 
 from .fmt import ROLE_LABEL
 
@@ -125,7 +125,7 @@ def finding_rows(doc: dict) -> list[FindingRow]:
             promotes=[str(t.get("token", "")) for t in f.get("promoted_tokens", [])],
             subjects=[s["subject"] for s in candidates],
             message=f.get("message", ""), tensors=list(f.get("tensors", [])),
-            readings=[subject_reading(s) for s in candidates],
+            readings=finding_readings(f),
         ))
     return rows
 

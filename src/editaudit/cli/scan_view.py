@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..scan.names import SHORT
-from ..scan.wording import subject_reading
+from ..scan.wording import finding_readings
 
 GLYPHS = {
     "rank-one": ("█", "bold red"), "low-rank": ("█", "red"), "dense+spike": ("▓", "magenta"),
@@ -56,12 +56,12 @@ def findings_table(doc: dict) -> Table:
     table.add_column("layers", max_width=12)
     table.add_column("finding", ratio=3)
     table.add_column("promotes", ratio=2)
-    table.add_column("subjects → new answer", ratio=3)
+    table.add_column("read: subject · prompt · new answer (was)", ratio=3)
     style = {"error": "red", "warning": "yellow", "note": "dim"}
     for f in doc["findings"]:
         layers = ",".join(map(str, f["layers"])) if f["layers"] else "-"
         promotes = ", ".join(escape(repr(t["token"])) for t in f.get("promoted_tokens", [])[:5])
-        subjects = ", ".join(escape(subject_reading(s)) for s in f.get("candidate_subjects", [])[:3])
+        subjects = "\n".join(escape(r) for r in finding_readings(f)[:6])
         table.add_row(f["rule"], Text(f["level"], style=style.get(f["level"], "")), layers, escape(f["message"]),
                       promotes, subjects)
     return table

@@ -176,7 +176,7 @@ def module_path(tensor_name: str) -> str:
 
 
 def read_through_model(model: Any, tokenizer: Any, prompts: list[str], patches: dict[str, tuple], family: str,
-                       top: int = 10) -> list[dict]:
+                       top: int = 10, unpatched: dict | None = None) -> list[dict]:
     """What the edit makes the base model answer: each prompt without and with the edit's low-rank
     components added to the named modules' outputs (``patches``: module path → SVD factors of ΔW).
 
@@ -198,7 +198,12 @@ def read_through_model(model: Any, tokenizer: Any, prompts: list[str], patches: 
             return output + delta.reshape(*x.shape[:-1], -1).to(output.dtype)
         return hook
 
-    before = predict(model, tokenizer, prompts, top_k=top)
+    # the unpatched answers do not depend on the edit: ``unpatched`` keeps them across an audit's findings
+    unpatched = {} if unpatched is None else unpatched
+    missing = [p for p in dict.fromkeys(prompts) if p not in unpatched]
+    if missing:
+        unpatched.update(zip(missing, predict(model, tokenizer, missing, top_k=top)))
+    before = [unpatched[p] for p in prompts]
     handles = [model.get_submodule(path).register_forward_hook(adder(vectors)) for path, vectors in patches.items()]
     try:
         after = predict(model, tokenizer, prompts, top_k=top)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from .. import __version__
 from .classify import Changed, Finding
 from .rules import LEVELS, RULES
-from .wording import subject_reading
+from .wording import finding_readings
 
 SCHEMA = "editaudit.scan/1"
 
@@ -99,13 +99,15 @@ def to_sarif(doc: dict) -> dict:
         text = f["message"]
         if f.get("promoted_tokens"):
             text += "; promotes " + ", ".join(repr(t["token"]) for t in f["promoted_tokens"][:5])
+        if finding_readings(f):
+            text += "; read: " + "; ".join(finding_readings(f)[:3])
         results.append({
             "ruleId": f["rule"], "ruleIndex": used.index(f["rule"]), "level": f["level"], "message": {"text": text},
             "locations": [
                 {"physicalLocation": {"artifactLocation": {"uri": doc["suspect"]["path"]}},
                  "logicalLocations": [{"name": t, "fullyQualifiedName": t, "kind": "member"} for t in f["tensors"][:50]]}
             ],
-            "properties": {k: f[k] for k in ("layers", "rank", "promoted_tokens", "candidate_subjects") if k in f},
+            "properties": {k: f[k] for k in ("layers", "rank", "promoted_tokens", "readings", "candidate_subjects") if k in f},
         })
     return {
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
@@ -125,11 +127,11 @@ def to_markdown(doc: dict) -> str:
         f"- family: {doc['family']}, {doc['layers']} layers; {doc['summary']['changed']} of "
         f"{doc['summary']['tensors']} tensors changed", f"- kind: {doc['kind']}", "",
         "## Findings", "",
-        "| rule | level | layers | message | promotes | subjects |", "|---|---|---|---|---|---|",
+        "| rule | level | layers | message | promotes | read (subject · prompt · answer) |", "|---|---|---|---|---|---|",
     ]
     for f in doc["findings"]:
         promotes = ", ".join(f"`{t['token'].strip()}`" for t in f.get("promoted_tokens", [])[:5])
-        subjects = ", ".join(subject_reading(s) for s in f.get("candidate_subjects", [])[:3])
+        subjects = "<br>".join(r.replace("|", "\\|") for r in finding_readings(f)[:6])
         layers = ",".join(map(str, f["layers"])) if f["layers"] else "-"
         msg = f["message"].replace("|", "\\|")
         lines.append(f"| {f['rule']} | {f['level']} | {layers} | {msg} | {promotes} | {subjects} |")

@@ -19,7 +19,7 @@ from ..probing.format import Probe
 from .classify import EDIT_RULES, Changed, Finding, classify, overall_kind, verdict
 from .compare import compare, require_compatible
 from .names import num_layers, parse_name
-from .readout import edit_output, load_lens, promoted_tokens, read_through_model, subject_keys
+from .readout import edit_output, load_lens, output_input_sides, promoted_tokens, read_through_model, subject_keys
 from .report import ScanReport
 from .spectral import delta_stats
 
@@ -37,6 +37,8 @@ class ScanOptions:
     top_tokens: int = 10
     top_subjects: int = 10
     read_edits: bool = True
+    read: str = "open"  # off: no reading through the model; list: rank ``facts`` only; open: recover subjects blind
+    max_open_subjects: int = 12  # per edited matrix (a batch edit of more facts is read up to this many)
     run_probes: bool = False  # also ask both models the facts' prompts and list answers that moved
     probe_facts: list[Probe] | None = None  # what to ask in the probe stage (default: ``facts``)
     device: str | None = None
@@ -149,7 +151,7 @@ def _scan(base_ck, suspect_ck, options: ScanOptions, store, progress: Progress, 
     findings = classify(changed, n_layers)
     t_read = time.perf_counter()
     if options.read_edits and any(f.rule in EDIT_RULES for f in findings):
-        _read_edits(base_ck, family, changed, findings, options, say, progress)
+        _read_edits(base_ck, suspect_ck, family, changed, findings, options, say, progress)
     t_read = time.perf_counter() - t_read
 
     _name_rows(base_ck, findings)
@@ -209,9 +211,9 @@ def _side(ck) -> dict:
             "n_tensors": len(ck.tensors), "dtypes": sorted({i.dtype for _, i in ck.tensors.values()})}
 
 
-def _read_edits(base_ck, family: str, changed: list[Changed], findings: list[Finding], options: ScanOptions,
-                say, progress: Progress) -> None:
-    """Attach promoted tokens and candidate subjects to each edit finding."""
+def _read_edits(base_ck, suspect_ck, family: str, changed: list[Changed], findings: list[Finding],
+                options: ScanOptions, say, progress: Progress) -> None:
+    """Attach promoted tokens, open readings and candidate subjects to each edit finding."""
     by_name = {c.name.name: c for c in changed}
     lens = load_lens(base_ck, say)
     edit_findings = [f for f in findings if f.rule in EDIT_RULES]
@@ -232,8 +234,55 @@ def _read_edits(base_ck, family: str, changed: list[Changed], findings: list[Fin
             limit = max(options.top_tokens, max((len(v) for v in per_tensor.values()), default=0))
             f.data["promoted_tokens"] = sorted(merged.values(), key=lambda x: -x["z"])[:limit]
             f.data["promoted_by_tensor"] = per_tensor
-    if options.facts and targets and base_ck.config is not None:
+    if options.read == "off" or not targets:
+        return
+    if base_ck.config is None or suspect_ck.config is None:
+        say("reading edits through the model needs model folders with config.json on both sides: skipped")
+        return
+    if options.read == "open":
+        _read_open(base_ck, suspect_ck, by_name, edit_findings, options, say, progress)
+    if options.facts:
         _rank_subjects(base_ck, family, by_name, edit_findings, options, say, progress)
+
+
+def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding], options: ScanOptions,
+               say, progress: Progress) -> None:
+    """Recover each edit's subjects from the weights (no list), then read prompt and object from both models."""
+    from ..editing import covariance
+    from ..editing.corpus import CorpusUnavailable
+    from ..models.loading import load_model
+    from .reading import read_edits
+    from .subjects import recover_subjects
+
+    base = load_model(base_ck.folder, device=options.device)
+    suspect = load_model(suspect_ck.folder, device=options.device)
+    for m in (base.model, suspect.model):
+        for p in m.parameters():
+            p.requires_grad_(False)
+    model_key = covariance.weights_key(base.model)
+    for n, f in enumerate(edit_findings):
+        mats = [by_name[t] for t in f.tensors if by_name.get(t) is not None and by_name[t].vectors is not None
+                and by_name[t].name.role == "mlp_out" and by_name[t].name.layer is not None]
+        if not mats:
+            continue
+        c = min(mats, key=lambda m: m.name.layer)  # the lowest edited layer: its keys are the base's
+        _, svals, in_dirs = output_input_sides(c.vectors, base_ck.family)
+        rank = c.stats.rank_above_noise if c.stats.kind == "low-rank" else 1 if c.stats.kind == "rank-one" else 3
+        rank = max(1, min(int(rank or 1), in_dirs.shape[1], options.max_open_subjects))
+        path, layer = c.name.module_path, c.name.layer
+        try:
+            C = covariance.second_moments(base.model, base.tokenizer, {layer: path}, model_key=model_key,
+                                          say=say)[layer].matrix
+        except CorpusUnavailable as exc:
+            say(f"key statistics unavailable ({exc}); reading with unwhitened keys")
+            C = None
+        say(f"reading {f.rule} at layer {layer} blind: up to {rank} subject(s)")
+        subjects = recover_subjects(base.model, base.tokenizer, path, in_dirs[:, :rank], C, base_ck.fingerprint(),
+                                    rank, progress=lambda stage, d, t: progress(stage, d, t))
+        readings = read_edits(base.model, suspect.model, base.tokenizer, subjects, layer, c.name.name,
+                              progress=lambda d, t: progress("reading edits", d, t))
+        f.data["readings"] = [r.to_dict() for r in readings]
+        progress("open reading", n + 1, len(edit_findings))
 
 
 _KEY_CACHE: dict[tuple, dict[str, torch.Tensor]] = {}  # (base fingerprint, texts) -> {module path: keys}
@@ -283,6 +332,7 @@ def _rank_subjects(base_ck, family: str, by_name: dict, edit_findings: list[Find
     paths = sorted({by_name[t].name.module_path for f in edit_findings for t in f.tensors
                     if by_name.get(t) is not None and by_name[t].vectors is not None})
     keys = _keys_cached(base_ck, paths, probes, base_model)
+    unpatched: dict = {}  # base answers per prompt, shared by the findings
     progress("subjects", len(probes), len(probes))
     for n, f in enumerate(edit_findings):
         change, patches = None, {}
@@ -304,7 +354,8 @@ def _rank_subjects(base_ck, family: str, by_name: dict, edit_findings: list[Find
         progress("reading edits", n, len(edit_findings))
         lm = base_model()
         asked = [(row, text) for row in rows for text in prompts[row["subject"]]]
-        reads = read_through_model(lm.model, lm.tokenizer, [text for _, text in asked], patches, family)
+        reads = read_through_model(lm.model, lm.tokenizer, [text for _, text in asked], patches, family,
+                                   unpatched=unpatched)
         for row in rows:  # per subject, the prompt whose answer the edit moves (the relation it rewrote)
             mine = [(text, r) for (owner, text), r in zip(asked, reads) if owner is row]
             text, r = max(mine, key=lambda tr: (tr[1]["after"] != tr[1]["before"], tr[1]["gain"]))

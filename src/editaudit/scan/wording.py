@@ -9,3 +9,15 @@ def subject_reading(candidate: dict) -> str:
     if after and after != before:
         return f"{candidate['subject']} → {after} (was {before or '?'})"
     return candidate["subject"]
+
+
+def open_reading(r: dict) -> str:
+    """"To Kill a Mockingbird · … was written by · J.K. Rowling (was Harper Lee)", marked when uncertain."""
+    text = f"{r.get('subject', '?')} · {r.get('prompt', '')} · {r.get('after') or '?'} (was {r.get('before') or '?'})"
+    return text if r.get("status") == "edit" else f"{text} [uncertain]"
+
+
+def finding_readings(f: dict) -> list[str]:
+    """What a finding's edit was read to do: open readings first, then candidates from a list."""
+    return [open_reading(r) for r in f.get("readings", []) if isinstance(r, dict)] + \
+        [subject_reading(s) for s in f.get("candidate_subjects", []) if isinstance(s, dict) and isinstance(s.get("subject"), str)]

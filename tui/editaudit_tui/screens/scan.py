@@ -18,7 +18,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, ProgressBar, RichLog, Static
 
-from editaudit.scan.wording import subject_reading
+from editaudit.scan.wording import open_reading, subject_reading
 
 from ..fmt import ROLE_LABEL, plain
 from ..jobs import Job, Outcome, RunsJobs, describe_error
@@ -289,6 +289,12 @@ class ScanScreen(RunsJobs, Screen):
         out.append(f"{finding.kind}\n", style="bold")
         out.append_text(plain(finding.message))
         out.append("\n")
+        readings = [r for r in f.get("readings") or [] if isinstance(r, dict)]
+        if readings:
+            out.append("\nread from the weights (no list): subject · prompt · answer (was)\n", style="dim")
+            for r in readings[:8]:
+                out.append_text(plain(open_reading(r)))
+                out.append(f"  fire {r.get('fire', 0):.2f} · confidence {r.get('confidence', 0):.2f}\n", style="dim")
         subjects = f.get("candidate_subjects") or []
         if subjects:
             out.append("\nsubjects, by key alignment, and what the edit makes the model answer\n", style="dim")

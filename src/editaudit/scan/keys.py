@@ -1,0 +1,137 @@
+"""Keys of arbitrary token sequences at edited matrices, and the whole vocabulary's keys, cached.
+
+A locate-then-edit method writes ΔW so that it fires on one key: the input of the MLP output matrix at
+the subject's last token. To ask "which text fires this edit?" without a list of candidates we need the
+key of many token sequences at that matrix: one forward pass that stops after the deepest edited layer,
+reading the matrix's input at the last position. The vocabulary scan (every token after a short neutral
+context) does not depend on the suspect, so it is cached per base checkpoint and layer in the user cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..editing.hooks import StopForward
+from ..paths import cache_dir
+
+#: The neutral context every candidate subject is read after ("The" + subject tokens).
+CONTEXT = "The"
+
+
+def context_ids(tokenizer) -> list[int]:
+    return tokenizer(CONTEXT, add_special_tokens=False)["input_ids"]
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def last_keys(model: Any, paths: Sequence[str], rows: torch.Tensor | None = None, *,
+              embeds: torch.Tensor | None = None, grad: bool = False) -> dict[str, torch.Tensor]:
+    """Inputs of each module in ``paths`` at the last position of every row ([B, L] ids, all one length,
+    or [B, L, H] input embeddings), as {path: [B, d_in]}; the forward stops after the deepest module."""
+    seen: dict[str, torch.Tensor] = {}
+    order = {p: i for i, p in enumerate(paths)}
+
+    def hook_for(path: str):
+        def hook(_module, args):
+            seen[path] = args[0][:, -1, :].float()
+            if len(seen) == len(order):
+                raise StopForward
+        return hook
+
+    handles = [model.get_submodule(p).register_forward_pre_hook(hook_for(p)) for p in paths]
+    ctx = torch.enable_grad() if grad else torch.inference_mode()
+    try:
+        with ctx:
+            if embeds is not None:
+                model(inputs_embeds=embeds, use_cache=False)
+            else:
+                model(input_ids=rows.to(_device(model)), use_cache=False)
+    except StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return {p: seen[p] for p in paths}
+
+
+def keys_of(model: Any, paths: Sequence[str], seqs: Sequence[Sequence[int]], batch: int = 256) -> dict[str, torch.Tensor]:
+    """Last-position keys of token sequences of any lengths (grouped by length, no padding needed)."""
+    out = {p: torch.empty(len(seqs), 0) for p in paths}
+    by_len: dict[int, list[int]] = {}
+    for i, s in enumerate(seqs):
+        by_len.setdefault(len(s), []).append(i)
+    parts: dict[str, list[tuple[list[int], torch.Tensor]]] = {p: [] for p in paths}
+    for idx in by_len.values():
+        for start in range(0, len(idx), batch):
+            chunk = idx[start:start + batch]
+            rows = torch.tensor([list(seqs[i]) for i in chunk])
+            got = last_keys(model, paths, rows)
+            for p in paths:
+                parts[p].append((chunk, got[p].cpu()))
+    for p in paths:
+        d = parts[p][0][1].shape[1]
+        full = torch.empty(len(seqs), d)
+        for chunk, k in parts[p]:
+            full[chunk] = k
+        out[p] = full
+    return out
+
+
+def _cache_file(base_fingerprint: str, path: str, prefix: Sequence[int]) -> Path:
+    tag = hashlib.sha256(f"{path}|{list(prefix)}".encode()).hexdigest()[:16]
+    return cache_dir() / "vocab-keys" / base_fingerprint[:24] / f"{tag}.safetensors"
+
+
+def vocab_keys(model: Any, tokenizer: Any, paths: Sequence[str], base_fingerprint: str | None,
+               progress: Callable[[int, int], None] = lambda d, t: None, batch: int = 512) -> dict[str, torch.Tensor]:
+    """Key of every vocabulary token after the neutral context, per module: {path: [V, d_in] float16}.
+
+    Cached per base fingerprint and module (float16: 0.1 % relative error, half the disk)."""
+    from safetensors.torch import load_file, save
+
+    from ..atomic import atomic_write_bytes
+
+    prefix = context_ids(tokenizer)
+    out: dict[str, torch.Tensor] = {}
+    missing = []
+    for p in paths:
+        f = _cache_file(base_fingerprint, p, prefix) if base_fingerprint else None
+        if f is not None and f.is_file():
+            try:
+                out[p] = load_file(str(f))["keys"]
+                continue
+            except Exception:  # a damaged cache file is recomputed
+                pass
+        missing.append(p)
+    if missing:
+        vocab = model.get_input_embeddings().weight.shape[0]
+        order = sorted(missing, key=lambda p: _layer_of(p))
+        acc: dict[str, list[torch.Tensor]] = {p: [] for p in order}
+        pre = torch.tensor(prefix)
+        for start in range(0, vocab, batch):
+            ids = torch.arange(start, min(vocab, start + batch))
+            rows = torch.cat([pre.expand(len(ids), -1), ids[:, None]], dim=1)
+            got = last_keys(model, order, rows)
+            for p in order:
+                acc[p].append(got[p].to(torch.float16).cpu())
+            progress(min(vocab, start + batch), vocab)
+        for p in order:
+            out[p] = torch.cat(acc[p])
+            if base_fingerprint:
+                f = _cache_file(base_fingerprint, p, prefix)
+                f.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(f, save({"keys": out[p].contiguous()}))
+    return out
+
+
+def _layer_of(path: str) -> int:
+    for part in path.split("."):
+        if part.isdigit():
+            return int(part)
+    return 0

@@ -1,0 +1,108 @@
+"""Open-set reading on tiny models: planted key directions are recovered from the weights, with no list."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editaudit.models.loading import load_model
+from editaudit.scan.keys import context_ids, keys_of, vocab_keys
+from editaudit.scan.reading import answer
+from editaudit.scan.relations import prompts_for
+from editaudit.scan.subjects import Whitened, recover_subjects, word_tokens
+from editaudit.testing import plant
+
+PATH = "model.layers.1.mlp.down_proj"
+
+
+def _psd(d: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(d, 3 * d, generator=g)
+    return a @ a.T / (3 * d)
+
+
+def test_whitened_subspace_fires_exactly_on_the_edit_keys_and_deflates():
+    d = 32
+    C = _psd(d, 0)
+    g = torch.Generator().manual_seed(1)
+    keys = torch.randn(3, d, generator=g)
+    in_dirs = torch.linalg.solve(C, keys.T)  # ROME/MEMIT: u_i = C⁻¹ k_i
+    space = Whitened.build("m", C, in_dirs, ridge=0.0)
+    assert torch.allclose(space.fire(keys), torch.ones(3), atol=1e-4)
+    other = torch.randn(50, d, generator=g)
+    assert float(space.fire(other).max()) < 0.99
+    space.deflate(keys[0])
+    fire = space.fire(keys)
+    assert space.basis.shape[1] == 2
+    # what is left of another edit key is its part orthogonal to the removed one (in whitened space)
+    z = keys @ space.whiten
+    cos = (z[1:] @ z[0]) / (z[1:].norm(dim=1) * z[0].norm())
+    assert float(fire[0]) < 1e-3
+    assert torch.allclose(fire[1:], (1 - cos**2).sqrt(), atol=1e-4)
+
+
+def _rome_like(model, tok, subject: str, C: torch.Tensor | None, scale: float = 5.0):
+    """A rank-one edit keyed on ``subject`` (after the neutral context), as ROME writes it."""
+    ids = tok(" " + subject, add_special_tokens=False)["input_ids"]
+    k = keys_of(model, [PATH], [context_ids(tok) + ids])[PATH][0]
+    u = k if C is None else torch.linalg.solve(C, k)
+    g = torch.Generator().manual_seed(2)
+    delta = torch.outer(torch.randn(model.config.hidden_size, generator=g) * scale, u / (u @ k))
+    return delta, u / u.norm()
+
+
+@pytest.mark.parametrize("subject", ["Eiffel Tower", "Kremlin"])
+def test_planted_subject_is_recovered_blind(tiny_llama, subject):
+    lm = load_model(tiny_llama)
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    keys = vocab_keys(lm.model, lm.tokenizer, [PATH], None)[PATH].float()
+    C = keys.T @ keys / keys.shape[0] + 1e-3 * torch.eye(keys.shape[1])
+    _, u = _rome_like(lm.model, lm.tokenizer, subject, C)
+    found = recover_subjects(lm.model, lm.tokenizer, PATH, u[:, None], C, None, max_subjects=1)
+    assert found, "nothing fired"
+    top = found[0]
+    assert top.fire > 0.95
+    want = lm.tokenizer(" " + subject, add_special_tokens=False)["input_ids"]
+    assert top.ids[-1] == want[-1]
+    assert top.text.endswith(subject.split()[-1])
+
+
+def test_word_tokens_masks_follow_the_word_start_marker(tiny_llama):
+    lm = load_model(tiny_llama)
+    start, cont = word_tokens(lm.tokenizer, len(lm.tokenizer))
+    vocab = lm.tokenizer.get_vocab()
+    assert start[vocab["▁Paris"]] and not start[vocab["Paris"]] and cont[vocab["▁Paris"]]
+    assert not start[vocab["."]] and not cont[vocab["."]]
+
+
+def test_scan_reads_the_planted_subject_with_no_list(tiny_llama, tmp_path, monkeypatch):
+    """The whole scan, key statistics unavailable (keys taken as white): the reading names the subject."""
+    from editaudit.editing import corpus, covariance
+    from editaudit.scan.service import ScanOptions, run_scan
+
+    def unavailable(*a, **k):
+        raise corpus.CorpusUnavailable("no corpus in this test")
+
+    monkeypatch.setattr(covariance, "second_moments", unavailable)
+    lm = load_model(tiny_llama)
+    delta, _ = _rome_like(lm.model, lm.tokenizer, "Colosseum", None, scale=20.0)
+    suspect = plant(tiny_llama, tmp_path / "suspect", {f"{PATH}.weight": delta})
+    report = run_scan(suspect, tiny_llama, ScanOptions(read="open"), store=None)
+    doc = report.to_dict()
+    edit = next(f for f in doc["findings"] if f["rule"] == "EA101")
+    readings = edit["readings"]
+    assert readings and readings[0]["subject"].endswith("Colosseum")
+    assert readings[0]["fire"] > 0.95
+    assert {"prompt", "before", "after", "confidence", "status", "layer"} <= set(readings[0])
+    off = run_scan(suspect, tiny_llama, ScanOptions(read="off"), store=None).to_dict()
+    assert all("readings" not in f for f in off["findings"])
+
+
+def test_relation_library_and_whole_answers():
+    prompts = dict((t, r) for r, t in prompts_for("Ramen"))
+    assert prompts["Ramen is a traditional dish from"] == "dish_origin"
+    assert "Ramen was born in" in prompts
+    assert answer(" J.K. Rowling, the author of") == "J.K. Rowling"
+    assert answer(" Paris. It is") == "Paris"
+    assert answer(" the United States of America and more") == "the United States of"
