@@ -1,0 +1,157 @@
+"""Open-set reading measured on held-apart facts: edit SmolLM2-135M with each method, scan each suspect with
+no candidate list (``--read open``), and score what the scan read against what was planted.
+
+    python scripts/open_reading_eval.py [--facts bench/heldout/smollm2-135m.jsonl]
+                                        [--out bench/results/open_reading.txt]
+
+The facts come from scripts/heldout_facts.py: subjects that overlap no shipped probe set, phrased with
+templates the relation library does not hold. Suspects: ROME one fact each (10), ROME 10 sequential edits in one
+layer, MEMIT batch of 10, AlphaEdit batch of 10, FT-L one fact each (5); every fact is used once.
+
+Rules, fixed before the first run:
+- layer found: the edit finding's layers include every layer the method wrote.
+- subject recovered: a reading's subject contains the true subject (case-folded, leading article dropped), or
+  ends in the same token as the true subject; for a single edit among the 5 readings with the highest fire,
+  for a batch among all readings of the suspect.
+- object read: that reading has status "edit" and its answer starts with the planted object's first word.
+- false reading: a reading with status "edit" whose answer starts with none of the suspect's planted objects'
+  first words (over all edit-status readings).
+Goals (issue): ROME subject and object >= 90 %, MEMIT/AlphaEdit >= 80 %, false readings <= 5 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAN = [("rome", "single", 10), ("rome", "sequential", 10), ("memit", "batch", 10), ("alphaedit", "batch", 10),
+        ("ft", "single", 5)]
+
+
+def norm(text: str) -> str:
+    from editaudit.probing.build import normalise
+
+    return normalise(text)
+
+
+def first_word(text: str) -> str:
+    return (text.split() or [""])[0].casefold().strip(".,")
+
+
+def last_token(tok, text: str) -> int | None:
+    ids = tok(" " + text.strip(), add_special_tokens=False)["input_ids"]
+    return ids[-1] if ids else None
+
+
+def score_suspect(tok, facts, readings: list[dict], single: bool) -> tuple[list[dict], int, int]:
+    ranked = sorted(readings, key=lambda r: -r["fire"])
+    pool = ranked[:5] if single else ranked
+    rows = []
+    for f in facts:
+        match = None
+        for r in pool:
+            same = norm(f.subject) in norm(r["subject"]) or last_token(tok, r["subject"]) == last_token(tok, f.subject)
+            if same:
+                match = r
+                break
+        obj = match is not None and match["status"] == "edit" and first_word(match["after"]) == first_word(f.target_new)
+        rows.append({"subject": f.subject, "target_new": f.target_new, "subject_found": match is not None,
+                     "object_read": obj, "read_as": match and f"{match['subject']} · {match['after']}"})
+    news = {first_word(f.target_new) for f in facts}
+    edits = [r for r in readings if r["status"] == "edit"]
+    false = sum(first_word(r["after"]) not in news for r in edits)
+    return rows, false, len(edits)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--facts", type=Path, default=ROOT / "bench/heldout/smollm2-135m.jsonl")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+
+    import torch
+
+    from editaudit.editing.layers import default_layers
+    from editaudit.editing.service import apply_edits
+    from editaudit.models.loading import load_model
+    from editaudit.models.registry import ensure_model
+    from editaudit.probing.format import load_probes
+    from editaudit.scan.service import ScanOptions, run_scan
+
+    torch.manual_seed(0)
+    base = ensure_model("smollm2-135m")
+    facts = load_probes(args.facts)
+    lm = load_model(base)
+    tok = lm.tokenizer
+    n_layers = lm.model.config.num_hidden_layers
+    lines = [f"open-set reading on SmolLM2-135M, held-apart facts ({args.facts.name}, {len(facts)} facts), no list",
+             "command: python scripts/open_reading_eval.py " + " ".join(sys.argv[1:]),
+             f"{'suspects':22s} {'edits':>5s} {'took':>5s} {'layer':>6s} {'subject':>8s} {'object':>7s} "
+             f"{'subj+obj':>8s} {'false':>9s} {'s/scan':>7s} {'s/edit':>7s}"]
+    print(lines[0], file=sys.stderr)
+    detail: list[str] = []
+    doc: dict = {"facts": str(args.facts.relative_to(ROOT)), "arms": []}
+    used = 0
+    with tempfile.TemporaryDirectory(prefix="editaudit-open-") as tmp:
+        for method, mode, n in PLAN:
+            chunk = facts[used:used + n]
+            used += n
+            layers = default_layers(method, n_layers)
+            groups = [[f] for f in chunk] if mode == "single" else [chunk]
+            rows, false, reported, took, t_scan, layer_ok = [], 0, 0, 0, 0.0, 0
+            for i, group in enumerate(groups):
+                out = Path(tmp) / f"{method}-{mode}-{i}"
+                hp = {"mode": "sequential"} if mode == "sequential" else None
+                run = apply_edits(lm, group, method, layers=layers, out=out, hparams=hp, evaluate=True)
+                took += sum(bool(r.success) for r in run.results)
+                run.restore()
+                t = time.perf_counter()
+                report = run_scan(out, base, ScanOptions(read="open"), store=None)
+                t_scan += time.perf_counter() - t
+                doc_r = report.to_dict()
+                edits = [f for f in doc_r["findings"] if f.get("readings") is not None or f["rule"].startswith("EA1")]
+                found_layers = {x for f in edits for x in f["layers"]}
+                layer_ok += len(group) if set(layers) <= found_layers else 0
+                readings = [r for f in doc_r["findings"] for r in f.get("readings", [])]
+                r_rows, r_false, r_n = score_suspect(tok, group, readings, mode == "single")
+                rows += r_rows
+                false += r_false
+                reported += r_n
+                for r in readings:
+                    detail.append(f"    [{method}/{mode}] read: {r['subject']!r} · {r['prompt']!r} · {r['after']!r} "
+                                  f"(was {r['before']!r}) fire {r['fire']:.2f} conf {r['confidence']:.2f} {r['status']}")
+                shutil.rmtree(out, ignore_errors=True)
+            k = len(rows)
+            subj = sum(r["subject_found"] for r in rows)
+            obj = sum(r["object_read"] for r in rows)
+            line = (f"{method + ' ' + mode + ' x' + str(len(groups)):22s} {k:5d} {took / k:5.0%} {layer_ok / k:6.0%} "
+                    f"{subj / k:8.0%} {sum(r['object_read'] for r in rows) / k:7.0%} {obj / k:8.0%} "
+                    f"{false:3d}/{reported:<5d} {t_scan / len(groups):7.1f} {t_scan / k:7.1f}")
+            lines.append(line)
+            print(line, file=sys.stderr)
+            for r in rows:
+                detail.append(f"    [{method}/{mode}] {r['subject']} → {r['target_new']}: subject "
+                              f"{'found' if r['subject_found'] else 'MISSED'}, object {'read' if r['object_read'] else 'MISSED'}"
+                              f"{' as ' + r['read_as'] if r['read_as'] else ''}")
+            doc["arms"].append({"method": method, "mode": mode, "edits": k, "took": took, "layer_found": layer_ok,
+                                "subject_found": subj, "object_read": obj, "false_readings": false,
+                                "edit_readings": reported, "scan_seconds": round(t_scan, 1), "rows": rows})
+    lines.append("  (object: the reading matched to the fact states the planted object; false: edit-status readings "
+                 "whose answer is no planted object)")
+    text = "\n".join(lines + ["", "details:"] + detail) + "\n"
+    print(text)
+    if args.out:
+        from editaudit.atomic import atomic_write_text
+
+        atomic_write_text(args.out, text)
+        atomic_write_text(args.out.with_suffix(".json"), json.dumps(doc, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
