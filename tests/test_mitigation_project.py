@@ -317,12 +317,16 @@ def test_service_erases_the_subjects_given_by_the_user(rome_suspect, tmp_path):
 
 def test_service_without_readings_or_subjects_says_the_scan_read_no_subject(rome_suspect, tmp_path):
     from editaudit.mitigation.service import MitigationOptions, run_mitigation
+    from editaudit.scan.service import ScanOptions, run_scan
+    from editaudit.store import Store
 
     base, suspect = rome_suspect
-    with pytest.raises(BadInput, match="read no subject"):
-        run_mitigation(suspect, "erase", MitigationOptions(base=str(base), out=tmp_path / "out", method="project"))
+    store = Store()
     with pytest.raises(BadInput, match="no scan"):
-        run_mitigation(suspect, "erase", MitigationOptions(out=tmp_path / "out", method="project"))
+        run_mitigation(suspect, "erase", MitigationOptions(out=tmp_path / "out", method="project"), store=store)
+    run_scan(suspect, base, ScanOptions(read_edits=False), store=store)   # a stored scan that read nothing
+    with pytest.raises(BadInput, match="read no subject"):
+        run_mitigation(suspect, "erase", MitigationOptions(out=tmp_path / "out", method="project"), store=store)
     with pytest.raises(BadInput, match="erases edits"):
         run_mitigation(suspect, "preserve", MitigationOptions(out=tmp_path / "out", method="project"))
 

@@ -158,25 +158,30 @@ Progress = Callable[[MitigationEvent], None]
 # -- evidence, probes, evaluation -----------------------------------------------------------------
 
 def find_evidence(suspect_ck, base_ck, store, say, session_id: str | None, device: str | None,
-                  cancel: threading.Event | None, read_store=None) -> EditEvidence | None:
+                  cancel: threading.Event | None, read_store=None, readings: bool = False) -> EditEvidence | None:
     """The newest stored scan of this suspect (against this base); else a scan now, if a base is given.
 
     ``read_store`` is where stored scans are looked up (default ``store``); a new scan is recorded in
-    ``store`` (None: not recorded, as in the helper processes of a multi-process run).
+    ``store`` (None: not recorded, as in the helper processes of a multi-process run). With ``readings``
+    (the project method needs the edited subjects) a stored scan that found edits but read no subject is
+    replaced by a scan now that reads them, when the base is at hand.
     """
     from .evidence import evidence_from_report
 
     reader = read_store if read_store is not None else store
     if reader is not None:
         ev = stored_evidence(reader, suspect_ck.fingerprint(), base_ck.fingerprint() if base_ck else None)
-        if ev is not None:
+        if ev is not None and not (readings and ev.found and not ev.readings and base_ck is not None):
             return ev
+        if ev is not None:
+            say(f"{ev.source} read no subject: scanning again against the base, reading the edits")
     if base_ck is None:
         return None
     from ..scan.service import ScanOptions, run_scan
 
-    say("no stored scan of this suspect: scanning it against the base now")
-    report = run_scan(suspect_ck.root, base_ck.root, ScanOptions(read_edits=False, device=device), store=store,
+    if not readings:
+        say("no stored scan of this suspect: scanning it against the base now")
+    report = run_scan(suspect_ck.root, base_ck.root, ScanOptions(read_edits=readings, device=device), store=store,
                       say=say, cancel=cancel, session_id=session_id)
     return evidence_from_report(report.to_dict(), "scan run now")
 
@@ -326,7 +331,8 @@ def prepare(suspect: str | Path, goal: str, options: MitigationOptions, store=No
         require_compatible(base_ck, suspect_ck)
     project = options.method == "project"
     needs = options.revert or project or options.layers.strip().lower() in ("auto", "edited", "non-edited")
-    evidence = find_evidence(suspect_ck, base_ck, store, say, session_id, options.device, cancel, read_store) \
+    evidence = find_evidence(suspect_ck, base_ck, store, say, session_id, options.device, cancel, read_store,
+                             readings=project and not options.subjects) \
         if (needs or base_ck is not None or store is not None or read_store is not None) else None
     if options.revert:
         if base_ck is None and evidence is not None and evidence.base:
