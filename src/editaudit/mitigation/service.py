@@ -59,7 +59,8 @@ class MitigationOptions:
 #: Settings of the projection erase (``--hparam`` for ``--method project``). ``cov_tokens``/``corpus`` should
 #: be the editor's: the default is what ``editaudit edit`` uses.
 PROJECT_DEFAULTS: dict[str, Any] = {"target": "mean", "key_mode": "auto", "directions": "ckey",
-                                    "nullspace_rel": 0.5, "rekey": False, "corpus": None, "cov_tokens": 20000,
+                                    "nullspace_rel": 0.5, "rekey": False, "subject_alone": True, "corpus": None,
+                                    "cov_tokens": 20000,
                                     "cov_seq_len": 256, "contexts": 5, "context_length": 10, "seed": 0}
 
 
@@ -784,6 +785,7 @@ def _project_arm(suspect_ck, base_ck, evidence: EditEvidence | None, goal: str, 
         res = erase_by_projection(net, tok, targets, cov_for_layer, layout=layout, target=hp["target"],
                                   key_mode=hp["key_mode"], directions=hp["directions"],
                                   nullspace_rel=hp["nullspace_rel"], contexts=contexts, rekey=hp["rekey"],
+                                  subject_alone=hp["subject_alone"],
                                   texts=corpus_mod.texts(hp["corpus"], say) if hp["target"] == "mean" else None,
                                   text_seq_len=hp["cov_seq_len"])
         from ..editing.service import _checkpoint_name
