@@ -106,3 +106,25 @@ def test_relation_library_and_whole_answers():
     assert answer(" J.K. Rowling, the author of") == "J.K. Rowling"
     assert answer(" Paris. It is") == "Paris"
     assert answer(" the United States of America and more") == "the United States of"
+
+
+def test_method_named_from_signatures():
+    from editaudit.scan.method import name_method, occupied_share
+
+    d = 40
+    C = _psd(d, 3)
+    ev, Q = torch.linalg.eigh(C)
+    low = Q[:, ev < ev.median()]  # AlphaEdit writes only here
+    g = torch.Generator().manual_seed(4)
+    keys = torch.randn(d, 3, generator=g)
+    memit_dirs = torch.linalg.qr(torch.linalg.solve(C, keys))[0]
+    alpha_dirs = torch.linalg.qr(low @ (low.T @ memit_dirs))[0]
+    s = torch.ones(3)
+    assert occupied_share(alpha_dirs, s, C) < 1e-6
+    assert occupied_share(memit_dirs, s, C) > 0.02
+    assert name_method("EA102", [2, 3, 4], 3, occupied_share(alpha_dirs, s, C))["name"] == "alphaedit"
+    assert name_method("EA102", [2, 3, 4], 3, occupied_share(memit_dirs, s, C))["name"] == "memit"
+    assert name_method("EA102", [4], 10, occupied_share(memit_dirs, s, C))["name"] == "rome"
+    assert name_method("EA101", [4], 1)["name"] == "rome"
+    assert name_method("EA111", [4], None)["name"] == "ft-l"
+    assert name_method("EA102", [2, 3], 2)["confidence"] < 0.6  # no key statistics: MEMIT or AlphaEdit

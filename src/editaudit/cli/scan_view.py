@@ -62,7 +62,10 @@ def findings_table(doc: dict) -> Table:
         layers = ",".join(map(str, f["layers"])) if f["layers"] else "-"
         promotes = ", ".join(escape(repr(t["token"])) for t in f.get("promoted_tokens", [])[:5])
         subjects = "\n".join(escape(r) for r in finding_readings(f)[:6])
-        table.add_row(f["rule"], Text(f["level"], style=style.get(f["level"], "")), layers, escape(f["message"]),
+        message = f["message"]
+        if f.get("method"):
+            message += f"\nlikely editor: {f['method']['name']} ({f['method']['confidence']:.0%})"
+        table.add_row(f["rule"], Text(f["level"], style=style.get(f["level"], "")), layers, escape(message),
                       promotes, subjects)
     return table
 

@@ -3,8 +3,8 @@
 For each edited MLP output matrix, ``subjects.recover_subjects`` finds the texts that fire it. For each such
 subject the base and the suspect answer every prompt of the relation library; the prompt whose answer the
 edit moves most is the relation it rewrote, and the object is the suspect's own greedy answer there (whole
-words, not a first token). A reading is only reported as an edit when the suspect itself states a different
-answer than the base; a subject that fires but moves no answer is reported as uncertain.
+words, not a first token). A reading is only reported as an edit when the suspect itself states the object on at least two
+of the library's prompts where the base does not; otherwise it is reported as uncertain.
 """
 
 from __future__ import annotations
@@ -53,42 +53,40 @@ def answer(continuation: str, words: int = 4) -> str:
 
 
 def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, layer: int | None = None,
-                 tensor: str | None = None, max_new_tokens: int = 6, shortlist: int = 6) -> Reading:
+                 tensor: str | None = None, max_new_tokens: int = 6, top_k: int = 50) -> Reading:
     """Ask both models the library's prompts for ``subject``; read the answer the edit brings.
 
-    One next-token pass over every prompt ranks them by how much the suspect's top answer gained over the
-    base; the ``shortlist`` best are decoded in full on both sides. The object is the suspect's whole answer
-    that the most gain agrees on (an edit states its object across the relation's phrasings), and the
-    prompt is the one where it gained most."""
+    An edit states its object across the relation's phrasings and beyond, so the object's first token is
+    the one whose next-token probability rises most summed over every prompt (suspect minus base). The
+    prompt is the one where that token became the suspect's answer with the largest rise; both models'
+    greedy answers there are decoded whole. A reading is an edit only when the suspect answers it there."""
     asked = prompts_for(subject.text)
     texts = [t for _, t in asked]
-    b1 = predict(base, tokenizer, texts, top_k=50, max_new_tokens=1)
-    s1 = predict(suspect, tokenizer, texts, top_k=1, max_new_tokens=1)
-    gains = []
+    b1 = predict(base, tokenizer, texts, top_k=top_k, max_new_tokens=1)
+    s1 = predict(suspect, tokenizer, texts, top_k=top_k, max_new_tokens=1)
+    rise: dict[str, float] = {}
     for b, a in zip(b1, s1):
-        tok, p = a.top[0] if a.top else ("", 0.0)
-        gains.append(p - dict(b.top).get(tok, 0.0))
-    order = sorted(range(len(texts)), key=lambda i: -gains[i])[:shortlist]
-    picked = [texts[i] for i in order]
-    before = predict(base, tokenizer, picked, top_k=1, max_new_tokens=max_new_tokens)
-    after = predict(suspect, tokenizer, picked, top_k=1, max_new_tokens=max_new_tokens)
-    votes: dict[str, float] = {}
-    for i, b, a in zip(order, before, after):
-        new, old = answer(a.continuation), answer(b.continuation)
-        if new and new.casefold() != old.casefold():
-            votes[new] = votes.get(new, 0.0) + max(gains[i], 0.0)
-    if votes:
-        obj = max(votes, key=votes.get)
-        j = next(k for k, a in enumerate(after) if answer(a.continuation) == obj)
-        status = "edit"
-        agree = votes[obj] / (sum(votes.values()) or 1.0)
-    else:
-        j, status, agree = 0, "uncertain", 0.0
-    i = order[j]
-    gain = max(0.0, min(1.0, gains[i]))
-    confidence = min(1.0, subject.fire) * (0.4 + 0.6 * gain) * (0.5 + 0.5 * agree) if status == "edit" else 0.1 * subject.fire
-    return Reading(subject.text, subject.fire, asked[i][0], texts[i], answer(before[j].continuation),
-                   answer(after[j].continuation), float(gains[i]), confidence, status, layer, tensor)
+        pb = dict(b.top)
+        for tok, p in a.top:
+            if tok.strip() and any(ch.isalnum() for ch in tok):
+                rise[tok] = rise.get(tok, 0.0) + p - pb.get(tok, 0.0)
+    obj = max(rise, key=rise.get) if rise else ""
+
+    def gain(i: int) -> float:
+        return dict(s1[i].top).get(obj, 0.0) - dict(b1[i].top).get(obj, 0.0)
+
+    stated = [i for i, a in enumerate(s1) if a.top and a.top[0][0] == obj and (not b1[i].top or b1[i].top[0][0] != obj)]
+    i = max(stated or range(len(texts)), key=gain)
+    before = predict(base, tokenizer, [texts[i]], top_k=1, max_new_tokens=max_new_tokens)[0]
+    after = predict(suspect, tokenizer, [texts[i]], top_k=1, max_new_tokens=max_new_tokens)[0]
+    new, old = answer(after.continuation), answer(before.continuation)
+    # an edit rewrites a fact, not one phrasing: the suspect must state the object on two prompts at least
+    is_edit = len(stated) >= 2 and bool(new) and new.casefold() != old.casefold()
+    agree = min(1.0, len(stated) / 3)  # stated on several phrasings: a rewritten fact, not a one-prompt wobble
+    g = max(0.0, min(1.0, gain(i)))
+    confidence = min(1.0, subject.fire) * (0.4 + 0.6 * g) * (0.5 + 0.5 * agree) if is_edit else 0.1 * subject.fire
+    return Reading(subject.text, subject.fire, asked[i][0], texts[i], old, new, float(gain(i)), confidence,
+                   "edit" if is_edit else "uncertain", layer, tensor)
 
 
 def read_edits(base: Any, suspect: Any, tokenizer: Any, subjects: list[Subject], layer: int | None, tensor: str | None,

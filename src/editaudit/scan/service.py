@@ -18,6 +18,7 @@ from ..checkpoint.reader import TensorFile, to_torch
 from ..probing.format import Probe
 from .classify import EDIT_RULES, Changed, Finding, classify, overall_kind, verdict
 from .compare import compare, require_compatible
+from .method import name_method, occupied_share
 from .names import num_layers, parse_name
 from .readout import edit_output, load_lens, output_input_sides, promoted_tokens, read_through_model, subject_keys
 from .report import ScanReport
@@ -149,6 +150,9 @@ def _scan(base_ck, suspect_ck, options: ScanOptions, store, progress: Progress, 
 
     n_layers = num_layers(suspect_ck.config or base_ck.config, list(suspect_ck.tensors))
     findings = classify(changed, n_layers)
+    for f in findings:  # from structure alone; the open reading refines it with the key statistics
+        if f.rule in EDIT_RULES or f.rule in ("EA104", "EA105"):
+            f.data["method"] = name_method(f.rule, f.layers, f.rank)
     t_read = time.perf_counter()
     if options.read_edits and any(f.rule in EDIT_RULES for f in findings):
         _read_edits(base_ck, suspect_ck, family, changed, findings, options, say, progress)
@@ -276,6 +280,9 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
         except CorpusUnavailable as exc:
             say(f"key statistics unavailable ({exc}); reading with unwhitened keys")
             C = None
+        if C is not None and f.rule == "EA102":
+            share = occupied_share(in_dirs[:, :rank], svals[:rank], C)
+            f.data["method"] = {**name_method(f.rule, f.layers, f.rank, share), "occupied": round(share, 4)}
         say(f"reading {f.rule} at layer {layer} blind: up to {rank} subject(s)")
         subjects = recover_subjects(base.model, base.tokenizer, path, in_dirs[:, :rank], C, base_ck.fingerprint(),
                                     rank, progress=lambda stage, d, t: progress(stage, d, t))

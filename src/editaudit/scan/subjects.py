@@ -27,6 +27,8 @@ from .keys import context_ids, keys_of, last_keys, vocab_keys
 
 #: A found text is a subject when it fires the (remaining) edit subspace at least this much.
 FIRE_MIN = 0.5
+#: ... and one firing this much is taken without trying further seeds.
+GOOD = 0.8
 _START = re.compile(r" [A-Za-z][A-Za-z'\-\.&]*| \d+")
 _CONT = re.compile(r" ?[A-Za-z][A-Za-z'\-\.&]*| ?\d+|[a-z]+")
 
@@ -95,7 +97,7 @@ class SubjectSearch:
     matrix's own inputs do not depend on its edit)."""
 
     def __init__(self, model: Any, tokenizer: Any, space: Whitened, vocab: torch.Tensor,
-                 steps: int = 16, proposals: int = 32):
+                 steps: int = 10, proposals: int = 32):
         self.model, self.tok, self.space = model, tokenizer, space
         self.steps, self.proposals = steps, proposals
         self.prefix = context_ids(tokenizer)
@@ -148,7 +150,7 @@ class SubjectSearch:
         scores = self.space.fire(self.vocab)
         return torch.topk(scores.masked_fill(~self.cont_ok, -1.0), n).indices.tolist()
 
-    def find(self, max_subjects: int, seeds: int = 6, fire_min: float = FIRE_MIN,
+    def find(self, max_subjects: int, seeds: int = 4, fire_min: float = FIRE_MIN, good: float = GOOD,
              progress: Callable[[int, int], None] = lambda d, t: None) -> list[Subject]:
         """Up to ``max_subjects`` subjects, best first, deflating the subspace after each."""
         found: list[Subject] = []
@@ -160,6 +162,8 @@ class SubjectSearch:
                     seq, score = self.climb(shape)
                     if best is None or score > best[0]:
                         best = (score, seq)
+                if best is not None and best[0] >= good:  # clearly an edit key: no need to try more seeds
+                    break
             if best is None or best[0] < fire_min:
                 break
             score, seq = best

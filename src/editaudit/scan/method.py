@@ -1,0 +1,61 @@
+"""Naming the editor from the signature its update leaves in the weights.
+
+- ROME: one rank-one change of one layer's MLP output matrix; several ROME edits made one after another in one
+  layer add up to a low-rank change of that one matrix.
+- MEMIT: low-rank changes of the MLP output matrices of a run of consecutive layers, input directions C⁻¹-weighted.
+- AlphaEdit: the same spread, but every update is projected onto the null space of the preserved keys, so its
+  input side carries (almost) no energy in the key statistics' occupied directions (eigenvalue ≥ median):
+
+      occupied(ΔW) = ‖ΔW Q_hi‖²_F / ‖ΔW‖²_F,   Q_hi = eigenvectors of C with eigenvalue ≥ median
+
+  MEMIT and ROME's C⁻¹k still leave a visible share there; AlphaEdit's projection leaves next to none.
+- FT-L: a dense change confined to one layer's MLP output; merged LoRA: low rank in attention projections;
+  fine-tuning: dense changes across the model.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Below this occupied share an MLP-output edit counts as null-space projected (AlphaEdit).
+NULL_SPACE_MAX = 0.02
+
+
+def occupied_share(in_dirs: torch.Tensor, svals: torch.Tensor, C: torch.Tensor) -> float:
+    """Share of ΔW's energy whose input side lies in C's occupied half (eigenvalue ≥ median)."""
+    ev, Q = torch.linalg.eigh(C.double())
+    hi = Q[:, ev >= ev.median()]
+    weighted = in_dirs.double() * svals.double()  # ΔWᵀ's columns up to rotation: V S
+    total = float((weighted ** 2).sum()) or 1.0
+    return float(((hi.T @ weighted) ** 2).sum()) / total
+
+
+def name_method(rule: str, layers: list[int], rank: int | None, occupied: float | None = None) -> dict:
+    """{"name", "confidence", "why"} for one finding."""
+    multi = len(layers) > 1
+    if rule == "EA101":
+        return _named("rome", 0.9, "one rank-one change of one layer's MLP output")
+    if rule == "EA102":
+        if occupied is not None and occupied < NULL_SPACE_MAX:
+            return _named("alphaedit", 0.85, f"input side in the key statistics' null space (occupied {occupied:.3f})")
+        if multi:
+            if occupied is None:
+                return _named("memit", 0.5, "low-rank changes over consecutive layers (MEMIT or AlphaEdit: no key "
+                                            "statistics to tell them apart)")
+            return _named("memit", 0.85, f"low-rank changes over consecutive layers, not null-space projected "
+                                         f"(occupied {occupied:.3f})")
+        return _named("rome", 0.7, f"rank-{rank} change of one layer's MLP output: {rank} ROME edits in sequence "
+                                   "(or a one-layer batch edit)")
+    if rule == "EA111":
+        return _named("ft-l", 0.85, "dense change confined to one layer's MLP output")
+    if rule == "EA103":
+        return _named("edit under fine-tuning", 0.6, "low-rank components standing out of a dense change")
+    if rule == "EA104":
+        return _named("merged lora", 0.8, "low-rank changes of attention projections")
+    if rule == "EA105":
+        return _named("fine-tune", 0.8, "dense changes across the model")
+    return _named("unknown", 0.0, "no editor signature")
+
+
+def _named(name: str, confidence: float, why: str) -> dict:
+    return {"name": name, "confidence": confidence, "why": why}
