@@ -63,7 +63,7 @@ def main() -> None:
                 continue
             cands.append(Probe(id=f"heldout-{relation}-{len(cands):03d}", subject=subject,
                                prompt=TEMPLATES[relation][0], target_true=true, target_new=new, relation=relation,
-                               kind="edit"))
+                               kind="edited"))
     lm = load_model(ensure_model("smollm2-135m"))
     variants = [replace(p, prompt=t) for p in cands for t in TEMPLATES[p.relation]]
     ok = {(p.id, p.prompt) for p in known_facts(lm.model, lm.tokenizer, variants, margin=0.1)[0]}

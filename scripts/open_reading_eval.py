@@ -6,7 +6,8 @@ no candidate list (``--read open``), and score what the scan read against what w
 
 The facts come from scripts/heldout_facts.py: subjects that overlap no shipped probe set, phrased with
 templates the relation library does not hold. Suspects: ROME one fact each (5), ROME 10 sequential edits in one
-layer, MEMIT batch of 10, AlphaEdit batch of 10, FT-L one fact each (3); every fact is used once.
+layer, MEMIT batch of 10, AlphaEdit batch of 10, FT-L one fact each (3); every fact is used once, taken
+round-robin over relations.
 
 Rules, fixed before the first run:
 - layer found: the edit finding's layers include every layer the method wrote.
@@ -69,6 +70,19 @@ def score_suspect(tok, facts, readings: list[dict], single: bool) -> tuple[list[
     return rows, false, len(edits)
 
 
+def interleave(facts):
+    """Round-robin over relations (file order within each), so that every arm spans several relations."""
+    by_rel: dict[str, list] = {}
+    for f in facts:
+        by_rel.setdefault(f.relation, []).append(f)
+    out, queues = [], list(by_rel.values())
+    while any(queues):
+        for q in queues:
+            if q:
+                out.append(q.pop(0))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--facts", type=Path, default=ROOT / "bench/heldout/smollm2-135m.jsonl")
@@ -86,7 +100,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     base = ensure_model("smollm2-135m")
-    facts = load_probes(args.facts)
+    facts = interleave(load_probes(args.facts))
     lm = load_model(base)
     tok = lm.tokenizer
     n_layers = lm.model.config.num_hidden_layers
