@@ -31,11 +31,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--edits", type=int, default=4)
     ap.add_argument("--offset", type=int, default=0, help="first fact of the edit set to use")
-    ap.add_argument("--variants", default="mean:mean,project:mean,project:each,zero:mean,mean:mean+decoys,"
-                    "project:mean+decoys,mean:mean+noprompt,mean:mean+paraphrase,project:mean+paraphrase,"
-                    "mean:mean+cov5k,project:mean+cov5k,mean:mean+cov40k,project:mean+cov40k",
-                    help="comma list of TARGET:KEYMODE[+FLAG…] (targets project, mean, zero; key modes mean, each; "
-                         "flags decoys, noprompt, paraphrase, covNk)")
+    ap.add_argument("--variants", default="mean:mean+alone,mean:mean,project:mean,project:each,zero:mean,"
+                    "mean:mean+alone+decoys,mean:mean+noprompt,mean:mean+paraphrase,mean:mean+paraphrase+alone,"
+                    "mean:mean+alone+cov5k,project:mean+alone+cov5k,mean:mean+alone+cov40k,project:mean+alone+cov40k",
+                    help="comma list of TARGET:KEYMODE[+FLAG…] (targets mean, project, zero; key modes mean, each; "
+                         "flags alone, decoys, noprompt, paraphrase, covNk)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="write the output here too")
     args = ap.parse_args()
@@ -154,7 +154,7 @@ def main() -> int:
             w_b_out = k_star.double() @ w_base.double().T
         t0 = time.perf_counter()
         res = erase_by_projection(net, tok, {layer: subjects}, lambda _l: Cv, layout=layout, target=target,
-                                  key_mode=key_mode, answers=False)
+                                  key_mode=key_mode, subject_alone="alone" in flags, answers=False)
         sec = time.perf_counter() - t0
         m = measure(variant)
         gone = sum(1 for i in held if not m["edited_flags"][i])
@@ -173,14 +173,15 @@ def main() -> int:
             f"{dec:>7}{key_err:>8.2f}{left:>10.1%}{res.layers[0].directions:>5}{moved:>11}{sec:>6.1f}s")
     say()
     say("variant: TARGET:KEYMODE, +decoys: 4 unedited subjects also given; +noprompt: subjects without their prompt;")
-    say("+paraphrase: a reworded prompt instead of the edited one; +covNk: C from N thousand tokens, not the editor's 20k.")
+    say("+paraphrase: a reworded prompt instead of the edited one; +alone: the subject on its own as a second prompt;")
+    say("+covNk: C from N thousand tokens, not the editor's 20k.")
     say("erased: edits the suspect stated that it no longer states; true: edited prompts answered with the true target;")
     say("para: paraphrases stating the new target; intrinsic: built-in intrinsic facts still answered (points vs the")
     say("suspect); decoys: the decoys' facts still answered; key err: mean ‖W' k* − W_base k*‖ / ‖W_base k*‖ at the")
     say("edited keys; edit left: the edit's singular components in W' − W_base (key err and edit left use the base,")
     say("as diagnostics only); dirs: directions re-solved; gain e/d: the report's base-free gain ‖W u‖ along a subject's")
     say("edit direction u ∝ C⁻¹k̄ (÷ W's RMS gain), lowest of the edited subjects / highest of the decoys; time: the")
-    say("erase alone. mean:mean is what `mitigate --method project` does by default for a one-layer edit.")
+    say("erase alone. mean:mean+alone is what `mitigate --method project` does by default for a one-layer edit.")
 
     header = [
         "# editaudit training-free erase trial on SmolLM2-135M-Instruct (CPU)",

@@ -6,9 +6,9 @@ rows are again in span(C⁻¹K) because (λC + KKᵀ)⁻¹K = C⁻¹K(λ + KᵀC
 directions are C⁻¹k for the keys k of the edited subjects, and those keys can be read from the suspect
 itself: the input of the edited matrix does not depend on that matrix, only on the layers below.
 
-Given the suspect's W, the keys K = [k₁ … kₙ] (each subject's input at its last token, averaged over a
-few generated contexts as ROME does, or one per context) and the key second moment C, ROME's own
-least-change solve with equality constraints
+Given the suspect's W, the keys K = [k₁ … kₙ] (each subject's input at its last token in its prompt and
+on its own, averaged over a few generated contexts as ROME does, or one per context) and the key second
+moment C, ROME's own least-change solve with equality constraints
 
     W' = argmin ‖(W' − W) C^½‖_F  s.t.  W' K = V   ⇒   W' = W + (V − W K)(Kᵀ C⁻¹ K)⁻¹ Kᵀ C⁻¹
 
@@ -38,7 +38,8 @@ base below that layer — as the editor's C was. ``rekey=True`` re-reads the key
 instead; on tiny MEMIT edits that leaves most of the upper layers' edits in place, because those keys
 are no longer the ones MEMIT wrote. The base is never needed; C comes from the cached second moments
 (``editing/covariance.py``) and should be the editor's (same corpus and token budget): the directions
-C⁻¹k match the edit's only as far as C does.
+C⁻¹k match the edit's only as far as C does. AlphaEdit's update has its rows in span(PK) instead (P its
+null-space projector): ``directions="null"`` or ``"both"``.
 """
 
 from __future__ import annotations

@@ -723,15 +723,16 @@ def project_targets(evidence: EditEvidence | None, options: MitigationOptions) -
         return targets_from_records(options.subjects, layers), []
     if evidence is None:
         raise BadInput("the project method erases the subjects the scan read, but there is no scan of this "
-                       "suspect: run `editaudit scan SUSPECT --base BASE --probes facts` first, pass --base, or "
-                       "give the subjects with --subjects FILE")
+                       "suspect: run `editaudit scan SUSPECT --base BASE` first, pass --base, or give the subjects "
+                       "with --subjects FILE")
     if not evidence.found:
         raise BadInput(f"{evidence.source} found no edit to erase")
     plan, notes = targets_from_readings(evidence.readings)
     if not plan:
         raise BadInput(f"the scan read no subject for its edits ({evidence.source}): the project method needs "
-                       "the edited subjects — rescan with candidate facts (`editaudit scan SUSPECT --base BASE "
-                       "--probes facts`) or give them with --subjects FILE (JSONL of {\"subject\", \"prompt\"})")
+                       "the edited subjects — pass --base to scan again with reading (or run `editaudit scan "
+                       "SUSPECT --base BASE`, which reads the edits unless --read off), or give them with "
+                       "--subjects FILE (JSONL of {\"subject\", \"prompt\"})")
     return plan, notes
 
 
