@@ -374,3 +374,16 @@ def test_cli_mitigate_method_project_with_a_subjects_file(rome_suspect, tmp_path
     assert doc["arms"]["project"]["project"]["subjects"][0]["subject"] == "France"
     bad = CliRunner().invoke(app, common[:-4] + ["--hparam", "target=median", "--out", str(tmp_path / "o2")])
     assert bad.exit_code == 2
+
+
+def test_project_settings_are_checked():
+    from editaudit.mitigation.service import PROJECT_DEFAULTS, project_settings
+
+    assert project_settings(None) == PROJECT_DEFAULTS
+    got = project_settings({"target": "project", "cov_tokens": 5000, "nullspace_rel": 1, "rekey": True})
+    assert got["target"] == "project" and got["cov_tokens"] == 5000 and got["nullspace_rel"] == 1.0 and got["rekey"]
+    for bad, match in (({"lr": 1}, "no setting"), ({"target": "median"}, "target must be"),
+                       ({"cov_tokens": "many"}, "bad value"), ({"rekey": 1}, "bad value"),
+                       ({"cov_tokens": 0}, "at least 1")):
+        with pytest.raises(BadInput, match=match):
+            project_settings(bad)

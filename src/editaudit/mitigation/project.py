@@ -350,7 +350,7 @@ def erase_by_projection(model, tokenizer, targets: Mapping[int, Sequence[EraseSu
 
 # -- which subjects, in which layers ----------------------------------------------------------------------
 
-def _mlp_out_layers(tensors: Sequence[str]) -> tuple[set[int], list[str]]:
+def mlp_out_layers(tensors: Sequence[str]) -> tuple[set[int], list[str]]:
     """Layers of the MLP output matrices among ``tensors``, and the other tensors (not re-solved here)."""
     from ..scan.names import parse_name
 
@@ -388,7 +388,7 @@ def targets_from_readings(readings: Sequence[dict]) -> tuple[dict[int, list[Eras
         if not subject:
             continue
         tensors = list(r.get("finding_tensors") or []) or ([r["tensor"]] if r.get("tensor") else [])
-        layers, other = _mlp_out_layers(tensors)
+        layers, other = mlp_out_layers(tensors)
         if not tensors:
             layers = {int(x) for x in (r.get("finding_layers") or ([r["layer"]] if r.get("layer") is not None else []))}
         for t in other:

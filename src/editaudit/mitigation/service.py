@@ -709,14 +709,12 @@ def project_targets(evidence: EditEvidence | None, options: MitigationOptions) -
     """{layer: [EraseSubject]} for the projection erase, and notes: the user's subjects (``--subjects``)
     when given, else the scan's readings with status "edit"."""
     from ..layerspec import parse_layer_list
-    from .project import targets_from_readings, targets_from_records
+    from .project import mlp_out_layers, targets_from_readings, targets_from_records
 
     if options.subjects:
         layers: list[int] = []
         if evidence is not None and evidence.found:
-            from .project import _mlp_out_layers
-
-            layers = sorted(_mlp_out_layers(evidence.tensors)[0])
+            layers = sorted(mlp_out_layers(evidence.tensors)[0])
         spec = options.layers.strip().lower()
         if spec not in ("auto", "edited", "non-edited"):
             layers = parse_layer_list(spec)
