@@ -40,6 +40,12 @@ def _same_word(token: str, word: str) -> bool:
     return token == word or (word.startswith(token) and (len(token) > 2 or not word[len(token):][:1].isalpha()))
 
 
+def _names_subject(read: str, subject: str) -> bool:
+    """A recovered subject names the planted one when it holds it whole or ends in its last word."""
+    a, b = _norm(read), _norm(subject)
+    return b in a or (bool(a.split()) and a.split()[-1] == b.split()[-1])
+
+
 def match(planted: list[Planted], doc: dict) -> list[dict]:
     """Per planted fact: was its layer flagged, is its new object read from the edit, and where does its
     subject rank among the candidates?
@@ -62,6 +68,8 @@ def match(planted: list[Planted], doc: dict) -> list[dict]:
             top_reads = [_norm(t) for f in covering for s in f.get("candidate_subjects", [])[:max(n_in_finding, 1)]
                          for t in s.get("promotes", [])]
             own = [_norm(t) for s in candidates if s["subject"] == fact.subject for t in s.get("promotes", [])]
+            opened = [r for f in covering for r in f.get("readings", [])]
+            mine = [r for r in opened if _names_subject(r["subject"], fact.subject)]
             rows.append({
                 "method": p.method, "layers": p.layers, "subject": fact.subject, "prompt": fact.text,
                 "target_true": fact.target_true, "target_new": fact.target_new,
@@ -72,6 +80,11 @@ def match(planted: list[Planted], doc: dict) -> list[dict]:
                 "object_read": any(_same_word(t, new_first) for t in top_reads + lens),
                 "object_read_for_subject": any(_same_word(t, new_first) for t in own),
                 "subject_rank": (subjects.index(fact.subject) + 1) if fact.subject in subjects else None,
+                # read with no list: the subject recovered from the weights, and what the suspect says of it
+                "subject_open": bool(mine),
+                "object_open": any(r["status"] == "edit" and _same_word(_norm(r["after"]).split(" ")[0], new_first)
+                                   for r in mine),
+                "read_open": next((f"{r['subject']} · {r['after']} (was {r['before']})" for r in mine), None),
                 "n_edits_in_finding": n_in_finding,
             })
     return rows
@@ -90,6 +103,8 @@ def summarise(rows: list[dict]) -> dict:
         "object_read": sum(r["object_read"] for r in rows) / n,
         "object_in_lens": sum(r["object_in_lens"] for r in rows) / n,
         "subject_top": ranked_first / n,
+        "subject_open": sum(r["subject_open"] for r in rows) / n,
+        "object_open": sum(r["object_open"] for r in rows) / n,
     }
 
 

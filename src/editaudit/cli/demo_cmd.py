@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         truth.add_column("method", no_wrap=True)
         truth.add_column("layers", no_wrap=True)
         truth.add_column("fact (true → new)", ratio=1)
-        for label in ("took", "layer", "object", "rank"):
+        for label in ("took", "layer", "read blind (no list)", "object", "rank"):
             truth.add_column(label, no_wrap=True, justify="center")
         yes = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}
         for r in result["truth"]:
@@ -45,13 +45,15 @@ def register(app: typer.Typer) -> None:
                 r["method"].upper(), layers,
                 escape(f"{r['prompt']} {r['target_true']} → {r['target_new']}"),
                 yes[r["edit_succeeded"]], yes[r["layer_found"]],
+                escape(r.get("read_open") or "-") if r.get("object_open") else "[red]no[/]",
                 yes[r["object_read"]],
                 str(r["subject_rank"]) if r["subject_rank"] else "-",
             )
         common.out.print(truth)
         s = result["scores"]
         common.out.print(
-            f"edits {s['edits']} · layers found {s['layer_found']:.0%} · new object read {s['object_read']:.0%}"
+            f"edits {s['edits']} · layers found {s['layer_found']:.0%} · read blind (subject and object, no list) "
+            f"{s.get('object_open', 0):.0%} · new object read {s['object_read']:.0%}"
             f" · subject ranked at the top {s['subject_top']:.0%} · {result['seconds']:.0f}s"
         )
         common.out.print(f"[dim]suspect checkpoint: {escape(result['suspect'])}\n"

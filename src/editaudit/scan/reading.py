@@ -10,7 +10,7 @@ of the library's prompts where the base does not; otherwise it is reported as un
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -19,7 +19,7 @@ from ..probing.evaluate import predict
 from .relations import prompts_for
 from .subjects import Subject
 
-_CUT = re.compile(r"(?<=[a-z0-9]{3})\.|[,;:!?\n\"()]|\s-\s")  # "J.K. Rowling" keeps its initials
+_CUT = re.compile(r"(?<=[A-Za-z0-9][a-z0-9]{2})\.|[,;:!?\n\"()]|\s-\s")  # "J.K. Rowling" keeps its initials
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Reading:
     status: str          # "edit" | "uncertain"
     layer: int | None = None
     tensor: str | None = None
+    also: list[dict] = field(default_factory=list)  # other prompts the edit moves, to other answers (side effects)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -48,53 +49,70 @@ class Reading:
 
 def answer(continuation: str, words: int = 4) -> str:
     """The whole answer in a greedy continuation: up to ``words`` words, cut at punctuation."""
-    text = _CUT.split(continuation.strip(), maxsplit=1)[0]
-    return " ".join(text.split()[:words])
+    from ..probing.metrics import STOP_WORDS
+
+    kept = _CUT.split(continuation.strip(), maxsplit=1)[0].split()[:words]
+    while len(kept) > 1 and kept[-1].casefold() in STOP_WORDS:  # "Gutenberg in the" → "Gutenberg"
+        kept.pop()
+    return " ".join(kept)
 
 
 def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, layer: int | None = None,
-                 tensor: str | None = None, max_new_tokens: int = 6, top_k: int = 50) -> Reading:
-    """Ask both models the library's prompts for ``subject``; read the answer the edit brings.
+                 tensor: str | None = None, max_new_tokens: int = 6, top_k: int = 20) -> Reading:
+    """Ask both models the library's prompts for ``subject``; read the fact the edit rewrote.
 
-    An edit states its object across the relation's phrasings and beyond, so the object's first token is
-    the one whose next-token probability rises most summed over every prompt (suspect minus base). The
-    prompt is the one where that token became the suspect's answer with the largest rise; both models'
-    greedy answers there are decoded whole. A reading is an edit only when the suspect answers it there."""
+    An edit replaces a fact the model knew: the reading's prompt is the one where the base answered most
+    confidently and the suspect now answers something else, weighted by how much the suspect's answer gained
+    (score = p_base(base answer) × rise of the suspect's answer). Both models' greedy answers there are decoded
+    whole. Other prompts whose answer moved to a different object are listed as ``also`` (what else the edit
+    drags along). A reading is an edit only when the suspect states its object on two prompts at least."""
     asked = prompts_for(subject.text)
     texts = [t for _, t in asked]
     b1 = predict(base, tokenizer, texts, top_k=top_k, max_new_tokens=1)
     s1 = predict(suspect, tokenizer, texts, top_k=top_k, max_new_tokens=1)
-    rise: dict[str, float] = {}
+
+    def top(pred) -> tuple[str, float]:
+        return pred.top[0] if pred.top else ("", 0.0)
+
+    score, rise = [], []
     for b, a in zip(b1, s1):
-        pb = dict(b.top)
-        for tok, p in a.top:
-            if tok.strip() and any(ch.isalnum() for ch in tok):
-                rise[tok] = rise.get(tok, 0.0) + p - pb.get(tok, 0.0)
-    obj = max(rise, key=rise.get) if rise else ""
-
-    def gain(i: int) -> float:
-        return dict(s1[i].top).get(obj, 0.0) - dict(b1[i].top).get(obj, 0.0)
-
-    stated = [i for i, a in enumerate(s1) if a.top and a.top[0][0] == obj and (not b1[i].top or b1[i].top[0][0] != obj)]
-    i = max(stated or range(len(texts)), key=gain)
+        (tb, pb), (ta, pa) = top(b), top(a)
+        r = pa - dict(b.top).get(ta, 0.0)
+        # a base that repeats the subject ("The company Syria is headquartered in … Syria") states no fact
+        copies = bool(tb.strip()) and tb.strip().casefold() in subject.text.casefold()
+        moved = ta != tb and any(ch.isalnum() for ch in ta) and not copies
+        rise.append(r)
+        score.append(pb * r if moved else float("-inf"))
+    i = max(range(len(texts)), key=lambda j: score[j])
+    obj = top(s1[i])[0]
+    stated = [j for j, (b, a) in enumerate(zip(b1, s1)) if top(a)[0] == obj and top(b)[0] != obj]
     before = predict(base, tokenizer, [texts[i]], top_k=1, max_new_tokens=max_new_tokens)[0]
     after = predict(suspect, tokenizer, [texts[i]], top_k=1, max_new_tokens=max_new_tokens)[0]
     new, old = answer(after.continuation), answer(before.continuation)
-    # an edit rewrites a fact, not one phrasing: the suspect must state the object on two prompts at least
-    is_edit = len(stated) >= 2 and bool(new) and new.casefold() != old.casefold()
-    agree = min(1.0, len(stated) / 3)  # stated on several phrasings: a rewritten fact, not a one-prompt wobble
-    g = max(0.0, min(1.0, gain(i)))
+    is_edit = score[i] > float("-inf") and len(stated) >= 2 and bool(new) and new.casefold() != old.casefold()
+    agree = min(1.0, len(stated) / 3)
+    g = max(0.0, min(1.0, rise[i]))
     confidence = min(1.0, subject.fire) * (0.4 + 0.6 * g) * (0.5 + 0.5 * agree) if is_edit else 0.1 * subject.fire
-    return Reading(subject.text, subject.fire, asked[i][0], texts[i], old, new, float(gain(i)), confidence,
-                   "edit" if is_edit else "uncertain", layer, tensor)
+    others = sorted((j for j in range(len(texts)) if score[j] > float("-inf") and top(s1[j])[0] != obj),
+                    key=lambda j: -score[j])[:3]
+    also = [{"prompt": texts[j], "before": top(b1[j])[0].strip(), "after": top(s1[j])[0].strip()} for j in others]
+    return Reading(subject.text, subject.fire, asked[i][0], texts[i], old, new, float(rise[i]), confidence,
+                   "edit" if is_edit else "uncertain", layer, tensor, also)
 
 
 def read_edits(base: Any, suspect: Any, tokenizer: Any, subjects: list[Subject], layer: int | None, tensor: str | None,
                progress: Callable[[int, int], None] = lambda d, t: None) -> list[Reading]:
+    """One reading per subject. A found subject may carry a leading word or two that only add to its key
+    ("Cities inherical Syria"); its shorter word-suffixes are read too and the most confident reading kept."""
     out = []
     for i, s in enumerate(subjects):
         progress(i, len(subjects))
+        words = s.text.split()
+        forms = [" ".join(words[k:]) for k in range(min(len(words), 3))]
         with torch.inference_mode():
-            out.append(read_subject(base, suspect, tokenizer, s, layer=layer, tensor=tensor))
+            reads = [read_subject(base, suspect, tokenizer, Subject(f, s.ids, s.fire, s.key), layer=layer, tensor=tensor)
+                     for f in forms]
+        best = max(reads, key=lambda r: (r.status == "edit", r.confidence))
+        out.append(best)
     progress(len(subjects), len(subjects))
     return out
