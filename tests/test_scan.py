@@ -32,6 +32,7 @@ def delta(weights, name, rank, rel, seed=0):
 
 
 def scan(suspect, base, **kw):
+    kw.setdefault("read", "list")  # detection tests: open reading has its own (tests/test_open_reading.py)
     return run_scan(suspect, base, ScanOptions(**kw), store=None)
 
 

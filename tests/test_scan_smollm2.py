@@ -53,7 +53,7 @@ def planted(smollm2, tmp_path_factory):
 
 def test_planted_rank_one_delta_is_found_and_read(planted):
     base, suspect, name = planted
-    report = run_scan(suspect, base, ScanOptions(), store=None)
+    report = run_scan(suspect, base, ScanOptions(read="list"), store=None)  # a random direction: lens only
     edits = [f for f in report.findings if f.rule == "EA101"]
     assert len(edits) == 1 and edits[0].layers == [12] and edits[0].tensors == [name]
     assert report.verdict == "edited"

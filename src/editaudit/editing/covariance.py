@@ -105,6 +105,10 @@ def second_moments(model, tokenizer, modules: dict[int, str], *, model_key: str,
                    progress: Progress | None = None, say: Callable[[str], None] = lambda s: None) -> dict[int, SecondMoment]:
     """C for each layer in ``modules`` ({layer: module name}), from the cache or one pass over the corpus."""
     source = corpus_mod.corpus_id(corpus)
+    cfg = getattr(model, "config", None)
+    limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    if isinstance(limit, int) and limit > 0:
+        seq_len = min(seq_len, limit)  # windows longer than the model's positions do not run
     folder = cache_folder(model_key, source, tokens, seq_len)
     found: dict[int, SecondMoment] = {}
     for layer in modules:
