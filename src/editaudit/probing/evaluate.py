@@ -72,6 +72,24 @@ def _pad_id(tokenizer) -> int:
     return 0
 
 
+def _cache_kw(model) -> str:
+    """The forward keyword for a KV cache: ``cache`` in current transformers, ``past_key_values`` before."""
+    name = getattr(model, "_editaudit_cache_kw", None)
+    if name is None:
+        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        try:
+            model._editaudit_cache_kw = name
+        except Exception:  # pragma: no cover - exotic module classes
+            pass
+    return name
+
+
+def _cache_of(out):
+    """The KV cache a forward returned, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
 def _accepts_logits_to_keep(model) -> bool:
     cached = getattr(model, "_editaudit_logits_to_keep", None)
     if cached is None:
@@ -178,7 +196,7 @@ def evaluate_prompts(model, tokenizer, prompts: Sequence[str | Probe], targets: 
             logp0 = torch.log_softmax(logits, dim=-1)
             kk = min(top_k, logits.shape[-1])
             top_p, top_i = logp0.exp().topk(kk, dim=-1)
-            cache = out.past_key_values if want_cache else None
+            cache = _cache_of(out) if want_cache else None
             if _can_branch(cache) or all(len(t) <= 1 for i in batch for t in t_ids[i]):
                 scores = _score_targets(model, batch, t_ids, logp0, cache, mask, pos, pad)
             else:  # a model whose cache cannot be copied: score the targets with full sequences
@@ -221,8 +239,8 @@ def _greedy(model, logits, cache, mask, pos, max_new_tokens: int) -> list[list[i
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         last = last + 1
         step = model(input_ids=steps[-1][:, None], attention_mask=mask, position_ids=last,
-                     past_key_values=cache, use_cache=True)
-        cache = step.past_key_values
+                     use_cache=True, **{_cache_kw(model): cache})
+        cache = _cache_of(step)
         steps.append(step.logits[:, -1, :].argmax(-1))
     return torch.stack(steps, dim=1).cpu().tolist()
 
@@ -255,8 +273,8 @@ def _score_targets(model, batch: list[int], t_ids, logp0, cache, mask, pos, pad:
         past.batch_select_indices(rows)
         full_mask = torch.cat([mask[rows], chunk_mask], dim=1)
         positions = pos[rows, -1:] + 1 + torch.arange(width, device=mask.device)[None, :]
-        out = model(input_ids=chunk, attention_mask=full_mask, position_ids=positions, past_key_values=past,
-                    use_cache=True)
+        out = model(input_ids=chunk, attention_mask=full_mask, position_ids=positions, use_cache=True,
+                    **{_cache_kw(model): past})
         logp_rest = torch.log_softmax(out.logits.float(), dim=-1)
     for p, (row, n, t) in enumerate(pairs):
         lps = [float(logp0[row, t[0]])]
