@@ -17,6 +17,8 @@ Rules, fixed before the first run:
 - object read: that reading has status "edit" and its answer starts with the planted object's first word.
 - false reading: a reading with status "edit" whose answer starts with none of the suspect's planted objects'
   first words (over all edit-status readings).
+  (An earlier run compared whole first words, which missed "Google's Play Store" for "Google"; the comparison
+  is now the string prefix the rule states.)
 Goals (issue): ROME subject and object >= 90 %, MEMIT/AlphaEdit >= 80 %, false readings <= 5 %.
 """
 
@@ -31,6 +33,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# FT-L at its default lr changes no held-apart fact on SmolLM2 (first run: 0 of 3 took); 5e-4 is the setting
+# bench/results/blind_reading.txt uses for FT-L
+FT_HPARAMS = {"lr": 0.0005}
 PLAN = [("rome", "single", 5), ("rome", "sequential", 10), ("memit", "batch", 10), ("alphaedit", "batch", 10),
         ("ft", "single", 3)]
 
@@ -43,6 +48,11 @@ def norm(text: str) -> str:
 
 def first_word(text: str) -> str:
     return (text.split() or [""])[0].casefold().strip(".,")
+
+
+def starts(answer: str, target: str) -> bool:
+    """The answer starts with the target's first word ("Google's Play Store" names "Google")."""
+    return answer.casefold().startswith(first_word(target)) if first_word(target) else False
 
 
 def last_token(tok, text: str) -> int | None:
@@ -61,12 +71,11 @@ def score_suspect(tok, facts, readings: list[dict], single: bool) -> tuple[list[
             if same:
                 match = r
                 break
-        obj = match is not None and match["status"] == "edit" and first_word(match["after"]) == first_word(f.target_new)
+        obj = match is not None and match["status"] == "edit" and starts(match["after"], f.target_new)
         rows.append({"subject": f.subject, "target_new": f.target_new, "subject_found": match is not None,
                      "object_read": obj, "read_as": match and f"{match['subject']} · {match['after']}"})
-    news = {first_word(f.target_new) for f in facts}
     edits = [r for r in readings if r["status"] == "edit"]
-    false = sum(first_word(r["after"]) not in news for r in edits)
+    false = sum(not any(starts(r["after"], f.target_new) for f in facts) for r in edits)
     return rows, false, len(edits)
 
 
@@ -87,7 +96,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--facts", type=Path, default=ROOT / "bench/heldout/smollm2-135m.jsonl")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--plan", help="METHOD:MODE:N,... instead of the fixed plan (for development sets)")
     args = ap.parse_args()
+    plan = [(m, mode, int(n)) for m, mode, n in (x.split(":") for x in args.plan.split(","))] if args.plan else PLAN
 
     import torch
 
@@ -104,16 +115,16 @@ def main() -> None:
     lm = load_model(base)
     tok = lm.tokenizer
     n_layers = lm.model.config.num_hidden_layers
-    lines = [f"open-set reading on SmolLM2-135M, held-apart facts ({args.facts.name}, {len(facts)} facts), no list",
+    lines = [f"open-set reading on SmolLM2-135M, facts from {args.facts.name} ({len(facts)}), no list",
              "command: python scripts/open_reading_eval.py " + " ".join(sys.argv[1:]),
              f"{'suspects':22s} {'edits':>5s} {'took':>5s} {'layer':>6s} {'subject':>8s} {'object':>7s} "
              f"{'subj+obj':>8s} {'false':>9s} {'s/scan':>7s} {'s/edit':>7s}"]
     print(lines[0], file=sys.stderr)
     detail: list[str] = []
-    doc: dict = {"facts": str(args.facts.relative_to(ROOT)), "arms": []}
+    doc: dict = {"facts": str(args.facts), "arms": []}
     used = 0
     with tempfile.TemporaryDirectory(prefix="editaudit-open-") as tmp:
-        for method, mode, n in PLAN:
+        for method, mode, n in plan:
             chunk = facts[used:used + n]
             used += n
             layers = default_layers(method, n_layers)
@@ -121,7 +132,7 @@ def main() -> None:
             rows, false, reported, took, t_scan, layer_ok, methods = [], 0, 0, 0, 0.0, 0, []
             for i, group in enumerate(groups):
                 out = Path(tmp) / f"{method}-{mode}-{i}"
-                hp = {"mode": "sequential"} if mode == "sequential" else None
+                hp = {"mode": "sequential"} if mode == "sequential" else FT_HPARAMS if method == "ft" else None
                 run = apply_edits(lm, group, method, layers=layers, out=out, hparams=hp, evaluate=True)
                 took += sum(bool(r.success) for r in run.results)
                 run.restore()

@@ -36,7 +36,10 @@ def register(app: typer.Typer) -> None:
         truth.add_column("method", no_wrap=True)
         truth.add_column("layers", no_wrap=True)
         truth.add_column("fact (true → new)", ratio=1)
-        for label in ("took", "layer", "read blind (no list)", "object", "rank"):
+        for label in ("took", "layer"):
+            truth.add_column(label, no_wrap=True, justify="center")
+        truth.add_column("read blind (no list)", ratio=1, overflow="fold")
+        for label in ("object", "rank"):
             truth.add_column(label, no_wrap=True, justify="center")
         yes = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}
         for r in result["truth"]:

@@ -264,6 +264,14 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
         for p in m.parameters():
             p.requires_grad_(False)
     model_key = covariance.weights_key(base.model)
+    lowest = [min(ms, key=lambda m: m.name.layer) for ms in (
+        [by_name[t] for t in f.tensors if by_name.get(t) is not None and by_name[t].vectors is not None
+         and by_name[t].name.role == "mlp_out" and by_name[t].name.layer is not None] for f in edit_findings) if ms]
+    if lowest:  # one pass of the vocabulary through the model for every edited layer not cached yet
+        from .keys import vocab_keys
+
+        vocab_keys(base.model, base.tokenizer, sorted({m.name.module_path for m in lowest}), base_ck.fingerprint(),
+                   progress=lambda d, t: progress("vocabulary keys", d, t))
     for n, f in enumerate(edit_findings):
         mats = [by_name[t] for t in f.tensors if by_name.get(t) is not None and by_name[t].vectors is not None
                 and by_name[t].name.role == "mlp_out" and by_name[t].name.layer is not None]
