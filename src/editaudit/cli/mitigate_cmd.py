@@ -167,22 +167,12 @@ def _open_store(ctx: typer.Context, device: str | None):
 def _load_subjects(path: Path) -> list[dict]:
     """``--subjects``: one JSON object per line (blank lines and ``#`` comments skipped)."""
     from ..errors import BadInput
+    from ..mitigation.data import read_jsonl
 
     try:
-        text = path.read_text(encoding="utf-8")
+        records = [rec for _, rec in read_jsonl(path)]
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInput(f"cannot read --subjects {path}: {exc}") from None
-    records = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise BadInput(f"{path}:{n}: not JSON ({exc.msg})") from None
-        if not isinstance(rec, dict):
-            raise BadInput(f"{path}:{n}: expected an object with \"subject\"")
-        records.append(rec)
     if not records:
         raise BadInput(f"{path} lists no subject")
     return records

@@ -177,11 +177,12 @@ def vader_movie_reviews(say: Say = lambda s: None, margin: float = 0.5) -> list[
 
 # -- user files ---------------------------------------------------------------------------------
 
-def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
+def read_jsonl(path: Path) -> list[tuple[str, dict]]:
+    """(where, record) for each JSON object of a JSONL file; blank lines and ``#`` comments skipped."""
     rows = []
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+            if not line.strip() or line.lstrip().startswith("#"):
                 continue
             where = f"{path.name}:{lineno}"
             try:
@@ -214,7 +215,7 @@ def user_examples(task: str, path: Path) -> tuple[list[dict], list[str]]:
         if not docs:
             raise BadInput(f"{path} holds no text")
         return [{"text": d} for d in docs], []
-    rows = _read_jsonl(path)
+    rows = read_jsonl(path)
     if not rows:
         raise BadInput(f"{path} holds no records")
     out: list[dict] = []
