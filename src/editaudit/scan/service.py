@@ -264,20 +264,17 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
         for p in m.parameters():
             p.requires_grad_(False)
     model_key = covariance.weights_key(base.model)
-    lowest = [min(ms, key=lambda m: m.name.layer) for ms in (
-        [by_name[t] for t in f.tensors if by_name.get(t) is not None and by_name[t].vectors is not None
-         and by_name[t].name.role == "mlp_out" and by_name[t].name.layer is not None] for f in edit_findings) if ms]
-    if lowest:  # one pass of the vocabulary through the model for every edited layer not cached yet
+    # per finding, its lowest edited MLP output matrix: the keys there are the base's own
+    targets = [(f, min(mats, key=lambda m: m.name.layer)) for f in edit_findings
+               if (mats := [by_name[t] for t in f.tensors if by_name.get(t) is not None
+                            and by_name[t].vectors is not None and by_name[t].name.role == "mlp_out"
+                            and by_name[t].name.layer is not None])]
+    if targets:  # one pass of the vocabulary through the model for every edited layer not cached yet
         from .keys import vocab_keys
 
-        vocab_keys(base.model, base.tokenizer, sorted({m.name.module_path for m in lowest}), base_ck.fingerprint(),
-                   progress=lambda d, t: progress("vocabulary keys", d, t))
-    for n, f in enumerate(edit_findings):
-        mats = [by_name[t] for t in f.tensors if by_name.get(t) is not None and by_name[t].vectors is not None
-                and by_name[t].name.role == "mlp_out" and by_name[t].name.layer is not None]
-        if not mats:
-            continue
-        c = min(mats, key=lambda m: m.name.layer)  # the lowest edited layer: its keys are the base's
+        vocab_keys(base.model, base.tokenizer, sorted({c.name.module_path for _, c in targets}),
+                   base_ck.fingerprint(), progress=lambda d, t: progress("vocabulary keys", d, t))
+    for n, (f, c) in enumerate(targets):
         _, svals, in_dirs = output_input_sides(c.vectors, base_ck.family)
         rank = c.stats.rank_above_noise if c.stats.kind == "low-rank" else 1 if c.stats.kind == "rank-one" else 3
         rank = max(1, min(int(rank or 1), in_dirs.shape[1], options.max_open_subjects))
@@ -297,7 +294,7 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
         readings = read_edits(base.model, suspect.model, base.tokenizer, subjects, layer, c.name.name,
                               progress=lambda d, t: progress("reading edits", d, t))
         f.data["readings"] = [r.to_dict() for r in readings]
-        progress("open reading", n + 1, len(edit_findings))
+        progress("open reading", n + 1, len(targets))
 
 
 _KEY_CACHE: dict[tuple, dict[str, torch.Tensor]] = {}  # (base fingerprint, texts) -> {module path: keys}
