@@ -44,8 +44,10 @@ TEMPLATES = {
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, default=ROOT / "bench/heldout/smollm2-135m.jsonl")
+    ap.add_argument("--model", default="smollm2-135m", help="registry name of the model the facts must be known by")
+    ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    args.out = args.out or ROOT / f"bench/heldout/{args.model}.jsonl"
 
     from editaudit.models.loading import load_model
     from editaudit.models.registry import ensure_model
@@ -64,7 +66,7 @@ def main() -> None:
             cands.append(Probe(id=f"heldout-{relation}-{len(cands):03d}", subject=subject,
                                prompt=TEMPLATES[relation][0], target_true=true, target_new=new, relation=relation,
                                kind="edited"))
-    lm = load_model(ensure_model("smollm2-135m"))
+    lm = load_model(ensure_model(args.model))
     variants = [replace(p, prompt=t) for p in cands for t in TEMPLATES[p.relation]]
     ok = {(p.id, p.prompt) for p in known_facts(lm.model, lm.tokenizer, variants, margin=0.1)[0]}
     known = []

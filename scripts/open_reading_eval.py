@@ -96,6 +96,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--facts", type=Path, default=ROOT / "bench/heldout/smollm2-135m.jsonl")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--model", default="smollm2-135m", help="registry name of the base model")
     ap.add_argument("--plan", help="METHOD:MODE:N,... instead of the fixed plan (for development sets)")
     args = ap.parse_args()
     plan = [(m, mode, int(n)) for m, mode, n in (x.split(":") for x in args.plan.split(","))] if args.plan else PLAN
@@ -110,12 +111,12 @@ def main() -> None:
     from editaudit.scan.service import ScanOptions, run_scan
 
     torch.manual_seed(0)
-    base = ensure_model("smollm2-135m")
+    base = ensure_model(args.model)
     facts = interleave(load_probes(args.facts))
     lm = load_model(base)
     tok = lm.tokenizer
     n_layers = lm.model.config.num_hidden_layers
-    lines = [f"open-set reading on SmolLM2-135M, facts from {args.facts.name} ({len(facts)}), no list",
+    lines = [f"open-set reading on {args.model}, facts from {args.facts.name} ({len(facts)}), no list",
              "command: python scripts/open_reading_eval.py " + " ".join(sys.argv[1:]),
              f"{'suspects':22s} {'edits':>5s} {'took':>5s} {'layer':>6s} {'subject':>8s} {'object':>7s} "
              f"{'subj+obj':>8s} {'false':>9s} {'s/scan':>7s} {'s/edit':>7s}"]

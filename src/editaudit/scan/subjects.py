@@ -115,7 +115,10 @@ class SubjectSearch:
         onehot = torch.zeros(len(seq), E.shape[0], device=E.device, dtype=E.dtype)
         onehot[torch.arange(len(seq)), torch.tensor(seq)] = 1
         onehot.requires_grad_(True)
-        emb = torch.cat([E[torch.tensor(self.prefix, device=E.device)].detach(), onehot @ E.detach()])[None]
+        # an embedding module may scale its rows (Gemma: √hidden); inputs_embeds must carry the same scale
+        scale = getattr(self.model.get_input_embeddings(), "embed_scale", None)
+        scale = float(scale) if scale is not None else 1.0
+        emb = torch.cat([E[torch.tensor(self.prefix, device=E.device)].detach(), onehot @ E.detach()])[None] * scale
         key = last_keys(self.model, [self.space.path], embeds=emb, grad=True)[self.space.path]
         self.space.fire(key.cpu())[0].backward()
         return onehot.grad.float().cpu()
