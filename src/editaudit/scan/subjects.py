@@ -104,6 +104,7 @@ class SubjectSearch:
         self.embed = model.get_input_embeddings().weight
         self.start_ok, self.cont_ok = word_tokens(tokenizer, self.embed.shape[0])
         self.vocab = vocab  # [V, d] keys of every token after the context
+        self._znorm: torch.Tensor | None = None
         self.filler = tokenizer(" the", add_special_tokens=False)["input_ids"][:1]
 
     def exact(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,7 +151,14 @@ class SubjectSearch:
         return cur, best
 
     def seeds(self, n: int) -> list[int]:
-        scores = self.space.fire(self.vocab)
+        """The best-firing word-like tokens. ‖z‖ per token does not change as the subspace deflates, so it is
+        computed once (in chunks); each round then needs only the vocabulary times C^-½B, r columns."""
+        if self._znorm is None:
+            self._znorm = torch.cat([(chunk.float() @ self.space.whiten).norm(dim=1)
+                                     for chunk in self.vocab.split(8192)])
+        proj = torch.cat([(chunk.float() @ (self.space.whiten @ self.space.basis)).norm(dim=1)
+                          for chunk in self.vocab.split(8192)])
+        scores = proj / self._znorm.clamp_min(1e-12)
         return torch.topk(scores.masked_fill(~self.cont_ok, -1.0), n).indices.tolist()
 
     def find(self, max_subjects: int, seeds: int = 4, fire_min: float = FIRE_MIN, good: float = GOOD,
