@@ -62,7 +62,6 @@ def last_keys(model: Any, paths: Sequence[str], rows: torch.Tensor | None = None
 
 def keys_of(model: Any, paths: Sequence[str], seqs: Sequence[Sequence[int]], batch: int = 256) -> dict[str, torch.Tensor]:
     """Last-position keys of token sequences of any lengths (grouped by length, no padding needed)."""
-    out = {p: torch.empty(len(seqs), 0) for p in paths}
     by_len: dict[int, list[int]] = {}
     for i, s in enumerate(seqs):
         by_len.setdefault(len(s), []).append(i)
@@ -74,12 +73,11 @@ def keys_of(model: Any, paths: Sequence[str], seqs: Sequence[Sequence[int]], bat
             got = last_keys(model, paths, rows)
             for p in paths:
                 parts[p].append((chunk, got[p].cpu()))
+    out = {}
     for p in paths:
-        d = parts[p][0][1].shape[1]
-        full = torch.empty(len(seqs), d)
+        out[p] = torch.empty(len(seqs), parts[p][0][1].shape[1])
         for chunk, k in parts[p]:
-            full[chunk] = k
-        out[p] = full
+            out[p][chunk] = k
     return out
 
 
