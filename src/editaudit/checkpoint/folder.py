@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import BadInput, UnsafeInput
 from .header import Header, TensorInfo, read_header
+from .hub import inside_hub_blobs
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 INDEX_NAME = "model.safetensors.index.json"
@@ -100,7 +101,7 @@ def _inside(folder: Path, name: str, follow_symlinks: bool) -> Path:
     if not follow_symlinks:
         real_folder = folder.resolve()
         real = target.resolve()
-        if real_folder != real and real_folder not in real.parents:
+        if real_folder != real and real_folder not in real.parents and not inside_hub_blobs(folder, real):
             raise UnsafeInput(
                 f"{name!r} is a symlink that leaves the checkpoint folder (to {real}); "
                 "pass --follow-symlinks if you trust it"

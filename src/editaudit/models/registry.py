@@ -152,12 +152,17 @@ def ensure_model(name: str, say: Progress = lambda s: None) -> Path:
 
 
 def resolve_model(spec: str, say: Progress = lambda s: None) -> Path:
-    """A model argument as the user typed it: a registry name, or a path to a folder/.safetensors file."""
+    """A model argument as the user typed it: a path to a folder/.safetensors file, a registry name, or a
+    Hugging Face Hub id (``org/name[@revision]``, fetched safetensors-only at a pinned commit), in that order."""
     path = Path(spec).expanduser()
     if path.exists():
         return path
     if canonical_name(spec) is not None:
         return ensure_model(spec, say)
+    from ..checkpoint.hub import parse_hub_id, resolve_hub
     from ..errors import BadInput
 
-    raise BadInput(f"{spec!r} is neither an existing path nor a known model name ({', '.join(pinned_models())})")
+    if parse_hub_id(spec) is not None:
+        return resolve_hub(spec, say).path
+    raise BadInput(f"{spec!r} is neither an existing path, a known model name ({', '.join(pinned_models())}) "
+                   "nor a Hub repository id (org/name or org/name@revision)")

@@ -68,7 +68,9 @@ def run_scan(suspect: str | Path, base: str | Path, options: ScanOptions | None 
     scan_id = None
     if store is not None:
         if sid is None:
-            sid = store.new_session("scan", f"scan {suspect_path.name}", str(base_path), str(suspect_path))
+            from ..checkpoint.hub import checkpoint_label
+
+            sid = store.new_session("scan", f"scan {checkpoint_label(suspect_path)}", str(base_path), str(suspect_path))
         base_id = store.checkpoint_id(base_ck.record())
         suspect_id = store.checkpoint_id(suspect_ck.record())
         from ..store.sessions import now
@@ -211,8 +213,14 @@ def _name_rows(base_ck, findings: list[Finding]) -> None:
 
 
 def _side(ck) -> dict:
-    return {"path": str(ck.root), "layout": ck.layout, "family": ck.family, "total_bytes": ck.total_bytes,
+    from ..checkpoint.hub import hub_origin
+
+    side = {"path": str(ck.root), "layout": ck.layout, "family": ck.family, "total_bytes": ck.total_bytes,
             "n_tensors": len(ck.tensors), "dtypes": sorted({i.dtype for _, i in ck.tensors.values()})}
+    origin = hub_origin(ck.root)
+    if origin is not None:  # a Hub id: the pinned commit is what makes the scan repeatable
+        side["hub"] = origin
+    return side
 
 
 def _read_edits(base_ck, suspect_ck, family: str, changed: list[Changed], findings: list[Finding],
