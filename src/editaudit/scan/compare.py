@@ -2,13 +2,18 @@
 
 Each side's tensors are hashed with BLAKE3 (cryptographic, so an adversarial suspect cannot
 craft a collision with the base, and about as fast as reading page-cached bytes) in 8 MiB chunks,
-the two sides in parallel threads (hashing and reading release the GIL). Only tensors whose
-digests differ — or whose dtypes differ and whose values differ — go on to float work. When the
-store already holds the base's digests for the same files, the base is not read at all.
+shard by shard and in file order, one reader thread per side (reading and hashing release the GIL).
+Memory stays at one chunk buffer per reader whatever the checkpoint's size. A tensor is decided as
+soon as both its digests are known, and ``on_changed`` hears of it then, so the float work on an
+edited tensor overlaps the reading of the rest. Byte-equal tensors are never converted to numbers.
+Only tensors whose digests differ — or whose dtypes differ and whose values differ — go on to
+float work. When the store already holds the base's digests for the same files, the base is not
+read at all.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +27,7 @@ from ..checkpoint.reader import CHUNK, TensorFile, to_torch
 from ..errors import IncompatibleCheckpoints
 
 ProgressFn = Callable[[int], None]  # called with bytes processed since the last call
+DigestFn = Callable[[str, tuple[str, int]], None]  # called with (tensor name, (digest, nbytes)) as each completes
 DIGEST = "blake3"
 
 
@@ -66,17 +72,26 @@ def require_compatible(base: Checkpoint, suspect: Checkpoint) -> None:
         )
 
 
+def file_order(ckpt: Checkpoint, names: list[str]) -> list[str]:
+    """``names`` in storage order (shard by shard, by offset), so each file is read front to back once."""
+    return sorted(names, key=lambda n: (ckpt.tensors[n][0], ckpt.tensors[n][1].start))
+
+
 def digest_tensors(ckpt: Checkpoint, names: list[str], progress: ProgressFn,
-                   cancelled: Callable[[], bool]) -> dict[str, tuple[str, int]]:
+                   cancelled: Callable[[], bool], on_digest: DigestFn | None = None) -> dict[str, tuple[str, int]]:
     """BLAKE3 digest of each named tensor's stored bytes, reading in file order with one buffer."""
-    order = sorted(names, key=lambda n: (ckpt.tensors[n][0], ckpt.tensors[n][1].start))
     buf = bytearray(CHUNK)
     files: dict[str, TensorFile] = {}
     out: dict[str, tuple[str, int]] = {}
     try:
-        for name in order:
+        for name in file_order(ckpt, names):
             fname, info = ckpt.tensors[name]
-            f = files.get(fname) or files.setdefault(fname, TensorFile(ckpt.file_path(fname)))
+            f = files.get(fname)
+            if f is None:  # shards are read one after another: close the finished one
+                for old in files.values():
+                    old.close()
+                files = {fname: TensorFile(ckpt.file_path(fname))}
+                f = files[fname]
             h = blake3()
             for part in f.chunks(info, buf):
                 if cancelled():
@@ -84,6 +99,8 @@ def digest_tensors(ckpt: Checkpoint, names: list[str], progress: ProgressFn,
                 h.update(part)
                 progress(len(part))
             out[name] = (h.hexdigest(), info.nbytes)
+            if on_digest is not None:
+                on_digest(name, out[name])
     finally:
         for f in files.values():
             f.close()
@@ -91,20 +108,26 @@ def digest_tensors(ckpt: Checkpoint, names: list[str], progress: ProgressFn,
 
 
 def _split(names: list[str], ckpt: Checkpoint, parts: int) -> list[list[str]]:
-    """Split names into ``parts`` groups of similar byte size (largest first, greedy)."""
-    groups: list[list[str]] = [[] for _ in range(parts)]
-    sizes = [0] * parts
-    for n in sorted(names, key=lambda n: -ckpt.tensors[n][1].nbytes):
-        i = sizes.index(min(sizes))
+    """Split names into ``parts`` contiguous runs of storage of similar byte size (each read front to back)."""
+    ordered = file_order(ckpt, names)
+    total = sum(ckpt.tensors[n][1].nbytes for n in ordered)
+    groups: list[list[str]] = [[] for _ in range(max(parts, 1))]
+    acc = 0
+    for n in ordered:
+        i = min(len(groups) - 1, acc * len(groups) // max(total, 1))
         groups[i].append(n)
-        sizes[i] += ckpt.tensors[n][1].nbytes
+        acc += ckpt.tensors[n][1].nbytes
     return [g for g in groups if g]
 
 
 def compare(base: Checkpoint, suspect: Checkpoint, cached: dict[str, str] | None = None,
             progress: ProgressFn = lambda n: None, cancelled: Callable[[], bool] = lambda: False,
-            threads: int = 2) -> CompareResult:
-    """Find the tensors whose stored values differ."""
+            threads: int = 2, on_changed: Callable[[str], None] | None = None) -> CompareResult:
+    """Find the tensors whose stored values differ.
+
+    ``on_changed(name)`` is called from the calling thread the moment a same-dtype tensor is known
+    to differ (before the rest is read); tensors of different dtypes are decided at the end.
+    """
     names = list(suspect.tensors)
     same_dtype = [n for n in names if base.tensors[n][1].dtype == suspect.tensors[n][1].dtype]
     cross_dtype = [n for n in names if base.tensors[n][1].dtype != suspect.tensors[n][1].dtype]
@@ -116,23 +139,66 @@ def compare(base: Checkpoint, suspect: Checkpoint, cached: dict[str, str] | None
             progress(n)
 
     result = CompareResult([], 0, 0, used_cache=use_cache)
-    with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
-        if use_cache:
-            jobs = [pool.submit(digest_tensors, suspect, g, tick, cancelled) for g in _split(same_dtype, suspect, threads)]
-            base_jobs = []
-        else:
-            jobs = [pool.submit(digest_tensors, suspect, same_dtype, tick, cancelled)]
-            base_jobs = [pool.submit(digest_tensors, base, same_dtype, tick, cancelled)]
-        for j in jobs:
-            result.suspect_hashes.update(j.result())
-        for j in base_jobs:
-            result.base_hashes.update(j.result())
-    base_digest = {n: d for n, (d, _) in result.base_hashes.items()} if not use_cache else cached
-    for n in same_dtype:
-        if result.suspect_hashes[n][0] == base_digest[n]:
+    events: queue.Queue = queue.Queue()  # ("digest", side, name, (digest, nbytes)) | ("done", side, None, None)
+    seen: dict[str, dict[str, str]] = {"base": {}, "suspect": {}}
+    if use_cache:
+        seen["base"] = {n: cached[n] for n in same_dtype}
+
+    def decide(name: str) -> None:
+        if seen["suspect"][name] == seen["base"][name]:
             result.unchanged += 1
         else:
-            result.changed.append(n)
+            result.changed.append(name)
+            if on_changed is not None:
+                on_changed(name)
+
+    stop = threading.Event()  # a reader failed or the caller gave up: the others stop at their next chunk
+
+    def stopped() -> bool:
+        return stop.is_set() or cancelled()
+
+    def reader(side: str, ckpt: Checkpoint, group: list[str]):
+        def emit(name: str, digest: tuple[str, int]) -> None:
+            events.put(("digest", side, name, digest))
+        error = None
+        try:
+            return digest_tensors(ckpt, group, tick, stopped, emit)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            events.put(("done", side, None, error))
+
+    if use_cache:
+        plan = [("suspect", suspect, g) for g in _split(same_dtype, suspect, threads)]
+    else:
+        plan = [("suspect", suspect, same_dtype), ("base", base, same_dtype)] if same_dtype else []
+    first_error: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=max(len(plan), 1)) as pool:
+        jobs = [(side, pool.submit(reader, side, ckpt, group)) for side, ckpt, group in plan]
+        running = len(jobs)
+        try:
+            while running:
+                kind, side, name, payload = events.get()
+                if kind == "done":
+                    running -= 1
+                    if payload is not None and first_error is None:
+                        first_error = payload
+                        stop.set()
+                    continue
+                if first_error is not None:
+                    continue
+                seen[side][name] = payload[0]
+                other = "base" if side == "suspect" else "suspect"
+                if name in seen[other]:
+                    decide(name)
+        except BaseException:
+            stop.set()
+            raise
+    if first_error is not None:
+        raise first_error
+    for side, job in jobs:
+        (result.suspect_hashes if side == "suspect" else result.base_hashes).update(job.result())
     result.bytes_read = sum(nb for _, nb in result.suspect_hashes.values()) + sum(nb for _, nb in result.base_hashes.values())
 
     for name in cross_dtype:  # e.g. an fp32 base and a bf16 suspect: compare values, not bytes

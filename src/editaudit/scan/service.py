@@ -61,7 +61,10 @@ def run_scan(suspect: str | Path, base: str | Path, options: ScanOptions | None 
     base_path = resolve_model(str(base), say)
     suspect_path = resolve_model(str(suspect), say)
     base_ck = open_checkpoint(base_path, options.follow_symlinks)
-    suspect_ck = open_checkpoint(suspect_path, options.follow_symlinks)
+    from ..checkpoint.adapter import is_adapter_dir, open_adapter
+
+    suspect_ck = (open_adapter(suspect_path, base_ck) if is_adapter_dir(suspect_path)  # a peft adapter: A/B as the change
+                  else open_checkpoint(suspect_path, options.follow_symlinks))
     require_compatible(base_ck, suspect_ck)
 
     sid = session_id
@@ -109,46 +112,22 @@ def _scan(base_ck, suspect_ck, options: ScanOptions, store, progress: Progress, 
     say(f"comparing {len(suspect_ck.tensors)} tensors ({total / 1e6:.1f} MB per side)"
         + (" against cached base digests" if cached else ""))
     t_cmp = time.perf_counter()
-    cmp = compare(base_ck, suspect_ck, cached=cached or None, progress=tick, cancelled=cancelled)
-    t_cmp = time.perf_counter() - t_cmp
+    analyser = _Analyser(base_ck, suspect_ck, cancelled)
+    try:  # the float work on each changed tensor starts as soon as compare finds it, while reading goes on
+        adapter = getattr(suspect_ck, "adapter", None)  # a peft adapter: its modules are the changed tensors
+        cmp = adapter.compare(tick) if adapter is not None else compare(
+            base_ck, suspect_ck, cached=cached or None, progress=tick, cancelled=cancelled, on_changed=analyser.submit)
+        t_cmp = time.perf_counter() - t_cmp
+        t_float = time.perf_counter()
+        changed = analyser.finish(cmp.changed, progress)
+        t_float = time.perf_counter() - t_float  # float work left once reading ended (the rest overlapped it)
+    finally:
+        analyser.close()
     if store is not None and options.use_cache:
         if cmp.base_hashes:
             store.save_hashes(fingerprint, cmp.base_hashes)
         if cmp.suspect_hashes:  # so that this checkpoint, audited as a base later, is cached too
             store.save_hashes(suspect_ck.fingerprint(), cmp.suspect_hashes)
-
-    # float work on changed tensors only
-    changed: list[Changed] = []
-    t_float = time.perf_counter()
-    bfiles: dict[str, TensorFile] = {}
-    sfiles: dict[str, TensorFile] = {}
-    try:
-        for i, name in enumerate(cmp.changed):
-            if cancelled():
-                raise KeyboardInterrupt
-            progress("analyse", i, len(cmp.changed))
-            bname, binfo = base_ck.tensors[name]
-            sname, sinfo = suspect_ck.tensors[name]
-            bf = bfiles.setdefault(bname, TensorFile(base_ck.file_path(bname)))
-            sf = sfiles.setdefault(sname, TensorFile(suspect_ck.file_path(sname)))
-            if binfo.dtype not in _FLOATS or sinfo.dtype not in _FLOATS:
-                from .spectral import DeltaStats
-
-                changed.append(Changed(parse_name(name), DeltaStats(tuple(sinfo.shape), float("nan"), float("nan"), float("nan"), kind="vector")))
-                continue
-            b = to_torch(bf.read_bytes(binfo), binfo)
-            s = to_torch(sf.read_bytes(sinfo), sinfo)
-            pname = parse_name(name)
-            keep = 16 if pname.role == "mlp_out" else 0  # dense MLP changes: enough components to read an FT-L edit
-            stats, vectors = delta_stats(b, s, binfo.dtype, sinfo.dtype, keep_vectors=keep)
-            rows = _changed_rows(b, s) if pname.role in ("embed", "unembed") and b.ndim == 2 else None
-            del b, s
-            changed.append(Changed(pname, stats, vectors if pname.role == "mlp_out" or stats.kind != "dense" else None, rows))
-        progress("analyse", len(cmp.changed), len(cmp.changed))
-    finally:
-        for f in list(bfiles.values()) + list(sfiles.values()):
-            f.close()
-    t_float = time.perf_counter() - t_float
 
     n_layers = num_layers(suspect_ck.config or base_ck.config, list(suspect_ck.tensors))
     findings = classify(changed, n_layers)
@@ -177,7 +156,7 @@ def _scan(base_ck, suspect_ck, options: ScanOptions, store, progress: Progress, 
         base=_side(base_ck), suspect=_side(suspect_ck), family=family, n_layers=n_layers,
         verdict=verdict(findings), kind=overall_kind(findings), findings=findings + folder_findings,
         changed=changed, n_tensors=len(suspect_ck.tensors), n_unchanged=cmp.unchanged, cast_only=cmp.cast_only,
-        timings={"compare_s": round(t_cmp, 3), "analyse_s": round(t_float, 3), "read_s": round(t_read, 3),
+        timings={"compare_s": round(t_cmp, 3), "analyse_s": round(t_float, 3), "analyse_busy_s": round(analyser.busy_s, 3), "read_s": round(t_read, 3),
                  "total_s": round(time.perf_counter() - t0, 3)},
         bytes_read=cmp.bytes_read, used_cache=cmp.used_cache, probes=probes_doc,
     )
@@ -193,6 +172,107 @@ def _changed_rows(b, s, top: int = 20) -> dict:
 
 
 _FLOATS = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+
+
+def analysis_threads(current: int) -> int:
+    """Torch threads for the float work: the cores the two reader threads leave free, at least one.
+
+    More intra-op threads than free cores make LAPACK's small parallel steps (svd_lowrank's QRs)
+    many times slower on a busy machine.
+    """
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(current, cores - 2))
+
+
+class _Analyser:
+    """Spectral statistics of changed tensors, one at a time in a background thread, in the order found.
+
+    Each tensor's bytes are read again here (just read by compare, so from the page cache) and
+    converted to float32 only now: memory holds one changed tensor's float work at a time.
+    """
+
+    def __init__(self, base_ck, suspect_ck, cancelled: Callable[[], bool]) -> None:
+        import queue
+
+        self.base_ck, self.suspect_ck, self.cancelled = base_ck, suspect_ck, cancelled
+        self.todo: queue.Queue = queue.Queue()
+        self.submitted: set[str] = set()
+        self.done: dict[str, Changed] = {}
+        self.error: BaseException | None = None
+        self.busy_s = 0.0
+        self.thread = threading.Thread(target=self._run, name="editaudit-analyse", daemon=True)
+        self.thread.start()
+
+    def submit(self, name: str) -> None:
+        if name not in self.submitted:
+            self.submitted.add(name)
+            self.todo.put(name)
+
+    def _run(self) -> None:
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(analysis_threads(before))
+        files: dict[tuple[str, str], TensorFile] = {}
+        try:
+            while (name := self.todo.get()) is not None:
+                if self.error is not None or self.cancelled():
+                    continue
+                t = time.perf_counter()
+                try:
+                    self.done[name] = self._one(name, files)
+                except BaseException as exc:  # re-raised in the caller's thread by finish()
+                    self.error = exc
+                self.busy_s += time.perf_counter() - t
+        finally:
+            for f in files.values():
+                f.close()
+            torch.set_num_threads(before)
+
+    def _one(self, name: str, files: dict) -> Changed:
+        bname, binfo = self.base_ck.tensors[name]
+        sname, sinfo = self.suspect_ck.tensors[name]
+        if binfo.dtype not in _FLOATS or sinfo.dtype not in _FLOATS:
+            from .spectral import DeltaStats
+
+            return Changed(parse_name(name), DeltaStats(tuple(sinfo.shape), float("nan"), float("nan"), float("nan"), kind="vector"))
+        bf = files.get(("b", bname)) or files.setdefault(("b", bname), TensorFile(self.base_ck.file_path(bname)))
+        sf = files.get(("s", sname)) or files.setdefault(("s", sname), TensorFile(self.suspect_ck.file_path(sname)))
+        b = to_torch(bf.read_bytes(binfo), binfo)
+        adapter = getattr(self.suspect_ck, "adapter", None)  # a peft adapter: base + ΔW, computed not stored
+        s = adapter.suspect(name, b) if adapter is not None else to_torch(sf.read_bytes(sinfo), sinfo)
+        pname = parse_name(name)
+        keep = 16 if pname.role == "mlp_out" else 0  # dense MLP changes: enough components to read an FT-L edit
+        stats, vectors = delta_stats(b, s, binfo.dtype, sinfo.dtype, keep_vectors=keep)
+        rows = _changed_rows(b, s) if pname.role in ("embed", "unembed") and b.ndim == 2 else None
+        del b, s
+        return Changed(pname, stats, vectors if pname.role == "mlp_out" or stats.kind != "dense" else None, rows)
+
+    def finish(self, names: list[str], progress: Progress) -> list[Changed]:
+        """Wait for the float work on ``names`` (submitting any not yet seen); results in ``names`` order."""
+        for name in names:
+            self.submit(name)
+        self.todo.put(None)
+        while self.thread.is_alive():
+            progress("analyse", len(self.done), len(names))
+            self.thread.join(0.2)
+            if self.cancelled() and self.thread.is_alive():
+                raise KeyboardInterrupt
+        if self.error is not None:
+            raise self.error
+        if self.cancelled():
+            raise KeyboardInterrupt
+        progress("analyse", len(names), len(names))
+        return [self.done[n] for n in names]
+
+    def close(self) -> None:
+        """Stop the worker after the tensor in hand (after an error or an interruption)."""
+        if self.thread.is_alive():
+            self.error = self.error or KeyboardInterrupt()
+            self.todo.put(None)
+            self.thread.join()
 
 
 def _name_rows(base_ck, findings: list[Finding]) -> None:
