@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from editaudit.models import families
 from editaudit.scan.rules import EDIT_RULES
 from editaudit.scan.wording import finding_readings
 
@@ -19,7 +20,6 @@ from .fmt import ROLE_LABEL
 LLAMA_ROLES = ["attn_q", "attn_k", "attn_v", "attn_o", "mlp_in", "mlp_out"]
 FUSED_ROLES = ["attn_qkv", "attn_o", "mlp_in", "mlp_out"]
 ROLE_ORDER = ["attn_q", "attn_k", "attn_v", "attn_qkv", "attn_o", "mlp_in", "mlp_out", "norm"]
-FUSED_FAMILIES = {"gpt2", "gpt_neox", "gptneox"}
 
 
 def _json(value: Any, default: Any = None) -> Any:
@@ -79,7 +79,7 @@ def latest_scan_status(store, sid: str) -> str | None:
 def map_roles(doc: dict) -> list[str]:
     """Heat-map rows: the family's usual matrices plus any other role that changed."""
     family = (doc.get("family") or "").lower()
-    roles = list(FUSED_ROLES if family in FUSED_FAMILIES else LLAMA_ROLES)
+    roles = list(FUSED_ROLES if families.fused_qkv(family) else LLAMA_ROLES)
     for r in doc.get("map", {}).get("roles", []):
         if r not in roles:
             roles.append(r)

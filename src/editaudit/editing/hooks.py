@@ -13,6 +13,7 @@ from typing import Iterator, Sequence
 import torch
 
 from ..errors import BadInput
+from ..models.families import is_conv1d_module
 
 
 class StopForward(Exception):
@@ -20,8 +21,8 @@ class StopForward(Exception):
 
 
 def is_conv1d(module) -> bool:
-    """GPT-2's Conv1D stores its weight as [in, out] and computes ``x @ W + b``."""
-    return type(module).__name__ == "Conv1D"
+    """GPT-2's Conv1D stores its weight as [in, out] and computes ``x @ W + b`` (the family registry knows it)."""
+    return is_conv1d_module(module)
 
 
 def weight_out_in(module) -> torch.Tensor:

@@ -3,8 +3,9 @@
 Every method here edits an MLP's output matrix (the "value" projection of the MLP read as a key–value
 memory): Llama-style ``model.layers.N.mlp.down_proj`` (a ``Linear``, weight stored [out, in]) or
 GPT-2's ``transformer.h.N.mlp.c_proj`` (a ``Conv1D``, weight stored transposed as [in, out]).
-Other families work by giving the module templates in the hyper-parameters
-(``rewrite_module``, ``mlp_module``, ``block_module``, all with ``{}`` for the layer number).
+Where each family keeps that matrix comes from the family registry (``models/families.py``); a family
+it does not know works by giving the module templates in the hyper-parameters (``rewrite_module``,
+``mlp_module``, ``block_module``, all with ``{}`` for the layer number).
 """
 
 from __future__ import annotations
@@ -12,21 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import BadInput
+from ..models import families
 
-# family -> (rewrite module, mlp module, block module)
-_TEMPLATES: dict[str, tuple[str, str, str]] = {
-    "gpt2": ("transformer.h.{}.mlp.c_proj", "transformer.h.{}.mlp", "transformer.h.{}"),
-    "gptj": ("transformer.h.{}.mlp.fc_out", "transformer.h.{}.mlp", "transformer.h.{}"),
-    "gpt_neox": ("gpt_neox.layers.{}.mlp.dense_4h_to_h", "gpt_neox.layers.{}.mlp", "gpt_neox.layers.{}"),
-}
-_LLAMA_LIKE = ("model.layers.{}.mlp.down_proj", "model.layers.{}.mlp", "model.layers.{}")
-
-#: Default edit layer as a share of depth, per family. The papers edit early-middle MLPs: ROME GPT-J
-#: layer 5 of 28, EasyEdit's Llama-2-7B layer 5 of 32, AlphaEdit's Llama-3-8B layers 4–8; GPT-2 is the
-#: exception (ROME: GPT-2 medium 8 of 24, GPT-2 XL 17 of 48). On SmolLM2-135M layer 4 of 30 gives 20/20
-#: single ROME edits with 99.6% of unrelated facts kept (docs/editing.md).
-DEPTH = {"gpt2": 0.35}
-DEFAULT_DEPTH = 0.15
+# Default edit layer as a share of depth is the family's ``default_depth``. The papers edit early-middle
+# MLPs: ROME GPT-J layer 5 of 28, EasyEdit's Llama-2-7B layer 5 of 32, AlphaEdit's Llama-3-8B layers 4–8;
+# GPT-2 is the exception (ROME: GPT-2 medium 8 of 24, GPT-2 XL 17 of 48). On SmolLM2-135M layer 4 of 30
+# gives 20/20 single ROME edits with 99.6% of unrelated facts kept (docs/editing.md).
 #: MEMIT/AlphaEdit spread the change over this many consecutive layers centred on the ROME layer
 #: (GPT-J: ROME layer 5, MEMIT 3–8).
 MEMIT_SPAN = 5
@@ -73,9 +65,10 @@ def _n_layers(config) -> int:
 def layout_for(model, overrides: dict | None = None) -> Layout:
     """The layout of a loaded transformers model; ``overrides`` may name the three templates."""
     overrides = overrides or {}
-    family = str(getattr(model.config, "model_type", "") or "unknown")
+    family = str(getattr(model.config, "model_type", "") or "unknown")  # the model type, as config.json says
+    fam = families.family(family)
     n = _n_layers(model.config)
-    rewrite, mlp, block = _TEMPLATES.get(family, _LLAMA_LIKE)
+    rewrite, mlp, block = fam.rewrite_template, fam.mlp_template, fam.block_template
     rewrite = overrides.get("rewrite_module") or rewrite
     mlp = overrides.get("mlp_module") or mlp
     block = overrides.get("block_module") or block
@@ -98,8 +91,8 @@ def layout_for(model, overrides: dict | None = None) -> Layout:
 
 
 def default_layers(method: str, n_layers: int, family: str = "llama") -> list[int]:
-    """Sensible layers for ``method`` on a ``family`` model with ``n_layers`` layers."""
-    top = max(0, min(n_layers - 1, round(DEPTH.get(family, DEFAULT_DEPTH) * n_layers)))
+    """Sensible layers for ``method`` on a model of type ``family`` with ``n_layers`` layers."""
+    top = max(0, min(n_layers - 1, round(families.family(family).default_depth * n_layers)))
     if method in ("rome", "ft"):
         return [top]
     span = min(MEMIT_SPAN, n_layers)

@@ -11,34 +11,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..models import families
+
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer|decoder\.layers)\.(\d+)\.(.+)$")
 
-# module suffix (without .weight/.bias) -> role
-_ROLES: dict[str, str] = {
-    # Llama / Mistral / Qwen / Gemma
-    "mlp.down_proj": "mlp_out", "mlp.up_proj": "mlp_in", "mlp.gate_proj": "mlp_in",
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_o", "input_layernorm": "norm", "post_attention_layernorm": "norm",
-    "pre_feedforward_layernorm": "norm", "post_feedforward_layernorm": "norm",
-    # GPT-2 (Conv1D: weights stored [in, out])
-    "mlp.c_proj": "mlp_out", "mlp.c_fc": "mlp_in", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_o",
-    "ln_1": "norm", "ln_2": "norm",
-    # GPT-J
-    "mlp.fc_out": "mlp_out", "mlp.fc_in": "mlp_in", "attn.q_proj": "attn_q", "attn.k_proj": "attn_k",
-    "attn.v_proj": "attn_v", "attn.out_proj": "attn_o",
-    # GPT-NeoX
-    "mlp.dense_4h_to_h": "mlp_out", "mlp.dense_h_to_4h": "mlp_in", "attention.query_key_value": "attn_qkv",
-    "attention.dense": "attn_o", "input_layernorm.": "norm",
-}
-
-_GLOBAL: dict[str, str] = {
-    "model.embed_tokens": "embed", "transformer.wte": "embed", "gpt_neox.embed_in": "embed",
-    "transformer.wpe": "embed", "lm_head": "unembed", "embed_out": "unembed",
-    "model.norm": "final_norm", "transformer.ln_f": "final_norm", "gpt_neox.final_layer_norm": "final_norm",
-}
-
-# families whose linear layers are GPT-2 Conv1D modules (weight stored as [in_features, out_features])
-CONV1D_FAMILIES = {"gpt2"}
+# module suffix (without .weight/.bias) -> role, and global module -> role: the family registry's, over all families
+_ROLES: dict[str, str] = families.all_roles()
+_GLOBAL: dict[str, str] = families.global_roles()
 
 SHORT = {
     "mlp_out": "mlp.out", "mlp_in": "mlp.in", "attn_q": "attn.q", "attn_k": "attn.k", "attn_v": "attn.v",
@@ -81,7 +60,7 @@ def parse_name(name: str) -> TensorName:
 
 def is_transposed(family: str) -> bool:
     """True when 2-D weights are stored [in, out] (GPT-2's Conv1D), so the output side is the columns."""
-    return family in CONV1D_FAMILIES
+    return families.is_transposed(family)
 
 
 def num_layers(config: dict | None, names: list[str]) -> int:

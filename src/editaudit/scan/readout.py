@@ -18,11 +18,8 @@ import torch
 
 from ..checkpoint import Checkpoint
 from ..checkpoint.reader import TensorFile, to_torch
+from ..models import families
 from .names import is_transposed, parse_name
-
-UNEMBED = ("lm_head.weight", "embed_out.weight")
-EMBED = ("model.embed_tokens.weight", "transformer.wte.weight", "gpt_neox.embed_in.weight", "model.embed.weight")
-FINAL_NORM = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.final_layernorm")
 
 
 @dataclass
@@ -68,11 +65,15 @@ class Lens:
 def load_lens(base: Checkpoint, say: Callable[[str], None] = lambda s: None) -> Lens | None:
     """Build a Lens from the base checkpoint (its tokenizer too), or None if it lacks what is needed."""
     names = set(base.tensors)
-    unembed_name = next((n for n in UNEMBED if n in names), None) or next((n for n in EMBED if n in names), None)
+    fam = families.family(base.family)
+    # the family's own names first, then any family's (a checkpoint whose config names no known type)
+    unembed_name = next((n for n in (*fam.unembed_names(), *families.unembed_candidates(),
+                                     *families.embed_candidates()) if n in names), None)
     if unembed_name is None:
         say("no unembedding matrix found: skipping the logit-lens readout")
         return None
-    norm_name = next((f"{n}.weight" for n in FINAL_NORM if f"{n}.weight" in names), None)
+    norm_name = next((f"{n}.weight" for n in (fam.final_norm, *families.final_norm_candidates())
+                      if f"{n}.weight" in names), None)
     tokenizer = None
     tok_file = base.folder / "tokenizer.json"
     if base.layout != "file" and tok_file.is_file():
@@ -90,11 +91,9 @@ def load_lens(base: Checkpoint, say: Callable[[str], None] = lambda s: None) -> 
 
     unembed = read(unembed_name)
     norm = read(norm_name) if norm_name else None
-    family = base.family
-    if norm is not None and family.startswith("gemma"):
-        norm = norm + 1.0  # Gemma's RMSNorm scales by (1 + weight)
-    layer_norm = family in ("gpt2", "gptj", "gpt_neox", "gpt_neo", "opt", "falcon", "phi")
-    return Lens(Lens.prepare(unembed), norm, layer_norm, tokenizer)
+    if norm is not None:
+        norm = fam.norm_scale(norm)  # Gemma's RMSNorm scales by (1 + weight)
+    return Lens(Lens.prepare(unembed), norm, fam.layer_norm, tokenizer)
 
 
 def output_input_sides(vectors: tuple, family: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..models.families import input_embed_scale
 from .keys import context_ids, keys_of, last_keys, vocab_keys
 
 #: A found text is a subject when it fires the (remaining) edit subspace at least this much.
@@ -117,8 +118,7 @@ class SubjectSearch:
         onehot[torch.arange(len(seq)), torch.tensor(seq)] = 1
         onehot.requires_grad_(True)
         # an embedding module may scale its rows (Gemma: √hidden); inputs_embeds must carry the same scale
-        scale = getattr(self.model.get_input_embeddings(), "embed_scale", None)
-        scale = float(scale) if scale is not None else 1.0
+        scale = input_embed_scale(self.model)
         emb = torch.cat([E[torch.tensor(self.prefix, device=E.device)].detach(), onehot @ E.detach()])[None] * scale
         key = last_keys(self.model, [self.space.path], embeds=emb, grad=True)[self.space.path]
         self.space.fire(key.cpu())[0].backward()

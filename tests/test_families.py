@@ -1,0 +1,120 @@
+"""Every family the docs name, as a tiny random model: a ROME edit is written, probed, and found by the scan.
+
+Each model is built here from transformers' own config class (4 layers, hidden 64), so what is tested is
+the family registry (models/families.py) meeting the real module layout of each architecture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from editaudit.editing import apply_edits
+from editaudit.editing.layers import default_layers
+from editaudit.models import families
+from editaudit.probing.format import Probe
+from editaudit.probing.service import run_probes
+from editaudit.scan.service import ScanOptions, run_scan
+from editaudit.testing import WORDS, tiny_tokenizer
+
+FAST = {"covariance": "identity", "v_weight_decay": 0.0, "clamp": 100.0, "contexts": 1, "context_length": 3,
+        "v_steps": 10}
+FACT = Probe(id="f1", subject="France", prompt="The capital city of {}", target_true="Paris", target_new="Tokyo")
+OTHERS = [Probe(id=f"o{i}", subject=s, prompt="The capital city of {}", target_true=t)
+          for i, (s, t) in enumerate([("Germany", "Berlin"), ("Japan", "Tokyo"), ("Spain", "Madrid")])]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def bpe_tokenizer():
+    """A byte-level BPE over the same words: transformers loads Qwen2 checkpoints with its own BPE class,
+    which rebuilds the tokenizer from vocabulary and merges (a word-level tokenizer has none)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([" ".join(WORDS)] * 3 + list(WORDS) + [" " + w for w in WORDS], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")
+
+
+def config(model_type: str, vocab: int):
+    import transformers as tf
+
+    ids = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                 max_position_embeddings=128, **ids)
+    gqa = dict(shape, num_key_value_heads=2)
+    return {
+        "llama": lambda: tf.LlamaConfig(**gqa, tie_word_embeddings=False),
+        "mistral": lambda: tf.MistralConfig(**gqa, tie_word_embeddings=False),
+        "qwen2": lambda: tf.Qwen2Config(**gqa, tie_word_embeddings=True),
+        "gemma": lambda: tf.GemmaConfig(**gqa, head_dim=16),
+        "gemma2": lambda: tf.Gemma2Config(**gqa, head_dim=16, sliding_window=32),
+        "gemma3_text": lambda: tf.Gemma3TextConfig(**gqa, head_dim=16, sliding_window=32),
+        "phi3": lambda: tf.Phi3Config(**gqa, tie_word_embeddings=False),
+        "gpt2": lambda: tf.GPT2Config(n_embd=64, n_inner=128, n_layer=4, n_head=4, n_positions=128, **ids),
+        "gpt_neox": lambda: tf.GPTNeoXConfig(**shape, rotary_pct=0.25),
+        "gptj": lambda: tf.GPTJConfig(n_embd=64, n_inner=128, n_layer=4, n_head=4, rotary_dim=8, n_positions=128,
+                                      **ids),
+    }[model_type]()
+
+
+def make(model_type: str, path: Path) -> Path:
+    from transformers import AutoModelForCausalLM
+
+    tok = bpe_tokenizer() if model_type == "qwen2" else tiny_tokenizer()
+    torch.manual_seed(0)
+    cfg = config(model_type, len(tok))
+    assert cfg.model_type == model_type
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def tensor_names(folder: Path) -> set[str]:
+    with safe_open(str(folder / "model.safetensors"), "pt") as fh:
+        return set(fh.keys())
+
+
+def test_every_family_the_tests_build_is_in_the_registry():
+    assert set(families.TESTED) <= {t for fam in families.FAMILIES for t in fam.model_types}
+    assert families.family("gpt2").conv1d and not families.family("llama").conv1d
+    assert families.family("gemma3_text").norm_offset == 1.0 and families.family("gemma2").embed_scale
+    assert families.family("some_new_type").rewrite_template == "model.layers.{}.mlp.down_proj"
+
+
+@pytest.mark.parametrize("model_type", families.TESTED)
+def test_scan_probe_and_rome_edit_run_on_each_family(model_type, tmp_path):
+    fam = families.family(model_type)
+    base = make(model_type, tmp_path / "base")
+    layer = default_layers("rome", 4, model_type)[0]
+    rewritten = fam.rewrite_template.format(layer) + ".weight"
+    assert rewritten in tensor_names(base)
+
+    # edit: ROME writes the family's MLP output matrix, and only it
+    run = apply_edits(str(base), [FACT], "rome", hparams=FAST, out=tmp_path / "suspect")
+    assert run.layers == [layer] and run.tensors == [rewritten]
+    assert run.results[0].success and run.results[0].after == "Tokyo"
+
+    # probe: the edited model answers every probe, and is scored against both targets
+    results = run_probes(run.model.model, run.model.tokenizer, [FACT, *OTHERS])
+    assert len(results) == 4 and all(r.prediction.top for r in results)
+    assert results[0].new is not None and results[1].new is None
+
+    # scan: one ROME-like edit, in that matrix, read through the family's unembedding and norm
+    report = run_scan(tmp_path / "suspect", base, ScanOptions(facts=[FACT, *OTHERS], read="list"), store=None)
+    assert report.verdict == "edited" and [f.rule for f in report.findings] == ["EA101"]
+    finding = report.findings[0]
+    assert finding.layers == [layer] and finding.tensors == [rewritten]
+    assert [c.name.name for c in report.changed] == [rewritten]
+    assert finding.data["promoted_tokens"], "the logit lens read nothing"
+    ranked = [row["subject"] for row in finding.data["candidate_subjects"]]
+    assert ranked[0] == "France", ranked
