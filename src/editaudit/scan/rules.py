@@ -29,6 +29,8 @@ RULES: dict[str, tuple[str, str, str]] = {
     "EA220": ("chat-template", "note", "Chat template present (compiled only in Jinja's sandbox)"),
     "EA221": ("chat-template-error", "warning", "Chat template does not compile in Jinja's sandbox"),
     "EA222": ("chat-template-unusual", "warning", "Chat template uses unusual constructs"),
+    "EA230": ("adapter-knowledge-edit", "warning", "peft adapter shaped like a knowledge edit (few rank-one MLP output changes in a narrow layer range)"),
+    "EA231": ("task-adapter", "note", "peft adapter shaped like a task adapter (read as the change to its base)"),
 }
 LEVELS = {"note": 0, "warning": 1, "error": 2}
 EDIT_RULES = frozenset({"EA101", "EA102", "EA103", "EA111"})
