@@ -143,11 +143,11 @@ def _check_facts(facts: Sequence[Probe]) -> list[Probe]:
     return facts
 
 
-def _loaded(model: str | Path | LoadedModel, device: str | None, say: Say) -> LoadedModel:
+def _loaded(model: str | Path | LoadedModel, device: str | None, say: Say, dtype: str = "float32") -> LoadedModel:
     if isinstance(model, LoadedModel):
         return model
     if isinstance(model, (str, Path)):
-        return load_model(model, device=device, say=say)
+        return load_model(model, dtype=dtype, device=device, say=say)
     raise BadInput("model must be a folder, a registry name or a LoadedModel")
 
 
@@ -183,7 +183,7 @@ def apply_edits(model: str | Path | LoadedModel, facts: Sequence[Probe], method:
                 layers: Sequence[int] | None = None, hparams: dict | None = None, out: str | Path | None = None,
                 progress: Progress | None = None, *, store=None, session_id: str | None = None,
                 overwrite: bool = False, manifest: str | Path | None = None, evaluate: bool = True,
-                device: str | None = None, say: Say = lambda s: None) -> EditRun:
+                device: str | None = None, say: Say = lambda s: None, dtype: str = "float32") -> EditRun:
     """Edit ``facts`` into ``model`` with ``method`` (ft, rome, memit, alphaedit); see the module docstring.
 
     ``hparams`` overrides the method's defaults (``editing.hparams.DEFAULTS``), including ``mode``
@@ -201,7 +201,7 @@ def apply_edits(model: str | Path | LoadedModel, facts: Sequence[Probe], method:
         raise BadInput("the manifest must not go inside the checkpoint folder: the checkpoint stays blind")
     prog = progress or (lambda stage, done, total: None)
 
-    lm = _loaded(model, device, say)
+    lm = _loaded(model, device, say, dtype)
     net, tok = lm.model, lm.tokenizer
     layout = layout_for(net, hp)
     chosen = _layers(method, layout, layers)
@@ -425,3 +425,20 @@ def _results(tok, facts, before, after, seconds, probs) -> list[FactResult]:
             target_prob=None if prob is None else round(float(prob), 4),
         ))
     return results
+
+
+def paraphrase_requests(facts: Sequence[Probe]) -> list[Probe]:
+    """The facts plus, as further edit requests, each paraphrase prompt that names the subject.
+
+    Writing the new target after several phrasings of the same fact is the paraphrase-augmented edit of
+    the retention study (Wen & Zhang): the edit then holds in more contexts than its one prompt.
+    Paraphrases without the subject cannot locate it and are left out.
+    """
+    out = list(facts)
+    for f in facts:
+        for i, para in enumerate(f.paraphrases):
+            if f.subject and f.subject in para and para.replace(f.subject, "{}", 1) != f.template:
+                out.append(Probe(id=f"{f.id}/para{i}", subject=f.subject, prompt=para.replace(f.subject, "{}", 1),
+                                 target_true=f.target_true, relation=f.relation, target_new=f.target_new,
+                                 kind=f.kind))
+    return out

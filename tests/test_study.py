@@ -1,0 +1,256 @@
+"""The study runner on tiny models: grid expansion, resuming, drift arithmetic, token categories, config errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from editaudit.probing.format import Probe
+from editaudit.study import metrics as M
+from editaudit.study.config import ConfigError, load_config, parse_config
+from editaudit.study.grid import expand, layer_set
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FACTS = [
+    {"id": "f1", "subject": "France", "prompt": "The capital city of {} is", "target_true": "Paris",
+     "target_new": "Tokyo", "relation": "capital", "kind": "edited", "paraphrases": ["The capital of France is"]},
+    {"id": "f2", "subject": "Germany", "prompt": "The official language of {} is", "target_true": "German",
+     "target_new": "Japanese", "relation": "language", "kind": "edited"},
+    {"id": "f3", "subject": "Sony", "prompt": "The company {} is located in", "target_true": "Japan",
+     "target_new": "Canada", "relation": "company_country", "kind": "edited"},
+]
+INTRINSIC = [
+    {"id": "i1", "subject": "Italy", "prompt": "The capital city of {} is", "target_true": "Rome", "relation": "capital"},
+    {"id": "i2", "subject": "Spain", "prompt": "The official language of {} is", "target_true": "Spanish",
+     "relation": "language"},
+]
+PROSE = "\n\n".join(["The capital city of France is Paris . The official language of Spain is Spanish .",
+                     "Sony is a company located in Japan . The Eiffel Tower is in Paris ."] * 20)
+
+
+def _files(tmp: Path) -> dict:
+    (tmp / "facts.jsonl").write_text("\n".join(json.dumps(f) for f in FACTS) + "\n")
+    (tmp / "intrinsic.jsonl").write_text("\n".join(json.dumps(f) for f in INTRINSIC) + "\n")
+    (tmp / "prose.txt").write_text(PROSE)
+    return {"facts": str(tmp / "facts.jsonl"), "intrinsic": str(tmp / "intrinsic.jsonl"),
+            "prose": str(tmp / "prose.txt")}
+
+
+def _doc(model: Path, files: dict, **over) -> dict:
+    doc = {
+        "study": {"name": "tiny", "model": str(model), "facts": files["facts"], "intrinsic": files["intrinsic"],
+                  "related": files["facts"], "n_intrinsic": 2},
+        "edit": {"protocol": "sequential", "layers": {"rome": [1]},
+                 "hparams": {"rome": {"covariance": "identity", "v_weight_decay": 0.0, "clamp": 100.0,
+                                      "contexts": 2, "context_length": 4, "v_steps": 10}}},
+        "finetune": {"batch_size": 2, "seq_len": 16, "eval_every": 2, "train_examples": 20, "val_size": 4,
+                     "lr": {"lm": 1e-3}, "data": {"lm": files["prose"]}},
+        "stopping": {"mode": "budget", "max_steps": 2},
+        "metrics": {"max_new_tokens": 3},
+        "grid": [{"label": "main", "edit_methods": ["none", "rome"], "n_edits": [2], "ft_methods": ["full"],
+                  "layers": ["all"], "tasks": ["lm"], "seeds": [0]}],
+    }
+    for k, v in over.items():
+        doc[k] = v
+    return doc
+
+
+def _write_toml(path: Path, doc: dict) -> Path:
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{json.dumps(k)} = {val(x)}" for k, x in v.items()) + " }"
+        return repr(v)
+
+    lines = []
+    for sec, body in doc.items():
+        blocks = body if isinstance(body, list) else [body]
+        for b in blocks:
+            lines.append(f"[[{sec}]]" if isinstance(body, list) else f"[{sec}]")
+            lines += [f"{k} = {val(v)}" for k, v in b.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# -- configuration and grid -----------------------------------------------------------------------------
+
+def test_grid_expands_as_configured(tmp_path):
+    files = _files(tmp_path)
+    doc = _doc(tmp_path / "m", files, grid=[
+        {"label": "main", "edit_methods": ["ft", "rome"], "n_edits": [1, 2], "ft_methods": ["full", "lora"],
+         "layers": ["all", "edited", "non-edited"], "tasks": ["lm", "sft"], "seeds": [0, 1]},
+        {"label": "sweeps", "edit_methods": ["rome"], "thresholds": [1, 2], "window_centres": [0, 2],
+         "window_width": 3, "tasks": ["lm"], "seeds": [0]},
+    ])
+    cfg = load_config(_write_toml(tmp_path / "s.toml", doc))
+    cells = expand(cfg)
+    main = [c for _, c in cells if c.grid == "main"]
+    sweeps = [c for _, c in cells if c.grid == "sweeps"]
+    assert len(main) == 2 * 2 * 2 * 3 * 2 * 2
+    assert [c.layers for c in sweeps] == ["threshold:1", "threshold:2", "window:0/3", "window:2/3"]
+    assert len({cid for cid, _ in cells}) == len(cells)
+    # ids depend on settings, not on order or labels; a shared setting changes every id
+    doc2 = dict(doc, grid=[dict(doc["grid"][1], label="renamed"), doc["grid"][0]])
+    again = {cid for cid, _ in expand(parse_config(doc2))}
+    assert again == {cid for cid, _ in cells}
+    doc3 = dict(doc, finetune=dict(doc["finetune"], batch_size=3))
+    assert not again & {cid for cid, _ in expand(parse_config(doc3))}
+    assert layer_set("all", 4, [1]) == [0, 1, 2, 3]
+    assert layer_set("edited", 4, [1]) == [1]
+    assert layer_set("non-edited", 4, [1]) == [0, 2, 3]
+    assert layer_set("threshold:2", 4, [1]) == [2, 3]
+    assert layer_set("window:0/3", 4, [1]) == [0, 1]
+    assert layer_set("window:10/5", 30, []) == [8, 9, 10, 11, 12]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"surprise": {}}, "unknown section [surprise]"),
+    ({"study": {"model": "x"}}, "[study] needs 'name'"),
+    ({"finetune": {"batch_sise": 2}}, "[finetune] has no key 'batch_sise'"),
+    ({"finetune": {"batch_size": "two"}}, "[finetune] batch_size must be a int"),
+    ({"stopping": {"mode": "forever"}}, "[stopping] mode must be one of"),
+    ({"grid": []}, "at least one [[grid]]"),
+    ({"grid": [{"edit_methods": ["mend"], "tasks": ["lm"], "seeds": [0]}]}, "unknown value 'mend'"),
+    ({"grid": [{"edit_methods": ["rome"], "tasks": ["lm"], "seeds": [0], "layers": ["middle"]}]},
+     "'middle' is not a layer strategy"),
+    ({"grid": [{"edit_methods": ["none"], "tasks": ["lm"], "seeds": [0], "layers": ["edited"]}]},
+     "control arm (edit method none) has no edited layers"),
+    ({"grid": [{"edit_methods": ["rome"], "tasks": ["poetry"], "seeds": [0]}]}, "unknown value 'poetry'"),
+    ({"edit": {"hparams": {"rome": {"v_stepz": 3}}}}, "[edit] hparams.rome: rome has no hyper-parameter 'v_stepz'"),
+])
+def test_config_errors_are_clear(tmp_path, change, message):
+    doc = _doc(tmp_path / "m", _files(tmp_path))
+    doc.update(change)
+    with pytest.raises(ConfigError) as exc:
+        load_config(_write_toml(tmp_path / "bad.toml", doc))
+    assert message in str(exc.value)
+    assert str(tmp_path / "bad.toml") in str(exc.value)
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "broken.toml"
+    bad.write_text("[study\nname = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+
+
+# -- metrics by hand ------------------------------------------------------------------------------------
+
+def test_drift_and_similarity_equal_hand_computed_values():
+    base = torch.zeros(2, 1, 2, 2)             # 2 probes, 1 layer, 2 positions, hidden 2
+    a = torch.tensor([[[[3.0, 4.0], [1.0, 0.0]]], [[[0.0, 2.0], [0.0, 0.0]]]])
+    b = torch.tensor([[[[4.0, -3.0], [2.0, 0.0]]], [[[0.0, -1.0], [1.0, 1.0]]]])
+    d = M.drift(base, a)
+    assert d.shape == (1, 2)
+    assert d[0, 0] == pytest.approx((5 + 2) / 2) and d[0, 1] == pytest.approx((1 + 0) / 2)
+    s = M.direction_similarity(base, a, b)
+    # probe 1: (3,4)·(4,-3) = 0 → 0; probe 2: (0,2)·(0,-1) → -1; last token: probe 1 → 1, probe 2 a=0 → 0
+    assert s[0, 0] == pytest.approx((0 - 1) / 2) and s[0, 1] == pytest.approx((1 + 0) / 2)
+    shifted = base + 1
+    assert M.direction_similarity(shifted, a + 1, a + 1)[0, 0] == pytest.approx(1.0)
+
+
+def test_activations_are_the_block_outputs_at_subject_and_last_token(tiny_llama):
+    from editaudit.editing.prompts import encode
+    from editaudit.models.loading import load_model
+    from editaudit.study.finetune import decoder_blocks
+
+    lm = load_model(tiny_llama, device="cpu")
+    probe = Probe(id="x", subject="France", prompt="The capital city of {} is", target_true="Paris")
+    block, n = decoder_blocks(lm.model)
+    acts = M.activations(lm.model, lm.tokenizer, [probe], block, n)
+    ids = torch.tensor([encode(lm.tokenizer, probe.text)])
+    with torch.no_grad():
+        hs = lm.model(input_ids=ids, output_hidden_states=True).hidden_states
+    subj, last = M.positions(lm.tokenizer, [probe])[0]
+    assert lm.tokenizer.decode(ids[0, subj]).strip() == "France" and last == ids.shape[1] - 1
+    assert acts.shape == (1, n, 2, lm.model.config.hidden_size)
+    for layer in range(n - 1):  # the last hidden state carries the final norm; the block output does not
+        assert torch.allclose(acts[0, layer, 0], hs[layer + 1][0, subj], atol=1e-5)
+        assert torch.allclose(acts[0, layer, 1], hs[layer + 1][0, last], atol=1e-5)
+
+
+def test_token_category_mass_sums_to_one(tiny_llama):
+    from editaudit.models.loading import load_model
+
+    lm = load_model(tiny_llama, device="cpu")
+    probes = [Probe(**{k: v for k, v in f.items()}) for f in FACTS] + [Probe(**f) for f in INTRINSIC]
+    related = M.related_objects(probes)
+    cats = [M.category_tokens(lm.tokenizer, p, related) for p in probes]
+    for c in cats:
+        assert not (c.edited & c.true) and not (c.edited & c.related) and not (c.true & c.related)
+    # France's capital: edited Tokyo, true Paris, related = Rome (Italy's capital), not Paris or Tokyo
+    ids = {lm.tokenizer.decode([i]).strip() for i in cats[0].related}
+    assert ids == {"Rome"}
+    probs = M.last_token_probs(lm.model, lm.tokenizer, [p.text for p in probes])
+    for row in M.category_mass(probs, cats):
+        assert sum(row.values()) == pytest.approx(1.0, abs=1e-6)
+        assert all(v >= 0 for v in row.values())
+    toy = torch.tensor([[0.5, 0.2, 0.1, 0.2]])
+    row = M.category_mass(toy, [M.CategoryTokens({0}, {1}, {2})])[0]
+    assert row == pytest.approx({"edited": 0.5, "true": 0.2, "related": 0.1, "other": 0.2})
+
+
+def test_weight_residual_and_intervals():
+    base = {"w": torch.zeros(2, 2)}
+    edited = {"w": torch.tensor([[1.0, 0.0], [0.0, 0.0]])}
+    after = {"w": torch.tensor([[0.5, 3.0], [0.0, 0.0]])}
+    r = M.weight_residual(base, edited, after)
+    assert r["edit_left"] == pytest.approx(0.5)
+    assert r["ft_norm_rel"] == pytest.approx(math.sqrt(0.25 + 9))
+    lo, hi = M.wilson(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    assert M.wilson(0, 10)[0] == 0.0 and math.isnan(M.wilson(0, 0)[0])
+
+
+# -- the runner ----------------------------------------------------------------------------------------------
+
+def test_killed_study_resumes_without_redoing_finished_cells(tiny_llama, tmp_path):
+    from editaudit.store.studies import StudyStore
+    from editaudit.study.runner import run_study
+
+    cfg = parse_config(_doc(tiny_llama, _files(tmp_path)))
+    store = StudyStore(tmp_path / "study.db")
+    started: list[str] = []
+
+    def killer(kind, data):
+        if kind == "cell":
+            started.append(data["id"])
+        if kind == "eval" and len(started) == 2 and data["step"] > 0:
+            raise KeyboardInterrupt  # the process is stopped in the middle of the second cell
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, store, tmp_path / "out", on_event=killer)
+    rows = {r["id"]: r for r in store.cells("tiny")}
+    assert rows[started[0]]["status"] == "done" and rows[started[1]]["status"] == "interrupted"
+    first_finished = rows[started[0]]["finished"]
+
+    again: list[str] = []
+    outcome = run_study(cfg, store, tmp_path / "out",
+                        on_event=lambda kind, data: again.append(data["id"]) if kind == "cell" else None)
+    assert again == [started[1]]
+    assert (outcome.total, outcome.skipped, outcome.ran, outcome.failed) == (2, 1, 1, [])
+    rows = {r["id"]: r for r in store.cells("tiny")}
+    assert rows[started[0]]["finished"] == first_finished
+    assert all(r["status"] == "done" for r in rows.values())
+    m = rows[started[1]]["metrics"]
+    assert m["edited_layers"] == [1] and m["ft_layers"] == list(range(6)) and m["steps"] == [2]
+    assert len(m["edited"]["new"]) == 2 and 0 <= m["residual"]["edit_left"] <= 1.5
+    assert (tmp_path / "out" / "acts" / f"{started[1]}.safetensors").is_file()
+    hist = rows[started[1]]["history"]
+    assert [h["step"] for h in hist] == [-1, 0, 2]
+    assert all(sum(h["mass_edited"].values()) == pytest.approx(1.0) for h in hist)
+    # a third run has nothing left to do and does not even load the model
+    assert run_study(cfg, store, tmp_path / "out").ran == 0
