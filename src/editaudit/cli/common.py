@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -18,6 +19,18 @@ err = Console(stderr=True, highlight=False)
 EXIT_CLEAN, EXIT_FOUND, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 DbOption = typer.Option(None, "--db", envvar="EDITAUDIT_DB", help="Session database (default: XDG data dir).")
+
+
+class Dtype(str, Enum):
+    """What a model runs in (models.loading.resolve_dtype)."""
+
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+DtypeOption = typer.Option(Dtype.auto, "--dtype", help="Weights and compute dtype: auto (bfloat16 on a GPU that supports it, float32 on CPU), float32, bfloat16 or float16.")
 
 
 class State:

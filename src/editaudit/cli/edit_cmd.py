@@ -63,6 +63,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
         no_eval: bool = typer.Option(False, "--no-eval", help="Skip measuring success, paraphrases and neighbourhood."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … (default: cuda when present)."),
+        dtype: common.Dtype = common.DtypeOption,
         fmt: Fmt = typer.Option(Fmt.rich, "--format", "-f", help="rich (terminal) or json on stdout."),
     ) -> None:
         """Write facts into a model with FT-L, ROME, MEMIT or AlphaEdit, and report how each one took.
@@ -106,7 +107,8 @@ def register(app: typer.Typer) -> None:
 
             run = apply_edits(base, records, method.value, layers=parse_layers(layers), hparams=overrides, out=out,
                               progress=on_progress, store=store, session_id=sid, overwrite=overwrite,
-                              manifest=manifest, evaluate=not no_eval, device=device, say=common.say)
+                              manifest=manifest, evaluate=not no_eval, device=device, say=common.say,
+                              dtype=dtype.value)
             store.finish_session(sid, status="done", summary=run.summary())
         doc = run.to_dict()
         if fmt == Fmt.json:

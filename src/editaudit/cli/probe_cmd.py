@@ -47,6 +47,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(32, "--batch-size", help="Prompts per forward pass."),
         top_k: int = typer.Option(5, "--top-k", help="Next tokens to keep per probe."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, … (default: GPU when present)."),
+        dtype: common.Dtype = common.DtypeOption,
         no_store: bool = typer.Option(False, "--no-store", help="Do not record the run as a session."),
     ) -> None:
         """What does MODEL state for each probe? Answers, top-k tokens, retention and CounterFact-style rates.
@@ -63,9 +64,9 @@ def register(app: typer.Typer) -> None:
                 from ..errors import BadInput
 
                 raise BadInput("--discover needs --base BASE (and --base is only used with --discover)")
-            doc = _discover(ctx, model, base, probes, limit, scan, batch_size, top_k, device, no_store)
+            doc = _discover(ctx, model, base, probes, limit, scan, batch_size, top_k, device, no_store, dtype.value)
         else:
-            doc = _probe(ctx, model, probes, compare, limit, batch_size, top_k, device, no_store)
+            doc = _probe(ctx, model, probes, compare, limit, batch_size, top_k, device, no_store, dtype.value)
         if output is not None:
             from ..atomic import atomic_write_text
 
@@ -179,13 +180,13 @@ def _load_sets(names: list[str], limit: int | None, default_all_shipped: bool) -
     return probes, names
 
 
-def _run_model(spec: str, probes, batch_size: int, top_k: int, device: str | None):
+def _run_model(spec: str, probes, batch_size: int, top_k: int, device: str | None, dtype: str = "auto"):
     import gc
 
     from ..models.loading import load_model
     from ..probing.service import run_probes
 
-    lm = load_model(spec, device=device, say=common.say)
+    lm = load_model(spec, dtype=dtype, device=device, say=common.say)
     with common.progress() as bar:
         tasks: dict[str, int] = {}
 
@@ -201,7 +202,8 @@ def _run_model(spec: str, probes, batch_size: int, top_k: int, device: str | Non
     return results, path
 
 
-def _probe(ctx, model: str, sets: list[str], compare: list[str], limit, batch_size, top_k, device, no_store) -> dict:
+def _probe(ctx, model: str, sets: list[str], compare: list[str], limit, batch_size, top_k, device, no_store,
+           dtype: str = "auto") -> dict:
     from ..probing.service import record_run, summarize
     from ..store.sessions import now
 
@@ -215,7 +217,7 @@ def _probe(ctx, model: str, sets: list[str], compare: list[str], limit, batch_si
         for label, spec in [("model", model)] + [(f"compare{i + 1}", c) for i, c in enumerate(compare)]:
             common.say(f"probing {spec} with {len(probes)} probes")
             started = now()
-            results, path = _run_model(spec, probes, batch_size, top_k, device)
+            results, path = _run_model(spec, probes, batch_size, top_k, device, dtype)
             summary = summarize(results)
             run_id = record_run(store, sid, str(path), label, names, results, summary, started=started) if store else None
             doc["models"].append({"model": spec, "path": str(path), "label": label, "run_id": run_id,
@@ -250,7 +252,8 @@ def _agreement(models: list[dict]) -> float | None:
     return round(sum(flags) / len(flags), 6) if flags else None
 
 
-def _discover(ctx, suspect: str, base: str, sets: list[str], limit, scan_id, batch_size, top_k, device, no_store) -> dict:
+def _discover(ctx, suspect: str, base: str, sets: list[str], limit, scan_id, batch_size, top_k, device, no_store,
+              dtype: str = "auto") -> dict:
     from ..models.registry import resolve_model
     from ..probing.service import dedupe, discover, record_run, scan_hints, summarize
     from ..probing.sets import FACT_BANK
@@ -280,9 +283,9 @@ def _discover(ctx, suspect: str, base: str, sets: list[str], limit, scan_id, bat
     with (store.running(sid) if store else _null()):
         common.say(f"running {len(probes)} facts on the base")
         started = now()
-        base_results, _ = _run_model(str(base_path), probes, batch_size, top_k, device)
+        base_results, _ = _run_model(str(base_path), probes, batch_size, top_k, device, dtype)
         common.say(f"running {len(probes)} facts on the suspect")
-        suspect_results, _ = _run_model(str(suspect_path), probes, batch_size, top_k, device)
+        suspect_results, _ = _run_model(str(suspect_path), probes, batch_size, top_k, device, dtype)
         moves = discover(base_results, suspect_results, hints)
         ranked = [m.to_dict() for m in moves]
         summaries = {"base": summarize(base_results), "suspect": summarize(suspect_results)}

@@ -19,34 +19,83 @@ class LoadedModel:
     def device(self):
         return next(self.model.parameters()).device
 
+    @property
+    def dtype(self):
+        return next(self.model.parameters()).dtype
+
 
 def pick_device(device: str | None = None) -> str:
+    """The device to run on: ``device`` as given (checked to exist), or CUDA when present, else the CPU."""
     import torch
 
-    if device and device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not device or device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise BadInput(f"--device {device!r} is not a device (cpu, cuda, cuda:1, mps …)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BadInput(f"--device {device}: no CUDA device is available here (torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise BadInput(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here (cuda:0 …)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise BadInput(f"--device {device}: MPS is not available here")
+    return device
+
+
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+_ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "fp16": "float16", "f16": "float16",
+            "half": "float16"}
+
+
+def resolve_dtype(name: str | None, device: str | None = None):
+    """The torch dtype a model runs in: ``name`` (float32, bfloat16, float16) or ``auto``.
+
+    ``auto`` is bfloat16 on a CUDA device that supports it (Ampere and newer: half the memory of float32
+    at float32's range) and float32 everywhere else (CPUs, older GPUs, MPS), where 16-bit compute is
+    slow or loses range. ``device`` is resolved as :func:`pick_device` resolves it.
+    """
+    import torch
+
+    key = _ALIASES.get((name or "auto").lower(), (name or "auto").lower())
+    if key not in DTYPE_NAMES:
+        raise BadInput(f"--dtype {name!r} is not one of {', '.join(DTYPE_NAMES)}")
+    if key != "auto":
+        return getattr(torch, key)
+    dev = torch.device(pick_device(device))
+    if dev.type == "cuda" and torch.cuda.is_available():
+        with torch.cuda.device(dev.index if dev.index is not None else torch.cuda.current_device()):
+            if torch.cuda.is_bf16_supported():
+                return torch.bfloat16
+    return torch.float32
+
+
+def dtype_name(dtype) -> str:
+    """``torch.bfloat16`` → ``bfloat16`` (for reports and stored settings)."""
+    return str(dtype).removeprefix("torch.")
 
 
 def load_model(spec: str | Path, dtype: str = "float32", device: str | None = None,
                say: Callable[[str], None] = lambda s: None) -> LoadedModel:
-    """Load a model folder (or registry name) with its tokenizer.
+    """Load a model folder (or registry name, or Hub id) with its tokenizer, in ``dtype`` on ``device``.
 
+    ``dtype`` is a name :func:`resolve_dtype` takes (``auto``: bfloat16 on a capable GPU, else float32).
     The folder is opened with editaudit's own checks first (pickle refused, shard paths checked),
     and transformers is told ``trust_remote_code=False`` and ``use_safetensors=True``.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..checkpoint import open_checkpoint
     from .registry import resolve_model
 
+    dev = pick_device(device)  # a bad --device fails before anything is read
+    torch_dtype = resolve_dtype(dtype, dev)
     path = resolve_model(str(spec), say)
     ckpt = open_checkpoint(path)
     if ckpt.layout == "file" or ckpt.config is None:
         raise BadInput(f"{path} is not a model folder with config.json; a bare .safetensors file can be scanned but not run")
-    torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-    say(f"loading {path}")
+    say(f"loading {path} ({dtype_name(torch_dtype)} on {dev})")
     try:
         model = AutoModelForCausalLM.from_pretrained(
             ckpt.folder, trust_remote_code=False, use_safetensors=True, dtype=torch_dtype
@@ -56,6 +105,6 @@ def load_model(spec: str | Path, dtype: str = "float32", device: str | None = No
         raise BadInput(f"transformers could not load {path}: {exc}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(pick_device(device))
+    model.to(dev)
     model.eval()
     return LoadedModel(model, tokenizer, Path(ckpt.folder))
