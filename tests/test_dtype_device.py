@@ -147,3 +147,17 @@ def test_key_statistics_run_on_a_bf16_model(tiny_llama, tmp_path, monkeypatch):
     assert got["bfloat16"].dtype is torch.float32
     rel = float((got["bfloat16"] - got["float32"]).norm() / got["float32"].norm())
     assert 0 < rel < 0.05
+
+
+@no_cuda
+def test_gpu_check_script_stops_clearly_without_cuda(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    res = subprocess.run(["bash", str(root / "bench" / "gpu_check.sh")], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "OUT": str(tmp_path)}, timeout=120)
+    assert res.returncode == 2
+    assert "no CUDA device here" in res.stderr and "nothing was run" in res.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
