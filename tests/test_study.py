@@ -254,3 +254,37 @@ def test_killed_study_resumes_without_redoing_finished_cells(tiny_llama, tmp_pat
     assert all(sum(h["mass_edited"].values()) == pytest.approx(1.0) for h in hist)
     # a third run has nothing left to do and does not even load the model
     assert run_study(cfg, store, tmp_path / "out").ran == 0
+
+
+def test_cli_runs_reports_and_merges(tiny_llama, tmp_path):
+    from typer.testing import CliRunner
+
+    from editaudit.cli.main import app
+    from editaudit.store.studies import StudyStore
+
+    doc = _doc(tiny_llama, _files(tmp_path))
+    doc["metrics"]["categories"] = True
+    config = _write_toml(tmp_path / "tiny.toml", doc)
+    runner = CliRunner()
+    res = runner.invoke(app, ["study", "run", str(config), "--out", str(tmp_path / "w1"), "--only", "1"])
+    assert res.exit_code == 0, res.output
+    assert "1 ran" in res.output
+    res = runner.invoke(app, ["study", "run", str(config), "--out", str(tmp_path / "w2")])
+    assert res.exit_code == 0, res.output
+    report = tmp_path / "w2" / "report" / "report.md"
+    text = report.read_text()
+    assert "fixed budget** of 2 steps" in text and "rome·full·all·lm·n2" in text
+    for stem in ("retention", "drift-rome-full-all-lm-s0", "mass-rome-edited"):
+        assert (tmp_path / "w2" / "report" / "figures" / f"{stem}.png").is_file()
+        assert (tmp_path / "w2" / "report" / "figures" / f"{stem}.svg").is_file()
+    summary = json.loads((tmp_path / "w2" / "report" / "summary.json").read_text())
+    assert summary["cells_done"] == 2 and "rome·full·all·lm·n2" in summary["arms"]
+    res = runner.invoke(app, ["study", "status", str(config), "--out", str(tmp_path / "w1")])
+    assert res.exit_code == 0 and "1 done" in res.output and "1 waiting" in res.output
+    # a store per worker, merged: the merged store has every finished cell once
+    res = runner.invoke(app, ["study", "merge", str(tmp_path / "all.db"), str(tmp_path / "w1" / "study.db"),
+                              str(tmp_path / "w2" / "study.db")])
+    assert res.exit_code == 0, res.output
+    assert len(StudyStore(tmp_path / "all.db").cells("tiny", "done")) == 2
+    res = runner.invoke(app, ["study", "run", str(tmp_path / "nope.toml")])
+    assert res.exit_code == 2 and "not found" in res.output

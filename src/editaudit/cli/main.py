@@ -154,10 +154,13 @@ def _launch_app(db: Path | None) -> None:
 
 def _register() -> None:
     """Each command lives in its own module; importing them is cheap (heavy libraries load inside commands)."""
-    from . import demo_cmd, edit_cmd, mitigate_cmd, models_cmd, probe_cmd, scan_cmd, sessions_cmd
+    from . import demo_cmd, edit_cmd, mitigate_cmd, models_cmd, probe_cmd, scan_cmd, sessions_cmd, study_cmd
 
-    for module in (scan_cmd, sessions_cmd, models_cmd, probe_cmd, edit_cmd, mitigate_cmd, demo_cmd):
+    for module in (scan_cmd, sessions_cmd, models_cmd, probe_cmd, edit_cmd, mitigate_cmd, demo_cmd, study_cmd):
         module.register(app)
+    from . import editors_cmd
+
+    editors_cmd.register(app)
 
 
 _register()

@@ -68,7 +68,14 @@ class _Context:
         self.intrinsic_base = M.stated(self.tok, self.intrinsic, self.intrinsic_base_preds, "true")
         self.tasks: dict[str, Any] = {}
         self.base_acts: dict[str, torch.Tensor] = {}
+        self.edited: dict[tuple, tuple] = {}   # (method, fact ids) → the edit's weights and measurements
         self.say = say
+
+    def remember_edit(self, key: tuple, value: tuple, keep: int = 4) -> None:
+        """Keep the last few edits: cells of one edit that differ only in fine-tuning follow each other."""
+        self.edited[key] = value
+        while len(self.edited) > keep:
+            self.edited.pop(next(iter(self.edited)))
 
     def restore(self) -> None:
         with torch.no_grad():
@@ -201,29 +208,41 @@ def run_cell(ctx: _Context, cell: Cell, target: float | None, out: Path, cell_id
             acts["base"].append(ctx.acts_base(unit))
         if cfg.metrics.categories:
             history.append({"unit": u, "stage": "base", "step": -1, **_snapshot(ctx, unit)})
-        edited_layers: list[int] = []
-        names: list[str] = []
-        if cell.edit != "none":
-            from ..editing.service import apply_edits
+        key = (cell.edit, tuple(f.id for f in unit))
+        cached = ctx.edited.get(key)
+        if cached is not None:  # the same edit of the same facts: arms differ only in their fine-tuning
+            edited_layers, edited_w, part, acts_ed, snap = cached
+            with torch.no_grad():
+                for n, w in edited_w.items():
+                    ctx.model.get_parameter(n).copy_(w)
+            info["edit_reused"] = True
+        else:
+            edited_layers, names = [], []
+            if cell.edit != "none":
+                from ..editing.service import apply_edits
 
-            t0 = time.perf_counter()
-            run = apply_edits(ctx.lm, _edit_requests(unit, cfg.edit.paraphrase_augment), cell.edit,
-                              layers=cfg.edit.layers.get(cell.edit), hparams=cfg.edit.hparams.get(cell.edit),
-                              evaluate=False, device=cfg.study.device)
-            info["edit_seconds"] += time.perf_counter() - t0
-            edited_layers, names = list(run.layers), sorted(run.originals)
-        edited_w = {n: ctx.model.get_parameter(n).detach().clone() for n in names}
-        part = _measure(ctx, unit)
+                t0 = time.perf_counter()
+                run = apply_edits(ctx.lm, _edit_requests(unit, cfg.edit.paraphrase_augment), cell.edit,
+                                  layers=cfg.edit.layers.get(cell.edit), hparams=cfg.edit.hparams.get(cell.edit),
+                                  evaluate=False, device=cfg.study.device)
+                info["edit_seconds"] += time.perf_counter() - t0
+                edited_layers, names = list(run.layers), sorted(run.originals)
+            edited_w = {n: ctx.model.get_parameter(n).detach().clone() for n in names}
+            part = _measure(ctx, unit)
+            acts_ed = M.activations(ctx.model, ctx.tok, unit, ctx.block, ctx.n_layers) if cfg.metrics.drift else None
+            snap = _snapshot(ctx, unit) if cfg.metrics.categories else None
+            ctx.remember_edit(key, (edited_layers, edited_w, part, acts_ed, snap))
+        names = sorted(edited_w)
         edit_parts.append(part)
-        if cfg.metrics.drift:
-            acts["edited"].append(M.activations(ctx.model, ctx.tok, unit, ctx.block, ctx.n_layers))
+        if acts_ed is not None:
+            acts["edited"].append(acts_ed)
         ft_layers = layer_set(cell.layers, ctx.n_layers, edited_layers)
         info["edited_layers"], info["ft_layers"] = edited_layers, ft_layers
 
-        def on_eval(step: int, m: dict, _u=u, _unit=unit) -> None:
+        def on_eval(step: int, m: dict, _u=u, _unit=unit, _snap=snap) -> None:
             row = {"unit": _u, "stage": "ft", **m}
-            if cfg.metrics.categories:
-                row |= _snapshot(ctx, _unit)
+            if cfg.metrics.categories:  # step 0 is the edited model: its snapshot was taken with the edit
+                row |= _snap if step == 0 and _snap is not None else _snapshot(ctx, _unit)
             history.append(row)
             on_event("eval", {"step": step, "of": cap, **m})
 

@@ -1,0 +1,123 @@
+"""``editaudit study run|status|report|merge``: the papers' experiments as a grid of stored, resumable cells."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from . import common
+
+OutOption = typer.Option(None, "--out", help="Folder for activations, figures and the report (default: study-NAME).")
+StoreOption = typer.Option(None, "--store", help="Study database (default: OUT/study.db; one per worker, then merge).")
+
+
+def _paths(config: Path, out: Optional[Path], store: Optional[Path]):
+    from ..study.config import load_config
+
+    cfg = load_config(config)
+    out = out or Path(f"study-{cfg.study.name}")
+    return cfg, out, store or out / "study.db"
+
+
+def register(app: typer.Typer) -> None:
+    study = typer.Typer(help="Studies: edit × fine-tune grids from a TOML file, resumable, with figures and a report.")
+    app.add_typer(study, name="study")
+
+    @study.command("run")
+    def run(config: Path = typer.Argument(..., help="The study's TOML file (see studies/)."),
+            out: Optional[Path] = OutOption, store: Optional[Path] = StoreOption,
+            only: Optional[int] = typer.Option(None, "--only", min=1, help="Stop after this many cells ran."),
+            report: bool = typer.Option(True, "--report/--no-report", help="Write the report when the grid is done.")) -> None:
+        """Run every cell not yet finished (a killed study resumes where it stopped)."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from ..store.studies import StudyStore
+        from ..study.runner import run_study
+
+        cfg, out, db = _paths(config, out, store)
+        st = StudyStore(db)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=common.err, transient=False) as prog:
+            grid = prog.add_task("cells", total=None)
+            inner = prog.add_task("", total=None, visible=False)
+
+            def on_event(kind: str, data: dict) -> None:
+                if kind == "grid":
+                    prog.update(grid, total=data["total"], completed=data["done"],
+                                description=f"{cfg.study.name}: cells")
+                elif kind in ("cell", "reference"):
+                    label = data.get("label") or f"reference · {data['task']}"
+                    prog.update(inner, visible=True, completed=0, total=None, description=f"  {escape(label)}")
+                elif kind == "eval":
+                    desc = f"val {data['val_loss']:.3f}"
+                    prog.update(inner, completed=data["step"], total=data["of"])
+                    prog.console.print(f"    step {data['step']:>3}  {desc}", highlight=False)
+                elif kind == "cell-done":
+                    prog.advance(grid)
+                    prog.console.print(f"  done {escape(data['label'])} ({data['seconds']:.0f}s)")
+                elif kind == "cell-failed":
+                    prog.console.print(f"  [red]failed[/] {escape(data['label'])}: {escape(data['error'])}")
+
+            outcome = run_study(cfg, st, out, on_event=on_event, say=common.say, only=only)
+        common.out.print(f"{outcome.total} cells: {outcome.skipped} already done, {outcome.ran} ran, "
+                         f"{len(outcome.failed)} failed ({outcome.seconds:.0f}s)")
+        if report and not outcome.failed and outcome.skipped + outcome.ran == outcome.total:
+            from ..study.report import write_report
+
+            path = write_report(cfg, st, out)
+            common.out.print(f"report: {path}")
+        if outcome.failed:
+            raise typer.Exit(common.EXIT_ERROR)
+
+    @study.command("status")
+    def status(config: Path = typer.Argument(...), out: Optional[Path] = OutOption,
+               store: Optional[Path] = StoreOption) -> None:
+        """How many cells of the study are done, running, failed or waiting."""
+        from ..store.studies import StudyStore
+        from ..study.grid import expand
+
+        cfg, out, db = _paths(config, out, store)
+        cells = expand(cfg)
+        rows = {r["id"]: r for r in StudyStore(db).cells(cfg.study.name)} if db.exists() else {}
+        table = Table("cell", "grid", "status", "steps", "seconds")
+        counts: dict[str, int] = {}
+        for cid, cell in cells:
+            r = rows.get(cid)
+            s = r["status"] if r else "waiting"
+            counts[s] = counts.get(s, 0) + 1
+            steps = ",".join(map(str, (r.get("metrics") or {}).get("steps", []))) if r else ""
+            table.add_row(escape(cell.label()), cell.grid, s, steps, f"{r['seconds']:.0f}" if r and r["seconds"] else "")
+        common.out.print(table)
+        common.out.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+
+    @study.command("report")
+    def report_cmd(config: Path = typer.Argument(...), out: Optional[Path] = OutOption,
+                   store: Optional[Path] = StoreOption,
+                   to: Optional[Path] = typer.Option(None, "--to", help="Report folder (default: OUT/report).")) -> None:
+        """Write report.md, summary.json and the figures (PNG and SVG) from the finished cells."""
+        from ..store.studies import StudyStore
+        from ..study.report import write_report
+
+        cfg, out, db = _paths(config, out, store)
+        if not db.exists():
+            from ..errors import BadInput
+
+            raise BadInput(f"no study store at {db}; run the study first")
+        common.out.print(f"report: {write_report(cfg, StudyStore(db), out, to)}")
+
+    @study.command("merge")
+    def merge(into: Path = typer.Argument(..., help="The store to merge into (created if missing)."),
+              sources: List[Path] = typer.Argument(..., help="Worker stores to copy finished cells from.")) -> None:
+        """Merge the finished cells of worker stores (cell ids are content hashes, so nothing clashes)."""
+        from ..errors import BadInput
+        from ..store.studies import StudyStore
+
+        st = StudyStore(into)
+        for src in sources:
+            if not src.is_file():
+                raise BadInput(f"{src} is not a study store")
+            common.out.print(f"{src}: {st.merge(src)} cell(s) copied")
