@@ -13,6 +13,7 @@ from typing import Any
 from editaudit.models import families
 from editaudit.scan.rules import EDIT_RULES
 from editaudit.scan.wording import finding_readings
+from editaudit.store import views
 
 from .fmt import ROLE_LABEL
 
@@ -62,7 +63,7 @@ def session_row(store, sid: str) -> SessionRow:
 
 def scan_document(store, sid: str) -> dict | None:
     """The newest finished scan report of a session (the ``editaudit.scan/1`` document), if any."""
-    for r in reversed(store.rows("scans", "session_id = ?", [sid], order_by="id")):
+    for r in reversed(views.scans(store, sid)):
         doc = _json(r.get("report"))
         if isinstance(doc, dict) and "findings" in doc:
             return doc
@@ -70,7 +71,7 @@ def scan_document(store, sid: str) -> dict | None:
 
 
 def latest_scan_status(store, sid: str) -> str | None:
-    rows = store.rows("scans", "session_id = ?", [sid], order_by="id")
+    rows = views.scans(store, sid)
     return rows[-1]["status"] if rows else None
 
 
@@ -163,11 +164,11 @@ class RunView:
 
 def mitigation_runs(store, sid: str) -> list[RunView]:
     runs = []
-    for r in store.rows("finetune_runs", "session_id = ?", [sid], order_by="id"):
+    for r in views.finetune_runs(store, sid):
         config = _json(r.get("config"), {}) or {}
         history: dict[str, list[tuple[int, float]]] = {}
         top3: dict[int, dict] = {}
-        for m in store.rows("metrics", "run_id = ?", [r["id"]], order_by="step"):
+        for m in views.metrics(store, r["id"]):
             if m["name"] == "top3":
                 top3[m["step"]] = _json(m.get("data"), {}) or {}
             elif m.get("value") is not None:
@@ -235,7 +236,7 @@ class ProbeRow:
 def probe_runs(store, sid: str) -> list[ProbeRunView]:
     """The newest finished run per label in a session, in the order the labels first appeared."""
     latest: dict[str, ProbeRunView] = {}
-    for r in store.rows("probe_runs", "session_id = ? and status = 'done'", [sid], order_by="id"):
+    for r in views.probe_runs(store, sid, done_only=True):
         latest[r.get("label") or r.get("model") or str(r["id"])] = ProbeRunView(
             r["id"], r.get("label") or "", r.get("model") or "", r.get("probe_set") or "", r.get("status") or "",
             _json(r.get("summary"), {}) or {})
@@ -245,7 +246,7 @@ def probe_runs(store, sid: str) -> list[ProbeRunView]:
 def probe_rows(store, runs: list[ProbeRunView]) -> list[ProbeRow]:
     rows: dict[str, ProbeRow] = {}
     for run in runs:
-        for r in store.rows("probe_results", "run_id = ?", [run.id], order_by="rowid"):
+        for r in views.probe_results(store, run.id):
             data = _json(r.get("data"), {}) or {}
             row = rows.get(r["probe_id"])
             if row is None:
@@ -268,9 +269,8 @@ def mitigated_checkpoint(store, suspect_path: str) -> str | None:
     """The newest finished mitigation output of this suspect that still exists on disk."""
     from pathlib import Path
 
-    for s in store.rows("sessions", "kind = 'mitigate' and suspect = ? and status = 'done'", [suspect_path],
-                        order_by="created desc"):
-        for r in store.rows("finetune_runs", "session_id = ? and status = 'done'", [s["id"]], order_by="id desc"):
+    for s in views.done_mitigations(store, suspect_path):
+        for r in views.finetune_runs(store, s["id"], done_only=True, newest_first=True):
             if r.get("out") and Path(r["out"]).is_dir():
                 return r["out"]
     return None

@@ -219,13 +219,10 @@ def apply_edits(model: str | Path | LoadedModel, facts: Sequence[Probe], method:
         session_id = store.new_session("edit", title=f"{method} · {len(facts)} fact(s)", base=str(lm.path))
     edit_id = None
     if store is not None:
-        from ..store.sessions import dumps, now
+        from ..store.runs import start_edit
 
-        edit_id = store.insert("edits", {
-            "session_id": session_id, "method": method, "base": str(lm.path), "out": str(out) if out else None,
-            "layers": dumps(chosen), "hparams": dumps(hp), "facts": dumps([f.to_dict() for f in facts]),
-            "results": None, "status": "running", "started": now(), "finished": None,
-        })
+        edit_id = start_edit(store, session_id, method=method, base=str(lm.path), out=str(out) if out else None,
+                             layers=chosen, hparams=hp, facts=[f.to_dict() for f in facts])
 
     run = EditRun(method=method, mode=hp["mode"], layers=chosen, hparams=hp, results=[], model=lm,
                   tensors=[], seconds=0.0, out=out, edit_id=edit_id, session_id=session_id)
@@ -253,19 +250,18 @@ def apply_edits(model: str | Path | LoadedModel, facts: Sequence[Probe], method:
 
             atomic_write_text(manifest, json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n")
         if store is not None:
-            from ..store.sessions import dumps, now
+            from ..store.runs import finish_edit
 
-            with store.db.atomic():
-                store.db["edits"].update(edit_id, {"results": dumps(doc), "status": "done", "finished": now()})
+            finish_edit(store, edit_id, doc)
             if own_session:
                 store.finish_session(session_id, status="done", summary=run.summary())
     except BaseException as exc:
         run.restore()
         if store is not None:
-            from ..store.sessions import now
+            from ..store.runs import set_edit_status
 
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            store.update("edits", edit_id, {"status": status, "finished": now()})
+            set_edit_status(store, edit_id, status)
             if own_session:
                 store.finish_session(session_id, status=status)
         raise

@@ -341,31 +341,21 @@ def scan_hints(store, base_path: Path, suspect_path: Path, scan_id: int | None =
     """
     if store is None:
         return None
+    from ..store import views
+
     scans: list[dict] = []
     if scan_id is not None:
-        scans = store.rows("scans", "id = ?", [scan_id])
+        one = views.scan(store, scan_id)
+        scans = [one] if one else []
     else:
-        def ids(path: Path) -> list[int]:
-            return [r["id"] for r in store.rows("checkpoints", "path = ?", [str(Path(path).resolve())])]
-
-        b_ids, s_ids = ids(base_path), ids(suspect_path)
-        if b_ids and s_ids:
-            marks = ",".join("?" * len(b_ids)), ",".join("?" * len(s_ids))
-            scans = store.rows("scans", f"base_id in ({marks[0]}) and suspect_id in ({marks[1]})", b_ids + s_ids,
-                               order_by="id desc")
-        if not scans:
-            sessions = store.rows("sessions", "kind = 'scan' and base in (?, ?) and suspect in (?, ?)",
-                                  [str(base_path), str(Path(base_path).resolve()), str(suspect_path),
-                                   str(Path(suspect_path).resolve())])
-            for sess in sessions:
-                scans += store.rows("scans", "session_id = ?", [sess["id"]], order_by="id desc")
+        scans = views.scans_of_pair(store, base_path, suspect_path)
         scans.sort(key=lambda r: (r.get("status") == "done", r["id"]), reverse=True)
     if not scans:
         return None
     scan = scans[0]
     hints = Hints(scan_id=scan["id"])
     layers: set[int] = set()
-    for f in store.rows("findings", "scan_id = ?", [scan["id"]]):
+    for f in views.findings(store, scan["id"]):
         try:
             data = json.loads(f.get("data") or "{}")
         except (TypeError, json.JSONDecodeError):
@@ -400,7 +390,7 @@ def record_run(store, session_id: str, model: str, label: str, set_names: Sequen
                started: str | None = None) -> int:
     """One ``probe_runs`` row (status ``done``) and its ``probe_results``, written in one transaction,
     so an interrupted run leaves nothing half-recorded."""
-    from ..store.sessions import now
+    from ..store.runs import save_probe_run
 
     rows = []
     for r in results:
@@ -412,14 +402,8 @@ def record_run(store, session_id: str, model: str, label: str, set_names: Sequen
             "target_true": r.probe.target_true, "target_new": r.probe.target_new, "prediction": r.answer,
             "category": r.category, "data": json.dumps(d, ensure_ascii=False),
         })
-    with store.db.atomic():
-        run_id = store.db["probe_runs"].insert({
-            "session_id": session_id, "model": model, "label": label, "probe_set": ",".join(set_names),
-            "status": "done", "started": started or now(), "finished": now(),
-            "summary": json.dumps(summary, ensure_ascii=False),
-        }).last_pk
-        store.db["probe_results"].insert_all(({"run_id": run_id, **row} for row in rows), pk=("run_id", "probe_id"))
-    return run_id
+    return save_probe_run(store, session_id, model=model, label=label, set_names=set_names, results=rows,
+                          summary=summary, started=started)
 
 
 def dedupe(probes: Sequence[Probe], warn: Callable[[str], None] = lambda s: None) -> list[Probe]:

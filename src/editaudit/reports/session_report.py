@@ -7,12 +7,13 @@ import json
 
 from ..errors import BadInput
 from ..scan.report import to_markdown
+from ..store import views
 
 
 def session_document(store, session_id: str) -> dict:
     s = store.session(session_id)
     sid = s["id"]
-    scans = store.rows("scans", "session_id = ?", [sid], order_by="id")
+    scans = views.scans(store, sid)
     doc = {
         "session": {k: s[k] for k in ("id", "kind", "title", "status", "created", "updated", "base", "suspect", "verdict")},
         "scans": [json.loads(r["report"]) if r.get("report") else {"status": r["status"]} for r in scans],
@@ -20,13 +21,13 @@ def session_document(store, session_id: str) -> dict:
         "edits": [],
         "finetune_runs": [],
     }
-    for run in store.rows("probe_runs", "session_id = ?", [sid], order_by="id"):
-        results = store.rows("probe_results", "run_id = ?", [run["id"]])
+    for run in views.probe_runs(store, sid):
+        results = views.probe_results(store, run["id"])
         doc["probe_runs"].append({**_decode(run), "results": [_decode(r) for r in results]})
-    for e in store.rows("edits", "session_id = ?", [sid], order_by="id"):
+    for e in views.edits(store, sid):
         doc["edits"].append(_decode(e))
-    for r in store.rows("finetune_runs", "session_id = ?", [sid], order_by="id"):
-        metrics = store.rows("metrics", "run_id = ?", [r["id"]], order_by="step")
+    for r in views.finetune_runs(store, sid):
+        metrics = views.metrics(store, r["id"])
         doc["finetune_runs"].append({**_decode(r), "metrics": [_decode(m) for m in metrics]})
     return doc
 

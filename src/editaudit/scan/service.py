@@ -76,18 +76,18 @@ def run_scan(suspect: str | Path, base: str | Path, options: ScanOptions | None 
             sid = store.new_session("scan", f"scan {checkpoint_label(suspect_path)}", str(base_path), str(suspect_path))
         base_id = store.checkpoint_id(base_ck.record())
         suspect_id = store.checkpoint_id(suspect_ck.record())
-        from ..store.sessions import now
+        from ..store.runs import start_scan
 
-        scan_id = store.insert("scans", {
-            "session_id": sid, "base_id": base_id, "suspect_id": suspect_id, "status": "running", "started": now(),
-        })
+        scan_id = start_scan(store, sid, base_id, suspect_id)
 
     try:
         report = _scan(base_ck, suspect_ck, options, store, progress, say, cancelled, t0)
     except BaseException as exc:
         if store is not None and scan_id is not None:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            store.update("scans", scan_id, {"status": status})
+            from ..store.runs import set_scan_status
+
+            set_scan_status(store, scan_id, status)
             if session_id is None:
                 store.finish_session(sid, status=status)
         raise
@@ -468,33 +468,18 @@ def _save(store, sid: str, scan_id: int, report: ScanReport, own_session: bool) 
     """Write findings, stats and the report, and mark the scan done, in one transaction."""
     import json
 
-    from ..store.sessions import now
+    from ..store.runs import save_scan
 
-    doc = report.to_dict()
-    with store.db.atomic():
-        for f in report.findings:
-            store.db["findings"].insert({
-                "scan_id": scan_id, "rule": f.rule, "kind": f.kind, "severity": f.level,
-                "layers": json.dumps(f.layers), "tensors": json.dumps(f.tensors), "message": f.message,
-                "data": json.dumps(f.data, default=str),
-            })
-        store.db["tensor_stats"].insert_all(
-            ({"scan_id": scan_id, "name": c.name.name, "layer": c.name.layer, "module": c.name.module,
-              "status": "changed", "kind": c.stats.kind, "rel_change": _finite(c.stats.rel_change),
-              "max_abs": _finite(c.stats.max_abs), "rank": c.stats.rank_above_noise,
-              "top1_share": c.stats.top1_share, "topk_share": c.stats.topk_share,
-              "data": json.dumps(c.stats.to_dict(), default=str)} for c in report.changed),
-            pk=("scan_id", "name"),
-        )
-        store.db["scans"].update(scan_id, {
-            "status": "done", "finished": now(), "verdict": report.verdict, "exit_code": report.exit_code(),
-            "report": json.dumps(doc, default=str),
-        })
-        if own_session:
-            store.db["sessions"].update(sid, {
-                "status": "done", "verdict": report.verdict, "updated": now(),
-                "summary": json.dumps({"kind": report.kind, "findings": len(report.findings)}),
-            })
+    findings = [{"rule": f.rule, "kind": f.kind, "severity": f.level, "layers": json.dumps(f.layers),
+                 "tensors": json.dumps(f.tensors), "message": f.message, "data": json.dumps(f.data, default=str)}
+                for f in report.findings]
+    stats = [{"name": c.name.name, "layer": c.name.layer, "module": c.name.module, "status": "changed",
+              "kind": c.stats.kind, "rel_change": _finite(c.stats.rel_change), "max_abs": _finite(c.stats.max_abs),
+              "rank": c.stats.rank_above_noise, "top1_share": c.stats.top1_share, "topk_share": c.stats.topk_share,
+              "data": json.dumps(c.stats.to_dict(), default=str)} for c in report.changed]
+    save_scan(store, sid, scan_id, findings=findings, stats=stats, verdict=report.verdict,
+              exit_code=report.exit_code(), report=report.to_dict(),
+              session_summary={"kind": report.kind, "findings": len(report.findings)} if own_session else None)
 
 
 def _finite(x: float) -> float | None:
