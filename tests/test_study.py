@@ -288,3 +288,21 @@ def test_cli_runs_reports_and_merges(tiny_llama, tmp_path):
     assert len(StudyStore(tmp_path / "all.db").cells("tiny", "done")) == 2
     res = runner.invoke(app, ["study", "run", str(tmp_path / "nope.toml")])
     assert res.exit_code == 2 and "not found" in res.output
+
+
+@pytest.mark.parametrize("name, cells", [("erase", 9), ("retention", 52), ("erase-gpu", 756), ("retention-gpu", 360)])
+def test_shipped_studies_load(name, cells):
+    root = Path(__file__).resolve().parents[1] / "studies"
+    cfg = load_config(root / f"{name}.toml")
+    assert cfg.study.name == name and len(expand(cfg)) == cells
+    if not name.endswith("-gpu"):
+        assert cfg.study.model == "smollm2-135m" and cfg.study.device == "cpu"
+
+
+def test_paraphrase_augmented_requests():
+    from editaudit.editing.service import paraphrase_requests
+
+    f = Probe(**FACTS[0])
+    reqs = paraphrase_requests([f, Probe(**FACTS[1])])
+    assert [r.id for r in reqs] == ["f1", "f2", "f1/para0"]
+    assert reqs[2].template == "The capital of {} is" and reqs[2].target_new == "Tokyo"
