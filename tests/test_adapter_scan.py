@@ -121,3 +121,75 @@ def test_wrong_base_and_bad_adapters_are_refused(edit_adapter, tiny_gpt2, tmp_pa
     (pickled / "adapter_model.bin").write_bytes(b"\x80\x04.")
     with pytest.raises(BadInput, match="pickle"):
         run_scan(pickled, tiny_gpt2, ScanOptions(read="off"))
+
+
+def test_adapter_runs_as_base_plus_delta(edit_adapter, tiny_llama):
+    """load_model on an adapter folder: the base with ΔW added, as peft computes it (no peft at load)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from editaudit.models.loading import load_model
+
+    open_adapter(edit_adapter, open_checkpoint(tiny_llama))
+    mine = load_model(edit_adapter, device="cpu")
+    assert mine.path == edit_adapter
+    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), edit_adapter).eval()
+    ids = torch.tensor([[5, 17, 42, 9, 77, 3]])
+    with torch.no_grad():
+        a, b = mine.model(input_ids=ids).logits, theirs(input_ids=ids).logits
+        base = load_model(tiny_llama, device="cpu").model(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(a, base, atol=1e-4)  # the adapter does change the outputs
+
+
+def test_scan_probe_stage_runs_the_adapted_model(edit_adapter, tiny_llama):
+    from editaudit.probing.format import Probe
+
+    facts = [Probe(id="a", subject="France", prompt="The capital of {} is", target_true="Paris"),
+             Probe(id="b", subject="Japan", prompt="The language of {} is", target_true="Japanese")]
+    doc = run_scan(edit_adapter, tiny_llama, ScanOptions(read="off", facts=facts, run_probes=True)).to_dict()
+    assert doc["probes"]["n"] == 2  # both models ran: the base, and the base with the adapter's ΔW
+
+
+def test_adapter_without_a_findable_base_is_a_clear_error(edit_adapter, tmp_path):
+    import shutil
+
+    from editaudit.models.loading import load_model
+
+    moved = tmp_path / "moved"
+    shutil.copytree(edit_adapter, moved)
+    cfg = json.loads((moved / "adapter_config.json").read_text())
+    (moved / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": str(tmp_path / "gone")}))
+    with pytest.raises(BadInput, match="cannot be found here.*--base"):
+        load_model(moved, device="cpu")
+
+
+def test_open_reading_names_the_subject_of_an_adapter_edit(tiny_llama, tmp_path, monkeypatch):
+    """A ROME-like rank-one edit keyed on one subject, delivered as a LoRA: the blind reading names it."""
+    from editaudit.editing import corpus, covariance
+    from editaudit.models.loading import load_model
+    from editaudit.scan.keys import context_ids, keys_of
+
+    def unavailable(*a, **k):
+        raise corpus.CorpusUnavailable("no corpus in this test")
+
+    monkeypatch.setattr(covariance, "second_moments", unavailable)
+    path, layer = "model.layers.1.mlp.down_proj", 1
+    lm = load_model(tiny_llama, device="cpu")
+    ids = lm.tokenizer(" Colosseum", add_special_tokens=False)["input_ids"]
+    k = keys_of(lm.model, [path], [context_ids(lm.tokenizer) + ids])[path][0]
+    out_dir = torch.randn(lm.model.config.hidden_size, generator=torch.Generator().manual_seed(2)) * 20.0
+    pm = _peft_model(tiny_llama, r=2, lora_alpha=4, target_modules=["down_proj"], layers_to_transform=[layer])
+    lora = pm.base_model.model.model.layers[layer].mlp.down_proj
+    with torch.no_grad():  # ΔW = (alpha/r)·B·A = outer(out_dir, k / (k·k))
+        lora.lora_A["default"].weight.zero_()
+        lora.lora_B["default"].weight.zero_()
+        lora.lora_A["default"].weight[0] = k / (k @ k)
+        lora.lora_B["default"].weight[:, 0] = out_dir / 2.0
+    adapter = tmp_path / "colosseum"
+    pm.save_pretrained(adapter)
+    doc = run_scan(adapter, tiny_llama, ScanOptions(read="open")).to_dict()
+    edit = next(f for f in doc["findings"] if f["rule"] == "EA101")
+    assert edit["layers"] == [layer]
+    readings = edit["readings"]
+    assert readings and readings[0]["subject"].endswith("Colosseum") and readings[0]["fire"] > 0.95

@@ -6,7 +6,8 @@ base weight is ΔW = s·B·A with s = alpha/r (alpha/√r under rsLoRA), transpo
 [in, out] (``fan_in_fan_out``, GPT-2's Conv1D). Tensors saved whole (``modules_to_save``) replace the
 base's. The scan sees an :class:`AdapterCheckpoint`: the base's tensors, with the adapted ones marked
 changed and computed as base + ΔW on demand, one at a time, so findings, classification, spectra and
-the promoted-token reading work as for a merged checkpoint.
+the readings work as for a merged checkpoint; where a model must run, it is the base with ΔW added in
+memory (:func:`apply_to_model`), never a merged checkpoint on disk.
 
 It also judges what kind of adapter it is: a knowledge edit (a few modules, each change rank-one or
 nearly, in MLP output matrices of a narrow layer range: what ROME/MEMIT write, delivered as a LoRA) or
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import BadInput, IncompatibleCheckpoints, UnsafeInput
-from .folder import MAX_JSON_BYTES, Checkpoint, FolderNote
+from .folder import MAX_JSON_BYTES, Checkpoint, FolderNote, _folder_notes
 from .header import FLOAT_DTYPES, Header, TensorInfo, read_header
 from .reader import TensorFile, to_torch
 
@@ -261,13 +262,59 @@ class LoraAdapter:
 class AdapterCheckpoint(Checkpoint):
     """The suspect side of a scan when it is a peft adapter: the base's tensors, the adapted ones changed.
 
-    ``config`` is None: reading an edit through the suspect model (which would need the adapter merged)
-    is skipped; the reading from the weights alone (promoted tokens) still runs."""
+    ``config`` is the base's; ``folder`` is the adapter folder, which ``models.loading.load_model`` loads
+    as the base with ΔW added (so reading an edit through the suspect model and the probe stage work)."""
 
     adapter: LoraAdapter
 
     def file_path(self, fname: str) -> Path:
         return self.headers[fname].path if fname in self.headers else self.adapter.base.file_path(fname)
+
+
+_BASES: dict[str, Path] = {}  # adapter folder -> the base folder it was opened against in this process
+
+
+def base_for(folder: str | Path, say: Callable[[str], None] = lambda s: None) -> Path:
+    """The base model folder of an adapter: the one a scan opened it against, else the adapter's own
+    ``base_model_name_or_path`` (a folder, registry name or Hub id)."""
+    folder = Path(folder)
+    known = _BASES.get(str(folder.resolve()))
+    if known is not None:
+        return known
+    named = _load_config(folder).get("base_model_name_or_path")
+    if not isinstance(named, str) or not named:
+        raise BadInput(f"{folder} is an adapter that names no base model; scan it with --base BASE")
+    from ..models.registry import resolve_model
+
+    try:
+        return resolve_model(named, say)
+    except BadInput as exc:
+        raise BadInput(f"{folder} is an adapter for {named!r}, which cannot be found here ({exc}); "
+                       "scan it with --base BASE") from None
+
+
+def apply_to_model(model, adapter: LoraAdapter) -> int:
+    """Add the adapter's ΔW to a loaded base model's weights, in place (what running the adapter computes,
+    without peft). Returns how many weights changed."""
+    import torch
+
+    params = dict(model.named_parameters())
+    prefix = getattr(model, "base_model_prefix", "")
+    n = 0
+    with torch.no_grad():
+        for name, m in adapter.modules.items():
+            p = params.get(name)
+            if p is None:
+                p = params.get(f"{prefix}.{name}")
+            if p is None:
+                raise BadInput(f"the base model has no weight {name!r} for the adapter's module")
+            if m.kind == "replace":
+                with TensorFile(adapter.header.path) as f:
+                    p.copy_(adapter._read(f, m.whole).to(p.device, p.dtype))
+            else:
+                p.copy_((p.float() + adapter.delta(name).to(p.device)).to(p.dtype))
+            n += 1
+    return n
 
 
 def open_adapter(folder: str | Path, base: Checkpoint) -> AdapterCheckpoint:
@@ -287,8 +334,11 @@ def open_adapter(folder: str | Path, base: Checkpoint) -> AdapterCheckpoint:
     message = (f"peft LoRA adapter read as the change: {summary['modules']} module(s) ({', '.join(summary['roles'])}) "
                f"in {where}, {summary['rank_one_modules']} of them rank-one-ish; {what}")
     rule = "EA230" if summary["kind"] == "knowledge-edit" else "EA231"
-    notes = [FolderNote(rule, "warning" if rule == "EA230" else "info", message, {"adapter": summary})]
+    notes = _folder_notes(folder, None)  # Python files, pickles, chat templates in the adapter folder
+    notes.append(FolderNote(rule, "warning" if rule == "EA230" else "info", message, {"adapter": summary}))
     summary["scanned_against"] = str(base.root)
-    ck = AdapterCheckpoint(folder, "adapter", {WEIGHTS: adapter.header}, tensors, None, notes)
+    ck = AdapterCheckpoint(folder, "adapter", {WEIGHTS: adapter.header}, tensors, base.config, notes)
     ck.adapter = adapter
+    if base.config is not None:
+        _BASES[str(folder.resolve())] = base.folder
     return ck

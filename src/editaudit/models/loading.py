@@ -92,6 +92,10 @@ def load_model(spec: str | Path, dtype: str = "float32", device: str | None = No
     dev = pick_device(device)  # a bad --device fails before anything is read
     torch_dtype = resolve_dtype(dtype, dev)
     path = resolve_model(str(spec), say)
+    from ..checkpoint.adapter import is_adapter_dir
+
+    if is_adapter_dir(path):
+        return _load_adapted(path, dtype, dev, say)
     ckpt = open_checkpoint(path)
     if ckpt.layout == "file" or ckpt.config is None:
         raise BadInput(f"{path} is not a model folder with config.json; a bare .safetensors file can be scanned but not run")
@@ -108,3 +112,15 @@ def load_model(spec: str | Path, dtype: str = "float32", device: str | None = No
     model.to(dev)
     model.eval()
     return LoadedModel(model, tokenizer, Path(ckpt.folder))
+
+
+def _load_adapted(folder: Path, dtype: str, device: str, say: Callable[[str], None]) -> LoadedModel:
+    """A peft LoRA adapter folder as a runnable model: its base with ΔW added in memory (peft not needed)."""
+    from ..checkpoint import open_checkpoint
+    from ..checkpoint.adapter import LoraAdapter, apply_to_model, base_for
+
+    base = base_for(folder, say)
+    lm = load_model(base, dtype=dtype, device=device, say=say)
+    n = apply_to_model(lm.model, LoraAdapter(Path(folder), open_checkpoint(base)))
+    say(f"applied the adapter {folder} to {n} weight(s) of {base}")
+    return LoadedModel(lm.model, lm.tokenizer, Path(folder))
