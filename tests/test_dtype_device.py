@@ -161,3 +161,14 @@ def test_gpu_check_script_stops_clearly_without_cuda(tmp_path):
     assert res.returncode == 2
     assert "no CUDA device here" in res.stderr and "nothing was run" in res.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@no_cuda
+def test_scan_cli_checks_device_before_scanning(tiny_llama):
+    res = CliRunner().invoke(app, ["scan", str(tiny_llama), "--base", str(tiny_llama), "--device", "cuda:0",
+                                   "--no-store", "--format", "json"])
+    assert res.exit_code == 2 and "no CUDA device is available here" in res.output
+    res = CliRunner().invoke(app, ["scan", str(tiny_llama), "--base", str(tiny_llama), "--device", "cpu",
+                                   "--no-store", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["verdict"] == "clean"

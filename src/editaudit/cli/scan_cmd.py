@@ -48,6 +48,7 @@ def register(app: typer.Typer) -> None:
         no_cache: bool = typer.Option(False, "--no-cache", help="Neither use nor record the base's tensor digests."),
         follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Allow weight files that are symlinks leaving the folder."),
         no_store: bool = typer.Option(False, "--no-store", help="Do not record the scan as a session."),
+        device: Optional[str] = typer.Option(None, "--device", help="Where the reading and probe stages run: cpu, cuda, cuda:1 … (default: cuda when present)."),
     ) -> None:
         """Was SUSPECT knowledge-edited relative to BASE? Where, how, and what does each edit promote?
 
@@ -56,6 +57,10 @@ def register(app: typer.Typer) -> None:
         """
         from ..scan.service import ScanOptions, run_scan
 
+        from ..models.loading import pick_device
+
+        if device is not None:
+            pick_device(device)  # a device that is not here fails before the scan starts
         cands = _load_candidates(facts, probes)
         store = None if no_store else common.state(ctx).store()
         if run_probes and not cands:
@@ -67,7 +72,7 @@ def register(app: typer.Typer) -> None:
 
             raise BadInput("--read list needs --facts FILE or --probes SET")
         opts = ScanOptions(facts=cands, use_cache=not no_cache, follow_symlinks=follow_symlinks, run_probes=run_probes,
-                           read=read.value)
+                           read=read.value, device=device)
         with common.stage_progress() as on_progress:
             report = run_scan(suspect, base, opts, store=store, progress=on_progress, say=common.say)
         report.fail_on = fail_on.value
