@@ -105,6 +105,12 @@ def test_grid_expands_as_configured(tmp_path):
     assert again == {cid for cid, _ in cells}
     doc3 = dict(doc, finetune=dict(doc["finetune"], batch_size=3))
     assert not again & {cid for cid, _ in expand(parse_config(doc3))}
+    from editaudit.study.grid import shard
+
+    parts = [shard(cells, i, 3) for i in range(3)]
+    assert sorted(cid for p in parts for cid, _ in p) == sorted(cid for cid, _ in cells)
+    with pytest.raises(ValueError):
+        shard(cells, 3, 3)
     assert layer_set("all", 4, [1]) == [0, 1, 2, 3]
     assert layer_set("edited", 4, [1]) == [1]
     assert layer_set("non-edited", 4, [1]) == [0, 2, 3]
@@ -266,9 +272,11 @@ def test_cli_runs_reports_and_merges(tiny_llama, tmp_path):
     doc["metrics"]["categories"] = True
     config = _write_toml(tmp_path / "tiny.toml", doc)
     runner = CliRunner()
-    res = runner.invoke(app, ["study", "run", str(config), "--out", str(tmp_path / "w1"), "--only", "1"])
+    res = runner.invoke(app, ["study", "run", str(config), "--out", str(tmp_path / "w1"), "--shard", "0/2"])
     assert res.exit_code == 0, res.output
-    assert "1 ran" in res.output
+    assert "1 cells: 0 already done, 1 ran" in res.output
+    res = runner.invoke(app, ["study", "run", str(config), "--out", str(tmp_path / "w1"), "--shard", "2/2"])
+    assert res.exit_code == 2 and "I must lie in 0..N-1" in res.output
     res = runner.invoke(app, ["study", "run", str(config), "--out", str(tmp_path / "w2")])
     assert res.exit_code == 0, res.output
     report = tmp_path / "w2" / "report" / "report.md"

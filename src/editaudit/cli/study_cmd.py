@@ -23,6 +23,20 @@ def _paths(config: Path, out: Optional[Path], store: Optional[Path]):
     return cfg, out, store or out / "study.db"
 
 
+def _shard(text: Optional[str]) -> Optional[tuple[int, int]]:
+    if text is None:
+        return None
+    from ..errors import BadInput
+
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise BadInput(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise BadInput(f"--shard {text!r}: I must lie in 0..N-1")
+    return i, n
+
+
 def register(app: typer.Typer) -> None:
     study = typer.Typer(help="Studies: edit × fine-tune grids from a TOML file, resumable, with figures and a report.")
     app.add_typer(study, name="study")
@@ -31,6 +45,8 @@ def register(app: typer.Typer) -> None:
     def run(config: Path = typer.Argument(..., help="The study's TOML file (see studies/)."),
             out: Optional[Path] = OutOption, store: Optional[Path] = StoreOption,
             only: Optional[int] = typer.Option(None, "--only", min=1, help="Stop after this many cells ran."),
+            shard: Optional[str] = typer.Option(None, "--shard", help="I/N: run worker I's share of N (0-based), "
+                                                "with its own --store; merge the stores afterwards."),
             report: bool = typer.Option(True, "--report/--no-report", help="Write the report when the grid is done.")) -> None:
         """Run every cell not yet finished (a killed study resumes where it stopped)."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -39,6 +55,7 @@ def register(app: typer.Typer) -> None:
         from ..study.runner import run_study
 
         cfg, out, db = _paths(config, out, store)
+        part = _shard(shard)
         st = StudyStore(db)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=common.err, transient=False) as prog:
@@ -62,10 +79,10 @@ def register(app: typer.Typer) -> None:
                 elif kind == "cell-failed":
                     prog.console.print(f"  [red]failed[/] {escape(data['label'])}: {escape(data['error'])}")
 
-            outcome = run_study(cfg, st, out, on_event=on_event, say=common.say, only=only)
+            outcome = run_study(cfg, st, out, on_event=on_event, say=common.say, only=only, shard=part)
         common.out.print(f"{outcome.total} cells: {outcome.skipped} already done, {outcome.ran} ran, "
                          f"{len(outcome.failed)} failed ({outcome.seconds:.0f}s)")
-        if report and not outcome.failed and outcome.skipped + outcome.ran == outcome.total:
+        if report and part is None and not outcome.failed and outcome.skipped + outcome.ran == outcome.total:
             from ..study.report import write_report
 
             path = write_report(cfg, st, out)

@@ -66,6 +66,13 @@ def expand(cfg: StudyConfig) -> list[tuple[str, Cell]]:
     return out
 
 
+def shard(cells: list[tuple[str, Cell]], index: int, count: int) -> list[tuple[str, Cell]]:
+    """Worker ``index`` of ``count``: every count-th cell from the index-th on (disjoint, together the grid)."""
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: the index must lie in 0..{count - 1}")
+    return cells[index::count]
+
+
 def layer_set(strategy: str, n_layers: int, edited: list[int]) -> list[int]:
     """The decoder layers a strategy fine-tunes, given the model's depth and the layers the edit changed."""
     if strategy == "all":

@@ -283,8 +283,13 @@ def run_cell(ctx: _Context, cell: Cell, target: float | None, out: Path, cell_id
 
 
 def run_study(cfg: StudyConfig, store: StudyStore, out: str | Path, on_event: OnEvent | None = None,
-              say: Callable[[str], None] = lambda s: None, only: int | None = None) -> StudyOutcome:
-    """Run every cell of ``cfg`` not yet done in ``store``; ``only`` stops after that many cells ran."""
+              say: Callable[[str], None] = lambda s: None, only: int | None = None,
+              shard: tuple[int, int] | None = None) -> StudyOutcome:
+    """Run every cell of ``cfg`` not yet done in ``store``; ``only`` stops after that many cells ran.
+
+    ``shard=(i, n)`` runs only worker i's share of the grid, so that n independent processes (Slurm array
+    tasks, Ray tasks) can each write their own store, merged afterwards (``StudyStore.merge``).
+    """
     from dataclasses import asdict
 
     ev = on_event or (lambda kind, data: None)
@@ -294,6 +299,10 @@ def run_study(cfg: StudyConfig, store: StudyStore, out: str | Path, on_event: On
     if cfg.study.threads:
         torch.set_num_threads(cfg.study.threads)
     cells = expand(cfg)
+    if shard is not None:
+        from .grid import shard as take_shard
+
+        cells = take_shard(cells, *shard)
     store.save_study(cfg.study.name, {"shared": cfg.shared(), "grids": [asdict(g) for g in cfg.grids]},
                      str(cfg.path) if cfg.path else None)
     done = store.done_ids(cfg.study.name)
