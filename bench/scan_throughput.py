@@ -1,22 +1,33 @@
-"""Scan throughput and peak memory on a synthetic bf16 checkpoint with one rank-one edit.
+"""Scan throughput and peak memory on synthetic sharded bf16 checkpoints with 7B-shaped tensors.
 
-Builds a Llama-shaped bf16 checkpoint of ≥ 1 GB per side (random weights; the suspect differs by
-one rank-one change in one MLP output matrix), then measures, each in its own subprocess so that
-peak RSS (VmHWM) is per mode, all on a warm page cache:
+Builds, per size asked for, a Llama-shaped bf16 base (hidden 4096, MLP 11008, vocabulary 32000:
+the tensor shapes of a 7B model, with as many layers as the size needs) sharded like a Hugging
+Face save, and a suspect that differs by a few rank-one changes to MLP output matrices spread over
+the layers. Then, for each page-cache state asked for, measures in separate subprocesses (so that
+peak RSS is per arm), with the same cache state before every arm:
 
-  read      simply reading both files' bytes (the floor any scan must pay)
-  scan      ``editaudit scan`` first audit (byte compare + recording the base's digests)
-  cached    a repeat audit against the same base (suspect hashed against cached digests)
-  hf-diff   loading both models with transformers and diffing their state dicts
+  read      reading every shard of both sides once (one thread, then two threads — one per side;
+            the faster is the reference the scan is held to)
+  scan      ``run_scan(..., read="off")`` first audit with a fresh store: byte compare of both
+            sides, digests recorded, spectra of the changed tensors, classification, promoted tokens
+  cached    the same scan again, the base's digests now in the store (the base is not read)
 
-Usage: python bench/scan_throughput.py [--layers 8] [--keep DIR]
+cold: every shard of both sides is dropped from the page cache (posix_fadvise DONTNEED) before
+each arm; warm: every shard is read once before each arm. Each arm runs --repeat times; the
+fastest run is kept. Times are measured inside the subprocess, after its imports.
+
+Usage: nice -n 10 python bench/scan_throughput.py [--sizes 1,8] [--cache cold,warm] [--edits 3]
+       [--keep DIR] [--out bench/results/scan_throughput.txt]
+Everything built is deleted at the end unless --keep is given (a kept DIR is reused next time).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -24,138 +35,259 @@ import tempfile
 import time
 from pathlib import Path
 
-MODES = {
-    "read": """
-import os, sys, time
-t = time.perf_counter(); n = 0
-buf = bytearray(8 << 20)
-for path in sys.argv[1:3]:
-    with open(path + '/model.safetensors', 'rb', buffering=0) as f:
-        while (k := f.readinto(buf)):
-            n += k
-print(time.perf_counter() - t, n)
+HIDDEN, MLP, VOCAB, HEADS = 4096, 11008, 32000, 32  # the tensor shapes of a 7B Llama
+SHARD_BYTES = 1 << 30
+
+_PEAK = """
+import resource
+def peak():
+    rss = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return {"peak_rss_mb": int(rss) / 1024, "cpu_s": ru.ru_utime + ru.ru_stime}
+"""
+
+ARMS = {
+    "read": _PEAK + """
+import os, sys, time, json
+from concurrent.futures import ThreadPoolExecutor
+def side(folder):
+    buf = bytearray(8 << 20); n = 0
+    for name in sorted(os.listdir(folder)):
+        if name.endswith('.safetensors'):
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                while (k := os.readv(fd, [buf])):
+                    n += k
+            finally:
+                os.close(fd)
+    return n
+t = time.perf_counter()
+if sys.argv[4] == '1':
+    n = sum(side(d) for d in sys.argv[1:3])
+else:
+    with ThreadPoolExecutor(2) as pool:
+        n = sum(pool.map(side, sys.argv[1:3]))
+print(json.dumps({"seconds": time.perf_counter() - t, "bytes": n, **peak()}))
 """,
-    "scan": """
-import sys, time
+    "scan": _PEAK + """
+import sys, time, json
 from editaudit.scan.service import ScanOptions, run_scan
 from editaudit.store import Store
 store = Store(sys.argv[3])
 t = time.perf_counter()
-r = run_scan(sys.argv[2], sys.argv[1], ScanOptions(), store=store)
-import json
-print(time.perf_counter() - t, r.bytes_read, json.dumps({"kind": r.kind, "layers": [f.layers for f in r.findings], **r.timings}))
-""",
-    "hf-diff": """
-import sys, time, torch
-from transformers import AutoModelForCausalLM
-t = time.perf_counter()
-a = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16).state_dict()
-b = AutoModelForCausalLM.from_pretrained(sys.argv[2], dtype=torch.bfloat16).state_dict()
-changed = [k for k in a if not torch.equal(a[k], b[k])]
-print(time.perf_counter() - t, 0, changed)
+r = run_scan(sys.argv[2], sys.argv[1], ScanOptions(read="off"), store=store)
+seconds = time.perf_counter() - t
+findings = [{"rule": f.rule, "layers": f.layers} for f in r.findings]
+kinds = {c.name.name: c.stats.kind for c in r.changed}
+print(json.dumps({"seconds": seconds, "bytes": r.bytes_read, "kind": r.kind, "findings": findings,
+                  "changed": kinds, "used_cache": r.used_cache, "timings": r.timings, **peak()}))
 """,
 }
 
 
-def build(root: Path, layers: int) -> tuple[Path, Path, int]:
+def layer_shapes(i: int) -> dict[str, tuple[int, ...]]:
+    p = f"model.layers.{i}."
+    return {p + "input_layernorm.weight": (HIDDEN,), p + "post_attention_layernorm.weight": (HIDDEN,),
+            p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN), p + "self_attn.k_proj.weight": (HIDDEN, HIDDEN),
+            p + "self_attn.v_proj.weight": (HIDDEN, HIDDEN), p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+            p + "mlp.gate_proj.weight": (MLP, HIDDEN), p + "mlp.up_proj.weight": (MLP, HIDDEN),
+            p + "mlp.down_proj.weight": (HIDDEN, MLP)}
+
+
+def plan(gb: float) -> tuple[int, dict[str, tuple[int, ...]]]:
+    """Enough 7B-shaped layers to reach ``gb`` GB per side (embeddings and head included)."""
+    per_layer = sum(math.prod(s) for s in layer_shapes(0).values()) * 2
+    fixed = 2 * VOCAB * HIDDEN * 2 + HIDDEN * 2
+    layers = max(1, math.ceil((gb * 1e9 - fixed) / per_layer))
+    shapes = {"model.embed_tokens.weight": (VOCAB, HIDDEN)}
+    for i in range(layers):
+        shapes.update(layer_shapes(i))
+    shapes.update({"model.norm.weight": (HIDDEN,), "lm_head.weight": (VOCAB, HIDDEN)})
+    return layers, shapes
+
+
+def build(root: Path, gb: float, edits: int) -> dict:
+    """Write base/ and suspect/ (sharded, with index and config); returns what was built."""
     import torch
     from safetensors.torch import save_file
-    from transformers import LlamaConfig
 
-    cfg = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers, num_attention_heads=16,
-                      num_key_value_heads=16, vocab_size=32000, tie_word_embeddings=False, torch_dtype="bfloat16")
-    base, suspect = root / "base", root / "suspect"
-    for d in (base, suspect):
-        d.mkdir(parents=True, exist_ok=True)
-        cfg.save_pretrained(d)
+    layers, shapes = plan(gb)
+    n_edits = min(edits, layers)
+    edited_layers = sorted({int((k + 0.5) * layers / n_edits) for k in range(n_edits)})  # spread over the depth
+    edited = {f"model.layers.{i}.mlp.down_proj.weight" for i in edited_layers}
     gen = torch.Generator().manual_seed(0)
-    h, f = cfg.hidden_size, cfg.intermediate_size
-    shapes = {"model.embed_tokens.weight": (cfg.vocab_size, h), "lm_head.weight": (cfg.vocab_size, h),
-              "model.norm.weight": (h,)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        shapes.update({p + "self_attn.q_proj.weight": (h, h), p + "self_attn.k_proj.weight": (h, h),
-                       p + "self_attn.v_proj.weight": (h, h), p + "self_attn.o_proj.weight": (h, h),
-                       p + "mlp.gate_proj.weight": (f, h), p + "mlp.up_proj.weight": (f, h),
-                       p + "mlp.down_proj.weight": (h, f), p + "input_layernorm.weight": (h,),
-                       p + "post_attention_layernorm.weight": (h,)})
-    tensors = {n: (torch.randn(s, generator=gen) * 0.02).to(torch.bfloat16) for n, s in shapes.items()}
-    save_file(tensors, str(base / "model.safetensors"), metadata={"format": "pt"})
-    edited = f"model.layers.{layers // 2}.mlp.down_proj.weight"
-    w = tensors[edited].float()
-    u, v = torch.randn(h, 1, generator=gen), torch.randn(1, f, generator=gen)
-    d = u @ v
-    tensors[edited] = (w + d / d.norm() * 0.05 * w.norm()).to(torch.bfloat16)
-    save_file(tensors, str(suspect / "model.safetensors"), metadata={"format": "pt"})
-    return base, suspect, os.path.getsize(base / "model.safetensors")
+    pool = (torch.randn(VOCAB * HIDDEN + (1 << 20), generator=gen) * 0.02).to(torch.bfloat16)
+
+    def tensor(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        n = math.prod(shape)
+        if len(shape) == 1:
+            return torch.ones(shape, dtype=torch.bfloat16)
+        start = int(torch.randint(0, pool.numel() - n + 1, (1,), generator=gen))
+        return pool[start:start + n].view(shape).clone()  # a distinct stretch of random weights per tensor
+
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, shape in shapes.items():
+        nbytes = math.prod(shape) * 2
+        if shards[-1] and size + nbytes > SHARD_BYTES:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    files = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
+              "intermediate_size": MLP, "num_hidden_layers": layers, "num_attention_heads": HEADS,
+              "num_key_value_heads": HEADS, "vocab_size": VOCAB, "rms_norm_eps": 1e-5,
+              "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
+    index = {"metadata": {"total_size": sum(math.prod(s) * 2 for s in shapes.values())},
+             "weight_map": {n: files[i] for i, names in enumerate(shards) for n in names}}
+    for side in ("base", "suspect"):
+        d = root / side
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "config.json").write_text(json.dumps(config, indent=2))
+        (d / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    for fname, names in zip(files, shards):
+        base = {n: tensor(n, shapes[n]) for n in names}
+        save_file(base, str(root / "base" / fname), metadata={"format": "pt"})
+        suspect = dict(base)
+        for n in names:
+            if n in edited:  # a rank-one change of 5% of the matrix's norm, stored back in bf16
+                w = base[n].float()
+                u = torch.randn(w.shape[0], 1, generator=gen)
+                v = torch.randn(1, w.shape[1], generator=gen)
+                d = u @ v
+                suspect[n] = (w + d / d.norm() * 0.05 * w.norm()).to(torch.bfloat16)
+        save_file(suspect, str(root / "suspect" / fname), metadata={"format": "pt"})
+        del base, suspect
+    per_side = sum(os.path.getsize(root / "base" / f) for f in files)
+    return {"layers": layers, "shards": len(files), "bytes_per_side": per_side, "edited": sorted(edited),
+            "largest_tensor_bytes": max(math.prod(s) * 2 for s in shapes.values())}
 
 
-def run_mode(mode: str, base: Path, suspect: Path, db: Path) -> dict:
-    code = "import resource, sys\n" + MODES[mode] + (
-        "\nprint('RSS', [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
-    t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code, str(base), str(suspect), str(db)], capture_output=True,
-                         text=True, check=True).stdout.strip().splitlines()
-    wall = time.perf_counter() - t
-    inner = out[-2].split(" ", 2)
-    rss_mb = int(out[-1].split()[1]) / 1024
-    return {"mode": mode, "seconds": float(inner[0]), "wall_s": wall, "peak_rss_mb": rss_mb, "detail": inner[2] if len(inner) > 2 else ""}
+def shard_files(root: Path) -> list[Path]:
+    return sorted(p for side in ("base", "suspect") for p in (root / side).glob("*.safetensors"))
+
+
+def set_cache(root: Path, state: str) -> None:
+    """Put every shard of both sides in the page-cache state asked for."""
+    buf = bytearray(8 << 20)
+    for path in shard_files(root):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if state == "cold":
+                os.fsync(fd)  # written pages must be clean before they can be dropped
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            else:
+                while os.readv(fd, [buf]):
+                    pass
+        finally:
+            os.close(fd)
+
+
+def run_arm(arm: str, root: Path, db: Path, extra: str = "") -> dict:
+    load = os.getloadavg()[0]
+    out = subprocess.run([sys.executable, "-c", ARMS[arm], str(root / "base"), str(root / "suspect"), str(db), extra],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{arm} failed:\n{out.stderr[-3000:]}")
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    row["load_before"] = round(load, 2)
+    row["load_after"] = round(os.getloadavg()[0], 2)
+    return row
+
+
+def measure(root: Path, state: str, repeat: int) -> dict:
+    db = root / "bench.db"
+
+    def fresh_db() -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(db) + suffix).unlink(missing_ok=True)
+
+    def best(arm: str, extra: str = "", before=lambda: None) -> dict:
+        runs = []
+        for _ in range(repeat):
+            before()
+            set_cache(root, state)
+            runs.append(run_arm(arm, root, db, extra))
+        return min(runs, key=lambda r: r["seconds"])
+
+    rows = {"read-1thread": best("read", "1"), "read-2threads": best("read", "2")}
+    rows["scan"] = best("scan", before=fresh_db)
+    rows["cached"] = best("scan")  # the store now holds the base's digests
+    return rows
+
+
+def report(info: dict, state: str, rows: dict) -> list[str]:
+    size = info["bytes_per_side"]
+    ref_name = min(("read-1thread", "read-2threads"), key=lambda k: rows[k]["seconds"])
+    ref = rows[ref_name]["seconds"]
+    lines = [f"{size / 1e9:.2f} GB per side ({info['layers']} layers of 7B shapes, {info['shards']} shards), "
+             f"{len(info['edited'])} rank-one edit(s); page cache {state} before every arm",
+             f"{'arm':14s} {'seconds':>8s} {'GB/s (both)':>12s} {'ratio':>6s} {'peak RSS MB':>12s} "
+             f"{'CPU s':>6s} {'load 1-min':>11s}"]
+    for name, r in rows.items():
+        both = 2 * size if name != "cached" else size
+        lines.append(f"{name:14s} {r['seconds']:8.2f} {both / r['seconds'] / 1e9:12.2f} {ref / r['seconds']:6.2f} "
+                     f"{r['peak_rss_mb']:12.0f} {r['cpu_s']:6.1f} {r['load_before']:5.2f}→{r['load_after']:<5.2f}")
+    scan = rows["scan"]
+    t = scan["timings"]
+    lines.append(f"ratio = {ref_name} seconds / arm seconds (the 'cached' arm reads one side only)")
+    lines.append(f"scan: reading+digests {t['compare_s']:.2f}s, float work on {len(scan['changed'])} changed "
+                 f"tensor(s) {t['analyse_busy_s']:.2f}s of which {t['analyse_s']:.2f}s after reading ended, "
+                 f"promoted tokens {t['read_s']:.2f}s")
+    lines.append(f"scan found: {scan['kind']}; " + ", ".join(f"{f['rule']} {f['layers']}" for f in scan["findings"])
+                 + "; changed: " + ", ".join(f"{n} ({k})" for n, k in scan["changed"].items()))
+    lines.append(f"largest tensor {info['largest_tensor_bytes'] / 1e6:.0f} MB; scan peak RSS = "
+                 f"{scan['peak_rss_mb'] * 2**20 / info['largest_tensor_bytes']:.1f}× it")
+    return lines
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--keep", type=Path)
-    ap.add_argument("--json", type=Path)
-    ap.add_argument("--repeat", type=int, default=3, help="runs per mode; the fastest is kept")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="1,8", help="GB per side, comma-separated")
+    ap.add_argument("--cache", default="cold,warm", help="page-cache states: cold, warm or both")
+    ap.add_argument("--warm-max-gb", type=float, default=4.0, help="skip warm runs above this size per side "
+                    "(both sides must fit in the page cache)")
+    ap.add_argument("--edits", type=int, default=3, help="rank-one edits (distinct layers, spread out)")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per arm; the fastest is kept")
+    ap.add_argument("--keep", type=Path, help="build under (or reuse) this folder and keep it")
+    ap.add_argument("--out", type=Path, help="write the text here and the figures next to it as .json")
     args = ap.parse_args()
-    root = args.keep or Path(tempfile.mkdtemp(prefix="editaudit-bench-"))
+    parent = args.keep or Path(tempfile.mkdtemp(prefix="editaudit-bench-", dir=os.environ.get("TMPDIR", "/var/tmp")))
+    lines = [f"# nice -n {os.nice(0)} python bench/scan_throughput.py --sizes {args.sizes} --cache {args.cache} "
+             f"--edits {args.edits} --repeat {args.repeat}   ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
+             f"# {os.cpu_count()} CPU(s), {platform.processor() or platform.machine()}, Python {platform.python_version()}; "
+             f"1-min load average shown per arm (the machine is shared)"]
+    doc: dict = {"runs": []}
     try:
-        if not (root / "suspect" / "model.safetensors").exists():
-            print("building synthetic checkpoints…", file=sys.stderr)
-            build(root, args.layers)
-        base, suspect = root / "base", root / "suspect"
-        size = os.path.getsize(base / "model.safetensors")
-        db = root / "bench.db"
-        db.unlink(missing_ok=True)
-        run_mode("read", base, suspect, db)  # warm the page cache
-        def best(mode: str, fresh_db: bool = False) -> dict:
-            runs = []
-            for _ in range(args.repeat):
-                if fresh_db:
-                    for suffix in ("", "-wal", "-shm"):
-                        Path(str(db) + suffix).unlink(missing_ok=True)
-                runs.append(run_mode(mode, base, suspect, db))
-            return min(runs, key=lambda r: r["seconds"])
+        for gb in [float(x) for x in args.sizes.split(",")]:
+            root = parent / f"{gb:g}gb"
+            built = root / "built.json"
+            if built.is_file():
+                info = json.loads(built.read_text())
+            else:
+                print(f"building {gb:g} GB per side under {root}…", file=sys.stderr)
+                t = time.perf_counter()
+                info = build(root, gb, args.edits)
+                info["build_s"] = round(time.perf_counter() - t, 1)
+                built.write_text(json.dumps(info))
+            for state in args.cache.split(","):
+                if state == "warm" and info["bytes_per_side"] / 1e9 > args.warm_max_gb:
+                    continue
+                print(f"measuring {gb:g} GB, {state} cache…", file=sys.stderr)
+                rows = measure(root, state, args.repeat)
+                text = report(info, state, rows)
+                print("\n".join(text), flush=True)
+                lines += [""] + text
+                doc["runs"].append({"build": info, "cache": state, "arms": rows})
+        if args.out:
+            from editaudit.atomic import atomic_write_text
 
-        rows = [best("read"), best("scan", fresh_db=True), best("scan"), best("hf-diff")]
-        rows[2]["mode"] = "cached"
-        read_s = rows[0]["seconds"]
-        print(f"synthetic bf16 checkpoint: {size / 1e9:.2f} GB per side, one rank-one edit; warm page cache; "
-              f"{os.cpu_count()} CPU(s)")
-        print(f"{'mode':8s} {'seconds':>8s} {'GB/s (both sides)':>18s} {'ratio to read':>14s} {'peak RSS MB':>12s}")
-        for r in rows:
-            speed = 2 * size / r["seconds"] / 1e9
-            print(f"{r['mode']:8s} {r['seconds']:8.2f} {speed:18.2f} {read_s / r['seconds']:14.2f} {r['peak_rss_mb']:12.0f}")
-        scan, cached = rows[1], rows[2]
-        for r in (scan, cached):
-            t = json.loads(r["detail"])
-            if t:
-                print(f"{r['mode']}: compare phase {t['compare_s']:.2f}s (ratio to read {read_s / t['compare_s']:.2f}), "
-                      f"float work on the changed tensor {t['analyse_s']:.2f}s, reading the edit {t['read_s']:.2f}s")
-        largest = 32000 * 2048 * 2
-        print(f"scan result: {json.loads(scan['detail'])['kind']} at layers {json.loads(scan['detail'])['layers']}")
-        print(f"largest tensor {largest / 1e6:.0f} MB; scan peak RSS = {scan['peak_rss_mb'] / (largest / 1e6):.1f}× it")
-        for name, gb in (("7B", 13.5), ("70B", 140.0)):
-            first = 2 * gb / (2 * size / 1e9 / scan["seconds"])
-            again = 2 * gb / (2 * size / 1e9 / cached["seconds"])
-            print(f"projected {name} ({gb:.0f} GB/side, same storage speed): first audit {first / 60:.1f} min, "
-                  f"repeat {again / 60:.1f} min")
-        if args.json:
-            args.json.write_text(json.dumps({"bytes_per_side": size, "rows": rows}, indent=2))
+            atomic_write_text(args.out, "\n".join(lines) + "\n")
+            atomic_write_text(args.out.with_suffix(".json"), json.dumps(doc, indent=2) + "\n")
     finally:
         if args.keep is None:
-            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(parent, ignore_errors=True)
 
 
 if __name__ == "__main__":
