@@ -26,8 +26,9 @@ def layers_of(plan) -> set[int]:
 
 
 @pytest.mark.parametrize("strategy,goal,expected", [
-    ("auto", "erase", {2}),
-    ("auto", "preserve", {0, 1, 3, 4, 5}),
+    ("auto", "erase", {0, 1, 2, 3, 4}),  # a 5-layer window centred on the single edited layer
+    ("auto", "preserve", {5}),  # from max(⌈5/6 · 6⌉, 2 + 2) = 5
+    ("edited", "erase", {2}),
     ("edited", "preserve", {2}),
     ("non-edited", "erase", {0, 1, 3, 4, 5}),
     ("threshold:4", "erase", {4, 5}),
@@ -59,7 +60,7 @@ def test_module_choice(ckpt, modules, roles):
 
 
 def test_lora_plans_only_linear_weights_and_says_so(ckpt):
-    plan = plan_for_checkpoint(ckpt, "auto", "erase", "all", "lora", EDIT)
+    plan = plan_for_checkpoint(ckpt, "edited", "erase", "all", "lora", EDIT)
     assert all(parse_name(n).role != "norm" for n in plan.params)
     assert sorted(n.rsplit(".", 1)[0] for n in plan.params) == sorted(plan.lora_targets)
     assert len(plan.lora_targets) == 7  # q k v o gate up down
@@ -68,9 +69,36 @@ def test_lora_plans_only_linear_weights_and_says_so(ckpt):
 
 def test_gpt2_names(tiny_gpt2):
     ev = EditEvidence([1], ["transformer.h.1.mlp.c_proj.weight"], {"transformer.h.1.mlp.c_proj.weight": 1})
-    plan = plan_for_checkpoint(open_checkpoint(tiny_gpt2), "auto", "erase", "mlp", "full", ev)
+    plan = plan_for_checkpoint(open_checkpoint(tiny_gpt2), "edited", "erase", "mlp", "full", ev)
     assert set(plan.params) == {"transformer.h.1.mlp.c_fc.weight", "transformer.h.1.mlp.c_fc.bias",
                                 "transformer.h.1.mlp.c_proj.weight", "transformer.h.1.mlp.c_proj.bias"}
+
+
+@pytest.mark.parametrize("edited,n,erase,preserve", [
+    ([4], 30, [2, 3, 4, 5, 6], list(range(25, 30))),   # SmolLM2's ROME layer: window 2–6, threshold 25
+    ([0], 30, [0, 1, 2, 3, 4], list(range(25, 30))),   # the window shifts at the bottom, still 5 layers
+    ([29], 30, [25, 26, 27, 28, 29], [29]),            # an edit in the last layer: nothing downstream is left
+    ([3, 4, 5, 6, 7], 30, [3, 4, 5, 6, 7], list(range(25, 30))),  # MEMIT's range
+    ([2, 5], 30, [2, 3, 4, 5], list(range(25, 30))),  # the whole edited range, gaps filled
+    ([20, 21, 22, 23, 24], 30, [20, 21, 22, 23, 24], list(range(26, 30))),  # last edited + 2 wins
+    ([1], 48, [0, 1, 2, 3, 4], list(range(40, 48))),  # Wen & Zhang's GPT-2 XL setting: threshold 40
+])
+def test_auto_layers_follow_the_papers(edited, n, erase, preserve):
+    from editaudit.mitigation.plan import erase_layers, preserve_layers, preserve_threshold
+
+    assert erase_layers(edited, n)[0] == erase
+    assert preserve_layers(edited, n)[0] == preserve
+    assert preserve_threshold(edited, n) == preserve[0]
+
+
+def test_preserve_warns_when_training_upstream_of_an_edit(ckpt):
+    ev = EditEvidence([3], ["model.layers.3.mlp.down_proj.weight"], {"model.layers.3.mlp.down_proj.weight": 1},
+                      source="test scan")
+    up = plan_for_checkpoint(ckpt, "0,1", "preserve", "all", "full", ev)
+    assert any("upstream of the edit" in w for w in up.warnings)
+    auto = plan_for_checkpoint(ckpt, "auto", "preserve", "all", "full", ev)
+    assert auto.layers == [5] and auto.warnings == []
+    assert any("threshold:5" in line for line in auto.explanation)
 
 
 def test_warnings_when_the_plan_works_against_the_goal(ckpt):

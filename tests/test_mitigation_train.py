@@ -72,7 +72,7 @@ def test_exactly_the_planned_tensors_change(models, tmp_path, strategy, goal, mo
     runs = Store().rows("finetune_runs")
     assert [r["status"] for r in runs] == ["done"] and runs[0]["result"]
     if strategy == "auto":
-        assert res.plan.layers == ([2] if goal == "erase" else [0, 1, 3, 4, 5])
+        assert res.plan.layers == ([0, 1, 2, 3, 4] if goal == "erase" else [5])  # window around 2; threshold 5
 
 
 @pytest.mark.parametrize("method", ["lora", "dora"])
@@ -102,7 +102,7 @@ def test_lora_written_checkpoint_matches_the_trained_model(models, tmp_path):
 def test_target_modules_narrow_lora(models, tmp_path):
     _, suspect, _ = models
     cfg = small(method="lora", target_modules=["q_proj", "v_proj"])
-    run_mitigation(suspect, "erase", options(models, tmp_path, method="lora", train=cfg), store=Store())
+    run_mitigation(suspect, "erase", options(models, tmp_path, method="lora", layers="edited", train=cfg), store=Store())
     assert changed_tensors(suspect, tmp_path / "out") == {
         "model.layers.2.self_attn.q_proj.weight", "model.layers.2.self_attn.v_proj.weight"}
 
@@ -221,7 +221,7 @@ def test_cli_shows_the_plan_runs_and_stores(models, tmp_path):
     base, suspect, text = models
     db = tmp_path / "db.sqlite"
     args = ["--db", str(db), "mitigate", str(suspect), "--goal", "erase", "--base", str(base), "--data", str(text),
-            "--steps", "2", "--eval-every", "1", "--batch-size", "4", "--seq-len", "24", "--lr", "1e-3",
+            "--method", "full", "--layers", "edited", "--steps", "2", "--eval-every", "1", "--batch-size", "4", "--seq-len", "24", "--lr", "1e-3",
             "--val-size", "2", "--out", str(tmp_path / "out"), "--format", "json"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
@@ -245,7 +245,8 @@ def test_two_processes_under_torchrun_match_one_process(models, tmp_path):
     import sys
 
     base, suspect, text = models
-    args = ["mitigate", str(suspect), "--goal", "erase", "--base", str(base), "--data", str(text), "--steps", "2",
+    args = ["mitigate", str(suspect), "--goal", "erase", "--base", str(base), "--data", str(text), "--method", "full",
+            "--layers", "edited", "--steps", "2",
             "--eval-every", "1", "--batch-size", "4", "--seq-len", "24", "--lr", "1e-3", "--val-size", "2",
             "--device", "cpu"]
     one = CliRunner().invoke(app, ["--db", str(tmp_path / "one.db"), *args, "--out", str(tmp_path / "one")])

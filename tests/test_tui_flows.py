@@ -278,7 +278,7 @@ def test_mitigation_wizard_runs_verifies_and_cancels(models, scanned, tmp_path):
         # preselected from the scan, with the service's own plan and reasons
         assert wizard._radio("goal") == "erase" and wizard._text("layers") == "auto"
         await wait_for(pilot, lambda: wizard.plan is not None, 60, "the plan preview")
-        assert wizard.plan["layers"] == [2] and wizard.plan["edited_layers"] == [2]
+        assert wizard.plan["layers"] == [0, 1, 2, 3, 4] and wizard.plan["edited_layers"] == [2]  # window around 2
         assert models["edited"] in wizard.plan["params"]
         assert wizard.plan["explanation"][0] in text_of(wizard.query_one("#plan-box"))
         fill_wizard(wizard, models, tmp_path / "out", steps=2, eval_every=1)

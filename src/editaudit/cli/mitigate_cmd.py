@@ -24,10 +24,13 @@ class Goal(str, Enum):
 
 
 class Method(str, Enum):
+    auto = "auto"
+    project = "project"
+    unlearn = "unlearn"
+    project_unlearn = "project+unlearn"
     full = "full"
     lora = "lora"
     dora = "dora"
-    project = "project"
 
 
 class Task(str, Enum):
@@ -57,7 +60,7 @@ def register(app: typer.Typer) -> None:
         goal: Goal = typer.Option(..., "--goal", "-g", help="erase the edits, or preserve them while fine-tuning."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the mitigated checkpoint (atomically)."),
         base: Optional[str] = typer.Option(None, "--base", "-b", help="Base checkpoint: scan against it if no scan is stored; needed for --revert."),
-        method: Method = typer.Option(Method.full, "--method", help="full fine-tuning, LoRA/DoRA adapters merged at the end, or project: erase without training or base by re-solving the edited MLP matrices from the subjects the scan read."),
+        method: Method = typer.Option(Method.auto, "--method", help="auto: for erase, the base-free erase of the subjects the scan read (project), for preserve full fine-tuning. project: re-solve the edited MLP matrices (no training, no base); unlearn: train the edited MLP matrices against the objects the scan read (no base); project+unlearn: both; full, lora, dora: fine-tuning of the planned layers."),
         layers: str = typer.Option("auto", "--layers", help="auto | edited | non-edited | threshold:L | window:C:W | a list like 3,4,7-9."),
         modules: Modules = typer.Option(Modules.all, "--modules", help="Which matrices of the chosen layers: all, mlp, mlp_out or attn."),
         task: Task = typer.Option(Task.lm, "--task", help="Downstream task: lm (prose), facts, sentiment, sft."),
@@ -79,7 +82,7 @@ def register(app: typer.Typer) -> None:
         compare_full: bool = typer.Option(False, "--compare-full", help="Also run plain full fine-tuning with the same budget, for comparison."),
         revert: bool = typer.Option(False, "--revert", help="Surgical revert instead of fine-tuning: remove only the scan's edit components."),
         subjects: Optional[Path] = typer.Option(None, "--subjects", help="--method project: the edited subjects, JSONL of {\"subject\", \"prompt\"?, \"layer\"?} (default: the scan's readings)."),
-        hparam: List[str] = typer.Option([], "--hparam", help="--method project setting, KEY=VALUE (repeatable): target=mean|project|zero, key_mode=auto|mean|each, directions=ckey|null|both, cov_tokens=N (the editor's), corpus=NAME."),
+        hparam: List[str] = typer.Option([], "--hparam", help="Base-free erase setting, KEY=VALUE (repeatable). project: target=mean|project|zero, key_mode=auto|mean|each, directions=ckey|null|both, cov_tokens=N (the editor's), corpus=NAME; unlearn: lr, max_steps, kl_weight, lm_weight, margin, stop_prob, text_blocks, text_len, paraphrases."),
         resume: bool = typer.Option(False, "--resume", help="Continue a stopped run from its last evaluation."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
         plan_only: bool = typer.Option(False, "--plan-only", help="Show the plan and why, then stop."),
@@ -106,15 +109,22 @@ def register(app: typer.Typer) -> None:
         """
         from ..editing.hparams import parse_assignments
         from ..errors import BadInput
-        from ..mitigation.service import MitigationOptions, prepare, project_settings, run_mitigation
+        from ..mitigation.plan import ERASE_METHODS
+        from ..mitigation.service import MitigationOptions, prepare, project_settings, run_mitigation, split_hparams
         from ..mitigation.train import TrainConfig
+        from ..mitigation.unlearn import unlearn_settings
 
         if out is None and not plan_only:
             raise BadInput("--out DIR is required (where the mitigated checkpoint goes)")
-        if method != Method.project and (subjects is not None or hparam):
-            raise BadInput("--subjects and --hparam belong to --method project")
-        project = project_settings(parse_assignments(hparam)) if method == Method.project else {}
-        cfg = TrainConfig(method="full" if method == Method.project else method.value, steps=steps,
+        erasing = method.value in ERASE_METHODS or (method == Method.auto and goal == Goal.erase and not revert)
+        if not erasing and (subjects is not None or hparam):
+            raise BadInput("--subjects and --hparam belong to the base-free erase (--goal erase, --method auto, "
+                           "project, unlearn or project+unlearn)")
+        project, unlearn = split_hparams(parse_assignments(hparam), method.value) if erasing else ({}, {})
+        if erasing:
+            project, unlearn = project_settings(project), unlearn_settings(unlearn)
+        trains = method.value in ("full", "lora", "dora")
+        cfg = TrainConfig(method=method.value if trains else "full", steps=steps,
                           eval_every=eval_every, batch_size=batch_size, seq_len=seq_len, lr=lr, stop_loss=stop_loss, stop_acc=stop_acc, rank=rank, alpha=alpha,
                           target_modules=[t.strip() for t in target_modules.split(",") if t.strip()] if target_modules else None,
                           seed=seed)
@@ -124,16 +134,21 @@ def register(app: typer.Typer) -> None:
             data=data, max_examples=max_examples, val_size=val_size, train=cfg, probes=_load_probes(probes),
             watch=list(watch), compare_full=compare_full, revert=revert, overwrite=overwrite, device=device,
             keep_known_facts=keep_known_facts, subjects=_load_subjects(subjects) if subjects else [],
-            project=project,
+            project=project, unlearn=unlearn,
         )
         store = _open_store(ctx, device)
         if plan_only:
             _, _, evidence, plan = prepare(suspect, goal.value, opts, store, common.say)
-            if method == Method.project:
+            if opts.method in ("project", "project+unlearn"):
                 from ..mitigation.service import project_targets
 
                 targets, notes = project_targets(evidence, opts)
                 show_project_plan(targets, notes, evidence.source if evidence and not opts.subjects else "--subjects")
+            if opts.method in ("unlearn", "project+unlearn"):
+                from ..mitigation.erase import unlearn_targets
+
+                show_unlearn_plan(*unlearn_targets(evidence, opts))
+            if opts.method in ERASE_METHODS:
                 return
             show_plan(plan.to_dict() if plan else None, evidence.to_dict() if evidence else None, revert)
             return
@@ -236,6 +251,15 @@ def show_project_plan(targets: dict, notes: list[str], source: str) -> None:
         names = ", ".join(escape(s.subject) for s in targets[layer])
         lines.append(f"  • layer {layer}: {names}")
     lines += [f"[yellow]note:[/] {escape(n)}" for n in notes]
+    common.err.print(Panel("\n".join(lines), title="mitigation plan", border_style="cyan"))
+
+
+def show_unlearn_plan(targets, layers: list[int]) -> None:
+    lines = [f"edit-aware unlearning of {len(targets)} read edit(s): the MLP output matrices of layers {layers} are "
+             "trained so the read objects stop being the answer (unlikelihood on the read prompt and its relation's "
+             "phrasings, language modelling and KL to the suspect on general text; no base)"]
+    for t in targets:
+        lines.append(f"  • {escape(t.subject)} → not {escape(t.obj)} ({len(t.prompts)} prompts)")
     common.err.print(Panel("\n".join(lines), title="mitigation plan", border_style="cyan"))
 
 

@@ -28,6 +28,7 @@ from ..checkpoint import open_checkpoint
 from ..errors import BadInput
 from ..probing.format import Probe
 from .data import TaskData, load_task_data
+from .erase import ERASE_METHODS
 from .evidence import EditEvidence, stored_evidence
 from .plan import Plan, plan_for_checkpoint
 from .train import TrainConfig, TrainOutcome, encode, known_mask, train
@@ -37,7 +38,7 @@ from .train import TrainConfig, TrainOutcome, encode, known_mask, train
 class MitigationOptions:
     base: str | None = None
     out: Path | None = None
-    method: str = "full"  # full | lora | dora | project (training-free erase, mitigation/project.py)
+    method: str = "full"  # full | lora | dora | project | unlearn | project+unlearn (base-free erase, mitigation/erase.py)
     layers: str = "auto"
     modules: str = "all"
     task: str = "lm"
@@ -54,6 +55,7 @@ class MitigationOptions:
     keep_known_facts: bool = False  # facts task: keep facts the model already answers
     subjects: list[dict] = field(default_factory=list)  # project: user-given {subject, prompt?, layer?}
     project: dict = field(default_factory=dict)  # project: settings (PROJECT_DEFAULTS' keys)
+    unlearn: dict = field(default_factory=dict)  # unlearn: settings (unlearn.UNLEARN_DEFAULTS' keys)
 
 
 #: Settings of the projection erase (``--hparam`` for ``--method project``). ``cov_tokens``/``corpus`` should
@@ -62,6 +64,23 @@ PROJECT_DEFAULTS: dict[str, Any] = {"target": "mean", "key_mode": "auto", "direc
                                     "nullspace_rel": 0.5, "rekey": False, "subject_alone": True, "corpus": None,
                                     "cov_tokens": 20000,
                                     "cov_seq_len": 256, "contexts": 5, "context_length": 10, "seed": 0}
+
+
+def split_hparams(values: dict, method: str) -> tuple[dict, dict]:
+    """``--hparam`` assignments split into (projection settings, unlearning settings) by their names; ``seed``
+    goes to both. A name neither method takes is BadInput."""
+    from .unlearn import UNLEARN_DEFAULTS
+
+    project, unlearn = {}, {}
+    for key, value in values.items():
+        if key not in PROJECT_DEFAULTS and key not in UNLEARN_DEFAULTS:
+            raise BadInput(f"--hparam {key}: no such setting; projection: {', '.join(sorted(PROJECT_DEFAULTS))}; "
+                           f"unlearning: {', '.join(sorted(UNLEARN_DEFAULTS))}")
+        if key in PROJECT_DEFAULTS:
+            project[key] = value
+        if key in UNLEARN_DEFAULTS:
+            unlearn[key] = value
+    return project, unlearn
 
 
 def project_settings(overrides: dict | None) -> dict:
@@ -122,6 +141,7 @@ class ArmResult:
     out: str | None = None
     seconds: float = 0.0
     project: dict | None = None  # the projection erase's report (per layer and subject)
+    unlearn: dict | None = None  # the unlearning erase's report (steps, stop, targets)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -257,62 +277,13 @@ def make_evaluator(edited: list[Probe], intrinsic: list[Probe], watch: list[Prob
     return evaluate
 
 
-# -- store helpers ----------------------------------------------------------------------------------
+# -- store helpers (the SQL is in store/mitigation_runs.py) ---------------------------------------------
 
-def _record_eval(store, run_id: int | None, metrics: dict) -> None:
-    if store is None or run_id is None:
-        return
-    step = int(metrics.get("step", 0))
-    rows = []
-    for k, v in metrics.items():
-        if k == "step":
-            continue
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            rows.append({"run_id": run_id, "step": step, "name": k, "value": float(v), "data": None})
-        else:  # top-3 tokens of watched probes, per-probe flags
-            rows.append({"run_id": run_id, "step": step, "name": k, "value": None,
-                         "data": json.dumps(v, ensure_ascii=False)})
-    with store.db.atomic():
-        store.db["metrics"].upsert_all(rows, pk=("run_id", "step", "name"))
-
-
-def _start_run(store, sid, arm: str, goal: str, method: str, layers, task: str, config: dict, out) -> int | None:
-    if store is None:
-        return None
-    from ..store.sessions import now
-
-    return store.insert("finetune_runs", {
-        "session_id": sid, "goal": goal, "method": method, "layers": json.dumps(layers), "task": task,
-        "config": json.dumps({"arm": arm, **config}, default=str), "status": "running",
-        "out": str(out) if out else None, "started": now(),
-    })
-
-
-def _finish_run(store, run_id: int | None, result: dict, status: str = "done") -> None:
-    if store is None or run_id is None:
-        return
-    from ..store.sessions import now
-
-    store.update("finetune_runs", run_id, {"status": status, "result": json.dumps(result, default=str),
-                                           "finished": now()})
-
-
-def _mark_run(store, run_id: int | None, status: str) -> None:
-    if store is not None and run_id is not None:
-        store.update("finetune_runs", run_id, {"status": status})
-
-
-@contextmanager
-def _marked_on_failure(store, run_id: int | None):
-    """A run that stops by Ctrl-C is stored as interrupted, by any other error as failed: never left running."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        _mark_run(store, run_id, "interrupted")
-        raise
-    except BaseException:
-        _mark_run(store, run_id, "failed")
-        raise
+from ..store.mitigation_runs import finish_run as _finish_run  # noqa: E402
+from ..store.mitigation_runs import mark_run as _mark_run  # noqa: E402,F401
+from ..store.mitigation_runs import marked_on_failure as _marked_on_failure  # noqa: E402
+from ..store.mitigation_runs import record_eval as _record_eval  # noqa: E402
+from ..store.mitigation_runs import start_run as _start_run  # noqa: E402
 
 
 # -- the service ------------------------------------------------------------------------------------
@@ -320,9 +291,13 @@ def _marked_on_failure(store, run_id: int | None):
 def prepare(suspect: str | Path, goal: str, options: MitigationOptions, store=None,
             say: Callable[[str], None] = lambda s: None, session_id: str | None = None,
             cancel: threading.Event | None = None, read_store=None):
-    """Open the checkpoints, find the edit evidence and make the plan (no model is loaded)."""
+    """Open the checkpoints, find the edit evidence and make the plan (no model is loaded).
+
+    ``options.method == "auto"`` is resolved here (``plan.resolve_method``), once the evidence is known."""
     from ..models.registry import resolve_model
 
+    if options.method == "auto" and (options.revert or goal != "erase"):
+        options.method = "full"
     suspect_path = resolve_model(str(suspect), say)
     suspect_ck = open_checkpoint(suspect_path)
     base_ck = open_checkpoint(resolve_model(str(options.base), say)) if options.base else None
@@ -330,10 +305,10 @@ def prepare(suspect: str | Path, goal: str, options: MitigationOptions, store=No
         from ..scan.compare import require_compatible
 
         require_compatible(base_ck, suspect_ck)
-    project = options.method == "project"
-    needs = options.revert or project or options.layers.strip().lower() in ("auto", "edited", "non-edited")
+    erase = options.method in ERASE_METHODS or options.method == "auto"
+    needs = options.revert or erase or options.layers.strip().lower() in ("auto", "edited", "non-edited")
     evidence = find_evidence(suspect_ck, base_ck, store, say, session_id, options.device, cancel, read_store,
-                             readings=project and not options.subjects) \
+                             readings=erase and not options.subjects) \
         if (needs or base_ck is not None or store is not None or read_store is not None) else None
     if options.revert:
         if base_ck is None and evidence is not None and evidence.base:
@@ -345,8 +320,18 @@ def prepare(suspect: str | Path, goal: str, options: MitigationOptions, store=No
         return suspect_ck, base_ck, evidence, None
     if suspect_ck.layout == "file" or suspect_ck.config is None:
         raise BadInput(f"{suspect_path} is not a model folder with config.json; it cannot be fine-tuned")
-    if project:
-        project_targets(evidence, options)  # fail on missing subjects now, before any model is loaded
+    if erase:  # fail on missing subjects now, before any model is loaded
+        from .erase import unlearn_targets
+        from .plan import resolve_method
+
+        if options.method == "auto":
+            options.method = resolve_method("auto", goal, evidence, bool(options.subjects))
+            say(f"method auto → {options.method}")
+
+        if "project" in options.method:
+            project_targets(evidence, options)
+        if "unlearn" in options.method:
+            unlearn_targets(evidence, options)
         return suspect_ck, base_ck, evidence, None
     plan = plan_for_checkpoint(suspect_ck, options.layers, goal, options.modules, options.method, evidence)
     if options.train.target_modules and options.method != "full":
@@ -370,12 +355,21 @@ def run_mitigation(suspect: str | Path, goal: str = "erase", options: Mitigation
         raise BadInput(f"goal must be erase or preserve, not {goal!r}")
     if options.revert and goal != "erase":
         raise BadInput("surgical revert removes edits: use it with --goal erase")
-    if options.method == "project":
+    if options.revert and options.method == "auto":
+        options.method = "full"
+    if options.method == "auto" and goal != "erase":
+        options.method = "full"
+    if options.method in ERASE_METHODS or options.method == "auto":
+        from .unlearn import unlearn_settings
+
         if goal != "erase":
-            raise BadInput("the project method erases edits: use it with --goal erase")
+            raise BadInput(f"the {options.method} method erases edits: use it with --goal erase")
         if options.revert:
-            raise BadInput("choose one of --revert (needs the base) and --method project (no base needed)")
+            raise BadInput(f"choose one of --revert (needs the base) and --method {options.method} (no base needed)")
+        if options.subjects and "unlearn" in options.method:
+            raise BadInput("--subjects gives subjects without their objects: it works with --method project only")
         options.project = project_settings(options.project)
+        options.unlearn = unlearn_settings(options.unlearn)
     if options.out is None:
         raise BadInput("an output folder is required (--out DIR)")
     out = Path(options.out)
@@ -451,8 +445,8 @@ def _run(suspect, goal: str, options: MitigationOptions, out: Path, state_root: 
     run_state.update({"session_id": sid, "suspect": str(suspect_ck.root), "goal": goal})
     if main:
         _write_json(state_root / "run.json", run_state)
-    if (options.revert or options.method == "project") and not main:
-        raise BadInput("surgical revert and the project method run in one process; start them without "
+    if (options.revert or options.method in ERASE_METHODS) and not main:
+        raise BadInput("surgical revert and the base-free erase methods run in one process; start them without "
                        "`accelerate launch`")
 
     from ..models.loading import load_model
@@ -474,9 +468,13 @@ def _run(suspect, goal: str, options: MitigationOptions, out: Path, state_root: 
     if options.revert:
         arms["revert"], skipped = _revert_arm(suspect_ck, base_ck, evidence, goal, options, out, sid, store, emit,
                                               cancel, evaluate, say)
-    elif options.method == "project":
-        arms["project"], skipped = _project_arm(suspect_ck, base_ck, evidence, goal, options, out, sid, store,
-                                                emit, cancel, evaluate, say)
+    elif options.method in ERASE_METHODS:
+        from .context import RunContext, Runs
+        from .erase import erase_arm
+
+        ctx = RunContext(suspect_ck, base_ck, evidence, goal, options, out, Runs(store, sid, goal), emit, say, cancel,
+                         evaluate, state_root, run_state, resume, main)
+        arms[options.method], skipped = erase_arm(ctx, options.method)
     else:
         emit(MitigationEvent("stage", data={"text": f"loading the {options.task} data"}))
         task = load_task_data(options.task, options.data, options.max_examples, options.val_size,
@@ -734,88 +732,6 @@ def project_targets(evidence: EditEvidence | None, options: MitigationOptions) -
     return plan, notes
 
 
-def _project_arm(suspect_ck, base_ck, evidence: EditEvidence | None, goal: str, options: MitigationOptions, out: Path,
-                 sid, store, emit: Progress, cancel, evaluate, say) -> tuple[ArmResult, list[str]]:
-    """Training-free erase: re-solve each edited MLP output matrix from the subjects' keys (mitigation/project.py)."""
-    import torch
-
-    from ..editing import corpus as corpus_mod
-    from ..editing import covariance
-    from ..editing.layers import layout_for
-    from ..editing.prompts import context_templates
-    from ..models.loading import load_model
-    from .project import erase_by_projection
-    from .writer import write_checkpoint
-
-    t0 = time.perf_counter()
-    hp = options.project or project_settings(None)
-    targets, notes = project_targets(evidence, options)
-    for note in notes:
-        say(note)
-    layers = sorted(targets)
-    run_id = _start_run(store, sid, "project", goal, "project", layers, "-",
-                        {"settings": hp, "subjects": {str(k): [s.subject for s in v] for k, v in targets.items()},
-                         "evidence": evidence.source if evidence else "--subjects"}, out)
-    with _marked_on_failure(store, run_id):
-        lm = load_model(suspect_ck.root, device=options.device)
-        net, tok = lm.model, lm.tokenizer
-        before: dict = {"step": 0}
-        if evaluate is not None:
-            emit(MitigationEvent("stage", arm="project", data={"text": "measuring the suspect"}))
-            before.update(evaluate(net, tok))
-            _record_eval(store, run_id, before)
-        emit(MitigationEvent("eval", arm="project", data=before))
-        layout = layout_for(net)
-        names = {layer: layout.rewrite_name(layer) for layer in layers}
-        n_subjects = len({s.subject for subs in targets.values() for s in subs})
-        emit(MitigationEvent("stage", arm="project", data={
-            "text": f"re-solving {len(layers)} MLP output matrix(es) (layers {layers}) for {n_subjects} subject(s)"}))
-
-        def cov_for_layer(layer: int) -> torch.Tensor:
-            # from the model as fixed so far: below this layer it is (nearly) the base, as the editor's model was
-            if cancel is not None and cancel.is_set():
-                raise KeyboardInterrupt
-            moms = covariance.second_moments(net, tok, {layer: names[layer]}, model_key=covariance.weights_key(net),
-                                             corpus=hp["corpus"], tokens=hp["cov_tokens"],
-                                             seq_len=hp["cov_seq_len"], say=say)
-            return moms[layer].matrix
-
-        contexts = context_templates(net, tok, hp["contexts"], hp["context_length"], hp["seed"])
-        res = erase_by_projection(net, tok, targets, cov_for_layer, layout=layout, target=hp["target"],
-                                  key_mode=hp["key_mode"], directions=hp["directions"],
-                                  nullspace_rel=hp["nullspace_rel"], contexts=contexts, rekey=hp["rekey"],
-                                  subject_alone=hp["subject_alone"],
-                                  texts=corpus_mod.texts(hp["corpus"], say) if hp["target"] == "mean" else None,
-                                  text_seq_len=hp["cov_seq_len"])
-        from ..editing.service import _checkpoint_name
-
-        tensors = {_checkpoint_name(suspect_ck, net, p): t for p, t in res.tensors.items()}
-        del lm, net
-        emit(MitigationEvent("stage", arm="project", data={"text": f"writing {out}"}))
-        skipped = write_checkpoint(suspect_ck, out, tensors, overwrite=True)
-        after: dict = {"step": 1}
-        if evaluate is not None:
-            emit(MitigationEvent("stage", arm="project", data={"text": "measuring the erased checkpoint"}))
-            written = load_model(out, device=options.device)   # the model exactly as stored
-            after.update(evaluate(written.model, written.tokenizer))
-            _record_eval(store, run_id, after)
-        emit(MitigationEvent("eval", arm="project", data=after))
-        residual = None
-        if base_ck is not None and evidence is not None and evidence.found:
-            from ..checkpoint.reader import to_torch
-            from .writer import tensor_bytes
-
-            stored = {n: to_torch(bytearray(tensor_bytes(t, suspect_ck.tensors[n][1].dtype)), suspect_ck.tensors[n][1])
-                      for n, t in tensors.items()}
-            residual = _residual(suspect_ck, base_ck, evidence, stored)
-        report = res.to_dict() | {"notes": notes, "settings": hp}
-        arm = ArmResult("project", "project", run_id, layers, before, after, [before, after], 0, "projection erase",
-                        None, residual, [], None, str(out), round(time.perf_counter() - t0, 1), project=report)
-        _finish_run(store, run_id, arm.to_dict())
-        emit(MitigationEvent("arm", arm="project", data=arm.to_dict()))
-        return arm, skipped
-
-
 # -- verification -------------------------------------------------------------------------------------
 
 def _arm_summary(arm: ArmResult) -> dict:
@@ -854,7 +770,7 @@ def _arm_summary(arm: ArmResult) -> dict:
 
 def _verify(goal: str, arms: dict[str, ArmResult], evidence: EditEvidence | None, probe_info: dict) -> dict:
     v: dict[str, Any] = {"goal": goal, "probes": probe_info, "arms": {k: _arm_summary(a) for k, a in arms.items()}}
-    main = v["arms"].get("revert") or v["arms"].get("project") or v["arms"].get("selective") or {}
+    main = next((v["arms"][k] for k in ("revert", *ERASE_METHODS, "selective") if k in v["arms"]), {})
     erased = main.get("edits_erased")
     if erased is not None:
         v["edits_erased"] = erased

@@ -48,6 +48,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     stop_loss: float | None = None
     stop_acc: float | None = None
+    stop_loss_drop: float | None = None  # stop once validation loss is this share below its value at step 0
     rank: int = 8
     alpha: float = 16.0
     lora_dropout: float = 0.0
@@ -67,13 +68,52 @@ class TrainConfig:
             raise BadInput("LoRA rank must be ≥ 1 and alpha > 0")
         if self.stop_acc is not None and not 0 <= self.stop_acc <= 1:
             raise BadInput("--stop-acc is a fraction between 0 and 1")
+        if self.stop_loss_drop is not None and not 0 < self.stop_loss_drop < 1:
+            raise BadInput("the relative loss drop is a fraction between 0 and 1")
 
     def key(self) -> dict:
         """What must match for a run to be resumed (the budget and stopping rules may change)."""
         d = asdict(self)
-        for k in ("steps", "stop_loss", "stop_acc", "eval_every"):
+        for k in ("steps", "stop_loss", "stop_acc", "stop_loss_drop", "eval_every"):
             d.pop(k)
         return d
+
+
+@dataclass
+class StopRule:
+    """When a run has reached its target, checked at every evaluation (one rule for fresh and resumed runs).
+
+    ``loss_below`` / ``acc_above`` are absolute; ``loss_drop`` is relative to the validation loss before the
+    first step (0.1: stop once it is 10% lower), so one preset fits any model and data."""
+
+    loss_below: float | None = None
+    acc_above: float | None = None
+    loss_drop: float | None = None
+
+    @classmethod
+    def of(cls, cfg: "TrainConfig") -> "StopRule":
+        return cls(cfg.stop_loss, cfg.stop_acc, cfg.stop_loss_drop)
+
+    def target_loss(self, first: dict | None) -> float | None:
+        """The loss to go below: the absolute one, or the relative drop from ``first`` (the step-0 metrics)."""
+        targets = [x for x in (self.loss_below,) if x is not None]
+        if self.loss_drop is not None and first is not None and "val_loss" in first:
+            targets.append(first["val_loss"] * (1 - self.loss_drop))
+        return min(targets) if targets else None
+
+    def check(self, metrics: dict, first: dict | None) -> str | None:
+        """Why to stop at ``metrics`` (None: go on)."""
+        target = self.target_loss(first)
+        if target is not None and metrics.get("val_loss", math.inf) < target:
+            how = f" ({self.loss_drop:.0%} below the start)" if self.loss_drop is not None and target != self.loss_below else ""
+            return f"validation loss {metrics['val_loss']:.4f} < {target:.4f}{how}"
+        if self.acc_above is not None and metrics.get("val_acc", -1.0) > self.acc_above:
+            return f"validation accuracy {metrics['val_acc']:.3f} > {self.acc_above}"
+        return None
+
+    @property
+    def empty(self) -> bool:
+        return self.loss_below is None and self.acc_above is None and self.loss_drop is None
 
 
 @dataclass
@@ -422,15 +462,12 @@ def train(lm, plan: Plan, task: TaskData, cfg: TrainConfig, evaluate: Evaluate |
             metrics.update(validate(inner, val_feats, cfg.batch_size, pad_id, acc.device))
             if evaluate is not None:
                 metrics.update(evaluate(inner.lm, tok))
-        reason = None
-        if cfg.stop_loss is not None and metrics.get("val_loss", math.inf) < cfg.stop_loss:
-            reason = f"validation loss {metrics['val_loss']:.4f} < {cfg.stop_loss}"
-        elif cfg.stop_acc is not None and metrics.get("val_acc", -1.0) > cfg.stop_acc:
-            reason = f"validation accuracy {metrics['val_acc']:.3f} > {cfg.stop_acc}"
+        reason = rule.check(metrics, history[0] if history else metrics)
         reason = broadcast_object_list([reason])[0]
         return metrics, reason
 
     stop_reason = None
+    rule = StopRule.of(cfg)
     if not history:
         metrics, stop_reason = evaluation(0)
         history.append(metrics)
@@ -438,11 +475,7 @@ def train(lm, plan: Plan, task: TaskData, cfg: TrainConfig, evaluate: Evaluate |
         if stop_reason is None and state_dir is not None and acc.is_main_process:
             save_state(state_dir, inner, optimizer, 0, {**info, "history": history})
     elif resumed_from is not None:
-        last = history[-1]
-        if cfg.stop_loss is not None and last.get("val_loss", math.inf) < cfg.stop_loss:
-            stop_reason = f"validation loss {last['val_loss']:.4f} < {cfg.stop_loss}"
-        elif cfg.stop_acc is not None and last.get("val_acc", -1.0) > cfg.stop_acc:
-            stop_reason = f"validation accuracy {last['val_acc']:.3f} > {cfg.stop_acc}"
+        stop_reason = rule.check(history[-1], history[0])
 
     while stop_reason is None and step < cfg.steps:
         if cancelled():

@@ -18,10 +18,13 @@ from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, Radi
 from ..fmt import plain
 from ..jobs import Job, Outcome, describe_error
 from ..paths import FileSuggester, check_file, check_output_folder
-from ..store_views import edit_summary, layer_ranges
+from editaudit.mitigation.plan import Proposal, propose  # noqa: F401  (the plan's rules, not the app's)
 
 GOALS = ("erase", "preserve")
-METHODS = {"full": "full fine-tuning", "lora": "LoRA", "dora": "DoRA", "revert": "surgical revert"}
+METHODS = {"project": "projection erase (no base, no training)", "unlearn": "edit-aware unlearning (no base)",
+           "project+unlearn": "projection, then unlearning", "full": "full fine-tuning", "lora": "LoRA",
+           "dora": "DoRA", "revert": "surgical revert"}
+ERASE_ONLY = ("project", "unlearn", "project+unlearn")
 MODULES = {"all": "all matrices (+ norms)", "mlp": "MLP in and out", "mlp_out": "MLP output only",
            "attn": "attention only"}
 TASKS = {"lm": "language modelling (prose)", "facts": "new facts", "sentiment": "sentiment (linear head)",
@@ -63,52 +66,13 @@ class MitigationRequest:
         probes = []
         for path in self.probe_files:
             probes += load_probes(path, errors=[])
-        cfg = TrainConfig(method="full" if self.revert else self.method, steps=self.steps, eval_every=self.eval_every,
+        cfg = TrainConfig(method="full" if self.revert or self.method in ERASE_ONLY else self.method, steps=self.steps, eval_every=self.eval_every,
                           batch_size=self.batch_size, seq_len=self.seq_len, lr=self.lr, stop_loss=self.stop_loss,
                           stop_acc=self.stop_acc)
         return MitigationOptions(
             base=self.base, out=self.out, method="full" if self.revert else self.method, layers=self.layers,
             modules=self.modules, task=self.task, data=self.data, val_size=self.val_size, train=cfg, probes=probes,
             compare_full=self.compare_full and not self.revert, revert=self.revert, overwrite=self.overwrite)
-
-
-@dataclass
-class Proposal:
-    goal: str
-    method: str
-    layers: str
-    modules: str
-    task: str
-    why: dict[str, str]
-
-
-def propose(doc: dict) -> Proposal:
-    """What the wizard preselects from a scan, and why (in words a reviewer can check)."""
-    edits = edit_summary(doc)
-    n = int(doc.get("layers") or 0)
-    has_base = bool((doc.get("base") or {}).get("path"))
-    why: dict[str, str] = {}
-    if edits.found:
-        goal, layers = "erase", "auto"
-        why["goal"] = (f"the scan found knowledge edits ({'; '.join(edits.rules)}): erase them. Choose preserve to "
-                       "fine-tune for a task while keeping them.")
-        why["layers"] = (f"auto: for erase, only the edited layers {layer_ranges(edits.layers)} (training just the "
-                         "edited layers erases edits most effectively); for preserve, every layer except them.")
-    else:
-        goal, layers = "preserve", f"0-{max(n - 1, 0)}"
-        why["goal"] = "the scan found no knowledge edit, so there is nothing to erase: preserve tunes for a task."
-        why["layers"] = "no edited layers to aim at: all layers (or threshold:L, window:C:W, a list like 3,4,7-9)."
-    why["method"] = ("full fine-tuning of exactly the planned matrices, as in the retention study; LoRA/DoRA adapt "
-                     "fewer weights and are merged at the end.")
-    if edits.found and has_base:
-        why["method"] += (" With the base at hand, surgical revert removes only the scan's low-rank edit components "
-                          "and leaves every other change in place.")
-    why["modules"] = "every matrix of the chosen layers; ROME and MEMIT write into the MLP output matrix (mlp_out)."
-    why["task"] = ("language modelling on prose needs no labels; its default data is public-domain CIA World "
-                   "Factbook text, fetched once from PyPI. Give a text or JSONL file to use your own.")
-    why["stop"] = ("a step budget, evaluating every N steps (edited and intrinsic retention are measured and the "
-                   "run can be resumed from there); optional early stops on validation loss or accuracy.")
-    return Proposal(goal, "full", layers, "all", "lm", why)
 
 
 def default_out(suspect: str) -> Path:
@@ -279,6 +243,8 @@ class MitigateWizard(Screen[MitigationRequest | None]):
         p = check_output_folder(self._text("out"), overwrite)
         if p:
             problems.append(f"output: {p}")
+        if method in ERASE_ONLY and (self._radio("goal") or "erase") != "erase":
+            problems.append(f"method: {METHODS[method]} erases edits; choose goal erase or another method")
         if not self._text("layers"):
             problems.append("layers: required (auto, edited, non-edited, threshold:L, window:C:W or a list)")
         if problems:
@@ -378,6 +344,12 @@ def plan_text(plan: dict | None, evidence: dict | None, revert: bool) -> Group:
         names = plan["params"]
         shown = ", ".join(names[:4]) + (f" … (+{len(names) - 4})" if len(names) > 4 else "")
         lines.append(plain(f"tensors: {shown}", "dim"))
+    elif evidence and evidence.get("readings"):  # a base-free erase: the subjects the scan read
+        lines.append(plain(f"base-free erase of the edits the scan read ({evidence['source']}):"))
+        for r in evidence["readings"][:12]:
+            lines.append(plain(f"  • layer(s) {r.get('finding_layers') or r.get('layer')}: {r['subject']} · "
+                               f"{r.get('prompt', '')} · {r.get('after', '')}"))
+        lines.append(Text("no base and no training data needed", style="dim"))
     else:
         lines.append(Text("nothing to do", style="dim"))
     return Group(*lines)

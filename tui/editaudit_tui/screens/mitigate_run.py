@@ -240,7 +240,8 @@ class MitigationScreen(RunsJobs, Screen):
             self._log(f"run {run.id} ({run.arm}): {run.method}, layers {run.layers}, task {run.task}, {run.status}")
             for step, value in run.history.get("val_loss", []):
                 self._log(f"  step {step}: val loss {value:.3f}")
-        main = next((r for r in runs if r.arm in ("selective", "revert")), runs[0] if runs else None)
+        main = next((r for r in runs if r.arm in ("selective", "revert", "project", "unlearn", "project+unlearn")),
+                    runs[0] if runs else None)
         if main is not None:
             self.series["loss"] = [v for _, v in main.history.get("val_loss", [])]
             self.series["edited"] = [v for _, v in main.history.get("edited_retention", [])]

@@ -1,0 +1,237 @@
+"""Base-free erase measured on SmolLM2-135M suspects of held-apart facts: the scan reads the edits blind, then
+``mitigate --goal erase`` erases them without the base, by each base-free method.
+
+    python scripts/erase_eval.py [--out bench/results/erase_eval.txt] [--methods project,unlearn,project+unlearn]
+
+Suspects (facts from bench/heldout/smollm2-135m.jsonl, round-robin over relations as in
+scripts/open_reading_eval.py, the same chunks): 10 sequential ROME edits in one layer (facts 5–14), a MEMIT batch
+of 10 (15–24), an AlphaEdit batch of 10 (25–34), each at the editor's default layers. Neighbours: the 25 held-apart
+facts no suspect edits (0–4, 35–54). Intrinsic: the built-in intrinsic set.
+
+Each suspect is scanned against the base (``ScanOptions(read="open")``, stored in a fresh session database); the
+erase then runs as ``run_mitigation(SUSPECT, "erase", MitigationOptions(method=M))`` with **no base**: the subjects,
+prompts and objects come from the stored scan's blind readings only, never from the facts. The facts are used to
+measure, after the erase, the checkpoint as written:
+
+- erased: edits the suspect states (greedy first word = the new object) that the erased model no longer states;
+- paraphrase erased: the same on the facts' paraphrases (never trained on: the erase uses the relation library);
+- true back / third: of the erased edits, how many answer the true object again, and how many a third answer;
+- intrinsic: built-in intrinsic facts answered, in points against the suspect;
+- neighbours kept: of the neighbour facts the suspect answers truly, the share still answered truly;
+- seconds: the wall time of the whole ``run_mitigation`` call (load, measure before and after, erase, write).
+
+Pass criteria (issue 10), fixed before the run: erased ≥ 90 %, intrinsic within 3 points of the suspect,
+neighbours kept ≥ 90 %, ≤ 300 s. torch runs on ``--threads`` threads (1: the machine is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SUSPECTS = [("rome", "sequential", 5, 15), ("memit", "batch", 15, 25), ("alphaedit", "batch", 25, 35)]
+NEIGHBOURS = [(0, 5), (35, 55)]
+METHODS = ("project", "unlearn", "project+unlearn")
+PASS = {"erased": 0.90, "intrinsic_points": -3.0, "neighbours_kept": 0.90, "seconds": 300.0}
+
+
+def interleave(facts):
+    """Round-robin over relations (file order within each), as scripts/open_reading_eval.py takes them."""
+    by_rel: dict[str, list] = {}
+    for f in facts:
+        by_rel.setdefault(f.relation, []).append(f)
+    out, queues = [], list(by_rel.values())
+    while any(queues):
+        for q in queues:
+            if q:
+                out.append(q.pop(0))
+    return out
+
+
+def paraphrases(facts):
+    from editaudit.probing.format import Probe
+
+    return [Probe(id=f"{f.id}-p{i}", subject=f.subject, prompt=t, target_true=f.target_true,
+                  target_new=f.target_new, kind="edited") for f in facts for i, t in enumerate(f.paraphrases)]
+
+
+def measure(model, tok, facts, paras, neighbours, intrinsic) -> dict:
+    from editaudit.probing.evaluate import predict, retention
+
+    out = {}
+    for name, probes in (("edits", facts), ("paras", paras)):
+        preds = predict(model, tok, probes, top_k=1)
+        out[f"{name}_new"] = [bool(x) for x in retention(model, tok, probes, "new", predictions=preds)]
+        out[f"{name}_true"] = [bool(x) for x in retention(model, tok, probes, "true", predictions=preds)]
+    out["neighbours_true"] = [bool(x) for x in retention(model, tok, neighbours, "true")]
+    out["intrinsic"] = retention(model, tok, intrinsic, "true").rate
+    return out
+
+
+def compare(sus: dict, aft: dict) -> dict:
+    held = [i for i, x in enumerate(sus["edits_new"]) if x]
+    erased = [i for i in held if not aft["edits_new"][i]]
+    back = [i for i in erased if aft["edits_true"][i]]
+    p_held = [i for i, x in enumerate(sus["paras_new"]) if x]
+    p_erased = [i for i in p_held if not aft["paras_new"][i]]
+    n_held = [i for i, x in enumerate(sus["neighbours_true"]) if x]
+    n_kept = [i for i in n_held if aft["neighbours_true"][i]]
+    return {"held": len(held), "erased": len(erased) / len(held) if held else None, "true_back": len(back),
+            "third": len(erased) - len(back), "para_held": len(p_held),
+            "para_erased": len(p_erased) / len(p_held) if p_held else None,
+            "neighbours_held": len(n_held), "neighbours_kept": len(n_kept) / len(n_held) if n_held else None,
+            "intrinsic_points": (aft["intrinsic"] - sus["intrinsic"]) * 100}
+
+
+def passes(row: dict) -> bool:
+    return (row["erased"] is not None and row["erased"] >= PASS["erased"]
+            and row["intrinsic_points"] >= PASS["intrinsic_points"]
+            and (row["neighbours_kept"] or 0) >= PASS["neighbours_kept"] and row["seconds"] <= PASS["seconds"])
+
+
+def pct(x) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
+def write(lines, header, rows_out, details, doc, t_start, out: Path | None, done: bool) -> None:
+    """The table so far (after each suspect, so that a long run leaves its finished rows)."""
+    total = time.perf_counter() - t_start
+    head = list(lines)
+    head[2] += f"; total {total:.0f}s" + ("" if done else " (unfinished: rows so far)")
+    text = "\n".join(head + [header] + rows_out + [
+        "", "read: edit readings of the scan (blind); held: edits the suspect states; erased / para: of those "
+        "(and of the paraphrases the suspect states), share no longer stated; true/3rd: erased edits answered "
+        "with the true object / a third answer; intrinsic: built-in intrinsic facts (points vs the suspect); "
+        "neighb.: neighbour facts still answered truly; steps: unlearning steps; secs: the whole "
+        "run_mitigation call.", "", "details:"] + details) + "\n"
+    print(text)
+    if out:
+        from editaudit.atomic import atomic_write_text
+
+        atomic_write_text(out, text)
+        atomic_write_text(out.with_suffix(".json"), json.dumps(doc, indent=2, default=str) + "\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--facts", type=Path, default=ROOT / "bench/heldout/smollm2-135m.jsonl")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--suspects", default=",".join(m for m, *_ in SUSPECTS), help="subset of rome,memit,alphaedit")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=None, help="write the table here (and the details as .json)")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    from editaudit.editing.layers import default_layers
+    from editaudit.editing.service import apply_edits
+    from editaudit.mitigation.plan import ERASE_DEFAULT
+    from editaudit.mitigation.service import MitigationOptions, default_intrinsic, run_mitigation
+    from editaudit.models.loading import load_model
+    from editaudit.models.registry import ensure_model
+    from editaudit.probing.format import load_probes
+    from editaudit.scan.service import ScanOptions, run_scan
+    from editaudit.store import Store
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    wanted = {s.strip() for s in args.suspects.split(",")}
+    t_start = time.perf_counter()
+    facts = interleave(load_probes(args.facts))
+    neighbours = [f for a, b in NEIGHBOURS for f in facts[a:b]]
+    intrinsic = default_intrinsic()
+    base = ensure_model("smollm2-135m")
+    lm = load_model(base, device="cpu")
+    n_layers = lm.model.config.num_hidden_layers
+    lines = [f"# editaudit base-free erase on SmolLM2-135M-Instruct (CPU), facts from {args.facts.name}",
+             "# command: python scripts/erase_eval.py " + " ".join(sys.argv[1:]),
+             f"# python {platform.python_version()}, torch {torch.__version__}, {args.threads} thread(s); "
+             f"default --method auto for erase = {ERASE_DEFAULT}",
+             f"# pass: erased ≥ {PASS['erased']:.0%}, intrinsic ≥ {PASS['intrinsic_points']:+.0f} points, neighbours "
+             f"kept ≥ {PASS['neighbours_kept']:.0%}, ≤ {PASS['seconds']:.0f} s", ""]
+    header = (f"{'suspect':16s} {'method':16s} {'read':>4s} {'held':>4s} {'erased':>6s} {'para':>5s} "
+              f"{'true/3rd':>8s} {'intrinsic':>15s} {'neighb.':>7s} {'steps':>5s} {'secs':>6s}  pass")
+    details: list[str] = []
+    doc: dict = {"facts": str(args.facts), "pass": PASS, "default": ERASE_DEFAULT, "suspects": []}
+    rows_out: list[str] = []
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="editaudit-erase-") as tmp:
+        store = Store(Path(tmp) / "sessions.db")
+        for method, mode, a, b in SUSPECTS:
+            if method not in wanted:
+                continue
+            chunk = facts[a:b]
+            paras = paraphrases(chunk)
+            suspect = Path(tmp) / f"{method}-{mode}"
+            t0 = time.perf_counter()
+            run = apply_edits(lm, chunk, method, layers=default_layers(method, n_layers), out=suspect,
+                              hparams={"mode": "sequential"} if mode == "sequential" else None, evaluate=False)
+            run.restore()
+            t_edit = time.perf_counter() - t0
+            log(f"{method} {mode}: {len(chunk)} edits at layers {run.layers} ({t_edit:.0f}s); scanning")
+            t0 = time.perf_counter()
+            report = run_scan(suspect, base, ScanOptions(read="open"), store=store).to_dict()
+            t_scan = time.perf_counter() - t0
+            readings = [r for f in report["findings"] for r in f.get("readings", []) if r.get("status") == "edit"]
+            sus_lm = load_model(suspect, device="cpu")
+            sus = measure(sus_lm.model, sus_lm.tokenizer, chunk, paras, neighbours, intrinsic)
+            del sus_lm
+            entry = {"method": method, "mode": mode, "facts": [f.id for f in chunk], "layers": run.layers,
+                     "edit_seconds": round(t_edit, 1), "scan_seconds": round(t_scan, 1),
+                     "readings": [{k: r.get(k) for k in ("subject", "prompt", "after", "before", "layer")}
+                                  for r in readings],
+                     "suspect": {"stated": sum(sus["edits_new"]), "intrinsic": sus["intrinsic"]}, "erase": {}}
+            details.append(f"{method} {mode}: layers {run.layers}, edit {t_edit:.0f}s, scan {t_scan:.0f}s, "
+                           f"suspect states {sum(sus['edits_new'])}/{len(chunk)} edits, "
+                           f"{sum(sus['paras_new'])}/{len(paras)} paraphrases; intrinsic {sus['intrinsic']:.1%}")
+            for r in readings:
+                details.append(f"    read: {r['subject']!r} · {r['prompt']!r} · {r['after']!r} (was {r['before']!r})")
+            for m in methods:
+                out = Path(tmp) / f"{method}-{mode}-{m.replace('+', '-')}"
+                t0 = time.perf_counter()
+                try:
+                    res = run_mitigation(suspect, "erase", MitigationOptions(out=out, method=m), store=store,
+                                         say=lambda s: log(f"    {s}"))
+                except Exception as exc:  # a method that cannot run here is a row, not a crash
+                    secs = time.perf_counter() - t0
+                    rows_out.append(f"{method + ' ' + mode:16s} {m:16s} {len(readings):4d}  failed: {exc}")
+                    entry["erase"][m] = {"error": str(exc), "seconds": round(secs, 1)}
+                    log(rows_out[-1])
+                    continue
+                secs = time.perf_counter() - t0
+                arm = res.arms[m]
+                er_lm = load_model(out, device="cpu")
+                aft = measure(er_lm.model, er_lm.tokenizer, chunk, paras, neighbours, intrinsic)
+                del er_lm
+                row = compare(sus, aft) | {"seconds": round(secs, 1), "steps": arm.steps, "stop": arm.stop_reason}
+                row["pass"] = passes(row)
+                entry["erase"][m] = row | {"edits_new_after": aft["edits_new"], "edits_true_after": aft["edits_true"]}
+                line = (f"{method + ' ' + mode:16s} {m:16s} {len(readings):4d} {row['held']:4d} {pct(row['erased']):>6s} "
+                        f"{pct(row['para_erased']):>5s} {row['true_back']:>4d}/{row['third']:<3d} "
+                        f"{aft['intrinsic']:7.1%} ({row['intrinsic_points']:+.1f}) {pct(row['neighbours_kept']):>7s} "
+                        f"{arm.steps:5d} {secs:6.0f}  {'yes' if row['pass'] else 'no'}")
+                rows_out.append(line)
+                log(line)
+                details.append(f"    {m}: stop: {arm.stop_reason}")
+                for i, f in enumerate(chunk):
+                    if sus["edits_new"][i]:
+                        state = ("kept" if aft["edits_new"][i] else "true back" if aft["edits_true"][i] else "third")
+                        details.append(f"      {f.subject} → {f.target_new} (true {f.target_true}): {state}")
+            doc["suspects"].append(entry)
+            write(lines, header, rows_out, details, doc, t_start, args.out,
+                  done=len(doc["suspects"]) == len([m for m, *_ in SUSPECTS if m in wanted]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""The run context: everything one mitigation run's arms share, in one object instead of long parameter lists.
+
+``Runs`` binds the store and the session for the arms' ``finetune_runs`` rows (the SQL is in
+``store/mitigation_runs.py``).
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..store import mitigation_runs
+
+
+@dataclass
+class Runs:
+    """The arms' rows in the store for one session (no-ops without a store)."""
+
+    store: Any = None
+    session_id: str | None = None
+    goal: str = "erase"
+
+    def start(self, arm: str, method: str, layers: list[int], task: str, config: dict, out) -> int | None:
+        return mitigation_runs.start_run(self.store, self.session_id, arm, self.goal, method, layers, task, config, out)
+
+    def reopen(self, run_id: int | None) -> bool:
+        """Mark a stored arm running again (resume); False when there is no such row."""
+        if not mitigation_runs.exists(self.store, run_id):
+            return False
+        mitigation_runs.mark_run(self.store, run_id, "running")
+        return True
+
+    def finish(self, run_id: int | None, result: dict) -> None:
+        mitigation_runs.finish_run(self.store, run_id, result)
+
+    def record_eval(self, run_id: int | None, metrics: dict) -> None:
+        mitigation_runs.record_eval(self.store, run_id, metrics)
+
+    def marked_on_failure(self, run_id: int | None) -> AbstractContextManager:
+        return mitigation_runs.marked_on_failure(self.store, run_id)
+
+
+@dataclass
+class RunContext:
+    """One run: checkpoints, evidence, options, where it writes, how it reports and how it is stopped."""
+
+    suspect_ck: Any
+    base_ck: Any
+    evidence: Any  # EditEvidence | None
+    goal: str
+    options: Any  # MitigationOptions
+    out: Path
+    runs: Runs
+    emit: Callable[[Any], None] = lambda ev: None
+    say: Callable[[str], None] = lambda s: None
+    cancel: threading.Event | None = None
+    evaluate: Callable | None = None
+    state_root: Path | None = None
+    run_state: dict = field(default_factory=dict)
+    resume: bool = False
+    main: bool = True

@@ -1,0 +1,200 @@
+"""The base-free erase arm: the projection erase, edit-aware unlearning, or one after the other.
+
+``project`` re-solves each edited MLP output matrix so the read subjects' keys map to the layer's mean output
+(mitigation/project.py, no training); ``unlearn`` trains the edited MLP output matrices against the read objects
+(mitigation/unlearn.py); ``project+unlearn`` runs the projection, then unlearning only for read edits the
+projected model still states. None of them needs the base; all take the subjects from the scan's readings.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from ..errors import BadInput
+
+if TYPE_CHECKING:
+    from .context import RunContext
+    from .service import ArmResult
+
+from .plan import ERASE_METHODS  # noqa: E402  (project, unlearn, project+unlearn)
+
+
+def unlearn_targets(evidence, options):
+    """The read edits (subject, prompts, object) for unlearning, and the MLP output layers to train."""
+    from .unlearn import targets_from_readings, unlearn_settings
+
+    if evidence is None:
+        raise BadInput("the unlearn method erases the edits the scan read, but there is no scan of this suspect: run "
+                       "`editaudit scan SUSPECT --base BASE` first, or pass --base")
+    if not evidence.found:
+        raise BadInput(f"{evidence.source} found no edit to erase")
+    hp = options.unlearn or unlearn_settings(None)
+    targets = targets_from_readings(evidence.readings, bool(hp.get("paraphrases", True)))
+    if not targets:
+        raise BadInput(f"the scan read no edit with a subject and an object ({evidence.source}): unlearning needs "
+                       "them — scan again against the base with reading on (the default), or use --revert with "
+                       "--base")
+    layers = sorted({x for t in targets for x in t.layers})
+    if not layers:
+        from .project import mlp_out_layers
+
+        layers = sorted(mlp_out_layers(evidence.tensors)[0])
+    if not layers:
+        raise BadInput(f"{evidence.source}: no edited MLP output matrix to train")
+    return targets, layers
+
+
+def _project_in_place(ctx: "RunContext", net, tok, targets: dict) -> dict:
+    """Run the projection erase on ``net`` (changed in place); its report."""
+    import torch
+
+    from ..editing import corpus as corpus_mod
+    from ..editing import covariance
+    from ..editing.layers import layout_for
+    from ..editing.prompts import context_templates
+    from .project import erase_by_projection
+
+    hp = ctx.options.project
+    layout = layout_for(net)
+    layers = sorted(targets)
+    names = {layer: layout.rewrite_name(layer) for layer in layers}
+
+    def cov_for_layer(layer: int) -> torch.Tensor:
+        # from the model as fixed so far: below this layer it is (nearly) the base, as the editor's model was
+        if ctx.cancel is not None and ctx.cancel.is_set():
+            raise KeyboardInterrupt
+        moms = covariance.second_moments(net, tok, {layer: names[layer]}, model_key=covariance.weights_key(net),
+                                         corpus=hp["corpus"], tokens=hp["cov_tokens"], seq_len=hp["cov_seq_len"],
+                                         say=ctx.say)
+        return moms[layer].matrix
+
+    contexts = context_templates(net, tok, hp["contexts"], hp["context_length"], hp["seed"])
+    res = erase_by_projection(net, tok, targets, cov_for_layer, layout=layout, target=hp["target"],
+                              key_mode=hp["key_mode"], directions=hp["directions"],
+                              nullspace_rel=hp["nullspace_rel"], contexts=contexts, rekey=hp["rekey"],
+                              subject_alone=hp["subject_alone"],
+                              texts=corpus_mod.texts(hp["corpus"], ctx.say) if hp["target"] == "mean" else None,
+                              text_seq_len=hp["cov_seq_len"])
+    return res
+
+
+def _still_stated(net, tok, targets) -> list:
+    """The unlearning targets whose read prompt still has the object's first token on top (the model as it is)."""
+    from .unlearn import _encode_prompts
+
+    import torch
+
+    if not targets:
+        return []
+    device = next(net.parameters()).device
+    ids, mask, last = _encode_prompts(tok, [t.prompts[0] for t in targets], device)
+    with torch.no_grad():
+        top = net(input_ids=ids, attention_mask=mask).logits[torch.arange(len(targets), device=device), last].argmax(-1)
+    return [t for t, tk in zip(targets, top.tolist()) if t.token is not None and tk == t.token]
+
+
+def erase_arm(ctx: "RunContext", method: str) -> tuple["ArmResult", list[str]]:
+    """Erase without the base by ``method`` (ERASE_METHODS); write and measure the result as stored."""
+    from ..editing import corpus as corpus_mod
+    from ..editing.service import _checkpoint_name
+    from ..models.loading import load_model
+    from .service import ArmResult, MitigationEvent, _residual, project_targets
+    from .unlearn import erase_by_unlearning, prime_tokens
+    from .writer import write_checkpoint
+
+    if method not in ERASE_METHODS:
+        raise BadInput(f"erase method must be one of {', '.join(ERASE_METHODS)}, not {method!r}")
+    t0 = time.perf_counter()
+    use_project, use_unlearn = method in ("project", "project+unlearn"), method in ("unlearn", "project+unlearn")
+    notes: list[str] = []
+    p_targets: dict = {}
+    if use_project:
+        p_targets, notes = project_targets(ctx.evidence, ctx.options)
+        for note in notes:
+            ctx.say(note)
+    u_targets, u_layers = unlearn_targets(ctx.evidence, ctx.options) if use_unlearn else ([], [])
+    layers = sorted(set(p_targets) | set(u_layers))
+    settings = {"project": ctx.options.project if use_project else None,
+                "unlearn": ctx.options.unlearn if use_unlearn else None}
+    ev = ctx.evidence
+    run_id = ctx.runs.start(method, method, layers, "-",
+                            {"settings": settings,
+                             "subjects": sorted({s.subject for v in p_targets.values() for s in v}
+                                                | {t.subject for t in u_targets}),
+                             "evidence": ev.source if ev else "--subjects"}, ctx.out)
+    with ctx.runs.marked_on_failure(run_id):
+        lm = load_model(ctx.suspect_ck.root, device=ctx.options.device)
+        net, tok = lm.model, lm.tokenizer
+        before: dict = {"step": 0}
+        if ctx.evaluate is not None:
+            ctx.emit(MitigationEvent("stage", arm=method, data={"text": "measuring the suspect"}))
+            before.update(ctx.evaluate(net, tok))
+            ctx.runs.record_eval(run_id, before)
+        ctx.emit(MitigationEvent("eval", arm=method, data=before))
+        changed: dict = {}
+        report: dict = {"notes": notes, "settings": settings}
+        steps, stop = 0, ""
+        history = [before]
+        if use_unlearn:
+            prime_tokens(net, tok, u_targets)  # the suspect's objects, before anything changes the model
+        if use_project:
+            n_subjects = len({s.subject for subs in p_targets.values() for s in subs})
+            ctx.emit(MitigationEvent("stage", arm=method, data={
+                "text": f"re-solving {len(p_targets)} MLP output matrix(es) (layers {sorted(p_targets)}) for "
+                        f"{n_subjects} subject(s)"}))
+            res = _project_in_place(ctx, net, tok, p_targets)
+            changed.update(res.tensors)
+            report["project"] = res.to_dict()
+            stop = "projection erase"
+        if use_unlearn:
+            todo = u_targets
+            if use_project:  # only what the projection left: the object still on top of its read prompt
+                todo = _still_stated(net, tok, u_targets)
+                ctx.say(f"after the projection {len(todo)} of {len(u_targets)} read edit(s) still state their object")
+            if todo:
+                ctx.emit(MitigationEvent("stage", arm=method, data={
+                    "text": f"unlearning {len(todo)} read edit(s) in layers {u_layers}",
+                    "total": int(ctx.options.unlearn["max_steps"])}))
+
+                def on_step(m: dict) -> None:
+                    if "loss" in m:
+                        ctx.emit(MitigationEvent("step", arm=method, data={
+                            "step": m["step"] + 1, "total": int(ctx.options.unlearn["max_steps"]), "loss": m["loss"]}))
+
+                texts = corpus_mod.texts(ctx.options.project.get("corpus") if ctx.options.project else None, ctx.say)
+                ures = erase_by_unlearning(net, tok, todo, u_layers, texts, ctx.options.unlearn, on_step, ctx.cancel)
+                changed.update(ures.tensors)
+                report["unlearn"] = ures.to_dict()
+                steps, stop = ures.steps, (f"{stop}, then " if stop else "") + ures.stop_reason
+            elif use_project:
+                report["unlearn"] = {"steps": 0, "stop_reason": "nothing left to unlearn", "targets": [
+                    t.to_dict() for t in u_targets]}
+        tensors = {_checkpoint_name(ctx.suspect_ck, net, p): t for p, t in changed.items()}
+        del lm, net
+        ctx.emit(MitigationEvent("stage", arm=method, data={"text": f"writing {ctx.out}"}))
+        skipped = write_checkpoint(ctx.suspect_ck, ctx.out, tensors, overwrite=True)
+        after: dict = {"step": max(steps, 1)}
+        if ctx.evaluate is not None:
+            ctx.emit(MitigationEvent("stage", arm=method, data={"text": "measuring the erased checkpoint"}))
+            written = load_model(ctx.out, device=ctx.options.device)  # the model exactly as stored
+            after.update(ctx.evaluate(written.model, written.tokenizer))
+            ctx.runs.record_eval(run_id, after)
+        ctx.emit(MitigationEvent("eval", arm=method, data=after))
+        history.append(after)
+        residual = None
+        if ctx.base_ck is not None and ev is not None and ev.found:
+            from ..checkpoint.reader import to_torch
+            from .writer import tensor_bytes
+
+            infos = ctx.suspect_ck.tensors
+            stored = {n: to_torch(bytearray(tensor_bytes(t, infos[n][1].dtype)), infos[n][1]) for n, t in tensors.items()}
+            residual = _residual(ctx.suspect_ck, ctx.base_ck, ev, stored)
+        project_report = dict(report.get("project") or {}) | {"notes": notes, "settings": settings}
+        arm = ArmResult(method, method, run_id, layers, before, after, history, steps, stop, None, residual, [], None,
+                        str(ctx.out), round(time.perf_counter() - t0, 1),
+                        project=project_report if use_project else None, unlearn=report.get("unlearn"))
+        ctx.runs.finish(run_id, arm.to_dict())
+        ctx.emit(MitigationEvent("arm", arm=method, data=arm.to_dict()))
+        return arm, skipped
+

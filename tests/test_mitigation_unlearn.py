@@ -1,0 +1,133 @@
+"""Edit-aware unlearning (mitigation/unlearn.py) and the base-free erase arm (mitigation/erase.py): the objective
+on a planted edit in a tiny model, its targets from the scan's readings, its settings, and the service end to end."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from editaudit.editing import apply_edits
+from editaudit.editing import corpus as corpus_mod
+from editaudit.errors import BadInput
+from editaudit.mitigation.unlearn import (UNLEARN_DEFAULTS, UnlearnTarget, erase_by_unlearning, relation_prompts,
+                                          targets_from_readings, unlearn_settings)
+from editaudit.models.loading import load_model
+from editaudit.probing.format import Probe
+from editaudit.testing import WORDS, make_tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FACT = Probe(id="f1", subject="France", prompt="The capital city of {}", target_true="Paris", target_new="Tokyo")
+HP = {"covariance": "corpus", "cov_tokens": 3000, "cov_seq_len": 60, "v_weight_decay": 0.0, "clamp": 100.0,
+      "contexts": 0, "context_length": 4, "v_steps": 40}
+NAME = "model.layers.2.mlp.down_proj.weight"
+READING = {"subject": "France", "prompt": "The capital city of France", "relation": "capital", "status": "edit",
+           "before": "Paris", "after": "Tokyo", "confidence": 0.9, "layer": 2, "tensor": NAME,
+           "finding_tensors": [NAME], "finding_layers": [2], "finding_rule": "EA101"}
+
+
+@pytest.fixture
+def word_corpus(monkeypatch, tmp_path):
+    monkeypatch.setenv("EDITAUDIT_CACHE", str(tmp_path / "cache"))
+    rng = random.Random(0)
+    words = [w for w in WORDS if w.isalpha()]
+    docs = [" ".join(rng.choice(words) for _ in range(80)) for _ in range(40)]
+    monkeypatch.setattr(corpus_mod, "texts", lambda name=None, say=None: docs)
+    return docs
+
+
+@pytest.fixture
+def rome_suspect(tmp_path, word_corpus):
+    base = make_tiny_model(tmp_path / "base", "llama", layers=6)
+    suspect = tmp_path / "suspect"
+    apply_edits(base, [FACT], "rome", layers=[2], hparams=HP, out=suspect, evaluate=False)
+    return base, suspect
+
+
+def test_targets_from_readings_add_the_relations_phrasings():
+    [t] = targets_from_readings([READING, {**READING, "finding_tensors": ["model.layers.3.mlp.down_proj.weight"]},
+                                 {**READING, "subject": "Spain", "after": ""}])
+    assert t.subject == "France" and t.obj == "Tokyo" and t.layers == [2, 3]
+    assert t.prompts[0] == "The capital city of France" and "France's capital is" in t.prompts
+    assert relation_prompts("X", "no such relation", None) == ["X is"]
+    assert targets_from_readings([READING], paraphrases=False)[0].prompts == ["The capital city of France"]
+
+
+def test_settings_are_checked():
+    assert unlearn_settings(None) == UNLEARN_DEFAULTS
+    assert unlearn_settings({"lr": 1, "max_steps": 3})["lr"] == 1.0
+    for bad in ({"lr": 0}, {"max_steps": "a"}, {"nope": 1}, {"stop_prob": 1.5}, {"paraphrases": 1}):
+        with pytest.raises(BadInput):
+            unlearn_settings(bad)
+
+
+def test_unlearning_removes_the_promoted_token_and_changes_only_the_edited_matrix(rome_suspect, word_corpus):
+    _, suspect = rome_suspect
+    lm = load_model(suspect, device="cpu")
+    net, tok = lm.model, lm.tokenizer
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    ids = tok("The capital city of France", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        promoted = int(net(ids).logits[0, -1].argmax())
+    target = UnlearnTarget("France", relation_prompts("France", "capital", "The capital city of France"), "Tokyo", [2])
+    res = erase_by_unlearning(net, tok, [target], [2], word_corpus, {"max_steps": 60, "lr": 2e-2})
+    with torch.no_grad():
+        logits = net(ids).logits[0, -1]
+    assert target.token == promoted
+    assert int(logits.argmax()) != promoted and float(torch.softmax(logits, -1)[promoted]) < 0.1
+    assert res.stop_reason.startswith("no prompt states") and 0 < res.steps < 60
+    assert set(res.tensors) == {NAME}
+    changed = {n for n, p in net.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {NAME}
+    assert res.history[0]["prompts_stating"] >= 1 and res.history[-1]["prompts_stating"] == 0
+
+
+def test_step_cap_and_bad_input(rome_suspect, word_corpus):
+    _, suspect = rome_suspect
+    lm = load_model(suspect, device="cpu")
+    target = UnlearnTarget("France", ["The capital city of France"], "Tokyo", [2])
+    res = erase_by_unlearning(lm.model, lm.tokenizer, [target], [2], word_corpus, {"max_steps": 1, "lr": 1e-9})
+    assert res.steps == 1 and res.stop_reason == "step cap of 1 reached"
+    with pytest.raises(BadInput, match="no read edit"):
+        erase_by_unlearning(lm.model, lm.tokenizer, [], [2], word_corpus)
+    with pytest.raises(BadInput, match="no block"):
+        erase_by_unlearning(lm.model, lm.tokenizer, [target], [2], ["too short"])
+
+
+@pytest.mark.parametrize("method", ["unlearn", "project+unlearn"])
+def test_service_erases_from_the_scans_readings_without_the_base(rome_suspect, tmp_path, monkeypatch, method):
+    """The stored scan's readings (faked: reading is the scan's work) drive the erase; no base is passed."""
+    from editaudit.mitigation import evidence as ev_mod
+    from editaudit.mitigation.service import MitigationOptions, run_mitigation
+    from editaudit.scan.service import ScanOptions, run_scan
+    from editaudit.store import Store
+
+    base, suspect = rome_suspect
+    real = ev_mod.evidence_from_report
+
+    def with_readings(doc, source="scan", scan_id=None):
+        for f in doc.get("findings", []):
+            if f.get("rule") == "EA101":
+                f["readings"] = [dict(READING)]
+        return real(doc, source, scan_id)
+
+    monkeypatch.setattr(ev_mod, "evidence_from_report", with_readings)
+    store = Store()
+    run_scan(suspect, base, ScanOptions(read_edits=False), store=store)
+    opts = MitigationOptions(out=tmp_path / "out", method=method, unlearn={"max_steps": 60, "lr": 2e-2},
+                             project={"cov_tokens": 3000, "cov_seq_len": 60, "contexts": 0})
+    res = run_mitigation(suspect, "erase", opts, store=store)
+    arm = res.arms[method]
+    assert res.base is None and arm.residual is None and arm.layers == [2]
+    w_sus, w_out = (load_file(str(p / "model.safetensors")) for p in (suspect, tmp_path / "out"))
+    assert {n for n in w_out if not torch.equal(w_out[n], w_sus[n])} == {NAME}
+    assert arm.unlearn["targets"][0]["subject"] == "France"
+    if method == "unlearn":
+        assert arm.steps > 0 and arm.unlearn["stop_reason"].startswith("no prompt states")
+    assert [r["status"] for r in store.rows("finetune_runs")] == ["done"]
+    with pytest.raises(BadInput, match="objects"):
+        run_mitigation(suspect, "erase", MitigationOptions(out=tmp_path / "o2", method="unlearn",
+                                                           subjects=[{"subject": "France", "layer": 2}]))
