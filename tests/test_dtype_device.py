@@ -172,3 +172,15 @@ def test_scan_cli_checks_device_before_scanning(tiny_llama):
                                    "--no-store", "--format", "json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["verdict"] == "clean"
+
+
+def test_edit_warns_when_16_bits_would_round_a_float32_checkpoint(tiny_llama, tmp_path):
+    from editaudit.models.loading import precision_note
+    from editaudit.testing import make_tiny_model
+
+    note = precision_note(tiny_llama, "bfloat16", "cpu")
+    assert note and "--dtype float32" in note
+    assert precision_note(tiny_llama, "float32", "cpu") is None
+    assert precision_note(tiny_llama, "auto", "cpu") is None  # float32 on a CPU
+    stored16 = make_tiny_model(tmp_path / "bf16", "llama", layers=2, dtype="bfloat16")
+    assert precision_note(stored16, "bfloat16", "cpu") is None  # nothing to lose

@@ -94,6 +94,12 @@ def register(app: typer.Typer) -> None:
             raise BadInput(f"{len(missing)} fact(s) in {facts} have no target_new, e.g. {', '.join(missing[:5])}")
         if out is not None and out.exists() and not overwrite:
             raise BadInput(f"{out} already exists (use --overwrite to replace it)")
+        if out is not None:
+            from ..models.loading import precision_note
+
+            note = precision_note(base, dtype.value, device)
+            if note:
+                common.say(note)
         store = common.state(ctx).store()
         sid = store.new_session("edit", title=f"{method.value} · {len(records)} fact(s)", base=base,
                                 suspect=str(out) if out else None)

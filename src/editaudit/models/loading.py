@@ -85,6 +85,10 @@ def load_model(spec: str | Path, dtype: str = "float32", device: str | None = No
     and transformers is told ``trust_remote_code=False`` and ``use_safetensors=True``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    # transformers draws a "Loading weights" bar on stderr for every load, in the middle of editaudit's own progress
+    hf_logging.disable_progress_bar()
 
     from ..checkpoint import open_checkpoint
     from .registry import resolve_model
@@ -124,3 +128,29 @@ def _load_adapted(folder: Path, dtype: str, device: str, say: Callable[[str], No
     n = apply_to_model(lm.model, LoraAdapter(Path(folder), open_checkpoint(base)))
     say(f"applied the adapter {folder} to {n} weight(s) of {base}")
     return LoadedModel(lm.model, lm.tokenizer, Path(folder))
+
+
+def precision_note(spec: str | Path, dtype: str, device: str | None = None) -> str | None:
+    """A warning when an edit would run in 16 bits on a checkpoint that stores float32 matrices.
+
+    The edited matrices are written back from the model as it ran, so each one then carries 16-bit
+    rounding in every element: a scan sees a dense change with the edit standing out of it, not the
+    clean low-rank change the method made. None when there is nothing to say (or the spec is unusable:
+    loading reports that)."""
+    import torch
+
+    try:
+        torch_dtype = resolve_dtype(dtype, device)
+        if torch_dtype not in (torch.bfloat16, torch.float16):
+            return None
+        from ..checkpoint import open_checkpoint
+        from .registry import resolve_model
+
+        ckpt = open_checkpoint(resolve_model(str(spec)))
+    except BadInput:
+        return None
+    if not any(info.dtype == "F32" and len(info.shape) == 2 for _, info in ckpt.tensors.values()):
+        return None
+    return (f"editing in {dtype_name(torch_dtype)} a checkpoint stored in float32: every element of the edited "
+            "matrices will carry 16-bit rounding when written (a scan then sees a dense change around the edit); "
+            "pass --dtype float32 for an edit that changes only what the method changes")
