@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU path in one run: the demo, the probe benchmark, one edit per method (FT-L, ROME, MEMIT, AlphaEdit)
-# and a short LoRA mitigation, each on CUDA with --dtype auto, in about 8 minutes on one recent GPU.
+# with --dtype auto, a float32 ROME edit scanned blind, and a short LoRA mitigation of it, all on CUDA, within
+# an 8-minute budget on one recent GPU.
 #
 # Usage: bash bench/gpu_check.sh            (from the repository root)
 #   EDITAUDIT_MODEL  model to use (default smollm2-135m; fetched and converted once if not cached)
@@ -112,9 +113,13 @@ for method in ft rome memit alphaedit; do
   step "edit-$method" 60 "${EA[@]}" edit "$MODEL" --method "$method" --facts smollm2-135m-edit --limit 2 \
     --device "$DEVICE" --dtype auto --format json --out "$WORK/$method"
 done
-if [ -d "$WORK/rome" ]; then
-  step scan-rome 90 "${EA[@]}" scan "$WORK/rome" --base "$MODEL" --format json --exit-zero
-  step mitigate-lora 90 "${EA[@]}" mitigate "$WORK/rome" --base "$MODEL" --goal preserve --method lora \
+# a float32 checkpoint edited in bfloat16 carries 16-bit rounding in its edited matrices: the scan and the
+# mitigation run on a float32 edit, which changes only what ROME changes
+step edit-rome-float32 60 "${EA[@]}" edit "$MODEL" --method rome --facts smollm2-135m-edit --limit 2 \
+  --device "$DEVICE" --dtype float32 --format json --out "$WORK/rome32"
+if [ -d "$WORK/rome32" ]; then
+  step scan-rome 90 "${EA[@]}" scan "$WORK/rome32" --base "$MODEL" --device "$DEVICE" --format json --exit-zero
+  step mitigate-lora 90 "${EA[@]}" mitigate "$WORK/rome32" --base "$MODEL" --goal preserve --method lora \
     --steps 20 --eval-every 10 --max-examples 200 --device "$DEVICE" --format json --out "$WORK/mitigated"
 fi
 if [ -f "$STEPS/probe_speed.txt" ]; then
