@@ -69,6 +69,9 @@ def register(app: typer.Typer) -> None:
                 elif kind in ("cell", "reference"):
                     label = data.get("label") or f"reference · {data['task']}"
                     prog.update(inner, visible=True, completed=0, total=None, description=f"  {escape(label)}")
+                elif kind == "stage":
+                    prog.update(inner, completed=data["done"], total=data["total"] or None,
+                                description=f"  {escape(data['stage'])}")
                 elif kind == "eval":
                     desc = f"val {data['val_loss']:.3f}"
                     prog.update(inner, completed=data["step"], total=data["of"])

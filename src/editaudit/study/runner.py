@@ -224,7 +224,9 @@ def run_cell(ctx: _Context, cell: Cell, target: float | None, out: Path, cell_id
                 t0 = time.perf_counter()
                 run = apply_edits(ctx.lm, _edit_requests(unit, cfg.edit.paraphrase_augment), cell.edit,
                                   layers=cfg.edit.layers.get(cell.edit), hparams=cfg.edit.hparams.get(cell.edit),
-                                  evaluate=False, device=cfg.study.device)
+                                  evaluate=False, device=cfg.study.device,
+                                  progress=lambda stage, d, t: on_event("stage", {"stage": stage, "done": d,
+                                                                                   "total": t}))
                 info["edit_seconds"] += time.perf_counter() - t0
                 edited_layers, names = list(run.layers), sorted(run.originals)
             edited_w = {n: ctx.model.get_parameter(n).detach().clone() for n in names}
