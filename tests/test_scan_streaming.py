@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from editaudit.checkpoint import open_checkpoint
-from editaudit.checkpoint.reader import CHUNK
+from editaudit.checkpoint.reader import WINDOW
 from editaudit.scan.compare import compare
 from editaudit.scan.names import parse_name
 from editaudit.scan.service import ScanOptions, analysis_threads, run_scan
@@ -104,11 +104,11 @@ def test_a_changed_tensor_is_handed_on_before_the_reading_ends(pair, tmp_path, m
     waited: set[int] = set()
 
     class Gated(TensorFile):
-        def chunks(self, info, buf):
+        def feed(self, info, consume):
             if info.name in later and threading.get_ident() not in waited:
                 waited.add(threading.get_ident())
                 reported.wait(10)
-            yield from super().chunks(info, buf)
+            super().feed(info, consume)
 
     monkeypatch.setattr(compare_mod, "TensorFile", Gated)
     total = 2 * sum(i.nbytes for _, i in s.tensors.values())
@@ -155,7 +155,7 @@ print(json.dumps({"growth_mb": (kb('VmHWM') - start) / 1024, "changed": [c.name.
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to measure peak RSS")
 def test_peak_memory_is_a_small_multiple_of_the_largest_tensor(tmp_path):
     """64 tensors of 2 MiB per side (256 MiB for both sides, in 4 shards), one changed: the scan's peak
-    grows by one read buffer per reader and the float work on that one tensor, not by the checkpoint's size."""
+    grows by one mapped window per reader and the float work on that one tensor, not by the checkpoint's size."""
     gen = torch.Generator().manual_seed(0)
     names = [f"blocks.{i}.weight" for i in range(64)]
     tensors = {n: (torch.randn(1024, 1024, generator=gen) * 0.02).to(torch.bfloat16) for n in names}
@@ -181,6 +181,6 @@ def test_peak_memory_is_a_small_multiple_of_the_largest_tensor(tmp_path):
     doc = json.loads(out.stdout.strip().splitlines()[-1])
     assert doc["changed"] == [names[7]]
     largest_mb = 1024 * 1024 * 2 / 2**20  # 2 MiB stored; its float work needs several float32 copies of it
-    # one read buffer per reader, the float work (float32 copies, ΔW, its |ΔW|, SVD workspace) and thread
-    # arenas: 64 MiB, a quarter of what holding both sides would take (measured: about 48 MiB)
-    assert doc["growth_mb"] < 2 * CHUNK / 2**20 + 24 * largest_mb, doc
+    # one mapped window per reader (here a tensor: windows end where tensors do), the float work (float32
+    # copies, ΔW, its |ΔW|, SVD workspace) and thread arenas: 52 MiB, a fifth of both sides' 256 MiB
+    assert doc["growth_mb"] < 2 * min(WINDOW / 2**20, largest_mb) + 24 * largest_mb, doc

