@@ -193,3 +193,54 @@ def test_open_reading_names_the_subject_of_an_adapter_edit(tiny_llama, tmp_path,
     assert edit["layers"] == [layer]
     readings = edit["readings"]
     assert readings and readings[0]["subject"].endswith("Colosseum") and readings[0]["fire"] > 0.95
+
+
+def test_embedding_lora_and_its_saved_base_layer(tiny_llama, tmp_path):
+    """LoRA on the token embedding: ΔE = s·(B·A)ᵀ, added to the embedding layer peft saves alongside."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from editaudit.models.loading import load_model
+
+    pm = _peft_model(tiny_llama, r=2, lora_alpha=4, target_modules=["embed_tokens"])
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_embedding" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    out = tmp_path / "emb"
+    pm.save_pretrained(out)
+    ck = open_adapter(out, open_checkpoint(tiny_llama))
+    assert set(ck.adapter.modules) == {"model.embed_tokens.weight"}
+    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), out).eval()
+    want = theirs.base_model.model.model.embed_tokens.get_delta_weight("default")
+    assert torch.allclose(ck.adapter.delta("model.embed_tokens.weight"), want, atol=1e-6)
+    ids = torch.tensor([[5, 17, 42, 9]])
+    with torch.no_grad():
+        assert torch.allclose(load_model(out, device="cpu").model(input_ids=ids).logits,
+                              theirs(input_ids=ids).logits, atol=1e-5)
+    doc = run_scan(out, tiny_llama, ScanOptions(read="off")).to_dict()
+    assert {f["rule"] for f in doc["findings"]} >= {"EA108", "EA231"}  # embedding rows changed; a task adapter
+
+
+def test_gpt2_conv1d_adapter_maps_and_transposes(tiny_gpt2, tmp_path):
+    """GPT-2 stores its MLP weights [in, out] (Conv1D): peft's fan_in_fan_out ΔW comes out transposed."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    pm = _peft_model(tiny_gpt2, r=2, lora_alpha=2, target_modules=["c_proj"], layers_to_transform=[3],
+                     fan_in_fan_out=True)
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    out = tmp_path / "gpt2"
+    pm.save_pretrained(out)
+    base = open_checkpoint(tiny_gpt2)
+    ck = open_adapter(out, base)
+    mlp = next(n for n in ck.adapter.modules if "mlp.c_proj" in n)
+    assert mlp in base.tensors and len(ck.adapter.modules) == 2  # attn.c_proj and mlp.c_proj of layer 3
+    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_gpt2), out)
+    want = theirs.base_model.model.transformer.h[3].mlp.c_proj.get_delta_weight("default")
+    assert torch.allclose(ck.adapter.delta(mlp), want, atol=1e-6)

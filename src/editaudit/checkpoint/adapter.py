@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -34,6 +35,8 @@ PREFIX = "base_model.model."
 EDIT_MAX_MODULES = 8
 EDIT_MAX_SPAN = 6
 RANK_ONE_SHARE = 0.9  # top singular value's share of a module's ΔW energy for "rank-one-ish"
+_FACTOR = re.compile(r"^(.+)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.weight)?$")
+_OTHER_LORA = re.compile(r"\.lora_[A-Za-z_]+(?:\.|$)")
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -49,7 +52,7 @@ class AdaptedModule:
     kind: str  # lora | embedding | replace
     a: TensorInfo | None = None
     b: TensorInfo | None = None
-    whole: TensorInfo | None = None  # ``replace``: the full tensor
+    whole: TensorInfo | None = None  # a tensor saved whole: the value (replace) or the layer a LoRA adds to
     scale: float = 1.0
     transpose: bool = False
     rank: int = 0
@@ -77,8 +80,6 @@ def _load_config(folder: Path) -> dict:
 
 def _alpha_for(module: str, cfg: dict) -> float:
     """lora_alpha for ``module``, honouring ``alpha_pattern`` (a key matches the module or its suffix)."""
-    import re
-
     for key, value in (cfg.get("alpha_pattern") or {}).items():
         if module == key or module.endswith("." + key) or re.fullmatch(rf"(?:.*\.)?{key}", module):
             return float(value)
@@ -121,23 +122,23 @@ class LoraAdapter:
         unmapped: list[str] = []
         fan_in_fan_out = bool(self.config.get("fan_in_fan_out"))
         rslora = bool(self.config.get("use_rslora"))
+        wholes: dict[str, TensorInfo] = {}
         for key, info in self.header.tensors.items():
-            for part in ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B"):
-                marker = f".{part}."
-                if marker in key:
-                    module, rest = key.split(marker, 1)
-                    if rest not in ("weight", ""):  # lora_B.bias (lora_bias) and others: not read yet
-                        raise BadInput(f"{self.folder}: adapter tensor {key!r} is not read yet (only LoRA A/B weights)")
-                    pairs.setdefault(module, {})[part] = info
-                    break
-            else:
-                if key.endswith((".weight", ".bias")):  # modules_to_save: a whole replacement tensor
-                    module, suffix = key.rsplit(".", 1)
-                    target = _base_name(module.replace(".modules_to_save.default", ""), suffix, names)
-                    if target is not None:
-                        self.modules[target] = AdaptedModule(target, "replace", whole=info)
-                        continue
-                unmapped.append(key)
+            factor = _FACTOR.match(key)
+            if factor is not None:
+                pairs.setdefault(factor.group(1), {})[factor.group(2)] = info
+                continue
+            if _OTHER_LORA.search(key):  # lora_B.bias (lora_bias), DoRA magnitudes …: not read yet
+                raise BadInput(f"{self.folder}: adapter tensor {key!r} is not read yet (only LoRA A/B factors)")
+            if key.endswith((".weight", ".bias")):
+                # saved whole: modules_to_save, or the base layer of an adapted embedding (peft saves those)
+                module, suffix = key.rsplit(".", 1)
+                module = module.replace(".modules_to_save.default", "").removesuffix(".base_layer")
+                target = _base_name(module, suffix, names)
+                if target is not None:
+                    wholes[target] = info
+                    continue
+            unmapped.append(key)
         for module, parts in pairs.items():
             emb = "lora_embedding_A" in parts or "lora_embedding_B" in parts
             a, b = (parts.get("lora_embedding_A"), parts.get("lora_embedding_B")) if emb else (parts.get("lora_A"), parts.get("lora_B"))
@@ -170,7 +171,9 @@ class LoraAdapter:
             if (out_in[::-1] if transpose else out_in) != shape:
                 raise IncompatibleCheckpoints(f"{self.folder}: LoRA on {module!r} does not fit the base's {target} {list(shape)}")
             self.modules[target] = AdaptedModule(target, "embedding" if emb else "lora", a=a, b=b, scale=scale,
-                                                 transpose=transpose, rank=r)
+                                                 transpose=transpose, rank=r, whole=wholes.pop(target, None))
+        for target, info in wholes.items():
+            self.modules[target] = AdaptedModule(target, "replace", whole=info)
         if unmapped:
             raise IncompatibleCheckpoints(
                 f"{self.folder}: {len(unmapped)} adapter tensor(s) name no tensor of the base "
@@ -178,7 +181,7 @@ class LoraAdapter:
         if not self.modules:
             raise BadInput(f"{self.folder}: the adapter changes no tensor")
         for name, m in self.modules.items():
-            if m.kind == "replace" and tuple(m.whole.shape) != tuple(self.base.tensors[name][1].shape):
+            if m.whole is not None and tuple(m.whole.shape) != tuple(self.base.tensors[name][1].shape):
                 raise IncompatibleCheckpoints(f"{self.folder}: saved module {name} has shape {list(m.whole.shape)}, "
                                               f"the base's is {list(self.base.tensors[name][1].shape)}")
 
@@ -198,10 +201,10 @@ class LoraAdapter:
     def suspect(self, name: str, base_values):
         """The adapted model's value of tensor ``name`` (float32), given the base's (float32)."""
         m = self.modules[name]
-        if m.kind == "replace":
+        if m.whole is not None:  # saved whole (and, for an adapted embedding, the layer its LoRA adds to)
             with TensorFile(self.header.path) as f:
-                return self._read(f, m.whole)
-        return base_values + self.delta(name)
+                base_values = self._read(f, m.whole)
+        return base_values if m.kind == "replace" else base_values + self.delta(name)
 
     def survey(self) -> None:
         """Each LoRA module's singular values of ΔW, from the r×r core (never forms the full matrix)."""
@@ -308,10 +311,10 @@ def apply_to_model(model, adapter: LoraAdapter) -> int:
                 p = params.get(f"{prefix}.{name}")
             if p is None:
                 raise BadInput(f"the base model has no weight {name!r} for the adapter's module")
-            if m.kind == "replace":
+            if m.whole is not None:
                 with TensorFile(adapter.header.path) as f:
                     p.copy_(adapter._read(f, m.whole).to(p.device, p.dtype))
-            else:
+            if m.kind != "replace":
                 p.copy_((p.float() + adapter.delta(name).to(p.device)).to(p.dtype))
             n += 1
     return n
