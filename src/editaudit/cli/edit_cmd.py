@@ -1,4 +1,4 @@
-"""``editaudit edit BASE --method ft|rome|memit|alphaedit --facts FILE --out DIR``: make knowledge edits."""
+"""``editaudit edit BASE --method ft|rome|memit|alphaedit|mend|malmen --facts FILE --out DIR``: make knowledge edits."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ class Method(str, Enum):
     rome = "rome"
     memit = "memit"
     alphaedit = "alphaedit"
+    mend = "mend"
+    malmen = "malmen"
 
 
 class Mode(str, Enum):
@@ -50,7 +52,7 @@ def register(app: typer.Typer) -> None:
     def edit(
         ctx: typer.Context,
         base: str = typer.Argument(..., help="Model to edit: a safetensors model folder or a model name (smollm2-135m)."),
-        method: Method = typer.Option(..., "--method", "-m", help="ft (FT-L), rome, memit or alphaedit."),
+        method: Method = typer.Option(..., "--method", "-m", help="ft (FT-L), rome, memit, alphaedit, or the trained hypernetworks mend and malmen (see `editaudit editors train`)."),
         facts: str = typer.Option(..., "--facts", help="Facts to write: probe JSONL, a CounterFact-style JSON list, or a probe set name; each needs target_new."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where the edited checkpoint goes (written atomically); omit to only measure."),
         layers: Optional[str] = typer.Option(None, "--layers", help="Layers to edit, e.g. 4 or 2-6 or 3,5 (default: the method's per-family default)."),
@@ -66,7 +68,7 @@ def register(app: typer.Typer) -> None:
         dtype: common.Dtype = common.DtypeOption,
         fmt: Fmt = typer.Option(Fmt.rich, "--format", "-f", help="rich (terminal) or json on stdout."),
     ) -> None:
-        """Write facts into a model with FT-L, ROME, MEMIT or AlphaEdit, and report how each one took.
+        """Write facts into a model with FT-L, ROME, MEMIT, AlphaEdit, MEND or MALMEN, and report how each one took.
 
         The output is an ordinary Hugging Face safetensors folder in which only the edited tensors differ
         from BASE; what was edited and how is recorded in the session store (and in --manifest when given),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ..errors import BadInput
 
-METHODS = ("ft", "rome", "memit", "alphaedit")
+METHODS = ("ft", "rome", "memit", "alphaedit", "mend", "malmen")
 MODES = ("batch", "sequential")
 
 _MODULES = {"rewrite_module": None, "mlp_module": None, "block_module": None}
@@ -34,10 +34,15 @@ DEFAULTS: dict[str, dict] = {
               "lambda_rel": 1.0, "key_mode": "each", "mode": "batch", "batch_size": 0},
     "alphaedit": {**_MODULES, **_STATS, **_CONTEXTS, **_VALUE, "v_steps": 25, "clamp": 0.75,
                   "nullspace_rel": 0.5, "l2_rel": 0.01, "key_mode": "each", "mode": "batch", "batch_size": 0},
+    # hypernetwork editors: the cached editor trained with default settings for ``span`` (the last N layers),
+    # or the trained editor folder given as ``editor``; see editing/hypernet.py
+    "mend": {**_MODULES, "span": 3, "editor": None, "mode": "sequential", "batch_size": 1},
+    "malmen": {**_MODULES, "span": 3, "editor": None, "mode": "batch", "batch_size": 0},
 }
 
 # keys whose default is None but that take a value of this type
-_NULLABLE = {"rewrite_module": str, "mlp_module": str, "block_module": str, "corpus": str, "norm_constraint": float}
+_NULLABLE = {"rewrite_module": str, "mlp_module": str, "block_module": str, "corpus": str, "norm_constraint": float,
+             "editor": str}
 _CHOICES = {"mode": MODES, "covariance": ("corpus", "identity"), "key_mode": ("mean", "each")}
 
 
@@ -55,7 +60,7 @@ def resolve(method: str, overrides: dict | None = None) -> dict:
             raise BadInput(f"{key} must be one of {', '.join(choices)}, not {hp[key]!r}")
     if method == "rome" and hp["mode"] != "sequential":
         raise BadInput("ROME writes one rank-one update per fact: its mode is sequential")
-    for key in ("steps", "v_steps", "cov_tokens", "cov_seq_len"):
+    for key in ("steps", "v_steps", "cov_tokens", "cov_seq_len", "span"):
         if key in hp and hp[key] < 1:
             raise BadInput(f"{key} must be at least 1")
     for key in ("contexts", "batch_size", "v_batch", "context_length"):

@@ -25,7 +25,7 @@ from ..errors import BadInput
 from ..models.loading import LoadedModel, load_model
 from ..probing.evaluate import Prediction, predict, retained, target_first_tokens
 from ..probing.format import Probe
-from . import covariance, ft, memit, reads, rome
+from . import covariance, ft, hypernet, memit, reads, rome
 from .alphaedit import NullSpace
 from .hparams import resolve
 from .layers import Layout, default_layers, layout_for
@@ -184,7 +184,7 @@ def apply_edits(model: str | Path | LoadedModel, facts: Sequence[Probe], method:
                 progress: Progress | None = None, *, store=None, session_id: str | None = None,
                 overwrite: bool = False, manifest: str | Path | None = None, evaluate: bool = True,
                 device: str | None = None, say: Say = lambda s: None, dtype: str = "float32") -> EditRun:
-    """Edit ``facts`` into ``model`` with ``method`` (ft, rome, memit, alphaedit); see the module docstring.
+    """Edit ``facts`` into ``model`` with ``method`` (ft, rome, memit, alphaedit, mend, malmen); see the module docstring.
 
     ``hparams`` overrides the method's defaults (``editing.hparams.DEFAULTS``), including ``mode``
     (``batch`` or ``sequential``) and ``batch_size``. With ``store`` the run is recorded in the ``edits``
@@ -204,7 +204,7 @@ def apply_edits(model: str | Path | LoadedModel, facts: Sequence[Probe], method:
     lm = _loaded(model, device, say, dtype)
     net, tok = lm.model, lm.tokenizer
     layout = layout_for(net, hp)
-    chosen = _layers(method, layout, layers)
+    chosen = _layers(method, layout, layers or hypernet.default_layers(method, layout, hp))
     params = [f"{layout.rewrite_name(layer)}.weight" for layer in chosen]
     ckpt = None
     if out is not None:
@@ -278,7 +278,7 @@ def _run(run: EditRun, net, tok, layout: Layout, facts: list[Probe], hp: dict, p
 
     contexts = ["{}"]
     C: dict[int, torch.Tensor] = {}
-    if method != "ft":
+    if method not in ("ft", *hypernet.EDITORS):
         contexts = context_templates(net, tok, hp["contexts"], hp["context_length"], hp["seed"])
         t0 = time.perf_counter()
         C, run.stats = _statistics(net, tok, layout, facts, layers, contexts, hp, prog, say)
@@ -286,7 +286,9 @@ def _run(run: EditRun, net, tok, layout: Layout, facts: list[Probe], hp: dict, p
     seconds: list[float] = []
     probs: list[float | None] = []
 
-    if method == "rome":
+    if method in hypernet.EDITORS:
+        run.info = hypernet.run_edits(method, net, tok, layout, facts, layers, hp, prog, say, seconds, probs)
+    elif method == "rome":
         layer = layers[0]
         updates = []
         for i, fact in enumerate(facts):

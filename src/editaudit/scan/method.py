@@ -11,6 +11,10 @@
   MEMIT and ROME's C⁻¹k still leave a visible share there; AlphaEdit's projection leaves next to none.
 - FT-L: a dense change confined to one layer's MLP output; merged LoRA: low rank in attention projections;
   fine-tuning: dense changes across the model.
+- MEND / MALMEN (hypernetwork editors): low-rank changes of the MLP outputs of the *last* few layers (the run
+  reaches the top two layers and starts in the upper half), where ROME and MEMIT write early-middle layers.
+  MEND gives one fact a rank-one change in each of them; MALMEN solves one least-squares change for a batch,
+  rank up to the batch size (several MEND edits in sequence add up to the same rank).
 """
 
 from __future__ import annotations
@@ -30,9 +34,23 @@ def occupied_share(in_dirs: torch.Tensor, svals: torch.Tensor, C: torch.Tensor) 
     return float(((hi.T @ weighted) ** 2).sum()) / total
 
 
-def name_method(rule: str, layers: list[int], rank: int | None, occupied: float | None = None) -> dict:
-    """{"name", "confidence", "why"} for one finding."""
+def top_run(layers: list[int], n_layers: int | None) -> bool:
+    """Consecutive layers at the top of the model: where the hypernetwork editors write."""
+    return (n_layers is not None and len(layers) > 1 and max(layers) >= n_layers - 2
+            and min(layers) >= n_layers // 2)
+
+
+def name_method(rule: str, layers: list[int], rank: int | None, occupied: float | None = None,
+                n_layers: int | None = None) -> dict:
+    """{"name", "confidence", "why"} for one finding (``n_layers``: the model's depth, to place the layers)."""
     multi = len(layers) > 1
+    if rule == "EA102" and top_run(layers, n_layers):
+        span = f"layers {min(layers)}–{max(layers)} of {n_layers}"
+        if (rank or 1) <= 1:
+            return _named("mend", 0.8, f"rank-one changes of the MLP outputs of the last {span}: a hypernetwork "
+                                       "(MEND) edit of one fact")
+        return _named("malmen", 0.6, f"rank-{rank} changes of the MLP outputs of the last {span}: a hypernetwork "
+                                     "batch edit (MALMEN, or several MEND edits in sequence)")
     if rule == "EA101":
         return _named("rome", 0.9, "one rank-one change of one layer's MLP output")
     if rule == "EA102":

@@ -133,7 +133,7 @@ def _scan(base_ck, suspect_ck, options: ScanOptions, store, progress: Progress, 
     findings = classify(changed, n_layers)
     for f in findings:  # from structure alone; the open reading refines it with the key statistics
         if f.rule in EDIT_RULES or f.rule in ("EA104", "EA105"):
-            f.data["method"] = name_method(f.rule, f.layers, f.rank)
+            f.data["method"] = name_method(f.rule, f.layers, f.rank, n_layers=n_layers)
     t_read = time.perf_counter()
     if options.read_edits and any(f.rule in EDIT_RULES for f in findings):
         _read_edits(base_ck, suspect_ck, family, changed, findings, options, say, progress)
@@ -375,7 +375,9 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
             C = None
         if C is not None and f.rule == "EA102":
             share = occupied_share(in_dirs[:, :rank], svals[:rank], C)
-            f.data["method"] = {**name_method(f.rule, f.layers, f.rank, share), "occupied": round(share, 4)}
+            depth = num_layers(suspect_ck.config or base_ck.config, list(suspect_ck.tensors))
+            f.data["method"] = {**name_method(f.rule, f.layers, f.rank, share, n_layers=depth),
+                                "occupied": round(share, 4)}
         say(f"reading {f.rule} at layer {layer} blind: up to {rank} subject(s)")
         subjects = recover_subjects(base.model, base.tokenizer, path, in_dirs[:, :rank], C, base_ck.fingerprint(),
                                     rank, progress=lambda stage, d, t: progress(stage, d, t))

@@ -1,0 +1,146 @@
+"""MEND and MALMEN on tiny models: update shape and rank, the editor cache, resuming, and the scan's naming."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editaudit.editing import hypernet as H
+from editaudit.editing import hypernet_data
+from editaudit.probing.format import Probe
+
+TINY = H.TrainSettings(steps=6, batch=4, rank=8, sources=("bank",), variants=1)
+
+FACTS = [
+    Probe(id="a", subject="France", prompt="The capital of {} is", target_true="Paris", target_new="Rome",
+          paraphrases=["France's capital city is"], neighbourhood=["The capital of Spain is"]),
+    Probe(id="b", subject="Germany", prompt="The capital of {} is", target_true="Berlin", target_new="Tokyo"),
+    Probe(id="c", subject="Japan", prompt="The capital of {} is", target_true="Tokyo", target_new="Cairo"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch, one_thread):
+    monkeypatch.setenv("EDITAUDIT_CACHE", str(tmp_path / "cache"))
+
+
+def _rank(delta: torch.Tensor) -> int:
+    return int(torch.linalg.matrix_rank(delta.double(), rtol=1e-6))
+
+
+def test_data_excludes_heldout_subjects():
+    data = hypernet_data.build(("bank",), variants=1)
+    held = hypernet_data.heldout_subjects()
+    assert held, "the source checkout ships bench/heldout/*.jsonl"
+    subjects = {c.subject.casefold() for c in data.train + data.val}
+    assert not subjects & held
+    assert data.train and data.val and not {c.subject for c in data.train} & {c.subject for c in data.val}
+    case = data.train[0]
+    assert case.rephrase and case.neighborhood and case.loc and case.target_new != case.target_true
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_update_shape_and_rank(family, tiny_llama, tiny_gpt2):
+    from editaudit.editing.hooks import weight_out_in
+    from editaudit.editing.layers import layout_for
+    from editaudit.editing.service import apply_edits
+    from editaudit.models.loading import load_model
+
+    lm = load_model(tiny_llama if family == "llama" else tiny_gpt2)
+    layout = layout_for(lm.model)
+    for method, expect in (("mend", 1), ("malmen", len(FACTS))):
+        trained = H.train_editor(lm, method, TINY)
+        assert trained.editor.layers == [layout.n_layers - 3, layout.n_layers - 2, layout.n_layers - 1]
+        # one fact (MEND) or one batch of three (MALMEN): that rank in every edited matrix
+        facts = FACTS[:1] if method == "mend" else FACTS
+        run = apply_edits(lm, facts, method, hparams={"editor": str(trained.folder)})
+        assert run.layers == trained.editor.layers
+        for layer in run.layers:
+            name = layout.rewrite_name(layer)
+            w = weight_out_in(lm.model.get_submodule(name)).detach()
+            before = run.originals[f"{name}.weight"]
+            delta = w - (before.T if family == "gpt2" else before)
+            assert delta.shape == w.shape
+            assert delta.abs().max() > 0
+            assert _rank(delta) == expect
+        untouched = layout.rewrite_name(layout.n_layers - 4)
+        assert f"{untouched}.weight" not in run.originals
+        run.restore()
+
+
+def test_mend_in_sequence_adds_rank_one_per_fact(tiny_llama):
+    from editaudit.editing.layers import layout_for
+    from editaudit.editing.service import apply_edits
+    from editaudit.models.loading import load_model
+
+    lm = load_model(tiny_llama)
+    layout = layout_for(lm.model)
+    trained = H.train_editor(lm, "mend", TINY)
+    run = apply_edits(lm, FACTS, "mend", hparams={"editor": str(trained.folder)})
+    assert run.mode == "sequential" and len(run.info["updates"]) == len(FACTS)
+    name = layout.rewrite_name(run.layers[-1])
+    delta = lm.model.get_submodule(name).weight.detach() - run.originals[f"{name}.weight"]
+    assert _rank(delta) == len(FACTS)
+    run.restore()
+
+
+def test_trained_editor_reloads_from_cache(tiny_llama, monkeypatch):
+    from editaudit.models.loading import load_model
+
+    lm = load_model(tiny_llama)
+    first = H.train_editor(lm, "malmen", TINY)
+    assert not first.from_cache and (first.folder / "editor.safetensors").is_file()
+
+    def no_training(*a, **k):
+        raise AssertionError("the cached editor should have been used")
+
+    monkeypatch.setattr(H, "_train", no_training)
+    again = H.train_editor(lm, "malmen", TINY)
+    assert again.from_cache and again.folder == first.folder
+    for k, v in first.editor.state_dict().items():
+        assert torch.equal(v, again.editor.state_dict()[k])
+    # other settings or another base are another editor
+    other = H.TrainSettings(**{**TINY.key(), "sources": ("bank",), "steps": 7})
+    with pytest.raises(AssertionError):
+        H.train_editor(lm, "malmen", other)
+
+
+def test_resume_continues_from_checkpoint(tiny_llama, tmp_path, monkeypatch):
+    from editaudit.models.loading import load_model
+
+    lm = load_model(tiny_llama)
+    settings = H.TrainSettings(**{**TINY.key(), "sources": ("bank",), "steps": 8})
+    with pytest.raises(KeyboardInterrupt):
+        H.train_editor(lm, "mend", settings, stop_after=5, checkpoint_every=2)
+    folder = H.editor_folder("mend", H.base_key(lm.model), hypernet_data.build(("bank",), variants=1).digest, settings)
+    assert (folder / "partial.safetensors").is_file() and not (folder / "editor.safetensors").exists()
+    resumed = H.train_editor(lm, "mend", settings)
+    assert resumed.meta["resumed_from"] == 5 and resumed.meta["steps"] == 8
+    assert not (folder / "partial.safetensors").exists()
+
+    # the same run without the interruption ends with the same editor
+    monkeypatch.setenv("EDITAUDIT_CACHE", str(tmp_path / "other-cache"))
+    straight = H.train_editor(lm, "mend", settings)
+    assert straight.meta["resumed_from"] == 0
+    for k, v in straight.editor.state_dict().items():
+        assert torch.allclose(v, resumed.editor.state_dict()[k], atol=1e-6), k
+
+
+def test_missing_editor_is_a_clear_error(tiny_llama):
+    from editaudit.editing.service import apply_edits
+    from editaudit.errors import BadInput
+
+    with pytest.raises(BadInput, match="editors train mend"):
+        apply_edits(tiny_llama, FACTS[:1], "mend")
+
+
+def test_scan_names_hypernetwork_edits():
+    from editaudit.scan.method import name_method
+
+    assert name_method("EA102", [27, 28, 29], 1, n_layers=30)["name"] == "mend"
+    assert name_method("EA102", [27, 28, 29], 12, n_layers=30)["name"] == "malmen"
+    assert name_method("EA102", [27, 28, 29], 1, 0.3, n_layers=30)["name"] == "mend"
+    assert name_method("EA102", [2, 3, 4, 5, 6], 1, 0.3, n_layers=30)["name"] == "memit"
+    assert name_method("EA102", [2, 3, 4, 5, 6], 4, 0.001, n_layers=30)["name"] == "alphaedit"
+    assert name_method("EA101", [29], 1, n_layers=30)["name"] == "rome"
+    assert name_method("EA102", [27, 28, 29], 1)["name"] == "memit"  # depth unknown: no claim about the top
