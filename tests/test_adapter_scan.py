@@ -244,3 +244,8 @@ def test_gpt2_conv1d_adapter_maps_and_transposes(tiny_gpt2, tmp_path):
     theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_gpt2), out)
     want = theirs.base_model.model.transformer.h[3].mlp.c_proj.get_delta_weight("default")
     assert torch.allclose(ck.adapter.delta(mlp), want, atol=1e-6)
+
+
+def test_adapter_where_a_model_checkpoint_is_needed_says_so(edit_adapter):
+    with pytest.raises(BadInput, match="is a peft adapter.*editaudit scan"):
+        open_checkpoint(edit_adapter)

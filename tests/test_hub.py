@@ -152,3 +152,17 @@ def test_scan_records_the_pinned_commits(hub_cache):
     assert doc["verdict"] == "clean"
     row = store.db["sessions"].get(report.session_id)
     assert row["title"] == f"scan org/tiny@{NEW[:12]}" and NEW in row["suspect"] and OLD in row["base"]
+
+
+def test_cli_offline_miss_exits_2_with_the_reason(hub_cache, tiny_llama):
+    from typer.testing import CliRunner
+
+    from editaudit.cli.main import app
+
+    res = CliRunner().invoke(app, ["scan", "org/absent@v2", "--base", str(tiny_llama), "--no-store", "--format", "json"])
+    assert res.exit_code == 2
+    assert "HF_HUB_OFFLINE is set" in res.output and "org/absent@v2" in res.output
+    res = CliRunner().invoke(app, ["scan", "org/tiny", "--base", "org/tiny@v1", "--no-store", "--format", "json",
+                                   "--read", "off"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["suspect"]["hub"]["commit"] == NEW

@@ -174,6 +174,9 @@ def open_checkpoint(path: str | Path, follow_symlinks: bool = False) -> Checkpoi
         return Checkpoint(root, "file", {root.name: header}, tensors, None, [], follow_symlinks)
 
     folder = root
+    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        raise BadInput(f"{folder} is a peft adapter (adapter_config.json), not a model: scan it as the change it "
+                       f"makes with `editaudit scan {folder} --base BASE`, or merge it into its base first")
     config = None
     if (folder / "config.json").is_file():
         cfg = _load_json(folder / "config.json", "config.json")
