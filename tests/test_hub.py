@@ -166,3 +166,21 @@ def test_cli_offline_miss_exits_2_with_the_reason(hub_cache, tiny_llama):
                                    "--read", "off"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["suspect"]["hub"]["commit"] == NEW
+
+
+def test_unknown_repo_online_names_both_readings(monkeypatch, tmp_path):
+    import huggingface_hub
+    from huggingface_hub import errors as hub_errors
+
+    class Missing(hub_errors.RepositoryNotFoundError):
+        def __init__(self):  # the Hub's 404, without an HTTP response to build it from
+            Exception.__init__(self, "404")
+
+    def missing(self, repo, revision=None, files_metadata=False):
+        raise Missing()
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", missing)
+    with pytest.raises(BadInput, match="'models/typo' is not an existing path, and models/typo is not a model"):
+        resolve_model("models/typo")

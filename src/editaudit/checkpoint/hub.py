@@ -123,7 +123,8 @@ def resolve_hub(spec: str, say: Callable[[str], None] = lambda s: None) -> HubSo
     except hub_errors.GatedRepoError:
         raise BadInput(f"{repo} is gated: accept its terms on the Hub and log in (`hf auth login`) first") from None
     except hub_errors.RepositoryNotFoundError:
-        raise BadInput(f"{repo} is not a model repository on the Hub (or it is private and you are not logged in)") from None
+        raise BadInput(f"{spec!r} is not an existing path, and {repo} is not a model repository on the Hub "
+                       "(or it is private and you are not logged in)") from None
     except Exception as exc:  # no network, proxy, Hub down: the cache may still have it
         say(f"the Hub could not be reached ({type(exc).__name__}); looking in the local cache")
         return _from_cache(repo, rev, cache, reason=f"the Hub could not be reached ({type(exc).__name__}: {exc})")
