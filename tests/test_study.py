@@ -314,3 +314,28 @@ def test_paraphrase_augmented_requests():
     reqs = paraphrase_requests([f, Probe(**FACTS[1])])
     assert [r.id for r in reqs] == ["f1", "f2", "f1/para0"]
     assert reqs[2].template == "The capital of {} is" and reqs[2].target_new == "Tokyo"
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "dora"])
+def test_finetune_changes_only_the_chosen_layers_and_merges_adapters(tiny_llama, tmp_path, method):
+    from editaudit.mitigation.data import load_task_data
+    from editaudit.models.loading import load_model
+    from editaudit.study.finetune import FtSettings, encode_task, finetune
+
+    lm = load_model(tiny_llama, device="cpu")
+    files = _files(tmp_path)
+    data = encode_task(load_task_data("lm", Path(files["prose"]), max_examples=24, val_size=4), lm.tokenizer, 16)
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    seen = []
+    res = finetune(lm.model, lm.tokenizer, data,
+                   FtSettings(method=method, layers=[2], lr=1e-2, max_steps=3, batch_size=2, eval_every=2, seed=0),
+                   lambda step, m: seen.append(step))
+    assert res.steps == 3 and res.stop_reason == "cap" and seen == [0, 2, 3]
+    assert type(lm.model).__name__ == "LlamaForCausalLM" and not hasattr(lm.model, "peft_config")
+    changed = {n for n, p in lm.model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert changed and all(n.startswith("model.layers.2.") for n in changed)
+    assert set(before) == {n for n, _ in lm.model.named_parameters()}
+    # equal impact: a target already met at step 0 trains nothing
+    res = finetune(lm.model, lm.tokenizer, data,
+                   FtSettings(method=method, layers=[1], lr=1e-2, max_steps=3, target_loss=1e9, seed=0))
+    assert res.steps == 0 and res.stop_reason == "target"
