@@ -16,8 +16,10 @@ cold: every shard of both sides is dropped from the page cache (posix_fadvise DO
 each arm; warm: every shard is read once before each arm. Each arm runs --repeat times; the
 fastest run is kept. Times are measured inside the subprocess, after its imports.
 
+--profile runs one more scan per size under py-spy and sums its samples by phase.
+
 Usage: nice -n 10 python bench/scan_throughput.py [--sizes 1,8] [--cache cold,warm] [--edits 3]
-       [--keep DIR] [--out bench/results/scan_throughput.txt]
+       [--profile] [--keep DIR] [--out bench/results/scan_throughput.txt]
 Everything built is deleted at the end unless --keep is given (a kept DIR is reused next time).
 """
 
@@ -40,10 +42,12 @@ SHARD_BYTES = 1 << 30
 
 _PEAK = """
 import resource
-def peak():
-    rss = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]
+def cpu():
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    return {"peak_rss_mb": int(rss) / 1024, "cpu_s": ru.ru_utime + ru.ru_stime}
+    return ru.ru_utime + ru.ru_stime
+def peak(cpu0):
+    rss = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]
+    return {"peak_rss_mb": int(rss) / 1024, "cpu_s": cpu() - cpu0}
 """
 
 ARMS = {
@@ -61,26 +65,26 @@ def side(folder):
             finally:
                 os.close(fd)
     return n
-t = time.perf_counter()
+t, cpu0 = time.perf_counter(), cpu()
 if sys.argv[4] == '1':
     n = sum(side(d) for d in sys.argv[1:3])
 else:
     with ThreadPoolExecutor(2) as pool:
         n = sum(pool.map(side, sys.argv[1:3]))
-print(json.dumps({"seconds": time.perf_counter() - t, "bytes": n, **peak()}))
+print(json.dumps({"seconds": time.perf_counter() - t, "bytes": n, **peak(cpu0)}))
 """,
     "scan": _PEAK + """
 import sys, time, json
 from editaudit.scan.service import ScanOptions, run_scan
 from editaudit.store import Store
 store = Store(sys.argv[3])
-t = time.perf_counter()
+t, cpu0 = time.perf_counter(), cpu()
 r = run_scan(sys.argv[2], sys.argv[1], ScanOptions(read="off"), store=store)
 seconds = time.perf_counter() - t
 findings = [{"rule": f.rule, "layers": f.layers} for f in r.findings]
 kinds = {c.name.name: c.stats.kind for c in r.changed}
 print(json.dumps({"seconds": seconds, "bytes": r.bytes_read, "kind": r.kind, "findings": findings,
-                  "changed": kinds, "used_cache": r.used_cache, "timings": r.timings, **peak()}))
+                  "changed": kinds, "used_cache": r.used_cache, "timings": r.timings, **peak(cpu0)}))
 """,
 }
 
@@ -217,6 +221,41 @@ def measure(root: Path, state: str, repeat: int) -> dict:
     return rows
 
 
+PHASES = (  # first match from the innermost frame outwards names where a sample's time went
+    ("_find_and_load", "imports"), ("top_singular_values", "SVD of ΔW (svd_lowrank)"),
+    ("delta_stats", "other spectral statistics (ΔW, norms, finiteness, rounding)"),
+    ("to_torch", "bf16→float32 of changed tensors"), ("read_bytes", "re-reading changed tensors"),
+    ("digest_tensors", "reading + BLAKE3 digests"), ("load_lens", "unembedding for promoted tokens"),
+    ("promoted_tokens", "promoted tokens"), ("open_checkpoint", "opening, headers"),
+)
+
+
+def profile(root: Path, state: str) -> list[str]:
+    """One scan under py-spy (active samples only, all threads): where its CPU time goes."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        return ["profile: py-spy is not installed"]
+    db = root / "profile.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    set_cache(root, state)
+    raw = root / "profile.txt"
+    subprocess.run([spy, "record", "--format", "raw", "--threads", "--rate", "50", "-o", str(raw), "--",
+                    sys.executable, "-c", ARMS["scan"], str(root / "base"), str(root / "suspect"), str(db), ""],
+                   capture_output=True, check=True)
+    from collections import Counter
+
+    phases: Counter = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        name = next((label for f in reversed(frames) for key, label in PHASES if f.startswith(key + " ")), "other")
+        phases[name] += int(count)
+    total = sum(phases.values()) or 1
+    return [f"profile (py-spy, {state} cache, samples while a thread ran, all threads, whole subprocess): "
+            + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in phases.most_common())]
+
+
 def report(info: dict, state: str, rows: dict) -> list[str]:
     size = info["bytes_per_side"]
     ref_name = min(("read-1thread", "read-2threads"), key=lambda k: rows[k]["seconds"])
@@ -251,6 +290,7 @@ def main() -> None:
     ap.add_argument("--edits", type=int, default=3, help="rank-one edits (distinct layers, spread out)")
     ap.add_argument("--repeat", type=int, default=2, help="runs per arm; the fastest is kept")
     ap.add_argument("--keep", type=Path, help="build under (or reuse) this folder and keep it")
+    ap.add_argument("--profile", action="store_true", help="also run one scan per size under py-spy")
     ap.add_argument("--out", type=Path, help="write the text here and the figures next to it as .json")
     args = ap.parse_args()
     parent = args.keep or Path(tempfile.mkdtemp(prefix="editaudit-bench-", dir=os.environ.get("TMPDIR", "/var/tmp")))
@@ -278,8 +318,11 @@ def main() -> None:
                 rows = measure(root, state, args.repeat)
                 text = report(info, state, rows)
                 print("\n".join(text), flush=True)
+                if args.profile and state == args.cache.split(",")[0]:
+                    text += profile(root, state)
+                    print(text[-1], flush=True)
                 lines += [""] + text
-                doc["runs"].append({"build": info, "cache": state, "arms": rows})
+                doc["runs"].append({"build": info, "cache": state, "arms": rows, "text": text})
         if args.out:
             from editaudit.atomic import atomic_write_text
 
