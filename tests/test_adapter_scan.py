@@ -242,8 +242,12 @@ def test_gpt2_conv1d_adapter_maps_and_transposes(tiny_gpt2, tmp_path):
     mlp = next(n for n in ck.adapter.modules if "mlp.c_proj" in n)
     assert mlp in base.tensors and len(ck.adapter.modules) == 2  # attn.c_proj and mlp.c_proj of layer 3
     theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_gpt2), out)
-    want = theirs.base_model.model.transformer.h[3].mlp.c_proj.get_delta_weight("default")
-    assert torch.allclose(ck.adapter.delta(mlp), want, atol=1e-6)
+    block = theirs.base_model.model.transformer.h[3]
+    assert torch.allclose(ck.adapter.delta(mlp), block.mlp.c_proj.get_delta_weight("default"), atol=1e-6)
+    attn = next(n for n in ck.adapter.modules if "attn.c_proj" in n)  # square: only fan_in_fan_out tells
+    want = block.attn.c_proj.get_delta_weight("default")
+    assert want.shape[0] == want.shape[1] and not torch.allclose(want, want.T)
+    assert torch.allclose(ck.adapter.delta(attn), want, atol=1e-6)
 
 
 def test_adapter_where_a_model_checkpoint_is_needed_says_so(edit_adapter):

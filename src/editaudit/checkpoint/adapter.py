@@ -158,11 +158,11 @@ class LoraAdapter:
             scale = alpha / math.sqrt(r) if rslora else alpha / r
             out_in = (b.shape[0], a.shape[1])
             shape = tuple(self.base.tensors[target][1].shape)
-            if emb:  # an embedding's A is [r, vocab] and B [dim, r]: ΔE = (B·A)ᵀ
+            if emb or fan_in_fan_out:  # embeddings: A is [r, vocab], B [dim, r]; Conv1D weights are [in, out]
                 transpose = True
             elif shape == out_in:
                 transpose = False
-            elif shape == out_in[::-1] and (fan_in_fan_out or out_in[0] != out_in[1]):
+            elif shape == out_in[::-1]:
                 transpose = True
             else:
                 raise IncompatibleCheckpoints(
