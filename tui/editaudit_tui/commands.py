@@ -14,12 +14,21 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 Entry = tuple[str, str, Callable[[], object]]
 
 
+def _open_study(app) -> Callable[[], object]:
+    def open_study() -> object:
+        from .screens.study import StudyScreen
+
+        return app.push_screen(StudyScreen())
+    return open_study
+
+
 class EditauditCommands(Provider):
     def _entries(self) -> list[Entry]:
         app = self.app
         entries: list[Entry] = [
             ("New audit", "Scan a suspect checkpoint against its base", app.new_audit),  # type: ignore[attr-defined]
             ("Sessions", "Back to the list of stored sessions", app.show_sessions),  # type: ignore[attr-defined]
+            ("Study", "Open a study store (editaudit study run): arms and curves", _open_study(app)),
             ("Database location", "Show which session database the app uses",
              lambda: app.notify(app.db_location, title="session database", markup=False)),  # type: ignore[attr-defined]
         ]

@@ -292,3 +292,36 @@ def write_report(cfg: StudyConfig, store: StudyStore, out: str | Path, to: str |
     atomic_write_text(dest / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
     atomic_write_text(dest / "report.md", "\n".join(L) + "\n")
     return dest / "report.md"
+
+
+def arm_rows(cells: list[dict]) -> list[dict]:
+    """Finished cells of a store (``StudyStore.cells``) grouped into arms, for views without the study file.
+
+    Each row: arm label, cells, rates (rate, lo, hi) of the edit writing the facts, of the edits retained and of
+    intrinsic facts after fine-tuning, the mean weight residual, and the curves over fine-tuning steps
+    (validation loss, edited-target mass of the edited facts).
+    """
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for c in cells:
+        if c.get("kind") != "cell" or c.get("status") != "done" or not c.get("metrics"):
+            continue
+        s = c["settings"]
+        cell = Cell("", s["edit"], s["n_edits"], s["ft"], s["layers"], s["task"], s["seed"])
+        groups[_arm(cell)].append({"cell": cell, "m": c["metrics"], "h": c.get("history") or []})
+    rows = []
+    for arm, cs in groups.items():
+        left = [c["m"]["residual"]["edit_left"] for c in cs if c["m"].get("residual")]
+        loss: dict[int, list[float]] = defaultdict(list)
+        for c in cs:
+            for h in c["h"]:
+                if h.get("stage") == "ft" and "val_loss" in h:
+                    loss[h["step"]].append(h["val_loss"])
+        steps, masses = _mass_by_step(cs, "mass_edited")
+        rows.append({
+            "arm": arm, "cells": len(cs), "edit_wrote": _rate(_pool(cs, "edited", "new")),
+            "retained": _rate(_pool(cs, "after", "new")), "intrinsic": _rate(_pool(cs, "after", "intrinsic")),
+            "edit_left": sum(left) / len(left) if left else None,
+            "loss_curve": [sum(loss[k]) / len(loss[k]) for k in sorted(loss)],
+            "mass_curve": [m["edited"] for m in masses],
+        })
+    return rows

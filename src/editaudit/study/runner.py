@@ -222,11 +222,11 @@ def run_cell(ctx: _Context, cell: Cell, target: float | None, out: Path, cell_id
                 from ..editing.service import apply_edits
 
                 t0 = time.perf_counter()
+                on_event("stage", {"stage": f"{cell.edit}: editing {len(unit)} fact(s)", "done": 0, "total": 1})
                 run = apply_edits(ctx.lm, _edit_requests(unit, cfg.edit.paraphrase_augment), cell.edit,
                                   layers=cfg.edit.layers.get(cell.edit), hparams=cfg.edit.hparams.get(cell.edit),
-                                  evaluate=False, device=cfg.study.device,
-                                  progress=lambda stage, d, t: on_event("stage", {"stage": stage, "done": d,
-                                                                                   "total": t}))
+                                  evaluate=False, device=cfg.study.device)
+                on_event("stage", {"stage": f"{cell.edit} edit written", "done": 1, "total": 1})
                 info["edit_seconds"] += time.perf_counter() - t0
                 edited_layers, names = list(run.layers), sorted(run.originals)
             edited_w = {n: ctx.model.get_parameter(n).detach().clone() for n in names}
