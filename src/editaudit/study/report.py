@@ -168,26 +168,32 @@ def write_report(cfg: StudyConfig, store: StudyStore, out: str | Path, to: str |
     for r in rows:
         arms[_arm(r["cell"])].append(r)
     L += ["## Arms (pooled over seeds)", "", "| arm | cells | edit wrote | efficacy (after edit → FT) | paraphrase "
-          "(after edit → FT) | retained after FT | of those written | intrinsic after FT | edit left in W |",
-          "|---|---|---|---|---|---|---|---|---|"]
+          "(after edit → FT) | retained after FT | of those written | intrinsic after edit | intrinsic after FT "
+          "| neighbourhood kept (after edit → FT) | edit left in W |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
     bars = []
     for arm, cells in arms.items():
         e_new, a_new = _pool(cells, "edited", "new"), _pool(cells, "after", "new")
         cond = _conditional(cells)
         intr = _pool(cells, "after", "intrinsic")
+        intr_ed = _pool(cells, "edited", "intrinsic")
+        neigh = (_pool(cells, "edited", "neighbourhood"), _pool(cells, "after", "neighbourhood"))
         eff = (_rate(_pool(cells, "edited", "efficacy")), _rate(_pool(cells, "after", "efficacy")))
         par = (_rate(_pool(cells, "edited", "paraphrase")), _rate(_pool(cells, "after", "paraphrase")))
         left = [c["m"]["residual"]["edit_left"] for c in cells if c["m"].get("residual")]
         summary["arms"][arm] = {
             "cells": len(cells), "edit_wrote": _rate(e_new), "retained_after_ft": _rate(a_new),
             "retained_of_written": _rate(cond), "n_written": len(cond), "intrinsic_after_ft": _rate(intr),
+            "intrinsic_after_edit": _rate(intr_ed), "neighbourhood": (_rate(neigh[0]), _rate(neigh[1])),
+            "intrinsic_base": _rate([x for c in cells for x in c["m"]["intrinsic_base"]]),
             "efficacy": eff, "paraphrase": par, "edit_left": sum(left) / len(left) if left else None,
             "steps": [x for c in cells for x in c["m"]["steps"]],
             "stop": [x for c in cells for x in c["m"]["stop"]],
         }
         L.append(f"| {arm} | {len(cells)} | {_fmt(_rate(e_new), e_new)} | {eff[0][0]:.0%} → {eff[1][0]:.0%} | "
                  + (f"{par[0][0]:.0%} → {par[1][0]:.0%}" if not math.isnan(par[0][0]) else "–")
-                 + f" | {_fmt(_rate(a_new), a_new)} | {_fmt(_rate(cond), cond)} | {_fmt(_rate(intr), intr)} | "
+                 + f" | {_fmt(_rate(a_new), a_new)} | {_fmt(_rate(cond), cond)} | {_fmt(_rate(intr_ed), intr_ed)} | "
+                 f"{_fmt(_rate(intr), intr)} | {_fmt(_rate(neigh[0]), neigh[0])} → {_fmt(_rate(neigh[1]), neigh[1])} | "
                  + (f"{sum(left) / len(left):.2f}" if left else "–") + " |")
         bars.append({"label": arm, "edit": _rate(e_new), "after": _rate(a_new), "intrinsic": _rate(intr)})
     L.append("")
