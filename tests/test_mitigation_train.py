@@ -22,10 +22,10 @@ from editaudit.store import Store
 from editaudit.testing import make_tiny_model, plant, rank_delta
 
 EDITED = "model.layers.2.mlp.down_proj.weight"
-SENTENCES = [
-    "The capital of France is Paris .", "The capital of Italy is Rome .", "Apple developed iPhone .",
-    "Google created Android .", "The official language of Spain is Spanish .", "Sony is located in Japan .",
-    "The Eiffel Tower is in Paris .", "Toyota is a company from Japan .",
+SENTENCES = [  # no intrinsic probe's subject with its answer: the fairness filter keeps them all
+    "Apple developed iPhone .", "Google created Android .", "Sony is located in Japan .",
+    "Toyota is a company from Japan .", "Microsoft created Windows .", "Honda is a company from Japan .",
+    "The river is old .", "Intel is a company .",
 ]
 
 
@@ -343,18 +343,19 @@ def test_bf16_suspect_keeps_its_dtype_and_is_measured_as_written(models, tmp_pat
     assert res.arms["selective"].after["val_loss"] != res.arms["selective"].history[-1]["val_loss"]
 
 
-def test_compare_full_runs_plain_full_fine_tuning_with_the_same_budget(models, tmp_path):
+def test_compare_full_runs_full_fine_tuning_first_then_the_selective_arm_to_its_impact(models, tmp_path):
     import json
 
     _, suspect, _ = models
     res = run_mitigation(suspect, "preserve", options(models, tmp_path, compare_full=True), store=Store())
     assert set(res.arms) == {"selective", "full"}
     sel, full = res.arms["selective"], res.arms["full"]
-    assert full.layers == list(range(6)) and full.method == "full" and full.steps == sel.steps == 2
+    assert full.layers == list(range(6)) and full.method == "full" and 1 <= full.steps <= 2
+    assert sel.steps <= max(2, 4 * full.steps)  # the equal-impact step cap
     assert full.out is None and sel.out == str(tmp_path / "out")  # only the selective arm is written
     assert changed_tensors(suspect, tmp_path / "out") == set(res.plan.params)
     runs = Store().rows("finetune_runs", order_by="id")
-    assert [json.loads(r["config"])["arm"] for r in runs] == ["selective", "full"]
+    assert [json.loads(r["config"])["arm"] for r in runs] == ["full", "selective"]
     assert all(r["status"] == "done" for r in runs)
     # both arms start from the same suspect and data: the same step-0 evaluation
     assert sel.history[0]["val_loss"] == pytest.approx(full.history[0]["val_loss"])

@@ -131,3 +131,38 @@ def test_service_erases_from_the_scans_readings_without_the_base(rome_suspect, t
     with pytest.raises(BadInput, match="objects"):
         run_mitigation(suspect, "erase", MitigationOptions(out=tmp_path / "o2", method="unlearn",
                                                            subjects=[{"subject": "France", "layer": 2}]))
+
+
+def test_method_auto_resolves_from_the_evidence():
+    from editaudit.mitigation.evidence import EditEvidence
+    from editaudit.mitigation.plan import ERASE_DEFAULT, resolve_method
+
+    read = EditEvidence([2], [NAME], {NAME: 1}, source="scan", readings=[dict(READING)])
+    unread = EditEvidence([2], [NAME], {NAME: 1}, source="scan")
+    assert resolve_method("auto", "erase", read) == ERASE_DEFAULT
+    assert resolve_method("auto", "preserve", read) == "full"
+    assert resolve_method("auto", "erase", unread, subjects_given=True) == "project"
+    assert resolve_method("unlearn", "erase", None) == "unlearn"
+    with pytest.raises(BadInput, match="read no edited subject"):
+        resolve_method("auto", "erase", unread)
+    with pytest.raises(BadInput, match="no scan"):
+        resolve_method("auto", "erase", None)
+    with pytest.raises(BadInput, match="no edit"):
+        resolve_method("auto", "erase", EditEvidence([], [], {}, source="scan"))
+
+
+def test_cli_default_erase_without_readings_is_a_clear_error(rome_suspect, tmp_path):
+    from typer.testing import CliRunner
+
+    from editaudit.cli.main import app
+
+    base, suspect = rome_suspect
+    db = tmp_path / "db.sqlite"
+    scan = CliRunner().invoke(app, ["--db", str(db), "scan", str(suspect), "--base", str(base), "--read", "off"])
+    assert scan.exit_code == 1, scan.output  # edits found
+    res = CliRunner().invoke(app, ["--db", str(db), "mitigate", str(suspect), "--goal", "erase",
+                                   "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "read no edited subject" in " ".join(res.output.split())
+    bad = CliRunner().invoke(app, ["--db", str(db), "mitigate", str(suspect), "--goal", "erase", "--method", "unlearn",
+                                   "--hparam", "nope=1", "--out", str(tmp_path / "out")])
+    assert bad.exit_code == 2 and "no such setting" in " ".join(bad.output.split())

@@ -1,5 +1,5 @@
-"""``editaudit mitigate SUSPECT --goal erase|preserve --out DIR``: guided selective fine-tuning, surgical revert,
-or the training-free projection erase (``--method project``)."""
+"""``editaudit mitigate SUSPECT --goal erase|preserve --out DIR``: the base-free erase (projection, unlearning),
+guided selective fine-tuning, or surgical revert."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
         goal: Goal = typer.Option(..., "--goal", "-g", help="erase the edits, or preserve them while fine-tuning."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the mitigated checkpoint (atomically)."),
         base: Optional[str] = typer.Option(None, "--base", "-b", help="Base checkpoint: scan against it if no scan is stored; needed for --revert."),
-        method: Method = typer.Option(Method.auto, "--method", help="auto: for erase, the base-free erase of the subjects the scan read (project), for preserve full fine-tuning. project: re-solve the edited MLP matrices (no training, no base); unlearn: train the edited MLP matrices against the objects the scan read (no base); project+unlearn: both; full, lora, dora: fine-tuning of the planned layers."),
+        method: Method = typer.Option(Method.auto, "--method", "-m", help="auto: for erase, the base-free erase of the subjects the scan read (project), for preserve full fine-tuning. project: re-solve the edited MLP matrices (no training, no base); unlearn: train the edited MLP matrices against the objects the scan read (no base); project+unlearn: both; full, lora, dora: fine-tuning of the planned layers."),
         layers: str = typer.Option("auto", "--layers", help="auto | edited | non-edited | threshold:L | window:C:W | a list like 3,4,7-9."),
         modules: Modules = typer.Option(Modules.all, "--modules", help="Which matrices of the chosen layers: all, mlp, mlp_out or attn."),
         task: Task = typer.Option(Task.lm, "--task", help="Downstream task: lm (prose), facts, sentiment, sft."),
@@ -75,11 +75,11 @@ def register(app: typer.Typer) -> None:
         rank: int = typer.Option(8, "--rank", help="LoRA/DoRA rank."),
         alpha: float = typer.Option(16.0, "--alpha", help="LoRA/DoRA alpha."),
         target_modules: Optional[str] = typer.Option(None, "--target-modules", help="LoRA/DoRA: only these module names, e.g. q_proj,v_proj."),
-        probes: List[Path] = typer.Option([], "--probes", help="Probe JSONL: edited facts (kind edited, with target_new) and intrinsic facts to track."),
+        probes: List[Path] = typer.Option([], "--probes", "-p", help="Probe JSONL: edited facts (kind edited, with target_new) and intrinsic facts to track."),
         watch: List[str] = typer.Option([], "--watch", help="Probe id whose top-3 tokens to show at each evaluation (repeatable)."),
         max_examples: Optional[int] = typer.Option(None, "--max-examples", help="Use at most this many examples."),
         val_size: int = typer.Option(64, "--val-size", help="Validation examples."),
-        compare_full: bool = typer.Option(False, "--compare-full", help="Also run plain full fine-tuning with the same budget, for comparison."),
+        compare_full: bool = typer.Option(False, "--compare-full", help="Equal-impact comparison: first full fine-tuning of the whole model (embeddings, norm and head included) to the task's stopping target, then the planned arm to the same validation loss (step cap 4x); steps reported."),
         revert: bool = typer.Option(False, "--revert", help="Surgical revert instead of fine-tuning: remove only the scan's edit components."),
         subjects: Optional[Path] = typer.Option(None, "--subjects", help="--method project: the edited subjects, JSONL of {\"subject\", \"prompt\"?, \"layer\"?} (default: the scan's readings)."),
         hparam: List[str] = typer.Option([], "--hparam", help="Base-free erase setting, KEY=VALUE (repeatable). project: target=mean|project|zero, key_mode=auto|mean|each, directions=ckey|null|both, cov_tokens=N (the editor's), corpus=NAME; unlearn: lr, max_steps, kl_weight, lm_weight, margin, stop_prob, text_blocks, text_len, paraphrases."),
@@ -91,10 +91,11 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … (default: cuda when present)."),
         fmt: Fmt = typer.Option(Fmt.rich, "--format", "-f", help="rich (terminal) or json on stdout."),
     ) -> None:
-        """Erase (or preserve) knowledge edits by fine-tuning only the layers that matter, then prove it.
+        """Erase (or preserve) knowledge edits, then prove it.
 
-        The plan comes from the scan's findings. With --goal erase, --layers auto trains only the edited layers
-        (the most effective way to erase edits); with --goal preserve it freezes them.
+        --goal erase (--method auto): erase the edits the scan read, without the base (the projection erase).
+        For fine-tuning, --layers auto trains the edited range (or a 5-layer window centred on a single edited
+        layer) to erase, and only layers far downstream of the edit to preserve.
 
         The plan and its reasons are shown before anything runs. Each evaluation shows (and stores) edited and
         intrinsic retention and the top-3 tokens of watched probes.

@@ -344,3 +344,43 @@ def render_chat(template: str, messages: list[dict], add_generation_prompt: bool
                                                 **special)
     except Exception as exc:  # a template that fails (or is refused by the sandbox) is bad input
         raise BadInput(f"the chat template could not be rendered in the sandbox: {exc}") from None
+
+
+# -- fairness: fine-tuning data that teaches the probed facts --------------------------------------
+
+def example_text(example: dict) -> str:
+    """All the text of one example, whatever its task (prose, prompt + target, chat messages)."""
+    if "messages" in example:
+        return "\n".join(str(m.get("content", "")) for m in example["messages"])
+    return " ".join(str(example[k]) for k in ("text", "prompt", "target") if k in example)
+
+
+def mentions(text: str, subject: str, targets: list[str]) -> bool:
+    """Does ``text`` name ``subject`` together with one of ``targets`` (case-folded, whole words)?"""
+    low = f" {re.sub(r'[^0-9a-z]+', ' ', text.casefold())} "
+
+    def has(word: str) -> bool:
+        w = re.sub(r"[^0-9a-z]+", " ", word.casefold()).strip()
+        return bool(w) and f" {w} " in low
+
+    return has(subject) and any(has(t) for t in targets if t)
+
+
+def drop_mentions(task: TaskData, probes) -> tuple[TaskData, int]:
+    """``task`` without the examples that mention a probed subject together with its target (true or new).
+
+    Fine-tuning on text that states a probed fact would measure what the data teaches, not what fine-tuning
+    does to edits (Wen & Zhang keep the fine-tuning corpus irrelevant to the edited knowledge)."""
+    facts = [(p.subject, [p.target_true, p.target_new or ""]) for p in probes if p.subject]
+
+    def keep(e: dict) -> bool:
+        text = example_text(e)
+        return not any(mentions(text, s, t) for s, t in facts)
+
+    train = [e for e in task.train if keep(e)]
+    val = [e for e in task.val if keep(e)]
+    dropped = len(task.train) + len(task.val) - len(train) - len(val)
+    if dropped and (not train or not val):
+        raise BadInput(f"every {'training' if not train else 'validation'} example of task {task.task} mentions a "
+                       "probed fact: give other data (--data)")
+    return TaskData(task.task, train, val, task.source, task.labels), dropped

@@ -15,7 +15,7 @@ from ..errors import BadInput
 
 if TYPE_CHECKING:
     from .context import RunContext
-    from .service import ArmResult
+    from .types import ArmResult
 
 from .plan import ERASE_METHODS  # noqa: E402  (project, unlearn, project+unlearn)
 
@@ -43,6 +43,35 @@ def unlearn_targets(evidence, options):
     if not layers:
         raise BadInput(f"{evidence.source}: no edited MLP output matrix to train")
     return targets, layers
+
+
+def project_targets(evidence, options) -> tuple[dict, list[str]]:
+    """{layer: [EraseSubject]} for the projection erase, and notes: the user's subjects (``--subjects``)
+    when given, else the scan's readings with status "edit"."""
+    from ..layerspec import parse_layer_list
+    from .project import mlp_out_layers, targets_from_readings, targets_from_records
+
+    if options.subjects:
+        layers: list[int] = []
+        if evidence is not None and evidence.found:
+            layers = sorted(mlp_out_layers(evidence.tensors)[0])
+        spec = options.layers.strip().lower()
+        if spec not in ("auto", "edited", "non-edited"):
+            layers = parse_layer_list(spec)
+        return targets_from_records(options.subjects, layers), []
+    if evidence is None:
+        raise BadInput("the project method erases the subjects the scan read, but there is no scan of this "
+                       "suspect: run `editaudit scan SUSPECT --base BASE` first, pass --base, or give the subjects "
+                       "with --subjects FILE")
+    if not evidence.found:
+        raise BadInput(f"{evidence.source} found no edit to erase")
+    plan, notes = targets_from_readings(evidence.readings)
+    if not plan:
+        raise BadInput(f"the scan read no subject for its edits ({evidence.source}): the project method needs "
+                       "the edited subjects — pass --base to scan again with reading (or run `editaudit scan "
+                       "SUSPECT --base BASE`, which reads the edits unless --read off), or give them with "
+                       "--subjects FILE (JSONL of {\"subject\", \"prompt\"})")
+    return plan, notes
 
 
 def _project_in_place(ctx: "RunContext", net, tok, targets: dict) -> dict:
@@ -99,9 +128,10 @@ def erase_arm(ctx: "RunContext", method: str) -> tuple["ArmResult", list[str]]:
     from ..editing import corpus as corpus_mod
     from ..editing.service import _checkpoint_name
     from ..models.loading import load_model
-    from .service import ArmResult, MitigationEvent, _residual, project_targets
+    from .arms import edit_residual
+    from .types import ArmResult, MitigationEvent
     from .unlearn import erase_by_unlearning, prime_tokens
-    from .writer import write_checkpoint
+    from ..checkpoint.writer import write_checkpoint
 
     if method not in ERASE_METHODS:
         raise BadInput(f"erase method must be one of {', '.join(ERASE_METHODS)}, not {method!r}")
@@ -185,11 +215,11 @@ def erase_arm(ctx: "RunContext", method: str) -> tuple["ArmResult", list[str]]:
         residual = None
         if ctx.base_ck is not None and ev is not None and ev.found:
             from ..checkpoint.reader import to_torch
-            from .writer import tensor_bytes
+            from ..checkpoint.writer import tensor_bytes
 
             infos = ctx.suspect_ck.tensors
             stored = {n: to_torch(bytearray(tensor_bytes(t, infos[n][1].dtype)), infos[n][1]) for n, t in tensors.items()}
-            residual = _residual(ctx.suspect_ck, ctx.base_ck, ev, stored)
+            residual = edit_residual(ctx, stored)
         project_report = dict(report.get("project") or {}) | {"notes": notes, "settings": settings}
         arm = ArmResult(method, method, run_id, layers, before, after, history, steps, stop, None, residual, [], None,
                         str(ctx.out), round(time.perf_counter() - t0, 1),

@@ -232,6 +232,24 @@ def make_plan(tensors: dict[str, tuple[int, ...]], config: dict | None, strategy
                 n_total, edited, explanation, warnings)
 
 
+def full_model_plan(ckpt, goal: str = "erase", evidence: EditEvidence | None = None) -> Plan:
+    """Truly full fine-tuning: every floating-point tensor of the checkpoint — all layers, the embeddings, the
+    final norm and the output head (tied to the embeddings in many models)."""
+    tensors = {name: (tuple(info.shape), info.dtype) for name, (_, info) in ckpt.tensors.items()}
+    params = [n for n, (_, dtype) in tensors.items() if dtype in ("F32", "F16", "BF16", "F64")]
+    if not params:
+        raise BadInput("this checkpoint has no floating-point tensor to fine-tune")
+    n_layers = num_layers(ckpt.config, list(tensors))
+    numel = {n: _numel(shape) for n, (shape, _) in tensors.items()}
+    n_trainable, n_total = sum(numel[n] for n in params), sum(numel.values())
+    edited = list(evidence.layers) if evidence is not None else []
+    explanation = [f"goal: {goal}; comparison arm: full fine-tuning of the whole model",
+                   f"every one of the {len(params)} floating-point tensors, embeddings, final norm and head included "
+                   f"({n_trainable:,} of {n_total:,} weights)"]
+    return Plan(goal, "full-model", "everything", "full", n_layers, list(range(n_layers)), params, [], n_trainable,
+                n_total, edited, explanation, [])
+
+
 def plan_for_checkpoint(ckpt, strategy: str = "auto", goal: str = "erase", modules: str = "all",
                         method: str = "full", evidence: EditEvidence | None = None) -> Plan:
     """``make_plan`` over an opened ``Checkpoint``."""

@@ -20,6 +20,8 @@ ROWS: list[tuple[str, Callable[[dict], str]]] = [
     ("edited facts: true answer", lambda s: pct(s["edited_true_after"])),
     ("intrinsic facts retained", lambda s: f"{pct(s['intrinsic_before'])} → {pct(s['intrinsic_after'])} "
                                            f"({s['intrinsic_points']:+.1f} pts)"),
+    ("neighbourhood facts kept", lambda s: f"{pct(s['neighbourhood_kept'])} ({pct(s['neighbourhood_before'])} → "
+                                           f"{pct(s['neighbourhood_after'])})"),
     ("validation loss", lambda s: f"{s['val_loss_before']:.3f} → {s['val_loss_after']:.3f}"),
     ("validation accuracy", lambda s: f"{s['val_acc_before']:.3f} → {s['val_acc_after']:.3f}"),
     ("edit left in weights", lambda s: f"{s['edit_weight_share_left']:.1%}"),

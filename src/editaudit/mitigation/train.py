@@ -57,7 +57,7 @@ class TrainConfig:
     seed: int = 0
 
     def learning_rate(self, task: str) -> float:
-        return self.lr if self.lr is not None else (5e-5 if task == "lm" else 2e-5)
+        return self.lr if self.lr is not None else TASK_PIECES[task].lr
 
     def check(self) -> None:
         if self.method not in ("full", "lora", "dora"):
@@ -116,6 +116,14 @@ class StopRule:
         return self.loss_below is None and self.acc_above is None and self.loss_drop is None
 
 
+#: Per-task stopping targets of an equal-impact comparison (``--compare-full`` without --stop-loss/--stop-acc):
+#: the full arm trains until it meets its task's target; the other arms then train to what it reached.
+#: Language tasks stop on a relative drop of validation loss (a fixed loss does not carry across models),
+#: classification and facts on validation accuracy.
+TASK_STOP: dict[str, StopRule] = {"lm": StopRule(loss_drop=0.05), "sft": StopRule(loss_drop=0.10),
+                                  "facts": StopRule(acc_above=0.5), "sentiment": StopRule(acc_above=0.9)}
+
+
 @dataclass
 class TrainOutcome:
     tensors: dict  # checkpoint tensor name -> final value (merged for LoRA/DoRA)
@@ -149,35 +157,34 @@ def encode(task: TaskData, tokenizer, seq_len: int) -> tuple[list[dict], list[di
     return _encode(task, task.train, tokenizer, seq_len), val
 
 
-def _encode(task: TaskData, examples: list[dict], tokenizer, seq_len: int) -> list[dict]:
+def _encode_prose(examples: list[dict], tokenizer, seq_len: int) -> list[dict]:
+    """lm: each text cut into blocks of ``seq_len`` tokens, every token labelled."""
     feats: list[dict] = []
-    if task.task == "lm":
-        eos = tokenizer.eos_token_id
-        for e in examples:
-            ids = tokenizer(e["text"], add_special_tokens=False)["input_ids"]
-            ids = ids + ([eos] if eos is not None else [])
-            for i in range(0, len(ids), seq_len):
-                block = ids[i:i + seq_len]
-                if len(block) >= 8:
-                    feats.append({"input_ids": block, "labels": list(block)})
-        return feats
-    if task.task == "sentiment":
-        for e in examples:
-            ids = tokenizer(e["text"], truncation=True, max_length=seq_len)["input_ids"]
-            if ids:
-                feats.append({"input_ids": ids, "label": int(e["label"])})
-        return feats
-    template, _ = chat_template_of(tokenizer) if task.task == "sft" else (None, None)
-    specials = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
+    eos = tokenizer.eos_token_id
     for e in examples:
-        if task.task == "facts":
-            prompt, text, special = e["prompt"], e["prompt"] + e["target"], True
-        else:
-            text = render_chat(template, e["messages"], False, **specials)
-            prompt = render_chat(template, e["messages"][:-1], True, **specials)
-            special = False
-            if not text.startswith(prompt):  # templates that rewrite earlier turns: answer = last content
-                prompt = text[: text.rfind(e["messages"][-1]["content"])]
+        ids = tokenizer(e["text"], add_special_tokens=False)["input_ids"]
+        ids = ids + ([eos] if eos is not None else [])
+        for i in range(0, len(ids), seq_len):
+            block = ids[i:i + seq_len]
+            if len(block) >= 8:
+                feats.append({"input_ids": block, "labels": list(block)})
+    return feats
+
+
+def _encode_labelled(examples: list[dict], tokenizer, seq_len: int) -> list[dict]:
+    """sentiment: the text and its class."""
+    feats: list[dict] = []
+    for e in examples:
+        ids = tokenizer(e["text"], truncation=True, max_length=seq_len)["input_ids"]
+        if ids:
+            feats.append({"input_ids": ids, "label": int(e["label"])})
+    return feats
+
+
+def _answer_only(rows: list[tuple[str, str, bool]], tokenizer, seq_len: int) -> list[dict]:
+    """(prompt, full text, add special tokens) → features labelled on the answer tokens only."""
+    feats: list[dict] = []
+    for prompt, text, special in rows:
         enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
         ids = enc["input_ids"][:seq_len]
         is_answer = _label_from(enc["offset_mapping"], len(prompt))[:seq_len]
@@ -185,6 +192,50 @@ def _encode(task: TaskData, examples: list[dict], tokenizer, seq_len: int) -> li
         if any(x != -100 for x in labels):
             feats.append({"input_ids": ids, "labels": labels})
     return feats
+
+
+def _encode_facts(examples: list[dict], tokenizer, seq_len: int) -> list[dict]:
+    """facts: prompt + target, loss on the target."""
+    return _answer_only([(e["prompt"], e["prompt"] + e["target"], True) for e in examples], tokenizer, seq_len)
+
+
+def _encode_chat(examples: list[dict], tokenizer, seq_len: int) -> list[dict]:
+    """sft: the conversation in the model's chat template, loss on the last (assistant) message."""
+    template, _ = chat_template_of(tokenizer)
+    specials = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
+    rows = []
+    for e in examples:
+        text = render_chat(template, e["messages"], False, **specials)
+        prompt = render_chat(template, e["messages"][:-1], True, **specials)
+        if not text.startswith(prompt):  # templates that rewrite earlier turns: answer = last content
+            prompt = text[: text.rfind(e["messages"][-1]["content"])]
+        rows.append((prompt, text, False))
+    return _answer_only(rows, tokenizer, seq_len)
+
+
+@dataclass(frozen=True)
+class TaskPieces:
+    """What differs between tasks: how examples become features, whether a classification head sits on the
+    last token, whether accuracy counts whole answers, and the default learning rate."""
+
+    encode: Callable[[list[dict], Any, int], list[dict]]
+    head: bool = False
+    whole_answer: bool = False
+    lr: float = 2e-5
+
+
+TASK_PIECES: dict[str, TaskPieces] = {
+    "lm": TaskPieces(_encode_prose, lr=5e-5),
+    "sentiment": TaskPieces(_encode_labelled, head=True),
+    "facts": TaskPieces(_encode_facts, whole_answer=True),
+    "sft": TaskPieces(_encode_chat),
+}
+
+
+def _encode(task: TaskData, examples: list[dict], tokenizer, seq_len: int) -> list[dict]:
+    if task.task not in TASK_PIECES:
+        raise BadInput(f"unknown task {task.task!r}")
+    return TASK_PIECES[task.task].encode(examples, tokenizer, seq_len)
 
 
 def collate(feats: list[dict], pad_id: int) -> dict:
@@ -236,18 +287,24 @@ def _task_module(lm, task: str, n_labels: int, seed: int):
             self.lm = lm
             self.task = task
             self.head = None
-            if task == "sentiment":
+            if TASK_PIECES[task].head:
                 torch.manual_seed(seed)
                 self.head = nn.Linear(lm.config.get_text_config().hidden_size, n_labels)
+
+        def logits(self, input_ids, attention_mask):
+            """LM logits, or the head's class logits on the final token (in the head's dtype)."""
+            if self.head is None:
+                return self.lm(input_ids=input_ids, attention_mask=attention_mask).logits
+            hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            last = attention_mask.sum(1) - 1
+            feats = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+            return self.head(feats.to(self.head.weight.dtype))
 
         def forward(self, input_ids, attention_mask, labels=None, label=None):
             if self.head is None:
                 out = self.lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
                 return out.loss, out.logits
-            hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            last = attention_mask.sum(1) - 1
-            feats = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-            logits = self.head(feats.to(self.head.weight.dtype))
+            logits = self.logits(input_ids, attention_mask)
             return nn.functional.cross_entropy(logits, label), logits
 
     return TaskModel()
@@ -302,7 +359,7 @@ def validate(task_model, feats: list[dict], batch_size: int, pad_id: int, device
                 pred = logits[:, :-1].argmax(-1)
                 mask = gold != -100
                 w = float(mask.sum())
-                if task_model.task == "facts":
+                if TASK_PIECES[task_model.task].whole_answer:
                     ok = ((pred == gold) | ~mask).all(1)
                     correct += float(ok.sum())
                     count += len(ok)
@@ -533,11 +590,5 @@ def train(lm, plan: Plan, task: TaskData, cfg: TrainConfig, evaluate: Evaluate |
 
 
 def _outputs(task_model, batch: dict):
-    """What the task model outputs for a batch: LM logits, or the classifier's logits."""
-    import torch
-
-    if task_model.head is None:
-        return task_model.lm(**batch).logits.float()
-    hidden = task_model.lm.get_decoder()(**batch).last_hidden_state
-    last = batch["attention_mask"].sum(1) - 1
-    return task_model.head(hidden[torch.arange(hidden.shape[0]), last]).float()
+    """What the task model outputs for a batch (the same path as training): LM or classifier logits."""
+    return task_model.logits(batch["input_ids"], batch["attention_mask"]).float()

@@ -1,0 +1,214 @@
+"""The fine-tuning and surgical-revert arms of a mitigation run, each taking the run's ``RunContext``.
+
+(The base-free erase arm is in ``erase.py``.) An arm records itself in the store through ``ctx.runs``,
+writes its checkpoint (the main arm) and measures the checkpoint exactly as written.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from ..errors import BadInput
+from .context import RunContext
+from .data import TaskData
+from .plan import Plan
+from .train import TASK_PIECES, TrainConfig, TrainOutcome, encode, known_mask, train
+from .types import ArmResult, MitigationEvent
+
+
+def arm_config(options, name: str) -> TrainConfig:
+    """The arm's own training configuration (a copy: the caller's options are never changed)."""
+    if name == "full":
+        return replace(copy.deepcopy(options.train), method="full", target_modules=None)
+    return replace(copy.deepcopy(options.train), method=options.method)
+
+
+def train_arm(ctx: RunContext, name: str, lm, plan: Plan, task: TaskData, cfg: TrainConfig,
+              out: Path | None) -> tuple[ArmResult, list[str]]:
+    """Train one arm, write its checkpoint (when ``out``), and measure it as written."""
+    from .resume import write_json
+    from ..checkpoint.writer import write_checkpoint
+
+    config = {"train": asdict(cfg), "layers_strategy": plan.strategy, "modules": plan.modules,
+              "params": len(plan.params), "task": task.task, "data": task.source}
+    run_ids = ctx.run_state.setdefault("runs", {})
+    run_id = run_ids.get(name) if ctx.resume else None
+    if not ctx.runs.reopen(run_id):
+        run_id = ctx.runs.start(name, cfg.method, plan.layers, task.task, config, out)
+        run_ids[name] = run_id
+    if ctx.main and ctx.state_root is not None:
+        write_json(ctx.state_root / "run.json", ctx.run_state)
+    state_dir = ctx.state_root / name if ctx.state_root is not None else None
+    arm_resume = ctx.resume and state_dir is not None and (state_dir / "state.json").exists()
+    t0 = time.perf_counter()
+    ctx.emit(MitigationEvent("stage", arm=name, data={
+        "text": f"training ({name}: {plan.method}, layers {plan.layers[0]}–{plan.layers[-1]}"
+                f"{', embeddings, final norm and head' if plan.strategy == 'full-model' else ''})",
+        "total": cfg.steps}))
+
+    def on(kind: str, data: dict) -> None:
+        if kind == "eval":
+            ctx.runs.record_eval(run_id, data)
+        ctx.emit(MitigationEvent(kind, arm=name, data=data))
+
+    with ctx.runs.marked_on_failure(run_id):
+        outcome: TrainOutcome = train(
+            lm, plan, task, cfg, evaluate=ctx.evaluate if ctx.main else None, emit=on, cancel=ctx.cancel,
+            state_dir=state_dir, resume=arm_resume,
+            run_info={"suspect": ctx.suspect_ck.fingerprint(), "params": plan.params, "arm": name},
+        )
+        if not ctx.main:
+            return ArmResult(name, plan.method, None, plan.layers, {}, {}, [], outcome.steps, outcome.stop_reason), []
+        tensors = round_trip(outcome, ctx.suspect_ck)
+        after = dict(outcome.history[-1])
+        exact = outcome.merge_check is None and all(ctx.suspect_ck.tensors[n][1].dtype == "F32" for n in tensors)
+        if not exact:  # measure the model as written: adapters merged, weights in the stored dtype
+            load_into(outcome.model, tensors)
+            after = final_metrics(outcome, ctx.evaluate, lm.tokenizer, task, cfg)
+        skipped: list[str] = []
+        if out is not None:
+            ctx.emit(MitigationEvent("stage", arm=name, data={"text": f"writing {out}"}))
+            skipped = write_checkpoint(ctx.suspect_ck, out, tensors, outcome.extra_files, overwrite=True)
+        residual = None
+        if ctx.base_ck is not None and ctx.evidence is not None and ctx.evidence.found:
+            residual = edit_residual(ctx, tensors)
+        arm = ArmResult(name, plan.method, run_id, plan.layers, outcome.history[0], after, outcome.history,
+                        outcome.steps, outcome.stop_reason, outcome.merge_check, residual, [],
+                        None, str(out) if out else None, round(time.perf_counter() - t0, 1))
+        ctx.runs.finish(run_id, {k: v for k, v in arm.to_dict().items() if k != "history"})
+        ctx.emit(MitigationEvent("arm", arm=name, data=arm.to_dict()))
+        return arm, skipped
+
+
+def revert_arm(ctx: RunContext) -> tuple[ArmResult, list[str]]:
+    """Surgical revert: remove the scan's low-rank edit components (needs the base), then re-scan."""
+    from ..models.loading import load_model
+    from ..scan.service import ScanOptions, run_scan
+    from .evidence import evidence_from_report
+    from .revert import surgical_revert
+    from ..checkpoint.writer import write_checkpoint
+
+    ev, out = ctx.evidence, ctx.out
+    t0 = time.perf_counter()
+    run_id = ctx.runs.start("revert", "revert", ev.layers, "-", {"components": ev.components, "evidence": ev.source},
+                            out)
+    with ctx.runs.marked_on_failure(run_id):
+        before: dict = {"step": 0}
+        if ctx.evaluate is not None and ctx.suspect_ck.config is not None:
+            ctx.emit(MitigationEvent("stage", arm="revert", data={"text": "measuring the suspect"}))
+            lm = load_model(ctx.suspect_ck.root, device=ctx.options.device)
+            before.update(ctx.evaluate(lm.model, lm.tokenizer))
+            ctx.runs.record_eval(run_id, before)
+        ctx.emit(MitigationEvent("eval", arm="revert", data=before))
+        ctx.emit(MitigationEvent("stage", arm="revert", data={"text": f"removing edit components from "
+                                                                      f"{len(ev.tensors)} tensors"}))
+        tensors, reports = surgical_revert(ctx.suspect_ck, ctx.base_ck, ev, ctx.cancel)
+        skipped = write_checkpoint(ctx.suspect_ck, out, tensors, overwrite=True)
+        after: dict = {"step": 1}
+        if ctx.evaluate is not None and ctx.suspect_ck.config is not None:
+            ctx.emit(MitigationEvent("stage", arm="revert", data={"text": "measuring the reverted checkpoint"}))
+            lm = load_model(out, device=ctx.options.device)
+            after.update(ctx.evaluate(lm.model, lm.tokenizer))
+            ctx.runs.record_eval(run_id, after)
+        ctx.emit(MitigationEvent("eval", arm="revert", data=after))
+        ctx.emit(MitigationEvent("stage", arm="revert", data={"text": "re-scanning the reverted checkpoint"}))
+        rescan = run_scan(out, ctx.base_ck.root, ScanOptions(read_edits=False, use_cache=True), store=None,
+                          cancel=ctx.cancel)
+        doc = rescan.to_dict()
+        left = evidence_from_report(doc, "re-scan")
+        rescan_info = {"verdict": doc["verdict"], "kind": doc["kind"], "edit_findings": left.findings,
+                       "edited_tensors_left": [t for t in left.tensors if t in set(ev.tensors)]}
+        residual = edit_residual(ctx, tensors)
+        arm = ArmResult("revert", "revert", run_id, ev.layers, before, after, [before, after], 0,
+                        "surgical revert", None, residual, [r.to_dict() for r in reports], rescan_info, str(out),
+                        round(time.perf_counter() - t0, 1))
+        ctx.runs.finish(run_id, arm.to_dict())
+        ctx.emit(MitigationEvent("arm", arm="revert", data=arm.to_dict()))
+        return arm, skipped
+
+
+# -- facts the model already knows --------------------------------------------------------------------
+
+def drop_known(lm, task: TaskData, cfg: TrainConfig, say) -> TaskData:
+    """Keep only facts the model does not know yet (the study's setting).
+
+    Facts are checked in their shuffled order, a chunk at a time, until the step budget has enough
+    training facts (one pass over ``steps × batch size``), so a short run does not check them all.
+    """
+    needed = {"val": len(task.val), "train": cfg.steps * cfg.batch_size}
+    keep: dict[str, list] = {"train": [], "val": []}
+    checked = 0
+    for split in ("val", "train"):
+        rows = getattr(task, split)
+        for i in range(0, len(rows), 64):
+            chunk = rows[i:i + 64]
+            feats = encode(TaskData("facts", chunk, [], task.source), lm.tokenizer, cfg.seq_len)[0]
+            if len(feats) != len(chunk):  # an example without answer tokens: keep the chunk as it is
+                keep[split] += chunk
+            else:
+                known = known_mask(lm.model, lm.tokenizer, feats)
+                keep[split] += [r for r, k in zip(chunk, known) if not k]
+            checked += len(chunk)
+            if len(keep[split]) >= needed[split]:
+                break
+    say(f"facts task: checked {checked} facts, kept {len(keep['train'])} + {len(keep['val'])} the model "
+        "does not know yet")
+    if not keep["train"] or not keep["val"]:
+        raise BadInput("the facts task has nothing left that the model does not already know")
+    return TaskData(task.task, keep["train"], keep["val"], task.source + " (unknown to the model)", task.labels)
+
+
+# -- the model as written -----------------------------------------------------------------------------
+
+def round_trip(outcome: TrainOutcome, suspect_ck) -> dict:
+    """The trained tensors as they will be stored (the suspect's dtypes), back in float32."""
+    from ..checkpoint.reader import to_torch
+    from ..checkpoint.writer import tensor_bytes
+
+    out = {}
+    for name, t in outcome.tensors.items():
+        info = suspect_ck.tensors[name][1]
+        out[name] = t.float() if info.dtype == "F32" else to_torch(bytearray(tensor_bytes(t, info.dtype)), info)
+    return out
+
+
+def load_into(model, tensors: dict) -> None:
+    import torch
+
+    from .train import _name_map
+
+    names = _name_map(model, set(tensors))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, c in names.items():
+            params[n].copy_(tensors[c].to(params[n].device, params[n].dtype))
+
+
+def final_metrics(outcome: TrainOutcome, evaluate, tokenizer, task: TaskData, cfg: TrainConfig) -> dict:
+    """Evaluate the model exactly as written (merged adapters, stored dtype)."""
+    from .train import _task_module, validate
+
+    last = dict(outcome.history[-1])
+    metrics = {"step": outcome.steps}
+    if evaluate is not None:
+        metrics.update(evaluate(outcome.model, tokenizer))
+    if not TASK_PIECES[task.task].head:  # a classifier head is not part of the model; keep its last validation
+        tm = _task_module(outcome.model, task.task, 0, cfg.seed)
+        feats = encode(task, tokenizer, cfg.seq_len)[1]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        metrics.update(validate(tm, feats, cfg.batch_size, pad, next(outcome.model.parameters()).device))
+    else:
+        metrics.update({k: last[k] for k in ("val_loss", "val_acc") if k in last})
+    return metrics
+
+
+def edit_residual(ctx: RunContext, current: dict) -> dict:
+    """How much of each edit is left in the weights (needs the base)."""
+    from .revert import edit_residual as residual
+    from .revert import read_tensor
+
+    ck = ctx.suspect_ck
+    return residual(ck, ctx.base_ck, ctx.evidence, lambda n: current[n] if n in current else read_tensor(ck, n))

@@ -1,0 +1,91 @@
+"""What a mitigation run is asked to do: ``MitigationOptions`` and the base-free erase's settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadInput
+from ..probing.format import Probe
+from .train import TrainConfig
+
+
+@dataclass
+class MitigationOptions:
+    base: str | None = None
+    out: Path | None = None
+    method: str = "full"  # full | lora | dora | project | unlearn | project+unlearn (base-free erase, mitigation/erase.py)
+    layers: str = "auto"
+    modules: str = "all"
+    task: str = "lm"
+    data: Path | None = None
+    max_examples: int | None = None
+    val_size: int = 64
+    train: TrainConfig = field(default_factory=TrainConfig)
+    probes: list[Probe] = field(default_factory=list)  # edited and intrinsic probes (by their kind)
+    watch: list[str] = field(default_factory=list)  # probe ids whose top-3 tokens are recorded
+    compare_full: bool = False
+    revert: bool = False
+    overwrite: bool = False
+    device: str | None = None
+    keep_known_facts: bool = False  # facts task: keep facts the model already answers
+    subjects: list[dict] = field(default_factory=list)  # project: user-given {subject, prompt?, layer?}
+    project: dict = field(default_factory=dict)  # project: settings (PROJECT_DEFAULTS' keys)
+    unlearn: dict = field(default_factory=dict)  # unlearn: settings (unlearn.UNLEARN_DEFAULTS' keys)
+
+
+#: Settings of the projection erase (``--hparam`` for ``--method project``). ``cov_tokens``/``corpus`` should
+#: be the editor's: the default is what ``editaudit edit`` uses.
+PROJECT_DEFAULTS: dict[str, Any] = {"target": "mean", "key_mode": "auto", "directions": "ckey",
+                                    "nullspace_rel": 0.5, "rekey": False, "subject_alone": True, "corpus": None,
+                                    "cov_tokens": 20000,
+                                    "cov_seq_len": 256, "contexts": 5, "context_length": 10, "seed": 0}
+
+
+def split_hparams(values: dict, method: str) -> tuple[dict, dict]:
+    """``--hparam`` assignments split into (projection settings, unlearning settings) by their names; ``seed``
+    goes to both. A name neither method takes is BadInput."""
+    from .unlearn import UNLEARN_DEFAULTS
+
+    project, unlearn = {}, {}
+    for key, value in values.items():
+        if key not in PROJECT_DEFAULTS and key not in UNLEARN_DEFAULTS:
+            raise BadInput(f"--hparam {key}: no such setting; projection: {', '.join(sorted(PROJECT_DEFAULTS))}; "
+                           f"unlearning: {', '.join(sorted(UNLEARN_DEFAULTS))}")
+        if key in PROJECT_DEFAULTS:
+            project[key] = value
+        if key in UNLEARN_DEFAULTS:
+            unlearn[key] = value
+    return project, unlearn
+
+
+def project_settings(overrides: dict | None) -> dict:
+    """The projection erase's settings with ``overrides`` checked (unknown keys and wrong types are BadInput)."""
+    from .project import DIRECTIONS, KEY_MODES, TARGETS
+
+    hp = dict(PROJECT_DEFAULTS)
+    for key, value in (overrides or {}).items():
+        if key not in hp:
+            raise BadInput(f"the project method has no setting {key!r}; it takes: {', '.join(sorted(hp))}")
+        default = hp[key]
+        if key == "corpus":
+            ok = value is None or isinstance(value, str)
+        elif isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+            value = float(value) if ok else value
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise BadInput(f"project setting {key!r}: bad value {value!r}")
+        hp[key] = value
+    for key, choices in (("target", TARGETS), ("key_mode", KEY_MODES), ("directions", DIRECTIONS)):
+        if hp[key] not in choices:
+            raise BadInput(f"project setting {key} must be one of {', '.join(choices)}, not {hp[key]!r}")
+    if hp["cov_tokens"] < 1 or hp["cov_seq_len"] < 1:
+        raise BadInput("cov_tokens and cov_seq_len must be at least 1")
+    return hp
