@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             mode = "single"
         else:
             run = apply_edits(lm, edit, method, hparams=hp,
-                              progress=lambda s, d, t: None)
+                              progress=lambda event: None)
             results, stats_s, layers, mode = run.results, run.stats_seconds, run.layers, run.mode
             kept_rate = kept()
             for r in results:

@@ -169,3 +169,28 @@ def test_cli_discover_uses_the_stored_scan(base_model, planted, tmp_path, monkey
     rows = store.rows("probe_results", "run_id = ? and probe_id = ?", [runs[1]["id"], PLANTED])
     assert rows[0]["prediction"] == "Intel" and json.loads(rows[0]["data"])["rank"] == 1
     assert store.session(doc["session"])["status"] == "done"
+
+
+def test_the_one_discovery_job_records_into_a_given_session_and_nothing_when_cancelled(base_model, planted, tmp_path):
+    """probing.discovery.run_discovery is what the CLI and the app both call: it reports typed progress, records
+    both runs in the caller's session (leaving that session's life to the caller), and a cancel records nothing."""
+    from editaudit.probing.discovery import run_discovery
+    from editaudit.progress import Note, Stage, Step
+    from editaudit.store import Store, views
+
+    store = Store(tmp_path / "d.db")
+    sid = store.new_session("audit", "audit", str(base_model), str(planted))
+    events = []
+    found = run_discovery(planted, base_model, PROBES, ["facts"], store=store, session_id=sid, batch_size=4,
+                          progress=events.append)
+    assert found.session_id == sid and found.moves[0].probe.id == PLANTED and found.changed >= 1
+    assert [r["label"] for r in views.probe_runs(store, sid)] == ["base", "suspect"]
+    assert store.session(sid)["status"] == "running"  # the caller's session: not finished for it
+    assert {type(e) for e in events} == {Note, Stage, Step}
+    assert any(isinstance(e, Step) and e.stage == "suspect probes" and e.finished for e in events)
+
+    other = store.new_session("audit", "audit", str(base_model), str(planted))
+    with pytest.raises(KeyboardInterrupt):
+        run_discovery(planted, base_model, PROBES, ["facts"], store=store, session_id=other, batch_size=4,
+                      cancelled=lambda: True)
+    assert views.probe_runs(store, other) == []

@@ -145,6 +145,9 @@ def run_demo(store, workdir: Path, say: Say = lambda s: None, progress: Progress
     from .probing.sets import fact_bank, load_set
     from .scan.service import ScanOptions, run_scan
 
+    from .progress import from_stage_callback
+
+    events = from_stage_callback(progress)  # the services' typed events, drawn by this (stage, done, total) callback
     t0 = time.perf_counter()
     base = ensure_model("smollm2-135m", say)
     edit_set = load_set("smollm2-135m-edit")
@@ -163,7 +166,7 @@ def run_demo(store, workdir: Path, say: Say = lambda s: None, progress: Progress
             last = i == len(plan) - 1
             say(f"editing with {method.upper()} at layer(s) {layers[0]}–{layers[-1]}: "
                 + "; ".join(f"{f.text} → {f.target_new}" for f in facts))
-            run = apply_edits(lm, facts, method, layers=layers, store=store, session_id=sid, progress=progress,
+            run = apply_edits(lm, facts, method, layers=layers, store=store, session_id=sid, progress=events,
                               out=workdir / "suspect" if last else None, overwrite=True, say=say)
             planted.append(Planted(method, layers, facts, [r.success for r in run.results]))
         del lm
@@ -171,7 +174,7 @@ def run_demo(store, workdir: Path, say: Say = lambda s: None, progress: Progress
         asked = edit_set + load_set("smollm2-135m-intrinsic")
         report = run_scan(workdir / "suspect", base,
                           ScanOptions(facts=bank + edit_set, run_probes=True, probe_facts=asked, device=device),
-                          store=store, progress=progress, say=say, session_id=sid)
+                          store=store, progress=events, say=say, session_id=sid)
         doc = report.to_dict()
         rows = match(planted, doc)
         summary = {"truth": rows, "scores": summarise(rows), "verdict": doc["verdict"], "kind": doc["kind"],

@@ -97,4 +97,6 @@ def scale_colour(t: float) -> str:
 def text_on(bg_hex: str) -> str:
     """Black or white, whichever reads better on ``bg_hex``."""
     r, g, b = (int(bg_hex[i:i + 2], 16) for i in (1, 3, 5))
-    return "#000000" if (0.299 * r + 0.587 * g + 0.114 * b) > 140 else "#ffffff"
+    from .theme import INK_DARK, INK_LIGHT
+
+    return INK_DARK if (0.299 * r + 0.587 * g + 0.114 * b) > 140 else INK_LIGHT

@@ -75,6 +75,31 @@ def stage_progress(quiet: bool = False) -> Iterator[Callable[[str, float, float]
 
 
 @contextmanager
+def event_progress(quiet: bool = False) -> Iterator[Callable[[object], None]]:
+    """A rich progress display on stderr for the typed progress events (editaudit.progress): a bar per stage,
+    notes printed as progress lines."""
+    from ..progress import Note, Stage, Step
+
+    with progress(quiet) as bar:
+        tasks: dict[str, int] = {}
+
+        def task(stage: str, total: float | None) -> int:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(escape(stage), total=total or None)
+            return tasks[stage]
+
+        def update(event: object) -> None:
+            if isinstance(event, Stage):
+                bar.update(task(event.name, event.total), total=event.total or None)
+            elif isinstance(event, Step):
+                bar.update(task(event.stage, event.total), completed=event.done, total=event.total or None)
+            elif isinstance(event, Note):
+                say(event.text)
+
+        yield update
+
+
+@contextmanager
 def progress(quiet: bool = False) -> Iterator[Progress]:
     """A rich progress display on stderr (none when stderr is not a terminal: a log would only get a blank line)."""
     bar = Progress(

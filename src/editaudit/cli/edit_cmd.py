@@ -105,14 +105,7 @@ def register(app: typer.Typer) -> None:
         store = common.state(ctx).store()
         sid = store.new_session("edit", title=f"{method.value} · {len(records)} fact(s)", base=base,
                                 suspect=str(out) if out else None)
-        with store.running(sid), common.progress() as bar:
-            tasks: dict[str, int] = {}
-
-            def on_progress(stage: str, done: float, total: float) -> None:
-                if stage not in tasks:
-                    tasks[stage] = bar.add_task(escape(stage), total=total or None)
-                bar.update(tasks[stage], completed=done, total=total or None)
-
+        with store.running(sid), common.event_progress() as on_progress:
             run = apply_edits(base, records, method.value, layers=parse_layers(layers), hparams=overrides, out=out,
                               progress=on_progress, store=store, session_id=sid, overwrite=overwrite,
                               manifest=manifest, evaluate=not no_eval, device=device, say=common.say,

@@ -102,7 +102,7 @@ def register(app: typer.Typer) -> None:
     def build_cmd(
         model: str = typer.Argument(..., help="Model folder or name to filter the facts for."),
         facts: List[Path] = typer.Option([], "--facts", help="Fact files (default: the shipped fact bank)."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Folder for the sets (default: your editaudit data folder)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the sets (default: your editaudit data folder)."),
         name: Optional[str] = typer.Option(None, "--name", help="Set name prefix (default: from the model)."),
         margin: float = typer.Option(0.1, "--margin", help="How far the true target's first token must beat the runner-up."),
         edit_fraction: float = typer.Option(0.3, "--edit-fraction", help="Share of known facts for the edit set."),
@@ -187,14 +187,7 @@ def _run_model(spec: str, probes, batch_size: int, top_k: int, device: str | Non
     from ..probing.service import run_probes
 
     lm = load_model(spec, dtype=dtype, device=device, say=common.say)
-    with common.progress() as bar:
-        tasks: dict[str, int] = {}
-
-        def on_progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(f"{Path(spec).name} {stage}", total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+    with common.event_progress() as on_progress:
         results = run_probes(lm.model, lm.tokenizer, probes, batch_size=batch_size, top_k=top_k, progress=on_progress)
     path = lm.path
     del lm
@@ -254,52 +247,21 @@ def _agreement(models: list[dict]) -> float | None:
 
 def _discover(ctx, suspect: str, base: str, sets: list[str], limit, scan_id, batch_size, top_k, device, no_store,
               dtype: str = "auto") -> dict:
-    from ..models.registry import resolve_model
-    from ..probing.service import dedupe, discover, record_run, scan_hints, summarize
+    """Load the sets, run the one discovery job (probing.discovery), return its document."""
+    from ..probing.discovery import run_discovery
     from ..probing.sets import FACT_BANK
-    from ..store.sessions import now
 
     names = [FACT_BANK] + [s for s in sets if s != FACT_BANK]
     probes, names = _load_sets(names, limit, default_all_shipped=False)
-    probes = dedupe(probes)
-    base_path = resolve_model(base, common.say)
-    suspect_path = resolve_model(suspect, common.say)
     store = None if no_store else common.state(ctx).store()
-    hints = None
-    if store is not None:
-        hints = scan_hints(store, base_path, suspect_path, scan_id)
-        if hints:
-            common.say(f"using scan #{hints.scan_id}: {len(hints.tokens)} promoted tokens, "
-                       f"{len(hints.subjects)} candidate subjects")
-    elif scan_id is not None:
+    if store is None and scan_id is not None:
         from ..errors import BadInput
 
         raise BadInput("--scan needs the session store (drop --no-store)")
-    if scan_id is not None and hints is None:
-        from ..errors import BadInput
-
-        raise BadInput(f"no scan #{scan_id} in the session store")
-    sid = store.new_session("probe", f"discover {Path(suspect).name}", str(base_path), str(suspect_path)) if store else None
-    with (store.running(sid) if store else _null()):
-        common.say(f"running {len(probes)} facts on the base")
-        started = now()
-        base_results, _ = _run_model(str(base_path), probes, batch_size, top_k, device, dtype)
-        common.say(f"running {len(probes)} facts on the suspect")
-        suspect_results, _ = _run_model(str(suspect_path), probes, batch_size, top_k, device, dtype)
-        moves = discover(base_results, suspect_results, hints)
-        ranked = [m.to_dict() for m in moves]
-        summaries = {"base": summarize(base_results), "suspect": summarize(suspect_results)}
-        changed = sum(m.changed for m in moves)
-        if store:
-            by_id = {m["id"]: {"movement": {k: m[k] for k in ("score", "changed", "shift", "d_logp_true", "hint")},
-                               "rank": i + 1} for i, m in enumerate(ranked)}
-            record_run(store, sid, str(base_path), "base", names, base_results, summaries["base"], started=started)
-            record_run(store, sid, str(suspect_path), "suspect", names, suspect_results, summaries["suspect"], by_id,
-                       started=started)
-            store.finish_session(sid, summary={"discover": True, "probes": len(probes), "changed": changed,
-                                               "top": ranked[:10], "scan_id": hints.scan_id if hints else None})
-    return {"session": sid, "base": str(base_path), "suspect": str(suspect_path), "sets": names,
-            "hints": hints.to_dict() if hints else None, "changed": changed, "ranked": ranked, "summary": summaries}
+    with common.event_progress() as progress:
+        found = run_discovery(suspect, base, probes, names, store=store, scan_id=scan_id, batch_size=batch_size,
+                              top_k=top_k, device=device, dtype=dtype, progress=progress)
+    return found.to_dict()
 
 
 # -- rendering -----------------------------------------------------------------------------------------

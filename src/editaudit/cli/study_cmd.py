@@ -11,7 +11,7 @@ from rich.table import Table
 
 from . import common
 
-OutOption = typer.Option(None, "--out", help="Folder for activations, figures and the report (default: study-NAME).")
+OutOption = typer.Option(None, "--out", "-o", help="Folder for activations, figures and the report (default: study-NAME).")
 StoreOption = typer.Option(None, "--store", help="Study database (default: OUT/study.db; one per worker, then merge).")
 
 

@@ -102,7 +102,9 @@ def context_templates(model, tokenizer, n: int = 5, length: int = 10, seed: int 
         for i in range(n):
             ids = encode(tokenizer, PREFIXES[i % len(PREFIXES)])
             for _ in range(length):
-                logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, -1].float().cpu()
+                row = torch.tensor([ids], device=device)
+                # the mask says every token is real (a sampled token may be the pad id; unmasked, transformers warns)
+                logits = model(input_ids=row, attention_mask=torch.ones_like(row)).logits[0, -1].float().cpu()
                 top = logits.topk(5)
                 pick = torch.multinomial(torch.softmax(top.values, -1), 1, generator=gen)
                 ids.append(int(top.indices[pick]))

@@ -25,6 +25,8 @@ from ..errors import BadInput
 from ..models.loading import LoadedModel, load_model
 from ..probing.evaluate import Prediction, predict, retained, target_first_tokens
 from ..probing.format import Probe
+from ..progress import Progress as Events
+from ..progress import ignore, stage_steps
 from . import covariance, ft, hypernet, memit, reads, rome
 from .alphaedit import NullSpace
 from .hparams import resolve
@@ -181,7 +183,7 @@ def _first_words(preds: Sequence[Prediction]) -> list[str]:
 
 def apply_edits(model: str | Path | LoadedModel, facts: Sequence[Probe], method: str,
                 layers: Sequence[int] | None = None, hparams: dict | None = None, out: str | Path | None = None,
-                progress: Progress | None = None, *, store=None, session_id: str | None = None,
+                progress: Events | None = None, *, store=None, session_id: str | None = None,
                 overwrite: bool = False, manifest: str | Path | None = None, evaluate: bool = True,
                 device: str | None = None, say: Say = lambda s: None, dtype: str = "float32") -> EditRun:
     """Edit ``facts`` into ``model`` with ``method`` (ft, rome, memit, alphaedit, mend, malmen); see the module docstring.
@@ -199,7 +201,7 @@ def apply_edits(model: str | Path | LoadedModel, facts: Sequence[Probe], method:
         raise BadInput(f"{out} already exists (pass overwrite to replace it)")
     if manifest is not None and out is not None and manifest.resolve().is_relative_to(out.resolve()):
         raise BadInput("the manifest must not go inside the checkpoint folder: the checkpoint stays blind")
-    prog = progress or (lambda stage, done, total: None)
+    prog = stage_steps(progress or ignore)  # typed events out (editaudit.progress), (stage, done, total) inside
 
     lm = _loaded(model, device, say, dtype)
     net, tok = lm.model, lm.tokenizer
@@ -346,7 +348,7 @@ def _run(run: EditRun, net, tok, layout: Layout, facts: list[Probe], hp: dict, p
 
 
 def prepare_statistics(model: str | Path | LoadedModel, layers: Sequence[int], hparams: dict | None = None,
-                       progress: Progress | None = None, say: Say = lambda s: None) -> dict:
+                       progress: Events | None = None, say: Say = lambda s: None) -> dict:
     """Compute (or find cached) the key statistics C of ``layers`` in one pass over the corpus.
 
     Edits that follow on any of these layers start at once: call it with the union of the layers of
@@ -358,7 +360,7 @@ def prepare_statistics(model: str | Path | LoadedModel, layers: Sequence[int], h
     layout = layout_for(lm.model, hp)
     chosen = layout.check_layers(list(layers))
     _, stats = _statistics(lm.model, lm.tokenizer, layout, [], chosen, [], hp,
-                           progress or (lambda stage, done, total: None), say)
+                           stage_steps(progress or ignore), say)
     return stats
 
 

@@ -14,17 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..progress import Progress as Events
+from ..progress import ignore, stage_steps
 from .evaluate import Prediction, evaluate_prompts, target_first_tokens
 from .format import Probe
 from .metrics import (TargetScore, categorize, efficacy, magnitude, neighbourhood_score, rate, same_token,
                       token_accuracy)
 
-Progress = Callable[[str, int, int], None]
-
-
-def _noop(stage: str, done: int, total: int) -> None:
-    pass
-
+Progress = Callable[[str, int, int], None]  # (stage, done, total) inside; callers get typed events
 
 def _clean(x: Any) -> Any:
     """NaN/inf become None so that JSON stays valid."""
@@ -85,21 +82,25 @@ def _targets(p: Probe) -> list[str]:
 
 
 def run_probes(model, tokenizer, probes: Sequence[Probe], *, batch_size: int = 32, top_k: int = 5,
-               max_new_tokens: int = 4, progress: Progress = _noop) -> list[ProbeResult]:
-    """Answers, retention, teacher-forced target scores, paraphrase and neighbourhood scores per probe."""
+               max_new_tokens: int = 4, progress: Events = ignore) -> list[ProbeResult]:
+    """Answers, retention, teacher-forced target scores, paraphrase and neighbourhood scores per probe.
+
+    ``progress`` receives typed events (editaudit.progress): stages ``probes``, ``paraphrases``, ``neighbourhood``.
+    """
     probes = list(probes)
+    step = stage_steps(progress)
     if not probes:
         return []
     texts = [p.text for p in probes]
     main = evaluate_prompts(model, tokenizer, texts, [_targets(p) for p in probes], batch_size=batch_size,
                             top_k=top_k, max_new_tokens=max_new_tokens,
-                            progress=lambda d, t: progress("probes", d, t))
+                            progress=lambda d, t: step("probes", d, t))
     first_true = target_first_tokens(tokenizer, texts, [p.target_true for p in probes])
     with_new = [i for i, p in enumerate(probes) if p.target_new]
     first_new = dict(zip(with_new, target_first_tokens(tokenizer, [texts[i] for i in with_new],
                                                        [probes[i].target_new for i in with_new])))
-    para = _paraphrases(model, tokenizer, probes, batch_size, max_new_tokens, progress)
-    neigh = _neighbourhood(model, tokenizer, probes, batch_size, max_new_tokens, progress)
+    para = _paraphrases(model, tokenizer, probes, batch_size, max_new_tokens, step)
+    neigh = _neighbourhood(model, tokenizer, probes, batch_size, max_new_tokens, step)
     results = []
     for i, (p, (pred, scores)) in enumerate(zip(probes, main)):
         related = [x for v in p.related.values() for x in v]

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Callable
 from ..checkpoint import open_checkpoint
 from ..checkpoint.reader import TensorFile, to_torch
 from ..probing.format import Probe
+from ..progress import Progress as Events
+from ..progress import ignore, stage_steps
 from .classify import EDIT_RULES, Changed, Finding, classify, overall_kind, verdict
 from .compare import compare, require_compatible
 from .method import name_method, occupied_share
@@ -27,7 +29,7 @@ from .spectral import delta_stats
 if TYPE_CHECKING:
     import torch
 
-Progress = Callable[[str, float, float], None]  # (stage, done, total)
+Progress = Callable[[str, float, float], None]  # (stage, done, total) inside; callers get typed events
 
 
 @dataclass
@@ -45,14 +47,13 @@ class ScanOptions:
     device: str | None = None
 
 
-def _noop(stage: str, done: float, total: float) -> None:
-    pass
-
-
 def run_scan(suspect: str | Path, base: str | Path, options: ScanOptions | None = None, store=None,
-             progress: Progress = _noop, say: Callable[[str], None] = lambda s: None,
+             progress: Events = ignore, say: Callable[[str], None] = lambda s: None,
              cancel: threading.Event | None = None, session_id: str | None = None) -> ScanReport:
-    """Audit ``suspect`` against ``base``. Raises BadInput/IncompatibleCheckpoints on bad input."""
+    """Audit ``suspect`` against ``base``. Raises BadInput/IncompatibleCheckpoints on bad input.
+
+    ``progress`` receives typed events (editaudit.progress): a Stage as each stage begins, then its Steps.
+    """
     from ..models.registry import resolve_model
 
     options = options or ScanOptions()
@@ -81,7 +82,7 @@ def run_scan(suspect: str | Path, base: str | Path, options: ScanOptions | None 
         scan_id = start_scan(store, sid, base_id, suspect_id)
 
     try:
-        report = _scan(base_ck, suspect_ck, options, store, progress, say, cancelled, t0)
+        report = _scan(base_ck, suspect_ck, options, store, stage_steps(progress), say, cancelled, t0)
     except BaseException as exc:
         if store is not None and scan_id is not None:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"

@@ -14,6 +14,7 @@ from textual.widgets import Button, Input, Label, RadioButton, RadioSet, Static
 
 from ..jobs import Job, Outcome, describe_error
 from ..paths import FileSuggester
+from ..theme import ERROR
 
 FORMATS = {"md": "Markdown", "html": "HTML", "json": "JSON"}
 
@@ -79,7 +80,7 @@ class ExportScreen(ModalScreen[Path | None]):
     def action_export(self) -> None:
         value = self.query_one("#path", Input).value.strip()
         if not value:
-            self.query_one("#export-status", Static).update(Text("a file name is needed", style="#E5534B"))
+            self.query_one("#export-status", Static).update(Text("a file name is needed", style=ERROR))
             return
         path = Path(value).expanduser()
         if path.is_dir():
@@ -95,7 +96,7 @@ class ExportScreen(ModalScreen[Path | None]):
     def _done(self, outcome: Outcome) -> None:
         if not outcome.ok:
             msg = describe_error(outcome.error) if outcome.error else "cancelled"
-            self.query_one("#export-status", Static).update(Text(f"✗ {msg}", style="#E5534B"))
+            self.query_one("#export-status", Static).update(Text(f"✗ {msg}", style=ERROR))
             return
         self.app.notify(f"wrote {outcome.result}", title="report", markup=False)
         self.dismiss(outcome.result)

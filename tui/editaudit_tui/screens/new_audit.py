@@ -15,6 +15,7 @@ from textual.widgets import Button, Footer, Header, Input, Label, SelectionList,
 
 from ..paths import (CheckpointPath, CheckpointSuggester, FileSuggester, OptionalFile, check_checkpoint,
                      check_file, model_is_cached, model_names, probe_sets)
+from ..theme import ERROR, SUCCESS
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -82,16 +83,16 @@ class NewAuditScreen(Screen[AuditRequest | None]):
             return
         problem = check_checkpoint(value)
         if problem:
-            status.update(Text(f"✗ {problem}", style="#E5534B"))
+            status.update(Text(f"✗ {problem}", style=ERROR))
             return
         names = model_names()
         if value.strip().lower() in names and not Path(value).expanduser().exists():
             key = names[value.strip().lower()]
             cached = model_is_cached(key)
             status.update(Text(f"✓ embedded model {key}" + ("" if cached else
-                               " (fetched from PyPI and converted once, about 100 MB)"), style="#57AB5A"))
+                               " (fetched from PyPI and converted once, about 100 MB)"), style=SUCCESS))
         else:
-            status.update(Text(f"✓ {Path(value).expanduser().resolve()}", style="#57AB5A"))
+            status.update(Text(f"✓ {Path(value).expanduser().resolve()}", style=SUCCESS))
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id in ("base", "suspect"):
@@ -99,7 +100,7 @@ class NewAuditScreen(Screen[AuditRequest | None]):
         elif event.input.id == "probe-file":
             problem = check_file(event.value, (".jsonl", ".json"))
             self.query_one("#probe-status", Static).update(
-                Text(f"✗ {problem}", style="#E5534B") if problem else Text(""))
+                Text(f"✗ {problem}", style=ERROR) if problem else Text(""))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         order = ["base", "suspect", "probe-file"]

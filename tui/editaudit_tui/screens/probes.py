@@ -23,10 +23,22 @@ from ..jobs import Job, Outcome, RunsJobs, describe_error
 from ..paths import probe_sets
 from ..store_views import (ProbeRow, ProbeRunView, answer_probability, mitigated_checkpoint, probe_rows, probe_runs,
                            session_row)
+from ..theme import ERROR, SUCCESS, WARNING
 
 KINDS = [("all kinds", "all"), ("edited", "edited"), ("intrinsic", "intrinsic"), ("neighbourhood", "neighbourhood")]
-CATEGORY_STYLE = {"true target": "#57AB5A", "edited target": "bold #E5534B", "related term": "#E9C46A", "other": ""}
+CATEGORY_STYLE = {"true target": SUCCESS, "edited target": f"bold {ERROR}", "related term": WARNING, "other": ""}
 MODEL_ORDER = ["base", "suspect", "mitigated"]
+
+
+def _labelled(event, label: str):
+    """A model's progress event with the model's label in its stage name (several models run in turn)."""
+    from editaudit.progress import Stage, Step
+
+    if isinstance(event, Step):
+        return Step(f"{label}: {event.stage}", event.done, event.total)
+    if isinstance(event, Stage):
+        return Stage(f"{label}: {event.name}", event.total)
+    return event
 
 
 class ProbesScreen(RunsJobs, Screen):
@@ -144,7 +156,7 @@ class ProbesScreen(RunsJobs, Screen):
             answers.append((result.get("answer") or "").strip().casefold())
             cells.append(answer_cell(result, base, run is self.runs[0]))
         agree = len(set(answers)) <= 1
-        cells.append(Text("=" if agree else "≠", style="dim" if agree else "bold #E5534B"))
+        cells.append(Text("=" if agree else "≠", style="dim" if agree else f"bold {ERROR}"))
         cells += [plain(row.kind, "dim"), plain(row.prompt, "dim")]
         if self.discovery:
             cells.insert(0, Text(f"{row.score():.2f}", style="bold" if row.score() >= 1 else "dim"))
@@ -192,10 +204,10 @@ class ProbesScreen(RunsJobs, Screen):
         t.append(f"  {row.kind}\n", style="dim")
         t.append_text(plain(row.prompt))
         t.append("\ntrue ", style="dim")
-        t.append_text(plain(row.target_true, "#57AB5A"))
+        t.append_text(plain(row.target_true, SUCCESS))
         if row.target_new:
             t.append("   new ", style="dim")
-            t.append_text(plain(row.target_new, "#E5534B"))
+            t.append_text(plain(row.target_new, ERROR))
         t.append("\n")
         for run in self.runs:
             r = row.by_run.get(run.id)
@@ -248,12 +260,15 @@ class ProbesScreen(RunsJobs, Screen):
         job.ui(self._finished, outcome)
 
     def _probe(self, job: Job, mode: str, set_path: str | None, models: dict[str, str]) -> int:
-        """Worker thread: run every model, then record all runs at once (a cancelled run records nothing)."""
+        """Worker thread: run every model, then record all runs at once (a cancelled run records nothing).
+        Discovery is the core's one job (probing.discovery); this screen only shows its progress."""
         import gc
 
         from editaudit.models.loading import load_model
-        from editaudit.probing.service import dedupe, discover, record_run, run_probes, scan_hints, summarize
+        from editaudit.probing.discovery import run_discovery
+        from editaudit.probing.service import dedupe, record_run, run_probes, summarize
         from editaudit.probing.sets import FACT_BANK, load_set
+        from editaudit.progress import Note, Step
 
         store = self.app.new_store()  # type: ignore[attr-defined]
         names = ([FACT_BANK] if mode == "discover" else []) + ([set_path] if set_path else [])
@@ -264,32 +279,34 @@ class ProbesScreen(RunsJobs, Screen):
             for e in errors[:3]:
                 job.ui(self._say, f"skipped: {e}")
         probes = dedupe(probes)
+        set_names = [Path(n).stem if Path(n).is_file() else n for n in names]
+
+        def on_event(event) -> None:
+            if job.cancelled:
+                raise KeyboardInterrupt
+            if isinstance(event, Note):
+                job.ui(self._say, event.text)
+            elif isinstance(event, Step):
+                job.throttled("progress", self._progress, event.stage, event.done, event.total or 0,
+                              final=event.finished)
+
+        if mode == "discover":
+            run_discovery(models["suspect"], models["base"], probes, set_names, store=store, session_id=self.sid,
+                          progress=on_event, cancelled=lambda: job.cancelled)
+            return len(probes)
         results = {}
         for label, path in models.items():
             if job.cancelled:
                 raise KeyboardInterrupt
-            job.ui(self._say, f"{label}: loading {short_path(path)}")
+            on_event(Note(f"{label}: loading {short_path(path)}"))
             lm = load_model(path)
-
-            def progress(stage: str, done: int, total: int, label=label) -> None:
-                if job.cancelled:
-                    raise KeyboardInterrupt
-                job.throttled("progress", self._progress, f"{label}: {stage}", done, total, final=done >= total)
-
-            results[label] = (run_probes(lm.model, lm.tokenizer, probes, progress=progress), str(lm.path))
+            results[label] = (run_probes(lm.model, lm.tokenizer, probes,
+                                         progress=lambda ev, label=label: on_event(_labelled(ev, label))),
+                              str(lm.path))
             del lm
             gc.collect()
-        set_names = [Path(n).stem if Path(n).is_file() else n for n in names]
-        extra = None
-        if mode == "discover":
-            hints = scan_hints(store, Path(results["base"][1]), Path(results["suspect"][1]))
-            moves = discover(results["base"][0], results["suspect"][0], hints)
-            extra = {m.probe.id: {"movement": {"score": m.score, "changed": m.changed, "shift": m.shift,
-                                               "d_logp_true": m.d_logp_true, "hint": m.hint}, "rank": i + 1}
-                     for i, m in enumerate(moves)}
         for label, (res, path) in results.items():
-            record_run(store, self.sid, path, label, set_names, res, summarize(res),
-                       extra if label == "suspect" else None)
+            record_run(store, self.sid, path, label, set_names, res, summarize(res))
         return len(probes)
 
     def _say(self, text: str) -> None:

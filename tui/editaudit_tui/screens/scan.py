@@ -30,7 +30,7 @@ from ..store_views import (
     session_row,
     tensors_by_name,
 )
-from ..theme import LEVEL_STYLE, VERDICT_STYLE
+from ..theme import LEVEL_STYLE, SUCCESS, VERDICT_STYLE, WARNING
 from ..widgets.heatmap import LayerHeatMap
 from ..widgets.spectrum import SpectrumPlot
 from .new_audit import AuditRequest
@@ -119,6 +119,7 @@ class ScanScreen(RunsJobs, Screen):
     def _scan(self, request: AuditRequest, job: Job) -> dict:
         """Runs in the worker thread: the scan service, in a session this app opens for the audit."""
         from editaudit.probing.format import load_probes
+        from editaudit.progress import Step
         from editaudit.scan.service import ScanOptions, run_scan
 
         store = self.app.new_store()  # type: ignore[attr-defined]
@@ -131,8 +132,10 @@ class ScanScreen(RunsJobs, Screen):
         sid = store.new_session("audit", f"audit {Path(request.suspect).name}", request.base, request.suspect)
         job.ui(self._set_sid, sid)
 
-        def progress(stage: str, done: float, total: float) -> None:
-            job.throttled("progress", self._progress, stage, done, total, final=done >= total)
+        def progress(event) -> None:
+            if isinstance(event, Step):
+                job.throttled("progress", self._progress, event.stage, event.done, event.total or 0,
+                              final=event.finished)
 
         with store.running(sid):
             report = run_scan(request.suspect, request.base, ScanOptions(facts=facts), store=store,
@@ -169,7 +172,7 @@ class ScanScreen(RunsJobs, Screen):
         self.show(outcome.result)
 
     def cancelling(self) -> None:
-        self.query_one("#stage", Static).update(Text("cancelling…", style="bold #E9C46A"))
+        self.query_one("#stage", Static).update(Text("cancelling…", style=f"bold {WARNING}"))
 
     # -- showing a scan -----------------------------------------------------------------------------------
     def load_session(self, sid: str) -> None:
@@ -204,7 +207,7 @@ class ScanScreen(RunsJobs, Screen):
                 plain(", ".join(t.strip() or repr(t) for t in r.promotes[:4])), key=str(r.index))
         if not self.rows:
             self.query_one("#detail-text", Static).update(
-                Text("No findings: every tensor is byte-identical to the base.", style="#57AB5A"))
+                Text("No findings: every tensor is byte-identical to the base.", style=SUCCESS))
         if self.rows:
             table.focus()
             self._select_finding(0)

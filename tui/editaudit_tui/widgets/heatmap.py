@@ -19,6 +19,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 from ..fmt import ROLE_LABEL, pct, scale_colour, scale_position, sci, text_on
+from ..theme import EMPTY
 
 KIND_GLYPH = {"rank-one": "1", "low-rank": "r", "dense+spike": "s", "dense": "d", "vector": "v",
               "rounding": "~", "nonfinite": "!"}
@@ -181,7 +182,7 @@ class LayerHeatMap(Widget, can_focus=True):
                 style = "reverse"
             return Text(body, style=style)
         pos = scale_position(c.get(self.metric), self.metric)
-        bg = scale_colour(pos) if pos is not None else "#555555"
+        bg = scale_colour(pos) if pos is not None else EMPTY
         glyph = KIND_GLYPH.get(c.get("kind") or "", "?")
         body = glyph.center(w) if w > 1 else glyph
         style = f"bold {text_on(bg)} on {bg}"

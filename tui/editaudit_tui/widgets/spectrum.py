@@ -16,10 +16,11 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 from ..fmt import pct, sci
+from ..theme import ACCENT
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 AXIS = 9
-ACCENT = "bold #E0A458"
+ACCENT_STYLE = f"bold {ACCENT}"
 
 
 class SpectrumPlot(Widget):
@@ -71,7 +72,7 @@ class SpectrumPlot(Widget):
                 if ch == " " and r == noise_row:
                     out.append("┄" * per, style="dim")
                     continue
-                out.append(ch * per, style=ACCENT if i < rank else "dim")
+                out.append(ch * per, style=ACCENT_STYLE if i < rank else "dim")
             out.append("\n")
         out.append(" " * AXIS + "└" + "─" * (len(values) * per) + "\n", style="dim")
         out.append(" " * (AXIS + 1) + f"σ1 … σ{len(values)}", style="dim")
