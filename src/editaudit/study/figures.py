@@ -59,7 +59,7 @@ def retention_bars(rows: Sequence[dict], folder: Path, stem: str, title: str) ->
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("retention (95% Wilson)")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, folder, stem)
 
 
@@ -122,5 +122,5 @@ def token_mass(steps: Sequence[int], masses: Sequence[dict], folder: Path, stem:
     ax.set_ylabel("probability of the first token")
     ax.set_xlabel("stage / fine-tuning step")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="upper right", ncols=4)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, folder, stem)
