@@ -295,7 +295,7 @@ class TrainSettings:
     span: int = 3                 # edited layers: the last ``span`` MLP output matrices
     rank: int = 128               # shift network's hidden width
     blocks: int = 2
-    steps: int = 1000
+    steps: int = 100
     batch: int = 8                # edits per step (MEND: each its own update; MALMEN: one joint update)
     lr: float = 1e-3              # Adam on the editor's parameters
     c_edit: float = 1.0
@@ -425,7 +425,7 @@ def _pairs_for(runner: TopRunner, layout: Layout, layers, prep: _Prepared, which
 
 
 def _step_batch(prep: _Prepared, ids: list[int], gen: torch.Generator):
-    """Rows of one training step: edit prompt, one rephrasing, one neighbour and the unrelated prompt."""
+    """Rows of one training step: edit prompt, one rephrasing and one locality prompt (neighbour or unrelated)."""
     edit_rows, edit_lab, edit_grp, loc_rows, loc_grp = [], [], [], [], []
     for g, i in enumerate(ids):
         (row, lab), rephr, locs = prep.cases[i]
@@ -437,11 +437,9 @@ def _step_batch(prep: _Prepared, ids: list[int], gen: torch.Generator):
             edit_rows.append(r)
             edit_lab.append(la)
             edit_grp.append(g)
-        neigh, unrelated = locs[:-1], locs[-1]
-        pick = [neigh[int(torch.randint(len(neigh), (1,), generator=gen))]] if neigh else []
-        for r in pick + [unrelated]:
-            loc_rows.append(r)
-            loc_grp.append(g)
+        r = locs[int(torch.randint(len(locs), (1,), generator=gen))]
+        loc_rows.append(r)
+        loc_grp.append(g)
     return edit_rows, edit_lab, edit_grp, loc_rows, loc_grp
 
 
@@ -632,7 +630,7 @@ def train_editor(model, method: str, settings: TrainSettings | None = None, *, r
 
 def _train(lm, net, tok, layout, layers, method, settings: TrainSettings, data, folder: Path, prog, say,
            stop_after, checkpoint_every, retrain) -> Trained:
-    t_start = time.perf_counter()
+    t_start, c_start = time.perf_counter(), time.process_time()
     torch.manual_seed(settings.seed)
     pad = _pad_id(tok)
     runner = Runners(net, layout, layers[0], pad)
@@ -660,22 +658,25 @@ def _train(lm, net, tok, layout, layers, method, settings: TrainSettings, data, 
                      {k: v[sample] for k, v in Y.items()})
     opt = torch.optim.Adam(editor.parameters(), lr=settings.lr)
     partial = folder / "partial.safetensors"
-    start, history, spent = 0, [], 0.0
+    start, history, spent, cpu_spent = 0, [], 0.0, 0.0
     got = None if retrain else _load_state(partial)
     if got is not None:
         tensors, meta = got
         editor.load_state_dict({k[len("editor."):]: v for k, v in tensors.items() if k.startswith("editor.")})
         _opt_restore(opt, tensors, meta["optimizer"])
         start, history, spent = meta["step"], meta["history"], meta["train_seconds"]
+        cpu_spent = meta.get("train_cpu_seconds", 0.0)
         say(f"resuming {method.upper()} training at step {start} of {settings.steps} from {partial}")
 
     def checkpoint(step: int, seconds: float) -> None:
         ot, odoc = _opt_tensors(opt)
         tensors = {**{f"editor.{k}": v for k, v in editor.state_dict().items()}, **ot}
         _save_state(partial, tensors, {"step": step, "history": history, "train_seconds": seconds,
+                                       "train_cpu_seconds": cpu_spent + time.process_time() - c0,
                                        "optimizer": odoc, "settings": settings.key()})
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
+    prep_cpu = c0 - c_start
     run_steps, window = 0, []
     editor.train()
     for step in range(start, settings.steps):
@@ -704,13 +705,15 @@ def _train(lm, net, tok, layout, layers, method, settings: TrainSettings, data, 
             raise KeyboardInterrupt(f"stopped after {run_steps} step(s) at step {done}")
     editor.eval()
     train_seconds = spent + time.perf_counter() - t0
+    train_cpu = cpu_spent + time.process_time() - c0
     val = _validate(runner, layout, editor, prep, n_train, len(data.val), U, D, method, settings.batch)
     meta = {
         "method": method, "layers": layers, "settings": settings.key(), "base_key": base_key(net),
         "base": str(lm.path), "data": {"digest": data.digest, "train": n_train, "val": len(data.val),
                                        "sources": list(data.sources), "excluded_subjects": len(data.excluded)},
         "steps": settings.steps, "resumed_from": start, "train_seconds": round(train_seconds, 1),
-        "prep_seconds": round(prep_seconds, 1), "threads": torch.get_num_threads(), "history": history,
+        "prep_seconds": round(prep_seconds, 1), "train_cpu_seconds": round(train_cpu, 1),
+        "prep_cpu_seconds": round(prep_cpu, 1), "threads": torch.get_num_threads(), "history": history,
         "validation": val,
     }
     _save_state(folder / "editor.safetensors", editor.state_dict(), meta)
