@@ -50,8 +50,7 @@ def _run(spec: Path, label: str, probes: Sequence[Probe], batch_size: int, top_k
          dtype: str, progress: Progress, cancelled: Callable[[], bool]) -> list[ProbeResult]:
     from ..models.loading import load_model
 
-    progress(Note(f"{label}: loading {spec}"))
-    lm = load_model(spec, dtype=dtype, device=device)
+    lm = load_model(spec, dtype=dtype, device=device, say=lambda text: progress(Note(f"{label}: {text}")))
 
     def relay(event: Event) -> None:
         """The model's events, its label in each stage name; a cancel stops the run at the next batch."""
