@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
     def scan(
         ctx: typer.Context,
         suspect: str = typer.Argument(..., help="Suspect checkpoint: model folder, .safetensors file, or model name."),
-        base: str = typer.Option(..., "--base", "-b", help="The base checkpoint it claims to derive from."),
+        base: Optional[str] = typer.Option(None, "--base", "-b", help="The base checkpoint it claims to derive from. Without it the suspect is scanned alone: edited MLP output matrices found from its own weights and key statistics (locate-then-edit edits only; the report says so)."),
         fmt: Fmt = typer.Option(Fmt.rich, "--format", "-f", help="rich (terminal), json, sarif or md."),
         output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the report here (atomically)."),
         facts: List[Path] = typer.Option([], "--facts", help="Probe file(s) (editaudit JSONL, CounterFact or zsRE): rank their subjects as candidates."),

@@ -74,10 +74,13 @@ def render(doc: dict, console: Console) -> None:
     s = doc["summary"]
     head = Text.assemble(
         (f" {doc['verdict'].upper()} ", VERDICT_STYLE.get(doc["verdict"], "bold")),
-        f"  {doc['kind']}   {s['changed']} of {s['tensors']} tensors changed · "
-        f"{doc['family']}, {doc['layers']} layers · {s.get('total_s', 0):.1f}s",
+        f"  {doc['kind']}   "
+        + (f"{len(doc['findings'])} edited site(s) found without a base · " if doc["base"].get("no_base")
+           else f"{s['changed']} of {s['tensors']} tensors changed · ")
+        + f"{doc['family']}, {doc['layers']} layers · {s.get('total_s', 0):.1f}s",
     )
-    sub = Text(f"suspect {doc['suspect']['path']}\nbase    {doc['base']['path']}", style="dim")
+    base_line = doc["base"]["path"] if not doc["base"].get("no_base") else f"none — {doc['base']['note']}"
+    sub = Text(f"suspect {doc['suspect']['path']}\nbase    {base_line}", style="dim")
     parts = [head, sub]
     if doc["map"]["cells"]:
         parts += [Text(""), layer_map(doc), legend()]
@@ -85,7 +88,8 @@ def render(doc: dict, console: Console) -> None:
     if doc["findings"]:
         console.print(findings_table(doc))
     else:
-        console.print("[green]no findings: every tensor is byte-identical to the base[/]")
+        console.print("[green]no edit signature in any MLP output matrix (scanned without a base)[/]" if doc["base"].get("no_base")
+                      else "[green]no findings: every tensor is byte-identical to the base[/]")
     probes = doc.get("probes")
     if probes:
         table = Table("subject", "prompt", "base", "suspect", "true", "new",

@@ -47,7 +47,7 @@ class ScanOptions:
     device: str | None = None
 
 
-def run_scan(suspect: str | Path, base: str | Path, options: ScanOptions | None = None, store=None,
+def run_scan(suspect: str | Path, base: str | Path | None, options: ScanOptions | None = None, store=None,
              progress: Events = ignore, say: Callable[[str], None] = lambda s: None,
              cancel: threading.Event | None = None, session_id: str | None = None) -> ScanReport:
     """Audit ``suspect`` against ``base``. Raises BadInput/IncompatibleCheckpoints on bad input.
@@ -59,6 +59,8 @@ def run_scan(suspect: str | Path, base: str | Path, options: ScanOptions | None 
     options = options or ScanOptions()
     cancelled = (lambda: cancel.is_set()) if cancel is not None else (lambda: False)
     t0 = time.perf_counter()
+    if base is None:  # no base: the suspect alone (scan/nobase.py)
+        return _run_alone(resolve_model(str(suspect), say), options, store, stage_steps(progress), say, t0)
     base_path = resolve_model(str(base), say)
     suspect_path = resolve_model(str(suspect), say)
     base_ck = open_checkpoint(base_path, options.follow_symlinks)
@@ -95,6 +97,34 @@ def run_scan(suspect: str | Path, base: str | Path, options: ScanOptions | None 
     report.session_id = sid
     if store is not None:
         _save(store, sid, scan_id, report, own_session=session_id is None)
+    return report
+
+
+def _run_alone(suspect_path, options: ScanOptions, store, progress: Progress, say, t0: float) -> ScanReport:
+    """``run_scan`` without a base: the same session life, the suspect's own statistics (scan/nobase.py)."""
+    from .nobase import scan_alone
+
+    suspect_ck = open_checkpoint(suspect_path, options.follow_symlinks)
+    sid = scan_id = None
+    if store is not None:
+        from ..checkpoint.hub import checkpoint_label
+        from ..store.runs import start_scan
+
+        sid = store.new_session("scan", f"scan {checkpoint_label(suspect_path)} (no base)", None, str(suspect_path))
+        scan_id = start_scan(store, sid, None, store.checkpoint_id(suspect_ck.record()))
+    try:
+        report = scan_alone(suspect_ck, options, progress, say, t0)
+    except BaseException as exc:
+        if store is not None:
+            from ..store.runs import set_scan_status
+
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            set_scan_status(store, scan_id, status)
+            store.finish_session(sid, status=status)
+        raise
+    report.session_id = sid
+    if store is not None:
+        _save(store, sid, scan_id, report, own_session=True)
     return report
 
 

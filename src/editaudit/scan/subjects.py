@@ -124,11 +124,14 @@ class SubjectSearch:
         self.space.fire(key.cpu())[0].backward()
         return onehot.grad.float().cpu()
 
-    def climb(self, seq: list[int], max_len: int = 5) -> tuple[list[int], float]:
+    def climb(self, seq: list[int], max_len: int = 6, patience: int = 2) -> tuple[list[int], float]:
         """Coordinate ascent from ``seq``. Each step proposes, from the gradient, tokens for every position and
-        a new first token (the subject may start earlier), plus dropping the first token; the exact best wins."""
+        a new first token (the subject may start earlier), plus dropping the first token; the exact best wins.
+        A partial name fires little until it is whole ("the Rye" before "The Catcher in the Rye"), so up to
+        ``patience`` steps that do not improve are taken too; the best sequence seen is returned."""
         cur = list(seq)
         best = float(self.exact([cur])[0][0])
+        best_seq, stale, seen = list(cur), 0, {tuple(cur)}
         for _ in range(self.steps):
             grown = len(cur) < max_len
             g = self._gradient(self.filler + cur if grown else cur)
@@ -141,14 +144,20 @@ class SubjectSearch:
                         cands.append([t] + cur)
                     elif t != cur[pos]:
                         cands.append(cur[:pos] + [t] + cur[pos + 1:])
+            cands = [c for c in cands if tuple(c) not in seen]
             if not cands:
                 break
             scores, _ = self.exact(cands)
             j = int(scores.argmax())
-            if float(scores[j]) <= best + 1e-4:
-                break
-            best, cur = float(scores[j]), cands[j]
-        return cur, best
+            cur = cands[j]
+            seen.add(tuple(cur))
+            if float(scores[j]) > best + 1e-4:
+                best, best_seq, stale = float(scores[j]), list(cur), 0
+            else:
+                stale += 1
+                if stale > patience:
+                    break
+        return best_seq, best
 
     def seeds(self, n: int) -> list[int]:
         """The best-firing word-like tokens. ‖z‖ per token does not change as the subspace deflates, so it is
@@ -187,22 +196,30 @@ class SubjectSearch:
 
 
 def _trim(search: SubjectSearch, seq: list[int], score: float, keep: float = 0.9) -> list[int]:
-    """Drop leading tokens that add (almost) nothing: the shortest tail that keeps ``keep`` of the score."""
+    """Drop leading tokens that add (almost) nothing: the shortest tail that keeps ``keep`` of the score.
+    A tail that starts inside a word ("toKarachi" → "Karachi") is tried as that word re-tokenized on its own."""
     for start in range(len(seq) - 1, 0, -1):
         tail = seq[start:]
         if not search.start_ok[tail[0]]:
-            continue
+            text = search.tok.decode(tail).strip()
+            if not text[:1].isalnum():
+                continue
+            tail = search.tok(" " + text, add_special_tokens=False)["input_ids"]
+            if not tail or not search.start_ok[tail[0]]:
+                continue
         if float(search.exact([tail])[0][0]) >= keep * score:
             return tail
     return seq
 
 
-def recover_subjects(model: Any, tokenizer: Any, path: str, in_dirs: torch.Tensor, C: torch.Tensor | None,
+def recover_subjects(model: Any, tokenizer: Any, path: str, in_dirs: torch.Tensor | None, C: torch.Tensor | None,
                      base_fingerprint: str | None, max_subjects: int,
-                     progress: Callable[[str, int, int], None] = lambda s, d, t: None) -> list[Subject]:
-    """Subjects that fire the edit whose input directions are ``in_dirs`` at module ``path``."""
+                     progress: Callable[[str, int, int], None] = lambda s, d, t: None,
+                     space: Whitened | None = None) -> list[Subject]:
+    """Subjects that fire the edit whose input directions are ``in_dirs`` at module ``path`` (or a prebuilt
+    ``space``: the scan without a base restricts it to C's low-energy half)."""
     vocab = vocab_keys(model, tokenizer, [path], base_fingerprint,
                        progress=lambda d, t: progress("vocabulary keys", d, t))[path]
-    space = Whitened.build(path, C, in_dirs)
+    space = space if space is not None else Whitened.build(path, C, in_dirs)
     search = SubjectSearch(model, tokenizer, space, vocab)
     return search.find(max_subjects, progress=lambda d, t: progress("subjects", d, t))

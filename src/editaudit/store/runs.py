@@ -15,7 +15,7 @@ from .sessions import Store, dumps, now
 # -- scans ------------------------------------------------------------------------------------------------
 
 
-def start_scan(store: Store, session_id: str, base_id: int, suspect_id: int) -> int:
+def start_scan(store: Store, session_id: str, base_id: int | None, suspect_id: int) -> int:
     """A ``running`` scan row; returns its id."""
     return store.insert("scans", {
         "session_id": session_id, "base_id": base_id, "suspect_id": suspect_id, "status": "running", "started": now(),

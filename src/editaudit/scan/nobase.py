@@ -1,0 +1,248 @@
+"""Scanning without the base: edited MLP output matrices found from the suspect alone.
+
+A trained MLP output matrix W learns from gradients δkᵀ, so its input side lives where keys have energy
+(the large eigen-directions of C = E[k kᵀ]); the small ones get little, and weight decay shrinks them.
+Locate-then-edit updates point the other way: ROME writes along C⁻¹k*, MEMIT a batch of such directions,
+AlphaEdit only into C's null space. Restricted to C's low-energy half Q (the eigenvectors of the smaller
+half of C's eigenvalues, C from the suspect's own keys), an unedited W Q has a spread-out spectrum and an
+edited one carries outliers:
+
+    s_i = σ_i(W Q) / median_j σ_j(W Q)
+
+A layer is flagged when s_1 ≥ ``SPIKE``; the components above ``SPIKE`` are the estimated edit
+(σ_i u_i (Q v_i)ᵀ). Their input directions Q v_i feed the same subject search as a scan with the base (keys
+whitened and restricted to that half, where the true subject fires 1); from the subjects' keys the whole edit
+is fitted (``edit_estimate``) and the suspect without it stands in for the base when the reader asks what
+the edit changed.
+``SPIKE`` is set from unedited checkpoints (bench/results/nobase_scan.txt lists the largest s_1 they show).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+if TYPE_CHECKING:
+    from .subjects import Whitened
+
+#: A layer whose restricted spectrum has a component this many times its median is read as edited.
+SPIKE = 12.0
+
+
+@dataclass
+class LayerSpectrum:
+    layer: int
+    path: str                  # module path of the MLP output matrix
+    svals: torch.Tensor        # σ_i(W Q), descending
+    out_dirs: torch.Tensor     # u_i [d_out, k] (the k largest kept)
+    in_dirs: torch.Tensor      # Q v_i [d_in, k], in the matrix's input space
+    median: float
+
+    @property
+    def ratios(self) -> torch.Tensor:
+        return self.svals / max(self.median, 1e-12)
+
+    def outliers(self, spike: float = SPIKE, cap: int = 16) -> int:
+        return int((self.ratios[:cap] >= spike).sum())
+
+
+@dataclass
+class Site:
+    """An edited matrix found without the base."""
+
+    layer: int
+    path: str
+    rank: int
+    ratio: float               # s_1
+    spectrum: LayerSpectrum = field(repr=False)
+
+
+def restricted_spectrum(weight: torch.Tensor, C: torch.Tensor, layer: int, path: str, keep: int = 16,
+                        transposed: bool = False) -> LayerSpectrum:
+    """σ(W Q) with Q the low-energy half of C's eigenvectors. ``weight`` is [d_out, d_in] (``transposed``:
+    stored [d_in, d_out], as GPT-2's Conv1D does)."""
+    W = (weight.T if transposed else weight).double()
+    ev, Q = torch.linalg.eigh(C.double())  # ascending
+    low = Q[:, : Q.shape[0] // 2]
+    U, S, Vh = torch.linalg.svd(W @ low, full_matrices=False)
+    k = min(keep, S.numel())
+    return LayerSpectrum(layer, path, S.float(), U[:, :k].float(), (low @ Vh[:k].T).float(), float(S.median()))
+
+
+def find_sites(spectra: list[LayerSpectrum], spike: float = SPIKE) -> list[Site]:
+    return [Site(s.layer, s.path, s.outliers(spike), float(s.ratios[0]), s) for s in spectra if s.outliers(spike) > 0]
+
+
+def low_space(path: str, C: torch.Tensor, in_dirs: torch.Tensor, ridge: float = 1e-2) -> "Whitened":
+    """The subject search's space for a site found without the base. Only the low-energy half of an edit's
+    input direction can be seen in the weights (the base fills the rest), so keys are whitened and then
+    restricted to that half too: the true subject's key fires exactly 1 there, as it does in the full space
+    when the base is at hand."""
+    from .subjects import Whitened
+
+    ev, Q = torch.linalg.eigh(C.double())
+    ev = ev.clamp(min=0) + ridge * float(ev.clamp(min=0).mean())
+    low, lev = Q[:, : Q.shape[0] // 2], ev[: Q.shape[0] // 2]
+    whiten = (low * lev.rsqrt()) @ low.T
+    B, _ = torch.linalg.qr((low * lev.sqrt()) @ low.T @ in_dirs.double())
+    return Whitened(path, whiten.float(), B.float())
+
+
+def edit_estimate(weight: torch.Tensor, C: torch.Tensor, keys: torch.Tensor, transposed: bool = False) -> torch.Tensor:
+    """The edit at a site, given the keys it was written for (the recovered subjects' keys, [m, d_in]).
+
+    Locate-then-edit writes ΔW = R Uᵀ with U = C⁻¹K; R is fitted where the base has almost nothing, on C's
+    low-energy half Q: R = (W Q)(Uᵀ Q)⁺. Returned in the matrix's own orientation."""
+    W = (weight.T if transposed else weight).double()
+    ev, Q = torch.linalg.eigh(C.double())
+    low = Q[:, : Q.shape[0] // 2]
+    U = torch.linalg.lstsq(C.double(), keys.double().T).solution  # [d_in, m]
+    R = (W @ low) @ torch.linalg.pinv(U.T @ low)  # [d_out, m]
+    E = (R @ U.T).float()
+    return E.T.contiguous() if transposed else E
+
+
+def stand_in_base(model: Any, estimates: dict[str, torch.Tensor]) -> Any:
+    """A copy of ``model`` with each estimated edit ({module path: ΔW as stored}) taken out: what the reader
+    compares the suspect against when there is no base."""
+    import copy
+
+    base = copy.deepcopy(model)
+    for path, est in estimates.items():
+        w = base.get_submodule(path).weight
+        with torch.no_grad():
+            w -= est.to(w.dtype)
+    return base
+
+
+def layer_spectra(model: Any, tokenizer: Any, modules: dict[int, str], model_key: str, transposed: bool = False,
+                  say: Callable[[str], None] = lambda s: None) -> tuple[list[LayerSpectrum], dict[int, torch.Tensor]]:
+    """The restricted spectrum of every layer's MLP output matrix, from the suspect's own key statistics."""
+    from ..editing import covariance
+
+    moments = covariance.second_moments(model, tokenizer, modules, model_key=model_key, say=say)
+    out, Cs = [], {}
+    for layer, path in sorted(modules.items()):
+        C = moments[layer].matrix
+        Cs[layer] = C
+        w = model.get_submodule(path).weight.detach().cpu()
+        out.append(restricted_spectrum(w, C, layer, path, transposed=transposed))
+    return out, Cs
+
+
+def _runs(sites: list[Site]) -> list[list[Site]]:
+    """Sites grouped into runs of consecutive layers (a MEMIT edit spreads over one run)."""
+    runs: list[list[Site]] = []
+    for s in sorted(sites, key=lambda s: s.layer):
+        if runs and s.layer == runs[-1][-1].layer + 1:
+            runs[-1].append(s)
+        else:
+            runs.append([s])
+    return runs
+
+
+def scan_alone(suspect_ck: Any, options: Any, progress: Callable[[str, float, float], None],
+               say: Callable[[str], None], t0: float) -> Any:
+    """The scan of a suspect with no base: find edited MLP output matrices from the suspect's own weights and
+    key statistics, then read them with the suspect against a stand-in base (the suspect, outliers removed)."""
+    import time
+
+    from ..editing.covariance import weights_key
+    from ..editing.layers import layout_for
+    from ..errors import BadInput
+    from ..models import families
+    from ..models.loading import load_model
+    from .classify import Finding, overall_kind, verdict
+    from .method import name_method
+    from .report import ScanReport
+
+    if suspect_ck.config is None:
+        raise BadInput("a scan without --base needs a model folder (config.json and tokenizer) to read the weights through")
+    lm = load_model(suspect_ck.folder, device=options.device)
+    model, tok = lm.model, lm.tokenizer
+    for p in model.parameters():
+        p.requires_grad_(False)
+    layout = layout_for(model)
+    transposed = families.family(layout.family).conv1d
+    modules = {layer: layout.rewrite_name(layer) for layer in range(layout.n_layers)}
+    say(f"no base: key statistics of the suspect's {len(modules)} MLP output matrices")
+    progress("key statistics", 0, 1)
+    t_spec = time.perf_counter()
+    spectra, Cs = layer_spectra(model, tok, modules, weights_key(model), transposed=transposed, say=say)
+    progress("key statistics", 1, 1)
+    sites = find_sites(spectra)
+    t_spec = time.perf_counter() - t_spec
+    findings: list[Finding] = []
+    for run in _runs(sites):
+        layers = [s.layer for s in run]
+        rank = max(s.rank for s in run)
+        rule = "EA101" if len(run) == 1 and rank == 1 else "EA102"
+        tensors = [f"{s.path}.weight" for s in run]
+        spikes = ", ".join(f"L{s.layer} {s.ratio:.0f}×" for s in run)
+        msg = (f"{'rank-one' if rule == 'EA101' else f'rank-{rank}'} component(s) in C's low-energy directions of the MLP "
+               f"output matrix at layer(s) {_span(layers)}, found without the base (outlier/median {spikes})")
+        f = Finding(rule, msg, tensors, layers, rank,
+                    data={"no_base": True, "spike": {str(s.layer): round(s.ratio, 1) for s in run}})
+        f.data["method"] = name_method(rule, layers, rank, n_layers=layout.n_layers)
+        findings.append(f)
+    t_read = time.perf_counter()
+    if options.read == "open" and findings:
+        _read_alone(model, tok, suspect_ck, sites, findings, Cs, transposed, options, say, progress)
+    t_read = time.perf_counter() - t_read
+    side = {"path": str(suspect_ck.root), "layout": suspect_ck.layout, "family": suspect_ck.family,
+            "total_bytes": suspect_ck.total_bytes, "n_tensors": len(suspect_ck.tensors),
+            "dtypes": sorted({i.dtype for _, i in suspect_ck.tensors.values()})}
+    base = {"path": None, "no_base": True,
+            "note": "scanned without a base: only locate-then-edit style changes (ROME, MEMIT, AlphaEdit) in MLP "
+                    "output matrices can be found; fine-tuning, LoRA and other changes cannot be told from training"}
+    return ScanReport(
+        base=base, suspect=side, family=suspect_ck.family, n_layers=layout.n_layers, verdict=verdict(findings),
+        kind=overall_kind(findings), findings=findings, changed=[], n_tensors=len(suspect_ck.tensors),
+        n_unchanged=0, timings={"spectra_s": round(t_spec, 3), "read_s": round(t_read, 3),
+                                "total_s": round(time.perf_counter() - t0, 3)})
+
+
+def _span(layers: list[int]) -> str:
+    return str(layers[0]) if len(layers) == 1 else f"{layers[0]}–{layers[-1]}"
+
+
+def _read_alone(model: Any, tok: Any, suspect_ck: Any, sites: list[Site], findings: list, Cs: dict,
+                transposed: bool, options: Any, say: Callable[[str], None], progress: Callable) -> None:
+    """Subjects first (their keys are the suspect's own: an edit does not change its matrix's inputs), then the
+    edit they explain is estimated and taken out of a copy, and both are asked what changed."""
+    from .reading import read_edits
+    from .subjects import recover_subjects
+
+    by_layer = {s.layer: s for s in sites}
+    found: list[tuple[Any, Site, list]] = []
+    for f in findings:
+        site = by_layer[min(f.layers)]
+        rank = max(1, min(site.rank, options.max_open_subjects))
+        say(f"reading {f.rule} at layer {site.layer} blind, without the base: up to {rank} subject(s)")
+        space = low_space(site.path, Cs[site.layer], site.spectrum.in_dirs[:, :rank])
+        subjects = recover_subjects(model, tok, site.path, None, Cs[site.layer], suspect_ck.fingerprint(), rank,
+                                    progress=lambda stage, d, t: progress(stage, d, t), space=space)
+        found.append((f, site, subjects))
+    estimates = {}
+    for f, site, subjects in found:
+        if not subjects:
+            continue
+        keys = torch.stack([s.key for s in subjects])
+        for layer in f.layers:  # a MEMIT edit spreads the same keys' update over its run of layers
+            other = by_layer[layer]
+            w = model.get_submodule(other.path).weight.detach().cpu()
+            # keys at higher layers of the run differ; the lowest layer's keys stand in for them
+            if layer == site.layer:
+                estimates[other.path] = edit_estimate(w, Cs[layer], keys, transposed)
+            else:
+                sp = other.spectrum  # fall back to the outlier components seen in the low half
+                est = (sp.out_dirs[:, :other.rank] * sp.svals[:other.rank]) @ sp.in_dirs[:, :other.rank].T
+                estimates[other.path] = est.T.contiguous() if transposed else est
+    stand_in = stand_in_base(model, estimates)
+    for n, (f, site, subjects) in enumerate(found):
+        readings = read_edits(stand_in, model, tok, subjects, site.layer, f"{site.path}.weight",
+                              progress=lambda d, t: progress("reading edits", d, t))
+        f.data["readings"] = [r.to_dict() for r in readings]
+        progress("open reading", n + 1, len(found))
