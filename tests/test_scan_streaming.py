@@ -184,3 +184,30 @@ def test_peak_memory_is_a_small_multiple_of_the_largest_tensor(tmp_path):
     # one mapped window per reader (here a tensor: windows end where tensors do), the float work (float32
     # copies, ΔW, its |ΔW|, SVD workspace) and thread arenas: 52 MiB, a fifth of both sides' 256 MiB
     assert doc["growth_mb"] < 2 * min(WINDOW / 2**20, largest_mb) + 24 * largest_mb, doc
+
+
+@pytest.mark.parametrize("mappable", [True, False])
+def test_mapped_windows_pass_exactly_the_tensors_bytes(tmp_path, monkeypatch, mappable):
+    """Windows start on page boundaries below unaligned tensors and end at the tensor's end; where a
+    file system cannot map files the same bytes come through read copies."""
+    import editaudit.checkpoint.reader as reader
+    from editaudit.checkpoint.header import read_header
+
+    monkeypatch.setattr(reader, "WINDOW", 64 << 10)
+    monkeypatch.setattr(reader, "CHUNK", 16 << 10)
+    if not mappable:
+        def refuse(*a, **k):
+            raise OSError("mmap not supported")
+
+        monkeypatch.setattr(reader.mmap, "mmap", refuse)
+    gen = torch.Generator().manual_seed(0)
+    path = tmp_path / "t.safetensors"
+    save_file({"a": torch.randn(3, generator=gen), "b": torch.randn(300, 257, generator=gen)}, str(path))
+    header = read_header(path)
+    with reader.TensorFile(path) as f:
+        for info in header.tensors.values():
+            parts: list[bytes] = []
+            f.feed(info, lambda view: parts.append(bytes(view)))
+            assert b"".join(parts) == bytes(f.read_bytes(info))
+            assert max(len(p) for p in parts) <= 16 << 10
+    assert header.tensors["b"].start % 4096 != 0  # the case that needs the page-aligned window

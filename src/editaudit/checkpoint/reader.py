@@ -68,7 +68,14 @@ class TensorFile:
         while pos < info.end:
             base = pos - pos % mmap.ALLOCATIONGRANULARITY
             stop = min(info.end, base + WINDOW)
-            with mmap.mmap(self.fd, stop - base, access=mmap.ACCESS_READ, offset=base) as m:
+            try:
+                m = mmap.mmap(self.fd, stop - base, access=mmap.ACCESS_READ, offset=base)
+            except (OSError, ValueError):  # a file system that cannot map files: read copies instead
+                rest = TensorInfo(info.name, info.dtype, info.shape, pos, info.end)
+                for part in self.chunks(rest, bytearray(min(CHUNK, info.end - pos))):
+                    consume(part)
+                return
+            with m:
                 if hasattr(m, "madvise"):
                     m.madvise(mmap.MADV_WILLNEED)
                 with memoryview(m) as view:
