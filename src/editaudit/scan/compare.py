@@ -3,12 +3,12 @@
 Each side's tensors are hashed with BLAKE3 (cryptographic, so an adversarial suspect cannot
 craft a collision with the base, and about as fast as reading page-cached bytes) in 8 MiB views of
 the mapped file (no copy), shard by shard and in file order, one reader thread per side (hashing
-releases the GIL). Memory stays at one mapped window per reader whatever the checkpoint's size. A tensor is decided as
-soon as both its digests are known, and ``on_changed`` hears of it then, so the float work on an
-edited tensor overlaps the reading of the rest. Byte-equal tensors are never converted to numbers.
-Only tensors whose digests differ — or whose dtypes differ and whose values differ — go on to
-float work. When the store already holds the base's digests for the same files, the base is not
-read at all.
+releases the GIL). Memory stays at one mapped window per reader whatever the checkpoint's size.
+A tensor is decided as soon as both its digests are known, and ``on_changed`` hears of it then, so
+the float work on an edited tensor overlaps the reading of the rest. Byte-equal tensors are never
+converted to numbers. Only tensors whose digests differ — or whose dtypes differ and whose values
+differ — go on to float work. When the store already holds the base's digests for the same files,
+the base is not read at all.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def file_order(ckpt: Checkpoint, names: list[str]) -> list[str]:
 
 def digest_tensors(ckpt: Checkpoint, names: list[str], progress: ProgressFn,
                    cancelled: Callable[[], bool], on_digest: DigestFn | None = None) -> dict[str, tuple[str, int]]:
-    """BLAKE3 digest of each named tensor's stored bytes, reading in file order with one buffer."""
+    """BLAKE3 digest of each named tensor's stored bytes, reading in file order, one shard open at a time."""
     files: dict[str, TensorFile] = {}
     out: dict[str, tuple[str, int]] = {}
     try:
@@ -141,7 +141,7 @@ def compare(base: Checkpoint, suspect: Checkpoint, cached: dict[str, str] | None
             progress(n)
 
     result = CompareResult([], 0, 0, used_cache=use_cache)
-    events: queue.Queue = queue.Queue()  # ("digest", side, name, (digest, nbytes)) | ("done", side, None, None)
+    events: queue.Queue = queue.Queue()  # ("digest", side, name, (digest, nbytes)) | ("done", side, None, error)
     seen: dict[str, dict[str, str]] = {"base": {}, "suspect": {}}
     if use_cache:
         seen["base"] = {n: cached[n] for n in same_dtype}
