@@ -296,7 +296,8 @@ def main() -> None:
     parent = args.keep or Path(tempfile.mkdtemp(prefix="editaudit-bench-", dir=os.environ.get("TMPDIR", "/var/tmp")))
     lines = [f"# nice -n {os.nice(0)} python bench/scan_throughput.py --sizes {args.sizes} --cache {args.cache} "
              f"--edits {args.edits} --repeat {args.repeat}   ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
-             f"# {os.cpu_count()} CPU(s), {platform.processor() or platform.machine()}, Python {platform.python_version()}; "
+             f"# {os.cpu_count()} CPU(s), {platform.processor() or platform.machine()}, "
+             f"Python {platform.python_version()}; "
              f"1-min load average shown per arm (the machine is shared)"]
     doc: dict = {"runs": []}
     try:
