@@ -339,3 +339,17 @@ def test_finetune_changes_only_the_chosen_layers_and_merges_adapters(tiny_llama,
     res = finetune(lm.model, lm.tokenizer, data,
                    FtSettings(method=method, layers=[1], lr=1e-2, max_steps=3, target_loss=1e9, seed=0))
     assert res.steps == 0 and res.stop_reason == "target"
+
+
+def test_single_edit_protocol_makes_one_model_per_fact(tiny_llama, tmp_path):
+    from editaudit.store.studies import StudyStore
+    from editaudit.study.runner import run_study
+
+    doc = _doc(tiny_llama, _files(tmp_path))
+    doc["edit"] = dict(doc["edit"], protocol="single")
+    doc["grid"] = [dict(doc["grid"][0], edit_methods=["rome"])]
+    store = StudyStore(tmp_path / "study.db")
+    assert run_study(parse_config(doc), store, tmp_path / "out").ran == 1
+    m = store.cells("tiny", "done")[0]["metrics"]
+    assert m["units"] == 2 and m["steps"] == [2, 2] and len(m["after"]["new"]) == 2
+    assert math.isfinite(m["val_loss_start"]) and math.isfinite(m["val_loss_end"])

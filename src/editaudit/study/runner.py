@@ -202,6 +202,9 @@ def run_cell(ctx: _Context, cell: Cell, target: float | None, out: Path, cell_id
     acts = {"base": [], "edited": [], "after": []}
     info: dict[str, Any] = {"units": len(units), "steps": [], "stop": [], "edited_layers": [], "ft_layers": [],
                             "edit_seconds": 0.0, "ft_seconds": 0.0}
+    starts: list[float] = []
+    ends: list[float] = []
+    accs: list[float] = []
     for u, unit in enumerate(units):
         ctx.restore()
         if cfg.metrics.drift:
@@ -253,10 +256,10 @@ def run_cell(ctx: _Context, cell: Cell, target: float | None, out: Path, cell_id
         info["ft_seconds"] += res.seconds
         info["steps"].append(res.steps)
         info["stop"].append(res.stop_reason)
-        info["val_loss_start"] = res.history[0]["val_loss"]
-        info["val_loss_end"] = res.history[-1]["val_loss"]
+        starts.append(res.history[0]["val_loss"])
+        ends.append(res.history[-1]["val_loss"])
         if "val_acc" in res.history[-1]:
-            info["val_acc_end"] = res.history[-1]["val_acc"]
+            accs.append(res.history[-1]["val_acc"])
         after_parts.append(_measure(ctx, unit))
         if cfg.metrics.drift:
             acts["after"].append(M.activations(ctx.model, ctx.tok, unit, ctx.block, ctx.n_layers))
@@ -275,6 +278,10 @@ def run_cell(ctx: _Context, cell: Cell, target: float | None, out: Path, cell_id
         save_file(tensors, str(tmp))
         atomic_write_bytes(out / "acts" / f"{cell_id}.safetensors", tmp.read_bytes())
         tmp.unlink()
+    info["val_loss_start"] = sum(starts) / len(starts)  # the mean over the cell's models (single protocol: one per fact)
+    info["val_loss_end"] = sum(ends) / len(ends)
+    if accs:
+        info["val_acc_end"] = sum(accs) / len(accs)
     metrics = {
         **info, "facts": [f.id for f in facts], "target_loss": target,
         "edited": _merge_measures(edit_parts), "after": _merge_measures(after_parts),
