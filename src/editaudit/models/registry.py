@@ -164,5 +164,5 @@ def resolve_model(spec: str, say: Progress = lambda s: None) -> Path:
 
     if parse_hub_id(spec) is not None:
         return resolve_hub(spec, say).path
-    raise BadInput(f"{spec!r} is neither an existing path, a known model name ({', '.join(pinned_models())}) "
+    raise BadInput(f"{spec!r} is neither an existing path nor a known model name ({', '.join(pinned_models())}), "
                    "nor a Hub repository id (org/name or org/name@revision)")
