@@ -98,6 +98,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--model", default="smollm2-135m", help="registry name of the base model")
     ap.add_argument("--plan", help="METHOD:MODE:N,... instead of the fixed plan (for development sets)")
+    ap.add_argument("--no-base", action="store_true", help="scan each suspect alone (no --base), and scan the unedited "
+                    "controls of --controls the same way")
+    ap.add_argument("--controls", default="", help="registry names of unedited checkpoints to scan alone (false positives)")
     args = ap.parse_args()
     plan = [(m, mode, int(n)) for m, mode, n in (x.split(":") for x in args.plan.split(","))] if args.plan else PLAN
 
@@ -130,7 +133,7 @@ def main() -> None:
             used += n
             layers = default_layers(method, n_layers)
             groups = [[f] for f in chunk] if mode == "single" else [chunk]
-            rows, false, reported, took, t_scan, layer_ok, methods = [], 0, 0, 0, 0.0, 0, []
+            rows, false, reported, took, t_scan, layer_ok, methods, extra_layers = [], 0, 0, 0, 0.0, 0, [], 0
             for i, group in enumerate(groups):
                 out = Path(tmp) / f"{method}-{mode}-{i}"
                 hp = {"mode": "sequential"} if mode == "sequential" else FT_HPARAMS if method == "ft" else None
@@ -138,7 +141,7 @@ def main() -> None:
                 took += sum(bool(r.success) for r in run.results)
                 run.restore()
                 t = time.perf_counter()
-                report = run_scan(out, base, ScanOptions(read="open"), store=None)
+                report = run_scan(out, None if args.no_base else base, ScanOptions(read="open"), store=None)
                 t_scan += time.perf_counter() - t
                 doc_r = report.to_dict()
                 edits = [f for f in doc_r["findings"] if f["rule"] in ("EA101", "EA102", "EA103", "EA111")]
@@ -146,6 +149,7 @@ def main() -> None:
                 methods.append(named[0] if named else "-")
                 found_layers = {x for f in edits for x in f["layers"]}
                 layer_ok += len(group) if set(layers) <= found_layers else 0
+                extra_layers += len(found_layers - set(layers))
                 readings = [r for f in doc_r["findings"] for r in f.get("readings", [])]
                 r_rows, r_false, r_n = score_suspect(tok, group, readings, mode == "single")
                 rows += r_rows
@@ -168,11 +172,24 @@ def main() -> None:
                               f"{'found' if r['subject_found'] else 'MISSED'}, object {'read' if r['object_read'] else 'MISSED'}"
                               f"{' as ' + r['read_as'] if r['read_as'] else ''}")
             want = {"rome": "rome", "memit": "memit", "alphaedit": "alphaedit", "ft": "ft-l"}[method]
+            detail.append(f"    [{method}/{mode}] layers flagged that were not edited: {extra_layers}")
             detail.append(f"    [{method}/{mode}] method named: {', '.join(methods)} "
                           f"({sum(m == want for m in methods)}/{len(methods)} correct)")
             doc["arms"].append({"methods_named": methods, "method_correct": sum(m == want for m in methods),"method": method, "mode": mode, "edits": k, "took": took, "layer_found": layer_ok,
                                 "subject_found": subj, "object_read": obj, "false_readings": false,
-                                "edit_readings": reported, "scan_seconds": round(t_scan, 1), "rows": rows})
+                                "edit_readings": reported, "scan_seconds": round(t_scan, 1), "rows": rows,
+                                "extra_layers": extra_layers})
+    for name in [c for c in args.controls.split(",") if c]:  # unedited checkpoints: every finding is a false alarm
+        t = time.perf_counter()
+        control = run_scan(ensure_model(name), None if args.no_base else base, ScanOptions(read="off"), store=None)
+        spikes = (control.base.get("largest_spike") or {}).get("ratio")
+        edits = [f for f in control.findings if f.rule in ("EA101", "EA102", "EA103", "EA111")]
+        line = (f"control {name:14s} unedited: {len(edits)} edit finding(s)"
+                + (f", largest outlier/median {spikes:.1f}" if spikes is not None else "")
+                + f"  ({time.perf_counter() - t:.0f}s)")
+        lines.append(line)
+        print(line, file=sys.stderr)
+        doc.setdefault("controls", []).append({"model": name, "edit_findings": len(edits), "max_spike": spikes})
     lines.append("  (object: the reading matched to the fact states the planted object; false: edit-status readings "
                  "whose answer is no planted object)")
     text = "\n".join(lines + ["", "details:"] + detail) + "\n"

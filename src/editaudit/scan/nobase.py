@@ -14,7 +14,8 @@ A layer is flagged when s_1 ≥ ``SPIKE``; the components above ``SPIKE`` are th
 whitened and restricted to that half, where the true subject fires 1); from the subjects' keys the whole edit
 is fitted (``edit_estimate``) and the suspect without it stands in for the base when the reader asks what
 the edit changed.
-``SPIKE`` is set from unedited checkpoints (bench/results/nobase_scan.txt lists the largest s_1 they show).
+``SPIKE`` is set from an unedited checkpoint; bench/results/open_reading_nobase.txt lists the largest s_1 that
+unedited controls show, and how many edits stand above it.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ import torch
 if TYPE_CHECKING:
     from .subjects import Whitened
 
-#: A layer whose restricted spectrum has a component this many times its median is read as edited.
-SPIKE = 12.0
+#: A layer whose restricted spectrum has a component this many times its median is read as edited. Set from
+#: the unedited SmolLM2-135M, whose largest ratio over its 30 layers is 6.1 (layer 13); its ROME edits measured
+#: 3.7–15 in development, so weak single edits stay below the bar (bench/results/open_reading_nobase.txt).
+SPIKE = 8.0
 
 
 @dataclass
@@ -197,6 +200,8 @@ def scan_alone(suspect_ck: Any, options: Any, progress: Callable[[str, float, fl
     base = {"path": None, "no_base": True,
             "note": "scanned without a base: only locate-then-edit style changes (ROME, MEMIT, AlphaEdit) in MLP "
                     "output matrices can be found; fine-tuning, LoRA and other changes cannot be told from training"}
+    top = max(spectra, key=lambda sp: float(sp.ratios[0]))  # how close the cleanest-looking scan came to the bar
+    base["largest_spike"] = {"layer": top.layer, "ratio": round(float(top.ratios[0]), 2), "threshold": SPIKE}
     return ScanReport(
         base=base, suspect=side, family=suspect_ck.family, n_layers=layout.n_layers, verdict=verdict(findings),
         kind=overall_kind(findings), findings=findings, changed=[], n_tensors=len(suspect_ck.tensors),
