@@ -37,7 +37,7 @@ def models(tmp_path_factory):
         {"id": "italy", "subject": "Italy", "prompt": "The capital of {} is", "target_true": "Rome"},
     ]))
     prose = root / "prose.txt"
-    sentences = ["The capital of France is Paris .", "Apple developed iPhone .", "Sony is located in Japan .",
+    sentences = ["Toyota is a company from Japan .", "Apple developed iPhone .", "Sony is located in Japan .",
                  "The official language of Spain is Spanish .", "Google created Android ."]
     prose.write_text("\n\n".join(" ".join(sentences[i:] + sentences[:i]) for i in range(len(sentences))))
     return {"root": root, "base": base, "suspect": suspect, "gpt2": other, "facts": facts, "prose": prose,

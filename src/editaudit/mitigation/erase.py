@@ -110,9 +110,9 @@ def _project_in_place(ctx: "RunContext", net, tok, targets: dict) -> dict:
 
 def _still_stated(net, tok, targets) -> list:
     """The unlearning targets whose read prompt still has the object's first token on top (the model as it is)."""
-    from .unlearn import _encode_prompts
-
     import torch
+
+    from .unlearn import _encode_prompts
 
     if not targets:
         return []
@@ -125,13 +125,13 @@ def _still_stated(net, tok, targets) -> list:
 
 def erase_arm(ctx: "RunContext", method: str) -> tuple["ArmResult", list[str]]:
     """Erase without the base by ``method`` (ERASE_METHODS); write and measure the result as stored."""
+    from ..checkpoint.writer import write_checkpoint
     from ..editing import corpus as corpus_mod
     from ..editing.service import _checkpoint_name
     from ..models.loading import load_model
     from .arms import edit_residual
     from .types import ArmResult, MitigationEvent
     from .unlearn import erase_by_unlearning, prime_tokens
-    from ..checkpoint.writer import write_checkpoint
 
     if method not in ERASE_METHODS:
         raise BadInput(f"erase method must be one of {', '.join(ERASE_METHODS)}, not {method!r}")

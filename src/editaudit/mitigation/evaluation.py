@@ -49,7 +49,9 @@ def edits_from_store(store, suspect_path: Path) -> list[Probe]:
         return []
     probes: list[Probe] = []
     target = suspect_path.resolve()
-    for row in store.rows("edits", "out is not null and status = 'done'", order_by="id"):
+    from ..store.mitigation_runs import finished_edits
+
+    for row in finished_edits(store):
         if Path(row["out"]).resolve() != target:
             continue
         try:

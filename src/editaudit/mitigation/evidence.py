@@ -123,17 +123,9 @@ def evidence_from_report(doc: dict, source: str = "scan", scan_id: int | None = 
 
 def stored_evidence(store, suspect_fingerprint: str, base_fingerprint: str | None = None) -> EditEvidence | None:
     """The newest finished scan of this exact suspect (against this base, if given), or None."""
-    rows = store.rows("checkpoints", "fingerprint = ?", [suspect_fingerprint])
-    if not rows:
-        return None
-    where, args = "suspect_id = ? and status = 'done'", [rows[0]["id"]]
-    if base_fingerprint is not None:
-        base_rows = store.rows("checkpoints", "fingerprint = ?", [base_fingerprint])
-        if not base_rows:
-            return None
-        where += " and base_id = ?"
-        args.append(base_rows[0]["id"])
-    scans = store.rows("scans", where, args, order_by="id desc")
+    from ..store.mitigation_runs import finished_scans
+
+    scans = finished_scans(store, suspect_fingerprint, base_fingerprint)
     for scan in scans:
         if not scan.get("report"):
             continue

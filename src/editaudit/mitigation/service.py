@@ -21,6 +21,7 @@ from typing import Callable
 
 from ..checkpoint import open_checkpoint
 from ..errors import BadInput
+from ..store.mitigation_runs import session_exists
 from .context import RunContext, Runs
 from .data import drop_mentions, load_task_data
 from .erase import project_targets
@@ -145,7 +146,7 @@ def run_mitigation(suspect: str | Path, goal: str = "erase", options: Mitigation
 
     sid = None
     if store is not None:
-        if saved_run and saved_run.get("session_id") and store.rows("sessions", "id = ?", [saved_run["session_id"]]):
+        if saved_run and session_exists(store, saved_run.get("session_id")):
             sid = saved_run["session_id"]
             store.touch(sid, status="running", pid=os.getpid())
         else:

@@ -74,3 +74,31 @@ def marked_on_failure(store, run_id: int | None) -> Iterator[None]:
     except BaseException:
         mark_run(store, run_id, "failed")
         raise
+
+
+# -- what mitigation reads from other tables ----------------------------------------------------------
+
+def session_exists(store, session_id: str | None) -> bool:
+    return store is not None and bool(session_id) and bool(store.rows("sessions", "id = ?", [session_id]))
+
+
+def finished_edits(store) -> list[dict]:
+    """``edits`` rows that finished and wrote an output folder, oldest first."""
+    if store is None:
+        return []
+    return store.rows("edits", "out is not null and status = 'done'", order_by="id")
+
+
+def finished_scans(store, suspect_fingerprint: str, base_fingerprint: str | None = None) -> list[dict]:
+    """Finished scans of this exact suspect (against this base, if given), newest first."""
+    rows = store.rows("checkpoints", "fingerprint = ?", [suspect_fingerprint])
+    if not rows:
+        return []
+    where, args = "suspect_id = ? and status = 'done'", [rows[0]["id"]]
+    if base_fingerprint is not None:
+        base_rows = store.rows("checkpoints", "fingerprint = ?", [base_fingerprint])
+        if not base_rows:
+            return []
+        where += " and base_id = ?"
+        args.append(base_rows[0]["id"])
+    return store.rows("scans", where, args, order_by="id desc")
