@@ -41,19 +41,6 @@ METHODS = ("project", "unlearn", "project+unlearn")
 PASS = {"erased": 0.90, "intrinsic_points": -3.0, "neighbours_kept": 0.90, "seconds": 300.0}
 
 
-def interleave(facts):
-    """Round-robin over relations (file order within each), as scripts/open_reading_eval.py takes them."""
-    by_rel: dict[str, list] = {}
-    for f in facts:
-        by_rel.setdefault(f.relation, []).append(f)
-    out, queues = [], list(by_rel.values())
-    while any(queues):
-        for q in queues:
-            if q:
-                out.append(q.pop(0))
-    return out
-
-
 def paraphrases(facts):
     from editaudit.probing.format import Probe
 
@@ -138,13 +125,14 @@ def main() -> int:
     from editaudit.models.loading import load_model
     from editaudit.models.registry import ensure_model
     from editaudit.probing.format import load_probes
+    from editaudit.probing.sets import round_robin
     from editaudit.scan.service import ScanOptions, run_scan
     from editaudit.store import Store
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     wanted = {s.strip() for s in args.suspects.split(",")}
     t_start = time.perf_counter()
-    facts = interleave(load_probes(args.facts))
+    facts = round_robin(load_probes(args.facts))
     neighbours = [f for a, b in NEIGHBOURS for f in facts[a:b]]
     intrinsic = default_intrinsic()
     base = ensure_model("smollm2-135m")

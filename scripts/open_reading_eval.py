@@ -79,19 +79,6 @@ def score_suspect(tok, facts, readings: list[dict], single: bool) -> tuple[list[
     return rows, false, len(edits)
 
 
-def interleave(facts):
-    """Round-robin over relations (file order within each), so that every arm spans several relations."""
-    by_rel: dict[str, list] = {}
-    for f in facts:
-        by_rel.setdefault(f.relation, []).append(f)
-    out, queues = [], list(by_rel.values())
-    while any(queues):
-        for q in queues:
-            if q:
-                out.append(q.pop(0))
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--facts", type=Path, default=ROOT / "bench/heldout/smollm2-135m.jsonl")
@@ -111,11 +98,12 @@ def main() -> None:
     from editaudit.models.loading import load_model
     from editaudit.models.registry import ensure_model
     from editaudit.probing.format import load_probes
+    from editaudit.probing.sets import round_robin
     from editaudit.scan.service import ScanOptions, run_scan
 
     torch.manual_seed(0)
     base = ensure_model(args.model)
-    facts = interleave(load_probes(args.facts))
+    facts = round_robin(load_probes(args.facts))
     lm = load_model(base)
     tok = lm.tokenizer
     n_layers = lm.model.config.num_hidden_layers

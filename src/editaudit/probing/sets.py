@@ -110,3 +110,17 @@ def load_set(name: str, errors: list[str] | None = None) -> list[Probe]:
 
 def fact_bank() -> list[Probe]:
     return load_set(FACT_BANK)
+
+
+def round_robin(facts: list[Probe]) -> list[Probe]:
+    """Facts taken round-robin over relations (file order within each), so that any leading slice spans
+    several relations: how the evaluation scripts split one fact file over their arms."""
+    by_rel: dict[str, list[Probe]] = {}
+    for f in facts:
+        by_rel.setdefault(f.relation, []).append(f)
+    out, queues = [], list(by_rel.values())
+    while any(queues):
+        for q in queues:
+            if q:
+                out.append(q.pop(0))
+    return out
