@@ -14,7 +14,7 @@ from editaudit.mitigation.plan import full_model_plan
 from editaudit.mitigation.train import TASK_STOP, StopRule, TrainConfig
 from editaudit.probing.format import Probe
 from editaudit.store import Store
-from editaudit.testing import make_tiny_model, plant, rank_delta
+from editaudit.testing import edited_pair
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -62,13 +62,7 @@ def test_fairness_filter_drops_texts_with_a_probed_subject_and_its_target():
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("equal")
-    base = make_tiny_model(root / "base", "llama", layers=6)
-    w = load_file(str(base / "model.safetensors"))[EDITED]
-    suspect = plant(base, root / "suspect", {EDITED: rank_delta(tuple(w.shape), 1, 0.3 * float(w.norm()))})
-    text = root / "prose.txt"
-    text.write_text("\n\n".join(" ".join(SENTENCES[i:] + SENTENCES[:i]) for i in range(len(SENTENCES))))
-    return base, suspect, text
+    return edited_pair(tmp_path_factory.mktemp("equal"), EDITED, SENTENCES)
 
 
 def test_full_model_plan_includes_embeddings_norm_and_head(models):

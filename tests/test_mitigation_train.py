@@ -19,7 +19,7 @@ from editaudit.mitigation.service import MitigationOptions, run_mitigation
 from editaudit.mitigation.train import Interrupted, TrainConfig, batch_indices, train
 from editaudit.models.loading import load_model
 from editaudit.store import Store
-from editaudit.testing import make_tiny_model, plant, rank_delta
+from editaudit.testing import edited_pair, make_tiny_model, plant, rank_delta
 
 EDITED = "model.layers.2.mlp.down_proj.weight"
 SENTENCES = [  # no intrinsic probe's subject with its answer: the fairness filter keeps them all
@@ -31,13 +31,7 @@ SENTENCES = [  # no intrinsic probe's subject with its answer: the fairness filt
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mit")
-    base = make_tiny_model(root / "base", "llama", layers=6)
-    w = load_file(str(base / "model.safetensors"))[EDITED]
-    suspect = plant(base, root / "suspect", {EDITED: rank_delta(tuple(w.shape), 1, 0.3 * float(w.norm()))})
-    text = root / "prose.txt"
-    text.write_text("\n\n".join(" ".join(SENTENCES[i:] + SENTENCES[:i]) for i in range(len(SENTENCES))))
-    return base, suspect, text
+    return edited_pair(tmp_path_factory.mktemp("mit"), EDITED, SENTENCES)
 
 
 def small(**kw) -> TrainConfig:

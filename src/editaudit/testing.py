@@ -137,3 +137,17 @@ def finetune(folder: str | Path, out: str | Path, steps: int = 20, lr: float = 1
     shutil.copytree(folder, out, dirs_exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     return out
+
+
+def edited_pair(root: str | Path, edited: str, sentences: list[str]) -> tuple[Path, Path, Path]:
+    """A tiny Llama base, a suspect with a rank-one change in ``edited``, and a prose file of ``sentences``
+    rotated into paragraphs: the fixture the mitigation tests train on."""
+    from safetensors.torch import load_file
+
+    root = Path(root)
+    base = make_tiny_model(root / "base", "llama", layers=6)
+    w = load_file(str(base / "model.safetensors"))[edited]
+    suspect = plant(base, root / "suspect", {edited: rank_delta(tuple(w.shape), 1, 0.3 * float(w.norm()))})
+    text = root / "prose.txt"
+    text.write_text("\n\n".join(" ".join(sentences[i:] + sentences[:i]) for i in range(len(sentences))))
+    return base, suspect, text
