@@ -147,8 +147,7 @@ def test_job_reports_how_work_ended():
 
 
 def test_colours_are_named_once_in_the_theme():
-    """No screen or widget carries a colour literal: CSS uses the theme's variables, Rich styles theme.PALETTE.
-    (The mitigation screens are being reworked on their own and join this check with that rework.)"""
+    """No screen or widget carries a colour literal: CSS uses the theme's variables, Rich styles theme.PALETTE."""
     import re
     from pathlib import Path
 
@@ -158,5 +157,5 @@ def test_colours_are_named_once_in_the_theme():
     hexes = re.compile(r"#[0-9A-Fa-f]{6}\b")
     found = {str(p.relative_to(root)): hexes.findall(p.read_text(encoding="utf-8"))
              for p in [*root.rglob("*.py"), *root.rglob("*.tcss")]
-             if p.name != "theme.py" and not p.name.startswith("mitigate")}
+             if p.name != "theme.py"}
     assert not {k: v for k, v in found.items() if v}

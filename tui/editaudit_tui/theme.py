@@ -23,7 +23,8 @@ PALETTE = {
     "surface": "#1C2129",
     "panel": "#252B35",
     "muted": "#8B949E",
-    "alarm": "#B3362F",  # the "edited" verdict's background: deeper than error, so white text reads on it
+    "alarm": "#B3362F",
+    "banner": "#3B6EA8",  # a neutral verdict's background (a mitigation run): deeper than primary, for white text  # the "edited" verdict's background: deeper than error, so white text reads on it
     "empty": "#555555",  # a heat-map cell with no value
     "ink_dark": "#000000",  # text on a light cell
     "ink_light": "#FFFFFF",  # text on a dark cell

@@ -17,18 +17,14 @@ if TYPE_CHECKING:
     from .context import RunContext
     from .types import ArmResult
 
-from .plan import ERASE_METHODS  # noqa: E402  (project, unlearn, project+unlearn)
+from .plan import ERASE_METHODS, require_edits  # noqa: E402  (project, unlearn, project+unlearn)
 
 
 def unlearn_targets(evidence, options):
     """The read edits (subject, prompts, object) for unlearning, and the MLP output layers to train."""
     from .unlearn import targets_from_readings, unlearn_settings
 
-    if evidence is None:
-        raise BadInput("the unlearn method erases the edits the scan read, but there is no scan of this suspect: run "
-                       "`editaudit scan SUSPECT --base BASE` first, or pass --base")
-    if not evidence.found:
-        raise BadInput(f"{evidence.source} found no edit to erase")
+    require_edits(evidence, "the unlearn method erases the edits the scan read", "or use --revert with --base")
     hp = options.unlearn or unlearn_settings(None)
     targets = targets_from_readings(evidence.readings, bool(hp.get("paraphrases", True)))
     if not targets:
@@ -59,12 +55,8 @@ def project_targets(evidence, options) -> tuple[dict, list[str]]:
         if spec not in ("auto", "edited", "non-edited"):
             layers = parse_layer_list(spec)
         return targets_from_records(options.subjects, layers), []
-    if evidence is None:
-        raise BadInput("the project method erases the subjects the scan read, but there is no scan of this "
-                       "suspect: run `editaudit scan SUSPECT --base BASE` first, pass --base, or give the subjects "
-                       "with --subjects FILE")
-    if not evidence.found:
-        raise BadInput(f"{evidence.source} found no edit to erase")
+    require_edits(evidence, "the project method erases the subjects the scan read",
+                  "or give the subjects with --subjects FILE")
     plan, notes = targets_from_readings(evidence.readings)
     if not plan:
         raise BadInput(f"the scan read no subject for its edits ({evidence.source}): the project method needs "

@@ -294,12 +294,8 @@ def resolve_method(method: str, goal: str, evidence: EditEvidence | None, subjec
         return "project"
     if evidence is not None and evidence.found and evidence.readings:
         return ERASE_DEFAULT
-    if evidence is None:
-        raise BadInput("--goal erase without a base erases the edits the scan read, but there is no scan of this "
-                       "suspect: run `editaudit scan SUSPECT --base BASE` first, pass --base, or choose a method "
-                       "(--method full fine-tunes the edited layers; it seldom erases)")
-    if not evidence.found:
-        raise BadInput(f"{evidence.source} found no edit to erase")
+    require_edits(evidence, "--goal erase without a base erases the edits the scan read",
+                  "or choose a method (--method full fine-tunes the edited layers; it seldom erases)")
     raise BadInput(f"the scan read no edited subject ({evidence.source}), so there is nothing to erase without the "
                    "base: pass --base (a scan that reads the edits, or --revert), give the subjects with --subjects "
                    "FILE, or choose --method full to fine-tune the edited layers (it seldom erases)")
@@ -362,3 +358,13 @@ def propose(doc: dict) -> Proposal:
     why["stop"] = ("a step budget, evaluating every N steps (edited and intrinsic retention are measured and the "
                    "run can be resumed from there); optional early stops on validation loss or accuracy.")
     return Proposal(goal, method, layers, "all", "lm", why)
+
+
+def require_edits(evidence, what: str, alternatives: str) -> None:
+    """BadInput unless there is a stored scan of the suspect that found edits: ``what`` says why one is needed,
+    ``alternatives`` what else the user can do."""
+    if evidence is None:
+        raise BadInput(f"{what}, but there is no scan of this suspect: run `editaudit scan SUSPECT` first (with "
+                       f"--base BASE when you have it), pass --base, {alternatives}")
+    if not evidence.found:
+        raise BadInput(f"{evidence.source} found no edit to erase")

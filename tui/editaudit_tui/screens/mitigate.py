@@ -16,6 +16,7 @@ from textual.screen import Screen
 from textual.widgets import Button, Checkbox, Footer, Header, Input, Label, RadioButton, RadioSet, Select, Static
 
 from ..fmt import plain
+from ..theme import ERROR, WARNING
 from ..jobs import Job, Outcome, describe_error
 from ..paths import FileSuggester, check_file, check_output_folder
 from editaudit.mitigation.plan import Proposal, propose  # noqa: F401  (the plan's rules, not the app's)
@@ -305,7 +306,7 @@ class MitigateWizard(Screen[MitigationRequest | None]):
             return  # a newer preview is on its way
         box = self.query_one("#plan-box", Static)
         if outcome.error is not None:
-            box.update(Text(f"✗ {describe_error(outcome.error)}", style="#E5534B"))
+            box.update(Text(f"✗ {describe_error(outcome.error)}", style=ERROR))
             return
         if outcome.result is None:
             return
@@ -340,7 +341,7 @@ def plan_text(plan: dict | None, evidence: dict | None, revert: bool) -> Group:
         lines.append(Text("every other change in the checkpoint stays as it is", style="dim"))
     elif plan:
         lines += [plain(x) for x in plan["explanation"]]
-        lines += [plain(f"warning: {w}", "#E9C46A") for w in plan["warnings"]]
+        lines += [plain(f"warning: {w}", WARNING) for w in plan["warnings"]]
         names = plan["params"]
         shown = ", ".join(names[:4]) + (f" … (+{len(names) - 4})" if len(names) > 4 else "")
         lines.append(plain(f"tensors: {shown}", "dim"))

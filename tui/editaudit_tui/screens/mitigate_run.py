@@ -25,6 +25,7 @@ from textual.widgets import (
 from editaudit.mitigation.summary import kept_vs_full, verification_rows
 
 from ..fmt import pct, plain, short_path
+from ..theme import ERROR, INK_LIGHT, PALETTE, SUCCESS, WARNING
 from ..jobs import Job, Outcome, RunsJobs, describe_error
 from ..store_views import mitigation_runs, session_row
 from .mitigate import MitigationRequest, plan_text
@@ -38,7 +39,7 @@ def _f(x, spec: str) -> str:
 
 def verification_view(v: dict, out: str | None = None) -> Group:
     """The verification report: the verdict, then before → after per arm."""
-    head = Text.assemble((f" {v.get('verdict', '?')} ", "bold #FFFFFF on #3B6EA8"))
+    head = Text.assemble((f" {v.get('verdict', '?')} ", f"bold {INK_LIGHT} on {PALETTE['banner']}"))
     if line := kept_vs_full(v):
         head.append(f"  {line}")
     names, rows = verification_rows(v)
@@ -209,12 +210,12 @@ class MitigationScreen(RunsJobs, Screen):
         if outcome.cancelled:
             self.state = "cancelled"
             stage.update(Text("cancelled: nothing was written; the session is kept as interrupted "
-                              "(editaudit mitigate … --resume continues it)", style="bold #E9C46A"))
+                              "(editaudit mitigate … --resume continues it)", style=f"bold {WARNING}"))
             self._log("cancelled")
             return
         if outcome.error is not None:
             self.state = "failed"
-            stage.update(plain(f"failed: {describe_error(outcome.error)}", "bold #E5534B"))
+            stage.update(plain(f"failed: {describe_error(outcome.error)}", f"bold {ERROR}"))
             self._log(describe_error(outcome.error))
             return
         self.state = "done"
@@ -222,7 +223,7 @@ class MitigationScreen(RunsJobs, Screen):
         doc = outcome.result
         self.result = doc
         self.sid = doc.get("session_id")
-        stage.update(Text("done", style="bold #57AB5A"))
+        stage.update(Text("done", style=f"bold {SUCCESS}"))
         self.query_one("#verify", Static).update(verification_view(doc.get("verification", {}), doc.get("out")))
         self.refresh_bindings()
 
@@ -266,7 +267,7 @@ class MitigationScreen(RunsJobs, Screen):
 
     # -- actions ---------------------------------------------------------------------------------------
     def cancelling(self) -> None:
-        self.query_one("#run-stage", Static).update(Text("cancelling at the next step…", style="bold #E9C46A"))
+        self.query_one("#run-stage", Static).update(Text("cancelling at the next step…", style=f"bold {WARNING}"))
 
     def action_export(self) -> None:
         if self.sid and not self.running:
