@@ -129,3 +129,40 @@ def test_method_named_from_signatures():
     assert name_method("EA101", [4], 1)["name"] == "rome"
     assert name_method("EA111", [4], None)["name"] == "ft-l"
     assert name_method("EA102", [2, 3], 2)["confidence"] < 0.6  # no key statistics: MEMIT or AlphaEdit
+
+
+def test_reading_prefers_an_object_stated_on_several_phrasings(monkeypatch):
+    """A side effect may move one confident prompt a lot (religion → 'China'); the rewritten fact is the answer the
+    suspect states on several phrasings (currency → 'won'), and a moved answer that is a stop word names nothing."""
+    from editaudit.probing.evaluate import Prediction
+    from editaudit.scan import reading
+    from editaudit.scan.subjects import Subject
+
+    subject = "Zanbaria"
+    texts = [t for _, t in prompts_for(subject)]
+    cur = [t for t in texts if "pay with the" in t or "currency" in t]
+    rel, stop = next(t for t in texts if "religion" in t), texts[0]
+    assert len(cur) >= 2
+
+    def table(model: str, text: str) -> tuple[str, float]:
+        if model == "suspect":
+            if text in cur:
+                return " won", 0.8
+            if text == rel:
+                return " China", 0.6
+            if text == stop:
+                return " the", 0.9
+        return {rel: (" Islam", 0.9), stop: (" Lorem", 0.95)}.get(text, (" rupee", 0.3) if text in cur else (" a", 0.2))
+
+    def fake_predict(model, tokenizer, prompts, top_k=5, max_new_tokens=4, **_):
+        out = []
+        for p in prompts:
+            tok, prob = table(model, p)
+            cont = tok + (" coins" if max_new_tokens > 1 else "")
+            out.append(Prediction(p, [(tok, prob)], cont, tok.strip(), None))
+        return out
+
+    monkeypatch.setattr(reading, "predict", fake_predict)
+    r = reading.read_subject("base", "suspect", None, Subject(subject, [], 0.9, torch.zeros(1)))
+    assert r.status == "edit" and r.after.startswith("won") and r.before.startswith("rupee")
+    assert any(a["after"] == "China" for a in r.also)

@@ -65,7 +65,10 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
     confidently and the suspect now answers something else, weighted by how much the suspect's answer gained
     (score = p_base(base answer) × rise of the suspect's answer). Both models' greedy answers there are decoded
     whole. Other prompts whose answer moved to a different object are listed as ``also`` (what else the edit
-    drags along). A reading is an edit only when the suspect states its object on two prompts at least."""
+    drags along). Prompts whose new answer the suspect states on two prompts at least are preferred, and a
+    reading is an edit only when it does."""
+    from ..probing.metrics import is_skippable
+
     asked = prompts_for(subject.text)
     texts = [t for _, t in asked]
     b1 = predict(base, tokenizer, texts, top_k=top_k, max_new_tokens=1)
@@ -80,12 +83,16 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
         r = pa - dict(b.top).get(ta, 0.0)
         # a base that repeats the subject ("The company Syria is headquartered in … Syria") states no fact
         copies = bool(tb.strip()) and tb.strip().casefold() in subject.text.casefold()
-        moved = ta != tb and any(ch.isalnum() for ch in ta) and not copies
+        # an answer that starts with a stop word ("the late 19th") names nothing yet
+        moved = ta != tb and not is_skippable(ta) and not copies
         rise.append(r)
         score.append(pb * r if moved else float("-inf"))
-    i = max(range(len(texts)), key=lambda j: score[j])
+    says = [top(a)[0] if top(a)[0] != top(b)[0] else None for b, a in zip(b1, s1)]
+    # a rewritten fact is stated on several phrasings; a side effect on one: prompts whose answer is stated
+    # on two at least come first
+    i = max(range(len(texts)), key=lambda j: (says.count(top(s1[j])[0]) >= 2, score[j]))
     obj = top(s1[i])[0]
-    stated = [j for j, (b, a) in enumerate(zip(b1, s1)) if top(a)[0] == obj and top(b)[0] != obj]
+    stated = [j for j, w in enumerate(says) if w == obj]
     before = predict(base, tokenizer, [texts[i]], top_k=1, max_new_tokens=max_new_tokens)[0]
     after = predict(suspect, tokenizer, [texts[i]], top_k=1, max_new_tokens=max_new_tokens)[0]
     new, old = answer(after.continuation), answer(before.continuation)
