@@ -180,69 +180,18 @@ def _load_sets(names: list[str], limit: int | None, default_all_shipped: bool) -
     return probes, names
 
 
-def _run_model(spec: str, probes, batch_size: int, top_k: int, device: str | None, dtype: str = "auto"):
-    import gc
-
-    from ..models.loading import load_model
-    from ..probing.service import run_probes
-
-    lm = load_model(spec, dtype=dtype, device=device, say=common.say)
-    with common.event_progress() as on_progress:
-        results = run_probes(lm.model, lm.tokenizer, probes, batch_size=batch_size, top_k=top_k, progress=on_progress)
-    path = lm.path
-    del lm
-    gc.collect()
-    return results, path
-
-
 def _probe(ctx, model: str, sets: list[str], compare: list[str], limit, batch_size, top_k, device, no_store,
            dtype: str = "auto") -> dict:
-    from ..probing.service import record_run, summarize
-    from ..store.sessions import now
+    """Load the sets, run the one probe job (probing.jobs), return its document."""
+    from ..probing.jobs import run_probe_job
 
     probes, names = _load_sets(sets, limit, default_all_shipped=True)
     store = None if no_store else common.state(ctx).store()
-    sid = store.new_session("probe", f"probe {Path(model).name}" + (f" vs {len(compare)} more" if compare else ""),
-                            None, model) if store else None
-    doc: dict = {"session": sid, "sets": names, "models": []}
-    ctx_mgr = store.running(sid) if store else _null()
-    with ctx_mgr:
-        for label, spec in [("model", model)] + [(f"compare{i + 1}", c) for i, c in enumerate(compare)]:
-            common.say(f"probing {spec} with {len(probes)} probes")
-            started = now()
-            results, path = _run_model(spec, probes, batch_size, top_k, device, dtype)
-            summary = summarize(results)
-            run_id = record_run(store, sid, str(path), label, names, results, summary, started=started) if store else None
-            doc["models"].append({"model": spec, "path": str(path), "label": label, "run_id": run_id,
-                                  "summary": summary, "results": [r.to_dict() for r in results]})
-        doc["agreement"] = _agreement(doc["models"])
-        if store:
-            store.finish_session(sid, summary={"sets": names, "probes": len(probes),
-                                               "models": {m["model"]: m["summary"] for m in doc["models"]},
-                                               "agreement": doc["agreement"]})
-    return doc
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _agreement(models: list[dict]) -> float | None:
-    """Share of probes on which every model gives the same answer (None with one model)."""
-    if len(models) < 2:
-        return None
-    from ..probing.metrics import same_token
-
-    rows = zip(*[m["results"] for m in models])
-    flags = []
-    for row in rows:
-        first = row[0]["answer"]
-        flags.append(all(same_token(r["answer"], first) or (not r["answer"] and not first) for r in row))
-    return round(sum(flags) / len(flags), 6) if flags else None
+    models = [("model", model)] + [(f"compare{i + 1}", c) for i, c in enumerate(compare)]
+    with common.event_progress() as progress:
+        job = run_probe_job(models, probes, names, store=store, batch_size=batch_size, top_k=top_k, device=device,
+                            dtype=dtype, progress=progress)
+    return job.to_dict()
 
 
 def _discover(ctx, suspect: str, base: str, sets: list[str], limit, scan_id, batch_size, top_k, device, no_store,

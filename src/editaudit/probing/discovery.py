@@ -8,15 +8,15 @@ so a cancelled discovery records nothing; in ``session_id`` when given, else in 
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import BadInput
-from ..progress import Event, Note, Progress, Stage, Step, ignore
+from ..progress import Note, Progress, ignore
 from .format import Probe
-from .service import Hints, Movement, ProbeResult, discover, record_run, run_probes, scan_hints, summarize
+from .jobs import run_labelled
+from .service import Hints, Movement, discover, record_run, scan_hints, summarize
 
 
 @dataclass
@@ -44,28 +44,6 @@ class Discovery:
         return {"session": self.session_id, "base": str(self.base), "suspect": str(self.suspect), "sets": self.sets,
                 "hints": self.hints.to_dict() if self.hints else None, "changed": self.changed,
                 "ranked": self.ranked(), "summary": self.summaries}
-
-
-def _run(spec: Path, label: str, probes: Sequence[Probe], batch_size: int, top_k: int, device: str | None,
-         dtype: str, progress: Progress, cancelled: Callable[[], bool]) -> list[ProbeResult]:
-    from ..models.loading import load_model
-
-    lm = load_model(spec, dtype=dtype, device=device, say=lambda text: progress(Note(f"{label}: {text}")))
-
-    def relay(event: Event) -> None:
-        """The model's events, its label in each stage name; a cancel stops the run at the next batch."""
-        if cancelled():
-            raise KeyboardInterrupt
-        if isinstance(event, Stage):
-            event = Stage(f"{label} {event.name}", event.total)
-        elif isinstance(event, Step):
-            event = Step(f"{label} {event.stage}", event.done, event.total)
-        progress(event)
-
-    results = run_probes(lm.model, lm.tokenizer, probes, batch_size=batch_size, top_k=top_k, progress=relay)
-    del lm
-    gc.collect()
-    return results
 
 
 def run_discovery(suspect: str | Path, base: str | Path, probes: Sequence[Probe], set_names: Sequence[str], *,
@@ -104,9 +82,10 @@ def run_discovery(suspect: str | Path, base: str | Path, probes: Sequence[Probe]
     try:
         started = now()
         say(f"running {len(probes)} facts on the base")
-        base_results = _run(base_path, "base", probes, batch_size, top_k, device, dtype, progress, cancelled)
+        base_results = run_labelled(base_path, "base", probes, batch_size, top_k, device, dtype, progress, cancelled)[0]
         say(f"running {len(probes)} facts on the suspect")
-        suspect_results = _run(suspect_path, "suspect", probes, batch_size, top_k, device, dtype, progress, cancelled)
+        suspect_results = run_labelled(suspect_path, "suspect", probes, batch_size, top_k, device, dtype, progress,
+                                       cancelled)[0]
         moves = discover(base_results, suspect_results, hints)
         found = Discovery(base_path, suspect_path, list(set_names), len(probes), hints, moves,
                           {"base": summarize(base_results), "suspect": summarize(suspect_results)}, sid)

@@ -18,7 +18,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Header, ProgressBar, Select, Static
 
-from ..fmt import pct, plain, short_path
+from ..fmt import pct, plain
 from ..jobs import Job, Outcome, RunsJobs, describe_error
 from ..paths import probe_sets
 from ..store_views import (ProbeRow, ProbeRunView, answer_probability, mitigated_checkpoint, probe_rows, probe_runs,
@@ -28,17 +28,6 @@ from ..theme import ERROR, SUCCESS, WARNING
 KINDS = [("all kinds", "all"), ("edited", "edited"), ("intrinsic", "intrinsic"), ("neighbourhood", "neighbourhood")]
 CATEGORY_STYLE = {"true target": SUCCESS, "edited target": f"bold {ERROR}", "related term": WARNING, "other": ""}
 MODEL_ORDER = ["base", "suspect", "mitigated"]
-
-
-def _labelled(event, label: str):
-    """A model's progress event with the model's label in its stage name (several models run in turn)."""
-    from editaudit.progress import Stage, Step
-
-    if isinstance(event, Step):
-        return Step(f"{label}: {event.stage}", event.done, event.total)
-    if isinstance(event, Stage):
-        return Stage(f"{label}: {event.name}", event.total)
-    return event
 
 
 class ProbesScreen(RunsJobs, Screen):
@@ -260,13 +249,11 @@ class ProbesScreen(RunsJobs, Screen):
         job.ui(self._finished, outcome)
 
     def _probe(self, job: Job, mode: str, set_path: str | None, models: dict[str, str]) -> int:
-        """Worker thread: run every model, then record all runs at once (a cancelled run records nothing).
-        Discovery is the core's one job (probing.discovery); this screen only shows its progress."""
-        import gc
-
-        from editaudit.models.loading import load_model
+        """Worker thread: the core's one job for each mode (probing.jobs, probing.discovery) runs every model and
+        records all runs at once (a cancelled run records nothing); this screen only shows its progress."""
         from editaudit.probing.discovery import run_discovery
-        from editaudit.probing.service import dedupe, record_run, run_probes, summarize
+        from editaudit.probing.jobs import run_probe_job
+        from editaudit.probing.service import dedupe
         from editaudit.probing.sets import FACT_BANK, load_set
         from editaudit.progress import Note, Step
 
@@ -294,19 +281,8 @@ class ProbesScreen(RunsJobs, Screen):
             run_discovery(models["suspect"], models["base"], probes, set_names, store=store, session_id=self.sid,
                           progress=on_event, cancelled=lambda: job.cancelled)
             return len(probes)
-        results = {}
-        for label, path in models.items():
-            if job.cancelled:
-                raise KeyboardInterrupt
-            on_event(Note(f"{label}: loading {short_path(path)}"))
-            lm = load_model(path)
-            results[label] = (run_probes(lm.model, lm.tokenizer, probes,
-                                         progress=lambda ev, label=label: on_event(_labelled(ev, label))),
-                              str(lm.path))
-            del lm
-            gc.collect()
-        for label, (res, path) in results.items():
-            record_run(store, self.sid, path, label, set_names, res, summarize(res))
+        run_probe_job(list(models.items()), probes, set_names, store=store, session_id=self.sid, progress=on_event,
+                      cancelled=lambda: job.cancelled)
         return len(probes)
 
     def _say(self, text: str) -> None:
