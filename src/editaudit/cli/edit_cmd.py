@@ -94,7 +94,7 @@ def register(app: typer.Typer) -> None:
         missing = [p.id for p in records if not p.target_new]
         if missing:
             raise BadInput(f"{len(missing)} fact(s) in {facts} have no target_new, e.g. {', '.join(missing[:5])}")
-        if out is not None and out.exists() and not overwrite:
+        if out is not None and out.exists() and not overwrite:  # before the precision note and the model load
             raise BadInput(f"{out} already exists (use --overwrite to replace it)")
         if out is not None:
             from ..models.loading import precision_note
@@ -103,14 +103,10 @@ def register(app: typer.Typer) -> None:
             if note:
                 common.say(note)
         store = common.state(ctx).store()
-        sid = store.new_session("edit", title=f"{method.value} · {len(records)} fact(s)", base=base,
-                                suspect=str(out) if out else None)
-        with store.running(sid), common.event_progress() as on_progress:
+        with common.event_progress() as on_progress:  # the edit job owns its session (editing.service)
             run = apply_edits(base, records, method.value, layers=parse_layers(layers), hparams=overrides, out=out,
-                              progress=on_progress, store=store, session_id=sid, overwrite=overwrite,
-                              manifest=manifest, evaluate=not no_eval, device=device, say=common.say,
-                              dtype=dtype.value)
-            store.finish_session(sid, status="done", summary=run.summary())
+                              progress=on_progress, store=store, overwrite=overwrite, manifest=manifest,
+                              evaluate=not no_eval, device=device, say=common.say, dtype=dtype.value)
         doc = run.to_dict()
         if fmt == Fmt.json:
             common.out.file.write(json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n")

@@ -218,7 +218,8 @@ def apply_edits(model: str | Path | LoadedModel, facts: Sequence[Probe], method:
 
     own_session = store is not None and session_id is None
     if own_session:
-        session_id = store.new_session("edit", title=f"{method} · {len(facts)} fact(s)", base=str(lm.path))
+        session_id = store.new_session("edit", title=f"{method} · {len(facts)} fact(s)", base=str(lm.path),
+                                       suspect=str(out) if out else None)
     edit_id = None
     if store is not None:
         from ..store.runs import start_edit
