@@ -119,7 +119,8 @@ def main() -> None:
         for method, mode, n in plan:
             chunk = facts[used:used + n]
             used += n
-            layers = default_layers(method, n_layers)
+            # the hypernetworks edit the layers they were trained for (editing.hypernet), not a chosen one
+            layers = None if method in ("mend", "malmen") else default_layers(method, n_layers)
             groups = [[f] for f in chunk] if mode == "single" else [chunk]
             rows, false, reported, took, t_scan, layer_ok, methods, extra_layers = [], 0, 0, 0, 0.0, 0, [], 0
             for i, group in enumerate(groups):
@@ -127,6 +128,7 @@ def main() -> None:
                 hp = {"mode": "sequential"} if mode == "sequential" else FT_HPARAMS if method == "ft" else None
                 run = apply_edits(lm, group, method, layers=layers, out=out, hparams=hp, evaluate=True)
                 took += sum(bool(r.success) for r in run.results)
+                wrote = list(run.layers)
                 run.restore()
                 t = time.perf_counter()
                 report = run_scan(out, None if args.no_base else base, ScanOptions(read="open"), store=None)
@@ -136,8 +138,8 @@ def main() -> None:
                 named = [f["method"]["name"] for f in edits if f.get("method")]
                 methods.append(named[0] if named else "-")
                 found_layers = {x for f in edits for x in f["layers"]}
-                layer_ok += len(group) if set(layers) <= found_layers else 0
-                extra_layers += len(found_layers - set(layers))
+                layer_ok += len(group) if set(wrote) <= found_layers else 0
+                extra_layers += len(found_layers - set(wrote))
                 readings = [r for f in doc_r["findings"] for r in f.get("readings", [])]
                 r_rows, r_false, r_n = score_suspect(tok, group, readings, mode == "single")
                 rows += r_rows
