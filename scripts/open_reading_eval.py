@@ -161,7 +161,8 @@ def main() -> None:
                 detail.append(f"    [{method}/{mode}] {r['subject']} → {r['target_new']}: subject "
                               f"{'found' if r['subject_found'] else 'MISSED'}, object {'read' if r['object_read'] else 'MISSED'}"
                               f"{' as ' + r['read_as'] if r['read_as'] else ''}")
-            want = {"rome": "rome", "memit": "memit", "alphaedit": "alphaedit", "ft": "ft-l"}[method]
+            want = {"rome": "rome", "memit": "memit", "alphaedit": "alphaedit", "ft": "ft-l", "mend": "mend",
+            "malmen": "malmen"}[method]
             detail.append(f"    [{method}/{mode}] layers flagged that were not edited: {extra_layers}")
             detail.append(f"    [{method}/{mode}] method named: {', '.join(methods)} "
                           f"({sum(m == want for m in methods)}/{len(methods)} correct)")
