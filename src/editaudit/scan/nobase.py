@@ -62,13 +62,33 @@ class Site:
     spectrum: LayerSpectrum = field(repr=False)
 
 
-def restricted_spectrum(weight: torch.Tensor, C: torch.Tensor, layer: int, path: str, keep: int = 16,
+@dataclass
+class KeyEig:
+    """C = E[k kᵀ] with its eigen-decomposition (ascending), made once per layer: the spectrum, the subject
+    search's space and the edit's fit all work on C's low-energy half."""
+
+    C: torch.Tensor
+    ev: torch.Tensor
+    Q: torch.Tensor
+
+    @classmethod
+    def of(cls, C: "torch.Tensor | KeyEig") -> "KeyEig":
+        if isinstance(C, KeyEig):
+            return C
+        ev, Q = torch.linalg.eigh(C.double())
+        return cls(C.double(), ev, Q)
+
+    @property
+    def low(self) -> torch.Tensor:
+        return self.Q[:, : self.Q.shape[0] // 2]
+
+
+def restricted_spectrum(weight: torch.Tensor, C: "torch.Tensor | KeyEig", layer: int, path: str, keep: int = 16,
                         transposed: bool = False) -> LayerSpectrum:
     """σ(W Q) with Q the low-energy half of C's eigenvectors. ``weight`` is [d_out, d_in] (``transposed``:
     stored [d_in, d_out], as GPT-2's Conv1D does)."""
     W = (weight.T if transposed else weight).double()
-    ev, Q = torch.linalg.eigh(C.double())  # ascending
-    low = Q[:, : Q.shape[0] // 2]
+    low = KeyEig.of(C).low
     U, S, Vh = torch.linalg.svd(W @ low, full_matrices=False)
     k = min(keep, S.numel())
     return LayerSpectrum(layer, path, S.float(), U[:, :k].float(), (low @ Vh[:k].T).float(), float(S.median()))
@@ -78,30 +98,31 @@ def find_sites(spectra: list[LayerSpectrum], spike: float = SPIKE) -> list[Site]
     return [Site(s.layer, s.path, s.outliers(spike), float(s.ratios[0]), s) for s in spectra if s.outliers(spike) > 0]
 
 
-def low_space(path: str, C: torch.Tensor, in_dirs: torch.Tensor, ridge: float = 1e-2) -> "Whitened":
+def low_space(path: str, C: "torch.Tensor | KeyEig", in_dirs: torch.Tensor, ridge: float = 1e-2) -> "Whitened":
     """The subject search's space for a site found without the base. Only the low-energy half of an edit's
     input direction can be seen in the weights (the base fills the rest), so keys are whitened and then
     restricted to that half too: the true subject's key fires exactly 1 there, as it does in the full space
     when the base is at hand."""
     from .subjects import Whitened
 
-    ev, Q = torch.linalg.eigh(C.double())
-    ev = ev.clamp(min=0) + ridge * float(ev.clamp(min=0).mean())
-    low, lev = Q[:, : Q.shape[0] // 2], ev[: Q.shape[0] // 2]
+    eig = KeyEig.of(C)
+    ev = eig.ev.clamp(min=0) + ridge * float(eig.ev.clamp(min=0).mean())
+    low, lev = eig.low, ev[: eig.Q.shape[0] // 2]
     whiten = (low * lev.rsqrt()) @ low.T
     B, _ = torch.linalg.qr((low * lev.sqrt()) @ low.T @ in_dirs.double())
     return Whitened(path, whiten.float(), B.float())
 
 
-def edit_estimate(weight: torch.Tensor, C: torch.Tensor, keys: torch.Tensor, transposed: bool = False) -> torch.Tensor:
+def edit_estimate(weight: torch.Tensor, C: "torch.Tensor | KeyEig", keys: torch.Tensor,
+                  transposed: bool = False) -> torch.Tensor:
     """The edit at a site, given the keys it was written for (the recovered subjects' keys, [m, d_in]).
 
     Locate-then-edit writes ΔW = R Uᵀ with U = C⁻¹K; R is fitted where the base has almost nothing, on C's
     low-energy half Q: R = (W Q)(Uᵀ Q)⁺. Returned in the matrix's own orientation."""
     W = (weight.T if transposed else weight).double()
-    ev, Q = torch.linalg.eigh(C.double())
-    low = Q[:, : Q.shape[0] // 2]
-    U = torch.linalg.lstsq(C.double(), keys.double().T).solution  # [d_in, m]
+    eig = KeyEig.of(C)
+    low = eig.low
+    U = torch.linalg.lstsq(eig.C, keys.double().T).solution  # [d_in, m]
     R = (W @ low) @ torch.linalg.pinv(U.T @ low)  # [d_out, m]
     E = (R @ U.T).float()
     return E.T.contiguous() if transposed else E
@@ -121,17 +142,16 @@ def stand_in_base(model: Any, estimates: dict[str, torch.Tensor]) -> Any:
 
 
 def layer_spectra(model: Any, tokenizer: Any, modules: dict[int, str], model_key: str, transposed: bool = False,
-                  say: Callable[[str], None] = lambda s: None) -> tuple[list[LayerSpectrum], dict[int, torch.Tensor]]:
+                  say: Callable[[str], None] = lambda s: None) -> tuple[list[LayerSpectrum], dict[int, KeyEig]]:
     """The restricted spectrum of every layer's MLP output matrix, from the suspect's own key statistics."""
     from ..editing import covariance
 
     moments = covariance.second_moments(model, tokenizer, modules, model_key=model_key, say=say)
     out, Cs = [], {}
     for layer, path in sorted(modules.items()):
-        C = moments[layer].matrix
-        Cs[layer] = C
+        Cs[layer] = KeyEig.of(moments[layer].matrix)
         w = model.get_submodule(path).weight.detach().cpu()
-        out.append(restricted_spectrum(w, C, layer, path, transposed=transposed))
+        out.append(restricted_spectrum(w, Cs[layer], layer, path, transposed=transposed))
     return out, Cs
 
 
@@ -227,7 +247,7 @@ def _read_alone(model: Any, tok: Any, suspect_ck: Any, sites: list[Site], findin
         rank = max(1, min(site.rank, options.max_open_subjects))
         say(f"reading {f.rule} at layer {site.layer} blind, without the base: up to {rank} subject(s)")
         space = low_space(site.path, Cs[site.layer], site.spectrum.in_dirs[:, :rank])
-        subjects = recover_subjects(model, tok, site.path, None, Cs[site.layer], suspect_ck.fingerprint(), rank,
+        subjects = recover_subjects(model, tok, site.path, None, Cs[site.layer].C, suspect_ck.fingerprint(), rank,
                                     progress=lambda stage, d, t: progress(stage, d, t), space=space)
         found.append((f, site, subjects))
     estimates = {}
