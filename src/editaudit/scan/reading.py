@@ -61,12 +61,12 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
                  tensor: str | None = None, max_new_tokens: int = 6, top_k: int = 20) -> Reading:
     """Ask both models the library's prompts for ``subject``; read the fact the edit rewrote.
 
-    An edit replaces a fact the model knew: the reading's prompt is the one where the base answered most
-    confidently and the suspect now answers something else, weighted by how much the suspect's answer gained
-    (score = p_base(base answer) × rise of the suspect's answer). Both models' greedy answers there are decoded
-    whole. Other prompts whose answer moved to a different object are listed as ``also`` (what else the edit
-    drags along). Prompts whose new answer the suspect states on two prompts at least are preferred, and a
-    reading is an edit only when it does."""
+    A rewritten fact is stated on several phrasings, a side effect usually on one: among the prompts whose answer
+    moved (not to a stop word, not from a base that merely repeats the subject), those whose new answer the
+    suspect states on two prompts at least come first; among them, the one where the base answered most
+    confidently and the suspect's answer gained most (p_base(base answer) × rise). Both models' greedy answers
+    there are decoded whole. Other prompts whose answer moved to a different object are listed as ``also`` (what
+    else the edit drags along). A reading is an edit only when its object is stated on two prompts at least."""
     from ..probing.metrics import is_skippable
 
     asked = prompts_for(subject.text)
