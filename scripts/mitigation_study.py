@@ -82,15 +82,16 @@ def main() -> int:
         t0 = time.perf_counter()
         seen: dict[str, float] = {}
 
-        from editaudit.progress import from_stage_callback
+        from editaudit.progress import Step
 
-        def edit_progress(stage: str, done: float, total: float) -> None:
-            if done != seen.get(stage):
-                seen[stage] = done
-                print(f"  {stage}: {done:.0f}/{total:.0f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+        def edit_progress(event) -> None:
+            if isinstance(event, Step) and event.done != seen.get(event.stage):
+                seen[event.stage] = event.done
+                print(f"  {event.stage}: {event.done:.0f}/{event.total or 0:.0f} ({time.perf_counter() - t0:.0f}s)",
+                      flush=True)
 
         run = apply_edits(base, edit_set, "rome", out=suspect, store=store, overwrite=True, say=print,
-                          progress=from_stage_callback(edit_progress), device="cpu")
+                          progress=edit_progress, device="cpu")
         (work / f"{suspect.name}.facts.json").write_text(facts_key)
         say(f"ROME: {len(edit_set)} edits at layer(s) {run.layers}, success {run.success_rate:.0%}, "
             f"{time.perf_counter() - t0:.0f}s")

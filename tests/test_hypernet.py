@@ -87,9 +87,17 @@ def test_mend_in_sequence_adds_rank_one_per_fact(tiny_llama):
 def test_trained_editor_reloads_from_cache(tiny_llama, monkeypatch):
     from editaudit.models.loading import load_model
 
+    from editaudit.progress import Note, Stage, Step
+
     lm = load_model(tiny_llama)
-    first = H.train_editor(lm, "malmen", TINY)
+    events: list = []
+    first = H.train_editor(lm, "malmen", TINY, progress=events.append)
     assert not first.from_cache and (first.folder / "editor.safetensors").is_file()
+    # progress comes as typed events (editaudit.progress), each stage announced before its steps
+    assert all(isinstance(e, (Stage, Step, Note)) for e in events), events[:3]
+    stages = [e.name for e in events if isinstance(e, Stage)]
+    assert stages[-1] == "training MALMEN" and all(e.stage in stages for e in events if isinstance(e, Step))
+    assert events[-1] == Step("training MALMEN", TINY.steps, TINY.steps)
 
     def no_training(*a, **k):
         raise AssertionError("the cached editor should have been used")

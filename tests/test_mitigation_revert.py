@@ -70,6 +70,26 @@ def test_memit_like_run_of_layers_is_reverted_to_the_base(base, tmp_path):
     assert all(r["removed_share"] > 0.999 for r in res.arms["revert"].reverted)
 
 
+def test_surgical_revert_reports_typed_events(base, tmp_path):
+    """Progress comes as editaudit.progress events (a stage, then a step per tensor), never bare numbers."""
+    from editaudit.checkpoint import open_checkpoint
+    from editaudit.mitigation.evidence import EditEvidence
+    from editaudit.mitigation.revert import surgical_revert
+    from editaudit.progress import Note, Stage, Step
+
+    names = [MLP.format(i) for i in (2, 4)]
+    suspect = plant(base, tmp_path / "s", {n: delta(base, n, 1, 0.2, seed=i) for i, n in enumerate(names)})
+    evidence = EditEvidence(layers=[2, 4], tensors=names, components={n: 1 for n in names})
+    events: list = []
+    tensors, reports = surgical_revert(open_checkpoint(suspect), open_checkpoint(base), evidence,
+                                       progress=events.append)
+    assert sorted(tensors) == sorted(names) and len(reports) == 2
+    assert all(isinstance(e, (Stage, Step, Note)) for e in events), events
+    assert events[0] == Stage("reverting tensors", 2)
+    assert [(e.done, e.total) for e in events[1:]] == [(0, 2), (1, 2), (2, 2)]
+    assert all(e.stage == "reverting tensors" for e in events[1:]) and events[-1].finished
+
+
 def test_revert_uses_the_stored_scan_and_its_base(base, tmp_path):
     suspect = plant(base, tmp_path / "s", {MLP.format(1): delta(base, MLP.format(1), 1, 0.2)})
     run_scan(suspect, base, ScanOptions(read_edits=False), store=Store())

@@ -169,6 +169,15 @@ def test_build_writes_sets_and_manifests(tiny_llama, tmp_path):
     assert m["sources"][0]["sha256"] == sha256_file(src) and m["counts"]["bank"] == len(facts)
     assert set(m["facts"]) == {p.id for p in intr} and "probes build" in m["command"]
 
+    # the service itself reports typed events (editaudit.progress): the stage, then steps up to every fact
+    from editaudit.probing.build import build_sets
+    from editaudit.progress import Note, Stage, Step
+
+    events: list = []
+    build_sets(str(tiny_llama), [src], tmp_path / "again", "tiny", BuildOptions(0.0, 0.5), progress=events.append)
+    assert all(isinstance(e, (Stage, Step, Note)) for e in events), events[:3]
+    assert events[0] == Stage("facts", len(facts)) and events[-1] == Step("facts", len(facts), len(facts))
+
 
 def test_build_rejects_bad_sources(tiny_llama, tmp_path):
     from typer.testing import CliRunner

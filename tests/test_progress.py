@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from editaudit.probing.format import Probe
-from editaudit.progress import Note, Stage, Step, from_stage_callback, stage_steps
+from editaudit.progress import Note, Stage, Step, stage_steps
 
 FACT = Probe(id="f1", subject="France", prompt="The capital city of {}", target_true="Paris", target_new="Tokyo")
 FAST = {"covariance": "identity", "v_weight_decay": 0.0, "clamp": 100.0, "contexts": 1, "context_length": 3,
@@ -24,7 +24,7 @@ def well_formed(events: list) -> set[str]:
     return announced
 
 
-def test_stage_steps_announce_each_stage_once_and_the_adapter_draws_steps():
+def test_stage_steps_announce_each_stage_once():
     events: list = []
     emit = stage_steps(events.append)
     emit("compare", 0, 4)
@@ -33,11 +33,6 @@ def test_stage_steps_announce_each_stage_once_and_the_adapter_draws_steps():
     assert events == [Stage("compare", 4), Step("compare", 0, 4), Step("compare", 4, 4), Stage("analyse", 2),
                       Step("analyse", 1, 2)]
     assert events[2].finished and not events[1].finished
-    drawn: list = []
-    relay = from_stage_callback(lambda *a: drawn.append(a))
-    for e in events + [Note("hello")]:
-        relay(e)
-    assert drawn == [("compare", 0, 4), ("compare", 4, 4), ("analyse", 1, 2)]
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Callable
 
 from .probing.format import Probe
+from .progress import Progress, ignore, stage_steps
 from .scan.rules import EDIT_RULES
 
 Say = Callable[[str], None]
-Progress = Callable[[str, float, float], None]
 
 
 @dataclass
@@ -130,14 +130,18 @@ def _precompute_statistics(lm, layers: list[int], progress: Progress, say: Say) 
     from .editing.layers import layout_for
 
     layout = layout_for(lm.model)
+    step = stage_steps(progress)  # the counter only counts; the stage is announced once, as typed events
     covariance.second_moments(lm.model, lm.tokenizer, {layer: layout.rewrite_name(layer) for layer in layers},
                               model_key=covariance.weights_key(lm.model),
-                              progress=lambda d, t: progress("key statistics", d, t), say=say)
+                              progress=lambda d, t: step("key statistics", d, t), say=say)
 
 
-def run_demo(store, workdir: Path, say: Say = lambda s: None, progress: Progress = lambda *a: None,
+def run_demo(store, workdir: Path, say: Say = lambda s: None, progress: Progress = ignore,
              rome_layers: tuple[int, ...] = (10, 14), memit_facts: int = 4, device: str | None = None) -> dict:
-    """Make the suspect, scan it blind, compare with the truth; everything goes into one session."""
+    """Make the suspect, scan it blind, compare with the truth; everything goes into one session.
+
+    ``progress`` receives typed events (editaudit.progress), the edit and scan services' own, passed through.
+    """
     from .editing.layers import default_layers
     from .editing.service import apply_edits
     from .models.loading import load_model
@@ -145,9 +149,6 @@ def run_demo(store, workdir: Path, say: Say = lambda s: None, progress: Progress
     from .probing.sets import fact_bank, load_set
     from .scan.service import ScanOptions, run_scan
 
-    from .progress import from_stage_callback
-
-    events = from_stage_callback(progress)  # the services' typed events, drawn by this (stage, done, total) callback
     t0 = time.perf_counter()
     base = ensure_model("smollm2-135m", say)
     edit_set = load_set("smollm2-135m-edit")
@@ -166,7 +167,7 @@ def run_demo(store, workdir: Path, say: Say = lambda s: None, progress: Progress
             last = i == len(plan) - 1
             say(f"editing with {method.upper()} at layer(s) {layers[0]}–{layers[-1]}: "
                 + "; ".join(f"{f.text} → {f.target_new}" for f in facts))
-            run = apply_edits(lm, facts, method, layers=layers, store=store, session_id=sid, progress=events,
+            run = apply_edits(lm, facts, method, layers=layers, store=store, session_id=sid, progress=progress,
                               out=workdir / "suspect" if last else None, overwrite=True, say=say)
             planted.append(Planted(method, layers, facts, [r.success for r in run.results]))
         del lm
@@ -174,7 +175,7 @@ def run_demo(store, workdir: Path, say: Say = lambda s: None, progress: Progress
         asked = edit_set + load_set("smollm2-135m-intrinsic")
         report = run_scan(workdir / "suspect", base,
                           ScanOptions(facts=bank + edit_set, run_probes=True, probe_facts=asked, device=device),
-                          store=store, progress=events, say=say, session_id=sid)
+                          store=store, progress=progress, say=say, session_id=sid)
         doc = report.to_dict()
         rows = match(planted, doc)
         summary = {"truth": rows, "scores": summarise(rows), "verdict": doc["verdict"], "kind": doc["kind"],

@@ -64,12 +64,3 @@ def stage_steps(progress: Progress) -> Callable[[str, float, float | None], None
         progress(Step(stage, done, total))
 
     return emit
-
-
-def from_stage_callback(fn: Callable[[str, float, float], None]) -> Progress:
-    """Events for a caller that still draws from ``(stage, done, total)``: Steps only (notes and stage starts dropped)."""
-    def relay(event: Event) -> None:
-        if isinstance(event, Step):
-            fn(event.stage, event.done, event.total or 0)
-
-    return relay

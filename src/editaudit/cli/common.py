@@ -5,12 +5,15 @@ from __future__ import annotations
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+if TYPE_CHECKING:
+    from ..progress import Event
 
 # stdout carries data (reports); everything for the human watching goes to stderr.
 out = Console(highlight=False)
@@ -60,22 +63,7 @@ def say(msg: str) -> None:
 
 
 @contextmanager
-def stage_progress(quiet: bool = False) -> Iterator[Callable[[str, float, float], None]]:
-    """A rich progress display on stderr, driven by the services' ``(stage, done, total)`` callback:
-    one bar per stage."""
-    with progress(quiet) as bar:
-        tasks: dict[str, int] = {}
-
-        def update(stage: str, done: float, total: float) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(escape(stage), total=total or None)
-            bar.update(tasks[stage], completed=done, total=total or None)
-
-        yield update
-
-
-@contextmanager
-def event_progress(quiet: bool = False) -> Iterator[Callable[[object], None]]:
+def event_progress(quiet: bool = False) -> Iterator[Callable[[Event], None]]:
     """A rich progress display on stderr for the typed progress events (editaudit.progress): a bar per stage,
     notes printed as progress lines."""
     from ..progress import Note, Stage, Step
@@ -88,7 +76,7 @@ def event_progress(quiet: bool = False) -> Iterator[Callable[[object], None]]:
                 tasks[stage] = bar.add_task(escape(stage), total=total or None)
             return tasks[stage]
 
-        def update(event: object) -> None:
+        def update(event: Event) -> None:
             if isinstance(event, Stage):
                 bar.update(task(event.name, event.total), total=event.total or None)
             elif isinstance(event, Step):

@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
 
         workdir = workdir or cache_dir() / "demo"
         store = common.state(ctx).store()
-        with common.stage_progress() as on_progress:
+        with common.event_progress() as on_progress:
             result = run_demo(store, workdir, say=common.say, progress=on_progress, device=device)
         render(result["report"], common.out)
         truth = Table(title="the truth beside what the blind scan found", expand=True)

@@ -57,6 +57,7 @@ def register(app: typer.Typer) -> None:
         from ..editing.hypernet import TrainSettings, train_editor
         from ..errors import BadInput
         from ..models.loading import load_model
+        from ..progress import Event, Step
 
         if threads is not None:
             if threads < 1:
@@ -73,13 +74,15 @@ def register(app: typer.Typer) -> None:
         t0 = time.perf_counter()
         logged = {"t": 0.0}
 
-        with common.stage_progress() as update:
-            def on_progress(stage: str, done: float, total: float) -> None:
-                update(stage, done, total)
+        with common.event_progress() as update:
+            def on_progress(event: Event) -> None:
+                update(event)
                 now = time.perf_counter()
-                if not common.err.is_terminal and (now - logged["t"] > 60 or done == total):
+                # no bar without a terminal: a line a minute (and at each stage's end) for the log instead
+                if (isinstance(event, Step) and not common.err.is_terminal
+                        and (now - logged["t"] > 60 or event.finished)):
                     logged["t"] = now
-                    common.say(f"{stage}: {done:.0f}/{total:.0f} ({now - t0:.0f} s)")
+                    common.say(f"{event.stage}: {event.done:.0f}/{event.total or 0:.0f} ({now - t0:.0f} s)")
 
             trained = train_editor(lm, method.value, settings, retrain=retrain, progress=on_progress,
                                    say=common.say)

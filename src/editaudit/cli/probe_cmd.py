@@ -119,11 +119,9 @@ def register(app: typer.Typer) -> None:
 
         sources = list(facts) or [resolve_set(FACT_BANK)]
         out_dir = out or user_probe_dir()
-        with common.progress() as bar:
-            task = bar.add_task("facts", total=None)
+        with common.event_progress() as on_progress:
             summary = build_sets(model, sources, out_dir, name, BuildOptions(margin, edit_fraction, seed, batch_size),
-                                 say=common.say, progress=lambda d, t: bar.update(task, completed=d, total=t),
-                                 device=device)
+                                 say=common.say, progress=on_progress, device=device)
         c = summary["counts"]
         common.say(f"{c['known']} of {c['bank']} facts known; edit set {c['edit']}, intrinsic set {c['intrinsic']}, "
                    f"{c['dropped_for_overlap']} dropped for overlap")

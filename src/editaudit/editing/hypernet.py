@@ -34,6 +34,8 @@ import torch
 from torch import nn
 
 from ..errors import BadInput
+from ..progress import Progress as Events
+from ..progress import ignore, stage_steps
 from . import malmen, mend
 from .hooks import StopForward
 from .layers import Layout
@@ -319,7 +321,7 @@ class Trained:
     from_cache: bool
 
 
-Progress = Callable[[str, float, float], None]
+Progress = Callable[[str, float, float], None]  # (stage, done, total) inside; callers get typed events
 Say = Callable[[str], None]
 EDITORS = ("mend", "malmen")
 _BASE_KEY = "_editaudit_base_key"   # the editing service's attribute: weight hash before the first edit
@@ -585,12 +587,13 @@ def find_editor(method: str, net, tok, layout: Layout, settings: TrainSettings |
 
 
 def train_editor(model, method: str, settings: TrainSettings | None = None, *, retrain: bool = False,
-                 progress: Progress | None = None, say: Say = lambda s: None, stop_after: int | None = None,
+                 progress: Events | None = None, say: Say = lambda s: None, stop_after: int | None = None,
                  checkpoint_every: int = 50, exclude: Sequence[str] | None = None) -> Trained:
     """Train (or find cached) a MEND or MALMEN editor for ``model``; resumes a partial run from its checkpoint.
 
-    ``stop_after`` ends the run after that many steps of this call (its checkpoint stays for a later
-    call to resume), as an interrupt would.
+    ``progress`` receives typed events (editaudit.progress): stages ``prefix states``, ``edit gradients``
+    and ``training MEND``/``training MALMEN``. ``stop_after`` ends the run after that many steps of this
+    call (its checkpoint stays for a later call to resume), as an interrupt would.
     """
     from ..models.loading import LoadedModel, load_model
     from . import hypernet_data
@@ -601,7 +604,7 @@ def train_editor(model, method: str, settings: TrainSettings | None = None, *, r
     settings = settings or TrainSettings()
     if settings.steps < 1 or settings.batch < 1:
         raise BadInput("steps and batch must be at least 1")
-    prog = progress or (lambda stage, done, total: None)
+    prog = stage_steps(progress or ignore)  # typed events out, (stage, done, total) inside
     lm = model if isinstance(model, LoadedModel) else load_model(model, say=say)
     net, tok = lm.model, lm.tokenizer
     layout = layout_for(net, {})

@@ -18,7 +18,10 @@ from typing import Callable
 
 from ..checkpoint.reader import TensorFile, to_torch
 from ..errors import BadInput
+from ..progress import Progress, Stage, Step, ignore
 from .evidence import EditEvidence
+
+STAGE = "reverting tensors"
 
 
 @dataclass
@@ -67,15 +70,19 @@ def _check(suspect_ck, base_ck, evidence: EditEvidence) -> None:
 
 
 def surgical_revert(suspect_ck, base_ck, evidence: EditEvidence, cancel: threading.Event | None = None,
-                    progress: Callable[[int, int], None] = lambda done, total: None) -> tuple[dict, list[TensorRevert]]:
-    """The reverted values of the edited tensors ({name: tensor}) and what was removed from each."""
+                    progress: Progress = ignore) -> tuple[dict, list[TensorRevert]]:
+    """The reverted values of the edited tensors ({name: tensor}) and what was removed from each.
+
+    ``progress`` receives typed events (editaudit.progress): the stage ``reverting tensors``, a Step per tensor."""
     _check(suspect_ck, base_ck, evidence)
     out: dict = {}
     reports: list[TensorRevert] = []
+    n = len(evidence.tensors)
+    progress(Stage(STAGE, n))
     for i, name in enumerate(evidence.tensors):
         if cancel is not None and cancel.is_set():
             raise KeyboardInterrupt
-        progress(i, len(evidence.tensors))
+        progress(Step(STAGE, i, n))
         w = read_tensor(suspect_ck, name)
         delta = w - read_tensor(base_ck, name)
         u, s, vh = edit_components(delta, evidence.components.get(name, 1))
@@ -84,7 +91,7 @@ def surgical_revert(suspect_ck, base_ck, evidence: EditEvidence, cancel: threadi
         reports.append(TensorRevert(name, int(s.numel()), float(delta.norm()), float(removed.norm()),
                                     float((delta.double() - removed).norm())))
         out[name] = new
-    progress(len(evidence.tensors), len(evidence.tensors))
+    progress(Step(STAGE, n, n))
     return out, reports
 
 

@@ -19,7 +19,9 @@ from typing import Callable, Sequence
 
 from .. import __version__
 from ..errors import BadInput
+from ..progress import Progress, Stage, ignore, steps
 from .evaluate import Margin, first_token_margins
+from .evaluate import Progress as Counter
 from .format import Probe, dump_probes
 
 MANIFEST_FORMAT = "editaudit-probe-set/1"
@@ -140,7 +142,7 @@ def split_disjoint(probes: Sequence[Probe], edit_fraction: float = 0.3, seed: in
 # -- confidence filter ----------------------------------------------------------------------------------
 
 def known_facts(model, tokenizer, probes: Sequence[Probe], margin: float = 0.1, batch_size: int = 32,
-                progress=None) -> tuple[list[Probe], dict[str, Margin]]:
+                progress: Counter | None = None) -> tuple[list[Probe], dict[str, Margin]]:
     """The probes whose true target's first token beats the runner-up token by at least ``margin``."""
     margins = first_token_margins(model, tokenizer, probes, [p.target_true for p in probes], batch_size=batch_size,
                                   progress=progress)
@@ -202,10 +204,12 @@ def _manifest(kind: str, name: str, probes: list[Probe], margins: dict[str, Marg
 
 
 def build_sets(model_spec: str, sources: Sequence[Path], out_dir: Path, name: str | None = None,
-               options: BuildOptions | None = None, say: Say = lambda s: None, progress=None,
+               options: BuildOptions | None = None, say: Say = lambda s: None, progress: Progress = ignore,
                device: str | None = None) -> dict:
     """Filter ``sources`` to what ``model_spec`` knows, split, and write ``<name>-edit`` and
-    ``<name>-intrinsic`` sets (JSONL + manifest) into ``out_dir``. Returns a summary."""
+    ``<name>-intrinsic`` sets (JSONL + manifest) into ``out_dir``. Returns a summary.
+
+    ``progress`` receives typed events (editaudit.progress): one stage, ``facts``, as they are measured."""
     import platform
 
     import torch
@@ -239,7 +243,9 @@ def build_sets(model_spec: str, sources: Sequence[Path], out_dir: Path, name: st
     lm = load_model(model_spec, device=device, say=say)
     name = name or slug(str(model_spec) if not Path(model_spec).exists() else Path(model_spec).name)
     say(f"measuring {len(bank)} facts on {name}")
-    known, margins = known_facts(lm.model, lm.tokenizer, bank, options.margin, options.batch_size, progress)
+    progress(Stage("facts", len(bank)))
+    known, margins = known_facts(lm.model, lm.tokenizer, bank, options.margin, options.batch_size,
+                                 steps(progress, "facts"))
     say(f"{len(known)} of {len(bank)} facts known with margin >= {options.margin}")
     if not known:
         raise BadInput(f"the model knows none of the {len(bank)} facts with margin >= {options.margin}")
