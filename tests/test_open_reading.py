@@ -166,3 +166,30 @@ def test_reading_prefers_an_object_stated_on_several_phrasings(monkeypatch):
     r = reading.read_subject("base", "suspect", None, Subject(subject, [], 0.9, torch.zeros(1)))
     assert r.status == "edit" and r.after.startswith("won") and r.before.startswith("rupee")
     assert any(a["after"] == "China" for a in r.also)
+    # the same answers for a text that fires the edit only weakly (a neighbour, a fragment): reported, not as an edit
+    weak = reading.read_subject("base", "suspect", None, Subject(subject, [], 0.3, torch.zeros(1)))
+    assert weak.after.startswith("won") and weak.status == "uncertain" and weak.confidence < reading.EDIT_MIN
+
+
+def test_a_round_that_finds_nothing_is_retried_with_more_seeds(tiny_llama, monkeypatch):
+    """When a round's first seeds fire nothing (a generic last piece ranks low alone), the search tries more seeds
+    before giving up, instead of ending the search."""
+    from editaudit.scan import subjects as S
+
+    lm = load_model(tiny_llama)
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    keys = vocab_keys(lm.model, lm.tokenizer, [PATH], None)[PATH].float()
+    C = keys.T @ keys / keys.shape[0] + 1e-3 * torch.eye(keys.shape[1])
+    _, u = _rome_like(lm.model, lm.tokenizer, "Kremlin", C)
+    real = S.SubjectSearch.seeds
+    asked: list[int] = []
+
+    def seeds(self, n):  # the first attempt of the round has no seed that fires
+        asked.append(n)
+        return [] if n < S.RETRY_SEEDS else real(self, n)
+
+    monkeypatch.setattr(S.SubjectSearch, "seeds", seeds)
+    found = recover_subjects(lm.model, lm.tokenizer, PATH, u[:, None], C, None, max_subjects=1)
+    assert asked[:2] == [4, S.RETRY_SEEDS]
+    assert found and found[0].fire > 0.95

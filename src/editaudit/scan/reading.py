@@ -4,7 +4,8 @@ For each edited MLP output matrix, ``subjects.recover_subjects`` finds the texts
 subject the base and the suspect answer every prompt of the relation library; the prompt whose answer the
 edit moves most is the relation it rewrote, and the object is the suspect's own greedy answer there (whole
 words, not a first token). A reading is only reported as an edit when the suspect itself states the object on at least two
-of the library's prompts where the base does not; otherwise it is reported as uncertain.
+of the library's prompts where the base does not, and its confidence reaches ``EDIT_MIN``; otherwise it is reported
+as uncertain.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ import torch
 from ..probing.evaluate import predict
 from .relations import prompts_for
 from .subjects import Subject
+
+#: Below this confidence a reading is reported as uncertain: the subject found fires the edit only in part (a
+#: neighbour of the edited subject, or a fragment of it), or the answer barely rose, and such readings were mostly
+#: side effects on the development suspects (all 8 edit readings below it named no planted object; the 19
+#: correct ones had 0.41 or more).
+EDIT_MIN = 0.35
 
 _CUT = re.compile(r"(?<=[A-Za-z0-9][a-z0-9]{2})\.|[,;:!?\n\"()]|\s-\s")  # "J.K. Rowling" keeps its initials
 
@@ -66,7 +73,8 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
     suspect states on two prompts at least come first; among them, the one where the base answered most
     confidently and the suspect's answer gained most (p_base(base answer) × rise). Both models' greedy answers
     there are decoded whole. Other prompts whose answer moved to a different object are listed as ``also`` (what
-    else the edit drags along). A reading is an edit only when its object is stated on two prompts at least."""
+    else the edit drags along). A reading is an edit only when its object is stated on two prompts at least and
+    its confidence (fire × rise × agreement) reaches ``EDIT_MIN``."""
     from ..probing.metrics import is_skippable
 
     asked = prompts_for(subject.text)
@@ -96,10 +104,11 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
     before = predict(base, tokenizer, [texts[i]], top_k=1, max_new_tokens=max_new_tokens)[0]
     after = predict(suspect, tokenizer, [texts[i]], top_k=1, max_new_tokens=max_new_tokens)[0]
     new, old = answer(after.continuation), answer(before.continuation)
-    is_edit = score[i] > float("-inf") and len(stated) >= 2 and bool(new) and new.casefold() != old.casefold()
+    stated_twice = score[i] > float("-inf") and len(stated) >= 2 and bool(new) and new.casefold() != old.casefold()
     agree = min(1.0, len(stated) / 3)
     g = max(0.0, min(1.0, rise[i]))
-    confidence = min(1.0, subject.fire) * (0.4 + 0.6 * g) * (0.5 + 0.5 * agree) if is_edit else 0.1 * subject.fire
+    confidence = min(1.0, subject.fire) * (0.4 + 0.6 * g) * (0.5 + 0.5 * agree) if stated_twice else 0.1 * subject.fire
+    is_edit = stated_twice and confidence >= EDIT_MIN
     others = sorted((j for j in range(len(texts)) if score[j] > float("-inf") and top(s1[j])[0] != obj),
                     key=lambda j: -score[j])[:3]
     also = [{"prompt": texts[j], "before": top(b1[j])[0].strip(), "after": top(s1[j])[0].strip()} for j in others]

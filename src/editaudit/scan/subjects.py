@@ -30,6 +30,8 @@ from .keys import context_ids, keys_of, last_keys, vocab_keys
 FIRE_MIN = 0.5
 #: ... and one firing this much is taken without trying further seeds.
 GOOD = 0.8
+#: Seeds tried in a round's second attempt, when its first few seeds found nothing that fires.
+RETRY_SEEDS = 16
 _START = re.compile(r" [A-Za-z][A-Za-z'\-\.&]*| \d+")
 _CONT = re.compile(r" ?[A-Za-z][A-Za-z'\-\.&]*| ?\d+|[a-z]+")
 
@@ -177,12 +179,21 @@ class SubjectSearch:
         while len(found) < max_subjects and self.space.basis.shape[1] > 0:
             progress(len(found), max_subjects)
             best: tuple[float, list[int]] | None = None
-            for s in self.seeds(seeds):
-                for shape in ([s], [s] + self.filler):
-                    seq, score = self.climb(shape)
-                    if best is None or score > best[0]:
-                        best = (score, seq)
-                if best is not None and best[0] >= good:  # clearly an edit key: no need to try more seeds
+            tried: set[int] = set()
+            # a round that finds nothing is tried once more with more seeds before the search gives up: a subject
+            # whose last piece is generic ('Eyre' → 're') ranks low alone and only fires once it is grown
+            for n_seeds in (seeds, RETRY_SEEDS):
+                for s in self.seeds(n_seeds):
+                    if s in tried:
+                        continue
+                    tried.add(s)
+                    for shape in ([s], [s] + self.filler):
+                        seq, score = self.climb(shape)
+                        if best is None or score > best[0]:
+                            best = (score, seq)
+                    if best is not None and best[0] >= good:  # clearly an edit key: no need to try more seeds
+                        break
+                if best is not None and best[0] >= fire_min:
                     break
             if best is None or best[0] < fire_min:
                 break
