@@ -193,3 +193,24 @@ def test_a_round_that_finds_nothing_is_retried_with_more_seeds(tiny_llama, monke
     found = recover_subjects(lm.model, lm.tokenizer, PATH, u[:, None], C, None, max_subjects=1)
     assert asked[:2] == [4, S.RETRY_SEEDS]
     assert found and found[0].fire > 0.95
+
+
+def test_a_dense_change_is_not_retried(tiny_llama, monkeypatch):
+    """``retry=False`` (the scan passes it for changes that are not low-rank) gives up after the first seeds."""
+    from editaudit.scan import subjects as S
+
+    lm = load_model(tiny_llama)
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    keys = vocab_keys(lm.model, lm.tokenizer, [PATH], None)[PATH].float()
+    C = keys.T @ keys / keys.shape[0] + 1e-3 * torch.eye(keys.shape[1])
+    _, u = _rome_like(lm.model, lm.tokenizer, "Kremlin", C)
+    asked: list[int] = []
+
+    def seeds(self, n):
+        asked.append(n)
+        return []
+
+    monkeypatch.setattr(S.SubjectSearch, "seeds", seeds)
+    found = recover_subjects(lm.model, lm.tokenizer, PATH, u[:, None], C, None, max_subjects=1, retry=False)
+    assert asked == [4] and found == []

@@ -412,7 +412,8 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
                                 "occupied": round(share, 4)}
         say(f"reading {f.rule} at layer {layer} blind: up to {rank} subject(s)")
         subjects = recover_subjects(base.model, base.tokenizer, path, in_dirs[:, :rank], C, base_ck.fingerprint(),
-                                    rank, progress=lambda stage, d, t: progress(stage, d, t))
+                                    rank, progress=lambda stage, d, t: progress(stage, d, t),
+                                    retry=c.stats.kind in ("rank-one", "low-rank"))
         readings = read_edits(base.model, suspect.model, base.tokenizer, subjects, layer, c.name.name,
                               progress=lambda d, t: progress("reading edits", d, t))
         f.data["readings"] = [r.to_dict() for r in readings]
