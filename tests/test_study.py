@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from editaudit.probing.format import Probe
+from editaudit.progress import Stage, Step
 from editaudit.study import metrics as M
 from editaudit.study.config import ConfigError, load_config, parse_config
 from editaudit.study.grid import expand, layer_set
@@ -223,29 +224,39 @@ def test_weight_residual_and_intervals():
 
 # -- the runner ----------------------------------------------------------------------------------------------
 
+def _cell_ids(into: list[str]):
+    """A progress callback that collects the ids of the cells that start."""
+    from editaudit.study.runner import StudyEvent
+
+    def on(event) -> None:
+        if isinstance(event, StudyEvent) and event.kind == "cell":
+            into.append(event.data["id"])
+
+    return on
+
+
 def test_killed_study_resumes_without_redoing_finished_cells(tiny_llama, tmp_path):
     from editaudit.store.studies import StudyStore
-    from editaudit.study.runner import run_study
+    from editaudit.study.runner import StudyEvent, run_study
 
     cfg = parse_config(_doc(tiny_llama, _files(tmp_path)))
     store = StudyStore(tmp_path / "study.db")
     started: list[str] = []
+    collect = _cell_ids(started)
 
-    def killer(kind, data):
-        if kind == "cell":
-            started.append(data["id"])
-        if kind == "eval" and len(started) == 2 and data["step"] > 0:
+    def killer(event):
+        collect(event)
+        if isinstance(event, StudyEvent) and event.kind == "eval" and len(started) == 2 and event.data["step"] > 0:
             raise KeyboardInterrupt  # the process is stopped in the middle of the second cell
 
     with pytest.raises(KeyboardInterrupt):
-        run_study(cfg, store, tmp_path / "out", on_event=killer)
+        run_study(cfg, store, tmp_path / "out", progress=killer)
     rows = {r["id"]: r for r in store.cells("tiny")}
     assert rows[started[0]]["status"] == "done" and rows[started[1]]["status"] == "interrupted"
     first_finished = rows[started[0]]["finished"]
 
     again: list[str] = []
-    outcome = run_study(cfg, store, tmp_path / "out",
-                        on_event=lambda kind, data: again.append(data["id"]) if kind == "cell" else None)
+    outcome = run_study(cfg, store, tmp_path / "out", progress=_cell_ids(again))
     assert again == [started[1]]
     assert (outcome.total, outcome.skipped, outcome.ran, outcome.failed) == (2, 1, 1, [])
     rows = {r["id"]: r for r in store.cells("tiny")}
@@ -258,8 +269,45 @@ def test_killed_study_resumes_without_redoing_finished_cells(tiny_llama, tmp_pat
     hist = rows[started[1]]["history"]
     assert [h["step"] for h in hist] == [-1, 0, 2]
     assert all(sum(h["mass_edited"].values()) == pytest.approx(1.0) for h in hist)
-    # a third run has nothing left to do and does not even load the model
-    assert run_study(cfg, store, tmp_path / "out").ran == 0
+    # a third run has nothing left to do and does not even load the model; its grid is already complete
+    events: list = []
+    assert run_study(cfg, store, tmp_path / "out", progress=events.append).ran == 0
+    assert events == [Stage("tiny: cells", 2), Step("tiny: cells", 2, 2)]
+
+
+def test_study_reports_typed_progress(tiny_llama, tmp_path):
+    """The grid is a Stage whose Steps count finished cells up to the total; each edit and fine-tuning is a
+    Stage of its cell with Steps of its own; the losses come as StudyEvents."""
+    from editaudit.progress import Note
+    from editaudit.store.studies import StudyStore
+    from editaudit.study.runner import StudyEvent, run_study
+
+    cfg = parse_config(_doc(tiny_llama, _files(tmp_path)))
+    events: list = []
+    outcome = run_study(cfg, StudyStore(tmp_path / "study.db"), tmp_path / "out", progress=events.append)
+    assert outcome.ran == 2
+    announced: dict[str, float | None] = {}
+    for e in events:
+        assert isinstance(e, (Stage, Step, Note, StudyEvent)), e
+        if isinstance(e, Stage):
+            announced[e.name] = e.total
+        elif isinstance(e, Step):
+            assert e.stage in announced, f"step of {e.stage!r} before its Stage"
+            assert e.total == announced[e.stage] and 0 <= e.done <= e.total
+    grid = [(e.done, e.total) for e in events if isinstance(e, Step) and e.stage == "tiny: cells"]
+    assert grid == [(0, 2), (1, 2), (2, 2)]
+    labels = [e.data["label"] for e in events if isinstance(e, StudyEvent) and e.kind == "cell"]
+    assert sorted(labels) == ["none×2 · full · all · lm · seed 0", "rome×2 · full · all · lm · seed 0"]
+    for label in labels:  # max_steps 2, eval_every 2: evaluations at steps 0 and 2 of 2
+        ft = f"{label}: fine-tuning"
+        assert announced[ft] == 2
+        assert [e.done for e in events if isinstance(e, Step) and e.stage == ft] == [0, 2]
+        losses = [e.data for e in events if isinstance(e, StudyEvent) and e.kind == "eval" and e.data["stage"] == ft]
+        assert [d["step"] for d in losses] == [0, 2] and all(math.isfinite(d["val_loss"]) for d in losses)
+    edit = "rome×2 · full · all · lm · seed 0: rome editing 2 fact(s)"
+    assert [e.done for e in events if isinstance(e, Step) and e.stage == edit] == [0, 1]
+    assert not any(isinstance(e, Stage) and "none editing" in e.name for e in events)  # the control arm edits nothing
+    assert sum(isinstance(e, Note) and e.text.startswith("done ") for e in events) == 2
 
 
 def test_cli_runs_reports_and_merges(tiny_llama, tmp_path):

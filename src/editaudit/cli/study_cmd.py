@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from . import common
+
+if TYPE_CHECKING:
+    from ..progress import Event
+    from ..study.config import StudyConfig
+    from ..study.runner import StudyEvent
 
 OutOption = typer.Option(None, "--out", "-o", help="Folder for activations, figures and the report (default: study-NAME).")
 StoreOption = typer.Option(None, "--store", help="Study database (default: OUT/study.db; one per worker, then merge).")
@@ -37,6 +43,45 @@ def _shard(text: Optional[str]) -> Optional[tuple[int, int]]:
     return i, n
 
 
+@contextmanager
+def _study_progress(cfg: StudyConfig) -> Iterator[Callable[[Event | StudyEvent], None]]:
+    """Two bars for a study's events: the grid's cells, and whatever the current cell is doing.
+
+    ``common.event_progress`` would give every stage its own bar, one per cell and step of a grid of hundreds;
+    here each new stage takes over the second bar. Notes are printed as ``common.event_progress`` prints them,
+    and each evaluation's validation loss gets a line. The bars stay when the study ends (not transient), so
+    a long study's terminal or log keeps where it got to.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..progress import Note, Stage, Step
+    from ..study.runner import StudyEvent, grid_stage
+
+    grid_name = grid_stage(cfg)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=common.err, transient=False) as prog:
+        grid = prog.add_task(escape(grid_name), total=None)
+        inner = prog.add_task("", total=None, visible=False)
+
+        def update(event: Event | StudyEvent) -> None:
+            if isinstance(event, Stage):
+                if event.name == grid_name:
+                    prog.update(grid, total=event.total or None)
+                else:
+                    prog.update(inner, visible=True, completed=0, total=event.total or None,
+                                description=f"  {escape(event.name)}")
+            elif isinstance(event, Step):
+                prog.update(grid if event.stage == grid_name else inner, completed=event.done,
+                            total=event.total or None)
+            elif isinstance(event, Note):
+                common.say(event.text)
+            elif isinstance(event, StudyEvent) and event.kind == "eval":
+                prog.console.print(f"    step {event.data['step']:>3}  val {event.data['val_loss']:.3f}",
+                                   highlight=False)
+
+        yield update
+
+
 def register(app: typer.Typer) -> None:
     study = typer.Typer(help="Studies: edit × fine-tune grids from a TOML file, resumable, with figures and a report.")
     app.add_typer(study, name="study")
@@ -49,40 +94,14 @@ def register(app: typer.Typer) -> None:
                                                 "with its own --store; merge the stores afterwards."),
             report: bool = typer.Option(True, "--report/--no-report", help="Write the report when the grid is done.")) -> None:
         """Run every cell not yet finished (a killed study resumes where it stopped)."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
         from ..store.studies import StudyStore
         from ..study.runner import run_study
 
         cfg, out, db = _paths(config, out, store)
         part = _shard(shard)
         st = StudyStore(db)
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=common.err, transient=False) as prog:
-            grid = prog.add_task("cells", total=None)
-            inner = prog.add_task("", total=None, visible=False)
-
-            def on_event(kind: str, data: dict) -> None:
-                if kind == "grid":
-                    prog.update(grid, total=data["total"], completed=data["done"],
-                                description=f"{cfg.study.name}: cells")
-                elif kind in ("cell", "reference"):
-                    label = data.get("label") or f"reference · {data['task']}"
-                    prog.update(inner, visible=True, completed=0, total=None, description=f"  {escape(label)}")
-                elif kind == "stage":
-                    prog.update(inner, completed=data["done"], total=data["total"] or None,
-                                description=f"  {escape(data['stage'])}")
-                elif kind == "eval":
-                    desc = f"val {data['val_loss']:.3f}"
-                    prog.update(inner, completed=data["step"], total=data["of"])
-                    prog.console.print(f"    step {data['step']:>3}  {desc}", highlight=False)
-                elif kind == "cell-done":
-                    prog.advance(grid)
-                    prog.console.print(f"  done {escape(data['label'])} ({data['seconds']:.0f}s)")
-                elif kind == "cell-failed":
-                    prog.console.print(f"  [red]failed[/] {escape(data['label'])}: {escape(data['error'])}")
-
-            outcome = run_study(cfg, st, out, on_event=on_event, say=common.say, only=only, shard=part)
+        with _study_progress(cfg) as progress:
+            outcome = run_study(cfg, st, out, progress=progress, say=common.say, only=only, shard=part)
         common.out.print(f"{outcome.total} cells: {outcome.skipped} already done, {outcome.ran} ran, "
                          f"{len(outcome.failed)} failed ({outcome.seconds:.0f}s)")
         if report and part is None and not outcome.failed and outcome.skipped + outcome.ran == outcome.total:

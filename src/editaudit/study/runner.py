@@ -10,6 +10,11 @@ interrupted or fails is marked so and run again next time; a finished one is nev
 Equal impact: for each task, the reference arm (``[stopping] reference_*``) is fine-tuned on the
 unedited model for ``reference_steps`` steps; the validation loss it reaches is the target at which
 every cell of that task stops (or at the step cap, recorded as ``stop_reason = cap``).
+
+Progress goes to one callback as the project's typed events (``editaudit.progress``): a :class:`Stage` of
+the grid (cells done of the total), of each edit and of each fine-tuning (evaluation steps of the cap), a
+:class:`Note` for a line worth telling; what only a study has (which cell starts, the losses measured at
+an evaluation) comes as a :class:`StudyEvent` through the same callback, which other renderers ignore.
 """
 
 from __future__ import annotations
@@ -19,19 +24,38 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import torch
 
 from ..errors import BadInput
 from ..probing.format import Probe
+from ..progress import Event, Note, Stage, Step
 from ..store.studies import StudyStore
 from . import metrics as M
 from .config import StudyConfig
 from .finetune import FtSettings, decoder_blocks, encode_task, finetune
 from .grid import Cell, expand, layer_set, reference_id
 
-OnEvent = Callable[[str, dict], None]   # ("grid" | "skip" | "cell" | "eval" | "cell-done" | "cell-failed", data)
+
+@dataclass(frozen=True)
+class StudyEvent:
+    """What only a study reports: ``cell`` {id, label} starts; ``eval`` {stage, step, of, val_loss, …} measured."""
+
+    kind: str
+    data: dict
+
+
+StudyProgress = Callable[[Union[Event, StudyEvent]], None]
+
+
+def ignore(event: Event | StudyEvent) -> None:
+    """The default callback: nobody is watching."""
+
+
+def grid_stage(cfg: StudyConfig) -> str:
+    """The name of the grid's Stage (cells finished of all cells), so a renderer can give it its own bar."""
+    return f"{cfg.study.name}: cells"
 
 
 @dataclass
@@ -161,7 +185,7 @@ def _merge_measures(parts: list[dict]) -> dict:
     return out
 
 
-def _reference(ctx: _Context, store: StudyStore, cfg: StudyConfig, task: str, on_event: OnEvent) -> float:
+def _reference(ctx: _Context, store: StudyStore, cfg: StudyConfig, task: str, progress: StudyProgress) -> float:
     """The equal-impact target of ``task``: a fixed one from the file, or the reference arm's final loss."""
     s = cfg.stopping
     if task in s.target_loss:
@@ -172,14 +196,15 @@ def _reference(ctx: _Context, store: StudyStore, cfg: StudyConfig, task: str, on
         return float(row["metrics"]["target_loss"])
     settings = {"task": task, "ft": s.reference_ft, "layers": s.reference_layers, "steps": s.reference_steps}
     store.start_cell(rid, cfg.study.name, "reference", "reference", settings)
-    on_event("reference", {"task": task, "steps": s.reference_steps})
+    stage = f"reference · {task}: fine-tuning"
+    progress(Note(f"reference arm of {task}: {s.reference_steps} steps on the unedited model set the target loss"))
+    progress(Stage(stage, s.reference_steps))
     t0 = time.perf_counter()
     try:
         ctx.restore()
         ft = ctx.ft_settings(s.reference_ft, layer_set(s.reference_layers, ctx.n_layers, []), task, 0,
                              s.reference_steps, None)
-        res = finetune(ctx.model, ctx.tok, ctx.task(task), ft,
-                       lambda step, m: on_event("eval", {"step": step, "of": s.reference_steps, **m}))
+        res = finetune(ctx.model, ctx.tok, ctx.task(task), ft, _eval_events(progress, stage, s.reference_steps))
     except BaseException as exc:
         store.fail_cell(rid, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", repr(exc))
         raise
@@ -187,11 +212,21 @@ def _reference(ctx: _Context, store: StudyStore, cfg: StudyConfig, task: str, on
         ctx.restore()
     target = res.history[-1]["val_loss"]
     store.finish_cell(rid, {"target_loss": target, "steps": res.steps}, res.history, time.perf_counter() - t0)
+    progress(Note(f"target loss of {task}: {target:.3f}"))
     return target
 
 
+def _eval_events(progress: StudyProgress, stage: str, cap: int) -> Callable[[int, dict], None]:
+    """An evaluation is a Step of the fine-tuning's stage (steps of the cap) and a StudyEvent with its losses."""
+    def on_eval(step: int, m: dict) -> None:
+        progress(Step(stage, step, cap))
+        progress(StudyEvent("eval", {"stage": stage, "step": step, "of": cap, **m}))
+
+    return on_eval
+
+
 def run_cell(ctx: _Context, cell: Cell, target: float | None, out: Path, cell_id: str,
-             on_event: OnEvent) -> tuple[dict, list]:
+             progress: StudyProgress = ignore) -> tuple[dict, list]:
     """Edit, measure, fine-tune (measuring at each evaluation), measure again; returns (metrics, history)."""
     cfg = ctx.cfg
     facts = ctx.chosen_facts(cell.n_edits, cell.seed)
@@ -205,7 +240,9 @@ def run_cell(ctx: _Context, cell: Cell, target: float | None, out: Path, cell_id
     starts: list[float] = []
     ends: list[float] = []
     accs: list[float] = []
+    label = cell.label()
     for u, unit in enumerate(units):
+        of_units = f" {u + 1}/{len(units)}" if len(units) > 1 else ""  # single protocol: a model per fact
         ctx.restore()
         if cfg.metrics.drift:
             acts["base"].append(ctx.acts_base(unit))
@@ -225,11 +262,13 @@ def run_cell(ctx: _Context, cell: Cell, target: float | None, out: Path, cell_id
                 from ..editing.service import apply_edits
 
                 t0 = time.perf_counter()
-                on_event("stage", {"stage": f"{cell.edit}: editing {len(unit)} fact(s)", "done": 0, "total": 1})
+                stage = f"{label}: {cell.edit} editing {len(unit)} fact(s){of_units}"
+                progress(Stage(stage, 1))
+                progress(Step(stage, 0, 1))
                 run = apply_edits(ctx.lm, _edit_requests(unit, cfg.edit.paraphrase_augment), cell.edit,
                                   layers=cfg.edit.layers.get(cell.edit), hparams=cfg.edit.hparams.get(cell.edit),
                                   evaluate=False, device=cfg.study.device)
-                on_event("stage", {"stage": f"{cell.edit} edit written", "done": 1, "total": 1})
+                progress(Step(stage, 1, 1))
                 info["edit_seconds"] += time.perf_counter() - t0
                 edited_layers, names = list(run.layers), sorted(run.originals)
             edited_w = {n: ctx.model.get_parameter(n).detach().clone() for n in names}
@@ -244,12 +283,16 @@ def run_cell(ctx: _Context, cell: Cell, target: float | None, out: Path, cell_id
         ft_layers = layer_set(cell.layers, ctx.n_layers, edited_layers)
         info["edited_layers"], info["ft_layers"] = edited_layers, ft_layers
 
+        ft_stage = f"{label}: fine-tuning{of_units}"
+        progress(Stage(ft_stage, cap))
+        report = _eval_events(progress, ft_stage, cap)
+
         def on_eval(step: int, m: dict, _u=u, _unit=unit, _snap=snap) -> None:
             row = {"unit": _u, "stage": "ft", **m}
             if cfg.metrics.categories:  # step 0 is the edited model: its snapshot was taken with the edit
                 row |= _snap if step == 0 and _snap is not None else _snapshot(ctx, _unit)
             history.append(row)
-            on_event("eval", {"step": step, "of": cap, **m})
+            report(step, m)
 
         res = finetune(ctx.model, ctx.tok, ctx.task(cell.task),
                        ctx.ft_settings(cell.ft, ft_layers, cell.task, cell.seed, cap, target), on_eval)
@@ -291,17 +334,17 @@ def run_cell(ctx: _Context, cell: Cell, target: float | None, out: Path, cell_id
     return metrics, history
 
 
-def run_study(cfg: StudyConfig, store: StudyStore, out: str | Path, on_event: OnEvent | None = None,
+def run_study(cfg: StudyConfig, store: StudyStore, out: str | Path, progress: StudyProgress = ignore,
               say: Callable[[str], None] = lambda s: None, only: int | None = None,
               shard: tuple[int, int] | None = None) -> StudyOutcome:
     """Run every cell of ``cfg`` not yet done in ``store``; ``only`` stops after that many cells ran.
 
     ``shard=(i, n)`` runs only worker i's share of the grid, so that n independent processes (Slurm array
     tasks, Ray tasks) can each write their own store, merged afterwards (``StudyStore.merge``).
+    ``progress`` gets the typed events and :class:`StudyEvent` (see the module docstring).
     """
     from dataclasses import asdict
 
-    ev = on_event or (lambda kind, data: None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -317,7 +360,9 @@ def run_study(cfg: StudyConfig, store: StudyStore, out: str | Path, on_event: On
     done = store.done_ids(cfg.study.name)
     todo = [(cid, c) for cid, c in cells if cid not in done]
     outcome = StudyOutcome(total=len(cells), skipped=len(cells) - len(todo), ran=0)
-    ev("grid", {"total": len(cells), "done": outcome.skipped, "todo": len(todo)})
+    grid = grid_stage(cfg)
+    progress(Stage(grid, len(cells)))
+    progress(Step(grid, outcome.skipped, len(cells)))
     if not todo:
         return outcome
     ctx = _Context(cfg, say)
@@ -329,24 +374,25 @@ def run_study(cfg: StudyConfig, store: StudyStore, out: str | Path, on_event: On
             if only is not None and outcome.ran >= only:
                 break
             if cfg.stopping.mode == "equal-impact" and cell.task not in targets:
-                targets[cell.task] = _reference(ctx, store, cfg, cell.task, ev)
+                targets[cell.task] = _reference(ctx, store, cfg, cell.task, progress)
             store.start_cell(cid, cfg.study.name, cell.grid, "cell", cell.settings())
-            ev("cell", {"id": cid, "label": cell.label()})
+            progress(StudyEvent("cell", {"id": cid, "label": cell.label()}))
             c0 = time.perf_counter()
             try:
-                m, hist = run_cell(ctx, cell, targets.get(cell.task), out, cid, ev)
+                m, hist = run_cell(ctx, cell, targets.get(cell.task), out, cid, progress)
             except KeyboardInterrupt:
                 store.fail_cell(cid, "interrupted", "interrupted")
                 raise
             except Exception as exc:  # one broken cell must not lose the rest of the study
                 store.fail_cell(cid, "failed", "".join(traceback.format_exception_only(type(exc), exc)).strip())
                 outcome.failed.append(cid)
-                ev("cell-failed", {"id": cid, "label": cell.label(), "error": str(exc)})
+                progress(Note(f"failed {cell.label()}: {exc}"))
                 ctx.restore()
                 continue
             store.finish_cell(cid, m, hist, time.perf_counter() - c0)
             outcome.ran += 1
-            ev("cell-done", {"id": cid, "label": cell.label(), "seconds": time.perf_counter() - c0})
+            progress(Step(grid, outcome.skipped + outcome.ran, len(cells)))
+            progress(Note(f"done {cell.label()} ({time.perf_counter() - c0:.0f}s)"))
     finally:
         ctx.restore()
         outcome.seconds = time.perf_counter() - t0
