@@ -190,13 +190,13 @@ def test_a_round_that_finds_nothing_is_retried_with_more_seeds(tiny_llama, monke
         return [] if n < S.RETRY_SEEDS else real(self, n)
 
     monkeypatch.setattr(S.SubjectSearch, "seeds", seeds)
-    found = recover_subjects(lm.model, lm.tokenizer, PATH, u[:, None], C, None, max_subjects=1)
+    found = recover_subjects(lm.model, lm.tokenizer, PATH, u[:, None], C, None, max_subjects=1, retry=True)
     assert asked[:2] == [4, S.RETRY_SEEDS]
     assert found and found[0].fire > 0.95
 
 
-def test_a_dense_change_is_not_retried(tiny_llama, monkeypatch):
-    """``retry=False`` (the scan passes it for changes that are not low-rank) gives up after the first seeds."""
+def test_without_wide_search_a_round_is_not_retried(tiny_llama, monkeypatch):
+    """By default (no ``scan --wide-search``; never for a dense change) a round gives up after its first seeds."""
     from editaudit.scan import subjects as S
 
     lm = load_model(tiny_llama)
@@ -212,5 +212,5 @@ def test_a_dense_change_is_not_retried(tiny_llama, monkeypatch):
         return []
 
     monkeypatch.setattr(S.SubjectSearch, "seeds", seeds)
-    found = recover_subjects(lm.model, lm.tokenizer, PATH, u[:, None], C, None, max_subjects=1, retry=False)
+    found = recover_subjects(lm.model, lm.tokenizer, PATH, u[:, None], C, None, max_subjects=1)
     assert asked == [4] and found == []

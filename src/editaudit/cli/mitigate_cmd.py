@@ -89,6 +89,7 @@ def register(app: typer.Typer) -> None:
         keep_known_facts: bool = typer.Option(False, "--keep-known-facts", help="facts task: also train on facts the model already knows."),
         seed: int = typer.Option(0, "--seed", help="Seed for data order and initialisation."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … (default: cuda when present)."),
+        dtype: common.Dtype = common.DtypeOption,
         fmt: Fmt = typer.Option(Fmt.rich, "--format", "-f", help="rich (terminal) or json on stdout."),
     ) -> None:
         """Erase (or preserve) knowledge edits, then prove it.
@@ -111,7 +112,8 @@ def register(app: typer.Typer) -> None:
         from ..editing.hparams import parse_assignments
         from ..errors import BadInput
         from ..mitigation.plan import ERASE_METHODS
-        from ..mitigation.service import MitigationOptions, prepare, project_settings, run_mitigation, split_hparams
+        from ..mitigation.service import (MitigationOptions, prepare, process_state, project_settings,
+                                          run_mitigation, split_hparams)
         from ..mitigation.train import TrainConfig
         from ..mitigation.unlearn import unlearn_settings
 
@@ -134,6 +136,7 @@ def register(app: typer.Typer) -> None:
             base=base, out=out, method=method.value, layers=layers, modules=modules.value, task=task.value,
             data=data, max_examples=max_examples, val_size=val_size, train=cfg, probes=_load_probes(probes),
             watch=list(watch), compare_full=compare_full, revert=revert, overwrite=overwrite, device=device,
+            dtype=dtype.value,
             keep_known_facts=keep_known_facts, subjects=_load_subjects(subjects) if subjects else [],
             project=project, unlearn=unlearn,
         )
@@ -153,6 +156,8 @@ def register(app: typer.Typer) -> None:
                 return
             show_plan(plan.to_dict() if plan else None, evidence.to_dict() if evidence else None, revert)
             return
+        if not revert and (overwrite or resume or not out.exists()) and process_state(device)[0]:
+            _precision_note(suspect, dtype.value, device)
         view = LiveView()
         with common.progress() as bar:
             view.bar = bar
@@ -178,6 +183,17 @@ def _open_store(ctx: typer.Context, device: str | None):
     store = common.state(ctx).store() if main else None
     PartialState().wait_for_everyone()
     return store if main else common.state(ctx).store()
+
+
+def _precision_note(suspect: str, dtype: str, device: str | None) -> None:
+    """The note ``edit`` shows: trained or re-solved matrices are written from the model as it ran, so 16-bit
+    compute on a float32 checkpoint rounds every element of them (a surgical revert works on the stored
+    tensors and has nothing to warn about)."""
+    from ..models.loading import precision_note
+
+    note = precision_note(suspect, dtype, device)
+    if note:
+        common.say(note)
 
 
 def _load_subjects(path: Path) -> list[dict]:

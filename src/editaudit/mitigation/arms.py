@@ -26,6 +26,13 @@ def arm_config(options, name: str) -> TrainConfig:
     return replace(copy.deepcopy(options.train), method=options.method)
 
 
+def run_dtype(options) -> str:
+    """The dtype the run's models are loaded in, resolved (``auto`` depends on the device), for the stored settings."""
+    from ..models.loading import dtype_name, resolve_dtype
+
+    return dtype_name(resolve_dtype(options.dtype, options.device))
+
+
 def train_arm(ctx: RunContext, name: str, lm, plan: Plan, task: TaskData, cfg: TrainConfig,
               out: Path | None) -> tuple[ArmResult, list[str]]:
     """Train one arm, write its checkpoint (when ``out``), and measure it as written."""
@@ -33,7 +40,7 @@ def train_arm(ctx: RunContext, name: str, lm, plan: Plan, task: TaskData, cfg: T
     from ..checkpoint.writer import write_checkpoint
 
     config = {"train": asdict(cfg), "layers_strategy": plan.strategy, "modules": plan.modules,
-              "params": len(plan.params), "task": task.task, "data": task.source}
+              "params": len(plan.params), "task": task.task, "data": task.source, "dtype": run_dtype(ctx.options)}
     run_ids = ctx.run_state.setdefault("runs", {})
     run_id = run_ids.get(name) if ctx.resume else None
     if not ctx.runs.reopen(run_id):
@@ -93,13 +100,13 @@ def revert_arm(ctx: RunContext) -> tuple[ArmResult, list[str]]:
 
     ev, out = ctx.evidence, ctx.out
     t0 = time.perf_counter()
-    run_id = ctx.runs.start("revert", "revert", ev.layers, "-", {"components": ev.components, "evidence": ev.source},
-                            out)
+    run_id = ctx.runs.start("revert", "revert", ev.layers, "-", {"components": ev.components, "evidence": ev.source,
+                                                               "dtype": run_dtype(ctx.options)}, out)
     with ctx.runs.marked_on_failure(run_id):
         before: dict = {"step": 0}
         if ctx.evaluate is not None and ctx.suspect_ck.config is not None:
             ctx.emit(MitigationEvent("stage", arm="revert", data={"text": "measuring the suspect"}))
-            lm = load_model(ctx.suspect_ck.root, device=ctx.options.device)
+            lm = load_model(ctx.suspect_ck.root, dtype=ctx.options.dtype, device=ctx.options.device)
             before.update(ctx.evaluate(lm.model, lm.tokenizer))
             ctx.runs.record_eval(run_id, before)
         ctx.emit(MitigationEvent("eval", arm="revert", data=before))
@@ -110,7 +117,7 @@ def revert_arm(ctx: RunContext) -> tuple[ArmResult, list[str]]:
         after: dict = {"step": 1}
         if ctx.evaluate is not None and ctx.suspect_ck.config is not None:
             ctx.emit(MitigationEvent("stage", arm="revert", data={"text": "measuring the reverted checkpoint"}))
-            lm = load_model(out, device=ctx.options.device)
+            lm = load_model(out, dtype=ctx.options.dtype, device=ctx.options.device)
             after.update(ctx.evaluate(lm.model, lm.tokenizer))
             ctx.runs.record_eval(run_id, after)
         ctx.emit(MitigationEvent("eval", arm="revert", data=after))

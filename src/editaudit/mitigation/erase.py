@@ -146,7 +146,7 @@ def erase_arm(ctx: "RunContext", method: str) -> tuple["ArmResult", list[str]]:
                                                 | {t.subject for t in u_targets}),
                              "evidence": ev.source if ev else "--subjects"}, ctx.out)
     with ctx.runs.marked_on_failure(run_id):
-        lm = load_model(ctx.suspect_ck.root, device=ctx.options.device)
+        lm = load_model(ctx.suspect_ck.root, dtype=ctx.options.dtype, device=ctx.options.device)
         net, tok = lm.model, lm.tokenizer
         before: dict = {"step": 0}
         if ctx.evaluate is not None:
@@ -199,7 +199,8 @@ def erase_arm(ctx: "RunContext", method: str) -> tuple["ArmResult", list[str]]:
         after: dict = {"step": max(steps, 1)}
         if ctx.evaluate is not None:
             ctx.emit(MitigationEvent("stage", arm=method, data={"text": "measuring the erased checkpoint"}))
-            written = load_model(ctx.out, device=ctx.options.device)  # the model exactly as stored
+            written = load_model(ctx.out, dtype=ctx.options.dtype,
+                                 device=ctx.options.device)  # the model exactly as stored
             after.update(ctx.evaluate(written.model, written.tokenizer))
             ctx.runs.record_eval(run_id, after)
         ctx.emit(MitigationEvent("eval", arm=method, data=after))

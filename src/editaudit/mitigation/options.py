@@ -29,6 +29,9 @@ class MitigationOptions:
     revert: bool = False
     overwrite: bool = False
     device: str | None = None
+    # what the model runs (and trains) in: auto | float32 | bfloat16 | float16 (models.loading.resolve_dtype);
+    # the written tensors keep the suspect's stored dtypes whatever this is
+    dtype: str = "auto"
     keep_known_facts: bool = False  # facts task: keep facts the model already answers
     subjects: list[dict] = field(default_factory=list)  # project: user-given {subject, prompt?, layer?}
     project: dict = field(default_factory=dict)  # project: settings (PROJECT_DEFAULTS' keys)

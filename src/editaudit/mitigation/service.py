@@ -132,6 +132,9 @@ def run_mitigation(suspect: str | Path, goal: str = "erase", options: Mitigation
     else:
         reader = store
     options.device = device
+    from ..models.loading import resolve_dtype
+
+    resolve_dtype(options.dtype, device)  # a bad dtype fails now, not after a scan or a first arm
     emit = progress or (lambda ev: None)
     root = state_root(out)
     saved_run = read_json(root / "run.json") if resume else None
@@ -269,7 +272,7 @@ def _train_arms(ctx: RunContext, plan, probes) -> tuple[dict[str, ArmResult], li
             arms[name] = ArmResult(**done)
             continue
         arm_plan = plan if name == "selective" else full_model_plan(ctx.suspect_ck, ctx.goal, ctx.evidence)
-        lm = load_model(ctx.suspect_ck.root, device=options.device)
+        lm = load_model(ctx.suspect_ck.root, dtype=options.dtype, device=options.device)
         if not filtered:  # every arm trains on the same facts: those the suspect does not know
             task, filtered = drop_known(lm, task, cfg, ctx.say), True
             task_info.update({"train": len(task.train), "val": len(task.val)})

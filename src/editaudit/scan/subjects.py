@@ -228,11 +228,13 @@ def _trim(search: SubjectSearch, seq: list[int], score: float, keep: float = 0.9
 def recover_subjects(model: Any, tokenizer: Any, path: str, in_dirs: torch.Tensor | None, C: torch.Tensor | None,
                      base_fingerprint: str | None, max_subjects: int,
                      progress: Callable[[str, int, int], None] = lambda s, d, t: None,
-                     space: Whitened | None = None, retry: bool = True) -> list[Subject]:
+                     space: Whitened | None = None, retry: bool = False) -> list[Subject]:
     """Subjects that fire the edit whose input directions are ``in_dirs`` at module ``path`` (or a prebuilt
-    ``space``: the scan without a base restricts it to C's low-energy half). ``retry=False`` skips the wider
-    second try of a round that finds nothing: for a dense change (fine-tuning) no key explains the subspace, so
-    the second try only costs time (FT-L scans took 148 s instead of 41 s with it, and found no subject either way)."""
+    ``space``: the scan without a base restricts it to C's low-energy half). ``retry=True`` (``scan --wide-search``)
+    gives a round that finds nothing a second try with ``RETRY_SEEDS`` seeds. Off by default: on the second
+    held-apart set it found 2 more subjects of 38 and no more objects, while a missed subject's search took
+    2–6 times as long (bench/results/open_reading_v2.txt, docs/scan.md); the scan never asks it for a dense
+    change (fine-tuning), which no key explains."""
     vocab = vocab_keys(model, tokenizer, [path], base_fingerprint,
                        progress=lambda d, t: progress("vocabulary keys", d, t))[path]
     space = space if space is not None else Whitened.build(path, C, in_dirs)
