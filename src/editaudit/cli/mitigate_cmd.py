@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
         keep_known_facts: bool = typer.Option(False, "--keep-known-facts", help="facts task: also train on facts the model already knows."),
         seed: int = typer.Option(0, "--seed", help="Seed for data order and initialisation."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … (default: cuda when present)."),
-        dtype: common.Dtype = common.DtypeOption,
+        dtype: common.Dtype = typer.Option(common.Dtype.float32, "--dtype", help="Weights and compute dtype while mitigating: float32 (default: fine-tuning steps are below bfloat16's rounding of typical weights), bfloat16, float16, or auto (bfloat16 on a GPU that supports it)."),
         fmt: Fmt = typer.Option(Fmt.rich, "--format", "-f", help="rich (terminal) or json on stdout."),
     ) -> None:
         """Erase (or preserve) knowledge edits, then prove it.

@@ -121,7 +121,7 @@ def erase_arm(ctx: "RunContext", method: str) -> tuple["ArmResult", list[str]]:
     from ..editing import corpus as corpus_mod
     from ..editing.service import _checkpoint_name
     from ..models.loading import load_model
-    from .arms import edit_residual
+    from .arms import edit_residual, run_dtype
     from .types import ArmResult, MitigationEvent
     from .unlearn import erase_by_unlearning, prime_tokens
 
@@ -144,7 +144,8 @@ def erase_arm(ctx: "RunContext", method: str) -> tuple["ArmResult", list[str]]:
                             {"settings": settings,
                              "subjects": sorted({s.subject for v in p_targets.values() for s in v}
                                                 | {t.subject for t in u_targets}),
-                             "evidence": ev.source if ev else "--subjects"}, ctx.out)
+                             "evidence": ev.source if ev else "--subjects", "dtype": run_dtype(ctx.options)},
+                            ctx.out)
     with ctx.runs.marked_on_failure(run_id):
         lm = load_model(ctx.suspect_ck.root, dtype=ctx.options.dtype, device=ctx.options.device)
         net, tok = lm.model, lm.tokenizer

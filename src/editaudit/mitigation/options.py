@@ -29,9 +29,10 @@ class MitigationOptions:
     revert: bool = False
     overwrite: bool = False
     device: str | None = None
-    # what the model runs (and trains) in: auto | float32 | bfloat16 | float16 (models.loading.resolve_dtype);
-    # the written tensors keep the suspect's stored dtypes whatever this is
-    dtype: str = "auto"
+    # what the model runs (and trains) in: float32 | bfloat16 | float16 | auto (models.loading.resolve_dtype);
+    # float32 by default, unlike probe/edit: AdamW steps at fine-tuning rates (5e-5 × a weight of ~0.02) are about
+    # bf16's rounding step, so pure 16-bit weights drop many updates. The written tensors keep the suspect's dtypes.
+    dtype: str = "float32"
     keep_known_facts: bool = False  # facts task: keep facts the model already answers
     subjects: list[dict] = field(default_factory=list)  # project: user-given {subject, prompt?, layer?}
     project: dict = field(default_factory=dict)  # project: settings (PROJECT_DEFAULTS' keys)
