@@ -186,8 +186,8 @@ def test_memit_over_three_layers_is_erased_lowest_first(tiny_llama, word_corpus)
     suspect = {l: lm.model.get_parameter(p).detach().clone() for l, p in params.items()}
     subjects = [EraseSubject(f.subject, [f.prompt]) for f in FACTS]
     res = erase_by_projection(lm.model, lm.tokenizer, {l: subjects for l in layers}, _cov(lm, layout),
-                              contexts=run.info["contexts"], answers=False)
-    assert [r.layer for r in res.layers] == layers and res.key_mode == "each"   # one key per context, as MEMIT
+                              contexts=run.info["contexts"], answers=False, key_mode="each")
+    assert [r.layer for r in res.layers] == layers  # one key per context, as MEMIT writes them: all of the edit
     left = {l: _left(base[l], suspect[l], lm.model.get_parameter(p).detach()) for l, p in params.items()}
     assert max(left.values()) < 0.05, left
     # re-reading the keys after each lower fix misses the upper layers' edits: MEMIT wrote them for the keys
@@ -196,7 +196,7 @@ def test_memit_over_three_layers_is_erased_lowest_first(tiny_llama, word_corpus)
         with torch.no_grad():
             lm.model.get_parameter(p).copy_(suspect[l])
     erase_by_projection(lm.model, lm.tokenizer, {l: subjects for l in layers}, _cov(lm, layout),
-                        contexts=run.info["contexts"], answers=False, rekey=True)
+                        contexts=run.info["contexts"], answers=False, rekey=True, key_mode="each")
     left_rekey = _left(base[3], suspect[3], lm.model.get_parameter(params[3]).detach())
     assert left_rekey > 10 * left[3]
 
@@ -387,3 +387,17 @@ def test_project_settings_are_checked():
                        ({"cov_tokens": 0}, "at least 1")):
         with pytest.raises(BadInput, match=match):
             project_settings(bad)
+
+
+def test_auto_reads_one_averaged_key_per_prompt_in_every_layer(tiny_llama, word_corpus):
+    """``auto`` is ``mean`` for multi-layer edits too: one re-solved direction per subject and prompt, not one
+    per context, so that the erase touches as little else as it can."""
+    lm = load_model(tiny_llama)
+    layout = layout_for(lm.model)
+    layers = [1, 2, 3]
+    run = apply_edits(lm, FACTS, "memit", layers=layers, hparams=HP, evaluate=False)
+    subjects = [EraseSubject(f.subject, [f.prompt]) for f in FACTS]
+    res = erase_by_projection(lm.model, lm.tokenizer, {l: subjects for l in layers}, _cov(lm, layout),
+                              contexts=run.info["contexts"], answers=False, subject_alone=False)
+    assert res.key_mode == "mean"
+    assert [r.directions for r in res.layers] == [len(FACTS)] * len(layers)
