@@ -180,23 +180,12 @@ class SubjectSearch:
         found: list[Subject] = []
         while len(found) < max_subjects and self.space.basis.shape[1] > 0:
             progress(len(found), max_subjects)
-            best: tuple[float, list[int]] | None = None
             tried: set[int] = set()
-            # a round that finds nothing is tried once more with more seeds before the search gives up: a subject
-            # whose last piece is generic ('Eyre' → 're') ranks low alone and only fires once it is grown
-            for n_seeds in (seeds,) if retry_seeds is None else (seeds, retry_seeds):
-                for s in self.seeds(n_seeds):
-                    if s in tried:
-                        continue
-                    tried.add(s)
-                    for shape in ([s], [s] + self.filler):
-                        seq, score = self.climb(shape)
-                        if best is None or score > best[0]:
-                            best = (score, seq)
-                    if best is not None and best[0] >= good:  # clearly an edit key: no need to try more seeds
-                        break
-                if best is not None and best[0] >= fire_min:
-                    break
+            best = self._round(seeds, tried, good)
+            if retry_seeds is not None and (best is None or best[0] < fire_min):
+                # a subject whose last piece is generic ('Eyre' → 're') ranks low alone and fires only once grown
+                best = max((b for b in (best, self._round(retry_seeds, tried, good)) if b is not None),
+                           key=lambda b: b[0], default=None)
             if best is None or best[0] < fire_min:
                 break
             score, seq = best
@@ -206,6 +195,22 @@ class SubjectSearch:
             self.space.deflate(keys[0])
         progress(len(found), max_subjects)
         return found
+
+    def _round(self, n_seeds: int, tried: set[int], good: float) -> tuple[float, list[int]] | None:
+        """The best (fire, tokens) grown from the ``n_seeds`` best seeds not in ``tried`` (which it extends); stops
+        early at a sequence that fires ≥ ``good``, clearly an edit key."""
+        best: tuple[float, list[int]] | None = None
+        for s in self.seeds(n_seeds):
+            if s in tried:
+                continue
+            tried.add(s)
+            for shape in ([s], [s] + self.filler):
+                seq, score = self.climb(shape)
+                if best is None or score > best[0]:
+                    best = (score, seq)
+            if best[0] >= good:
+                break
+        return best
 
 
 def _trim(search: SubjectSearch, seq: list[int], score: float, keep: float = 0.9) -> list[int]:
