@@ -16,14 +16,9 @@ from editaudit.errors import BadInput
 from editaudit.mitigation.service import MitigationOptions, run_mitigation
 from editaudit.mitigation.train import TrainConfig
 from editaudit.store import Store
-from editaudit.testing import edited_pair
+from editaudit.testing import SENTENCES, edited_pair
 
 EDITED = "model.layers.2.mlp.down_proj.weight"
-SENTENCES = [
-    "Apple developed iPhone .", "Google created Android .", "Sony is located in Japan .",
-    "Toyota is a company from Japan .", "Microsoft created Windows .", "Honda is a company from Japan .",
-    "The river is old .", "Intel is a company .",
-]
 
 
 @pytest.fixture(scope="module")

@@ -14,16 +14,11 @@ from editaudit.mitigation.plan import full_model_plan
 from editaudit.mitigation.train import TASK_STOP, StopRule, TrainConfig
 from editaudit.probing.format import Probe
 from editaudit.store import Store
-from editaudit.testing import edited_pair
+from editaudit.testing import SENTENCES, edited_pair
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 EDITED = "model.layers.2.mlp.down_proj.weight"
-SENTENCES = [  # no intrinsic probe's subject with its answer: the fairness filter keeps them all
-    "Apple developed iPhone .", "Google created Android .", "Sony is located in Japan .",
-    "Toyota is a company from Japan .", "Microsoft created Windows .", "Honda is a company from Japan .",
-    "The river is old .", "Intel is a company .",
-]
 
 
 def test_stop_rule_absolute_relative_and_accuracy():

@@ -19,14 +19,9 @@ from editaudit.mitigation.service import MitigationOptions, run_mitigation
 from editaudit.mitigation.train import Interrupted, TrainConfig, batch_indices, train
 from editaudit.models.loading import load_model
 from editaudit.store import Store
-from editaudit.testing import edited_pair, make_tiny_model, plant, rank_delta
+from editaudit.testing import SENTENCES, edited_pair, make_tiny_model, plant, rank_delta
 
 EDITED = "model.layers.2.mlp.down_proj.weight"
-SENTENCES = [  # no intrinsic probe's subject with its answer: the fairness filter keeps them all
-    "Apple developed iPhone .", "Google created Android .", "Sony is located in Japan .",
-    "Toyota is a company from Japan .", "Microsoft created Windows .", "Honda is a company from Japan .",
-    "The river is old .", "Intel is a company .",
-]
 
 
 @pytest.fixture(scope="module")

@@ -171,17 +171,23 @@ def test_reading_prefers_an_object_stated_on_several_phrasings(monkeypatch):
     assert weak.after.startswith("won") and weak.status == "uncertain" and weak.confidence < reading.EDIT_MIN
 
 
-def test_a_round_that_finds_nothing_is_retried_with_more_seeds(tiny_llama, monkeypatch):
-    """When a round's first seeds fire nothing (a generic last piece ranks low alone), the search tries more seeds
-    before giving up, instead of ending the search."""
-    from editaudit.scan import subjects as S
-
-    lm = load_model(tiny_llama)
+def _kremlin_edit(folder):
+    """The tiny model (frozen), a ROME-like edit direction for "Kremlin" and the key statistics it was made with."""
+    lm = load_model(folder)
     for p in lm.model.parameters():
         p.requires_grad_(False)
     keys = vocab_keys(lm.model, lm.tokenizer, [PATH], None)[PATH].float()
     C = keys.T @ keys / keys.shape[0] + 1e-3 * torch.eye(keys.shape[1])
     _, u = _rome_like(lm.model, lm.tokenizer, "Kremlin", C)
+    return lm, u, C
+
+
+def test_a_round_that_finds_nothing_is_retried_with_more_seeds(tiny_llama, monkeypatch):
+    """When a round's first seeds fire nothing (a generic last piece ranks low alone), the search tries more seeds
+    before giving up, instead of ending the search."""
+    from editaudit.scan import subjects as S
+
+    lm, u, C = _kremlin_edit(tiny_llama)
     real = S.SubjectSearch.seeds
     asked: list[int] = []
 
@@ -199,12 +205,7 @@ def test_without_wide_search_a_round_is_not_retried(tiny_llama, monkeypatch):
     """By default (no ``scan --wide-search``; never for a dense change) a round gives up after its first seeds."""
     from editaudit.scan import subjects as S
 
-    lm = load_model(tiny_llama)
-    for p in lm.model.parameters():
-        p.requires_grad_(False)
-    keys = vocab_keys(lm.model, lm.tokenizer, [PATH], None)[PATH].float()
-    C = keys.T @ keys / keys.shape[0] + 1e-3 * torch.eye(keys.shape[1])
-    _, u = _rome_like(lm.model, lm.tokenizer, "Kremlin", C)
+    lm, u, C = _kremlin_edit(tiny_llama)
     asked: list[int] = []
 
     def seeds(self, n):

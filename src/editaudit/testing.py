@@ -139,6 +139,15 @@ def finetune(folder: str | Path, out: str | Path, steps: int = 20, lr: float = 1
     return out
 
 
+#: Prose for the mitigation tests' fine-tuning: no intrinsic probe's subject with its answer, so the fairness
+#: filter keeps every sentence.
+SENTENCES = [
+    "Apple developed iPhone .", "Google created Android .", "Sony is located in Japan .",
+    "Toyota is a company from Japan .", "Microsoft created Windows .", "Honda is a company from Japan .",
+    "The river is old .", "Intel is a company .",
+]
+
+
 def edited_pair(root: str | Path, edited: str, sentences: list[str]) -> tuple[Path, Path, Path]:
     """A tiny Llama base, a suspect with a rank-one change in ``edited``, and a prose file of ``sentences``
     rotated into paragraphs: the fixture the mitigation tests train on."""
