@@ -173,10 +173,10 @@ class SubjectSearch:
         return torch.topk(scores.masked_fill(~self.cont_ok, -1.0), n).indices.tolist()
 
     def find(self, max_subjects: int, seeds: int = 4, fire_min: float = FIRE_MIN, good: float = GOOD,
-             retry_seeds: int | None = RETRY_SEEDS,
+             retry_seeds: int | None = None,
              progress: Callable[[int, int], None] = lambda d, t: None) -> list[Subject]:
         """Up to ``max_subjects`` subjects, best first, deflating the subspace after each. ``retry_seeds``: the
-        seeds of the second try of a round that found nothing (None: no second try)."""
+        seeds of the second try of a round that found nothing (None, the default as in ``scan``: no second try)."""
         found: list[Subject] = []
         while len(found) < max_subjects and self.space.basis.shape[1] > 0:
             progress(len(found), max_subjects)
