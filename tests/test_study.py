@@ -401,3 +401,93 @@ def test_single_edit_protocol_makes_one_model_per_fact(tiny_llama, tmp_path):
     m = store.cells("tiny", "done")[0]["metrics"]
     assert m["units"] == 2 and m["steps"] == [2, 2] and len(m["after"]["new"]) == 2
     assert math.isfinite(m["val_loss_start"]) and math.isfinite(m["val_loss_end"])
+
+
+def _prose_task(lm, tmp_path: Path):
+    from editaudit.mitigation.data import load_task_data
+    from editaudit.study.finetune import encode_task
+
+    files = _files(tmp_path)
+    return encode_task(load_task_data("lm", Path(files["prose"]), max_examples=24, val_size=4), lm.tokenizer, 16)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_adapters_reach_gpt2_conv1d_layers(tiny_gpt2, tmp_path, method):
+    """GPT-2 keeps its projections in Conv1D modules, not nn.Linear; a study's LoRA/DoRA must adapt them too."""
+    from editaudit.models.loading import load_model
+    from editaudit.study.finetune import FtSettings, finetune
+
+    lm = load_model(tiny_gpt2, device="cpu")
+    model = lm.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    seen = []
+
+    def on_eval(step: int, m: dict) -> None:  # evaluated in eval mode with the adapters still in place
+        seen.append((step, model.training, any("lora_" in n for n, _ in model.named_parameters())))
+
+    res = finetune(model, lm.tokenizer, _prose_task(lm, tmp_path),
+                   FtSettings(method=method, layers=[2], lr=1e-2, max_steps=3, batch_size=2, eval_every=2, seed=0),
+                   on_eval)
+    assert (res.steps, res.stop_reason) == (3, "cap")
+    assert seen == [(0, False, True), (2, False, True), (3, False, True)]
+    assert lm.model is model and type(model).__name__ == "GPT2LMHeadModel" and not hasattr(model, "peft_config")
+    assert {n for n, _ in model.named_parameters()} == set(before)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert changed == {f"transformer.h.2.{m}.weight" for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+
+
+@pytest.mark.parametrize("task", ["lm", "sentiment"])
+def test_a_target_met_at_step_zero_stops_there(tiny_llama, tmp_path, task):
+    """Equal impact: the target is inclusive, and a model already at or below it is not trained at all."""
+    import copy
+
+    from editaudit.mitigation.data import TaskData
+    from editaudit.models.loading import load_model
+    from editaudit.study.finetune import FtSettings, encode_task, finetune
+
+    lm = load_model(tiny_llama, device="cpu")
+    if task == "lm":
+        data = _prose_task(lm, tmp_path)
+    else:
+        rows = [{"text": f"the {w} is", "label": 1} for w in "Paris Rome Berlin Madrid".split()] + \
+               [{"text": f"the {w} is", "label": 0} for w in "Apple Microsoft Google Intel".split()]
+        data = encode_task(TaskData("sentiment", rows * 3, rows, "t", ["negative", "positive"]), lm.tokenizer, 16)
+
+    def settings(target: float | None) -> FtSettings:
+        return FtSettings(method="full", layers=[1], lr=1e-2, max_steps=4, target_loss=target, batch_size=2,
+                          eval_every=2, seed=0)
+
+    free = finetune(copy.deepcopy(lm.model), lm.tokenizer, data, settings(None))
+    assert (free.steps, free.stop_reason) == (4, "cap") and [h["step"] for h in free.history] == [0, 2, 4]
+    assert all(("val_acc" in h) == (task == "sentiment") for h in free.history)
+    loss0 = free.history[0]["val_loss"]
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    for target in (loss0 + 0.5, loss0):  # above the step-0 loss, and exactly at it
+        seen = []
+        res = finetune(lm.model, lm.tokenizer, data, settings(target), lambda step, m: seen.append(step))
+        assert (res.steps, res.stop_reason, seen) == (0, "target", [0])
+        assert [h["val_loss"] for h in res.history] == [loss0]
+    assert all(torch.equal(before[n], p.detach()) for n, p in lm.model.named_parameters())
+
+
+def test_an_interrupted_lora_finetune_leaves_the_model_plain(tiny_llama, tmp_path):
+    """The runner puts the base weights back by name after a failure: the adapters must be gone by then."""
+    from editaudit.models.loading import load_model
+    from editaudit.study.finetune import FtSettings, finetune
+
+    lm = load_model(tiny_llama, device="cpu")
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    flags = {n: p.requires_grad for n, p in lm.model.named_parameters()}
+
+    def stop(step: int, m: dict) -> None:
+        if step > 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(lm.model, lm.tokenizer, _prose_task(lm, tmp_path),
+                 FtSettings(method="lora", layers=[2], lr=1e-2, max_steps=4, batch_size=2, eval_every=2), stop)
+    assert {n for n, _ in lm.model.named_parameters()} == set(before) and not hasattr(lm.model, "peft_config")
+    assert all(torch.equal(before[n], p.detach()) for n, p in lm.model.named_parameters())
+    assert {n: p.requires_grad for n, p in lm.model.named_parameters()} == flags

@@ -89,6 +89,7 @@ class StopRule:
     loss_below: float | None = None
     acc_above: float | None = None
     loss_drop: float | None = None
+    loss_at_most: float | None = None  # inclusive: a study's equal-impact target may be met exactly at step 0
 
     @classmethod
     def of(cls, cfg: "TrainConfig") -> "StopRule":
@@ -107,13 +108,15 @@ class StopRule:
         if target is not None and metrics.get("val_loss", math.inf) < target:
             how = f" ({self.loss_drop:.0%} below the start)" if self.loss_drop is not None and target != self.loss_below else ""
             return f"validation loss {metrics['val_loss']:.4f} < {target:.4f}{how}"
+        if self.loss_at_most is not None and metrics.get("val_loss", math.inf) <= self.loss_at_most:
+            return f"validation loss {metrics['val_loss']:.4f} ≤ {self.loss_at_most:.4f}"
         if self.acc_above is not None and metrics.get("val_acc", -1.0) > self.acc_above:
             return f"validation accuracy {metrics['val_acc']:.3f} > {self.acc_above}"
         return None
 
     @property
     def empty(self) -> bool:
-        return self.loss_below is None and self.acc_above is None and self.loss_drop is None
+        return all(x is None for x in (self.loss_below, self.acc_above, self.loss_drop, self.loss_at_most))
 
 
 #: Per-task stopping targets of an equal-impact comparison (``--compare-full`` without --stop-loss/--stop-acc):
@@ -442,8 +445,15 @@ def load_state(state_dir: Path, task_model, optimizer) -> dict:
 def train(lm, plan: Plan, task: TaskData, cfg: TrainConfig, evaluate: Evaluate | None = None,
           emit: Emit = lambda kind, data: None, cancel: threading.Event | None = None,
           state_dir: Path | None = None, resume: bool = False, run_info: dict | None = None,
-          accelerator=None) -> TrainOutcome:
-    """Fine-tune ``lm`` (a LoadedModel) on ``task`` changing only ``plan.params``; see the module doc."""
+          accelerator=None, features: tuple[list[dict], list[dict]] | None = None,
+          stop: StopRule | None = None, collect: bool = True) -> TrainOutcome:
+    """Fine-tune ``lm`` (a LoadedModel) on ``task`` changing only ``plan.params``; see the module doc.
+
+    For callers that train many times in memory (the study): ``features`` are ``encode``'s (train, validation)
+    features, so a task is tokenised once; ``stop`` replaces the config's stopping rules; ``collect=False``
+    leaves ``tensors`` empty (no copy of the trained weights to the CPU). If the run fails or is interrupted,
+    LoRA/DoRA adapters are removed again, so ``lm.model`` keeps its own modules.
+    """
     import torch
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list
@@ -454,7 +464,7 @@ def train(lm, plan: Plan, task: TaskData, cfg: TrainConfig, evaluate: Evaluate |
     acc = accelerator or Accelerator(cpu=lm.device.type == "cpu")
     model, tok = lm.model, lm.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    train_feats, val_feats = encode(task, tok, cfg.seq_len)
+    train_feats, val_feats = features if features is not None else encode(task, tok, cfg.seq_len)
     if not train_feats:
         raise BadInput(f"task {task.task}: no usable training example after tokenisation")
     if cfg.batch_size < acc.num_processes:
@@ -486,107 +496,115 @@ def train(lm, plan: Plan, task: TaskData, cfg: TrainConfig, evaluate: Evaluate |
             peft_model = get_peft_model(model, lcfg)
         model = peft_model
 
-    task_model = _task_module(model, task.task, len(task.labels), cfg.seed)
-    lr = cfg.learning_rate(task.task)
-    groups = [{"params": [p for n, p in task_model.named_parameters() if p.requires_grad and not n.startswith("head.")],
-               "lr": lr}]
-    if task_model.head is not None:
-        groups.append({"params": list(task_model.head.parameters()), "lr": cfg.head_lr})
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    task_model.to(lm.device)
+    try:
+        task_model = _task_module(model, task.task, len(task.labels), cfg.seed)
+        lr = cfg.learning_rate(task.task)
+        groups = [{"params": [p for n, p in task_model.named_parameters()
+                              if p.requires_grad and not n.startswith("head.")], "lr": lr}]
+        if task_model.head is not None:
+            groups.append({"params": list(task_model.head.parameters()), "lr": cfg.head_lr})
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        task_model.to(lm.device)
 
-    step, history, resumed_from = 0, [], None
-    info = {"key": json.dumps({**(run_info or {}), "config": cfg.key(), "data": task.fingerprint()}, sort_keys=True)}
-    if resume:
-        if state_dir is None or not (state_dir / "state.json").exists():
-            raise BadInput(f"nothing to resume: no saved state at {state_dir}")
-        saved = json.loads((state_dir / "state.json").read_text())
-        if saved.get("key") != info["key"]:
-            raise BadInput(f"the saved state at {state_dir} belongs to a different run (checkpoint, plan, data "
-                           "or hyper-parameters differ); start afresh without --resume")
-        saved = load_state(state_dir, task_model, optimizer)
-        step, history, resumed_from = int(saved["step"]), list(saved.get("history", [])), int(saved["step"])
-        emit("resume", {"step": step})
+        step, history, resumed_from = 0, [], None
+        info = {"key": json.dumps({**(run_info or {}), "config": cfg.key(), "data": task.fingerprint()},
+                                  sort_keys=True)}
+        if resume:
+            if state_dir is None or not (state_dir / "state.json").exists():
+                raise BadInput(f"nothing to resume: no saved state at {state_dir}")
+            saved = json.loads((state_dir / "state.json").read_text())
+            if saved.get("key") != info["key"]:
+                raise BadInput(f"the saved state at {state_dir} belongs to a different run (checkpoint, plan, data "
+                               "or hyper-parameters differ); start afresh without --resume")
+            saved = load_state(state_dir, task_model, optimizer)
+            step, history, resumed_from = int(saved["step"]), list(saved.get("history", [])), int(saved["step"])
+            emit("resume", {"step": step})
 
-    task_model, optimizer = acc.prepare(task_model, optimizer)
-    inner = acc.unwrap_model(task_model)
-    trainable = [p for p in inner.parameters() if p.requires_grad]
-    cancelled = (lambda: cancel.is_set()) if cancel is not None else (lambda: False)
+        task_model, optimizer = acc.prepare(task_model, optimizer)
+        inner = acc.unwrap_model(task_model)
+        trainable = [p for p in inner.parameters() if p.requires_grad]
+        cancelled = (lambda: cancel.is_set()) if cancel is not None else (lambda: False)
 
-    def evaluation(at: int) -> tuple[dict, str | None]:
-        metrics: dict = {"step": at}
-        if acc.is_main_process:
-            metrics.update(validate(inner, val_feats, cfg.batch_size, pad_id, acc.device))
-            if evaluate is not None:
-                metrics.update(evaluate(inner.lm, tok))
-        reason = rule.check(metrics, history[0] if history else metrics)
-        reason = broadcast_object_list([reason])[0]
-        return metrics, reason
+        def evaluation(at: int) -> tuple[dict, str | None]:
+            metrics: dict = {"step": at}
+            if acc.is_main_process:
+                metrics.update(validate(inner, val_feats, cfg.batch_size, pad_id, acc.device))
+                if evaluate is not None:
+                    metrics.update(evaluate(inner.lm, tok))
+            reason = rule.check(metrics, history[0] if history else metrics)
+            reason = broadcast_object_list([reason])[0]
+            return metrics, reason
 
-    stop_reason = None
-    rule = StopRule.of(cfg)
-    if not history:
-        metrics, stop_reason = evaluation(0)
-        history.append(metrics)
-        emit("eval", metrics)
-        if stop_reason is None and state_dir is not None and acc.is_main_process:
-            save_state(state_dir, inner, optimizer, 0, {**info, "history": history})
-    elif resumed_from is not None:
-        stop_reason = rule.check(history[-1], history[0])
-
-    while stop_reason is None and step < cfg.steps:
-        if cancelled():
-            raise Interrupted()
-        task_model.train()
-        idx = batch_indices(len(train_feats), cfg.batch_size, step, cfg.seed)
-        mine = idx[acc.process_index::acc.num_processes]
-        batch = {k: v.to(acc.device) for k, v in collate([train_feats[i] for i in mine], pad_id).items()}
-        torch.manual_seed(cfg.seed * 7919 + step)  # dropout depends on the step only: resumable
-        loss, _ = task_model(**batch)
-        acc.backward(loss)
-        if cfg.grad_clip:
-            acc.clip_grad_norm_(trainable, cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        emit("step", {"step": step, "total": cfg.steps, "loss": float(loss.detach())})
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            metrics, stop_reason = evaluation(step)
+        stop_reason = None
+        rule = stop if stop is not None else StopRule.of(cfg)
+        if not history:
+            metrics, stop_reason = evaluation(0)
             history.append(metrics)
             emit("eval", metrics)
-            if state_dir is not None and acc.is_main_process and step < cfg.steps and stop_reason is None:
-                save_state(state_dir, inner, optimizer, step, {**info, "history": history})
-    if stop_reason is None:
-        stop_reason = f"step budget of {cfg.steps} reached"
-    acc.wait_for_everyone()
+            if stop_reason is None and state_dir is not None and acc.is_main_process:
+                save_state(state_dir, inner, optimizer, 0, {**info, "history": history})
+        elif resumed_from is not None:
+            stop_reason = rule.check(history[-1], history[0])
 
-    # merge adapters and collect the final values of the planned tensors
-    inner.eval()
-    merge_check = None
-    final_model = inner.lm
-    if peft_model is not None:
-        probe = collate(val_feats[: cfg.batch_size] or train_feats[: cfg.batch_size], pad_id)
-        probe = {k: v.to(acc.device) for k, v in probe.items() if k in ("input_ids", "attention_mask")}
-        with torch.inference_mode():
-            before = _outputs(inner, probe)
-        final_model = peft_model.merge_and_unload()
-        inner.lm = final_model
-        with torch.inference_mode():
-            after = _outputs(inner, probe)
-        merge_check = float((before - after).abs().max())
-    names = _name_map(final_model, planned)
-    params = dict(final_model.named_parameters())
-    tensors = {c: params[n].detach().cpu() for n, c in names.items()}
-    extra = {}
-    if inner.head is not None:
-        from safetensors.torch import save as save_bytes
+        while stop_reason is None and step < cfg.steps:
+            if cancelled():
+                raise Interrupted()
+            task_model.train()
+            idx = batch_indices(len(train_feats), cfg.batch_size, step, cfg.seed)
+            mine = idx[acc.process_index::acc.num_processes]
+            batch = {k: v.to(acc.device) for k, v in collate([train_feats[i] for i in mine], pad_id).items()}
+            torch.manual_seed(cfg.seed * 7919 + step)  # dropout depends on the step only: resumable
+            loss, _ = task_model(**batch)
+            acc.backward(loss)
+            if cfg.grad_clip:
+                acc.clip_grad_norm_(trainable, cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            emit("step", {"step": step, "total": cfg.steps, "loss": float(loss.detach())})
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                metrics, stop_reason = evaluation(step)
+                history.append(metrics)
+                emit("eval", metrics)
+                if state_dir is not None and acc.is_main_process and step < cfg.steps and stop_reason is None:
+                    save_state(state_dir, inner, optimizer, step, {**info, "history": history})
+        if stop_reason is None:
+            stop_reason = f"step budget of {cfg.steps} reached"
+        acc.wait_for_everyone()
 
-        extra["classifier_head.safetensors"] = save_bytes({k: v.detach().cpu().contiguous()
-                                                          for k, v in inner.head.state_dict().items()})
-        extra["classifier_head.json"] = json.dumps({
-            "labels": task.labels, "input": "final token's last hidden state (after the final norm)",
-            "in_features": inner.head.in_features, "out_features": inner.head.out_features}, indent=2).encode()
-    return TrainOutcome(tensors, history, step, stop_reason, extra, merge_check, resumed_from, final_model)
+        # merge adapters and collect the final values of the planned tensors
+        inner.eval()
+        merge_check = None
+        final_model = inner.lm
+        if peft_model is not None:
+            probe = collate(val_feats[: cfg.batch_size] or train_feats[: cfg.batch_size], pad_id)
+            probe = {k: v.to(acc.device) for k, v in probe.items() if k in ("input_ids", "attention_mask")}
+            with torch.inference_mode():
+                before = _outputs(inner, probe)
+            final_model = peft_model.merge_and_unload()
+            peft_model = None
+            inner.lm = final_model
+            with torch.inference_mode():
+                after = _outputs(inner, probe)
+            merge_check = float((before - after).abs().max())
+        tensors = {}
+        if collect:
+            params = dict(final_model.named_parameters())
+            tensors = {c: params[n].detach().cpu() for n, c in _name_map(final_model, planned).items()}
+        extra = {}
+        if inner.head is not None:
+            from safetensors.torch import save as save_bytes
+
+            extra["classifier_head.safetensors"] = save_bytes({k: v.detach().cpu().contiguous()
+                                                              for k, v in inner.head.state_dict().items()})
+            extra["classifier_head.json"] = json.dumps({
+                "labels": task.labels, "input": "final token's last hidden state (after the final norm)",
+                "in_features": inner.head.in_features, "out_features": inner.head.out_features}, indent=2).encode()
+        return TrainOutcome(tensors, history, step, stop_reason, extra, merge_check, resumed_from, final_model)
+    except BaseException:
+        if peft_model is not None:  # not merged yet: take the adapters out of the caller's model
+            peft_model.unload()
+        raise
 
 
 def _outputs(task_model, batch: dict):

@@ -1,25 +1,25 @@
 """Fine-tuning a model in memory for one study cell: full, LoRA or DoRA on chosen decoder layers.
 
-The mitigation trainer works on checkpoints and writes resumable state; a study cell instead trains a
-model already in memory (edited a moment ago), evaluates it as it goes through a callback (the study
-measures its token distribution at every evaluation), and stops at a target validation loss or a step
-cap, so that every arm of a study can be stopped at the same impact. Adapters are merged into the
-weights at the end, so the model that comes back is an ordinary model with changed weights.
+A study cell trains with the product's loop (``mitigation.train``), so that what the study measures is what
+``editaudit mitigate`` does. Only the framing differs: the model is already in memory (edited a moment ago),
+the task is encoded once per study, the study measures the model at every evaluation through a callback, and
+every arm stops at the same target validation loss (at or below it) or at a step cap. Adapters are merged
+into the weights at the end, so the model that comes back is an ordinary model with changed weights.
 """
 
 from __future__ import annotations
 
-import math
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
-
-import torch
 
 from ..errors import BadInput
 from ..mitigation.data import TaskData
-from ..mitigation.train import batch_indices, collate, encode
+from ..mitigation.plan import Plan
+from ..mitigation.train import TASK_PIECES, StopRule, TrainConfig, encode, train
 
-OnEval = Callable[[int, dict], None]   # (step, {"val_loss": …, "val_acc": …})
+OnEval = Callable[[int, dict], None]   # (step, {"step": …, "val_loss": …, "val_acc": …})
 
 
 @dataclass
@@ -63,134 +63,65 @@ class _Encoded:
         self.train, self.val = encode(task, tokenizer, seq_len)
         if not self.train or not self.val:
             raise BadInput(f"task {task.task}: no usable training or validation examples after encoding")
-        pad = tokenizer.pad_token_id
-        self.pad = pad if pad is not None else (tokenizer.eos_token_id or 0)
 
 
 def encode_task(task: TaskData, tokenizer, seq_len: int) -> _Encoded:
     return _Encoded(task, tokenizer, seq_len)
 
 
-def _loss(model, head, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    if head is None:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        return out.loss, out.logits
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-    hidden = out.hidden_states[-1]
-    last = batch["attention_mask"].sum(1) - 1
-    feats = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    logits = head(feats.to(head.weight.dtype))
-    return torch.nn.functional.cross_entropy(logits, batch["label"]), logits
+def layer_plan(model, method: str, layers: list[int]) -> Plan:
+    """The study's plan: every parameter of the chosen decoder blocks for full fine-tuning; for LoRA/DoRA the
+    weights of their linear modules (GPT-2's Conv1D included), which is all peft can adapt."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
 
-
-def validate(model, head, data: _Encoded, batch_size: int) -> dict:
-    """Mean validation loss (per example batch, weighted by size) and accuracy for classification."""
-    device = next(model.parameters()).device
-    was = model.training
-    model.eval()
-    tot = n = correct = 0.0
-    with torch.inference_mode():
-        for i in range(0, len(data.val), batch_size):
-            batch = {k: v.to(device) for k, v in collate(data.val[i:i + batch_size], data.pad).items()}
-            loss, logits = _loss(model, head, batch)
-            w = float(batch["input_ids"].shape[0])
-            tot += float(loss) * w
-            n += w
-            if head is not None:
-                correct += float((logits.argmax(-1) == batch["label"]).sum())
-    model.train(was)
-    out = {"val_loss": tot / n if n else math.nan}
-    if head is not None:
-        out["val_acc"] = correct / n if n else math.nan
-    return out
-
-
-def _linear_names(model, block: str, layers: list[int]) -> list[str]:
+    block, n_layers = decoder_blocks(model)
     prefixes = tuple(block.format(i) + "." for i in layers)
-    return [name for name, mod in model.named_modules()
-            if isinstance(mod, torch.nn.Linear) and name.startswith(prefixes)]
+    if method == "full":
+        targets: list[str] = []
+        params = [n for n, _ in model.named_parameters() if n.startswith(prefixes)]
+    else:
+        targets = [n for n, m in model.named_modules()
+                   if n.startswith(prefixes) and isinstance(m, (torch.nn.Linear, Conv1D))]
+        params = [f"{t}.weight" for t in targets]
+    if not params:
+        raise BadInput(f"no trainable {method} parameters in layers {layers}")
+    numel = {n: p.numel() for n, p in model.named_parameters()}
+    return Plan("study", f"layers {layers}", "all", method, n_layers, sorted(layers), params, targets,
+                sum(numel[n] for n in params), sum(numel.values()))
 
 
 def finetune(model, tokenizer, data: _Encoded, s: FtSettings, on_eval: OnEval | None = None) -> FtResult:
-    """Train ``model`` in place; evaluate at step 0 and every ``eval_every`` steps; merge adapters at the end."""
-    import time
+    """Train ``model`` in place (the same object comes back changed); ``on_eval`` sees every evaluation."""
+    from ..models.loading import LoadedModel
 
-    if s.method not in ("full", "lora", "dora"):
-        raise BadInput(f"fine-tuning method must be full, lora or dora, not {s.method!r}")
     if not s.layers:
         raise BadInput("the layer strategy leaves no layer to fine-tune")
     t0 = time.perf_counter()
-    block, _ = decoder_blocks(model)
-    device = next(model.parameters()).device
+    plan = layer_plan(model, s.method, s.layers)
+    cfg = TrainConfig(method=s.method, steps=s.max_steps, eval_every=s.eval_every, batch_size=s.batch_size,
+                      seq_len=s.seq_len, lr=s.lr, head_lr=s.head_lr, weight_decay=s.weight_decay, rank=s.rank,
+                      alpha=s.alpha, seed=s.seed)
+    rule = StopRule(loss_at_most=s.target_loss)
+    keep = {"step", "val_loss"} | ({"val_acc"} if TASK_PIECES[data.task.task].head else set())
+
+    def shown(metrics: dict) -> dict:  # the study reports accuracy only for classification
+        return {k: v for k, v in metrics.items() if k in keep}
+
+    def emit(kind: str, metrics: dict) -> None:
+        if kind == "eval" and on_eval is not None:  # model in eval mode, adapters still active
+            on_eval(metrics["step"], shown(metrics))
+
+    lm = LoadedModel(model, tokenizer, Path(getattr(model, "name_or_path", "") or "."))
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    head = None
-    if data.task.task == "sentiment":
-        torch.manual_seed(s.seed)
-        hidden = model.config.get_text_config().hidden_size
-        head = torch.nn.Linear(hidden, max(2, len(data.task.labels))).to(device)
-    peft_model = None
-    if s.method == "full":
-        prefixes = tuple(block.format(i) + "." for i in s.layers)
-        params = [p for n, p in model.named_parameters() if n.startswith(prefixes)]
-        for p in params:
-            p.requires_grad_(True)
-        net = model
-    else:
-        from peft import LoraConfig, get_peft_model
-
-        targets = _linear_names(model, block, s.layers)
-        if not targets:
-            raise BadInput(f"no linear modules in layers {s.layers} for {s.method}")
-        cfg = LoraConfig(r=s.rank, lora_alpha=s.alpha, lora_dropout=0.0, target_modules=targets,
-                         use_dora=s.method == "dora", bias="none")
-        torch.manual_seed(s.seed)
-        peft_model = get_peft_model(model, cfg)
-        net = peft_model
-        params = [p for p in peft_model.parameters() if p.requires_grad]
-    groups = [{"params": params, "lr": s.lr, "weight_decay": s.weight_decay}]
-    if head is not None:
-        groups.append({"params": list(head.parameters()), "lr": s.head_lr, "weight_decay": s.weight_decay})
-    opt = torch.optim.AdamW(groups, betas=(0.9, 0.999))
-    history: list[dict] = []
-
-    def evaluate(step: int) -> float:
-        m = validate(net, head, data, s.batch_size) | {"step": step}
-        history.append(m)
-        if on_eval is not None:
-            net.eval()
-            on_eval(step, m)
-        return m["val_loss"]
-
-    step, reason = 0, "cap"
     try:
-        loss0 = evaluate(0)
-        if s.target_loss is not None and loss0 <= s.target_loss:
-            reason = "target"
-        else:
-            net.train()
-            while step < s.max_steps:
-                idx = batch_indices(len(data.train), s.batch_size, step, s.seed)
-                batch = {k: v.to(device) for k, v in collate([data.train[i] for i in idx], data.pad).items()}
-                loss, _ = _loss(net, head, batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
-                opt.step()
-                step += 1
-                if step % s.eval_every == 0 or step == s.max_steps:
-                    val = evaluate(step)
-                    if s.target_loss is not None and val <= s.target_loss:
-                        reason = "target"
-                        break
-                    net.train()
+        out = train(lm, plan, data.task, cfg, emit=emit, features=(data.train, data.val), stop=rule,
+                    collect=False)
     finally:
-        net.eval()
-        if peft_model is not None:
-            merged = peft_model.merge_and_unload()
-            if merged is not model:  # peft replaced modules in place; the object must be the caller's
-                raise RuntimeError("peft returned a different model object after merging")
+        model.eval()
         for n, p in model.named_parameters():
             p.requires_grad_(flags.get(n, False))
-    return FtResult(step, reason, history, time.perf_counter() - t0)
+    if out.model is not model:  # the caller's object must carry the trained weights
+        raise RuntimeError("fine-tuning returned a different model object")
+    reason = "target" if rule.check(out.history[-1], out.history[0]) else "cap"
+    return FtResult(out.steps, reason, [shown(m) for m in out.history], time.perf_counter() - t0)
