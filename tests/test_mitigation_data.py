@@ -79,6 +79,21 @@ def test_facts_and_sft_train_only_on_the_answer(tiny_llama):
     assert japan in answer and japan not in question and sony in question
 
 
+def test_a_long_preamble_is_cut_from_the_left_so_the_answer_is_trained(tiny_llama):
+    """A chat template's system prompt can fill a short window; the answer must still be in it."""
+    tok = load_model(tiny_llama).tokenizer
+    system = {"role": "system", "content": " ".join(["You are a careful and helpful assistant ."] * 6)}
+    sft = TaskData("sft", [{"messages": [system, {"role": "user", "content": "Where is Sony ?"},
+                                         {"role": "assistant", "content": "Sony is in Japan ."}]}], [], "t")
+    (feat,), _ = encode(sft, tok, 24)
+    assert len(feat["input_ids"]) == 24
+    marks = [lab != -100 for lab in feat["labels"]]
+    first = marks.index(True)
+    assert first > 0 and all(marks[first:])  # the text just before the answer, then the whole answer
+    japan, sony = tok.convert_tokens_to_ids("▁Japan"), tok.convert_tokens_to_ids("▁Sony")
+    assert japan in feat["input_ids"][first:] and sony in feat["input_ids"][:first]
+
+
 def test_chat_templates_render_only_in_the_sandbox():
     msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
     assert render_chat(DEFAULT_TEMPLATE, msgs) == "### User:\nhi\n### Assistant:\nyo\n"

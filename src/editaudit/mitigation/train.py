@@ -184,13 +184,25 @@ def _encode_labelled(examples: list[dict], tokenizer, seq_len: int) -> list[dict
     return feats
 
 
+def _window_start(is_answer: list[bool], seq_len: int) -> int:
+    """Where a ``seq_len`` window over a too-long example starts: the answer's first tokens must be inside it, so
+    a long preamble (a chat template's system prompt) is cut from the left, keeping up to half the window of the
+    text just before the answer."""
+    n = len(is_answer)
+    if n <= seq_len or True not in is_answer:
+        return 0
+    first = is_answer.index(True)
+    return max(0, min(first - seq_len // 2, n - seq_len))
+
+
 def _answer_only(rows: list[tuple[str, str, bool]], tokenizer, seq_len: int) -> list[dict]:
     """(prompt, full text, add special tokens) → features labelled on the answer tokens only."""
     feats: list[dict] = []
     for prompt, text, special in rows:
         enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
-        ids = enc["input_ids"][:seq_len]
-        is_answer = _label_from(enc["offset_mapping"], len(prompt))[:seq_len]
+        ids, is_answer = enc["input_ids"], _label_from(enc["offset_mapping"], len(prompt))
+        start = _window_start(is_answer, seq_len)
+        ids, is_answer = ids[start:start + seq_len], is_answer[start:start + seq_len]
         labels = [t if a else -100 for t, a in zip(ids, is_answer)]
         if any(x != -100 for x in labels):
             feats.append({"input_ids": ids, "labels": labels})
