@@ -238,7 +238,7 @@ def recover_subjects(model: Any, tokenizer: Any, path: str, in_dirs: torch.Tenso
     ``space``: the scan without a base restricts it to C's low-energy half). ``retry=True`` (``scan --wide-search``)
     gives a round that finds nothing a second try with ``RETRY_SEEDS`` seeds. Off by default: on the second
     held-apart set it found 2 more subjects of 38 and no more objects, while a missed subject's search took
-    2–6 times as long (bench/results/open_reading_v2.txt, docs/scan.md); the scan never asks it for a dense
+    3–12 times as long (bench/results/open_reading_v2_wide.txt against open_reading_v2.txt, docs/scan.md); the scan never asks it for a dense
     change (fine-tuning), which no key explains."""
     vocab = vocab_keys(model, tokenizer, [path], base_fingerprint,
                        progress=lambda d, t: progress("vocabulary keys", d, t))[path]
