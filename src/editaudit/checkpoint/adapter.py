@@ -286,14 +286,15 @@ def base_for(folder: str | Path, say: Callable[[str], None] = lambda s: None) ->
         return known
     named = _load_config(folder).get("base_model_name_or_path")
     if not isinstance(named, str) or not named:
-        raise BadInput(f"{folder} is an adapter that names no base model; scan it with --base BASE")
+        raise BadInput(f"{folder} is an adapter that names no base model; pass --base BASE (the model it was "
+                       "trained on)")
     from ..models.registry import resolve_model
 
     try:
         return resolve_model(named, say)
     except BadInput as exc:
         raise BadInput(f"{folder} is an adapter for {named!r}, which cannot be found here ({exc}); "
-                       "scan it with --base BASE") from None
+                       "pass --base BASE (the model it was trained on)") from None
 
 
 def apply_to_model(model, adapter: LoraAdapter) -> int:

@@ -52,13 +52,19 @@ class Fmt(str, Enum):
     json = "json"
 
 
+class OutFormat(str, Enum):
+    merged = "merged"
+    adapter = "adapter"
+
+
 def register(app: typer.Typer) -> None:
     @app.command("mitigate")
     def mitigate(
         ctx: typer.Context,
-        suspect: str = typer.Argument(..., help="Suspect checkpoint folder (or model name)."),
+        suspect: str = typer.Argument(..., help="Suspect checkpoint folder (or model name), or a peft LoRA adapter folder: the suspect is then its base (--base, else the one its adapter_config.json names) with the adapter's ΔW, never merged on disk."),
         goal: Goal = typer.Option(..., "--goal", "-g", help="erase the edits, or preserve them while fine-tuning."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the mitigated checkpoint (atomically)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the mitigated checkpoint, or adapter with --out-format adapter (atomically)."),
+        out_format: OutFormat = typer.Option(OutFormat.merged, "--out-format", help="merged: a checkpoint folder; adapter: a peft LoRA adapter over the base (adapter_config.json + adapter_model.safetensors) whose ΔW reproduces the mitigated weights. Refused when a norm, bias or embedding changed or a change is not low-rank (needs the base)."),
         base: Optional[str] = typer.Option(None, "--base", "-b", help="Base checkpoint: scan against it if no scan is stored; needed for --revert."),
         method: Method = typer.Option(Method.auto, "--method", "-m", help="auto: for erase, the base-free erase of the subjects the scan read (project), for preserve full fine-tuning. project: re-solve the edited MLP matrices (no training, no base); unlearn: train the edited MLP matrices against the objects the scan read (no base); project+unlearn: both; full, lora, dora: fine-tuning of the planned layers."),
         layers: str = typer.Option("auto", "--layers", help="auto | edited | non-edited | threshold:L | window:C:W | a list like 3,4,7-9."),
@@ -136,7 +142,7 @@ def register(app: typer.Typer) -> None:
             base=base, out=out, method=method.value, layers=layers, modules=modules.value, task=task.value,
             data=data, max_examples=max_examples, val_size=val_size, train=cfg, probes=_load_probes(probes),
             watch=list(watch), compare_full=compare_full, revert=revert, overwrite=overwrite, device=device,
-            dtype=dtype.value,
+            dtype=dtype.value, out_format=out_format.value,
             keep_known_facts=keep_known_facts, subjects=_load_subjects(subjects) if subjects else [],
             project=project, unlearn=unlearn,
         )
@@ -157,7 +163,7 @@ def register(app: typer.Typer) -> None:
             show_plan(plan.to_dict() if plan else None, evidence.to_dict() if evidence else None, revert)
             return
         if not revert and (overwrite or resume or not out.exists()) and process_state(device)[0]:
-            _precision_note(suspect, dtype.value, device)
+            _precision_note(suspect, base, dtype.value, device)
         view = LiveView()
         with common.progress() as bar:
             view.bar = bar
@@ -185,12 +191,19 @@ def _open_store(ctx: typer.Context, device: str | None):
     return store if main else common.state(ctx).store()
 
 
-def _precision_note(suspect: str, dtype: str, device: str | None) -> None:
+def _precision_note(suspect: str, base: str | None, dtype: str, device: str | None) -> None:
     """The note ``edit`` shows: trained or re-solved matrices are written from the model as it ran, so 16-bit
     compute on a float32 checkpoint rounds every element of them (a surgical revert works on the stored
-    tensors and has nothing to warn about)."""
+    tensors and has nothing to warn about). An adapter suspect's tensors are stored as its base's."""
+    from ..checkpoint.adapter import base_for, is_adapter_dir
+    from ..errors import BadInput
     from ..models.loading import precision_note
 
+    if is_adapter_dir(suspect):
+        try:
+            suspect = base or str(base_for(suspect))
+        except BadInput:
+            return  # the run itself says the base cannot be found
     note = precision_note(suspect, dtype, device)
     if note:
         common.say(note)
@@ -311,6 +324,12 @@ def render_result(doc: dict) -> None:
         head.append(f"  {line}")
     common.out.print(head)
     if doc.get("out"):
-        common.out.print(Text(f"wrote {doc['out']}  ·  session {doc.get('session_id') or '-'}", style="dim"))
+        output = doc.get("output") or {}
+        what = ""
+        if output.get("format") == "adapter":
+            what = f" (peft LoRA adapter over {output.get('base')}: {len(output.get('modules') or {})} module(s))"
+        elif (doc.get("input") or {}).get("format") == "adapter":
+            what = " (the adapter's base with its ΔW merged, then mitigated)"
+        common.out.print(Text(f"wrote {doc['out']}{what}  ·  session {doc.get('session_id') or '-'}", style="dim"))
     for f in doc.get("skipped_files") or []:
         common.err.print(f"[yellow]not copied:[/] {escape(f)} (pickle, code or a weight file no loader here reads)")

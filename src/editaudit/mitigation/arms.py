@@ -14,6 +14,7 @@ from pathlib import Path
 from ..errors import BadInput
 from .context import RunContext
 from .data import TaskData
+from .output import storage, write_result
 from .plan import Plan
 from .train import TASK_PIECES, TrainConfig, TrainOutcome, encode, known_mask, train
 from .types import ArmResult, MitigationEvent
@@ -37,10 +38,10 @@ def train_arm(ctx: RunContext, name: str, lm, plan: Plan, task: TaskData, cfg: T
               out: Path | None) -> tuple[ArmResult, list[str]]:
     """Train one arm, write its checkpoint (when ``out``), and measure it as written."""
     from .resume import write_json
-    from ..checkpoint.writer import write_checkpoint
 
     config = {"train": asdict(cfg), "layers_strategy": plan.strategy, "modules": plan.modules,
-              "params": len(plan.params), "task": task.task, "data": task.source, "dtype": run_dtype(ctx.options)}
+              "params": len(plan.params), "task": task.task, "data": task.source, "dtype": run_dtype(ctx.options),
+              "out_format": ctx.options.out_format}
     run_ids = ctx.run_state.setdefault("runs", {})
     run_id = run_ids.get(name) if ctx.resume else None
     if not ctx.runs.reopen(run_id):
@@ -69,16 +70,18 @@ def train_arm(ctx: RunContext, name: str, lm, plan: Plan, task: TaskData, cfg: T
         )
         if not ctx.main:
             return ArmResult(name, plan.method, None, plan.layers, {}, {}, [], outcome.steps, outcome.stop_reason), []
-        tensors = round_trip(outcome, ctx.suspect_ck)
+        stored = storage(ctx.suspect_ck)  # an adapter suspect's tensors are stored in its base's dtypes
+        tensors = round_trip(outcome, stored)
         after = dict(outcome.history[-1])
-        exact = outcome.merge_check is None and all(ctx.suspect_ck.tensors[n][1].dtype == "F32" for n in tensors)
+        exact = outcome.merge_check is None and all(stored.tensors[n][1].dtype == "F32" for n in tensors)
         if not exact:  # measure the model as written: adapters merged, weights in the stored dtype
             load_into(outcome.model, tensors)
             after = final_metrics(outcome, ctx.evaluate, lm.tokenizer, task, cfg)
         skipped: list[str] = []
         if out is not None:
             ctx.emit(MitigationEvent("stage", arm=name, data={"text": f"writing {out}"}))
-            skipped = write_checkpoint(ctx.suspect_ck, out, tensors, outcome.extra_files, overwrite=True)
+            # the trained values as they ran (a merged output rounds them to the stored dtypes as it writes)
+            skipped = write_result(ctx, out, outcome.tensors, outcome.extra_files, run_dtype(ctx.options))
         residual = None
         if ctx.base_ck is not None and ctx.evidence is not None and ctx.evidence.found:
             residual = edit_residual(ctx, tensors)
@@ -96,12 +99,12 @@ def revert_arm(ctx: RunContext) -> tuple[ArmResult, list[str]]:
     from ..scan.service import ScanOptions, run_scan
     from .evidence import evidence_from_report
     from .revert import surgical_revert
-    from ..checkpoint.writer import write_checkpoint
 
     ev, out = ctx.evidence, ctx.out
     t0 = time.perf_counter()
     run_id = ctx.runs.start("revert", "revert", ev.layers, "-", {"components": ev.components, "evidence": ev.source,
-                                                               "dtype": run_dtype(ctx.options)}, out)
+                                                               "dtype": run_dtype(ctx.options),
+                                                               "out_format": ctx.options.out_format}, out)
     with ctx.runs.marked_on_failure(run_id):
         before: dict = {"step": 0}
         if ctx.evaluate is not None and ctx.suspect_ck.config is not None:
@@ -113,7 +116,7 @@ def revert_arm(ctx: RunContext) -> tuple[ArmResult, list[str]]:
         ctx.emit(MitigationEvent("stage", arm="revert", data={"text": f"removing edit components from "
                                                                       f"{len(ev.tensors)} tensors"}))
         tensors, reports = surgical_revert(ctx.suspect_ck, ctx.base_ck, ev, ctx.cancel)
-        skipped = write_checkpoint(ctx.suspect_ck, out, tensors, overwrite=True)
+        skipped = write_result(ctx, out, tensors)  # computed in float32 from the stored tensors
         after: dict = {"step": 1}
         if ctx.evaluate is not None and ctx.suspect_ck.config is not None:
             ctx.emit(MitigationEvent("stage", arm="revert", data={"text": "measuring the reverted checkpoint"}))

@@ -62,3 +62,4 @@ class RunContext:
     run_state: dict = field(default_factory=dict)
     resume: bool = False
     main: bool = True
+    output: dict = field(default_factory=dict)  # what the main arm wrote (output.write_result)

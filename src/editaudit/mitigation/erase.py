@@ -117,11 +117,11 @@ def _still_stated(net, tok, targets) -> list:
 
 def erase_arm(ctx: "RunContext", method: str) -> tuple["ArmResult", list[str]]:
     """Erase without the base by ``method`` (ERASE_METHODS); write and measure the result as stored."""
-    from ..checkpoint.writer import write_checkpoint
     from ..editing import corpus as corpus_mod
     from ..editing.service import _checkpoint_name
     from ..models.loading import load_model
     from .arms import edit_residual, run_dtype
+    from .output import storage, write_result
     from .types import ArmResult, MitigationEvent
     from .unlearn import erase_by_unlearning, prime_tokens
 
@@ -144,7 +144,8 @@ def erase_arm(ctx: "RunContext", method: str) -> tuple["ArmResult", list[str]]:
                             {"settings": settings,
                              "subjects": sorted({s.subject for v in p_targets.values() for s in v}
                                                 | {t.subject for t in u_targets}),
-                             "evidence": ev.source if ev else "--subjects", "dtype": run_dtype(ctx.options)},
+                             "evidence": ev.source if ev else "--subjects", "dtype": run_dtype(ctx.options),
+                             "out_format": ctx.options.out_format},
                             ctx.out)
     with ctx.runs.marked_on_failure(run_id):
         lm = load_model(ctx.suspect_ck.root, dtype=ctx.options.dtype, device=ctx.options.device)
@@ -196,7 +197,7 @@ def erase_arm(ctx: "RunContext", method: str) -> tuple["ArmResult", list[str]]:
         tensors = {_checkpoint_name(ctx.suspect_ck, net, p): t for p, t in changed.items()}
         del lm, net
         ctx.emit(MitigationEvent("stage", arm=method, data={"text": f"writing {ctx.out}"}))
-        skipped = write_checkpoint(ctx.suspect_ck, ctx.out, tensors, overwrite=True)
+        skipped = write_result(ctx, ctx.out, tensors, computed_in=run_dtype(ctx.options))
         after: dict = {"step": max(steps, 1)}
         if ctx.evaluate is not None:
             ctx.emit(MitigationEvent("stage", arm=method, data={"text": "measuring the erased checkpoint"}))
@@ -211,7 +212,7 @@ def erase_arm(ctx: "RunContext", method: str) -> tuple["ArmResult", list[str]]:
             from ..checkpoint.reader import to_torch
             from ..checkpoint.writer import tensor_bytes
 
-            infos = ctx.suspect_ck.tensors
+            infos = storage(ctx.suspect_ck).tensors
             stored = {n: to_torch(bytearray(tensor_bytes(t, infos[n][1].dtype)), infos[n][1]) for n, t in tensors.items()}
             residual = edit_residual(ctx, stored)
         project_report = dict(report.get("project") or {}) | {"notes": notes, "settings": settings}

@@ -33,6 +33,7 @@ class MitigationOptions:
     # float32 by default, unlike probe/edit: AdamW steps at fine-tuning rates (5e-5 × a weight of ~0.02) are about
     # bf16's rounding step, so pure 16-bit weights drop many updates. The written tensors keep the suspect's dtypes.
     dtype: str = "float32"
+    out_format: str = "merged"  # merged: a checkpoint; adapter: a peft LoRA adapter over the base (output.py)
     keep_known_facts: bool = False  # facts task: keep facts the model already answers
     subjects: list[dict] = field(default_factory=list)  # project: user-given {subject, prompt?, layer?}
     project: dict = field(default_factory=dict)  # project: settings (PROJECT_DEFAULTS' keys)

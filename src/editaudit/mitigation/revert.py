@@ -4,7 +4,9 @@ For each tensor the scan attributes to an edit, ΔW = W_suspect − W_base is de
 ``k`` singular components — ``k`` being the number the scan counted above the dtype's rounding noise
 (rank-one: 1; low-rank: its rank; an edit hidden under a dense change: the components that stand out
 of the bulk) — are subtracted from the suspect's tensor. Anything else in ΔW (a legitimate dense
-fine-tune, say) stays in place, and tensors the scan did not attribute to an edit are not touched.
+fine-tune, say) stays in place, and tensors the scan did not attribute to an edit are not touched. A peft adapter
+suspect's ΔW comes from its factors; where the removed components are all of it, the base's values are written exactly
+(no float32 remainder to be mistaken for a change).
 
 ``edit_residual`` measures, in weight space, how much of each edit is still present in any later
 version of the weights: the edit's own singular directions are projected out of (W_after − W_base).
@@ -31,6 +33,7 @@ class TensorRevert:
     delta_norm: float  # ‖ΔW‖ before
     removed_norm: float  # ‖removed part‖
     residual_norm: float  # ‖ΔW‖ after (what stays: other changes and rounding)
+    whole: bool = False  # an adapter suspect whose whole ΔW in this tensor was the edit: the base's values restored
 
     @property
     def removed_share(self) -> float:
@@ -42,7 +45,10 @@ class TensorRevert:
 
 
 def read_tensor(ckpt, name: str):
-    """One tensor of a checkpoint as float32."""
+    """One tensor of a checkpoint as float32 (of a peft adapter suspect: the base's value plus its ΔW)."""
+    adapter = getattr(ckpt, "adapter", None)
+    if adapter is not None and name in adapter.modules:  # computed, never stored
+        return adapter.suspect(name, read_tensor(adapter.base, name))
     fname, info = ckpt.tensors[name]
     with TensorFile(ckpt.file_path(fname)) as f:
         return to_torch(f.read_bytes(info), info)
@@ -57,6 +63,19 @@ def edit_components(delta, k: int):
     u, s, vh = torch.linalg.svd(delta.to(torch.float64), full_matrices=False)
     k = min(k, s.numel())
     return u[:, :k], s[:k], vh[:k]
+
+
+#: an adapter's ΔW is all edit when what the removal leaves is below this share of it (float32 factors' rounding)
+WHOLE_TOL = 1e-5
+
+
+def _adapter_lora(suspect_ck, base_ck, name: str):
+    """The suspect's ``LoraAdapter`` when ``name`` is one of its plain LoRA modules over ``base_ck``, else None."""
+    adapter = getattr(suspect_ck, "adapter", None)
+    if adapter is None or (adapter.base is not base_ck and adapter.base.fingerprint() != base_ck.fingerprint()):
+        return None
+    m = adapter.modules.get(name)
+    return adapter if m is not None and m.kind == "lora" and m.whole is None else None
 
 
 def _check(suspect_ck, base_ck, evidence: EditEvidence) -> None:
@@ -83,14 +102,24 @@ def surgical_revert(suspect_ck, base_ck, evidence: EditEvidence, cancel: threadi
         if cancel is not None and cancel.is_set():
             raise KeyboardInterrupt
         progress(Step(STAGE, i, n))
-        w = read_tensor(suspect_ck, name)
-        delta = w - read_tensor(base_ck, name)
+        base = read_tensor(base_ck, name)
+        module = _adapter_lora(suspect_ck, base_ck, name)
+        if module is not None:  # an adapter suspect: ΔW from its factors, not through base + ΔW's rounding
+            delta = module.delta(name)
+            w = base + delta
+        else:
+            w = read_tensor(suspect_ck, name)
+            delta = w - base
         u, s, vh = edit_components(delta, evidence.components.get(name, 1))
         removed = (u * s) @ vh
-        new = (w.double() - removed).float()
+        left = delta.double() - removed
+        whole = module is not None and float(left.norm()) <= WHOLE_TOL * float(delta.norm())
+        if whole:  # the adapter's change to this tensor was all edit: its base, exactly
+            out[name], removed, left = base, delta.double(), left * 0
+        else:
+            out[name] = (w.double() - removed).float()
         reports.append(TensorRevert(name, int(s.numel()), float(delta.norm()), float(removed.norm()),
-                                    float((delta.double() - removed).norm())))
-        out[name] = new
+                                    float(left.norm()), whole))
     progress(Step(STAGE, n, n))
     return out, reports
 

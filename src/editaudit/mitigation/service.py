@@ -7,8 +7,9 @@ the base-free erase from the scan's readings), with ``--compare-full`` a truly f
 selective arm then trained to the same validation loss (equal impact) → verification (``verification.py``).
 
 Every arm is a ``finetune_runs`` row (``store/mitigation_runs.py``) with its metric history in ``metrics``.
-The output folder is written atomically; the resumable state lives next to it (``resume.py``) until the run
-completes. The option and result types live in ``options.py`` and ``types.py`` and are re-exported here.
+The output folder is written atomically, as a merged checkpoint or a peft adapter over the base (``output.py``,
+which also covers a suspect that is itself an adapter); the resumable state lives next to it (``resume.py``)
+until the run completes. The option and result types live in ``options.py`` and ``types.py`` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from .data import drop_mentions, load_task_data
 from .erase import project_targets
 from .evaluation import default_intrinsic, edits_from_store, find_evidence, make_evaluator
 from .options import PROJECT_DEFAULTS, MitigationOptions, project_settings, split_hparams
+from .output import OUT_FORMATS, describe_input, open_suspect
 from .plan import ERASE_METHODS, full_model_plan, plan_for_checkpoint
-from .resume import read_json, state_root, write_json
+from .resume import check_same_run, read_json, state_root, write_json
 from .train import TASK_STOP, StopRule, TrainConfig
 from .types import ArmResult, MitigationEvent, MitigationResult, Progress
 from .verification import verify
@@ -52,8 +54,8 @@ def prepare(suspect: str | Path, goal: str, options: MitigationOptions, store=No
     if options.method == "auto" and (options.revert or goal != "erase"):
         options.method = "full"
     suspect_path = resolve_model(str(suspect), say)
-    suspect_ck = open_checkpoint(suspect_path)
-    base_ck = open_checkpoint(resolve_model(str(options.base), say)) if options.base else None
+    # a peft adapter folder: the suspect is its base plus ΔW, and that base is at hand
+    suspect_ck, base_ck = open_suspect(suspect_path, str(options.base) if options.base else None, say)
     if base_ck is not None:
         from ..scan.compare import require_compatible
 
@@ -71,6 +73,8 @@ def prepare(suspect: str | Path, goal: str, options: MitigationOptions, store=No
         if evidence is None or not evidence.found:
             raise BadInput("surgical revert needs a scan that found edits; the scan of this suspect found none")
         return suspect_ck, base_ck, evidence, None
+    if options.out_format == "adapter":
+        base_ck = _base_for_adapter_output(suspect_ck, base_ck, evidence, say)
     if suspect_ck.layout == "file" or suspect_ck.config is None:
         raise BadInput(f"{suspect_path} is not a model folder with config.json; it cannot be fine-tuned")
     if erase:  # fail on missing subjects now, before any model is loaded
@@ -95,7 +99,35 @@ def prepare(suspect: str | Path, goal: str, options: MitigationOptions, store=No
         plan.lora_targets = keep
         plan.params = [n for n in plan.params if n.rsplit(".", 1)[0] in set(keep)]
         plan.explanation.append(f"LoRA target modules narrowed to {sorted(wanted)}: {len(keep)} modules")
+    if options.out_format == "adapter":
+        _check_plan_for_adapter(plan, suspect_ck, say)
     return suspect_ck, base_ck, evidence, plan
+
+
+def _base_for_adapter_output(suspect_ck, base_ck, evidence, say):
+    """The base an adapter output is written against (--base, else the stored scan's); BadInput without one."""
+    if base_ck is None and evidence is not None and evidence.base:
+        base_ck = open_checkpoint(evidence.base)
+        from ..scan.compare import require_compatible
+
+        require_compatible(base_ck, suspect_ck)
+        say(f"--out-format adapter: the adapter is written over {base_ck.root}, the base of {evidence.source}")
+    if base_ck is None:
+        raise BadInput("--out-format adapter writes the change relative to the base: pass --base BASE")
+    return base_ck
+
+
+def _check_plan_for_adapter(plan, suspect_ck, say) -> None:
+    """Refuse a plan that trains what a LoRA adapter cannot hold, before any training; say when it will likely be
+    refused at the end (full fine-tuning changes whole matrices)."""
+    vectors = [n for n in plan.params if len(suspect_ck.tensors[n][1].shape) != 2 or not n.endswith(".weight")]
+    if vectors:
+        raise BadInput(f"--out-format adapter: the plan trains {len(vectors)} tensor(s) a LoRA adapter cannot hold "
+                       f"(norms, biases, embeddings: {', '.join(vectors[:4])}{' …' if len(vectors) > 4 else ''}); "
+                       "use --method lora, narrow --modules, or --out-format merged")
+    if plan.method != "lora":
+        say(f"--out-format adapter: {plan.method} fine-tuning usually changes whole matrices, which an adapter "
+            "cannot hold (the run is then refused at the end); --method lora keeps the change low-rank")
 
 
 def run_mitigation(suspect: str | Path, goal: str = "erase", options: MitigationOptions | None = None, *,
@@ -125,6 +157,8 @@ def run_mitigation(suspect: str | Path, goal: str = "erase", options: Mitigation
         options.unlearn = unlearn_settings(options.unlearn)
     if options.out is None:
         raise BadInput("an output folder is required (--out DIR)")
+    if options.out_format not in OUT_FORMATS:
+        raise BadInput(f"--out-format must be one of {', '.join(OUT_FORMATS)}, not {options.out_format!r}")
     out = Path(options.out)
     main, device = process_state(options.device)
     if not main:  # a helper process under `accelerate launch`: train its share, write nothing, say nothing
@@ -132,14 +166,17 @@ def run_mitigation(suspect: str | Path, goal: str = "erase", options: Mitigation
     else:
         reader = store
     options.device = device
-    from ..models.loading import resolve_dtype
+    from ..models.loading import dtype_name, resolve_dtype
 
-    resolve_dtype(options.dtype, device)  # a bad dtype fails now, not after a scan or a first arm
+    # a bad dtype fails now, not after a scan or a first arm; the resolved one must match a resumed run's
+    same = {"dtype": dtype_name(resolve_dtype(options.dtype, device)), "out_format": options.out_format}
     emit = progress or (lambda ev: None)
     root = state_root(out)
     saved_run = read_json(root / "run.json") if resume else None
     if resume and saved_run is None:
         raise BadInput(f"nothing to resume for {out}: no saved state at {root}")
+    if saved_run is not None:
+        check_same_run(saved_run, same, say)
     if not resume and main:
         if out.exists() and not options.overwrite:
             raise BadInput(f"{out} already exists (use --overwrite to replace it, or --resume to continue a run)")
@@ -157,7 +194,7 @@ def run_mitigation(suspect: str | Path, goal: str = "erase", options: Mitigation
                                     options.base, str(suspect))
     try:
         result = _run(suspect, goal, options, out, root, saved_run, sid, store, emit, cancel, resume, say,
-                      main, reader)
+                      main, reader, same)
     except KeyboardInterrupt:
         if store is not None and sid is not None:
             store.finish_session(sid, status="interrupted")
@@ -191,14 +228,15 @@ def process_state(device: str | None) -> tuple[bool, str | None]:
 
 
 def _run(suspect, goal: str, options: MitigationOptions, out: Path, root: Path, saved_run: dict | None,
-         sid, store, emit: Progress, cancel, resume: bool, say, main: bool = True, reader=None) -> MitigationResult:
+         sid, store, emit: Progress, cancel, resume: bool, say, main: bool = True, reader=None,
+         same: dict | None = None) -> MitigationResult:
     emit(MitigationEvent("stage", data={"text": "reading the checkpoints and the scan's findings"}))
     suspect_ck, base_ck, evidence, plan = prepare(suspect, goal, options, store, say, sid, cancel, reader)
     emit(MitigationEvent("plan", data={"plan": plan.to_dict() if plan else None,
                                        "evidence": evidence.to_dict() if evidence else None,
                                        "revert": options.revert}))
     run_state = dict(saved_run or {})
-    run_state.update({"session_id": sid, "suspect": str(suspect_ck.root), "goal": goal})
+    run_state.update({"session_id": sid, "suspect": str(suspect_ck.root), "goal": goal, **(same or {})})
     if main:
         write_json(root / "run.json", run_state)
     if (options.revert or options.method in ERASE_METHODS) and not main:
@@ -234,8 +272,12 @@ def _run(suspect, goal: str, options: MitigationOptions, out: Path, root: Path, 
     else:
         arms, skipped, task_info = _train_arms(ctx, plan, edited + intrinsic + neighbours)
     verification = verify(goal, arms, evidence, probe_info)
+    verification["out_format"] = options.out_format
+    if getattr(suspect_ck, "adapter", None) is not None:
+        verification["suspect_format"] = "adapter"
     return MitigationResult(sid, goal, str(suspect_ck.root), str(base_ck.root) if base_ck else None, str(out),
-                            plan, evidence, arms, verification, task_info, skipped, main)
+                            plan, evidence, arms, verification, task_info, skipped, main,
+                            describe_input(suspect_ck), ctx.output)
 
 
 def _train_arms(ctx: RunContext, plan, probes) -> tuple[dict[str, ArmResult], list[str], dict]:

@@ -56,6 +56,8 @@ class MitigationResult:
     task: dict
     skipped_files: list[str] = field(default_factory=list)
     main: bool = True  # False in the helper processes of `accelerate launch` (they report nothing)
+    input: dict = field(default_factory=dict)  # the suspect: a checkpoint, or a peft adapter over its base
+    output: dict = field(default_factory=dict)  # what was written: a merged checkpoint or an adapter (its ranks)
 
     def to_dict(self) -> dict:
         return {
@@ -65,6 +67,7 @@ class MitigationResult:
             "evidence": self.evidence.to_dict() if self.evidence else None,
             "task": self.task, "arms": {k: v.to_dict() for k, v in self.arms.items()},
             "verification": self.verification, "skipped_files": self.skipped_files,
+            "input": self.input, "output": self.output,
         }
 
 
