@@ -51,7 +51,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     from editaudit.atomic import atomic_write_text
     from editaudit.editing.service import apply_edits
-    from editaudit.mitigation.service import MitigationOptions, run_mitigation
+    from editaudit.mitigation.service import MitigationEvent, MitigationOptions, run_mitigation
     from editaudit.mitigation.train import TrainConfig
     from editaudit.models.registry import ensure_model
     from editaudit.paths import cache_dir, resource_dir
@@ -121,7 +121,7 @@ def main() -> int:
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
 
     def progress(ev) -> None:
-        if ev.kind == "eval":
+        if isinstance(ev, MitigationEvent) and ev.kind == "eval":
             d = ev.data
             print(f"  {ev.arm:>9} step {d.get('step', 0):>3}  val {d.get('val_loss', float('nan')):.3f}  "
                   f"edited {d.get('edited_retention', float('nan')):.0%}  "

@@ -22,8 +22,9 @@ from typer.testing import CliRunner
 import editaudit.models.loading as loading
 from editaudit.cli.main import app
 from editaudit.errors import BadInput
-from editaudit.mitigation.service import MitigationOptions, run_mitigation
+from editaudit.mitigation.service import MitigationEvent, MitigationOptions, run_mitigation
 from editaudit.mitigation.train import Interrupted, TrainConfig
+from editaudit.progress import Step
 from editaudit.store import Store
 from editaudit.testing import SENTENCES, WORDS, edited_pair, make_tiny_model, plant, rank_delta
 
@@ -340,7 +341,7 @@ def test_resume_refuses_another_dtype_or_out_format_before_any_work(tmp_path, mo
     cancel = threading.Event()
     with pytest.raises(Interrupted):
         run_mitigation(suspect, "erase", MitigationOptions(**opts), store=Store(), cancel=cancel,
-                       progress=lambda ev: ev.kind == "step" and cancel.set())
+                       progress=lambda ev: isinstance(ev, Step) and ev.done >= 1 and cancel.set())
     saved = json.loads((tmp_path / ".out.resume" / "run.json").read_text())
     assert saved["dtype"] == "float32" and saved["out_format"] == "merged"
 
@@ -357,5 +358,5 @@ def test_resume_refuses_another_dtype_or_out_format_before_any_work(tmp_path, mo
 
     events: list = []
     run_mitigation(suspect, "erase", MitigationOptions(**opts), store=Store(), resume=True, progress=events.append)
-    assert [e.data["step"] for e in events if e.kind == "resume"] == [0]
+    assert [e.data["step"] for e in events if isinstance(e, MitigationEvent) and e.kind == "resume"] == [0]
     assert (tmp_path / "out" / "model.safetensors").exists()

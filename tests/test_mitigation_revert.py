@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from editaudit.cli.main import app
 from editaudit.errors import BadInput
 from editaudit.mitigation.service import MitigationOptions, run_mitigation
+from editaudit.progress import Stage
 from editaudit.scan.service import ScanOptions, run_scan
 from editaudit.store import Store
 from editaudit.testing import finetune, make_tiny_model, plant, rank_delta
@@ -123,7 +124,7 @@ def test_cancelled_revert_writes_nothing(base, tmp_path):
     cancel = threading.Event()
 
     def on(ev):
-        if ev.kind == "stage" and "removing edit components" in ev.data.get("text", ""):
+        if isinstance(ev, Stage) and "removing edit components" in ev.name:
             cancel.set()
 
     with pytest.raises(KeyboardInterrupt):

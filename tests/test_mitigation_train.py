@@ -15,9 +15,10 @@ from editaudit.cli.main import app
 from editaudit.errors import BadInput
 from editaudit.mitigation.data import TaskData
 from editaudit.mitigation.plan import plan_for_checkpoint
-from editaudit.mitigation.service import MitigationOptions, run_mitigation
+from editaudit.mitigation.service import MitigationEvent, MitigationOptions, run_mitigation
 from editaudit.mitigation.train import Interrupted, TrainConfig, batch_indices, train
 from editaudit.models.loading import load_model
+from editaudit.progress import Note, Stage, Step
 from editaudit.store import Store
 from editaudit.testing import SENTENCES, edited_pair, make_tiny_model, plant, rank_delta
 
@@ -131,6 +132,36 @@ def test_batch_order_is_a_function_of_the_step():
     assert batch_indices(7, 3, 4, 1) == batch_indices(7, 3, 4, 1)
 
 
+def test_a_run_reports_stages_steps_and_its_arm_through_one_callback(models, tmp_path):
+    """The shared vocabulary (editaudit.progress) for the run's stages and counts; MitigationEvent only for
+    what only a mitigation has: the plan, an arm's start, step losses, evaluations and its result."""
+    _, suspect, _ = models
+    events: list = []
+    res = run_mitigation(suspect, "erase", options(models, tmp_path, layers="edited"), store=Store(),
+                         progress=events.append)
+    assert all(isinstance(e, (Stage, Step, Note, MitigationEvent)) for e in events), events
+    announced: set[str] = set()
+    for e in events:  # every Step counts in a stage announced before it
+        if isinstance(e, Stage):
+            announced.add(e.name)
+        elif isinstance(e, Step):
+            assert e.stage in announced, e
+    stages = [e for e in events if isinstance(e, Stage)]
+    assert stages[0].name == "reading the checkpoints and the scan's findings"
+    training = next(s for s in stages if s.name.startswith("selective: training"))
+    assert training == Stage("selective: training (full, layers 2–2)", 2)
+    assert f"selective: writing {tmp_path / 'out'}" in {s.name for s in stages}
+    steps = [e for e in events if isinstance(e, Step) and e.stage == training.name]
+    assert [(e.done, e.total) for e in steps] == [(0, 2), (1, 2), (2, 2)] and steps[-1].finished
+    domain = [e for e in events if isinstance(e, MitigationEvent)]
+    assert [e.kind for e in domain] == ["plan", "start", "eval", "loss", "loss", "eval", "result"]
+    assert {e.arm for e in domain[1:]} == {"selective"} and domain[0].data["plan"] == res.plan.to_dict()
+    assert [(e.data["step"], e.data["total"]) for e in domain if e.kind == "loss"] == [(1, 2), (2, 2)]
+    assert [e.data["step"] for e in domain if e.kind == "eval"] == [0, 2]
+    result = domain[-1].data
+    assert result == res.arms["selective"].to_dict() and result["steps"] == 2
+
+
 def test_resume_continues_from_the_last_evaluation_and_matches_an_uninterrupted_run(models, tmp_path):
     _, suspect, _ = models
     cfg = dict(steps=6, eval_every=2)
@@ -138,13 +169,10 @@ def test_resume_continues_from_the_last_evaluation_and_matches_an_uninterrupted_
     reference = load_file(str(tmp_path / "a" / "out" / "model.safetensors"))
 
     cancel = threading.Event()
-    seen: list[int] = []
 
     def on(ev):
-        if ev.kind == "step":
-            seen.append(ev.data["step"])
-            if ev.data["step"] == 3:
-                cancel.set()  # stop after step 3: the last evaluation (and saved state) is step 2
+        if isinstance(ev, Step) and ev.done == 3:
+            cancel.set()  # stop after step 3: the last evaluation (and saved state) is step 2
 
     opts = options(models, tmp_path / "b", train=small(**cfg))
     with pytest.raises(Interrupted):
@@ -157,12 +185,12 @@ def test_resume_continues_from_the_last_evaluation_and_matches_an_uninterrupted_
     sid = runs[0]["session_id"]
     assert Store().session(sid)["status"] == "interrupted"
 
-    resumed_steps: list[int] = []
     events: list = []
-    res = run_mitigation(suspect, "erase", opts, store=Store(), resume=True,
-                         progress=lambda ev: (events.append(ev), ev.kind == "step" and resumed_steps.append(ev.data["step"])))
-    assert [e.data["step"] for e in events if e.kind == "resume"] == [2]
-    assert resumed_steps == [3, 4, 5, 6]
+    res = run_mitigation(suspect, "erase", opts, store=Store(), resume=True, progress=events.append)
+    assert [e.data["step"] for e in events if isinstance(e, MitigationEvent) and e.kind == "resume"] == [2]
+    # the bar starts at 0, jumps to the saved step, then counts the steps taken; only those have a loss
+    assert [e.done for e in events if isinstance(e, Step) and "training" in e.stage] == [0, 2, 3, 4, 5, 6]
+    assert [e.data["step"] for e in events if isinstance(e, MitigationEvent) and e.kind == "loss"] == [3, 4, 5, 6]
     got = load_file(str(out / "model.safetensors"))
     for name in res.plan.params:
         torch.testing.assert_close(got[name], reference[name], rtol=0, atol=1e-6)
@@ -179,7 +207,7 @@ def test_ctrl_c_mid_run_leaves_no_output_and_an_interrupted_row(models, tmp_path
     _, suspect, _ = models
 
     def ctrl_c(ev):
-        if ev.kind == "step" and ev.data["step"] == 2:
+        if isinstance(ev, Step) and ev.done == 2:
             raise KeyboardInterrupt
 
     opts = options(models, tmp_path, train=small(steps=4))
@@ -215,6 +243,8 @@ def test_cli_shows_the_plan_runs_and_stores(models, tmp_path):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "mitigation plan" in res.stderr and "edited layers [2]" in " ".join(res.stderr.split())
+    said = " ".join(res.stderr.split())  # the live view: a line per stage and per evaluation
+    assert "selective: training (full, layers 2–2)" in said and "selective step 2 val loss" in said
     assert '"schema": "editaudit.mitigation/1"' in res.stdout
     assert changed_tensors(suspect, tmp_path / "out") == {n for n in load_file(str(suspect / "model.safetensors"))
                                                          if n.startswith("model.layers.2.")}
@@ -224,6 +254,32 @@ def test_cli_shows_the_plan_runs_and_stores(models, tmp_path):
     plan_only = CliRunner().invoke(app, ["--db", str(db), "mitigate", str(suspect), "--goal", "preserve",
                                          "--layers", "window:1:2", "--plan-only"])
     assert plan_only.exit_code == 0 and "layers 0–1" in " ".join(plan_only.stderr.split())
+
+
+def test_cli_live_view_gives_each_counted_stage_a_bar_labelled_with_its_loss():
+    """What a terminal shows (CliRunner's stderr is no terminal, so the bars are checked on a recording bar)."""
+    from editaudit.cli.mitigate_cmd import LiveView
+
+    class Bar:
+        def __init__(self):
+            self.tasks: dict[int, dict] = {}
+
+        def add_task(self, description, total):
+            self.tasks[len(self.tasks)] = {"description": description, "total": total, "completed": 0}
+            return len(self.tasks) - 1
+
+        def update(self, task, **kw):
+            self.tasks[task].update(kw)
+
+    view, training = LiveView(), "selective: training (full, layers 2–2)"
+    view.bar = Bar()
+    for ev in [Stage("loading the lm data"), Stage(training, 4), Step(training, 0, 4),
+               MitigationEvent("resume", "selective", {"stage": training, "step": 2}), Step(training, 2, 4),
+               Step(training, 3, 4), MitigationEvent("loss", "selective", {"stage": training, "step": 3, "total": 4,
+                                                                          "loss": 1.25}),
+               Step("a stage never announced", 1, 2)]:
+        view(ev)
+    assert view.bar.tasks == {0: {"description": "selective: loss 1.250", "total": 4, "completed": 3}}
 
 
 def test_two_processes_under_torchrun_match_one_process(models, tmp_path):

@@ -101,7 +101,8 @@ def test_step_cap_and_bad_input(rome_suspect, word_corpus):
 def test_service_erases_from_the_scans_readings_without_the_base(rome_suspect, tmp_path, monkeypatch, method):
     """The stored scan's readings (faked: reading is the scan's work) drive the erase; no base is passed."""
     from editaudit.mitigation import evidence as ev_mod
-    from editaudit.mitigation.service import MitigationOptions, run_mitigation
+    from editaudit.mitigation.service import MitigationEvent, MitigationOptions, run_mitigation
+    from editaudit.progress import Step
     from editaudit.scan.service import ScanOptions, run_scan
     from editaudit.store import Store
 
@@ -119,9 +120,19 @@ def test_service_erases_from_the_scans_readings_without_the_base(rome_suspect, t
     run_scan(suspect, base, ScanOptions(read_edits=False), store=store)
     opts = MitigationOptions(out=tmp_path / "out", method=method, unlearn={"max_steps": 60, "lr": 2e-2},
                              project={"cov_tokens": 3000, "cov_seq_len": 60, "contexts": 0})
-    res = run_mitigation(suspect, "erase", opts, store=store)
+    events: list = []
+    res = run_mitigation(suspect, "erase", opts, store=store, progress=events.append)
     arm = res.arms[method]
     assert res.base is None and arm.residual is None and arm.layers == [2]
+    # progress: the arm's counted stages in the shared Steps, its start and result as MitigationEvents
+    counted = {e.stage.split(" ", 2)[1] for e in events if isinstance(e, Step)}  # "<arm>: <what> …"
+    if method == "unlearn":
+        done = [e.done for e in events if isinstance(e, Step)]
+        assert counted == {"unlearning"} and done[0] == 0 and done[-1] == arm.steps and done == sorted(done)
+    else:  # unlearning only runs for what the projection left
+        assert "re-solving" in counted and counted <= {"re-solving", "unlearning"}
+    ours = [e for e in events if isinstance(e, MitigationEvent)]
+    assert (ours[1].kind, ours[-1].kind, ours[-1].arm, ours[-1].data["steps"]) == ("start", "result", method, arm.steps)
     w_sus, w_out = (load_file(str(p / "model.safetensors")) for p in (suspect, tmp_path / "out"))
     assert {n for n in w_out if not torch.equal(w_out[n], w_sus[n])} == {NAME}
     assert arm.unlearn["targets"][0]["subject"] == "France"

@@ -15,6 +15,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..mitigation.summary import kept_vs_full, pct, verification_rows
+from ..mitigation.types import MitigationEvent
+from ..progress import Event, Note, Stage, Step
 from . import common
 
 
@@ -232,28 +234,31 @@ def _load_probes(paths: list[Path]):
 # -- live view ------------------------------------------------------------------------------------
 
 class LiveView:
-    """Turns service events into a progress bar per arm and one line per evaluation (stderr)."""
+    """A mitigation's events on stderr: a line per stage and note, a bar per counted stage (training, unlearning,
+    re-solving, reverting) whose label shows the latest loss, the plan panel and a line per evaluation."""
 
     def __init__(self) -> None:
         self.bar = None
-        self.tasks: dict[str, int] = {}
+        self.tasks: dict[str, int] = {}  # counted stage → its bar
 
-    def __call__(self, ev) -> None:
-        if ev.kind == "plan":
+    def __call__(self, ev: Event | MitigationEvent) -> None:
+        if isinstance(ev, Stage):
+            common.say(ev.name)
+            if ev.total is not None and self.bar is not None:
+                self.tasks[ev.name] = self.bar.add_task(escape(ev.name), total=ev.total)
+        elif isinstance(ev, Step):
+            if self.bar is not None and ev.stage in self.tasks:
+                self.bar.update(self.tasks[ev.stage], completed=ev.done)
+        elif isinstance(ev, Note):
+            common.say(ev.text)
+        elif ev.kind == "plan":
             if ev.data.get("plan") is None and not ev.data.get("revert"):
                 return  # the project method: its stage line says what it re-solves
             show_plan(ev.data.get("plan"), ev.data.get("evidence"), ev.data.get("revert", False))
-        elif ev.kind == "stage":
-            if "total" in ev.data and self.bar is not None:
-                self.tasks[ev.arm] = self.bar.add_task(escape(f"{ev.arm}: training"), total=ev.data["total"])
-            common.say(ev.data.get("text", ""))
         elif ev.kind == "resume":
             common.say(f"{ev.arm}: resuming from step {ev.data['step']}")
-            if ev.arm in self.tasks and self.bar is not None:
-                self.bar.update(self.tasks[ev.arm], completed=ev.data["step"])
-        elif ev.kind == "step" and self.bar is not None and ev.arm in self.tasks:
-            self.bar.update(self.tasks[ev.arm], completed=ev.data["step"],
-                            description=escape(f"{ev.arm}: loss {ev.data['loss']:.3f}"))
+        elif ev.kind == "loss" and self.bar is not None and ev.data["stage"] in self.tasks:
+            self.bar.update(self.tasks[ev.data["stage"]], description=escape(f"{ev.arm}: loss {ev.data['loss']:.3f}"))
         elif ev.kind == "eval":
             common.err.print(eval_line(ev.arm, ev.data))
 

@@ -1,7 +1,8 @@
 """The fine-tuning and surgical-revert arms of a mitigation run, each taking the run's ``RunContext``.
 
 (The base-free erase arm is in ``erase.py``.) An arm records itself in the store through ``ctx.runs``,
-writes its checkpoint (the main arm) and measures the checkpoint exactly as written.
+writes its checkpoint (the main arm) and measures the checkpoint exactly as written. It reports a ``start`` and a
+``result`` event around its stages, each stage named after the arm (``RunContext.stage``).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..errors import BadInput
+from ..progress import Step
 from .context import RunContext
 from .data import TaskData
 from .output import storage, write_result
 from .plan import Plan
 from .train import TASK_PIECES, TrainConfig, TrainOutcome, encode, known_mask, train
-from .types import ArmResult, MitigationEvent
+from .types import ArmResult
 
 
 def arm_config(options, name: str) -> TrainConfig:
@@ -52,15 +54,22 @@ def train_arm(ctx: RunContext, name: str, lm, plan: Plan, task: TaskData, cfg: T
     state_dir = ctx.state_root / name if ctx.state_root is not None else None
     arm_resume = ctx.resume and state_dir is not None and (state_dir / "state.json").exists()
     t0 = time.perf_counter()
-    ctx.emit(MitigationEvent("stage", arm=name, data={
-        "text": f"training ({name}: {plan.method}, layers {plan.layers[0]}–{plan.layers[-1]}"
-                f"{', embeddings, final norm and head' if plan.strategy == 'full-model' else ''})",
-        "total": cfg.steps}))
+    ctx.event("start", name, {"method": plan.method, "layers": plan.layers, "run_id": run_id})
+    stage = ctx.stage(f"training ({plan.method}, layers {plan.layers[0]}–{plan.layers[-1]}"
+                      f"{', embeddings, final norm and head' if plan.strategy == 'full-model' else ''})",
+                      cfg.steps, name)
 
     def on(kind: str, data: dict) -> None:
-        if kind == "eval":
+        """``train``'s events: a step is a Step of the stage and its loss; an evaluation is stored, then reported."""
+        if kind == "step":
+            ctx.emit(Step(stage, data["step"], data["total"]))
+            ctx.event("loss", name, {"stage": stage, **data})
+        elif kind == "resume":
+            ctx.event("resume", name, {"stage": stage, **data})
+            ctx.emit(Step(stage, data["step"], cfg.steps))
+        elif kind == "eval":
             ctx.runs.record_eval(run_id, data)
-        ctx.emit(MitigationEvent(kind, arm=name, data=data))
+            ctx.event("eval", name, data)
 
     with ctx.runs.marked_on_failure(run_id):
         outcome: TrainOutcome = train(
@@ -79,7 +88,7 @@ def train_arm(ctx: RunContext, name: str, lm, plan: Plan, task: TaskData, cfg: T
             after = final_metrics(outcome, ctx.evaluate, lm.tokenizer, task, cfg)
         skipped: list[str] = []
         if out is not None:
-            ctx.emit(MitigationEvent("stage", arm=name, data={"text": f"writing {out}"}))
+            ctx.stage(f"writing {out}", arm=name)
             # the trained values as they ran (a merged output rounds them to the stored dtypes as it writes)
             skipped = write_result(ctx, out, outcome.tensors, outcome.extra_files, run_dtype(ctx.options))
         residual = None
@@ -89,7 +98,7 @@ def train_arm(ctx: RunContext, name: str, lm, plan: Plan, task: TaskData, cfg: T
                         outcome.steps, outcome.stop_reason, outcome.merge_check, residual, [],
                         None, str(out) if out else None, round(time.perf_counter() - t0, 1))
         ctx.runs.finish(run_id, {k: v for k, v in arm.to_dict().items() if k != "history"})
-        ctx.emit(MitigationEvent("arm", arm=name, data=arm.to_dict()))
+        ctx.event("result", name, arm.to_dict())
         return arm, skipped
 
 
@@ -105,26 +114,26 @@ def revert_arm(ctx: RunContext) -> tuple[ArmResult, list[str]]:
     run_id = ctx.runs.start("revert", "revert", ev.layers, "-", {"components": ev.components, "evidence": ev.source,
                                                                "dtype": run_dtype(ctx.options),
                                                                "out_format": ctx.options.out_format}, out)
+    ctx.event("start", "revert", {"method": "revert", "layers": ev.layers, "run_id": run_id})
     with ctx.runs.marked_on_failure(run_id):
         before: dict = {"step": 0}
         if ctx.evaluate is not None and ctx.suspect_ck.config is not None:
-            ctx.emit(MitigationEvent("stage", arm="revert", data={"text": "measuring the suspect"}))
+            ctx.stage("measuring the suspect", arm="revert")
             lm = load_model(ctx.suspect_ck.root, dtype=ctx.options.dtype, device=ctx.options.device)
             before.update(ctx.evaluate(lm.model, lm.tokenizer))
             ctx.runs.record_eval(run_id, before)
-        ctx.emit(MitigationEvent("eval", arm="revert", data=before))
-        ctx.emit(MitigationEvent("stage", arm="revert", data={"text": f"removing edit components from "
-                                                                      f"{len(ev.tensors)} tensors"}))
-        tensors, reports = surgical_revert(ctx.suspect_ck, ctx.base_ck, ev, ctx.cancel)
+        ctx.event("eval", "revert", before)
+        stage = ctx.stage(f"removing edit components from {len(ev.tensors)} tensors", len(ev.tensors), "revert")
+        tensors, reports = surgical_revert(ctx.suspect_ck, ctx.base_ck, ev, ctx.cancel, ctx.steps_in(stage))
         skipped = write_result(ctx, out, tensors)  # computed in float32 from the stored tensors
         after: dict = {"step": 1}
         if ctx.evaluate is not None and ctx.suspect_ck.config is not None:
-            ctx.emit(MitigationEvent("stage", arm="revert", data={"text": "measuring the reverted checkpoint"}))
+            ctx.stage("measuring the reverted checkpoint", arm="revert")
             lm = load_model(out, dtype=ctx.options.dtype, device=ctx.options.device)
             after.update(ctx.evaluate(lm.model, lm.tokenizer))
             ctx.runs.record_eval(run_id, after)
-        ctx.emit(MitigationEvent("eval", arm="revert", data=after))
-        ctx.emit(MitigationEvent("stage", arm="revert", data={"text": "re-scanning the reverted checkpoint"}))
+        ctx.event("eval", "revert", after)
+        ctx.stage("re-scanning the reverted checkpoint", arm="revert")
         rescan = run_scan(out, ctx.base_ck.root, ScanOptions(read_edits=False, use_cache=True), store=None,
                           cancel=ctx.cancel)
         doc = rescan.to_dict()
@@ -136,7 +145,7 @@ def revert_arm(ctx: RunContext) -> tuple[ArmResult, list[str]]:
                         "surgical revert", None, residual, [r.to_dict() for r in reports], rescan_info, str(out),
                         round(time.perf_counter() - t0, 1))
         ctx.runs.finish(run_id, arm.to_dict())
-        ctx.emit(MitigationEvent("arm", arm="revert", data=arm.to_dict()))
+        ctx.event("result", "revert", arm.to_dict())
         return arm, skipped
 
 

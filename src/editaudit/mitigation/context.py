@@ -1,7 +1,7 @@
 """The run context: everything one mitigation run's arms share, in one object instead of long parameter lists.
 
 ``Runs`` binds the store and the session for the arms' ``finetune_runs`` rows (the SQL is in
-``store/mitigation_runs.py``).
+``store/mitigation_runs.py``). ``RunContext.stage/note/event`` are how the arms report (``types.MitigationEvent``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..progress import Event, Note, Progress, Stage, Step
 from ..store import mitigation_runs
+from .types import MitigationEvent, MitigationProgress
 
 
 @dataclass
@@ -54,7 +56,7 @@ class RunContext:
     options: Any  # MitigationOptions
     out: Path
     runs: Runs
-    emit: Callable[[Any], None] = lambda ev: None
+    emit: MitigationProgress = lambda ev: None
     say: Callable[[str], None] = lambda s: None
     cancel: threading.Event | None = None
     evaluate: Callable | None = None
@@ -63,3 +65,30 @@ class RunContext:
     resume: bool = False
     main: bool = True
     output: dict = field(default_factory=dict)  # what the main arm wrote (output.write_result)
+
+    def stage(self, text: str, total: int | None = None, arm: str = "") -> str:
+        """Begin a stage; returns its name for the Steps. Named after its arm (two arms never share a stage
+        name); a counted stage starts at Step 0 so a display shows "0 of total" before the first step ends."""
+        name = f"{arm}: {text}" if arm else text
+        self.emit(Stage(name, total))
+        if total is not None:
+            self.emit(Step(name, 0, total))
+        return name
+
+    def steps_in(self, stage: str) -> Progress:
+        """A callback for a helper that announces its own stage (``surgical_revert``, ``erase_by_projection``):
+        its Steps count in the arm's ``stage``, its Notes pass, its own Stage is dropped."""
+        def forward(event: Event) -> None:
+            if isinstance(event, Step):
+                self.emit(Step(stage, event.done, event.total))
+            elif isinstance(event, Note):
+                self.emit(event)
+
+        return forward
+
+    def note(self, text: str) -> None:
+        self.emit(Note(text))
+
+    def event(self, kind: str, arm: str = "", data: dict | None = None) -> None:
+        """Report what only a mitigation has (see ``MitigationEvent`` for the kinds)."""
+        self.emit(MitigationEvent(kind, arm, data or {}))

@@ -15,6 +15,7 @@ from ..errors import BadInput
 
 if TYPE_CHECKING:
     from .context import RunContext
+    from .project import ProjectionResult
     from .types import ArmResult
 
 from .plan import ERASE_METHODS, require_edits  # noqa: E402  (project, unlearn, project+unlearn)
@@ -66,8 +67,8 @@ def project_targets(evidence, options) -> tuple[dict, list[str]]:
     return plan, notes
 
 
-def _project_in_place(ctx: "RunContext", net, tok, targets: dict) -> dict:
-    """Run the projection erase on ``net`` (changed in place); its report."""
+def _project_in_place(ctx: "RunContext", net, tok, targets: dict, stage: str) -> "ProjectionResult":
+    """Run the projection erase on ``net`` (changed in place), counting its layers in ``stage``; its result."""
     import torch
 
     from ..editing import corpus as corpus_mod
@@ -96,7 +97,7 @@ def _project_in_place(ctx: "RunContext", net, tok, targets: dict) -> dict:
                               nullspace_rel=hp["nullspace_rel"], contexts=contexts, rekey=hp["rekey"],
                               subject_alone=hp["subject_alone"],
                               texts=corpus_mod.texts(hp["corpus"], ctx.say) if hp["target"] == "mean" else None,
-                              text_seq_len=hp["cov_seq_len"])
+                              text_seq_len=hp["cov_seq_len"], progress=ctx.steps_in(stage))
     return res
 
 
@@ -120,9 +121,10 @@ def erase_arm(ctx: "RunContext", method: str) -> tuple["ArmResult", list[str]]:
     from ..editing import corpus as corpus_mod
     from ..editing.service import _checkpoint_name
     from ..models.loading import load_model
+    from ..progress import Step
     from .arms import edit_residual, run_dtype
     from .output import storage, write_result
-    from .types import ArmResult, MitigationEvent
+    from .types import ArmResult
     from .unlearn import erase_by_unlearning, prime_tokens
 
     if method not in ERASE_METHODS:
@@ -134,7 +136,7 @@ def erase_arm(ctx: "RunContext", method: str) -> tuple["ArmResult", list[str]]:
     if use_project:
         p_targets, notes = project_targets(ctx.evidence, ctx.options)
         for note in notes:
-            ctx.say(note)
+            ctx.note(note)
     u_targets, u_layers = unlearn_targets(ctx.evidence, ctx.options) if use_unlearn else ([], [])
     layers = sorted(set(p_targets) | set(u_layers))
     settings = {"project": ctx.options.project if use_project else None,
@@ -147,15 +149,16 @@ def erase_arm(ctx: "RunContext", method: str) -> tuple["ArmResult", list[str]]:
                              "evidence": ev.source if ev else "--subjects", "dtype": run_dtype(ctx.options),
                              "out_format": ctx.options.out_format},
                             ctx.out)
+    ctx.event("start", method, {"method": method, "layers": layers, "run_id": run_id})
     with ctx.runs.marked_on_failure(run_id):
         lm = load_model(ctx.suspect_ck.root, dtype=ctx.options.dtype, device=ctx.options.device)
         net, tok = lm.model, lm.tokenizer
         before: dict = {"step": 0}
         if ctx.evaluate is not None:
-            ctx.emit(MitigationEvent("stage", arm=method, data={"text": "measuring the suspect"}))
+            ctx.stage("measuring the suspect", arm=method)
             before.update(ctx.evaluate(net, tok))
             ctx.runs.record_eval(run_id, before)
-        ctx.emit(MitigationEvent("eval", arm=method, data=before))
+        ctx.event("eval", method, before)
         changed: dict = {}
         report: dict = {"notes": notes, "settings": settings}
         steps, stop = 0, ""
@@ -164,10 +167,9 @@ def erase_arm(ctx: "RunContext", method: str) -> tuple["ArmResult", list[str]]:
             prime_tokens(net, tok, u_targets)  # the suspect's objects, before anything changes the model
         if use_project:
             n_subjects = len({s.subject for subs in p_targets.values() for s in subs})
-            ctx.emit(MitigationEvent("stage", arm=method, data={
-                "text": f"re-solving {len(p_targets)} MLP output matrix(es) (layers {sorted(p_targets)}) for "
-                        f"{n_subjects} subject(s)"}))
-            res = _project_in_place(ctx, net, tok, p_targets)
+            stage = ctx.stage(f"re-solving {len(p_targets)} MLP output matrix(es) (layers {sorted(p_targets)}) for "
+                              f"{n_subjects} subject(s)", len(p_targets), method)
+            res = _project_in_place(ctx, net, tok, p_targets, stage)
             changed.update(res.tensors)
             report["project"] = res.to_dict()
             stop = "projection erase"
@@ -175,16 +177,17 @@ def erase_arm(ctx: "RunContext", method: str) -> tuple["ArmResult", list[str]]:
             todo = u_targets
             if use_project:  # only what the projection left: the object still on top of its read prompt
                 todo = _still_stated(net, tok, u_targets)
-                ctx.say(f"after the projection {len(todo)} of {len(u_targets)} read edit(s) still state their object")
+                ctx.note(f"after the projection {len(todo)} of {len(u_targets)} read edit(s) still state their object")
             if todo:
-                ctx.emit(MitigationEvent("stage", arm=method, data={
-                    "text": f"unlearning {len(todo)} read edit(s) in layers {u_layers}",
-                    "total": int(ctx.options.unlearn["max_steps"])}))
+                total = int(ctx.options.unlearn["max_steps"])
+                stage = ctx.stage(f"unlearning {len(todo)} read edit(s) in layers {u_layers}", total, method)
 
                 def on_step(m: dict) -> None:
+                    """An unlearning step (``m`` has its loss once the step is taken) is a Step and its loss."""
                     if "loss" in m:
-                        ctx.emit(MitigationEvent("step", arm=method, data={
-                            "step": m["step"] + 1, "total": int(ctx.options.unlearn["max_steps"]), "loss": m["loss"]}))
+                        ctx.emit(Step(stage, m["step"] + 1, total))
+                        ctx.event("loss", method, {"stage": stage, "step": m["step"] + 1, "total": total,
+                                                   "loss": m["loss"]})
 
                 texts = corpus_mod.texts(ctx.options.project.get("corpus") if ctx.options.project else None, ctx.say)
                 ures = erase_by_unlearning(net, tok, todo, u_layers, texts, ctx.options.unlearn, on_step, ctx.cancel)
@@ -196,16 +199,16 @@ def erase_arm(ctx: "RunContext", method: str) -> tuple["ArmResult", list[str]]:
                     t.to_dict() for t in u_targets]}
         tensors = {_checkpoint_name(ctx.suspect_ck, net, p): t for p, t in changed.items()}
         del lm, net
-        ctx.emit(MitigationEvent("stage", arm=method, data={"text": f"writing {ctx.out}"}))
+        ctx.stage(f"writing {ctx.out}", arm=method)
         skipped = write_result(ctx, ctx.out, tensors, computed_in=run_dtype(ctx.options))
         after: dict = {"step": max(steps, 1)}
         if ctx.evaluate is not None:
-            ctx.emit(MitigationEvent("stage", arm=method, data={"text": "measuring the erased checkpoint"}))
+            ctx.stage("measuring the erased checkpoint", arm=method)
             written = load_model(ctx.out, dtype=ctx.options.dtype,
                                  device=ctx.options.device)  # the model exactly as stored
             after.update(ctx.evaluate(written.model, written.tokenizer))
             ctx.runs.record_eval(run_id, after)
-        ctx.emit(MitigationEvent("eval", arm=method, data=after))
+        ctx.event("eval", method, after)
         history.append(after)
         residual = None
         if ctx.base_ck is not None and ev is not None and ev.found:
@@ -220,6 +223,6 @@ def erase_arm(ctx: "RunContext", method: str) -> tuple["ArmResult", list[str]]:
                         str(ctx.out), round(time.perf_counter() - t0, 1),
                         project=project_report if use_project else None, unlearn=report.get("unlearn"))
         ctx.runs.finish(run_id, arm.to_dict())
-        ctx.emit(MitigationEvent("arm", arm=method, data=arm.to_dict()))
+        ctx.event("result", method, arm.to_dict())
         return arm, skipped
 

@@ -56,6 +56,7 @@ from ..editing.prompts import context_templates, pad_id, right_pad
 from ..editing.rome import solve_psd
 from ..errors import BadInput
 from ..probing.format import Probe
+from ..progress import Progress, Stage, Step, ignore
 
 TARGETS = ("project", "mean", "zero")
 KEY_MODES = ("auto", "mean", "each")
@@ -65,7 +66,8 @@ DIRECTIONS = ("ckey", "null", "both")
 RANK_TOL = 1e-6
 
 CovForLayer = Callable[[int], torch.Tensor]
-Progress = Callable[[str, float, float], None]
+#: the stage ``erase_by_projection`` reports (a Step per layer re-solved)
+STAGE = "re-solving layers"
 
 
 @dataclass
@@ -261,7 +263,7 @@ def erase_by_projection(model, tokenizer, targets: Mapping[int, Sequence[EraseSu
                         contexts: list[str] | None = None, rekey: bool = False,
                         texts: Sequence[str] | None = None, text_seq_len: int = 256, subject_alone: bool = True,
                         answers: bool = True,
-                        progress: Progress | None = None) -> ProjectionResult:
+                        progress: Progress = ignore) -> ProjectionResult:
     """Erase the edits of ``targets`` ({layer: subjects}) from ``model`` in place; see the module docstring.
 
     ``cov_for_layer(layer)`` gives C = E[kkᵀ] for that layer's edited matrix (ideally the one the editor
@@ -275,6 +277,7 @@ def erase_by_projection(model, tokenizer, targets: Mapping[int, Sequence[EraseSu
     its own as one more prompt of every subject that has prompts. Returns the new weights and, per
     subject, its ``gain``: ‖W u‖ for u ∝ C⁻¹k̄ over W's RMS gain ‖W‖_F/√d_in — where an edit was written
     for that key, it stands out (a rough, base-free check of a reading) — and its answers before and after.
+    ``progress`` receives typed events (editaudit.progress): the stage ``re-solving layers``, a Step per layer.
     """
     import time
 
@@ -293,7 +296,6 @@ def erase_by_projection(model, tokenizer, targets: Mapping[int, Sequence[EraseSu
     for subs in plan.values():
         for s in subs:
             s.probes()  # fail on a prompt without its subject before any work
-    prog = progress or (lambda stage, done, total: None)
     if contexts is None:
         contexts = context_templates(model, tokenizer, 5, 10, 0)
     all_subjects = list({s.subject: s for subs in plan.values() for s in subs}.values())
@@ -308,8 +310,9 @@ def erase_by_projection(model, tokenizer, targets: Mapping[int, Sequence[EraseSu
     tensors: dict[str, torch.Tensor] = {}
     layer_reports: list[LayerReport] = []
     subject_reports: list[SubjectReport] = []
+    progress(Stage(STAGE, len(layers)))
     for n, layer in enumerate(layers):
-        prog("erasing", n, len(layers))
+        progress(Step(STAGE, n, len(layers)))
         name = layout.rewrite_name(layer)
         module = model.get_submodule(name)
         K, owner = keys[layer] if not rekey else _subject_keys(model, tokenizer, name, plan[layer], contexts, key_mode)
@@ -340,7 +343,7 @@ def erase_by_projection(model, tokenizer, targets: Mapping[int, Sequence[EraseSu
             gain = float((W @ (u / u.norm().clamp_min(1e-300))).norm()) / max(rms_gain, 1e-30)
             subject_reports.append(SubjectReport(
                 s.subject, layer, list(s.prompts), len(rows), round(gain, 3), round(float(change[rows].mean()), 4)))
-    prog("erasing", len(layers), len(layers))
+    progress(Step(STAGE, len(layers), len(layers)))
     after = _answers(model, tokenizer, all_subjects) if answers else [[] for _ in all_subjects]
     index = {s.subject: i for i, s in enumerate(all_subjects)}
     for r in subject_reports:

@@ -10,6 +10,12 @@ Every arm is a ``finetune_runs`` row (``store/mitigation_runs.py``) with its met
 The output folder is written atomically, as a merged checkpoint or a peft adapter over the base (``output.py``,
 which also covers a suspect that is itself an adapter); the resumable state lives next to it (``resume.py``)
 until the run completes. The option and result types live in ``options.py`` and ``types.py`` and are re-exported here.
+
+Progress goes to one callback as the project's typed events (``editaudit.progress``): a :class:`Stage` per phase
+(named after its arm inside one: ``selective: training (…)``), :class:`Step` counts of training, unlearning,
+re-solving and reverting, a :class:`Note` for a line worth telling; what only a mitigation has (the plan, an
+arm's start and result, step losses, evaluation metrics, resume) comes as a ``MitigationEvent`` through the same
+callback, as the study's ``StudyEvent`` does.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Callable
 
 from ..checkpoint import open_checkpoint
 from ..errors import BadInput
+from ..progress import Note, Stage
 from ..store.mitigation_runs import session_exists
 from .context import RunContext, Runs
 from .data import drop_mentions, load_task_data
@@ -32,12 +39,12 @@ from .output import OUT_FORMATS, describe_input, open_suspect
 from .plan import ERASE_METHODS, full_model_plan, plan_for_checkpoint
 from .resume import check_same_run, read_json, state_root, write_json
 from .train import TASK_STOP, StopRule, TrainConfig
-from .types import ArmResult, MitigationEvent, MitigationResult, Progress
+from .types import ArmResult, MitigationEvent, MitigationProgress, MitigationResult
 from .verification import verify
 
-__all__ = ["ArmResult", "MitigationEvent", "MitigationOptions", "MitigationResult", "PROJECT_DEFAULTS", "Progress",
-           "default_intrinsic", "edits_from_store", "find_evidence", "make_evaluator", "prepare", "process_state",
-           "project_settings", "project_targets", "run_mitigation", "split_hparams"]
+__all__ = ["ArmResult", "MitigationEvent", "MitigationOptions", "MitigationProgress", "MitigationResult",
+           "PROJECT_DEFAULTS", "default_intrinsic", "edits_from_store", "find_evidence", "make_evaluator", "prepare",
+           "process_state", "project_settings", "project_targets", "run_mitigation", "split_hparams"]
 
 #: the other arms of an equal-impact comparison may take up to this many times the full arm's steps
 EQUAL_IMPACT_CAP = 4
@@ -131,10 +138,12 @@ def _check_plan_for_adapter(plan, suspect_ck, say) -> None:
 
 
 def run_mitigation(suspect: str | Path, goal: str = "erase", options: MitigationOptions | None = None, *,
-                   store=None, progress: Progress | None = None, cancel: threading.Event | None = None,
+                   store=None, progress: MitigationProgress | None = None, cancel: threading.Event | None = None,
                    resume: bool = False, say: Callable[[str], None] = lambda s: None) -> MitigationResult:
-    """Plan, run and verify a mitigation; see the module docstring. Raises BadInput on bad input and
-    KeyboardInterrupt (``Interrupted`` when ``cancel`` is set) when stopped."""
+    """Plan, run and verify a mitigation; see the module docstring. ``progress`` gets the typed events and
+    ``MitigationEvent``; ``say`` the lines of the checks before the run and of the helpers it calls (resolving,
+    scanning, loading). Raises BadInput on bad input and KeyboardInterrupt (``Interrupted`` when ``cancel`` is set)
+    when stopped."""
     options = options or MitigationOptions()
     if goal not in ("erase", "preserve"):
         raise BadInput(f"goal must be erase or preserve, not {goal!r}")
@@ -228,9 +237,9 @@ def process_state(device: str | None) -> tuple[bool, str | None]:
 
 
 def _run(suspect, goal: str, options: MitigationOptions, out: Path, root: Path, saved_run: dict | None,
-         sid, store, emit: Progress, cancel, resume: bool, say, main: bool = True, reader=None,
+         sid, store, emit: MitigationProgress, cancel, resume: bool, say, main: bool = True, reader=None,
          same: dict | None = None) -> MitigationResult:
-    emit(MitigationEvent("stage", data={"text": "reading the checkpoints and the scan's findings"}))
+    emit(Stage("reading the checkpoints and the scan's findings"))
     suspect_ck, base_ck, evidence, plan = prepare(suspect, goal, options, store, say, sid, cancel, reader)
     emit(MitigationEvent("plan", data={"plan": plan.to_dict() if plan else None,
                                        "evidence": evidence.to_dict() if evidence else None,
@@ -248,7 +257,7 @@ def _run(suspect, goal: str, options: MitigationOptions, out: Path, root: Path, 
     if not edited:
         edited = edits_from_store(reader, suspect_ck.root)
         if edited:
-            say(f"{len(edited)} edited facts recorded for this checkpoint in the store will be tracked")
+            emit(Note(f"{len(edited)} edited facts recorded for this checkpoint in the store will be tracked"))
     intrinsic = [p for p in probes if p.kind == "intrinsic"] or default_intrinsic()
     neighbours = [p for p in probes if p.kind == "neighbourhood"]
     watch = [p for p in edited + intrinsic + neighbours if p.id in set(options.watch)] or (edited[:3] + intrinsic[:2])
@@ -291,12 +300,12 @@ def _train_arms(ctx: RunContext, plan, probes) -> tuple[dict[str, ArmResult], li
     from .arms import arm_config, drop_known, train_arm
 
     options = ctx.options
-    ctx.emit(MitigationEvent("stage", data={"text": f"loading the {options.task} data"}))
+    ctx.stage(f"loading the {options.task} data")
     task = load_task_data(options.task, options.data, options.max_examples, options.val_size, options.train.seed,
                           ctx.say)
     task, dropped = drop_mentions(task, probes)
     if dropped:
-        ctx.say(f"left out {dropped} {options.task} example(s) that mention a probed subject with its target")
+        ctx.note(f"left out {dropped} {options.task} example(s) that mention a probed subject with its target")
     task_info = {"task": task.task, "source": task.source, "train": len(task.train), "val": len(task.val),
                  "labels": task.labels, "dropped_mentions": dropped}
     arms: dict[str, ArmResult] = {}
@@ -310,7 +319,7 @@ def _train_arms(ctx: RunContext, plan, probes) -> tuple[dict[str, ArmResult], li
                                                       "stop_loss_drop": cfg.stop_loss_drop, "steps_cap": cfg.steps}
         done = read_json(ctx.state_root / f"{name}.result.json") if ctx.state_root else None
         if done is not None:
-            ctx.say(f"arm {name} finished before the interruption: reusing its result")
+            ctx.note(f"arm {name} finished before the interruption: reusing its result")
             arms[name] = ArmResult(**done)
             continue
         arm_plan = plan if name == "selective" else full_model_plan(ctx.suspect_ck, ctx.goal, ctx.evidence)

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Union
 
+from ..progress import Event
 from .evidence import EditEvidence
 from .plan import Plan
 
 
-@dataclass
+@dataclass(frozen=True)
 class MitigationEvent:
-    """One thing for a progress display: stage, plan, step, eval, arm (finished), resume."""
+    """What only a mitigation reports, next to the shared Stage/Step/Note (``editaudit.progress``) on one callback.
+
+    ``plan`` {plan, evidence, revert}: what will run; ``start`` {method, layers, run_id}: an arm begins;
+    ``loss`` {stage, step, total, loss}: a training (or unlearning) step's loss, sent with the Step of that
+    stage; ``eval`` {step, val_loss, edited_retention, top3, …}: an evaluation's metrics; ``resume``
+    {stage, step}: training continues from a saved step; ``result``: the arm's ``ArmResult.to_dict()``.
+    ``arm`` names the arm ("" for the run as a whole). Renderers ignore the kinds they do not show.
+    """
 
     kind: str
     arm: str = ""
@@ -71,7 +79,5 @@ class MitigationResult:
         }
 
 
-Progress = Callable[[MitigationEvent], None]
-
-
-Progress = Callable[[MitigationEvent], None]
+#: the one callback a mitigation run reports through (as the study's ``StudyProgress``)
+MitigationProgress = Callable[[Union[Event, MitigationEvent]], None]

@@ -23,6 +23,8 @@ from textual.widgets import (
 )
 
 from editaudit.mitigation.summary import kept_vs_full, verification_rows
+from editaudit.mitigation.types import MitigationEvent
+from editaudit.progress import Event, Note, Stage, Step
 
 from ..fmt import pct, plain, short_path
 from ..theme import ERROR, INK_LIGHT, PALETTE, SUCCESS, WARNING
@@ -141,38 +143,44 @@ class MitigationScreen(RunsJobs, Screen):
         outcome = job.run(run)
         job.ui(self._finished, outcome)
 
-    def _relay(self, job: Job, ev) -> None:
-        """From the worker thread: steps are throttled, everything else goes through."""
-        if ev.kind == "step":
-            job.throttled("step", self._event, ev.kind, ev.arm, dict(ev.data),
-                          final=ev.data.get("step") == ev.data.get("total"))
+    def _relay(self, job: Job, ev: Event | MitigationEvent) -> None:
+        """From the worker thread: Steps and step losses are throttled (the last of a stage always goes through),
+        everything else goes through."""
+        if isinstance(ev, Step):
+            job.throttled("step", self._step, ev, final=ev.finished)
+        elif isinstance(ev, MitigationEvent) and ev.kind == "loss":
+            job.throttled("loss", self._loss, dict(ev.data), final=ev.data.get("step") == ev.data.get("total"))
         else:
-            job.ui(self._event, ev.kind, ev.arm, dict(ev.data))
+            job.ui(self._event, ev)
 
-    def _event(self, kind: str, arm: str, data: dict) -> None:
-        bar = self.query_one("#run-bar", ProgressBar)
-        if kind == "stage":
-            self._log(f"{arm + ': ' if arm else ''}{data.get('text', '')}")
-            self.query_one("#run-stage", Static).update(plain(data.get("text", ""), "bold"))
-            if "total" in data:
-                self.total_steps = int(data["total"])
-                self.series["loss"] = []
-                bar.update(total=self.total_steps, progress=0)
-        elif kind == "plan":
-            self.query_one("#top3", Static).update(Group(
-                Text("plan", style="bold"), plan_text(data.get("plan"), data.get("evidence"), data.get("revert", False))))
-        elif kind == "resume":
-            self._log(f"{arm}: resuming from step {data.get('step')}")
-        elif kind == "step":
-            self.steps_done = int(data.get("step", 0))
-            self.series["loss"].append(float(data.get("loss", 0.0)))
-            bar.update(total=max(int(data.get("total", 1)), 1), progress=self.steps_done)
-            self._update_chart("loss", f"train loss {data.get('loss', 0):.3f} · step {self.steps_done}/"
-                                       f"{data.get('total')}")
-        elif kind == "eval":
-            self._eval(arm, data)
-        elif kind == "arm":
-            self._log(f"{arm}: finished ({data.get('stop_reason') or 'done'})")
+    def _event(self, ev: Stage | Note | MitigationEvent) -> None:
+        if isinstance(ev, Stage):
+            self._log(ev.name)
+            self.query_one("#run-stage", Static).update(plain(ev.name, "bold"))
+            if ev.total is not None:
+                self.total_steps = int(ev.total)
+                self.query_one("#run-bar", ProgressBar).update(total=max(self.total_steps, 1), progress=0)
+        elif isinstance(ev, Note):
+            self._log(ev.text)
+        elif ev.kind == "start":
+            self.series["loss"] = []  # the loss chart follows the arm that runs
+        elif ev.kind == "plan":
+            self.query_one("#top3", Static).update(Group(Text("plan", style="bold"), plan_text(
+                ev.data.get("plan"), ev.data.get("evidence"), ev.data.get("revert", False))))
+        elif ev.kind == "resume":
+            self._log(f"{ev.arm}: resuming from step {ev.data.get('step')}")
+        elif ev.kind == "eval":
+            self._eval(ev.arm, dict(ev.data))
+        elif ev.kind == "result":
+            self._log(f"{ev.arm}: finished ({ev.data.get('stop_reason') or 'done'})")
+
+    def _step(self, step: Step) -> None:
+        self.steps_done = int(step.done)
+        self.query_one("#run-bar", ProgressBar).update(total=max(int(step.total or 1), 1), progress=self.steps_done)
+
+    def _loss(self, data: dict) -> None:
+        self.series["loss"].append(float(data["loss"]))
+        self._update_chart("loss", f"train loss {data['loss']:.3f} · step {data['step']}/{data['total']}")
 
     def _eval(self, arm: str, m: dict) -> None:
         line = f"{arm} step {m.get('step', 0)}"
