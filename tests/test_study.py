@@ -491,3 +491,30 @@ def test_an_interrupted_lora_finetune_leaves_the_model_plain(tiny_llama, tmp_pat
     assert {n for n, _ in lm.model.named_parameters()} == set(before) and not hasattr(lm.model, "peft_config")
     assert all(torch.equal(before[n], p.detach()) for n, p in lm.model.named_parameters())
     assert {n: p.requires_grad for n, p in lm.model.named_parameters()} == flags
+
+
+def test_a_reference_that_does_not_lower_the_loss_sets_no_target(tiny_llama, tmp_path, monkeypatch):
+    """Equal impact needs a reference that moved: if its validation loss rose (a fresh classification head can),
+    its final loss would stop every arm at step 0; the arms train the cap instead, and the report says why."""
+    from editaudit.store.studies import StudyStore
+    from editaudit.study import runner
+    from editaudit.study.report import write_report
+
+    real = runner.finetune
+
+    def rising(model, tok, data, s, on_eval=None):
+        res = real(model, tok, data, s, on_eval)
+        if s.target_loss is None:  # the reference arm: pretend its loss went up
+            res.history[-1]["val_loss"] = res.history[0]["val_loss"] + 0.5
+        return res
+
+    monkeypatch.setattr(runner, "finetune", rising)
+    doc = _doc(tiny_llama, _files(tmp_path), stopping={"mode": "equal-impact", "max_steps": 2,
+                                                       "reference_steps": 2})
+    doc["grid"] = [dict(doc["grid"][0], edit_methods=["none"])]
+    store = StudyStore(tmp_path / "study.db")
+    assert runner.run_study(parse_config(doc), store, tmp_path / "out").ran == 1
+    cell = store.cells("tiny", "done")[0]["metrics"]
+    assert cell["target_loss"] is None and cell["steps"] == 2
+    report = write_report(parse_config(doc), store, tmp_path / "out").read_text()
+    assert "did not lower the loss" in report

@@ -137,7 +137,9 @@ def write_report(cfg: StudyConfig, store: StudyStore, out: str | Path, to: str |
                                   f"{s.reference_steps} steps")
         L.append(f"- stopping: **equal impact** — every arm stops at the first evaluation whose validation loss is at "
                  f"or below the task's target, or at the cap of {s.max_steps} steps: "
-                 + "; ".join(f"{t}: {v:.3f} ({how})" for t, (v, how) in refs.items()))
+                 + "; ".join(f"{t}: {v:.3f} ({how})" if v is not None else
+                             f"{t}: none — the reference ({how}) did not lower the loss, so its arms train the cap"
+                             for t, (v, how) in refs.items()))
     else:
         L.append(f"- stopping: **fixed budget** of {s.max_steps} steps for every arm")
     summary["targets"] = {t: v for t, (v, _) in refs.items()}

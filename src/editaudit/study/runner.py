@@ -185,15 +185,19 @@ def _merge_measures(parts: list[dict]) -> dict:
     return out
 
 
-def _reference(ctx: _Context, store: StudyStore, cfg: StudyConfig, task: str, progress: StudyProgress) -> float:
-    """The equal-impact target of ``task``: a fixed one from the file, or the reference arm's final loss."""
+def _reference(ctx: _Context, store: StudyStore, cfg: StudyConfig, task: str,
+               progress: StudyProgress) -> float | None:
+    """The equal-impact target of ``task``: a fixed one from the file, or the reference arm's final loss. None when
+    the reference did not lower its validation loss (a fresh classification head can raise it at first): a target
+    at or above every arm's starting loss would stop them all before their first step, so they train the cap."""
     s = cfg.stopping
     if task in s.target_loss:
         return float(s.target_loss[task])
     rid = reference_id(task, cfg)
     row = store.cell(rid)
     if row and row["status"] == "done":
-        return float(row["metrics"]["target_loss"])
+        done = row["metrics"]["target_loss"]
+        return None if done is None else float(done)
     settings = {"task": task, "ft": s.reference_ft, "layers": s.reference_layers, "steps": s.reference_steps}
     store.start_cell(rid, cfg.study.name, "reference", "reference", settings)
     stage = f"reference · {task}: fine-tuning"
@@ -210,9 +214,15 @@ def _reference(ctx: _Context, store: StudyStore, cfg: StudyConfig, task: str, pr
         raise
     finally:
         ctx.restore()
-    target = res.history[-1]["val_loss"]
-    store.finish_cell(rid, {"target_loss": target, "steps": res.steps}, res.history, time.perf_counter() - t0)
-    progress(Note(f"target loss of {task}: {target:.3f}"))
+    start, reached = res.history[0]["val_loss"], res.history[-1]["val_loss"]
+    target = reached if reached < start else None
+    store.finish_cell(rid, {"target_loss": target, "reached": reached, "steps": res.steps}, res.history,
+                      time.perf_counter() - t0)
+    if target is None:
+        progress(Note(f"the reference did not lower {task}'s validation loss ({start:.3f} → {reached:.3f}): "
+                      f"no equal-impact target, every {task} arm trains {s.max_steps} steps"))
+    else:
+        progress(Note(f"target loss of {task}: {target:.3f}"))
     return target
 
 
