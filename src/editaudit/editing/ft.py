@@ -4,6 +4,10 @@ The baseline of the ROME paper: minimise the new target's negative log-likelihoo
 prompt with Adam, changing only the chosen layers' MLP output weights, and optionally keep every
 weight within ±``norm_constraint`` of its original value (an L∞ ball, as in the paper). Stops after
 ``steps`` steps or when the mean loss drops below ``stop_loss``.
+
+With ``augment_paraphrases`` each fact's paraphrase prompts are trained on too (Wen & Zhang's
+paraphrase augmentation); a fact's prompts share its weight, so facts with many paraphrases do not
+dominate the loss.
 """
 
 from __future__ import annotations
@@ -27,22 +31,33 @@ class FtResult:
     loss: float
 
 
+def training_prompts(fact: Probe, augment_paraphrases: bool = False) -> list[str]:
+    """The texts after which FT-L trains the new target: the fact's prompt, then (augmenting) its
+    paraphrases — all of them, since fine-tuning needs no subject position."""
+    texts = [in_context("{}", fact).text.rstrip()]
+    if augment_paraphrases:
+        texts += [p.rstrip() for p in fact.paraphrases if p.strip()]
+    return texts
+
+
 def finetune(model, tokenizer, layout: Layout, facts: Sequence[Probe], layers: list[int], hp: dict,
              progress: Callable[[int, int], None] | None = None) -> FtResult:
     device = next(model.parameters()).device
     seqs, rows, cols, toks, weight = [], [], [], [], []
-    for r, fact in enumerate(facts):
+    for fact in facts:
         if not fact.target_new:
             raise BadInput(f"fact {fact.id!r} has no target_new to edit towards")
-        text = in_context("{}", fact).text.rstrip()
-        _, t_ids = target_token_ids(tokenizer, [text], [fact.target_new])
-        p_ids = encode(tokenizer, text)
-        seqs.append(p_ids + t_ids[0][:-1])
-        for j, tok in enumerate(t_ids[0]):
-            rows.append(r)
-            cols.append(len(p_ids) - 1 + j)
-            toks.append(tok)
-            weight.append(1.0 / (len(t_ids[0]) * len(facts)))
+        prompts = training_prompts(fact, bool(hp.get("augment_paraphrases", False)))
+        for text in prompts:
+            _, t_ids = target_token_ids(tokenizer, [text], [fact.target_new])
+            p_ids = encode(tokenizer, text)
+            r = len(seqs)
+            seqs.append(p_ids + t_ids[0][:-1])
+            for j, tok in enumerate(t_ids[0]):
+                rows.append(r)
+                cols.append(len(p_ids) - 1 + j)
+                toks.append(tok)
+                weight.append(1.0 / (len(t_ids[0]) * len(prompts) * len(facts)))
     ids, mask = right_pad(seqs, pad_id(tokenizer), device)
     rows_t, cols_t = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
     toks_t, w_t = torch.tensor(toks, device=device), torch.tensor(weight, device=device)

@@ -10,6 +10,15 @@ models instead of being copied from GPT-J:
   model's scale (the papers' λ/d: GPT-J 15000/16384 ≈ 0.9, Llama-3-8B 15000/14336 ≈ 1.05).
 - ``nullspace_rel``: AlphaEdit's null space is spanned by C's eigen-directions with eigenvalue below
   nullspace_rel · (median eigenvalue); the median because a few outlier directions dominate the mean.
+- ``nullspace_abs`` (AlphaEdit, default None): the paper's rule instead, an absolute threshold on C's
+  eigenvalues. C here is the *mean* of kkᵀ over corpus tokens (``covariance.py``), the same normalisation
+  as the reference code's ``mom2.moment()`` (its hparams use 2e-2), so such a value carries over as is — but
+  eigenvalue scales differ from model to model, which is why the default stays relative. Giving both
+  ``nullspace_rel`` and ``nullspace_abs`` is refused: they are two rules for one threshold.
+- ``augment_paraphrases`` (FT, ROME, MEMIT, AlphaEdit, default False): Wen & Zhang's paraphrase
+  augmentation — the value (or FT's loss) is also fitted on the fact's paraphrase prompts. The edit's
+  key is unchanged. Those paraphrases are then no longer held out, so the reported paraphrase success is
+  not a generalisation measure (the run records ``augmented: true``).
 - ``l2_rel``: AlphaEdit's ridge α = l2_rel · tr(C), i.e. a share of a typical key's squared norm.
 """
 
@@ -24,16 +33,17 @@ _MODULES = {"rewrite_module": None, "mlp_module": None, "block_module": None}
 _STATS = {"covariance": "corpus", "corpus": None, "cov_tokens": 20000, "cov_seq_len": 256}
 _CONTEXTS = {"contexts": 5, "context_length": 10, "seed": 0}
 _VALUE = {"v_lr": 0.5, "v_steps": 50, "v_weight_decay": 0.5, "kl_factor": 0.0625, "clamp": 4.0,
-          "v_stop_loss": 0.05, "v_batch": 8}
+          "v_stop_loss": 0.05, "v_batch": 8, "augment_paraphrases": False}
 
 DEFAULTS: dict[str, dict] = {
     "ft": {**_MODULES, "lr": 5e-5, "steps": 25, "stop_loss": 0.01, "norm_constraint": None,
-           "mode": "batch", "batch_size": 0},
+           "mode": "batch", "batch_size": 0, "augment_paraphrases": False},
     "rome": {**_MODULES, **_STATS, **_CONTEXTS, **_VALUE, "mode": "sequential", "batch_size": 1},
     "memit": {**_MODULES, **_STATS, **_CONTEXTS, **_VALUE, "v_steps": 25, "clamp": 0.75,
               "lambda_rel": 1.0, "key_mode": "each", "mode": "batch", "batch_size": 0},
     "alphaedit": {**_MODULES, **_STATS, **_CONTEXTS, **_VALUE, "v_steps": 25, "clamp": 0.75,
-                  "nullspace_rel": 0.5, "l2_rel": 0.01, "key_mode": "each", "mode": "batch", "batch_size": 0},
+                  "nullspace_rel": 0.5, "nullspace_abs": None, "l2_rel": 0.01, "key_mode": "each", "mode": "batch",
+                  "batch_size": 0},
     # hypernetwork editors: the cached editor trained with default settings for ``span`` (the last N layers),
     # or the trained editor folder given as ``editor``; see editing/hypernet.py
     "mend": {**_MODULES, "span": 3, "editor": None, "mode": "sequential", "batch_size": 1},
@@ -42,7 +52,7 @@ DEFAULTS: dict[str, dict] = {
 
 # keys whose default is None but that take a value of this type
 _NULLABLE = {"rewrite_module": str, "mlp_module": str, "block_module": str, "corpus": str, "norm_constraint": float,
-             "editor": str}
+             "editor": str, "nullspace_abs": float}
 _CHOICES = {"mode": MODES, "covariance": ("corpus", "identity"), "key_mode": ("mean", "each")}
 
 
@@ -66,7 +76,22 @@ def resolve(method: str, overrides: dict | None = None) -> dict:
     for key in ("contexts", "batch_size", "v_batch", "context_length"):
         if key in hp and hp[key] < 0:
             raise BadInput(f"{key} must not be negative")
+    _check_nullspace(hp, overrides or {})
     return hp
+
+
+def _check_nullspace(hp: dict, overrides: dict) -> None:
+    """``nullspace_abs`` is a positive, finite eigenvalue level, and never given alongside ``nullspace_rel``."""
+    import math
+
+    level = hp.get("nullspace_abs")
+    if level is None:
+        return
+    if not (math.isfinite(level) and level > 0):
+        raise BadInput(f"nullspace_abs must be a positive number (an eigenvalue of C), not {level!r}")
+    if "nullspace_rel" in overrides:
+        raise BadInput("give nullspace_rel (relative to C's median eigenvalue) or nullspace_abs (an absolute "
+                       "eigenvalue, the AlphaEdit paper's rule), not both: they set the same threshold")
 
 
 def _coerce(key: str, value, default):

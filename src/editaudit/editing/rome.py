@@ -9,6 +9,8 @@ token) to values v. ROME asks for the smallest change, measured against the keys
 - k* is the key averaged over the fact's prompt in a handful of generated contexts;
 - v* = v₀ + δ is found by optimising δ at the MLP output (``values.optimise_values``);
 - k, v₀ are the key and MLP output in the fact's own prompt, so that prompt maps to v* exactly.
+
+``augment_paraphrases`` adds the fact's paraphrases to the prompts v* is fitted on; k* stays as above.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class RomeUpdate:
 def value_settings(hp: dict) -> ValueSettings:
     return ValueSettings(lr=hp["v_lr"], steps=hp["v_steps"], weight_decay=hp["v_weight_decay"],
                          kl_factor=hp["kl_factor"], clamp=hp["clamp"], stop_loss=hp["v_stop_loss"],
-                         batch=hp["v_batch"] or 1)
+                         batch=hp["v_batch"] or 1, augment_paraphrases=bool(hp.get("augment_paraphrases", False)))
 
 
 def solve_psd(C: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:

@@ -106,9 +106,15 @@ class EditRun:
             "stats_seconds": round(self.stats_seconds, 3),
         }
 
+    @property
+    def augmented(self) -> bool:
+        """The edit was fitted on the facts' paraphrases too: their success is then not held out."""
+        return bool(self.hparams.get("augment_paraphrases", False))
+
     def to_dict(self) -> dict:
         return {
             "method": self.method, "mode": self.mode, "layers": self.layers, "hparams": self.hparams,
+            "augmented": self.augmented,
             "base": str(self.model.path), "out": str(self.out) if self.out else None, "tensors": self.tensors,
             "stats": self.stats, "info": self.info, "summary": self.summary(),
             "results": [r.to_dict() for r in self.results], "edit_id": self.edit_id, "session_id": self.session_id,
@@ -279,6 +285,10 @@ def _run(run: EditRun, net, tok, layout: Layout, facts: list[Probe], hp: dict, p
         prog("evaluating", 0, 2)
         before = _predict_all(net, tok, facts)
 
+    if hp.get("augment_paraphrases"):
+        run.info["augmented"] = _augment_info(method, facts)
+        say("paraphrase augmentation: the edit is fitted on the facts' paraphrases too, so the paraphrase "
+            "success measured on them is not held out")
     contexts = ["{}"]
     C: dict[int, torch.Tensor] = {}
     if method not in ("ft", *hypernet.EDITORS):
@@ -303,13 +313,18 @@ def _run(run: EditRun, net, tok, layout: Layout, facts: list[Probe], hp: dict, p
             probs.append(upd.target_prob)
             updates.append({"fact": fact.id, "left_norm": float(upd.left.norm()), "right_norm": float(upd.right.norm())})
         prog("editing", len(facts), len(facts))
-        run.info = {"updates": updates, "contexts": contexts}
+        run.info.update({"updates": updates, "contexts": contexts})
     else:
         batches = _batches(facts, hp["mode"], hp["batch_size"])
         ns = None
         if method == "alphaedit":
-            ns = NullSpace.build(C, hp["nullspace_rel"], hp["l2_rel"])
+            ns = NullSpace.build(C, hp["nullspace_rel"], hp["l2_rel"], nullspace_abs=hp["nullspace_abs"])
             run.info["nullspace_rank"] = ns.rank
+            run.info["nullspace"] = _nullspace_info(ns, hp, C)
+            empty = [layer for layer, r in ns.rank.items() if r == 0]
+            if empty:
+                say(f"AlphaEdit's null space is empty at layer(s) {empty} (no eigenvalue of C below the threshold; "
+                    f"smallest {min(ns.spectrum[x]['min'] for x in empty):.3g}): those layers cannot change")
         if method == "memit":
             # λ per key: with one key per fact and context, C's weight grows with the keys each fact brings
             d_in = next(iter(C.values())).shape[0]
@@ -346,6 +361,26 @@ def _run(run: EditRun, net, tok, layout: Layout, facts: list[Probe], hp: dict, p
     if evaluate:
         prog("evaluating", 2, 2)
     run.results = _results(tok, facts, before, after, seconds, probs)
+
+
+def _nullspace_info(ns: NullSpace, hp: dict, C: dict[int, torch.Tensor]) -> dict:
+    """Which threshold rule made AlphaEdit's projector, on what scale, and the rank it left per layer."""
+    rule = "absolute" if hp["nullspace_abs"] is not None else "relative"
+    return {"rule": rule, "threshold": hp["nullspace_abs"] if rule == "absolute" else hp["nullspace_rel"],
+            "rank": dict(ns.rank), "dim": {layer: int(c.shape[0]) for layer, c in C.items()},
+            "spectrum": dict(ns.spectrum)}
+
+
+def _augment_info(method: str, facts: list[Probe]) -> dict:
+    """How many paraphrases each fact's edit was fitted on (value methods need the subject in them)."""
+    from .ft import training_prompts
+    from .values import paraphrase_prompts
+
+    if method == "ft":
+        used = {f.id: len(training_prompts(f, True)) - 1 for f in facts}
+    else:
+        used = {f.id: len(paraphrase_prompts(f)) for f in facts}
+    return {"paraphrases_used": used, "paraphrases_held_out": False}
 
 
 def prepare_statistics(model: str | Path | LoadedModel, layers: Sequence[int], hparams: dict | None = None,

@@ -8,6 +8,11 @@ then predicts the new target (teacher-forced over all its tokens). Three terms k
 - weight decay ``weight_decay`` · ‖δ‖ / ‖v₀‖², the form the reference implementations use;
 - a hard clamp ‖δ‖ ≤ ``clamp`` · ‖v₀‖ after every step.
 
+With ``augment_paraphrases`` (Wen & Zhang's remedy for edits that fine-tuning wipes out) the target
+loss is also averaged over the fact's paraphrase prompts that name the subject (each once, without a
+context prefix; δ sits at the subject's last token there too), so the value must make the new target
+follow several phrasings, not only the edit prompt's. The keys are not affected.
+
 Facts are optimised together in batches (each with its own δ; their losses are independent), which
 keeps the CPU's matrix units busy. A fact is frozen as soon as its target's negative log-likelihood
 drops below ``stop_loss`` (mean target-token probability above e^-stop_loss ≈ 95% by default): at
@@ -25,7 +30,7 @@ from ..errors import BadInput
 from ..probing.evaluate import target_token_ids
 from ..probing.format import Probe
 from .hooks import capture
-from .prompts import encode, fill, in_context, pad_id, right_pad, subject_index
+from .prompts import Filled, encode, fill, in_context, pad_id, right_pad, subject_index
 
 KL_PROMPT = "{} is a"
 
@@ -39,6 +44,8 @@ class ValueSettings:
     clamp: float = 4.0
     stop_loss: float = 0.05
     batch: int = 8
+    #: also fit the target after the fact's paraphrase prompts (``value_prompts``)
+    augment_paraphrases: bool = False
     #: called after each step with (step, {"nll": [...], "kl": [...], "decay": [...]}) — for tracing
     on_step: Callable[[int, dict], None] | None = None
 
@@ -51,6 +58,28 @@ class Values:
     init: torch.Tensor            # [n, d]
     prob: list[float] = field(default_factory=list)   # mean target-token probability at the end
     steps: list[int] = field(default_factory=list)
+
+
+def paraphrase_prompts(fact: Probe) -> list[Filled]:
+    """The fact's paraphrases that name its subject, with the subject located (first occurrence).
+
+    A paraphrase without the subject gives δ no place to sit, so it cannot enter the value loss.
+    """
+    out: list[Filled] = []
+    for para in fact.paraphrases:
+        at = para.find(fact.subject) if fact.subject else -1
+        if at >= 0:
+            out.append(Filled(para, at + len(fact.subject)))
+    return out
+
+
+def value_prompts(fact: Probe, contexts: Sequence[str], augment_paraphrases: bool = False) -> list[Filled]:
+    """The prompts whose target loss the fact's value averages over: its prompt in each context
+    (``contexts[0] == "{}"`` gives the plain prompt first), then, when augmenting, its paraphrases."""
+    prompts = [in_context(context, fact) for context in contexts]
+    if augment_paraphrases:
+        prompts += paraphrase_prompts(fact)
+    return prompts
 
 
 def _head_logits(model, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -96,11 +125,11 @@ def _optimise_batch(model, tokenizer, facts: list[Probe], module: str, contexts:
         t_ids = t_ids[0]
         if not t_ids:
             raise BadInput(f"fact {fact.id!r}: target {fact.target_new!r} encodes to no tokens")
-        for context in contexts:   # contexts[0] is "{}": the fact's own prompt is each fact's first row
-            filled = in_context(context, fact)
+        prompts = value_prompts(fact, contexts, s.augment_paraphrases)
+        for filled in prompts:   # contexts[0] is "{}": the fact's own prompt is each fact's first row
             p_ids = encode(tokenizer, filled.text.rstrip())
             for j, tok in enumerate(t_ids):
-                loss.append((len(seqs), len(p_ids) - 1 + j, tok, 1.0 / (len(t_ids) * len(contexts))))
+                loss.append((len(seqs), len(p_ids) - 1 + j, tok, 1.0 / (len(t_ids) * len(prompts))))
             seqs.append(p_ids + t_ids[:-1])
             subj.append(subject_index(tokenizer, filled))
             owner.append(f)
