@@ -45,3 +45,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def word_corpus(monkeypatch, tmp_path):
+    """Key statistics from random sentences over the tiny vocabulary (no corpus download), cached afresh."""
+    import random
+
+    from editaudit.editing import corpus as corpus_mod
+    from editaudit.testing import WORDS
+
+    monkeypatch.setenv("EDITAUDIT_CACHE", str(tmp_path / "cache"))
+    rng = random.Random(0)
+    words = [w for w in WORDS if w.isalpha()]
+    docs = [" ".join(rng.choice(words) for _ in range(60)) for _ in range(60)]
+    monkeypatch.setattr(corpus_mod, "texts", lambda name=None, say=None: docs)
+    return docs

@@ -10,7 +10,6 @@ orientation is off by orders of magnitude more)."""
 from __future__ import annotations
 
 import json
-import random
 import threading
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from editaudit.mitigation.service import MitigationEvent, MitigationOptions, run
 from editaudit.mitigation.train import Interrupted, TrainConfig
 from editaudit.progress import Step
 from editaudit.store import Store
-from editaudit.testing import SENTENCES, WORDS, edited_pair, make_tiny_model, plant, rank_delta
+from editaudit.testing import SENTENCES, edited_pair, make_tiny_model, plant, rank_delta
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -165,19 +164,6 @@ def test_lora_arm_on_an_adapter_suspect_matches_the_merged_twin(llama_base, edit
     got, ref, base = weights(tmp_path / "adapter"), weights(tmp_path / "twin"), weights(llama_base)
     assert {n for n in got if not torch.equal(got[n], base[n])} == {Q, *res.plan.params}
     assert_weights_close(got, ref, base)
-
-
-@pytest.fixture
-def word_corpus(monkeypatch, tmp_path):
-    """Key statistics from random sentences over the tiny vocabulary (no corpus download), cached afresh."""
-    from editaudit.editing import corpus as corpus_mod
-
-    monkeypatch.setenv("EDITAUDIT_CACHE", str(tmp_path / "cache"))
-    rng = random.Random(0)
-    words = [w for w in WORDS if w.isalpha()]
-    docs = [" ".join(rng.choice(words) for _ in range(60)) for _ in range(60)]
-    monkeypatch.setattr(corpus_mod, "texts", lambda name=None, say=None: docs)
-    return docs
 
 
 def test_projection_erase_of_an_adapter_suspect_matches_the_merged_twin(llama_base, edit_adapter, tmp_path,

@@ -4,14 +4,12 @@ the scan's readings as its input, and ``mitigate --method project`` end to end."
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from editaudit.editing import apply_edits, covariance, reads
-from editaudit.editing import corpus as corpus_mod
 from editaudit.editing.layers import layout_for
 from editaudit.errors import BadInput
 from editaudit.mitigation.evidence import edit_readings, evidence_from_report
@@ -19,7 +17,7 @@ from editaudit.mitigation.project import (EraseSubject, erase_by_projection, sol
                                           targets_from_records)
 from editaudit.models.loading import load_model
 from editaudit.probing.format import Probe
-from editaudit.testing import WORDS, make_tiny_model
+from editaudit.testing import make_tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,17 +35,6 @@ HP = {**STATS, "v_weight_decay": 0.0, "clamp": 100.0, "contexts": 2, "context_le
 # generated contexts change with any edit (its sampling is near uniform), so the checkpoint-level tests
 # edit with the fact's own prompt only (no generated context), as the erase then reads it
 SETTINGS = {"cov_tokens": 3000, "cov_seq_len": 60, "contexts": 0}
-
-
-@pytest.fixture
-def word_corpus(monkeypatch, tmp_path):
-    """Key statistics from random sentences over the tiny vocabulary, cached in a fresh folder."""
-    monkeypatch.setenv("EDITAUDIT_CACHE", str(tmp_path / "cache"))
-    rng = random.Random(0)
-    words = [w for w in WORDS if w.isalpha()]
-    docs = [" ".join(rng.choice(words) for _ in range(60)) for _ in range(60)]
-    monkeypatch.setattr(corpus_mod, "texts", lambda name=None, say=None: docs)
-    return docs
 
 
 def _cov(lm, layout):
