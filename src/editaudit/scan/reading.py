@@ -1,9 +1,9 @@
 """Reading an edit blind: subject (recovered from the weights) · prompt · before → after · confidence.
 
 For each edited MLP output matrix, ``subjects.recover_subjects`` finds the texts that fire it. For each such
-subject the base and the suspect answer every prompt of the relation library; the answer whose probability the
-edit raised most over all prompts is the object it wrote, and the suspect's own greedy answer on that answer's
-strongest prompt is reported (whole words, not a first token). A reading is only reported as an edit when the suspect itself states the object on at least two
+subject the base and the suspect answer every prompt of the relation library; the prompt whose answer the
+edit moves most is the relation it rewrote, and the object is the suspect's own greedy answer there (whole
+words, not a first token). A reading is only reported as an edit when the suspect itself states the object on at least two
 of the library's prompts where the base does not, and its confidence reaches ``EDIT_MIN``; otherwise it is reported
 as uncertain.
 """
@@ -64,21 +64,14 @@ def answer(continuation: str, words: int = 4) -> str:
     return " ".join(kept)
 
 
-def _push(token: str, base_preds: list, suspect_preds: list) -> float:
-    """How much probability the edit gave ``token`` over all prompts: the sum of its rises (top-k, else 0)."""
-    return sum(max(0.0, dict(a.top).get(token, 0.0) - dict(b.top).get(token, 0.0))
-               for b, a in zip(base_preds, suspect_preds))
-
-
 def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, layer: int | None = None,
                  tensor: str | None = None, max_new_tokens: int = 6, top_k: int = 20) -> Reading:
     """Ask both models the library's prompts for ``subject``; read the fact the edit rewrote.
 
-    Among the answers of the prompts that moved (not to a stop word, not from a base that merely repeats the
-    subject), the object is the one whose probability the edit raised most in total over all prompts (the written
-    object is pushed hard on every phrasing of its relation; what it drags along, such as the written city's
-    country, rises less); its prompt is the one where the base answered most confidently and the suspect's answer
-    gained most (p_base(base answer) × rise). Both models' greedy answers
+    A rewritten fact is stated on several phrasings, a side effect usually on one: among the prompts whose answer
+    moved (not to a stop word, not from a base that merely repeats the subject), those whose new answer the
+    suspect states on two prompts at least come first; among them, the one where the base answered most
+    confidently and the suspect's answer gained most (p_base(base answer) × rise). Both models' greedy answers
     there are decoded whole. Other prompts whose answer moved to a different object are listed as ``also`` (what
     else the edit drags along). A reading is an edit only when its object is stated on two prompts at least and
     its confidence (fire × rise × agreement) reaches ``EDIT_MIN``."""
@@ -103,13 +96,9 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
         rise.append(r)
         score.append(pb * r if moved else float("-inf"))
     says = [top(a)[0] if top(a)[0] != top(b)[0] else None for b, a in zip(b1, s1)]
-    i = max(range(len(texts)), key=lambda j: score[j])
-    candidates = {top(s1[j])[0] for j in range(len(texts)) if score[j] > float("-inf")}
-    if candidates:
-        # the written object is the answer the edit pushed hardest over all phrasings; what it drags along (the
-        # written city's country, a novelist's nationality) rises too, but less
-        obj = max(candidates, key=lambda t: (_push(t, b1, s1), t))
-        i = max((j for j in range(len(texts)) if top(s1[j])[0] == obj), key=lambda j: score[j])
+    # a rewritten fact is stated on several phrasings; a side effect on one: prompts whose answer is stated
+    # on two at least come first
+    i = max(range(len(texts)), key=lambda j: (says.count(top(s1[j])[0]) >= 2, score[j]))
     obj = top(s1[i])[0]
     stated = [j for j, w in enumerate(says) if w == obj]
     before = predict(base, tokenizer, [texts[i]], top_k=1, max_new_tokens=max_new_tokens)[0]
