@@ -312,3 +312,51 @@ def test_options_are_off_by_default(tiny_llama, monkeypatch):
     run = apply_edits(lm, FACTS[:1], "memit", layers=[1, 2], hparams=FAST, evaluate=False)
     assert not any(_has_prefix(rows, para_ids) for rows in seen)
     assert run.to_dict()["augmented"] is False and "augmented" not in run.info
+
+
+def test_consistent_keys_write_v_star_at_the_averaged_key(tiny_llama):
+    """r-ROME: with k* in the denominator and v₀ = W k*, the edited matrix maps k* to v*; the original form maps the
+    own-prompt key there instead (and its size depends on uᵀk, which is what makes disabling edits)."""
+    from editaudit.editing import reads
+    from editaudit.editing.hooks import weight_out_in
+
+    lm = load_model(tiny_llama)
+    layout = layout_for(lm.model)
+    contexts = ["{}", "The country . {}"]
+    name = layout.rewrite_name(2)
+    W = weight_out_in(lm.model.get_submodule(name)).detach().float().clone()
+    k_star = reads.keys(lm.model, lm.tokenizer, [FACTS[0]], name, contexts)[0]
+    k_own = reads.plain(lm.model, lm.tokenizer, [FACTS[0]], name, "in")[0]
+    assert not torch.allclose(k_star, k_own)  # the two forms differ only where the keys do
+    r = compute_update(lm.model, lm.tokenizer, layout, FACTS[0], 2, None, contexts,
+                       resolve("rome", dict(FAST, consistent_keys=True)))
+    o = compute_update(lm.model, lm.tokenizer, layout, FACTS[0], 2, None, contexts, resolve("rome", FAST))
+    v_star = o.right * torch.dot(o.left, k_own) + reads.plain(lm.model, lm.tokenizer, [FACTS[0]], name, "out")[0]
+    torch.testing.assert_close((W + r.delta) @ k_star, v_star, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close((W + o.delta) @ k_own, v_star, rtol=1e-4, atol=1e-4)
+
+
+def test_a_disabling_rome_edit_is_named(tiny_llama, monkeypatch):
+    """An update far larger than ordinary ones, relative to its matrix, is reported (the model usually collapses)."""
+    from editaudit.editing import rome as rome_mod
+    from editaudit.editing import service
+
+    lm = load_model(tiny_llama)
+    run = apply_edits(lm, [FACTS[0]], "rome", layers=[2], hparams=FAST, evaluate=False)
+    share = run.info["updates"][0]["relative_norm"]
+    run.restore()
+    monkeypatch.setattr(service, "DISABLING_SHARE", 2 * share)  # a tiny random model's ordinary scale
+    run = apply_edits(lm, [FACTS[0]], "rome", layers=[2], hparams=FAST, evaluate=False)
+    assert run.info["disabling"] == []
+    run.restore()
+    real = rome_mod.compute_update
+
+    def huge(*a, **k):
+        upd = real(*a, **k)
+        return rome_mod.RomeUpdate(upd.delta * 10, upd.left, upd.right * 10, upd.target_prob, upd.steps)
+
+    monkeypatch.setattr(rome_mod, "compute_update", huge)
+    said: list[str] = []
+    run = apply_edits(lm, [FACTS[0]], "rome", layers=[2], hparams=FAST, evaluate=False, say=said.append)
+    assert run.info["disabling"] == ["f1"] and any("disabling edit" in s for s in said)
+    run.restore()

@@ -20,6 +20,9 @@ models instead of being copied from GPT-J:
   key is unchanged. Those paraphrases are then no longer held out, so the reported paraphrase success is
   not a generalisation measure (the run records ``augmented: true``).
 - ``l2_rel``: AlphaEdit's ridge α = l2_rel · tr(C), i.e. a share of a typical key's squared norm.
+- ``consistent_keys`` (ROME, default False = the original implementation): use the context-averaged key k*
+  in the denominator and for v₀ as well (r-ROME), so a fact whose own-prompt key differs from k* cannot make
+  a disabling edit; off by default because the checkpoints a reviewer meets come from the original form.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ _VALUE = {"v_lr": 0.5, "v_steps": 50, "v_weight_decay": 0.5, "kl_factor": 0.0625
 DEFAULTS: dict[str, dict] = {
     "ft": {**_MODULES, "lr": 5e-5, "steps": 25, "stop_loss": 0.01, "norm_constraint": None,
            "mode": "batch", "batch_size": 0, "augment_paraphrases": False},
-    "rome": {**_MODULES, **_STATS, **_CONTEXTS, **_VALUE, "mode": "sequential", "batch_size": 1},
+    "rome": {**_MODULES, **_STATS, **_CONTEXTS, **_VALUE, "mode": "sequential", "batch_size": 1,
+             "consistent_keys": False},
     "memit": {**_MODULES, **_STATS, **_CONTEXTS, **_VALUE, "v_steps": 25, "clamp": 0.75,
               "lambda_rel": 1.0, "key_mode": "each", "mode": "batch", "batch_size": 0},
     "alphaedit": {**_MODULES, **_STATS, **_CONTEXTS, **_VALUE, "v_steps": 25, "clamp": 0.75,

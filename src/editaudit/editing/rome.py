@@ -8,7 +8,10 @@ token) to values v. ROME asks for the smallest change, measured against the keys
 
 - k* is the key averaged over the fact's prompt in a handful of generated contexts;
 - v* = v₀ + δ is found by optimising δ at the MLP output (``values.optimise_values``);
-- k, v₀ are the key and MLP output in the fact's own prompt, so that prompt maps to v* exactly.
+- k, v₀ are the key and MLP output in the fact's own prompt, so that prompt maps to v* exactly. That is
+  the original implementation's choice; when k and k* differ much, uᵀk is small and ΔW huge (a "disabling
+  edit": the model collapses, most often late in a sequence). ``consistent_keys`` uses k* in both places,
+  k = k*, v₀ = W k* (r-ROME, Gupta et al. 2024), which bounds ΔW by the key statistics alone.
 
 ``augment_paraphrases`` adds the fact's paraphrases to the prompts v* is fitted on; k* stays as above.
 """
@@ -60,8 +63,12 @@ def compute_update(model, tokenizer, layout: Layout, fact: Probe, layer: int, C:
     u = (u / u.norm()).float()
     values = optimise_values(model, tokenizer, [fact], layout.mlp_name(layer), contexts, value_settings(hp))
     v_star = values.target[0]
-    k = reads.plain(model, tokenizer, [fact], rewrite, "in")[0]
-    v0 = reads.plain(model, tokenizer, [fact], rewrite, "out")[0]
+    if hp.get("consistent_keys"):
+        k = k_star
+        v0 = weight_out_in(model.get_submodule(rewrite)).detach().float() @ k_star
+    else:
+        k = reads.plain(model, tokenizer, [fact], rewrite, "in")[0]
+        v0 = reads.plain(model, tokenizer, [fact], rewrite, "out")[0]
     right = (v_star - v0) / torch.dot(u, k)
     return RomeUpdate(torch.outer(right, u), u, right, values.prob[0], values.steps[0])
 

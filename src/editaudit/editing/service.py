@@ -29,6 +29,7 @@ from ..progress import Progress as Events
 from ..progress import ignore, stage_steps
 from . import covariance, ft, hypernet, memit, reads, rome
 from .alphaedit import NullSpace
+from .hooks import weight_out_in
 from .hparams import resolve
 from .layers import Layout, default_layers, layout_for
 from .prompts import context_templates
@@ -38,6 +39,9 @@ Say = Callable[[str], None]
 
 _BASE_KEY = "_editaudit_base_key"      # weight hash of the model before editaudit first edited it
 _EDITED = "_editaudit_edited"          # names of every weight editaudit changed in this model
+#: a ROME update this large relative to its matrix is a "disabling edit" (Gupta et al. 2024): usually the model
+#: collapses; ordinary updates on SmolLM2 are 5–20 % of the matrix's norm
+DISABLING_SHARE = 0.5
 
 
 @dataclass
@@ -308,12 +312,19 @@ def _run(run: EditRun, net, tok, layout: Layout, facts: list[Probe], hp: dict, p
             prog("editing", i, len(facts))
             t0 = time.perf_counter()
             upd = rome.compute_update(net, tok, layout, fact, layer, C.get(layer), contexts, hp)
+            weight = float(weight_out_in(net.get_submodule(layout.rewrite_name(layer))).detach().float().norm())
             rome.apply(net, layout, layer, upd)
             seconds.append(time.perf_counter() - t0)
             probs.append(upd.target_prob)
-            updates.append({"fact": fact.id, "left_norm": float(upd.left.norm()), "right_norm": float(upd.right.norm())})
+            share = float(upd.delta.norm()) / max(weight, 1e-12)
+            updates.append({"fact": fact.id, "left_norm": float(upd.left.norm()), "right_norm": float(upd.right.norm()),
+                            "relative_norm": share})
+            if share >= DISABLING_SHARE:
+                say(f"edit {fact.id} changed layer {layer}'s matrix by {share:.0%} of its norm: a disabling edit "
+                    "(the model may collapse); consistent_keys=true (r-ROME) avoids it")
         prog("editing", len(facts), len(facts))
-        run.info.update({"updates": updates, "contexts": contexts})
+        run.info.update({"updates": updates, "contexts": contexts,
+                         "disabling": [u["fact"] for u in updates if u["relative_norm"] >= DISABLING_SHARE]})
     else:
         batches = _batches(facts, hp["mode"], hp["batch_size"])
         ns = None
