@@ -1,7 +1,9 @@
 """Development suspects from the first held-apart set (development data since the second was written): each
 edit's weight deltas, saved with its facts, for quick trials that need no scan.
 
-    python scripts/dev/make_dev_suspects.py [DIR]   (default /tmp/editaudit-dev/deltas)
+    python scripts/dev/make_dev_suspects.py [DIR [FACTS]]   (default /tmp/editaudit-dev/deltas, the first set)
+
+FACTS: another used held-apart set, e.g. bench/heldout/smollm2-135m-v3.jsonl (development data after its one use).
 """
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ from editaudit.probing.format import load_probes, dump_probes
 from editaudit.probing.sets import round_robin
 torch.manual_seed(0)
 lm = load_model(ensure_model("smollm2-135m"))
-facts = round_robin(load_probes(ROOT / "bench/heldout/smollm2-135m.jsonl"))
+facts = round_robin(load_probes(sys.argv[2] if len(sys.argv) > 2 else ROOT / "bench/heldout/smollm2-135m.jsonl"))
 n = lm.model.config.num_hidden_layers
 plan = [("rome","single",5),("rome","sequential",10),("memit","batch",10),("alphaedit","batch",10)]
 used = 0

@@ -3,11 +3,15 @@ true subjects: both models' top-50 first tokens on every library prompt are dump
 are replayed on the dump without a model.
 
     python scripts/dev/make_dev_suspects.py            # deltas in /tmp/editaudit-dev/deltas
-    python scripts/dev/reading_object_trial.py [--dump /tmp/editaudit-dev/reading-dump.json]
+    python scripts/dev/reading_object_trial.py [--deltas DIR] [--dump /tmp/editaudit-dev/reading-dump.json]
+
+The third set as development data: make_dev_suspects.py /tmp/dev3 bench/heldout/smollm2-135m-v3.jsonl, drop its
+collapsed rome-sequential-0.pt, then --deltas /tmp/dev3 --dump /tmp/dev3/dump.json.
 
 Rules: `current` (the first answer stated on two prompts or more, then p_base × rise) and `push` (the answer whose
-probability rose most in total over all prompts, then its prompt by p_base × rise). A reading counts as an edit as
-in scan/reading.py (stated on two prompts, confidence ≥ 0.35 at a fire of 0.85).
+probability rose most in total over all prompts, then its prompt by p_base × rise), each read as an edit when the
+object is stated on two prompts (`stated`) or gained ≥ 0.1 of probability on two prompts (`rose`), confidence ≥ 0.35
+at a fire of 0.85 as in scan/reading.py.
 """
 from __future__ import annotations
 
@@ -56,7 +60,7 @@ def replay(rows: list[dict], top_k: int = 20, fire: float = 0.85) -> None:
         t, n = token.strip().casefold(), new.strip().casefold()
         return bool(t) and (n.startswith(t) or t.startswith(n)) and len(t) >= min(2, len(n))
 
-    tally = {"current": [0, 0], "push": [0, 0]}  # [right and edit, wrong and edit]
+    tally = {f"{o} {r}": [0, 0] for o in ("current", "push") for r in ("stated", "rose")}  # [right, wrong] edits
     for f in rows:
         P = []
         for p in f["prompts"]:
@@ -74,14 +78,15 @@ def replay(rows: list[dict], top_k: int = 20, fire: float = 0.85) -> None:
             picks["push"] = max((j for j in range(len(P)) if P[j]["ta"] == push), key=lambda j: P[j]["score"])
         else:
             picks["push"] = picks["current"]
-        for rule, i in picks.items():
-            stated = says.count(P[i]["ta"])
-            twice = P[i]["score"] > -1e9 and stated >= 2
-            conf = fire * (0.4 + 0.6 * max(0.0, min(1.0, P[i]["rise"]))) * (0.5 + 0.5 * min(1.0, stated / 3))
-            if twice and conf >= EDIT_MIN:
-                tally[rule][0 if right(P[i]["ta"], f["new"]) else 1] += 1
+        for pick, i in picks.items():
+            t = P[i]["ta"]
+            for rule, n in (("stated", says.count(t)),
+                            ("rose", sum(p["s"].get(t, 0) - p["b"].get(t, 0) >= 0.1 for p in P))):
+                conf = fire * (0.4 + 0.6 * max(0.0, min(1.0, P[i]["rise"]))) * (0.5 + 0.5 * min(1.0, n / 3))
+                if P[i]["score"] > -1e9 and n >= 2 and conf >= EDIT_MIN:
+                    tally[f"{pick} {rule}"][0 if right(t, f["new"]) else 1] += 1
     for rule, (ok, wrong) in tally.items():
-        print(f"{rule:8s} of {len(rows)} edits: objects read as edits {ok}, wrong edit readings {wrong}")
+        print(f"{rule:14s} of {len(rows)} edits: objects read as edits {ok}, wrong edit readings {wrong}")
 
 
 def main() -> None:
