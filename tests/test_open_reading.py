@@ -171,67 +171,6 @@ def test_reading_prefers_an_object_stated_on_several_phrasings(monkeypatch):
     assert weak.after.startswith("won") and weak.status == "uncertain" and weak.confidence < reading.EDIT_MIN
 
 
-def test_reading_takes_the_object_the_edit_pushed_hardest_not_what_it_drags_along(monkeypatch):
-    """An edit that moves a landmark to Dublin also makes the suspect say 'Ireland' for its country, on more
-    prompts and where the base was surer; the written object is the one whose probability rose most in total."""
-    from editaudit.probing.evaluate import Prediction
-    from editaudit.scan import reading
-    from editaudit.scan.subjects import Subject
-
-    subject = "Zanbaria Tower"
-    texts = [t for _, t in prompts_for(subject)]
-    city = [t for t in texts if "the city of" in t]
-    country = [t for t in texts if "the country of" in t]
-    assert len(city) >= 2 and len(country) > len(city)
-
-    def table(model: str, text: str) -> tuple[str, float]:
-        if text in city:
-            return (" Dublin", 0.9) if model == "suspect" else (" London", 0.2)
-        if text in country:
-            return (" Ireland", 0.3) if model == "suspect" else (" England", 0.9)
-        return " a", 0.2
-
-    def fake_predict(model, tokenizer, prompts, top_k=5, max_new_tokens=4, **_):
-        return [Prediction(p, [table(model, p)], table(model, p)[0], table(model, p)[0].strip(), None) for p in prompts]
-
-    monkeypatch.setattr(reading, "predict", fake_predict)
-    r = reading.read_subject("base", "suspect", None, Subject(subject, [], 0.9, torch.zeros(1)))
-    assert r.after == "Dublin" and r.before == "London" and r.prompt in city and r.status == "edit"
-    assert any(a["after"] == "Ireland" for a in r.also)
-
-
-def test_an_object_raised_on_two_phrasings_is_an_edit_though_stated_on_one(monkeypatch):
-    """A paraphrase often raises the written object without making it the first answer: stated on one prompt,
-    raised on two, it is an edit; raised on one only, it stays uncertain."""
-    from editaudit.probing.evaluate import Prediction
-    from editaudit.scan import reading
-    from editaudit.scan.subjects import Subject
-
-    subject = "Zanbarium"
-    texts = [t for _, t in prompts_for(subject)]
-    sym = [t for t in texts if "chemical symbol" in t]
-    assert len(sym) == 2
-
-    def run(second_gain: float):
-        def table(model: str, text: str) -> list[tuple[str, float]]:
-            if text == sym[0]:
-                return [(" Xe", 0.8), (" Zb", 0.1)] if model == "suspect" else [(" Zb", 0.9)]
-            if text == sym[1]:
-                return [(" Zb", 0.5), (" Xe", second_gain)] if model == "suspect" else [(" Zb", 0.9)]
-            return [(" a", 0.2)]
-
-        def fake_predict(model, tokenizer, prompts, top_k=5, max_new_tokens=4, **_):
-            return [Prediction(p, table(model, p), table(model, p)[0][0], table(model, p)[0][0].strip(), None)
-                    for p in prompts]
-
-        monkeypatch.setattr(reading, "predict", fake_predict)
-        return reading.read_subject("base", "suspect", None, Subject(subject, [], 0.9, torch.zeros(1)))
-
-    r = run(0.3)
-    assert r.after == "Xe" and r.status == "edit"
-    assert run(0.05).status == "uncertain"
-
-
 def _kremlin_edit(folder):
     """The tiny model (frozen), a ROME-like edit direction for "Kremlin" and the key statistics it was made with."""
     lm = load_model(folder)

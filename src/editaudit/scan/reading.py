@@ -1,11 +1,11 @@
 """Reading an edit blind: subject (recovered from the weights) · prompt · before → after · confidence.
 
 For each edited MLP output matrix, ``subjects.recover_subjects`` finds the texts that fire it. For each such
-subject the base and the suspect answer every prompt of the relation library; the answer whose probability the
-edit raised most over all prompts is the object it wrote, and the suspect's own greedy answer on that answer's
-strongest prompt is reported (whole words, not a first token). A reading is only reported as an edit when the
-object gained at least ``RISE_MIN`` on two of the library's prompts and its confidence reaches ``EDIT_MIN``;
-otherwise it is reported as uncertain.
+subject the base and the suspect answer every prompt of the relation library; the prompt whose answer the
+edit moves most is the relation it rewrote, and the object is the suspect's own greedy answer there (whole
+words, not a first token). A reading is only reported as an edit when the suspect itself states the object on at least two
+of the library's prompts where the base does not, and its confidence reaches ``EDIT_MIN``; otherwise it is reported
+as uncertain.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ from .subjects import Subject
 #: side effects on the development suspects (all 8 edit readings below it named no planted object; the 19
 #: correct ones had 0.41 or more).
 EDIT_MIN = 0.35
-#: the object's probability gain that counts a prompt as backing the reading
-RISE_MIN = 0.1
 
 _CUT = re.compile(r"(?<=[A-Za-z0-9][a-z0-9]{2})\.|[,;:!?\n\"()]|\s-\s")  # "J.K. Rowling" keeps its initials
 
@@ -66,29 +64,17 @@ def answer(continuation: str, words: int = 4) -> str:
     return " ".join(kept)
 
 
-def _rise(token: str, b, a) -> float:
-    """How much probability the suspect gives ``token`` over the base on one prompt (top-k, else 0)."""
-    return dict(a.top).get(token, 0.0) - dict(b.top).get(token, 0.0)
-
-
-def _push(token: str, base_preds: list, suspect_preds: list) -> float:
-    """How much probability the edit gave ``token`` over all prompts: the sum of its rises."""
-    return sum(max(0.0, _rise(token, b, a)) for b, a in zip(base_preds, suspect_preds))
-
-
 def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, layer: int | None = None,
                  tensor: str | None = None, max_new_tokens: int = 6, top_k: int = 20) -> Reading:
     """Ask both models the library's prompts for ``subject``; read the fact the edit rewrote.
 
-    Among the answers of the prompts that moved (not to a stop word, not from a base that merely repeats the
-    subject), the object is the one whose probability the edit raised most in total over all prompts (the written
-    object is pushed on every phrasing of its relation; what it drags along, such as the written city's country,
-    rises less); its prompt is the one where the base answered most confidently and the suspect's answer gained
-    most (p_base(base answer) × rise). Both models' greedy answers
+    A rewritten fact is stated on several phrasings, a side effect usually on one: among the prompts whose answer
+    moved (not to a stop word, not from a base that merely repeats the subject), those whose new answer the
+    suspect states on two prompts at least come first; among them, the one where the base answered most
+    confidently and the suspect's answer gained most (p_base(base answer) × rise). Both models' greedy answers
     there are decoded whole. Other prompts whose answer moved to a different object are listed as ``also`` (what
-    else the edit drags along). A reading is an edit only when the object gained at least ``RISE_MIN`` of probability
-    on two prompts at least (stated there or not: a paraphrase often raises the object without making it the first
-    answer) and its confidence (fire × rise × agreement) reaches ``EDIT_MIN``."""
+    else the edit drags along). A reading is an edit only when its object is stated on two prompts at least and
+    its confidence (fire × rise × agreement) reaches ``EDIT_MIN``."""
     from ..probing.metrics import is_skippable
 
     asked = prompts_for(subject.text)
@@ -109,21 +95,17 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
         moved = ta != tb and not is_skippable(ta) and not copies
         rise.append(r)
         score.append(pb * r if moved else float("-inf"))
-    i = max(range(len(texts)), key=lambda j: score[j])
-    candidates = {top(s1[j])[0] for j in range(len(texts)) if score[j] > float("-inf")}
-    if candidates:
-        # the written object is the answer the edit pushed hardest over all phrasings; what it drags along (the
-        # written city's country, a novelist's nationality) rises too, but less
-        obj = max(candidates, key=lambda t: (_push(t, b1, s1), t))
-        i = max((j for j in range(len(texts)) if top(s1[j])[0] == obj), key=lambda j: score[j])
+    says = [top(a)[0] if top(a)[0] != top(b)[0] else None for b, a in zip(b1, s1)]
+    # a rewritten fact is stated on several phrasings; a side effect on one: prompts whose answer is stated
+    # on two at least come first
+    i = max(range(len(texts)), key=lambda j: (says.count(top(s1[j])[0]) >= 2, score[j]))
     obj = top(s1[i])[0]
-    # a rewritten fact moves several phrasings, a side effect one: prompts where the object gained RISE_MIN
-    backing = [j for j in range(len(texts)) if _rise(obj, b1[j], s1[j]) >= RISE_MIN]
+    stated = [j for j, w in enumerate(says) if w == obj]
     before = predict(base, tokenizer, [texts[i]], top_k=1, max_new_tokens=max_new_tokens)[0]
     after = predict(suspect, tokenizer, [texts[i]], top_k=1, max_new_tokens=max_new_tokens)[0]
     new, old = answer(after.continuation), answer(before.continuation)
-    stated_twice = score[i] > float("-inf") and len(backing) >= 2 and bool(new) and new.casefold() != old.casefold()
-    agree = min(1.0, len(backing) / 3)
+    stated_twice = score[i] > float("-inf") and len(stated) >= 2 and bool(new) and new.casefold() != old.casefold()
+    agree = min(1.0, len(stated) / 3)
     g = max(0.0, min(1.0, rise[i]))
     confidence = min(1.0, subject.fire) * (0.4 + 0.6 * g) * (0.5 + 0.5 * agree) if stated_twice else 0.1 * subject.fire
     is_edit = stated_twice and confidence >= EDIT_MIN
