@@ -50,14 +50,6 @@ def one_thread():
 @pytest.fixture
 def word_corpus(monkeypatch, tmp_path):
     """Key statistics from random sentences over the tiny vocabulary (no corpus download), cached afresh."""
-    import random
+    from editaudit.testing import word_corpus as fake_corpus
 
-    from editaudit.editing import corpus as corpus_mod
-    from editaudit.testing import WORDS
-
-    monkeypatch.setenv("EDITAUDIT_CACHE", str(tmp_path / "cache"))
-    rng = random.Random(0)
-    words = [w for w in WORDS if w.isalpha()]
-    docs = [" ".join(rng.choice(words) for _ in range(60)) for _ in range(60)]
-    monkeypatch.setattr(corpus_mod, "texts", lambda name=None, say=None: docs)
-    return docs
+    return fake_corpus(monkeypatch, tmp_path / "cache")

@@ -3,20 +3,19 @@ on a planted edit in a tiny model, its targets from the scan's readings, its set
 
 from __future__ import annotations
 
-import random
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from editaudit.editing import apply_edits
-from editaudit.editing import corpus as corpus_mod
 from editaudit.errors import BadInput
 from editaudit.mitigation.unlearn import (UNLEARN_DEFAULTS, UnlearnTarget, erase_by_unlearning, relation_prompts,
                                           targets_from_readings, unlearn_settings)
 from editaudit.models.loading import load_model
 from editaudit.probing.format import Probe
-from editaudit.testing import WORDS, make_tiny_model
+from editaudit.testing import make_tiny_model
+from editaudit.testing import word_corpus as fake_corpus
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,12 +30,7 @@ READING = {"subject": "France", "prompt": "The capital city of France", "relatio
 
 @pytest.fixture
 def word_corpus(monkeypatch, tmp_path):
-    monkeypatch.setenv("EDITAUDIT_CACHE", str(tmp_path / "cache"))
-    rng = random.Random(0)
-    words = [w for w in WORDS if w.isalpha()]
-    docs = [" ".join(rng.choice(words) for _ in range(80)) for _ in range(40)]
-    monkeypatch.setattr(corpus_mod, "texts", lambda name=None, say=None: docs)
-    return docs
+    return fake_corpus(monkeypatch, tmp_path / "cache", docs=40, words=80)
 
 
 @pytest.fixture

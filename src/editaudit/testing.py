@@ -160,3 +160,18 @@ def edited_pair(root: str | Path, edited: str, sentences: list[str]) -> tuple[Pa
     text = root / "prose.txt"
     text.write_text("\n\n".join(" ".join(sentences[i:] + sentences[:i]) for i in range(len(sentences))))
     return base, suspect, text
+
+
+def word_corpus(monkeypatch, cache: str | Path, docs: int = 60, words: int = 60) -> list[str]:
+    """Random sentences over the tiny vocabulary served as the key-statistics corpus (no download), with a fresh
+    cache folder, for tests that need corpus statistics on a tiny model."""
+    import random
+
+    from .editing import corpus as corpus_mod
+
+    monkeypatch.setenv("EDITAUDIT_CACHE", str(cache))
+    rng = random.Random(0)
+    vocab = [w for w in WORDS if w.isalpha()]
+    texts = [" ".join(rng.choice(vocab) for _ in range(words)) for _ in range(docs)]
+    monkeypatch.setattr(corpus_mod, "texts", lambda name=None, say=None: texts)
+    return texts
