@@ -1,0 +1,78 @@
+"""Finish a held-apart candidate set: drop subjects seen before, then draw each fact's counterfactual object.
+
+A held-apart set only measures a reader change fairly if none of its subjects was in an earlier set or in a list
+the product ships or consults (an edit keyed on 'Microsoft' also reaches 'Microsoft Excel'). So every candidate
+whose normalised subject equals or is a whole-word part of (or contains) a subject of the earlier candidate files,
+the development facts, the held-apart fact files, any probes/*.jsonl (the fact bank among them) or an earlier row
+of this set is dropped and named. target_new is then drawn with a seeded RNG, in file order, from the other
+target_true values of the same relation in the set.
+
+    python scripts/dev/draw_counterfactuals.py /tmp/v5_three_columns.tsv bench/heldout/candidates_v5.tsv --seed 2029
+
+Input: relation, subject, target_true (tab-separated, '#' lines ignored). Run with PYTHONPATH=src.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+from editaudit.probing.build import normalise, overlaps
+
+ROOT = Path(__file__).resolve().parents[2]
+EARLIER = [ROOT / f"bench/heldout/{n}.tsv" for n in ("candidates", "candidates_v2", "candidates_v3", "candidates_v4")]
+
+
+def tsv_rows(path: Path) -> list[list[str]]:
+    with path.open(encoding="utf-8") as fh:
+        return [line.rstrip("\n").split("\t") for line in fh if line.strip() and not line.startswith("#")]
+
+
+def seen_subjects() -> set[str]:
+    seen = {normalise(row[1]) for f in EARLIER for row in tsv_rows(f)}
+    jsonl = {*ROOT.glob("bench/dev/*.jsonl"), *ROOT.glob("bench/heldout/*.jsonl"),
+             *(p for p in ROOT.rglob("probes/*.jsonl") if not {".venv", ".git"} & set(p.parts))}
+    for f in sorted(jsonl):
+        for line in f.read_text(encoding="utf-8").splitlines():
+            try:  # a test fixture holds a deliberately broken line
+                seen.add(normalise(json.loads(line)["subject"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+    return seen - {""}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("candidates", type=Path, help="three columns: relation, subject, target_true")
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--seed", type=int, default=2029)
+    args = ap.parse_args()
+
+    seen = sorted(seen_subjects())
+    kept: list[tuple[str, str, str]] = []
+    dropped: list[str] = []
+    for relation, subject, true in tsv_rows(args.candidates):
+        s = normalise(subject)
+        clash = next((o for o in seen if overlaps(s, o)), None) or next(
+            (k[1] for k in kept if overlaps(s, normalise(k[1]))), None)
+        if clash is not None:
+            dropped.append(f"{subject} ({clash})")
+        else:
+            kept.append((relation, subject, true))
+    rng = random.Random(args.seed)
+    lines = ["# relation\tsubject\ttarget_true\ttarget_new",
+             f"# fifth held-apart set (v5): written before any reader change it evaluates; target_new drawn at random "
+             f"(seed {args.seed}) from the same relation's other objects by scripts/dev/draw_counterfactuals.py"]
+    for relation, subject, true in kept:
+        others = sorted({t for r, _, t in kept if r == relation} - {true})
+        lines.append(f"{relation}\t{subject}\t{true}\t{rng.choice(others)}")
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"{len(kept)} rows -> {args.out}; {len(dropped)} dropped for an overlapping subject: {'; '.join(dropped)}")
+    print(json.dumps(dict(sorted(Counter(r for r, _, _ in kept).items()))))
+
+
+if __name__ == "__main__":
+    main()
