@@ -17,6 +17,8 @@ Rules, fixed before the first run:
 - object read: that reading has status "edit" and its answer starts with the planted object's first word.
 - false reading: a reading with status "edit" whose answer starts with none of the suspect's planted objects'
   first words (over all edit-status readings).
+- object named (added with the hypernetworks' output-side reading, which reads objects without subjects): some
+  edit-status reading of the suspect, whatever its subject, starts with the planted object's first word.
   (An earlier run compared whole first words, which missed "Google's Play Store" for "Google"; the comparison
   is now the string prefix the rule states.)
 Goals (issue): ROME subject and object >= 90 %, MEMIT/AlphaEdit >= 80 %, false readings <= 5 %.
@@ -72,8 +74,10 @@ def score_suspect(tok, facts, readings: list[dict], single: bool) -> tuple[list[
                 match = r
                 break
         obj = match is not None and match["status"] == "edit" and starts(match["after"], f.target_new)
+        named = any(r["status"] == "edit" and starts(r["after"], f.target_new) for r in readings)
         rows.append({"subject": f.subject, "target_new": f.target_new, "subject_found": match is not None,
-                     "object_read": obj, "read_as": match and f"{match['subject']} · {match['after']}"})
+                     "object_read": obj, "object_named": named,
+                     "read_as": match and f"{match['subject']} · {match['after']}"})
     edits = [r for r in readings if r["status"] == "edit"]
     false = sum(not any(starts(r["after"], f.target_new) for f in facts) for r in edits)
     return rows, false, len(edits)
@@ -111,7 +115,7 @@ def main() -> None:
     lines = [f"open-set reading on {args.model}, facts from {args.facts.name} ({len(facts)}), no list",
              "command: python scripts/open_reading_eval.py " + " ".join(sys.argv[1:]),
              f"{'suspects':22s} {'edits':>5s} {'took':>5s} {'layer':>6s} {'subject':>8s} {'object':>7s} "
-             f"{'subj+obj':>8s} {'false':>9s} {'s/scan':>7s} {'s/edit':>7s}"]
+             f"{'subj+obj':>8s} {'named':>6s} {'false':>9s} {'s/scan':>7s} {'s/edit':>7s}"]
     print(lines[0], file=sys.stderr)
     detail: list[str] = []
     doc: dict = {"facts": str(args.facts), "arms": []}
@@ -155,12 +159,13 @@ def main() -> None:
             obj = sum(r["object_read"] for r in rows)
             line = (f"{method + ' ' + mode + ' x' + str(len(groups)):22s} {k:5d} {took / k:5.0%} {layer_ok / k:6.0%} "
                     f"{subj / k:8.0%} {sum(r['object_read'] for r in rows) / k:7.0%} {obj / k:8.0%} "
-                    f"{false:3d}/{reported:<5d} {t_scan / len(groups):7.1f} {t_scan / k:7.1f}")
+                    f"{sum(r['object_named'] for r in rows) / k:6.0%} {false:3d}/{reported:<5d} {t_scan / len(groups):7.1f} {t_scan / k:7.1f}")
             lines.append(line)
             print(line, file=sys.stderr)
             for r in rows:
                 detail.append(f"    [{method}/{mode}] {r['subject']} → {r['target_new']}: subject "
                               f"{'found' if r['subject_found'] else 'MISSED'}, object {'read' if r['object_read'] else 'MISSED'}"
+                              f"{', named by a reading' if r['object_named'] and not r['object_read'] else ''}"
                               f"{' as ' + r['read_as'] if r['read_as'] else ''}")
             want = {"rome": "rome", "memit": "memit", "alphaedit": "alphaedit", "ft": "ft-l", "mend": "mend",
             "malmen": "malmen"}[method]
@@ -169,6 +174,7 @@ def main() -> None:
                           f"({sum(m == want for m in methods)}/{len(methods)} correct)")
             doc["arms"].append({"methods_named": methods, "method_correct": sum(m == want for m in methods),"method": method, "mode": mode, "edits": k, "took": took, "layer_found": layer_ok,
                                 "subject_found": subj, "object_read": obj, "false_readings": false,
+                                "object_named": sum(r["object_named"] for r in rows),
                                 "edit_readings": reported, "scan_seconds": round(t_scan, 1), "rows": rows,
                                 "extra_layers": extra_layers})
     for name in [c for c in args.controls.split(",") if c]:  # unedited checkpoints: every finding is a false alarm
@@ -182,8 +188,8 @@ def main() -> None:
         lines.append(line)
         print(line, file=sys.stderr)
         doc.setdefault("controls", []).append({"model": name, "edit_findings": len(edits), "max_spike": spikes})
-    lines.append("  (object: the reading matched to the fact states the planted object; false: edit-status readings "
-                 "whose answer is no planted object)")
+    lines.append("  (object: the reading matched to the fact states the planted object; named: some edit-status "
+                 "reading, any subject, states it; false: edit-status readings whose answer is no planted object)")
     text = "\n".join(lines + ["", "details:"] + detail) + "\n"
     print(text)
     if args.out:
