@@ -116,5 +116,9 @@ def test_scan_probe_and_rome_edit_run_on_each_family(model_type, tmp_path):
     assert finding.layers == [layer] and finding.tensors == [rewritten]
     assert [c.name.name for c in report.changed] == [rewritten]
     assert finding.data["promoted_tokens"], "the logit lens read nothing"
-    ranked = [row["subject"] for row in finding.data["candidate_subjects"]]
-    assert ranked[0] == "France", ranked
+    # ranked by ‖ΔW k‖: with identity key statistics a subject whose key is merely larger can come close (Gemma-2 at
+    # transformers 4.56's initialisation puts Spain 5 % above France), so the planted one is among the first two and
+    # its reading through the model states the planted object
+    rows = {row["subject"]: row for row in finding.data["candidate_subjects"]}
+    assert "France" in list(rows)[:2], list(rows)
+    assert rows["France"]["answer_after"] == "Tokyo", rows["France"]

@@ -310,7 +310,12 @@ def _task_module(lm, task: str, n_labels: int, seed: int):
             """LM logits, or the head's class logits on the final token (in the head's dtype)."""
             if self.head is None:
                 return self.lm(input_ids=input_ids, attention_mask=attention_mask).logits
-            hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            decoder = self.lm.get_decoder()
+            if decoder is not None:
+                hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            else:  # transformers 4.56's get_decoder() gives None for Llama; the last hidden state is the same tensor
+                hidden = self.lm(input_ids=input_ids, attention_mask=attention_mask,
+                                 output_hidden_states=True).hidden_states[-1]
             last = attention_mask.sum(1) - 1
             feats = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
             return self.head(feats.to(self.head.weight.dtype))
