@@ -43,8 +43,6 @@ class Reading:
     layer: int | None = None
     tensor: str | None = None
     also: list[dict] = field(default_factory=list)  # other prompts the edit moves, to other answers (side effects)
-    source: str = "subject search"  # or "output lens": a hypernetwork edit's object, subject unread (object_lens.py)
-    layers: list[int] = field(default_factory=list)  # output lens: the edited layers whose components agree on it
 
     def to_dict(self) -> dict:
         d = asdict(self)

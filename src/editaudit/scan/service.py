@@ -365,16 +365,14 @@ def _read_edits(base_ck, suspect_ck, family: str, changed: list[Changed], findin
         say("reading edits through the model needs model folders with config.json on both sides: skipped")
         return
     if options.read == "open":
-        _read_open(base_ck, suspect_ck, by_name, edit_findings, options, say, progress, lens)
+        _read_open(base_ck, suspect_ck, by_name, edit_findings, options, say, progress)
     if options.facts:
         _rank_subjects(base_ck, family, by_name, edit_findings, options, say, progress)
 
 
 def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding], options: ScanOptions,
-               say, progress: Progress, lens=None) -> None:
-    """Recover each edit's subjects from the weights (no list), then read prompt and object from both models.
-    A hypernetwork edit (MEND, MALMEN) has no subject key to search for: its objects are read from its output
-    side instead (``object_lens.py``)."""
+               say, progress: Progress) -> None:
+    """Recover each edit's subjects from the weights (no list), then read prompt and object from both models."""
     from ..editing import covariance
     from ..editing.corpus import CorpusUnavailable
     from ..models.loading import load_model
@@ -395,21 +393,9 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
     if targets:  # one pass of the vocabulary through the model for every edited layer not cached yet
         from .keys import vocab_keys
 
-        vocab_keys(base.model, base.tokenizer, sorted({c.name.module_path for f, c in targets if not _hypernet(f)}),
+        vocab_keys(base.model, base.tokenizer, sorted({c.name.module_path for _, c in targets}),
                    base_ck.fingerprint(), progress=lambda d, t: progress("vocabulary keys", d, t))
     for n, (f, c) in enumerate(targets):
-        if _hypernet(f):
-            if lens is not None:
-                from .object_lens import lens_readings
-
-                mats = {t: (by_name[t].name.layer, by_name[t].vectors) for t in f.tensors
-                        if by_name.get(t) is not None and by_name[t].vectors is not None
-                        and by_name[t].name.role == "mlp_out" and by_name[t].name.layer is not None}
-                say(f"reading {f.rule} at layers {f.layers} from its output side (a hypernetwork edit: no subject key)")
-                f.data["readings"] = [r.to_dict() for r in lens_readings(lens, base.model, base.tokenizer, mats,
-                                                                         base_ck.family, f.rank or 1)]
-            progress("open reading", n + 1, len(targets))
-            continue
         _, svals, in_dirs = output_input_sides(c.vectors, base_ck.family)
         rank = c.stats.rank_above_noise if c.stats.kind == "low-rank" else 1 if c.stats.kind == "rank-one" else 3
         rank = max(1, min(int(rank or 1), in_dirs.shape[1], options.max_open_subjects))
@@ -433,10 +419,6 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
                               progress=lambda d, t: progress("reading edits", d, t))
         f.data["readings"] = [r.to_dict() for r in readings]
         progress("open reading", n + 1, len(targets))
-
-
-def _hypernet(f: Finding) -> bool:
-    return f.data.get("method", {}).get("name") in ("mend", "malmen")
 
 
 _KEY_CACHE: dict[tuple, dict[str, torch.Tensor]] = {}  # (base fingerprint, texts) -> {module path: keys}

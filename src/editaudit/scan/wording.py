@@ -13,10 +13,6 @@ def subject_reading(candidate: dict) -> str:
 
 def open_reading(r: dict) -> str:
     """"To Kill a Mockingbird · … was written by · J.K. Rowling (was Harper Lee)", marked when uncertain."""
-    if r.get("source") == "output lens":  # a hypernetwork edit: the object alone (scan/object_lens.py)
-        layers = ", ".join(str(x) for x in r.get("layers") or [])
-        text = f"? · ? · {r.get('after') or '?'} (promoted in layers {layers}; subject not read)"
-        return text if r.get("status") == "edit" else f"{text} [uncertain]"
     text = f"{r.get('subject', '?')} · {r.get('prompt', '')} · {r.get('after') or '?'} (was {r.get('before') or '?'})"
     return text if r.get("status") == "edit" else f"{text} [uncertain]"
 
