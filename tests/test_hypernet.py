@@ -152,3 +152,26 @@ def test_scan_names_hypernetwork_edits():
     assert name_method("EA102", [2, 3, 4, 5, 6], 4, 0.001, n_layers=30)["name"] == "alphaedit"
     assert name_method("EA101", [29], 1, n_layers=30)["name"] == "rome"
     assert name_method("EA102", [27, 28, 29], 1)["name"] == "memit"  # depth unknown: no claim about the top
+
+
+def test_scan_does_not_search_subjects_for_a_hypernetwork_edit(tiny_llama, tmp_path, monkeypatch):
+    """A rank-one change of the last two layers' MLP outputs is named MEND and gets no subject search."""
+    from editaudit.scan import subjects
+    from editaudit.scan.service import ScanOptions, run_scan
+    from editaudit.testing import plant
+
+    def refuse(*a, **k):
+        raise AssertionError("the subject search ran on a hypernetwork edit")
+
+    monkeypatch.setattr(subjects, "recover_subjects", refuse)
+    g = torch.Generator().manual_seed(0)
+    out_dir = torch.randn(64, generator=g)
+    deltas = {f"model.layers.{layer}.mlp.down_proj.weight": torch.outer(out_dir, torch.randn(128, generator=g)) * 0.05
+              for layer in (4, 5)}  # the last two of six layers
+    said: list[str] = []
+    report = run_scan(plant(tiny_llama, tmp_path / "suspect", deltas), tiny_llama, ScanOptions(read="open"),
+                      store=None, say=said.append)
+    edits = [f for f in report.findings if f.rule == "EA102"]
+    assert len(edits) == 1 and edits[0].data["method"]["name"] == "mend" and edits[0].data["promoted_tokens"]
+    assert "readings" not in edits[0].data
+    assert any("hypernetwork edit" in line for line in said)
