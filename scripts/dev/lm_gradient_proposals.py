@@ -5,7 +5,12 @@ gradient of log P(rest of the name | "The", x), and its rank by the exact log-pr
 
     python scripts/dev/lm_gradient_proposals.py
 """
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "src"))
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 from editaudit.models.loading import load_model
 from editaudit.models.registry import ensure_model
 from editaudit.scan.keys import context_ids
