@@ -1,6 +1,6 @@
 """MEND and MALMEN on SmolLM2-135M: do the trained editors write facts they never saw, and keep the rest?
 
-    python scripts/hypernet_eval.py [--facts 20] [--out bench/results/hypernet_eval.txt] [--threads N]
+    python scripts/hypernet_eval.py [--facts 20] [--out bench/results/hypernet_eval.txt] [--threads N] [--steps N]
 
 Facts are the first N held-apart facts SmolLM2 answers correctly (``bench/heldout/smollm2-135m.jsonl``);
 the script checks that none of their subjects is in the editors' training data. Unrelated facts are the
@@ -12,7 +12,7 @@ the script checks that none of their subjects is in the editors' training data. 
 - MALMEN: the N facts in one batch (one least-squares update per edited layer).
 
 Both use the cached editors that ``editaudit editors train mend|malmen smollm2-135m`` trained with the
-default settings; their training cost (steps, wall and CPU time, load) is read from the editors' records.
+default settings (or ``--steps N``); their training cost (steps, wall and CPU time, load) is read from the editors' records.
 Success means the first non-stop-word of the greedy answer is the new target's first token.
 """
 
@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--methods", default="mend,mend-seq,malmen")
     ap.add_argument("--kept-each", action="store_true", help="MEND single: measure kept after every edit")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="use the editors trained with this many steps (editaudit editors train ... --steps N)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         f"training data {len(data.train)} cases, none with these subjects; torch threads {torch.get_num_threads()}")
 
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
-    editors = {m: hypernet.find_editor(m, net, tok, layout) for m in dict.fromkeys(n.split("-")[0] for n in names)}
+    settings = hypernet.TrainSettings(steps=args.steps) if args.steps else None
+    editors = {m: hypernet.find_editor(m, net, tok, layout, settings)
+               for m in dict.fromkeys(n.split("-")[0] for n in names)}
     rows, per_fact = [], {}
     for name in names:
         method = name.split("-")[0]
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     cost = {m: {k: t.meta.get(k) for k in ("steps", "train_seconds", "train_cpu_seconds", "prep_seconds",
                                            "prep_cpu_seconds", "threads", "validation", "data", "layers")}
             | {"settings": t.meta["settings"], "folder": str(t.folder)} for m, t in editors.items()}
-    text = render(rows, cost, base_kept, len(unrelated), torch.get_num_threads())
+    text = render(rows, cost, base_kept, len(unrelated), torch.get_num_threads(), args.steps)
     print(text)
     from editaudit.atomic import atomic_write_text
 
@@ -134,7 +138,8 @@ def _mean(values) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
-def render(rows: list[dict], cost: dict, base_kept: float, n_unrelated: int, threads: int) -> str:
+def render(rows: list[dict], cost: dict, base_kept: float, n_unrelated: int, threads: int,
+           steps: int | None = None) -> str:
     head = f"{'method':<10}{'mode':<12}{'layers':<8}{'facts':>6}{'success':>9}{'paraphr.':>10}{'kept':>7}{'s/edit':>8}"
     lines = [
         "MEND and MALMEN on SmolLM2-135M-Instruct (fp32, CPU), held-apart facts",
@@ -152,7 +157,8 @@ def render(rows: list[dict], cost: dict, base_kept: float, n_unrelated: int, thr
         lines.append(f"{r['method']:<10}{r['mode']:<12}{r['layers']:<8}{r['facts']:>6}{r['success']:>9.0%}"
                      f"{r['paraphrase']:>10.0%}{_pct(r['kept']):>7}"
                      f"{r['sec_per_edit']:>8.2f}")
-    lines += ["", "training (editaudit editors train METHOD smollm2-135m, default settings):"]
+    lines += ["", "training (editaudit editors train METHOD smollm2-135m"
+              + (f" --steps {steps}" if steps else ", default settings") + "):"]
     for m, c in cost.items():
         v = c.get("validation") or {}
         d = c.get("data") or {}

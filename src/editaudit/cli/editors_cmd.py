@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
     def train(
         method: Editor = typer.Argument(..., help="mend or malmen."),
         base: str = typer.Argument(..., help="Base model: a safetensors model folder or a model name (smollm2-135m)."),
-        steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (default 100)."),
+        steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (default 1000)."),
         batch: Optional[int] = typer.Option(None, "--batch", help="Edits per step (default 8)."),
         span: Optional[int] = typer.Option(None, "--span", help="Edit the MLP output matrices of the last N layers (default 3)."),
         sources: Optional[str] = typer.Option(None, "--sources", help="Edit data: bank, factbook or bank,factbook (default)."),
