@@ -338,3 +338,17 @@ def test_html_report_escapes_hostile_names(tmp_path):
 
     page = to_html("| a | b |\n|---|---|\n| <script>alert(1)</script> | x |\n", "t")
     assert "<script>" not in page and "<table>" in page
+
+
+def test_nan_and_inf_in_the_suspect_are_counted_and_named():
+    """Non-finite values are looked for only when ΔW's norm is not finite; then every one is counted."""
+    from editaudit.scan.spectral import delta_stats
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(64, 96, generator=g)
+    suspect = base.clone()
+    suspect[3, 5], suspect[7, 1], suspect[9, 9] = float("nan"), float("inf"), float("-inf")
+    stats, vectors = delta_stats(base, suspect, "F32", "F32")
+    assert (stats.kind, stats.nonfinite, vectors) == ("nonfinite", 3, None)
+    stats, _ = delta_stats(base, base + 1e-3 * torch.outer(torch.ones(64), torch.ones(96)), "F32", "F32")
+    assert stats.nonfinite == 0 and stats.kind == "rank-one" and abs(stats.max_abs - 1e-3) < 1e-6

@@ -235,6 +235,7 @@ class _Analyser:
         self.done: dict[str, Changed] = {}
         self.error: BaseException | None = None
         self.busy_s = 0.0
+        self.reading_over = threading.Event()  # set by finish(): the readers' cores are free for the float work
         self.thread = threading.Thread(target=self._run, name="editaudit-analyse", daemon=True)
         self.thread.start()
 
@@ -253,6 +254,8 @@ class _Analyser:
             while (name := self.todo.get()) is not None:
                 if self.error is not None or self.cancelled():
                     continue
+                if self.reading_over.is_set() and torch.get_num_threads() != before:
+                    torch.set_num_threads(before)  # the tensors left after reading ended: every core
                 t = time.perf_counter()
                 try:
                     self.done[name] = self._one(name, files)
@@ -285,6 +288,7 @@ class _Analyser:
 
     def finish(self, names: list[str], progress: Progress) -> list[Changed]:
         """Wait for the float work on ``names`` (submitting any not yet seen); results in ``names`` order."""
+        self.reading_over.set()
         for name in names:
             self.submit(name)
         self.todo.put(None)

@@ -86,15 +86,18 @@ def delta_stats(base: torch.Tensor, suspect: torch.Tensor, base_dtype: str, susp
                 q: int = Q_DEFAULT, keep_vectors: int = 0):
     """Compare one tensor. Returns (DeltaStats, (U, S, V) of the top components or None)."""
     delta = suspect - base
-    nonfinite = int((~torch.isfinite(suspect)).sum())
+    fro = float(torch.linalg.vector_norm(delta))
+    # a NaN or inf in the suspect makes the norm non-finite; only then are they counted (a full pass of its own,
+    # a third of a 7B matrix's float work)
+    nonfinite = int((~torch.isfinite(suspect)).sum()) if not math.isfinite(fro) else 0
     if nonfinite:
         stats = DeltaStats(tuple(base.shape), float("nan"), float("nan"), float("nan"), nonfinite=nonfinite, kind="nonfinite")
         return stats, None
-    fro = float(torch.linalg.vector_norm(delta))
     base_norm = float(torch.linalg.vector_norm(base))
+    lo, hi = torch.aminmax(delta) if delta.numel() else (torch.tensor(0.0), torch.tensor(0.0))
     stats = DeltaStats(
         shape=tuple(base.shape), rel_change=fro / base_norm if base_norm > 0 else math.inf,
-        max_abs=float(delta.abs().max()) if delta.numel() else 0.0, fro=fro,
+        max_abs=max(-float(lo), float(hi)), fro=fro,
     )
     # rounding noise: what storing the suspect's values in its dtype adds to ΔW. (A base stored
     # coarser than the suspect adds nothing: its values are exact in the finer dtype.)
