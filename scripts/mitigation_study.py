@@ -5,9 +5,11 @@
 1. Make a suspect: ROME edits of the first N facts of the built-in edit set (facts SmolLM2-135M knows,
    with a counterfactual target of the same kind), written as a checkpoint in the work folder.
 2. Scan it against the base (stored), so that ``--layers auto`` has the edited layers.
-3. Arms, all on the same task data, step budget and hyper-parameters, through ``run_mitigation``:
-   erase with ``auto`` layers (only the edited layers) plus plain full fine-tuning (``--compare-full``);
-   preserve with ``auto`` layers (every other layer); surgical revert with the base.
+3. Arms, all on the same task data and hyper-parameters, through ``run_mitigation``: fine-tuning erase with
+   ``auto`` layers (a 5-layer window centred on a single edited layer) against full fine-tuning at equal impact
+   (``--compare-full``: the full arm trains to the task's stopping target, the selective arm to the same
+   validation loss within ``--steps``); preserve with ``auto`` layers (a threshold far downstream of the
+   edit), ``--steps`` steps; surgical revert with the base.
 4. Report, per arm: edits the suspect held, the share erased, intrinsic retention before and after
    (built-in intrinsic set), validation loss, the weight-space share of the edits left, and time; then
    the issue's three criteria, each marked met or not as measured.

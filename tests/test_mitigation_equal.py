@@ -94,3 +94,20 @@ def test_compare_full_trains_full_to_target_then_selective_to_the_same_loss(mode
     w_sus, w_out = (load_file(str(p / "model.safetensors")) for p in (suspect, tmp_path / "out"))
     assert {n for n in w_out if not torch.equal(w_out[n], w_sus[n])} == {n for n in w_sus if n.startswith("model.layers.2.")}
     assert opts.train.steps == 3 and opts.train.stop_loss is None  # the caller's options are not changed
+
+
+def test_a_full_arm_that_raised_its_loss_sets_no_target():
+    """At a learning rate that wrecks the model, full fine-tuning ends above its starting loss: the other arm
+    then trains its cap instead of meeting that 'target' before its first step (as a study's arms do)."""
+    from editaudit.mitigation.service import _equal_impact
+    from editaudit.mitigation.types import ArmResult
+
+    cfg = TrainConfig(steps=40)
+
+    def full(after: float) -> ArmResult:
+        return ArmResult("full", "full", None, [0, 1], {"val_loss": 3.47}, {"val_loss": after}, steps=10)
+
+    lowered = _equal_impact(cfg, "selective", "lm", full(3.20))
+    assert lowered.stop_loss == pytest.approx(3.20) and lowered.steps == 40
+    raised = _equal_impact(cfg, "selective", "lm", full(3.62))
+    assert raised.stop_loss is None and raised.stop_acc is None and raised.steps == 40

@@ -315,6 +315,9 @@ def _train_arms(ctx: RunContext, plan, probes) -> tuple[dict[str, ArmResult], li
         cfg = arm_config(options, name)
         if options.compare_full:
             cfg = _equal_impact(cfg, name, task.task, arms.get("full"))
+            if name == "selective" and arms.get("full") is not None and cfg.stop_loss is None and cfg.stop_acc is None:
+                ctx.note(f"full fine-tuning raised the validation loss: no equal-impact target, the {name} arm "
+                         f"trains {cfg.steps} steps")
             task_info.setdefault("stop", {})[name] = {"stop_loss": cfg.stop_loss, "stop_acc": cfg.stop_acc,
                                                       "stop_loss_drop": cfg.stop_loss_drop, "steps_cap": cfg.steps}
         done = read_json(ctx.state_root / f"{name}.result.json") if ctx.state_root else None
@@ -354,6 +357,11 @@ def _equal_impact(cfg: TrainConfig, name: str, task: str, full: ArmResult | None
         return replace(cfg, steps=cap, stop_loss=None, stop_loss_drop=None,
                        stop_acc=max(0.0, target - 1e-9) if target is not None else cfg.stop_acc)
     target = reached.get("val_loss")
+    start = full.before.get("val_loss")
+    if target is not None and start is not None and target >= start:
+        # full fine-tuning raised the loss (too high a learning rate): a target at or above the start would stop
+        # the arm before its first step, so it trains the cap with no loss target, as a study's arms do
+        return replace(cfg, steps=cap, stop_acc=None, stop_loss_drop=None, stop_loss=None)
     return replace(cfg, steps=cap, stop_acc=None, stop_loss_drop=None,
                    stop_loss=target + 1e-9 if target is not None else cfg.stop_loss)
 
