@@ -315,7 +315,7 @@ def _train_arms(ctx: RunContext, plan, probes) -> tuple[dict[str, ArmResult], li
         cfg = arm_config(options, name)
         if options.compare_full:
             cfg = _equal_impact(cfg, name, task.task, arms.get("full"))
-            if name == "selective" and arms.get("full") is not None and cfg.stop_loss is None and cfg.stop_acc is None:
+            if name == "selective" and cfg.stop_acc is None and _raised_loss(arms.get("full")):
                 ctx.note(f"full fine-tuning raised the validation loss: no equal-impact target, the {name} arm "
                          f"trains {cfg.steps} steps")
             task_info.setdefault("stop", {})[name] = {"stop_loss": cfg.stop_loss, "stop_acc": cfg.stop_acc,
@@ -356,12 +356,19 @@ def _equal_impact(cfg: TrainConfig, name: str, task: str, full: ArmResult | None
         target = reached.get("val_acc")
         return replace(cfg, steps=cap, stop_loss=None, stop_loss_drop=None,
                        stop_acc=max(0.0, target - 1e-9) if target is not None else cfg.stop_acc)
-    target = reached.get("val_loss")
-    start = full.before.get("val_loss")
-    if target is not None and start is not None and target >= start:
-        # full fine-tuning raised the loss (too high a learning rate): a target at or above the start would stop
-        # the arm before its first step, so it trains the cap with no loss target, as a study's arms do
+    if _raised_loss(full):
+        # a target at or above the arm's start would stop it before its first step: it trains the cap with no loss
+        # target, as a study's arms do
         return replace(cfg, steps=cap, stop_acc=None, stop_loss_drop=None, stop_loss=None)
+    target = reached.get("val_loss")
     return replace(cfg, steps=cap, stop_acc=None, stop_loss_drop=None,
                    stop_loss=target + 1e-9 if target is not None else cfg.stop_loss)
+
+
+def _raised_loss(full: ArmResult | None) -> bool:
+    """Full fine-tuning ended above its starting validation loss (too high a learning rate)."""
+    if full is None:
+        return False
+    start, end = full.before.get("val_loss"), full.after.get("val_loss")
+    return start is not None and end is not None and end >= start
 
