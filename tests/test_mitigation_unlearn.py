@@ -3,7 +3,6 @@ on a planted edit in a tiny model, its targets from the scan's readings, its set
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from safetensors.torch import load_file
