@@ -21,6 +21,9 @@ Rules, fixed before the first run:
   edit-status reading of the suspect, whatever its subject, starts with the planted object's first word.
   (An earlier run compared whole first words, which missed "Google's Play Store" for "Google"; the comparison
   is now the string prefix the rule states.)
+- stop words (added before the fifth held-apart set's first subject-reader run, after "Czech Republic" was
+  counted as missing "the Czech Republic" on the fourth): leading stop words of the answer and the planted
+  object (probing.metrics.STOP_WORDS, the retention rule's) are skipped before comparing.
 Goals (issue): ROME subject and object >= 90 %, MEMIT/AlphaEdit >= 80 %, false readings <= 5 %.
 """
 
@@ -48,13 +51,24 @@ def norm(text: str) -> str:
     return normalise(text)
 
 
+def content(text: str) -> str:
+    """The text from its first word that is not a stop word (the retention rule's words), case-folded."""
+    from editaudit.probing.metrics import STOP_WORDS
+
+    words = text.casefold().split()
+    while len(words) > 1 and words[0].strip(".,") in STOP_WORDS:
+        words = words[1:]
+    return " ".join(words)
+
+
 def first_word(text: str) -> str:
-    return (text.split() or [""])[0].casefold().strip(".,")
+    return (content(text).split() or [""])[0].strip(".,")
 
 
 def starts(answer: str, target: str) -> bool:
-    """The answer starts with the target's first word ("Google's Play Store" names "Google")."""
-    return answer.casefold().startswith(first_word(target)) if first_word(target) else False
+    """The answer starts with the target's first content word ("Google's Play Store" names "Google"; "Czech
+    Republic" names "the Czech Republic")."""
+    return content(answer).startswith(first_word(target)) if first_word(target) else False
 
 
 def last_token(tok, text: str) -> int | None:
