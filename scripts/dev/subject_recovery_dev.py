@@ -1,0 +1,89 @@
+"""Subjects recovered blind from the fourth held-apart set's suspects (development data since its one use), by the
+search as the scan runs it, under settings named on the command line — for choosing the search's settings without
+touching an unseen set.
+
+    python scripts/dev/make_dev_suspects.py /tmp/dev4 bench/heldout/smollm2-135m-v4.jsonl
+    [DEV_ONLY=memit,rome-seq] python scripts/dev/subject_recovery_dev.py [/tmp/dev4] [climb | grow[:POOL]] ...
+
+Per suspect: the lowest edited layer, its top-r input directions (r = the suspect's number of facts), C from the
+cached key statistics, the same seeds and deflation as the scan. A subject counts as *exact* when a found text equals
+the true subject (case-folded, leading article dropped), *whole* when it contains it, and *last* when it only ends
+in the true subject's last token (the open-set eval's looser rule). Seconds per suspect printed.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def main() -> None:
+    from editaudit.checkpoint.folder import open_checkpoint
+    from editaudit.editing import covariance
+    from editaudit.models.loading import load_model
+    from editaudit.models.registry import ensure_model
+    from editaudit.probing.build import normalise
+    from editaudit.probing.format import load_probes
+    from editaudit.scan import subjects as S
+    from editaudit.scan.keys import vocab_keys
+
+    args = sys.argv[1:]
+    deltas_dir = Path(args.pop(0)) if args and "/" in args[0] else Path("/tmp/dev4")
+    modes = args or ["climb", "grow"]
+    folder = ensure_model("smollm2-135m")
+    lm = load_model(folder)
+    tok, model = lm.tokenizer, lm.model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    fingerprint = open_checkpoint(folder).fingerprint()
+
+    def last(text: str) -> int:
+        return tok(" " + text.strip(), add_special_tokens=False)["input_ids"][-1]
+
+    for mode in modes:
+        totals = {"exact": 0, "whole": 0, "last": 0, "n": 0, "secs": 0.0}
+        only = os.environ.get("DEV_ONLY", "")  # comma-separated name prefixes, e.g. memit,rome-sequential
+        for pt in sorted(deltas_dir.glob("*.pt")):
+            if only and not any(pt.stem.startswith(o) for o in only.split(",")):
+                continue
+            deltas = torch.load(pt, weights_only=True)
+            facts = load_probes(pt.with_suffix(".jsonl"))
+            name = min(deltas, key=lambda n: int(n.split(".")[2]))
+            layer, path = int(name.split(".")[2]), name.rsplit(".", 1)[0]
+            _, _, vh = torch.linalg.svd(deltas[name].float(), full_matrices=False)
+            C = covariance.second_moments(model, tok, {layer: path}, model_key=covariance.weights_key(model))[layer].matrix
+            search = S.SubjectSearch(model, tok, S.Whitened.build(path, C, vh[:len(facts)].T),
+                                     vocab_keys(model, tok, [path], fingerprint)[path])
+            search.regrow = mode.startswith("grow")
+            if ":" in mode:
+                pool = mode.split(":")[1]
+                search.pool_size = None if pool == "all" else int(pool)
+            t = time.perf_counter()
+            found = search.find(len(facts))
+            secs = time.perf_counter() - t
+            texts = [normalise(f.text) for f in found]
+            for fact in facts:
+                truth = normalise(fact.subject)
+                exact = truth in texts
+                whole = any(truth in x for x in texts)
+                lastp = any(last(f.text) == last(fact.subject) for f in found)
+                totals["exact"] += exact
+                totals["whole"] += whole
+                totals["last"] += lastp
+                totals["n"] += 1
+            totals["secs"] += secs
+            print(f"[{mode}] {pt.stem:20s} {secs:6.1f}s found {[f'{f.text} {f.fire:.2f}' for f in found]}", flush=True)
+            print(f"[{mode}] {'':20s}        true  {[f.subject for f in facts]}", flush=True)
+        n = totals["n"]
+        print(f"[{mode}] exact {totals['exact']}/{n}  whole {totals['whole']}/{n}  last {totals['last']}/{n}  "
+              f"{totals['secs']:.0f}s in all, {totals['secs'] / n:.1f}s per edit", flush=True)
+
+
+if __name__ == "__main__":
+    main()
