@@ -215,3 +215,20 @@ def test_without_wide_search_a_round_is_not_retried(tiny_llama, monkeypatch):
     monkeypatch.setattr(S.SubjectSearch, "seeds", seeds)
     found = recover_subjects(lm.model, lm.tokenizer, PATH, u[:, None], C, None, max_subjects=1)
     assert asked == [4] and found == []
+
+
+def test_regrow_keeps_the_planted_subject(tiny_llama):
+    """The opt-in backward regrow ends on the planted subject's last piece and fires on it."""
+    from editaudit.scan.subjects import SubjectSearch
+
+    lm = load_model(tiny_llama)
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    keys = vocab_keys(lm.model, lm.tokenizer, [PATH], None)[PATH].float()
+    C = keys.T @ keys / keys.shape[0] + 1e-3 * torch.eye(keys.shape[1])
+    _, u = _rome_like(lm.model, lm.tokenizer, "Eiffel Tower", C)
+    search = SubjectSearch(lm.model, lm.tokenizer, Whitened.build(PATH, C, u[:, None]), keys)
+    search.regrow = True
+    found = search.find(1)
+    want = lm.tokenizer(" Eiffel Tower", add_special_tokens=False)["input_ids"]
+    assert found and found[0].ids[-1] == want[-1] and found[0].fire > 0.9

@@ -3,7 +3,7 @@ search as the scan runs it, under settings named on the command line — for cho
 touching an unseen set.
 
     python scripts/dev/make_dev_suspects.py /tmp/dev4 bench/heldout/smollm2-135m-v4.jsonl
-    [DEV_ONLY=memit,rome-seq] python scripts/dev/subject_recovery_dev.py [/tmp/dev4] [climb | grow[:POOL]] ...
+    [DEV_ONLY=memit,rome-seq] python scripts/dev/subject_recovery_dev.py [/tmp/dev4] [climb | grow] ...
 
 Per suspect: the lowest edited layer, its top-r input directions (r = the suspect's number of facts), C from the
 cached key statistics, the same seeds and deflation as the scan. A subject counts as *exact* when a found text equals
@@ -61,9 +61,6 @@ def main() -> None:
             search = S.SubjectSearch(model, tok, S.Whitened.build(path, C, vh[:len(facts)].T),
                                      vocab_keys(model, tok, [path], fingerprint)[path])
             search.regrow = mode.startswith("grow")
-            if ":" in mode:
-                pool = mode.split(":")[1]
-                search.pool_size = None if pool == "all" else int(pool)
             t = time.perf_counter()
             found = search.find(len(facts))
             secs = time.perf_counter() - t

@@ -32,9 +32,7 @@ FIRE_MIN = 0.5
 GOOD = 0.8
 #: Seeds tried in a round's second attempt, when its first few seeds found nothing that fires.
 RETRY_SEEDS = 16
-#: Backward growth: prepend candidates scored exactly per step (the gradient's best; None: the whole vocabulary),
-#: the best-firing of them scored with the language model, hypotheses kept per step.
-GROW_POOL: int | None = None
+#: Backward growth: the best-firing prepends scored with the language model per step, hypotheses kept per step.
 GROW_CHECK = 32
 GROW_BEAM = 2
 #: λ of the growth's objective, fire + λ · log P(text): a token must buy 0.01 of fire per nat it costs.
@@ -116,10 +114,8 @@ class SubjectSearch:
         self.vocab = vocab  # [V, d] keys of every token after the context
         self._znorm: torch.Tensor | None = None
         self.filler = tokenizer(" the", add_special_tokens=False)["input_ids"][:1]
-        self.prepend_ok = self.cont_ok & ~function_words(tokenizer, self.embed.shape[0])
         self.regrow = False  # opt-in until the fifth set judges it (bench/heldout/v5-plan.md)
-        self.pool_size = GROW_POOL
-        self._all_prepends = self.prepend_ok.nonzero().squeeze(1).tolist()
+        self._prepends: list[int] | None = None  # built on first growth, not for every scan
         self._rough: Any = None
         self.fluency_weight = FLUENCY
 
@@ -182,13 +178,12 @@ class SubjectSearch:
             return grown, fire
         return seq, score
 
-    def _pool(self, c: list[int]) -> list[int]:
-        """Prepend candidates: every word-like token (``pool_size`` None), or the gradient's best."""
-        if self.pool_size is None:
-            return self._all_prepends
-        g = self._gradient(self.filler + c)[0]
-        k = min(self.pool_size, len(self._all_prepends))
-        return torch.topk(g.masked_fill(~self.prepend_ok, float("-inf")), k).indices.tolist()
+    def _pool(self) -> list[int]:
+        """Prepend candidates: every word-like token that is not a function word."""
+        if self._prepends is None:
+            ok = self.cont_ok & ~function_words(self.tok, self.embed.shape[0])
+            self._prepends = ok.nonzero().squeeze(1).tolist()
+        return self._prepends
 
     def rough_fire(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
         """Fire of many sequences from a half-precision copy of the model (3× faster on a CPU with bf16 units;
@@ -217,9 +212,9 @@ class SubjectSearch:
 
         The fire alone cannot tell a name from garbled text that fires as much ("Schwejiang" for "Zhejiang"); the
         language model's probability of the whole text can, and it charges each prepended token its own cost, so
-        growth stops when a token buys too little fire. Each step scores ``GROW_POOL`` prepend candidates exactly
-        (the gradient's best: its top few are rarely right, but the right piece is usually within its first
-        thousands, and exact fire then ranks it near the top), then J for the ``GROW_CHECK`` best-firing.
+        growth stops when a token buys too little fire. Each step scores every word-like prepend roughly (the
+        gradient ranks the right piece no better than chance there; exact fire ranks it near the top), then
+        exact fire and J for the ``GROW_CHECK`` best.
         Returns (tokens, fire, J) of the best J seen."""
         lam = self.fluency_weight
         cur = list(seq)
@@ -229,7 +224,7 @@ class SubjectSearch:
         for _ in range(max_len - len(cur)):
             nxt: list[tuple[float, float, list[int]]] = []
             for _j, _f, c in beam:
-                pool = self._pool(c)
+                pool = self._pool()
                 rough = self.rough_fire([[t] + c for t in pool])
                 idx = torch.topk(rough, min(GROW_CHECK, len(pool))).indices.tolist()
                 seqs = [[pool[i]] + c for i in idx]
