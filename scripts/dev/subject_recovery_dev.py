@@ -3,7 +3,7 @@ search as the scan runs it, under settings named on the command line — for cho
 touching an unseen set.
 
     python scripts/dev/make_dev_suspects.py /tmp/dev4 bench/heldout/smollm2-135m-v4.jsonl
-    [DEV_ONLY=memit,rome-seq] python scripts/dev/subject_recovery_dev.py [/tmp/dev4] [climb | grow] ...
+    [DEV_ONLY=memit,rome-seq] python scripts/dev/subject_recovery_dev.py [/tmp/dev4] [climb | grow | growN (beam N)] ...
 
 Per suspect: the lowest edited layer, its top-r input directions (r = the suspect's number of facts), C from the
 cached key statistics, the same seeds and deflation as the scan. A subject counts as *exact* when a found text equals
@@ -61,6 +61,7 @@ def main() -> None:
             search = S.SubjectSearch(model, tok, S.Whitened.build(path, C, vh[:len(facts)].T),
                                      vocab_keys(model, tok, [path], fingerprint)[path])
             search.regrow = mode.startswith("grow")
+            S.GROW_BEAM = int(mode[4:]) if mode.startswith("grow") and mode[4:].isdigit() else 2  # grow1: beam 1
             t = time.perf_counter()
             found = search.find(len(facts))
             secs = time.perf_counter() - t

@@ -133,3 +133,65 @@ def _layer_of(path: str) -> int:
         if part.isdigit():
             return int(part)
     return 0
+
+
+class PrefixKeys:
+    """Keys of ``prefix + [t] + suffix`` for every token t of a fixed pool, for many suffixes.
+
+    Backward growth scores the whole vocabulary prepended to a growing suffix, step after step; the positions of
+    ``prefix + [t]`` are the same at every step (causal attention: they never see the suffix), so their keys and
+    values up to the edited layer are computed once and each step runs only the suffix's positions: 2–3× less
+    work for the short texts of names. Memory: the cache of ``len(prefix) + 1`` positions per pool token and layer.
+    """
+
+    def __init__(self, model: Any, path: str, prefix: Sequence[int], pool: Sequence[int], batch: int = 1024,
+                 max_bytes: int = 2 << 30):
+        """Raises ValueError when the cache would pass ``max_bytes`` (a big model: score without it)."""
+        from transformers import DynamicCache
+
+        self.model, self.path, self.batch = model, path, batch
+        self.n_prefix = len(prefix) + 1
+        self.chunks: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+        self._cache_cls = DynamicCache
+        for start in range(0, len(pool), batch):
+            rows = torch.tensor([list(prefix) + [t] for t in pool[start:start + batch]])
+            cache = DynamicCache(config=model.config)
+            _run_to(model, path, rows, cache)
+            self.chunks.append([(layer.keys, layer.values) for layer in cache.layers
+                                if getattr(layer, "keys", None) is not None and layer.keys.numel()])
+            size = sum(k.numel() * k.element_size() * 2 for k, _ in self.chunks[0]) * -(-len(pool) // batch)
+            if size > max_bytes:
+                raise ValueError(f"prefix cache would take {size / 2**30:.1f} GiB")
+
+    def keys(self, suffix: Sequence[int]) -> torch.Tensor:
+        """[pool, d_in] keys at ``path`` of every ``prefix + [t] + suffix``."""
+        out = []
+        for kv in self.chunks:
+            n = kv[0][0].shape[0]
+            cache = self._cache_cls(ddp_cache_data=kv, config=self.model.config)
+            rows = torch.tensor([list(suffix)] * n)
+            out.append(_run_to(self.model, self.path, rows, cache).cpu())
+        return torch.cat(out)
+
+
+def _run_to(model: Any, path: str, rows: torch.Tensor, cache: Any) -> torch.Tensor:
+    """Forward ``rows`` with ``cache`` (filled in place) until ``path``; its input at the last position."""
+    seen: list[torch.Tensor] = []
+
+    def hook(_module, args):
+        seen.append(args[0][:, -1, :].float())
+        raise StopForward
+
+    import inspect
+
+    # the cache argument's name changed ("past_key_values" → "cache") in transformers 5
+    arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    handle = model.get_submodule(path).register_forward_pre_hook(hook)
+    try:
+        with torch.inference_mode():
+            model(input_ids=rows.to(_device(model)), use_cache=True, **{arg: cache})
+    except StopForward:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
