@@ -122,3 +122,19 @@ def test_scan_probe_and_rome_edit_run_on_each_family(model_type, tmp_path):
     rows = {row["subject"]: row for row in finding.data["candidate_subjects"]}
     assert "France" in list(rows)[:2], list(rows)
     assert rows["France"]["answer_after"] == "Tokyo", rows["France"]
+
+
+@pytest.mark.parametrize("model_type", families.TESTED)
+def test_prefix_keys_match_plain_forwards_on_each_family(model_type, tmp_path):
+    """Backward growth's cached context+prepend positions give the keys of plain forwards on every family
+    (sliding-window and fused-attention caches included)."""
+    from editaudit.models.loading import load_model
+    from editaudit.scan.keys import PrefixKeys, context_ids, keys_of
+
+    lm = load_model(make(model_type, tmp_path / model_type))
+    path = families.of_model(lm.model).rewrite_template.format(2)
+    prefix, pool = context_ids(lm.tokenizer), list(range(10, 60))
+    pk = PrefixKeys(lm.model, path, prefix, pool, batch=16)
+    for suffix in ([7], [7, 9, 11]):
+        plain = keys_of(lm.model, [path], [prefix + [t] + suffix for t in pool])[path]
+        torch.testing.assert_close(pk.keys(suffix), plain, rtol=1e-4, atol=1e-4)
