@@ -217,9 +217,17 @@ def test_without_wide_search_a_round_is_not_retried(tiny_llama, monkeypatch):
     assert asked == [4] and found == []
 
 
-def test_regrow_keeps_the_planted_subject(tiny_llama):
-    """The opt-in backward regrow ends on the planted subject's last piece and fires on it."""
+@pytest.mark.parametrize("cache", ["cached", "plain"])
+def test_regrow_keeps_the_planted_subject(tiny_llama, cache, monkeypatch):
+    """The opt-in backward regrow ends on the planted subject's last piece and fires on it, with the prefix
+    cache and without it (a model whose cache cannot be used)."""
+    from editaudit.scan import subjects
     from editaudit.scan.subjects import SubjectSearch
+
+    if cache == "plain":
+        def refuse(*_a, **_k):
+            raise TypeError("no cache here")
+        monkeypatch.setattr(subjects, "PrefixKeys", refuse)
 
     lm = load_model(tiny_llama)
     for p in lm.model.parameters():
@@ -230,6 +238,7 @@ def test_regrow_keeps_the_planted_subject(tiny_llama):
     search = SubjectSearch(lm.model, lm.tokenizer, Whitened.build(PATH, C, u[:, None]), keys)
     search.regrow = True
     found = search.find(1)
+    assert bool(search._prefix_keys) == (cache == "cached")
     want = lm.tokenizer(" Eiffel Tower", add_special_tokens=False)["input_ids"]
     assert found and found[0].ids[-1] == want[-1] and found[0].fire > 0.9
 
