@@ -61,7 +61,7 @@ def main() -> None:
             search = S.SubjectSearch(model, tok, S.Whitened.build(path, C, vh[:len(facts)].T),
                                      vocab_keys(model, tok, [path], fingerprint)[path])
             search.regrow = mode.startswith("grow")
-            S.GROW_BEAM = int(mode[4:]) if mode.startswith("grow") and mode[4:].isdigit() else 2  # grow1: beam 1
+            S.GROW_BEAM = int(mode[4:]) if mode.startswith("grow") and mode[4:].isdigit() else 1  # grow2: beam 2
             t = time.perf_counter()
             found = search.find(len(facts))
             secs = time.perf_counter() - t
