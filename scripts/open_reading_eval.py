@@ -103,6 +103,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--model", default="smollm2-135m", help="registry name of the base model")
     ap.add_argument("--plan", help="METHOD:MODE:N,... instead of the fixed plan (for development sets)")
+    ap.add_argument("--regrow", action="store_true", help="scan --regrow: regrow each found subject backwards over the whole vocabulary (open_reading_v5_regrow.txt was made with it switched on in the code, as this flag does)")
     ap.add_argument("--wide-search", action="store_true", help="scan --wide-search: a search round that finds nothing tries 16 seeds (the default reader from 941beca until it became opt-in)")
     ap.add_argument("--no-base", action="store_true", help="scan each suspect alone (no --base), and scan the unedited "
                     "controls of --controls the same way")
@@ -150,7 +151,8 @@ def main() -> None:
                 wrote = list(run.layers)
                 run.restore()
                 t = time.perf_counter()
-                report = run_scan(out, None if args.no_base else base, ScanOptions(read="open", wide_search=args.wide_search), store=None)
+                opts = ScanOptions(read="open", wide_search=args.wide_search, regrow=args.regrow)
+                report = run_scan(out, None if args.no_base else base, opts, store=None)
                 t_scan += time.perf_counter() - t
                 doc_r = report.to_dict()
                 edits = [f for f in doc_r["findings"] if f["rule"] in ("EA101", "EA102", "EA103", "EA111")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -98,6 +100,40 @@ def test_scan_reads_the_planted_subject_with_no_list(tiny_llama, tmp_path, monke
     off = run_scan(suspect, tiny_llama, ScanOptions(read="off"), store=None).to_dict()
     assert all("readings" not in f for f in off["findings"])
 
+
+
+def test_scan_regrow_flag_reaches_the_search(tiny_llama, tmp_path, monkeypatch):
+    """``scan --regrow`` regrows each found subject; the default scan does not (the fifth set's rule kept it off)."""
+    from typer.testing import CliRunner
+
+    from editaudit.cli.main import app
+    from editaudit.editing import corpus, covariance
+    from editaudit.scan import subjects as S
+
+    def unavailable(*a, **k):
+        raise corpus.CorpusUnavailable("no corpus in this test")
+
+    monkeypatch.setattr(covariance, "second_moments", unavailable)
+    calls: list[list[int]] = []
+    real = S.SubjectSearch._regrow
+
+    def regrow(self, seq, score):
+        calls.append(seq)
+        return real(self, seq, score)
+
+    monkeypatch.setattr(S.SubjectSearch, "_regrow", regrow)
+    lm = load_model(tiny_llama)
+    delta, _ = _rome_like(lm.model, lm.tokenizer, "Colosseum", None, scale=20.0)
+    suspect = plant(tiny_llama, tmp_path / "suspect", {f"{PATH}.weight": delta})
+    args = ["scan", str(suspect), "--base", str(tiny_llama), "--no-store", "-f", "json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1, res.output
+    assert calls == []
+    res = CliRunner().invoke(app, args + ["--regrow"])
+    assert res.exit_code == 1, res.output
+    assert calls
+    assert any(r["subject"].endswith("Colosseum") for f in json.loads(res.stdout)["findings"]
+               for r in f.get("readings", []))
 
 def test_relation_library_and_whole_answers():
     prompts = dict((t, r) for r, t in prompts_for("Ramen"))

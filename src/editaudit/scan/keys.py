@@ -10,6 +10,7 @@ context) does not depend on the suspect, so it is cached per base checkpoint and
 from __future__ import annotations
 
 import hashlib
+import inspect
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -31,9 +32,10 @@ def _device(model) -> torch.device:
 
 
 def last_keys(model: Any, paths: Sequence[str], rows: torch.Tensor | None = None, *,
-              embeds: torch.Tensor | None = None, grad: bool = False) -> dict[str, torch.Tensor]:
+              embeds: torch.Tensor | None = None, grad: bool = False, cache: Any = None) -> dict[str, torch.Tensor]:
     """Inputs of each module in ``paths`` at the last position of every row ([B, L] ids, all one length,
-    or [B, L, H] input embeddings), as {path: [B, d_in]}; the forward stops after the deepest module."""
+    or [B, L, H] input embeddings), as {path: [B, d_in]}; the forward stops after the deepest module.
+    ``cache``: a transformers cache the rows continue (filled in place up to the deepest module's layer)."""
     seen: dict[str, torch.Tensor] = {}
     order = {p: i for i, p in enumerate(paths)}
 
@@ -44,14 +46,19 @@ def last_keys(model: Any, paths: Sequence[str], rows: torch.Tensor | None = None
                 raise StopForward
         return hook
 
+    kw: dict[str, Any] = {"use_cache": False}
+    if cache is not None:
+        # the cache argument's name changed ("past_key_values" → "cache") in transformers 5
+        arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        kw = {"use_cache": True, arg: cache}
     handles = [model.get_submodule(p).register_forward_pre_hook(hook_for(p)) for p in paths]
     ctx = torch.enable_grad() if grad else torch.inference_mode()
     try:
         with ctx:
             if embeds is not None:
-                model(inputs_embeds=embeds, use_cache=False)
+                model(inputs_embeds=embeds, **kw)
             else:
-                model(input_ids=rows.to(_device(model)), use_cache=False)
+                model(input_ids=rows.to(_device(model)), **kw)
     except StopForward:
         pass
     finally:
@@ -149,14 +156,13 @@ class PrefixKeys:
         """Raises ValueError when the cache would pass ``max_bytes`` (a big model: score without it)."""
         from transformers import DynamicCache
 
-        self.model, self.path, self.batch = model, path, batch
-        self.n_prefix = len(prefix) + 1
+        self.model, self.path = model, path
         self.chunks: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
         self._cache_cls = DynamicCache
         for start in range(0, len(pool), batch):
             rows = torch.tensor([list(prefix) + [t] for t in pool[start:start + batch]])
             cache = DynamicCache(config=model.config)
-            _run_to(model, path, rows, cache)
+            last_keys(model, [path], rows, cache=cache)
             self.chunks.append([(layer.keys, layer.values) for layer in cache.layers
                                 if getattr(layer, "keys", None) is not None and layer.keys.numel()])
             size = sum(k.numel() * k.element_size() * 2 for k, _ in self.chunks[0]) * -(-len(pool) // batch)
@@ -170,28 +176,6 @@ class PrefixKeys:
             n = kv[0][0].shape[0]
             cache = self._cache_cls(ddp_cache_data=kv, config=self.model.config)
             rows = torch.tensor([list(suffix)] * n)
-            out.append(_run_to(self.model, self.path, rows, cache).cpu())
+            out.append(last_keys(self.model, [self.path], rows, cache=cache)[self.path].cpu())
         return torch.cat(out)
 
-
-def _run_to(model: Any, path: str, rows: torch.Tensor, cache: Any) -> torch.Tensor:
-    """Forward ``rows`` with ``cache`` (filled in place) until ``path``; its input at the last position."""
-    seen: list[torch.Tensor] = []
-
-    def hook(_module, args):
-        seen.append(args[0][:, -1, :].float())
-        raise StopForward
-
-    import inspect
-
-    # the cache argument's name changed ("past_key_values" → "cache") in transformers 5
-    arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    handle = model.get_submodule(path).register_forward_pre_hook(hook)
-    try:
-        with torch.inference_mode():
-            model(input_ids=rows.to(_device(model)), use_cache=True, **{arg: cache})
-    except StopForward:
-        pass
-    finally:
-        handle.remove()
-    return seen[0]

@@ -43,6 +43,7 @@ class ScanOptions:
     read: str = "open"  # off: no reading through the model; list: rank ``facts`` only; open: recover subjects blind
     max_open_subjects: int = 12  # per edited matrix (a batch edit of more facts is read up to this many)
     wide_search: bool = False  # open reading: a search round that finds nothing tries 16 seeds before giving up
+    regrow: bool = False  # open reading: regrow each found subject backwards over the whole vocabulary
     run_probes: bool = False  # also ask both models the facts' prompts and list answers that moved
     probe_facts: list[Probe] | None = None  # what to ask in the probe stage (default: ``facts``)
     device: str | None = None
@@ -426,7 +427,8 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
         say(f"reading {f.rule} at layer {layer} blind: up to {rank} subject(s)")
         subjects = recover_subjects(base.model, base.tokenizer, path, in_dirs[:, :rank], C, base_ck.fingerprint(),
                                     rank, progress=lambda stage, d, t: progress(stage, d, t),
-                                    retry=options.wide_search and c.stats.kind in ("rank-one", "low-rank"))
+                                    retry=options.wide_search and c.stats.kind in ("rank-one", "low-rank"),
+                                    regrow=options.regrow)
         readings = read_edits(base.model, suspect.model, base.tokenizer, subjects, layer, c.name.name,
                               progress=lambda d, t: progress("reading edits", d, t))
         f.data["readings"] = [r.to_dict() for r in readings]

@@ -114,7 +114,7 @@ class SubjectSearch:
         self.vocab = vocab  # [V, d] keys of every token after the context
         self._znorm: torch.Tensor | None = None
         self.filler = tokenizer(" the", add_special_tokens=False)["input_ids"][:1]
-        self.regrow = False  # opt-in until the fifth set judges it (bench/heldout/v5-plan.md)
+        self.regrow = False  # opt-in (scan --regrow): the fifth set read no more objects with it (v5-plan.md)
         self._prepends: list[int] | None = None  # built on first growth, not for every scan
         self._rough: Any = None
         self._prefix_keys: PrefixKeys | bool | None = None  # False: the model's cache is not usable here
@@ -365,16 +365,19 @@ def _trim(search: SubjectSearch, seq: list[int], score: float, keep: float = 0.9
 def recover_subjects(model: Any, tokenizer: Any, path: str, in_dirs: torch.Tensor | None, C: torch.Tensor | None,
                      base_fingerprint: str | None, max_subjects: int,
                      progress: Callable[[str, int, int], None] = lambda s, d, t: None,
-                     space: Whitened | None = None, retry: bool = False) -> list[Subject]:
+                     space: Whitened | None = None, retry: bool = False, regrow: bool = False) -> list[Subject]:
     """Subjects that fire the edit whose input directions are ``in_dirs`` at module ``path`` (or a prebuilt
     ``space``: the scan without a base restricts it to C's low-energy half). ``retry=True`` (``scan --wide-search``)
     gives a round that finds nothing a second try with ``RETRY_SEEDS`` seeds. Off by default: on the second
     held-apart set it found 2 more subjects of 38 and no more objects, while a missed subject's search took
     3–12 times as long (bench/results/open_reading_v2_wide.txt against open_reading_v2.txt, docs/scan.md); the scan never asks it for a dense
-    change (fine-tuning), which no key explains."""
+    change (fine-tuning), which no key explains. ``regrow=True`` (``scan --regrow``): each found subject is regrown
+    backwards over the whole vocabulary (``SubjectSearch._regrow``): cleaner names and fewer false readings on the
+    fifth set, no more objects, 2–3× the search time (bench/heldout/v5-plan.md)."""
     vocab = vocab_keys(model, tokenizer, [path], base_fingerprint,
                        progress=lambda d, t: progress("vocabulary keys", d, t))[path]
     space = space if space is not None else Whitened.build(path, C, in_dirs)
     search = SubjectSearch(model, tokenizer, space, vocab)
+    search.regrow = regrow
     return search.find(max_subjects, retry_seeds=RETRY_SEEDS if retry else None,
                        progress=lambda d, t: progress("subjects", d, t))
