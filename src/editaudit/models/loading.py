@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -154,3 +156,15 @@ def precision_note(spec: str | Path, dtype: str, device: str | None = None) -> s
     return (f"editing in {dtype_name(torch_dtype)} a checkpoint stored in float32: every element of the edited "
             "matrices will carry 16-bit rounding when written (a scan then sees a dense change around the edit); "
             "pass --dtype float32 for an edit that changes only what the method changes")
+
+
+def cache_kw(model) -> str:
+    """The forward keyword for a KV cache: ``cache`` in current transformers, ``past_key_values`` before."""
+    name = getattr(model, "_editaudit_cache_kw", None)
+    if name is None:
+        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        try:
+            model._editaudit_cache_kw = name
+        except Exception:  # pragma: no cover - exotic module classes
+            pass
+    return name

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import BadInput
+from ..models.loading import cache_kw
 from .format import Probe
 from .metrics import TargetScore, first_content_index, same_token
 
@@ -70,18 +71,6 @@ def _pad_id(tokenizer) -> int:
         if cand is not None:
             return int(cand)
     return 0
-
-
-def _cache_kw(model) -> str:
-    """The forward keyword for a KV cache: ``cache`` in current transformers, ``past_key_values`` before."""
-    name = getattr(model, "_editaudit_cache_kw", None)
-    if name is None:
-        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        try:
-            model._editaudit_cache_kw = name
-        except Exception:  # pragma: no cover - exotic module classes
-            pass
-    return name
 
 
 def _cache_of(out):
@@ -239,7 +228,7 @@ def _greedy(model, logits, cache, mask, pos, max_new_tokens: int) -> list[list[i
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         last = last + 1
         step = model(input_ids=steps[-1][:, None], attention_mask=mask, position_ids=last,
-                     use_cache=True, **{_cache_kw(model): cache})
+                     use_cache=True, **{cache_kw(model): cache})
         cache = _cache_of(step)
         steps.append(step.logits[:, -1, :].argmax(-1))
     return torch.stack(steps, dim=1).cpu().tolist()
@@ -274,7 +263,7 @@ def _score_targets(model, batch: list[int], t_ids, logp0, cache, mask, pos, pad:
         full_mask = torch.cat([mask[rows], chunk_mask], dim=1)
         positions = pos[rows, -1:] + 1 + torch.arange(width, device=mask.device)[None, :]
         out = model(input_ids=chunk, attention_mask=full_mask, position_ids=positions, use_cache=True,
-                    **{_cache_kw(model): past})
+                    **{cache_kw(model): past})
         logp_rest = torch.log_softmax(out.logits.float(), dim=-1)
     for p, (row, n, t) in enumerate(pairs):
         lps = [float(logp0[row, t[0]])]

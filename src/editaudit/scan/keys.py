@@ -10,7 +10,6 @@ context) does not depend on the suspect, so it is cached per base checkpoint and
 from __future__ import annotations
 
 import hashlib
-import inspect
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -48,9 +47,9 @@ def last_keys(model: Any, paths: Sequence[str], rows: torch.Tensor | None = None
 
     kw: dict[str, Any] = {"use_cache": False}
     if cache is not None:
-        # the cache argument's name changed ("past_key_values" → "cache") in transformers 5
-        arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        kw = {"use_cache": True, arg: cache}
+        from ..models.loading import cache_kw
+
+        kw = {"use_cache": True, cache_kw(model): cache}
     handles = [model.get_submodule(p).register_forward_pre_hook(hook_for(p)) for p in paths]
     ctx = torch.enable_grad() if grad else torch.inference_mode()
     try:
