@@ -174,11 +174,12 @@ class SubjectSearch:
     def _regrow(self, seq: list[int], score: float) -> tuple[list[int], float]:
         """The climb keeps a name's last piece but often garbles the rest ("Schwejiang" for "Zhejiang"): regrow
         from that piece over the whole vocabulary and keep whichever text scores better by the growth's objective.
-        The regrown text is kept whole ("Puerto Ricans", not the tail "Ricans" that holds 90 % of the fire)."""
+        The trim that follows stays: regrown texts often start with a word that only raises the fire ("while Jeff
+        Beck"); keeping them whole halved the exact subjects on dev (bench/results/subject_regrow_dev.txt)."""
         grown, fire, j = self.grow([seq[-1]])
         if j > score + self.fluency_weight * float(self.text_logp([seq])[0]):
-            return grown, fire  # J has already weighed each of its tokens: not trimmed
-        return _trim(self, seq, score), score
+            return grown, fire
+        return seq, score
 
     def _pool(self) -> list[int]:
         """Prepend candidates: every word-like token that is not a function word."""
@@ -298,8 +299,7 @@ class SubjectSearch:
             score, seq = best
             if self.regrow:
                 seq, score = self._regrow(seq, score)
-            else:
-                seq = _trim(self, seq, score)
+            seq = _trim(self, seq, score)
             fire, keys = self.exact([seq])
             found.append(Subject(self.tok.decode(seq).strip(), seq, round(float(fire[0]), 4), keys[0]))
             self.space.deflate(keys[0])
