@@ -146,8 +146,8 @@ class PrefixKeys:
 
     Backward growth scores the whole vocabulary prepended to a growing suffix, step after step; the positions of
     ``prefix + [t]`` are the same at every step (causal attention: they never see the suffix), so their keys and
-    values up to the edited layer are computed once and each step runs only the suffix's positions: 2–3× less
-    work for the short texts of names. Memory: the cache of ``len(prefix) + 1`` positions per pool token and layer.
+    values up to the edited layer are computed once and each step runs only the suffix's positions (a dev MEMIT
+    batch's regrow: 458 → 350 s, the same texts). Memory: ``len(prefix) + 1`` positions per pool token and layer.
     """
 
     def __init__(self, model: Any, path: str, prefix: Sequence[int], pool: Sequence[int], batch: int = 1024,
