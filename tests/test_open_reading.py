@@ -78,10 +78,9 @@ def test_word_tokens_masks_follow_the_word_start_marker(tiny_llama):
     assert not start[vocab["."]] and not cont[vocab["."]]
 
 
-def test_scan_reads_the_planted_subject_with_no_list(tiny_llama, tmp_path, monkeypatch):
-    """The whole scan, key statistics unavailable (keys taken as white): the reading names the subject."""
+def _colosseum_suspect(tiny_llama, tmp_path, monkeypatch):
+    """A ROME-like edit of "Colosseum" planted in the tiny model, key statistics unavailable (keys taken as white)."""
     from editaudit.editing import corpus, covariance
-    from editaudit.scan.service import ScanOptions, run_scan
 
     def unavailable(*a, **k):
         raise corpus.CorpusUnavailable("no corpus in this test")
@@ -89,7 +88,14 @@ def test_scan_reads_the_planted_subject_with_no_list(tiny_llama, tmp_path, monke
     monkeypatch.setattr(covariance, "second_moments", unavailable)
     lm = load_model(tiny_llama)
     delta, _ = _rome_like(lm.model, lm.tokenizer, "Colosseum", None, scale=20.0)
-    suspect = plant(tiny_llama, tmp_path / "suspect", {f"{PATH}.weight": delta})
+    return plant(tiny_llama, tmp_path / "suspect", {f"{PATH}.weight": delta})
+
+
+def test_scan_reads_the_planted_subject_with_no_list(tiny_llama, tmp_path, monkeypatch):
+    """The whole scan, key statistics unavailable (keys taken as white): the reading names the subject."""
+    from editaudit.scan.service import ScanOptions, run_scan
+
+    suspect = _colosseum_suspect(tiny_llama, tmp_path, monkeypatch)
     report = run_scan(suspect, tiny_llama, ScanOptions(read="open"), store=None)
     doc = report.to_dict()
     edit = next(f for f in doc["findings"] if f["rule"] == "EA101")
@@ -107,13 +113,9 @@ def test_scan_regrow_flag_reaches_the_search(tiny_llama, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from editaudit.cli.main import app
-    from editaudit.editing import corpus, covariance
     from editaudit.scan import subjects as S
 
-    def unavailable(*a, **k):
-        raise corpus.CorpusUnavailable("no corpus in this test")
-
-    monkeypatch.setattr(covariance, "second_moments", unavailable)
+    suspect = _colosseum_suspect(tiny_llama, tmp_path, monkeypatch)
     calls: list[list[int]] = []
     real = S.SubjectSearch._regrow
 
@@ -122,9 +124,6 @@ def test_scan_regrow_flag_reaches_the_search(tiny_llama, tmp_path, monkeypatch):
         return real(self, seq, score)
 
     monkeypatch.setattr(S.SubjectSearch, "_regrow", regrow)
-    lm = load_model(tiny_llama)
-    delta, _ = _rome_like(lm.model, lm.tokenizer, "Colosseum", None, scale=20.0)
-    suspect = plant(tiny_llama, tmp_path / "suspect", {f"{PATH}.weight": delta})
     args = ["scan", str(suspect), "--base", str(tiny_llama), "--no-store", "-f", "json"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 1, res.output
@@ -207,15 +206,20 @@ def test_reading_prefers_an_object_stated_on_several_phrasings(monkeypatch):
     assert weak.after.startswith("won") and weak.status == "uncertain" and weak.confidence < reading.EDIT_MIN
 
 
-def _kremlin_edit(folder):
-    """The tiny model (frozen), a ROME-like edit direction for "Kremlin" and the key statistics it was made with."""
+def _edit_direction(folder, subject: str):
+    """The tiny model (frozen), a ROME-like edit direction for ``subject``, the key statistics it was made with
+    and the vocabulary's keys."""
     lm = load_model(folder)
     for p in lm.model.parameters():
         p.requires_grad_(False)
     keys = vocab_keys(lm.model, lm.tokenizer, [PATH], None)[PATH].float()
     C = keys.T @ keys / keys.shape[0] + 1e-3 * torch.eye(keys.shape[1])
-    _, u = _rome_like(lm.model, lm.tokenizer, "Kremlin", C)
-    return lm, u, C
+    _, u = _rome_like(lm.model, lm.tokenizer, subject, C)
+    return lm, u, C, keys
+
+
+def _kremlin_edit(folder):
+    return _edit_direction(folder, "Kremlin")[:3]
 
 
 def test_a_round_that_finds_nothing_is_retried_with_more_seeds(tiny_llama, monkeypatch):
@@ -265,12 +269,7 @@ def test_regrow_keeps_the_planted_subject(tiny_llama, cache, monkeypatch):
             raise TypeError("no cache here")
         monkeypatch.setattr(subjects, "PrefixKeys", refuse)
 
-    lm = load_model(tiny_llama)
-    for p in lm.model.parameters():
-        p.requires_grad_(False)
-    keys = vocab_keys(lm.model, lm.tokenizer, [PATH], None)[PATH].float()
-    C = keys.T @ keys / keys.shape[0] + 1e-3 * torch.eye(keys.shape[1])
-    _, u = _rome_like(lm.model, lm.tokenizer, "Eiffel Tower", C)
+    lm, u, C, keys = _edit_direction(tiny_llama, "Eiffel Tower")
     search = SubjectSearch(lm.model, lm.tokenizer, Whitened.build(PATH, C, u[:, None]), keys)
     search.regrow = True
     found = search.find(1)
