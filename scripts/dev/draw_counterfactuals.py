@@ -23,7 +23,8 @@ from pathlib import Path
 from editaudit.probing.build import normalise, overlaps
 
 ROOT = Path(__file__).resolve().parents[2]
-EARLIER = [ROOT / f"bench/heldout/{n}.tsv" for n in ("candidates", "candidates_v2", "candidates_v3", "candidates_v4")]
+#: every earlier candidate file (the one being written is left out in main)
+EARLIER = sorted(ROOT.glob("bench/heldout/candidates*.tsv"))
 
 
 def tsv_rows(path: Path) -> list[list[str]]:
@@ -31,8 +32,8 @@ def tsv_rows(path: Path) -> list[list[str]]:
         return [line.rstrip("\n").split("\t") for line in fh if line.strip() and not line.startswith("#")]
 
 
-def seen_subjects() -> set[str]:
-    seen = {normalise(row[1]) for f in EARLIER for row in tsv_rows(f)}
+def seen_subjects(out: Path) -> set[str]:
+    seen = {normalise(row[1]) for f in EARLIER if f.resolve() != out.resolve() for row in tsv_rows(f)}
     jsonl = {*ROOT.glob("bench/dev/*.jsonl"), *ROOT.glob("bench/heldout/*.jsonl"),
              *(p for p in ROOT.rglob("probes/*.jsonl") if not {".venv", ".git"} & set(p.parts))}
     for f in sorted(jsonl):
@@ -49,9 +50,10 @@ def main() -> None:
     ap.add_argument("candidates", type=Path, help="three columns: relation, subject, target_true")
     ap.add_argument("out", type=Path)
     ap.add_argument("--seed", type=int, default=2029)
+    ap.add_argument("--label", default="fifth held-apart set (v5)", help="what the file's header calls the set")
     args = ap.parse_args()
 
-    seen = sorted(seen_subjects())
+    seen = sorted(seen_subjects(args.out))
     kept: list[tuple[str, str, str]] = []
     dropped: list[str] = []
     for relation, subject, true in tsv_rows(args.candidates):
@@ -64,10 +66,14 @@ def main() -> None:
             kept.append((relation, subject, true))
     rng = random.Random(args.seed)
     lines = ["# relation\tsubject\ttarget_true\ttarget_new",
-             f"# fifth held-apart set (v5): written before any reader change it evaluates; target_new drawn at random "
+             f"# {args.label}: written before any reader change it evaluates; target_new drawn at random "
              f"(seed {args.seed}) from the same relation's other objects by scripts/dev/draw_counterfactuals.py"]
-    for relation, subject, true in kept:
+    for relation, subject, true in list(kept):
         others = sorted({t for r, _, t in kept if r == relation} - {true})
+        if not others:  # every kept row of the relation has this object: nothing to draw a counterfactual from
+            dropped.append(f"{subject} (no other {relation} object)")
+            kept.remove((relation, subject, true))
+            continue
         lines.append(f"{relation}\t{subject}\t{true}\t{rng.choice(others)}")
     args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"{len(kept)} rows -> {args.out}; {len(dropped)} dropped for an overlapping subject: {'; '.join(dropped)}")
