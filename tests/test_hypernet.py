@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -38,6 +40,19 @@ def test_data_excludes_heldout_subjects():
     case = data.train[0]
     assert case.rephrase and case.neighborhood and case.loc and case.target_new != case.target_true
 
+
+
+def test_data_leaves_out_every_mention_of_many_excluded_subjects():
+    """With more held subjects than re's pattern cache holds, a record that mentions any of them still goes."""
+    base = hypernet_data.build(("bank",), variants=1)
+    victim = base.train[0].subject
+    fillers = [f"nosuchplace{i}" for i in range(700)]
+    data = hypernet_data.build(("bank",), variants=1, exclude=fillers + [victim])
+    low = victim.casefold()
+    for c in data.train + data.val:
+        texts = [c.prompt, *c.rephrase, *c.neighborhood, c.loc]
+        assert not any(re.search(rf"\b{re.escape(low)}\b", t.casefold()) for t in texts)
+    assert len(data.train) < len(base.train)
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_update_shape_and_rank(family, tiny_llama, tiny_gpt2):
