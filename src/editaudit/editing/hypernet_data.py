@@ -156,10 +156,11 @@ def build(sources: Iterable[str] = ("bank", "factbook"), variants: int = 2, val_
 
     # one pattern for all held subjects: a pattern per subject passes re's cache of 512 once the held-apart sets
     # hold more subjects, and each search then recompiles (a 14x slower build at 609 subjects)
-    held_re = re.compile(r"\b(?:" + "|".join(re.escape(s) for s in sorted(held, key=len, reverse=True) if s) + r")\b")
+    names = sorted((s for s in held if s), key=len, reverse=True)  # an empty name would match every text
+    held_re = re.compile(r"\b(?:" + "|".join(map(re.escape, names)) + r")\b") if names else None
 
     def mentions_held(text: str) -> bool:
-        return bool(held) and held_re.search(text.casefold()) is not None
+        return held_re is not None and held_re.search(text.casefold()) is not None
 
     rng = random.Random(seed)
     cases: list[EditCase] = []

@@ -157,23 +157,25 @@ class PrefixKeys:
 
         self.model, self.path = model, path
         self.chunks: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
-        self._cache_cls = DynamicCache
         for start in range(0, len(pool), batch):
             rows = torch.tensor([list(prefix) + [t] for t in pool[start:start + batch]])
             cache = DynamicCache(config=model.config)
             last_keys(model, [path], rows, cache=cache)
             self.chunks.append([(layer.keys, layer.values) for layer in cache.layers
                                 if getattr(layer, "keys", None) is not None and layer.keys.numel()])
-            size = sum(k.numel() * k.element_size() * 2 for k, _ in self.chunks[0]) * -(-len(pool) // batch)
-            if size > max_bytes:
-                raise ValueError(f"prefix cache would take {size / 2**30:.1f} GiB")
+            if start == 0:  # every chunk but the last is the same size as the first
+                size = sum(k.numel() * k.element_size() * 2 for k, _ in self.chunks[0]) * -(-len(pool) // batch)
+                if size > max_bytes:
+                    raise ValueError(f"prefix cache would take {size / 2**30:.1f} GiB")
 
     def keys(self, suffix: Sequence[int]) -> torch.Tensor:
         """[pool, d_in] keys at ``path`` of every ``prefix + [t] + suffix``."""
+        from transformers import DynamicCache
+
         out = []
         for kv in self.chunks:
             n = kv[0][0].shape[0]
-            cache = self._cache_cls(ddp_cache_data=kv, config=self.model.config)
+            cache = DynamicCache(ddp_cache_data=kv, config=self.model.config)
             rows = torch.tensor([list(suffix)] * n)
             out.append(last_keys(self.model, [self.path], rows, cache=cache)[self.path].cpu())
         return torch.cat(out)
