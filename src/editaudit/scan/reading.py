@@ -64,6 +64,26 @@ def answer(continuation: str, words: int = 4) -> str:
     return " ".join(kept)
 
 
+def _top(pred) -> tuple[str, float]:
+    return pred.top[0] if pred.top else ("", 0.0)
+
+
+def choose_prompt(s1: list, score: list[float], says: list[str | None]) -> int:
+    """The prompt a reading reports. A rewritten fact is stated on several phrasings, a side effect on one, so
+    prompts whose new answer the suspect states on two at least come first. Among those answers, the one the
+    suspect states most surely (its highest first-token probability over the prompts that moved to it): an editor
+    drives the new object's probability up on its prompt and paraphrases, while a neighbour moved through a shared
+    direction ("Rouen" → its country "France") is stated less surely. Then that answer's prompt with the highest
+    score (p_base × rise). On development suspects (scripts/dev/reading_rule_trial.py, 70 edits) this read 31
+    objects against 29 with the score alone, and 11 false readings against 14."""
+    sure: dict[str, float] = {}
+    for j, a in enumerate(s1):
+        if score[j] > float("-inf"):
+            t, p = _top(a)
+            sure[t] = max(sure.get(t, 0.0), p)
+    return max(range(len(s1)), key=lambda j: (says.count(_top(s1[j])[0]) >= 2, sure.get(_top(s1[j])[0], -1.0), score[j]))
+
+
 def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, layer: int | None = None,
                  tensor: str | None = None, max_new_tokens: int = 6, top_k: int = 20) -> Reading:
     """Ask both models the library's prompts for ``subject``; read the fact the edit rewrote.
@@ -82,12 +102,9 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
     b1 = predict(base, tokenizer, texts, top_k=top_k, max_new_tokens=1)
     s1 = predict(suspect, tokenizer, texts, top_k=top_k, max_new_tokens=1)
 
-    def top(pred) -> tuple[str, float]:
-        return pred.top[0] if pred.top else ("", 0.0)
-
     score, rise = [], []
     for b, a in zip(b1, s1):
-        (tb, pb), (ta, pa) = top(b), top(a)
+        (tb, pb), (ta, pa) = _top(b), _top(a)
         r = pa - dict(b.top).get(ta, 0.0)
         # a base that repeats the subject ("The company Syria is headquartered in … Syria") states no fact
         copies = bool(tb.strip()) and tb.strip().casefold() in subject.text.casefold()
@@ -95,11 +112,9 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
         moved = ta != tb and not is_skippable(ta) and not copies
         rise.append(r)
         score.append(pb * r if moved else float("-inf"))
-    says = [top(a)[0] if top(a)[0] != top(b)[0] else None for b, a in zip(b1, s1)]
-    # a rewritten fact is stated on several phrasings; a side effect on one: prompts whose answer is stated
-    # on two at least come first
-    i = max(range(len(texts)), key=lambda j: (says.count(top(s1[j])[0]) >= 2, score[j]))
-    obj = top(s1[i])[0]
+    says = [_top(a)[0] if _top(a)[0] != _top(b)[0] else None for b, a in zip(b1, s1)]
+    i = choose_prompt(s1, score, says)
+    obj = _top(s1[i])[0]
     stated = [j for j, w in enumerate(says) if w == obj]
     before = predict(base, tokenizer, [texts[i]], top_k=1, max_new_tokens=max_new_tokens)[0]
     after = predict(suspect, tokenizer, [texts[i]], top_k=1, max_new_tokens=max_new_tokens)[0]
@@ -109,9 +124,9 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
     g = max(0.0, min(1.0, rise[i]))
     confidence = min(1.0, subject.fire) * (0.4 + 0.6 * g) * (0.5 + 0.5 * agree) if stated_twice else 0.1 * subject.fire
     is_edit = stated_twice and confidence >= EDIT_MIN
-    others = sorted((j for j in range(len(texts)) if score[j] > float("-inf") and top(s1[j])[0] != obj),
+    others = sorted((j for j in range(len(texts)) if score[j] > float("-inf") and _top(s1[j])[0] != obj),
                     key=lambda j: -score[j])[:3]
-    also = [{"prompt": texts[j], "before": top(b1[j])[0].strip(), "after": top(s1[j])[0].strip()} for j in others]
+    also = [{"prompt": texts[j], "before": _top(b1[j])[0].strip(), "after": _top(s1[j])[0].strip()} for j in others]
     return Reading(subject.text, subject.fire, asked[i][0], texts[i], old, new, float(rise[i]), confidence,
                    "edit" if is_edit else "uncertain", layer, tensor, also)
 

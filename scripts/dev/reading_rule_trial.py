@@ -1,0 +1,115 @@
+"""Development trial of the reading's prompt choice on *recovered* subjects: the subjects the search finds in
+development suspects (garbled leading pieces and all, as a scan meets them), read with the shipped choice and with
+the variants below, scored by scripts/open_reading_eval.py's rules.
+
+    python scripts/dev/make_dev_suspects.py /tmp/dev4 bench/heldout/smollm2-135m-v4.jsonl
+    python scripts/dev/reading_rule_trial.py /tmp/dev4 [--rules score,sure] [--subjects /tmp/dev4/found.json]
+
+Subjects: per suspect, the search as the scan runs it (lowest edited MLP output matrix, the suspect's top input
+directions, C from the cached key statistics; rank = the suspect's number of facts), cached in --subjects so
+that every rule reads the same texts. Rules (``scan.reading.choose_prompt`` replaced for the run):
+
+    score    answers stated on two prompts or more first, then p_base × rise (the reader before the sixth set was used)
+    sure     (scan.reading.choose_prompt since) answers stated on two prompts or more first, then the answer the suspect states most surely
+             (its highest first-token probability over the prompts that moved to it), then p_base × rise:
+             an editor drives the new object's probability up on its own prompt and paraphrases, while a
+             neighbour moved through a shared direction is stated less surely
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def find_subjects(lm, deltas_dir: Path, cache: Path) -> dict:
+    if cache.exists():
+        return json.loads(cache.read_text())
+    from editaudit.checkpoint.folder import open_checkpoint
+    from editaudit.editing import covariance
+    from editaudit.models.registry import ensure_model
+    from editaudit.scan import subjects as S
+    from editaudit.scan.keys import vocab_keys
+
+    fingerprint = open_checkpoint(ensure_model("smollm2-135m")).fingerprint()
+    tok, model = lm.tokenizer, lm.model
+    out = {}
+    for pt in sorted(deltas_dir.glob("*.pt")):
+        deltas = torch.load(pt, weights_only=True)
+        n = len(pt.with_suffix(".jsonl").read_text().splitlines())
+        name = min((k for k in deltas if "down_proj" in k), key=lambda k: int(k.split(".")[2]))
+        layer, path = int(name.split(".")[2]), name.rsplit(".", 1)[0]
+        _, _, vh = torch.linalg.svd(deltas[name].float(), full_matrices=False)
+        C = covariance.second_moments(model, tok, {layer: path}, model_key=covariance.weights_key(model))[layer].matrix
+        search = S.SubjectSearch(model, tok, S.Whitened.build(path, C, vh[:n].T), vocab_keys(model, tok, [path], fingerprint)[path])
+        found = search.find(n)
+        out[pt.stem] = {"layer": layer, "subjects": [{"text": f.text, "ids": f.ids, "fire": f.fire} for f in found]}
+        print(pt.stem, [f"{f.text} {f.fire:.2f}" for f in found], file=sys.stderr, flush=True)
+    cache.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def by_score(s1, score, says):
+    from editaudit.scan.reading import _top
+
+    return max(range(len(s1)), key=lambda j: (says.count(_top(s1[j])[0]) >= 2, score[j]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("deltas", type=Path)
+    ap.add_argument("--rules", default="score,sure")
+    ap.add_argument("--subjects", type=Path)
+    args = ap.parse_args()
+    from editaudit.models.loading import load_model
+    from editaudit.models.registry import ensure_model
+    from editaudit.probing.format import load_probes
+    from editaudit.scan import reading
+    from editaudit.scan.subjects import Subject
+
+    ev = runpy.run_path(str(ROOT / "scripts/open_reading_eval.py"))
+    lm = load_model(ensure_model("smollm2-135m"))
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    found = find_subjects(lm, args.deltas, args.subjects or args.deltas / "found.json")
+    shipped = reading.choose_prompt
+    rules = {"score": by_score, "sure": shipped}
+    for rule in args.rules.split(","):
+        reading.choose_prompt = rules[rule]
+        tally = {}
+        for pt in sorted(args.deltas.glob("*.pt")):
+            facts = load_probes(pt.with_suffix(".jsonl"))
+            suspect = copy.deepcopy(lm.model)
+            params = dict(suspect.named_parameters())
+            with torch.no_grad():
+                for name, d in torch.load(pt, weights_only=True).items():
+                    params[name].add_(d)
+            subs = [Subject(s["text"], s["ids"], s["fire"], torch.empty(0)) for s in found[pt.stem]["subjects"]]
+            reads = [r.to_dict() for r in reading.read_edits(lm.model, suspect, lm.tokenizer, subs, None, None)]
+            rows, false, n_edit = ev["score_suspect"](lm.tokenizer, facts, reads, len(facts) == 1)
+            arm = pt.stem.rsplit("-", 1)[0]
+            t = tally.setdefault(arm, [0, 0, 0, 0])
+            t[0] += len(rows)
+            t[1] += sum(r["object_read"] for r in rows)
+            t[2] += false
+            t[3] += n_edit
+            for r in reads:
+                print(f"  [{rule}] {pt.stem}: {r['subject']!r} · {r['prompt']!r} · {r['after']!r} (was {r['before']!r}) "
+                      f"conf {r['confidence']:.2f} {r['status']}", flush=True)
+            del suspect
+        total = [sum(t[i] for t in tally.values()) for i in range(4)]
+        print(f"[{rule}] " + "; ".join(f"{a}: objects {t[1]}/{t[0]}, false {t[2]}/{t[3]}" for a, t in tally.items())
+              + f" | all: objects {total[1]}/{total[0]}, false {total[2]}/{total[3]}", flush=True)
+    reading.choose_prompt = shipped
+
+
+if __name__ == "__main__":
+    main()
