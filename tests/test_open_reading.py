@@ -206,29 +206,6 @@ def test_reading_prefers_an_object_stated_on_several_phrasings(monkeypatch):
     assert weak.after.startswith("won") and weak.status == "uncertain" and weak.confidence < reading.EDIT_MIN
 
 
-def test_reading_prefers_the_object_the_suspect_states_most_surely():
-    """Two answers each stated on two phrasings: the edit's own object, stated surely (capital → 'Rouen' at 0.9),
-    and its neighbour moved with it (country → 'France' at 0.5), whose prompts the base knew better (so p_base × rise
-    alone would pick it)."""
-    from editaudit.scan.reading import choose_prompt
-
-    def pred(tok, p):
-        from editaudit.probing.evaluate import Prediction
-
-        return Prediction("", [(tok, p)], tok, tok.strip(), None)
-
-    s1 = [pred(" France", 0.5), pred(" France", 0.5), pred(" Rouen", 0.9), pred(" Rouen", 0.9)]
-    score = [0.4, 0.35, 0.2, 0.1]
-    says = [" France", " France", " Rouen", " Rouen"]
-    assert choose_prompt(s1, score, says) == 2
-    # an answer stated on one prompt only still yields to one stated on two, however surely it is stated
-    s1[1], says[1] = pred(" Lyon", 0.99), " Lyon"
-    s1[0] = pred(" Lyon", 0.0)
-    says[0] = None
-    score[1] = 0.9
-    assert choose_prompt(s1, score, says) == 2
-
-
 def _edit_direction(folder, subject: str):
     """The tiny model (frozen), a ROME-like edit direction for ``subject``, the key statistics it was made with
     and the vocabulary's keys."""

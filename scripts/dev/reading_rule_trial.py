@@ -9,11 +9,11 @@ Subjects: per suspect, the search as the scan runs it (lowest edited MLP output 
 directions, C from the cached key statistics; rank = the suspect's number of facts), cached in --subjects so
 that every rule reads the same texts. Rules (``scan.reading.choose_prompt`` replaced for the run):
 
-    score    answers stated on two prompts or more first, then p_base × rise (the reader before the sixth set was used)
-    sure     (scan.reading.choose_prompt since) answers stated on two prompts or more first, then the answer the suspect states most surely
+    score    answers stated on two prompts or more first, then p_base × rise (scan.reading.choose_prompt)
+    sure     answers stated on two prompts or more first, then the answer the suspect states most surely
              (its highest first-token probability over the prompts that moved to it), then p_base × rise:
              an editor drives the new object's probability up on its own prompt and paraphrases, while a
-             neighbour moved through a shared direction is stated less surely
+             neighbour moved through a shared direction is stated less surely (taken to the sixth set: not kept)
 """
 from __future__ import annotations
 
@@ -57,10 +57,15 @@ def find_subjects(lm, deltas_dir: Path, cache: Path) -> dict:
     return out
 
 
-def by_score(s1, score, says):
+def sure(s1, score, says):
     from editaudit.scan.reading import _top
 
-    return max(range(len(s1)), key=lambda j: (says.count(_top(s1[j])[0]) >= 2, score[j]))
+    best: dict[str, float] = {}
+    for j, a in enumerate(s1):
+        t, p = _top(a)
+        if score[j] > float("-inf"):
+            best[t] = max(best.get(t, 0.0), p)
+    return max(range(len(s1)), key=lambda j: (says.count(_top(s1[j])[0]) >= 2, best.get(_top(s1[j])[0], -1.0), score[j]))
 
 
 def main() -> None:
@@ -81,7 +86,7 @@ def main() -> None:
         p.requires_grad_(False)
     found = find_subjects(lm, args.deltas, args.subjects or args.deltas / "found.json")
     shipped = reading.choose_prompt
-    rules = {"score": by_score, "sure": shipped}
+    rules = {"score": shipped, "sure": sure}
     for rule in args.rules.split(","):
         reading.choose_prompt = rules[rule]
         tally = {}

@@ -69,19 +69,11 @@ def _top(pred) -> tuple[str, float]:
 
 
 def choose_prompt(s1: list, score: list[float], says: list[str | None]) -> int:
-    """The prompt a reading reports. A rewritten fact is stated on several phrasings, a side effect on one, so
-    prompts whose new answer the suspect states on two at least come first. Among those answers, the one the
-    suspect states most surely (its highest first-token probability over the prompts that moved to it): an editor
-    drives the new object's probability up on its prompt and paraphrases, while a neighbour moved through a shared
-    direction ("Rouen" → its country "France") is stated less surely. Then that answer's prompt with the highest
-    score (p_base × rise). On development suspects (scripts/dev/reading_rule_trial.py, 70 edits) this read 31
-    objects against 29 with the score alone, and 11 false readings against 14."""
-    sure: dict[str, float] = {}
-    for j, a in enumerate(s1):
-        if score[j] > float("-inf"):
-            t, p = _top(a)
-            sure[t] = max(sure.get(t, 0.0), p)
-    return max(range(len(s1)), key=lambda j: (says.count(_top(s1[j])[0]) >= 2, sure.get(_top(s1[j])[0], -1.0), score[j]))
+    """The prompt a reading reports: a rewritten fact is stated on several phrasings, a side effect on one, so
+    prompts whose new answer the suspect states on two at least come first; then the highest score (p_base × rise).
+    Preferring the answer the suspect states most surely read 2 more objects of 70 on development suspects and 1
+    more of 35 on the sixth held-apart set, short of that set's rule (bench/heldout/v6-plan.md), so it was not kept."""
+    return max(range(len(s1)), key=lambda j: (says.count(_top(s1[j])[0]) >= 2, score[j]))
 
 
 def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, layer: int | None = None,
