@@ -49,7 +49,7 @@ def null_space(path: str, C: torch.Tensor, in_dirs: torch.Tensor, whiten: bool, 
 
 
 def main() -> None:
-    variant = sys.argv.pop(1)
+    variant = sys.argv.pop(1) if len(sys.argv) > 1 else ""
     if variant not in ("null", "null-whitened"):
         raise SystemExit("VARIANT: null | null-whitened")
     shipped = subjects.Whitened.build

@@ -4,6 +4,8 @@ run in a scratch worktree, then scripts/dev/reading_rule_trial.py DIR --subjects
     git worktree add /tmp/avg HEAD && python scripts/dev/averaged_form_patch.py /tmp/avg
 """
 import sys
+if len(sys.argv) != 2:
+    raise SystemExit("usage: python scripts/dev/averaged_form_patch.py WORKTREE")
 ROOT = sys.argv[1].rstrip("/")
 p = ROOT + "/src/editaudit/scan/keys.py"
 s=open(p).read()
