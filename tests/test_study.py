@@ -518,3 +518,32 @@ def test_a_reference_that_does_not_lower_the_loss_sets_no_target(tiny_llama, tmp
     assert cell["target_loss"] is None and cell["steps"] == 2
     report = write_report(parse_config(doc), store, tmp_path / "out").read_text()
     assert "did not lower the loss" in report
+
+
+def test_launch_runs_shards_as_local_worker_processes_and_merges(tiny_llama, tmp_path):
+    """Two submitit worker processes (its local executor) each run a shard into their own store; the stores are
+    merged into OUT/study.db and the report is written. A relaunch finds every cell done and runs none."""
+    pytest.importorskip("submitit")
+    from typer.testing import CliRunner
+
+    from editaudit.cli.main import app
+    from editaudit.store.studies import StudyStore
+    from editaudit.study.launch import worker_store
+
+    config = _write_toml(tmp_path / "tiny.toml", _doc(tiny_llama, _files(tmp_path)))
+    out = tmp_path / "run"
+    runner = CliRunner()
+    res = runner.invoke(app, ["study", "launch", str(config), "--out", str(out), "--workers", "2", "--timeout-min", "10"])
+    assert res.exit_code == 0, res.output
+    assert "2 cells: 2 ran in 2 worker(s), 0 already done, 0 failed; 2 done" in res.output
+    shards = [StudyStore(worker_store(out, i)).done_ids("tiny") for i in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 1 and shards[0] != shards[1]  # each worker ran its own cell
+    assert StudyStore(out / "study.db").done_ids("tiny") == shards[0] | shards[1]
+    assert (out / "report" / "report.md").is_file()
+    logs = list((out / "submitit").rglob("*_log.out"))
+    assert len(logs) == 2  # the tasks really ran as separate processes, each with its own log
+    res = runner.invoke(app, ["study", "launch", str(config), "--out", str(out), "--workers", "2", "--timeout-min", "10"])
+    assert res.exit_code == 0, res.output
+    assert "0 ran in 2 worker(s), 2 already done" in res.output
+    res = runner.invoke(app, ["study", "launch", str(config), "--out", str(out), "--engine", "ray"])
+    assert res.exit_code == 2 and "expected one of local, slurm" in res.output

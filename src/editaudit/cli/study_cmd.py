@@ -112,6 +112,43 @@ def register(app: typer.Typer) -> None:
         if outcome.failed:
             raise typer.Exit(common.EXIT_ERROR)
 
+    @study.command("launch")
+    def launch(config: Path = typer.Argument(..., help="The study's TOML file (see studies/)."),
+               out: Optional[Path] = OutOption,
+               workers: int = typer.Option(2, "--workers", "-n", min=1, help="Worker tasks, each a shard of the grid."),
+               engine: str = typer.Option("local", "--engine", help="local (processes on this machine) or slurm "
+                                          "(a job array submitted with sbatch)."),
+               partition: Optional[str] = typer.Option(None, "--partition", help="Slurm partition."),
+               gpus: int = typer.Option(0, "--gpus-per-worker", min=0, help="GPUs per worker task."),
+               cpus: Optional[int] = typer.Option(None, "--cpus-per-worker", min=1, help="CPUs per worker task."),
+               timeout_min: int = typer.Option(24 * 60, "--timeout-min", min=1, help="Each task's time limit."),
+               wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the tasks, merge their stores "
+                                         "and write the report (--no-wait: submit and return)."),
+               report: bool = typer.Option(True, "--report/--no-report", help="Write the report when the grid is done.")) -> None:
+        """Run the grid as N worker tasks through submitit (a store per worker, merged into OUT/study.db)."""
+        from ..store.studies import StudyStore
+        from ..study.grid import expand
+        from ..study.launch import launch_study
+
+        cfg, out, db = _paths(config, out, None)
+        res = launch_study(config, out, workers, engine, timeout_min=timeout_min, gpus_per_worker=gpus,
+                           cpus_per_worker=cpus, partition=partition, wait=wait, say=common.say)
+        if not res.waited:
+            common.out.print(f"submitted {res.workers} task(s); when they end: editaudit study merge {db} "
+                             f"{out / 'workers'}/w*.db")
+            return
+        total = len(expand(cfg))
+        common.out.print(f"{total} cells: {res.ran} ran in {res.workers} worker(s), {res.skipped} already done, "
+                         f"{len(res.failed)} failed; {res.merged} done in {db}")
+        for line in res.failed:
+            common.say(f"failed: {line}")
+        if report and not res.failed and res.merged == total:
+            from ..study.report import write_report
+
+            common.out.print(f"report: {write_report(cfg, StudyStore(db), out)}")
+        if res.failed:
+            raise typer.Exit(common.EXIT_ERROR)
+
     @study.command("status")
     def status(config: Path = typer.Argument(...), out: Optional[Path] = OutOption,
                store: Optional[Path] = StoreOption) -> None:
