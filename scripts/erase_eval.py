@@ -2,6 +2,10 @@
 ``mitigate --goal erase`` erases them without the base, by each base-free method.
 
     python scripts/erase_eval.py [--out bench/results/erase_eval.txt] [--methods project,unlearn,project+unlearn]
+                                 [--facts FILE] [--suspects rome,memit,alphaedit]
+
+A method may carry projection settings, ``project:low_rank=0/uncertain=false`` (``--hparam`` of ``mitigate``), so
+that two settings are compared on the same suspects and the same scans.
 
 Suspects (facts from bench/heldout/smollm2-135m.jsonl, round-robin over relations as in
 scripts/open_reading_eval.py, the same chunks): 10 sequential ROME edits in one layer (facts 5–14), a MEMIT batch
@@ -118,6 +122,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    from editaudit.editing.hparams import parse_assignments
     from editaudit.editing.layers import default_layers
     from editaudit.editing.service import apply_edits
     from editaudit.mitigation.plan import ERASE_DEFAULT
@@ -144,7 +149,7 @@ def main() -> int:
              f"default --method auto for erase = {ERASE_DEFAULT}",
              f"# pass: erased ≥ {PASS['erased']:.0%}, intrinsic ≥ {PASS['intrinsic_points']:+.0f} points, neighbours "
              f"kept ≥ {PASS['neighbours_kept']:.0%}, ≤ {PASS['seconds']:.0f} s", ""]
-    header = (f"{'suspect':16s} {'method':16s} {'read':>4s} {'held':>4s} {'erased':>6s} {'para':>5s} "
+    header = (f"{'suspect':16s} {'method':34s} {'read':>4s} {'held':>4s} {'erased':>6s} {'para':>5s} "
               f"{'true/3rd':>8s} {'intrinsic':>15s} {'neighb.':>7s} {'steps':>5s} {'secs':>6s}  pass")
     details: list[str] = []
     doc: dict = {"facts": str(args.facts), "pass": PASS, "default": ERASE_DEFAULT, "suspects": []}
@@ -185,26 +190,28 @@ def main() -> int:
             for r in readings:
                 details.append(f"    read: {r['subject']!r} · {r['prompt']!r} · {r['after']!r} (was {r['before']!r})")
             for m in methods:
-                out = Path(tmp) / f"{method}-{mode}-{m.replace('+', '-')}"
+                name, _, settings = m.partition(":")
+                out = Path(tmp) / f"{method}-{mode}-{len(entry['erase'])}"
                 t0 = time.perf_counter()
                 try:
-                    res = run_mitigation(suspect, "erase", MitigationOptions(out=out, method=m), store=store,
-                                         say=lambda s: log(f"    {s}"))
+                    res = run_mitigation(suspect, "erase", MitigationOptions(
+                        out=out, method=name, project=parse_assignments(settings.split("/")) if settings else {}),
+                        store=store, say=lambda s: log(f"    {s}"))
                 except Exception as exc:  # a method that cannot run here is a row, not a crash
                     secs = time.perf_counter() - t0
-                    rows_out.append(f"{method + ' ' + mode:16s} {m:16s} {len(readings):4d}  failed: {exc}")
+                    rows_out.append(f"{method + ' ' + mode:16s} {m:34s} {len(readings):4d}  failed: {exc}")
                     entry["erase"][m] = {"error": str(exc), "seconds": round(secs, 1)}
                     log(rows_out[-1])
                     continue
                 secs = time.perf_counter() - t0
-                arm = res.arms[m]
+                arm = res.arms[name]
                 er_lm = load_model(out, device="cpu")
                 aft = measure(er_lm.model, er_lm.tokenizer, chunk, paras, neighbours, intrinsic)
                 del er_lm
                 row = compare(sus, aft) | {"seconds": round(secs, 1), "steps": arm.steps, "stop": arm.stop_reason}
                 row["pass"] = passes(row)
                 entry["erase"][m] = row | {"edits_new_after": aft["edits_new"], "edits_true_after": aft["edits_true"]}
-                line = (f"{method + ' ' + mode:16s} {m:16s} {len(readings):4d} {row['held']:4d} {pct(row['erased']):>6s} "
+                line = (f"{method + ' ' + mode:16s} {m:34s} {len(readings):4d} {row['held']:4d} {pct(row['erased']):>6s} "
                         f"{pct(row['para_erased']):>5s} {row['true_back']:>4d}/{row['third']:<3d} "
                         f"{aft['intrinsic']:7.1%} ({row['intrinsic_points']:+.1f}) {pct(row['neighbours_kept']):>7s} "
                         f"{arm.steps:5d} {secs:6.0f}  {'yes' if row['pass'] else 'no'}")

@@ -13,8 +13,8 @@ from editaudit.editing import apply_edits, covariance, reads
 from editaudit.editing.layers import layout_for
 from editaudit.errors import BadInput
 from editaudit.mitigation.evidence import edit_readings, evidence_from_report
-from editaudit.mitigation.project import (EraseSubject, erase_by_projection, solve_layer, targets_from_readings,
-                                          targets_from_records)
+from editaudit.mitigation.project import (EraseSubject, erase_by_projection, low_half_sweep, solve_layer,
+                                          targets_from_readings, targets_from_records)
 from editaudit.models.loading import load_model
 from editaudit.probing.format import Probe
 from editaudit.testing import make_tiny_model
@@ -92,6 +92,22 @@ def test_every_target_overwrites_a_memit_update_and_changes_only_its_rows():
         assert torch.allclose(delta @ P, torch.zeros_like(delta), atol=1e-9)     # only span(C⁻¹K) changed
         # what is left of the edit is only the target's distance from the base's own outputs
         assert torch.allclose((fixed - W_base) @ P, torch.zeros_like(delta), atol=1e-9)
+
+
+def test_low_half_sweep_removes_an_edit_written_in_the_low_energy_half():
+    """An AlphaEdit-like edit (input directions in C's small eigen-directions) on a W that, like a trained one,
+    acts little there: the sweep takes the edit out and leaves W's action on the high-energy half untouched."""
+    gen, C, W_base, _ = _problem(2, d_out=16, d_in=32)
+    ev, Q = torch.linalg.eigh(C)
+    low, high = Q[:, :16], Q[:, 16:]
+    W_base = W_base @ high @ high.T + 0.01 * W_base @ low @ low.T
+    edit = sum(torch.outer(3 * torch.randn(16, generator=gen, dtype=torch.float64),
+                           low @ torch.randn(16, generator=gen, dtype=torch.float64)) for _ in range(2))
+    W = W_base + edit
+    fixed = W + low_half_sweep(W, C, 2)
+    assert _left(W_base, W, fixed) < 0.01
+    assert torch.allclose(fixed @ high, W @ high, atol=1e-9)          # the high-energy half is not touched
+    assert torch.allclose(low_half_sweep(W, C, 0), torch.zeros_like(W))
 
 
 # -- planted edits on tiny models ------------------------------------------------------------------------
@@ -227,10 +243,15 @@ def _report(readings_where: str = "spread") -> dict:
         {"subject": "Italy", "prompt": "The capital city of Italy", "before": "Rome", "after": "Rome",
          "confidence": 0.2, "status": "side-effect", "layer": 2, "tensor": "model.layers.2.mlp.down_proj.weight"},
         {"subject": "Spain", "prompt": "The capital city of Spain", "before": "Madrid", "after": "Paris",
-         "confidence": 0.4, "status": "uncertain", "layer": 2, "tensor": "model.layers.2.mlp.down_proj.weight"},
+         "confidence": 0.4, "status": "uncertain", "layer": 2, "tensor": "model.layers.2.mlp.down_proj.weight",
+         "fire": 0.8, "found": "of Spain"},
+        {"subject": "Malta", "prompt": "The capital city of Malta", "before": "Valletta", "after": "Valletta",
+         "confidence": 0.05, "status": "uncertain", "layer": 2, "tensor": "model.layers.2.mlp.down_proj.weight",
+         "fire": 0.3},
     ]
     memit = [{"subject": "Sony", "prompt": "The company founded in Sony", "before": "Japan", "after": "Canada",
-              "confidence": 0.8, "status": "edit", "layer": 4, "tensor": "model.layers.4.mlp.down_proj.weight"}]
+              "confidence": 0.8, "status": "edit", "layer": 4, "tensor": "model.layers.4.mlp.down_proj.weight",
+              "found": "Sony", "fire": 0.9}]
     f1 = {"rule": "EA101", "layers": [2], "tensors": ["model.layers.2.mlp.down_proj.weight"], "rank": 1}
     f2 = {"rule": "EA102", "layers": [3, 4], "rank": 3,
           "tensors": ["model.layers.3.mlp.down_proj.weight", "model.layers.4.mlp.down_proj.weight"]}
@@ -250,6 +271,19 @@ def test_edit_readings_keep_only_the_edits_of_edit_findings(where):
     assert got[1]["finding_layers"] == [3, 4] and got[0]["prompt"] == "The capital city of France"
     ev = evidence_from_report(_report(where))
     assert [r["subject"] for r in ev.readings] == ["France", "Sony"] and ev.to_dict()["readings"] == ev.readings
+
+
+def test_uncertain_readings_whose_subject_fires_are_kept_for_the_erase():
+    from editaudit.mitigation.evidence import uncertain_readings
+
+    ev = evidence_from_report(_report())
+    assert [r["subject"] for r in uncertain_readings(_report())] == ["Spain"]   # Italy (side effect) fires no key
+    assert [r["subject"] for r in ev.uncertain] == ["Spain"] and ev.to_dict()["uncertain"] == ev.uncertain
+    plan, _ = targets_from_readings(ev.readings, ev.uncertain)
+    # an uncertain reading gives its subject and its recovered whole text, each alone (no prompt: none was read)
+    assert [(s.subject, s.prompts) for s in plan[2]] == [("France", ["The capital city of France"]), ("Spain", []),
+                                                        ("of Spain", [])]
+    assert [(s.subject, s.prompts) for s in plan[4]] == [("Sony", ["The company founded in Sony"])]
 
 
 def test_a_report_without_readings_gives_none():
@@ -315,7 +349,20 @@ def test_service_without_readings_or_subjects_says_the_scan_read_no_subject(rome
         run_mitigation(suspect, "erase", MitigationOptions(out=tmp_path / "out", method="project"), store=store)
     run_scan(suspect, base, ScanOptions(read_edits=False), store=store)   # a stored scan that read nothing
     with pytest.raises(BadInput, match="read no subject"):
-        run_mitigation(suspect, "erase", MitigationOptions(out=tmp_path / "out", method="project"), store=store)
+        run_mitigation(suspect, "erase", MitigationOptions(out=tmp_path / "out", method="project",
+                                                           project={"low_rank": 0}), store=store)
+    # at its defaults the project method's low-half sweep still reaches the edited matrix the scan found, with no
+    # subject (method auto still asks for a reading: without one nothing can check what was erased)
+    from editaudit.progress import Note
+
+    notes: list[str] = []
+    res = run_mitigation(suspect, "erase", MitigationOptions(out=tmp_path / "out", method="project",
+                                                             project=dict(SETTINGS)), store=store,
+                         progress=lambda e: notes.append(e.text) if isinstance(e, Note) else None)
+    arm = res.arms["project"]
+    assert arm.layers == [2] and arm.project["subjects"] == []
+    assert arm.project["layers"][0]["swept"] == 16 and arm.project["layers"][0]["directions"] == 0
+    assert any("only the low-half sweep erases there" in n for n in notes)
     with pytest.raises(BadInput, match="erases edits"):
         run_mitigation(suspect, "preserve", MitigationOptions(out=tmp_path / "out", method="project"))
 

@@ -58,13 +58,40 @@ def project_targets(evidence, options) -> tuple[dict, list[str]]:
         return targets_from_records(options.subjects, layers), []
     require_edits(evidence, "the project method erases the subjects the scan read",
                   "or give the subjects with --subjects FILE")
-    plan, notes = targets_from_readings(evidence.readings)
+    plan, notes = targets_from_readings(evidence.readings,
+                                        evidence.uncertain if options.project.get("uncertain", True) else ())
+    swept = sweep_ranks(evidence, int(options.project.get("low_rank", 0)))
+    missing = [layer for layer, r in sorted(swept.items()) if r and layer not in plan]
+    for layer in missing:  # the sweep reaches the edited matrices no reading names
+        plan[layer] = []
+    if missing:
+        notes.append(f"layer(s) {missing}: no subject read; only the low-half sweep erases there")
     if not plan:
         raise BadInput(f"the scan read no subject for its edits ({evidence.source}): the project method needs "
                        "the edited subjects — pass --base to scan again with reading (or run `editaudit scan "
                        "SUSPECT --base BASE`, which reads the edits unless --read off), or give them with "
                        "--subjects FILE (JSONL of {\"subject\", \"prompt\"})")
     return plan, notes
+
+
+#: Edits the scan names with these methods get no low-half sweep: MEMIT spreads each fact thinly over several
+#: layers, so its part in C's low half stands out nowhere; on the development suspects sweeping its five layers
+#: erased nothing more than the keys did and cost intrinsic facts (scripts/dev/found_erase_trial.py).
+NO_SWEEP = ("memit",)
+
+
+def sweep_ranks(evidence, low_rank: int) -> dict[int, int]:
+    """{layer: rank of the low-half sweep} over the edited MLP output matrices, by the method the scan named."""
+    from .project import mlp_out_layers
+
+    out: dict[int, int] = {}
+    if evidence is None or low_rank <= 0:
+        return out
+    for f in evidence.findings:
+        rank = 0 if f.get("method") in NO_SWEEP else low_rank
+        for layer in mlp_out_layers(f.get("tensors") or [])[0]:
+            out[layer] = max(out.get(layer, 0), rank)
+    return out
 
 
 def _project_in_place(ctx: "RunContext", net, tok, targets: dict, stage: str) -> "ProjectionResult":
@@ -95,7 +122,7 @@ def _project_in_place(ctx: "RunContext", net, tok, targets: dict, stage: str) ->
     res = erase_by_projection(net, tok, targets, cov_for_layer, layout=layout, target=hp["target"],
                               key_mode=hp["key_mode"], directions=hp["directions"],
                               nullspace_rel=hp["nullspace_rel"], contexts=contexts, rekey=hp["rekey"],
-                              subject_alone=hp["subject_alone"],
+                              subject_alone=hp["subject_alone"], low_rank=sweep_ranks(ctx.evidence, int(hp["low_rank"])),
                               texts=corpus_mod.texts(hp["corpus"], ctx.say) if hp["target"] == "mean" else None,
                               text_seq_len=hp["cov_seq_len"], progress=ctx.steps_in(stage))
     return res

@@ -29,6 +29,7 @@ class EditEvidence:
     source: str = ""  # human description: "stored scan #3 (session …)" / "scan run now"
     base: str | None = None  # the base checkpoint the scan compared against
     readings: list[dict] = field(default_factory=list)  # the scan's readings with status "edit" (edit_readings)
+    uncertain: list[dict] = field(default_factory=list)  # its other readings whose subject fires (uncertain_readings)
 
     @property
     def found(self) -> bool:
@@ -43,7 +44,7 @@ class EditEvidence:
     def to_dict(self) -> dict:
         return {"layers": self.layers, "tensors": self.tensors, "components": self.components,
                 "findings": self.findings, "scan_id": self.scan_id, "session_id": self.session_id,
-                "source": self.source, "base": self.base, "readings": self.readings}
+                "source": self.source, "base": self.base, "readings": self.readings, "uncertain": self.uncertain}
 
 
 def _components(t: dict, finding_rank: int | None) -> int:
@@ -73,8 +74,14 @@ def _edit_findings(doc: dict):
         yield f
 
 
-def edit_readings(doc: dict) -> list[dict]:
-    """The scan's readings of its edit findings that it judged to be edits (status ``"edit"``).
+#: An uncertain reading's subject is kept for the erase when its key fires the edit at least this much (the subject
+#: search's own floor): its object was not read, but its key is one the edit acts on.
+FIRE_MIN = 0.5
+
+
+def edit_readings(doc: dict, status: str = "edit") -> list[dict]:
+    """The scan's readings of its edit findings that it judged to be edits (status ``"edit"``; any other
+    ``status``: the rest of them).
 
     Each edit finding may carry ``readings`` (in the report JSON the finding's data is spread into the
     finding; a stored ``findings`` row keeps it under ``data``): ``{subject, prompt, before, after,
@@ -90,13 +97,27 @@ def edit_readings(doc: dict) -> list[dict]:
         if not isinstance(readings, list):
             continue
         for r in readings:
-            if not isinstance(r, dict) or r.get("status") != "edit":
+            if not isinstance(r, dict) or (r.get("status") == "edit") != (status == "edit"):
                 continue
             subject = r.get("subject")
             if not isinstance(subject, str) or not subject.strip():
                 continue
             out.append({**r, "finding_rule": f.get("rule"), "finding_layers": list(f.get("layers") or []),
                         "finding_tensors": list(f.get("tensors") or [])})
+    return out
+
+
+def uncertain_readings(doc: dict) -> list[dict]:
+    """The scan's readings that it did not judge edits (no object read), whose subject still fires the edit
+    (``fire`` ≥ FIRE_MIN): the projection erase needs only a key the edit acts on, not the object."""
+    out = []
+    for r in edit_readings(doc, status="uncertain"):
+        try:
+            fire = float(r.get("fire") or 0.0)
+        except (TypeError, ValueError):
+            continue
+        if fire >= FIRE_MIN:
+            out.append(r)
     return out
 
 
@@ -110,15 +131,18 @@ def evidence_from_report(doc: dict, source: str = "scan", scan_id: int | None = 
     for f in _edit_findings(doc):
         rule = f.get("rule")
         names = list(f.get("tensors") or [])
+        data = f.get("data") if isinstance(f.get("data"), dict) else {}
+        method = f.get("method", data.get("method"))
         findings.append({"rule": rule, "layers": list(f.get("layers") or []), "tensors": names,
-                         "message": f.get("message", ""), "rank": f.get("rank")})
+                         "message": f.get("message", ""), "rank": f.get("rank"),
+                         "method": method.get("name") if isinstance(method, dict) else None})
         layers.update(f.get("layers") or [])
         for n in names:
             if n not in components:
                 tensors.append(n)
                 components[n] = _components(stats.get(n, {}), f.get("rank"))
     return EditEvidence(sorted(layers), tensors, components, findings, scan_id, doc.get("session_id"), source,
-                        (doc.get("base") or {}).get("path"), edit_readings(doc))
+                        (doc.get("base") or {}).get("path"), edit_readings(doc), uncertain_readings(doc))
 
 
 def stored_evidence(store, suspect_fingerprint: str, base_fingerprint: str | None = None) -> EditEvidence | None:

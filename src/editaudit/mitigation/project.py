@@ -40,6 +40,18 @@ are no longer the ones MEMIT wrote. The base is never needed; C comes from the c
 (``editing/covariance.py``) and should be the editor's (same corpus and token budget): the directions
 C⁻¹k match the edit's only as far as C does. AlphaEdit's update has its rows in span(PK) instead (P its
 null-space projector): ``directions="null"`` or ``"both"``.
+
+The **low-half sweep** (``low_rank = r``) needs no subject at all. An edit's input directions C⁻¹k (ROME, MEMIT)
+or PK (AlphaEdit) lie mostly in C's low-energy eigen-directions, where a trained W has little action (its
+gradients δkᵀ come from keys, which have little energy there); the no-base scan finds edits by the outliers
+of σ(W Q), Q that half (``scan/nobase.py``). After the subjects' solve, each edited matrix loses its action on
+the top r right singular directions of W Q:
+
+    W' = W − (W D) Dᵀ,   D = Q V_r,   W Q = U Σ Vᵀ
+
+This takes what the recovered keys missed of the edit — all of an AlphaEdit edit, which lives in that half —
+and on the development suspects also undid the collateral damage of a disabling ROME edit; a layer with no
+subject read gets the sweep alone. The edit's part in C's high-energy half stays; that is the keys' job.
 """
 
 from __future__ import annotations
@@ -110,6 +122,7 @@ class LayerReport:
     directions: int      # rank of the change (independent directions C⁻¹k)
     weight_change: float  # ‖ΔW‖ / ‖W‖
     text_change: float   # √(tr ΔW C ΔWᵀ / tr W C Wᵀ): how much ordinary text's outputs move
+    swept: int = 0       # rank of the low-half sweep (0: none)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,6 +168,19 @@ def edit_directions(C: torch.Tensor, K: torch.Tensor, directions: str = "ckey",
     U = U / U.norm(dim=0, keepdim=True).clamp_min(1e-300)
     B, s, _ = torch.linalg.svd(U, full_matrices=False)
     return B[:, s > RANK_TOL * s.max()]
+
+
+def low_half_sweep(W: torch.Tensor, C: torch.Tensor, rank: int) -> torch.Tensor:
+    """ΔW [out, in] (float64) = −(W D) Dᵀ, D the top ``rank`` right singular directions of W restricted to C's
+    low-energy half of eigen-directions (see the module docstring)."""
+    from ..scan.nobase import KeyEig
+
+    Wd = W.to(torch.float64)
+    low = KeyEig.of(C.to(torch.float64)).low
+    rank = min(rank, low.shape[1])
+    _, _, Vh = torch.linalg.svd(Wd @ low, full_matrices=False)
+    D = low @ Vh[:rank].T
+    return -(Wd @ D) @ D.T
 
 
 def solve_layer(W: torch.Tensor, K: torch.Tensor, C: torch.Tensor, target: str = "project",
@@ -262,7 +288,7 @@ def erase_by_projection(model, tokenizer, targets: Mapping[int, Sequence[EraseSu
                         key_mode: str = "auto", directions: str = "ckey", nullspace_rel: float = 0.5,
                         contexts: list[str] | None = None, rekey: bool = False,
                         texts: Sequence[str] | None = None, text_seq_len: int = 256, subject_alone: bool = True,
-                        answers: bool = True,
+                        answers: bool = True, low_rank: int | Mapping[int, int] = 0,
                         progress: Progress = ignore) -> ProjectionResult:
     """Erase the edits of ``targets`` ({layer: subjects}) from ``model`` in place; see the module docstring.
 
@@ -277,6 +303,8 @@ def erase_by_projection(model, tokenizer, targets: Mapping[int, Sequence[EraseSu
     its own as one more prompt of every subject that has prompts. Returns the new weights and, per
     subject, its ``gain``: ‖W u‖ for u ∝ C⁻¹k̄ over W's RMS gain ‖W‖_F/√d_in — where an edit was written
     for that key, it stands out (a rough, base-free check of a reading) — and its answers before and after.
+    ``low_rank`` > 0 adds the low-half sweep of that rank to every layer of ``targets`` (see the module
+    docstring), or ``{layer: rank}`` to the layers named; a layer whose subject list is empty gets the sweep alone.
     ``progress`` receives typed events (editaudit.progress): the stage ``re-solving layers``, a Step per layer.
     """
     import time
@@ -288,7 +316,12 @@ def erase_by_projection(model, tokenizer, targets: Mapping[int, Sequence[EraseSu
         raise BadInput(f"directions must be one of {', '.join(DIRECTIONS)}, not {directions!r}")
     if key_mode not in KEY_MODES:
         raise BadInput(f"key_mode must be one of {', '.join(KEY_MODES)}, not {key_mode!r}")
-    plan = {int(layer): [_with_alone(s, subject_alone) for s in subs] for layer, subs in targets.items() if subs}
+    ranks = {int(layer): int(low_rank.get(layer, 0)) for layer in targets} if isinstance(low_rank, Mapping) else \
+        {int(layer): int(low_rank) for layer in targets}
+    if any(r < 0 for r in ranks.values()):
+        raise BadInput(f"low_rank must be 0 or more, not {low_rank}")
+    plan = {int(layer): [_with_alone(s, subject_alone) for s in subs] for layer, subs in targets.items()
+            if subs or ranks[int(layer)]}
     if not plan:
         raise BadInput("no subjects to erase")
     layout = layout or layout_for(model)
@@ -306,7 +339,9 @@ def erase_by_projection(model, tokenizer, targets: Mapping[int, Sequence[EraseSu
     keys: dict[int, tuple[torch.Tensor, list[int]]] = {}
     if not rekey:  # every layer's keys as the edit saw them: on the suspect, before any change
         for layer in layers:
-            keys[layer] = _subject_keys(model, tokenizer, layout.rewrite_name(layer), plan[layer], contexts, key_mode)
+            if plan[layer]:
+                keys[layer] = _subject_keys(model, tokenizer, layout.rewrite_name(layer), plan[layer], contexts,
+                                            key_mode)
     tensors: dict[str, torch.Tensor] = {}
     layer_reports: list[LayerReport] = []
     subject_reports: list[SubjectReport] = []
@@ -315,34 +350,42 @@ def erase_by_projection(model, tokenizer, targets: Mapping[int, Sequence[EraseSu
         progress(Step(STAGE, n, len(layers)))
         name = layout.rewrite_name(layer)
         module = model.get_submodule(name)
-        K, owner = keys[layer] if not rekey else _subject_keys(model, tokenizer, name, plan[layer], contexts, key_mode)
         W = weight_out_in(module).detach().to("cpu", torch.float64)
         C = cov_for_layer(layer).to("cpu", torch.float64)
         if C.shape != (W.shape[1], W.shape[1]):
             raise BadInput(f"layer {layer}: key statistics of shape {tuple(C.shape)} do not fit {name} "
                            f"(input width {W.shape[1]})")
-        m = None
-        if target == "mean":
-            from ..editing import corpus as corpus_mod
+        delta = torch.zeros_like(W)
+        n_dirs = 0
+        if plan[layer]:
+            K, owner = keys[layer] if not rekey else _subject_keys(model, tokenizer, name, plan[layer], contexts,
+                                                                   key_mode)
+            m = None
+            if target == "mean":
+                from ..editing import corpus as corpus_mod
 
-            m = mean_output(model, tokenizer, name, texts if texts is not None else corpus_mod.texts(),
-                            seq_len=text_seq_len)
-        delta, B = solve_layer(W, K, C, target, m, directions, nullspace_rel)
-        Kd = K.to(torch.float64)
-        out_before = Kd @ W.T                                    # [n, out]
-        rms_gain = float(W.norm()) / W.shape[1] ** 0.5
-        change = (Kd @ delta.T).norm(dim=1) / out_before.norm(dim=1).clamp_min(1e-30)
+                m = mean_output(model, tokenizer, name, texts if texts is not None else corpus_mod.texts(),
+                                seq_len=text_seq_len)
+            delta, B = solve_layer(W, K, C, target, m, directions, nullspace_rel)
+            n_dirs = int(B.shape[1])
+            Kd = K.to(torch.float64)
+            out_before = Kd @ W.T                                    # [n, out]
+            rms_gain = float(W.norm()) / W.shape[1] ** 0.5
+            change = (Kd @ delta.T).norm(dim=1) / out_before.norm(dim=1).clamp_min(1e-30)
+            for i, s in enumerate(plan[layer]):
+                rows = [j for j, o in enumerate(owner) if o == i]
+                u = solve_psd(C, Kd[rows].mean(0))
+                gain = float((W @ (u / u.norm().clamp_min(1e-300))).norm()) / max(rms_gain, 1e-30)
+                subject_reports.append(SubjectReport(
+                    s.subject, layer, list(s.prompts), len(rows), round(gain, 3), round(float(change[rows].mean()), 4)))
+        swept = ranks.get(layer, 0)
+        if swept:
+            delta = delta + low_half_sweep(W + delta, C, swept)
         text_change = float(torch.sqrt(torch.trace(delta @ C @ delta.T) / torch.trace(W @ C @ W.T).clamp_min(1e-30)))
         add_delta(module, delta.to(torch.float32))
         param = f"{name}.weight"
         tensors[param] = module.weight.detach().to("cpu", torch.float32).clone()
-        layer_reports.append(LayerReport(layer, param, int(B.shape[1]), float(delta.norm() / W.norm()), text_change))
-        for i, s in enumerate(plan[layer]):
-            rows = [j for j, o in enumerate(owner) if o == i]
-            u = solve_psd(C, Kd[rows].mean(0))
-            gain = float((W @ (u / u.norm().clamp_min(1e-300))).norm()) / max(rms_gain, 1e-30)
-            subject_reports.append(SubjectReport(
-                s.subject, layer, list(s.prompts), len(rows), round(gain, 3), round(float(change[rows].mean()), 4)))
+        layer_reports.append(LayerReport(layer, param, n_dirs, float(delta.norm() / W.norm()), text_change, swept))
     progress(Step(STAGE, len(layers), len(layers)))
     after = _answers(model, tokenizer, all_subjects) if answers else [[] for _ in all_subjects]
     index = {s.subject: i for i, s in enumerate(all_subjects)}
@@ -378,16 +421,20 @@ def _add(plan: dict[int, list[EraseSubject]], layer: int, subject: str, prompt: 
         found.prompts.append(prompt)
 
 
-def targets_from_readings(readings: Sequence[dict]) -> tuple[dict[int, list[EraseSubject]], list[str]]:
+def targets_from_readings(readings: Sequence[dict], uncertain: Sequence[dict] = ()
+                          ) -> tuple[dict[int, list[EraseSubject]], list[str]]:
     """{layer: subjects} from the scan's edit readings (``evidence.edit_readings``), and notes.
 
     A reading is written back into every MLP output matrix of its finding (a MEMIT edit spans several
     layers); tensors of other kinds in a finding are named in the notes and left alone. A prompt that
-    does not contain its subject is dropped (the subject alone is read instead).
+    does not contain its subject is dropped (the subject alone is read instead). The text the subject search
+    recovered whole (``found``, when the reading kept a shorter suffix of it) is added on its own: it is the
+    text whose key fired. ``uncertain`` readings (``evidence.uncertain_readings``: no object read, but a subject
+    that fires the edit) add their texts alone, without a prompt.
     """
     plan: dict[int, list[EraseSubject]] = {}
     notes: list[str] = []
-    for r in readings:
+    for r in [*readings, *({**u, "prompt": None} for u in uncertain)]:
         subject = str(r.get("subject") or "").strip()
         if not subject:
             continue
@@ -404,8 +451,11 @@ def targets_from_readings(readings: Sequence[dict]) -> tuple[dict[int, list[Eras
             notes.append(f"reading of {subject!r}: its prompt {prompt!r} does not contain it; "
                          "the subject alone is read")
             prompt = None
+        found = str(r.get("found") or "").strip()
         for layer in sorted(layers):
             _add(plan, layer, subject, prompt)
+            if found and found != subject:
+                _add(plan, layer, found, None)
     return plan, notes
 
 

@@ -43,6 +43,7 @@ class Reading:
     layer: int | None = None
     tensor: str | None = None
     also: list[dict] = field(default_factory=list)  # other prompts the edit moves, to other answers (side effects)
+    found: str = ""      # the text the subject search recovered, whole (``subject`` may be a shorter suffix of it)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -136,6 +137,7 @@ def read_edits(base: Any, suspect: Any, tokenizer: Any, subjects: list[Subject],
             reads = [read_subject(base, suspect, tokenizer, Subject(f, s.ids, s.fire, s.key), layer=layer, tensor=tensor)
                      for f in forms]
         best = max(reads, key=lambda r: (r.status == "edit", r.confidence))
+        best.found = s.text
         out.append(best)
     progress(len(subjects), len(subjects))
     return out
