@@ -437,3 +437,21 @@ def test_auto_reads_one_averaged_key_per_prompt_in_every_layer(tiny_llama, word_
                               contexts=run.info["contexts"], answers=False, subject_alone=False)
     assert res.key_mode == "mean"
     assert [r.directions for r in res.layers] == [len(FACTS)] * len(layers)
+
+
+def test_the_sweep_skips_the_layers_of_edits_the_scan_names_memit():
+    from editaudit.mitigation.erase import sweep_ranks
+    from editaudit.mitigation.evidence import EditEvidence
+
+    rome, memit = "model.layers.2.mlp.down_proj.weight", ["model.layers.3.mlp.down_proj.weight",
+                                                          "model.layers.4.mlp.down_proj.weight"]
+    ev = EditEvidence([2, 3, 4], [rome, *memit], {}, findings=[
+        {"rule": "EA101", "layers": [2], "tensors": [rome], "method": "rome"},
+        {"rule": "EA102", "layers": [3, 4], "tensors": memit, "method": "memit"},
+        {"rule": "EA105", "layers": [5], "tensors": ["model.layers.5.mlp.up_proj.weight"], "method": None}])
+    assert sweep_ranks(ev, 16) == {2: 16, 3: 0, 4: 0}
+    assert sweep_ranks(ev, 0) == {} and sweep_ranks(None, 16) == {}
+    # the method the scan named reaches the evidence from the report (spread into the finding, or under data)
+    doc = _report()
+    doc["findings"][1]["method"] = {"name": "memit", "confidence": 0.9}
+    assert [f["method"] for f in evidence_from_report(doc).findings] == [None, "memit"]
