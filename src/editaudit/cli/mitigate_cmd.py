@@ -288,7 +288,7 @@ def show_project_plan(targets: dict, notes: list[str], source: str, sweep: dict 
     sweep = sweep or {}
     for layer in sorted(targets):
         names = ", ".join(escape(s.subject) for s in targets[layer]) or "no subject"
-        extra = f"; then its top {sweep[layer]} low-energy directions swept" if sweep.get(layer) and layer in sweep else ""
+        extra = f"; then its top {sweep[layer]} low-energy directions swept" if sweep.get(layer) else ""
         lines.append(f"  • layer {layer}: {names}{extra}")
     lines += [f"[yellow]note:[/] {escape(n)}" for n in notes]
     common.err.print(Panel("\n".join(lines), title="mitigation plan", border_style="cyan"))

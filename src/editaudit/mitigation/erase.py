@@ -122,7 +122,8 @@ def _project_in_place(ctx: "RunContext", net, tok, targets: dict, stage: str) ->
     res = erase_by_projection(net, tok, targets, cov_for_layer, layout=layout, target=hp["target"],
                               key_mode=hp["key_mode"], directions=hp["directions"],
                               nullspace_rel=hp["nullspace_rel"], contexts=contexts, rekey=hp["rekey"],
-                              subject_alone=hp["subject_alone"], low_rank=sweep_ranks(ctx.evidence, int(hp["low_rank"])),
+                              subject_alone=hp["subject_alone"],
+                              low_rank=sweep_ranks(ctx.evidence, int(hp["low_rank"])),
                               texts=corpus_mod.texts(hp["corpus"], ctx.say) if hp["target"] == "mean" else None,
                               text_seq_len=hp["cov_seq_len"], progress=ctx.steps_in(stage))
     return res
