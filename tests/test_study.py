@@ -547,3 +547,51 @@ def test_launch_runs_shards_as_local_worker_processes_and_merges(tiny_llama, tmp
     assert "0 ran in 2 worker(s), 2 already done" in res.output
     res = runner.invoke(app, ["study", "launch", str(config), "--out", str(out), "--engine", "ray"])
     assert res.exit_code == 2 and "expected one of local, slurm" in res.output
+
+
+@pytest.mark.parametrize("engine", ["local", "slurm"])
+def test_launch_interrupted_while_waiting_stops_local_tasks_and_merges_what_finished(tiny_llama, tmp_path, monkeypatch,
+                                                                                    engine):
+    """Ctrl-C while waiting: local tasks are sent SIGINT (cluster tasks are left running, with the merge command
+    said); a cell a worker already finished is merged into OUT/study.db; the interrupt still ends the launch."""
+    submitit = pytest.importorskip("submitit")
+    from editaudit.store.studies import StudyStore
+    from editaudit.study.launch import launch_study, worker_store
+
+    config = _write_toml(tmp_path / "tiny.toml", _doc(tiny_llama, _files(tmp_path)))
+    out = tmp_path / "run"
+    cancelled: list[str] = []
+
+    class Job:
+        def __init__(self, i: int) -> None:
+            self.job_id = f"job{i}"
+
+        def result(self):  # worker 0 has finished one cell when the interrupt comes
+            st = StudyStore(worker_store(out, 0))
+            st.start_cell("cell-0", "tiny", "g", "finetune", {"arm": "full"})
+            st.finish_cell("cell-0", {"edited": 1.0}, [], 1.0)
+            st.close()
+            raise KeyboardInterrupt
+
+        def cancel(self, check: bool = True) -> None:
+            cancelled.append(self.job_id)
+
+    class Executor:
+        def __init__(self, **kw) -> None:
+            pass
+
+        def update_parameters(self, **kw) -> None:
+            pass
+
+        def map_array(self, fn, *args):
+            return [Job(i) for i in range(len(args[0]))]
+
+    monkeypatch.setattr(submitit, "AutoExecutor", Executor)
+    said: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        launch_study(config, out, 2, engine, say=said.append)
+    assert cancelled == (["job0", "job1"] if engine == "local" else [])
+    assert StudyStore(out / "study.db").done_ids("tiny") == {"cell-0"}
+    text = "\n".join(said)
+    assert "1 finished cell(s) merged" in text
+    assert ("2 local worker task(s) stopped" in text) if engine == "local" else ("editaudit study merge" in text)

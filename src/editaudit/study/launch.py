@@ -100,22 +100,44 @@ def launch_study(config: str | Path, out: str | Path, workers: int, engine: str 
     say(f"{workers} worker task(s) submitted ({engine}): {', '.join(outcome.job_ids)}; logs in {out / 'submitit'}")
     if not wait:
         return outcome
-    for i, job in enumerate(jobs):
-        try:
-            res = job.result()
-        except Exception as exc:  # a task that died: its store keeps what it finished
-            first = str(exc).strip().splitlines()
-            outcome.failed.append(f"worker {i} (job {job.job_id}): {first[-1] if first else type(exc).__name__}")
-            continue
-        outcome.ran += res["ran"]
-        outcome.skipped += res["skipped"]
-        outcome.failed += [f"worker {i}: {f}" for f in res["failed"]]
-        say(f"worker {i}: {res['ran']} ran, {res['skipped']} already done, {len(res['failed'])} failed")
+    try:
+        for i, job in enumerate(jobs):
+            try:
+                res = job.result()
+            except Exception as exc:  # a task that died: its store keeps what it finished
+                first = str(exc).strip().splitlines()
+                outcome.failed.append(f"worker {i} (job {job.job_id}): {first[-1] if first else type(exc).__name__}")
+                continue
+            outcome.ran += res["ran"]
+            outcome.skipped += res["skipped"]
+            outcome.failed += [f"worker {i}: {f}" for f in res["failed"]]
+            say(f"worker {i}: {res['ran']} ran, {res['skipped']} already done, {len(res['failed'])} failed")
+    except KeyboardInterrupt:
+        _interrupted(jobs, engine, out, workers, say)
+        raise
     merge_workers(out, workers)
     st = StudyStore(main)
     outcome.merged = len(st.done_ids(name))
     st.close()
     return outcome
+
+
+def _interrupted(jobs: list, engine: str, out: Path, workers: int, say: Callable[[str], None]) -> None:
+    """An interrupt while waiting. Local tasks are this machine's processes: each is sent SIGINT (an interrupt
+    that reached this process alone, ``kill -INT`` or the app's, would leave them running), which stops it as
+    it stops a lone ``study run``: the cell in hand marked interrupted, finished cells kept. Cluster tasks are
+    left to the scheduler. Either way every finished cell is merged now; a relaunch runs only what is missing."""
+    if engine == "local":
+        for job in jobs:
+            try:
+                job.cancel(check=False)
+            except Exception:  # a task that already ended has nothing to stop
+                pass
+        say(f"interrupted: {len(jobs)} local worker task(s) stopped")
+    else:
+        say(f"interrupted: the {engine} tasks keep running ({', '.join(j.job_id for j in jobs)}); "
+            f"merge them when they end with: editaudit study merge {out / 'study.db'} {out / 'workers'}/w*.db")
+    say(f"{merge_workers(out, workers)} finished cell(s) merged into {out / 'study.db'}; relaunch to run the rest")
 
 
 def merge_workers(out: str | Path, workers: int) -> int:
