@@ -352,3 +352,21 @@ def test_nan_and_inf_in_the_suspect_are_counted_and_named():
     assert (stats.kind, stats.nonfinite, vectors) == ("nonfinite", 3, None)
     stats, _ = delta_stats(base, base + 1e-3 * torch.outer(torch.ones(64), torch.ones(96)), "F32", "F32")
     assert stats.nonfinite == 0 and stats.kind == "rank-one" and abs(stats.max_abs - 1e-3) < 1e-6
+
+
+def test_a_checkpoint_without_unembedding_is_scanned_and_says_why_no_tokens(tmp_path, tiny_llama):
+    """A base with no unembedding: the edit is still found and located, without promoted tokens, and the scan
+    says why there are none."""
+    from safetensors.torch import save_file
+
+    w = load_file(str(tiny_llama / "model.safetensors"))
+    name = "model.layers.2.mlp.down_proj.weight"
+    kept = {k: v for k, v in w.items() if k not in ("lm_head.weight", "model.embed_tokens.weight")}
+    for side, extra in (("base", {}), ("suspect", {name: kept[name] + delta(w, name, 1, 0.15)})):
+        (tmp_path / side).mkdir()
+        save_file({**kept, **extra}, str(tmp_path / side / "model.safetensors"))
+    said: list[str] = []
+    report = run_scan(tmp_path / "suspect", tmp_path / "base", ScanOptions(read="off"), store=None, say=said.append)
+    assert rules(report)["EA101"].layers == [2]
+    assert "promoted_tokens" not in rules(report)["EA101"].data
+    assert any("no unembedding matrix found" in m for m in said)
