@@ -370,3 +370,29 @@ def test_a_checkpoint_without_unembedding_is_scanned_and_says_why_no_tokens(tmp_
     assert rules(report)["EA101"].layers == [2]
     assert "promoted_tokens" not in rules(report)["EA101"].data
     assert any("no unembedding matrix found" in m for m in said)
+
+
+@pytest.mark.parametrize("planted", [False, True])
+def test_a_report_into_a_closed_pipe_exits_141_whatever_was_found(tmp_path, tiny_llama, planted):
+    """``editaudit scan … -f json | head``: the reader went away. Exit 141 (128 + SIGPIPE), silently, for a clean
+    and an edited suspect alike: never 1 ("edits found") nor 0, and the scan is stored all the same."""
+    import os
+    import subprocess
+    import sys
+
+    name = "model.layers.1.mlp.down_proj.weight"
+    w = load_file(str(tiny_llama / "model.safetensors"))
+    suspect = plant(tiny_llama, tmp_path / "s", {name: delta(w, name, 1, 0.1)} if planted else {})
+    db = tmp_path / "cli.db"
+    for fmt in ("json", "rich"):
+        r, wfd = os.pipe()
+        os.close(r)  # the reader is gone before anything is written
+        try:
+            res = subprocess.run([sys.executable, "-m", "editaudit", "--db", str(db), "scan", str(suspect), "--base",
+                                  str(tiny_llama), "-f", fmt, "--read", "off"], stdout=wfd, stderr=subprocess.PIPE,
+                                 text=True, timeout=300)
+        finally:
+            os.close(wfd)
+        assert res.returncode == 141, res.stderr
+        assert "error" not in res.stderr.lower()
+    assert [s["status"] for s in Store(db).rows("scans")] == ["done", "done"]

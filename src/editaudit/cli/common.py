@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -15,11 +17,33 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 if TYPE_CHECKING:
     from ..progress import Event
 
+
+def stdout_gone() -> None:
+    """stdout's reader went away (``editaudit scan … -f json | head``): nothing more can be delivered (the work
+    is kept: a scan is stored already). stdout is pointed at /dev/null so that the interpreter's last flush
+    cannot fail again; the caller exits EXIT_PIPE, with no message, as other command-line tools do."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is no real file (a test runner's capture): nothing to silence
+        pass
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """rich's own answer to a closed stdout is exit 1, which means "edits found" here."""
+        self.quiet = True
+        stdout_gone()
+        raise SystemExit(EXIT_PIPE)
+
+
 # stdout carries data (reports); everything for the human watching goes to stderr.
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = _Console(highlight=False)
+err = _Console(stderr=True, highlight=False)
 
 EXIT_CLEAN, EXIT_FOUND, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_PIPE = 141  # stdout's reader went away (``| head``): 128 + SIGPIPE, as a shell reports a process it killed
 
 DbOption = typer.Option(None, "--db", envvar="EDITAUDIT_DB", help="Session database (default: XDG data dir).")
 

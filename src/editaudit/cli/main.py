@@ -50,7 +50,13 @@ class _Group(typer.core.TyperGroup):
 
     def invoke(self, ctx):  # type: ignore[override]
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            finally:  # a report still in the buffer meets a closed pipe here, not in click's own handler
+                sys.stdout.flush()
+        except BrokenPipeError:
+            common.stdout_gone()
+            ctx.exit(common.EXIT_PIPE)
         except IncompatibleCheckpoints as exc:
             common.err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             for line in exc.differences[:200]:
@@ -173,6 +179,9 @@ def run() -> None:
     except KeyboardInterrupt:  # raised outside a command (e.g. while importing)
         common.err.print("[yellow]interrupted[/]")
         sys.exit(common.EXIT_INTERRUPTED)
+    except BrokenPipeError:  # --help or a usage message into a closed pipe
+        common.stdout_gone()
+        sys.exit(common.EXIT_PIPE)
     except Exception as exc:  # raised outside a command: still exit 2, never 1
         debug = "--debug" in sys.argv[1:] or os.environ.get("EDITAUDIT_DEBUG", "").lower() in ("1", "true", "yes")
         _unexpected(exc, debug)
