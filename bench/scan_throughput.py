@@ -13,8 +13,10 @@ peak RSS is per arm), with the same cache state before every arm:
   cached    the same scan again, the base's digests now in the store (the base is not read)
 
 cold: every shard of both sides is dropped from the page cache (posix_fadvise DONTNEED) before
-each arm; warm: every shard is read once before each arm. Each arm runs --repeat times; the
-fastest run is kept. Times are measured inside the subprocess, after its imports.
+each arm; warm: every shard is read once before each arm. The arms run in rounds (each arm once per
+round, --repeat rounds); each arm's fastest run is kept, and each round's scan is also set against
+that round's raw read (the paired ratios: robust to a disk whose speed drifts between rounds).
+Times are measured inside the subprocess, after its imports.
 
 --profile runs one more scan per size under py-spy and sums its samples by phase.
 
@@ -31,6 +33,7 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -201,23 +204,28 @@ def run_arm(arm: str, root: Path, db: Path, extra: str = "") -> dict:
 
 
 def measure(root: Path, state: str, repeat: int) -> dict:
+    """Every arm once per round, rounds repeated: the arms of a round run minutes apart at most, so a disk whose
+    speed drifts (a shared virtual disk's cold reads varied 3× between consecutive runs) meets them alike. Each
+    arm's fastest run is kept, and each round's scan is also set against that round's raw reads (``paired``)."""
     db = root / "bench.db"
 
     def fresh_db() -> None:
         for suffix in ("", "-wal", "-shm"):
             Path(str(db) + suffix).unlink(missing_ok=True)
 
-    def best(arm: str, extra: str = "", before=lambda: None) -> dict:
-        runs = []
-        for _ in range(repeat):
-            before()
+    runs: dict[str, list[dict]] = {"read-1thread": [], "read-2threads": [], "scan": [], "cached": []}
+    for _ in range(repeat):
+        for arm, extra, before in (("read-1thread", "1", None), ("read-2threads", "2", None), ("scan", "", fresh_db),
+                                   ("cached", "", None)):  # cached: the store now holds the base's digests
+            if before is not None:
+                before()
             set_cache(root, state)
-            runs.append(run_arm(arm, root, db, extra))
-        return min(runs, key=lambda r: r["seconds"])
-
-    rows = {"read-1thread": best("read", "1"), "read-2threads": best("read", "2")}
-    rows["scan"] = best("scan", before=fresh_db)
-    rows["cached"] = best("scan")  # the store now holds the base's digests
+            runs[arm].append(run_arm("scan" if arm in ("scan", "cached") else "read", root, db, extra))
+    rows = {arm: dict(min(rs, key=lambda r: r["seconds"]), all_seconds=[round(r["seconds"], 2) for r in rs])
+            for arm, rs in runs.items()}
+    paired = sorted(min(a["seconds"], b["seconds"]) / s["seconds"]
+                    for a, b, s in zip(runs["read-1thread"], runs["read-2threads"], runs["scan"]))
+    rows["scan"]["paired_ratios"] = [round(x, 2) for x in paired]
     return rows
 
 
@@ -271,6 +279,10 @@ def report(info: dict, state: str, rows: dict) -> list[str]:
     scan = rows["scan"]
     t = scan["timings"]
     lines.append(f"ratio = {ref_name} seconds / arm seconds (the 'cached' arm reads one side only)")
+    paired = scan["paired_ratios"]
+    lines.append(f"paired (each round's scan against the faster raw read of the same round), {len(paired)} round(s): "
+                 f"median {statistics.median(paired):.2f}, range {paired[0]:.2f}–{paired[-1]:.2f}; seconds per round: "
+                 + "; ".join(f"{name} {' '.join(str(x) for x in r['all_seconds'])}" for name, r in rows.items()))
     lines.append(f"scan: reading+digests {t['compare_s']:.2f}s, float work on {len(scan['changed'])} changed "
                  f"tensor(s) {t['analyse_busy_s']:.2f}s of which {t['analyse_s']:.2f}s after reading ended, "
                  f"promoted tokens {t['read_s']:.2f}s")
@@ -288,7 +300,8 @@ def main() -> None:
     ap.add_argument("--warm-max-gb", type=float, default=4.0, help="skip warm runs above this size per side "
                     "(both sides must fit in the page cache)")
     ap.add_argument("--edits", type=int, default=3, help="rank-one edits (distinct layers, spread out)")
-    ap.add_argument("--repeat", type=int, default=2, help="runs per arm; the fastest is kept")
+    ap.add_argument("--repeat", type=int, default=2, help="rounds (every arm once per round); each arm's fastest "
+                    "run is kept and each round's scan/read ratio reported")
     ap.add_argument("--keep", type=Path, help="build under (or reuse) this folder and keep it")
     ap.add_argument("--profile", action="store_true", help="also run one scan per size under py-spy")
     ap.add_argument("--out", type=Path, help="write the text here and the figures next to it as .json")
