@@ -360,3 +360,24 @@ def test_a_disabling_rome_edit_is_named(tiny_llama, monkeypatch):
     run = apply_edits(lm, [FACTS[0]], "rome", layers=[2], hparams=FAST, evaluate=False, say=said.append)
     assert run.info["disabling"] == ["f1"] and any("disabling edit" in s for s in said)
     run.restore()
+
+
+def test_edit_table_fits_an_80_column_terminal(monkeypatch):
+    """The result table in an 80-column terminal: every column whole (the right border drawn), subjects unbroken."""
+    from rich.console import Console
+
+    from editaudit.cli import common, edit_cmd
+
+    console = Console(width=80, record=True, highlight=False)
+    monkeypatch.setattr(common, "out", console)
+    rows = [dict(prompt=f"{s} is located in the country of", subject=s, target_true=t, target_new=n, before=t, after=n,
+                 success=True, paraphrase_success=0.5, neighbourhood_unchanged=1.0, seconds=44.5)
+            for s, t, n in [("Stonehenge", "England", "Peru"), ("Angkor Wat", "Cambodia", "Mexico")]]
+    doc = dict(method="rome", mode="sequential", layers=[4], results=rows, stats={}, out=None, tensors=[],
+               summary=dict(facts=2, success=1.0, paraphrase=0.5, neighbourhood=1.0, seconds_per_fact=44.5))
+    edit_cmd.render(doc)
+    lines = console.export_text().splitlines()
+    table = [line for line in lines if line[:1] in "┏┃┡│└"]
+    assert table and all(len(line) <= 80 and line.rstrip()[-1] in "┓┃┩│┘" for line in table)
+    assert any("Stonehenge" in line for line in table) and any("Angkor Wat" in line for line in table)
+    assert any("44.5" in line for line in table)

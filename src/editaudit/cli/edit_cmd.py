@@ -122,9 +122,13 @@ def _pct(x) -> str:
 def render(doc: dict, evaluated: bool = True) -> None:
     layers = doc["layers"]
     where = f"layer {layers[0]}" if len(layers) == 1 else f"layers {layers[0]}–{layers[-1]}"
-    table = Table(title=f"{doc['method'].upper()} · {doc['mode']} · {where}", title_justify="left")
-    for col in ("fact", "true → new", "answer before → after", "took", "paraphrases", "neighbours kept", "seconds"):
-        table.add_column(col)
+    table = Table(title=f"{doc['method'].upper()} · {doc['mode']} · {where}", title_justify="left", pad_edge=False)
+    # the prompt takes what the short columns leave: in an 80-column terminal it would otherwise wrap word by word
+    table.add_column("fact", min_width=14)
+    table.add_column("true → new")
+    table.add_column("before → after")
+    for col in ("took", "para.", "neighb.", "s"):
+        table.add_column(col, no_wrap=True, justify="right")
     for r in doc["results"]:
         took = ("[green]yes[/]" if r["success"] else "[red]no[/]") if evaluated else "-"
         table.add_row(
@@ -133,6 +137,7 @@ def render(doc: dict, evaluated: bool = True) -> None:
             took, _pct(r["paraphrase_success"]), _pct(r["neighbourhood_unchanged"]), f"{r['seconds']:.1f}",
         )
     common.out.print(table)
+    common.out.print("[dim]para.: paraphrases stating the new answer · neighb.: neighbour facts kept · s: seconds[/]")
     s = doc["summary"]
     line = f"{s['facts']} fact(s) · edit took {_pct(s['success'])}"
     if s["paraphrase"] is not None:
