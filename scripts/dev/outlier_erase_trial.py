@@ -22,10 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
+from erase_trial_bench import load_bench, outcome, suspect
 
 
 def main() -> int:
@@ -37,84 +34,50 @@ def main() -> int:
     ap.add_argument("--layers", default="known,flagged")
     ap.add_argument("--ranks", default="", help="also: the top N low-half components of each known layer, N in this list")
     args = ap.parse_args()
-    torch.set_num_threads(2)
-
     from editaudit.editing.covariance import weights_key
-    from editaudit.editing.layers import layout_for
-    from editaudit.models.loading import load_model
-    from editaudit.models.registry import ensure_model
-    from editaudit.probing.evaluate import retention
-    from editaudit.probing.format import load_probes
-    from editaudit.probing.sets import load_set, round_robin
+    from editaudit.mitigation.project import low_half_sweep
     from editaudit.scan.nobase import layer_spectra
 
-    lm = load_model(ensure_model("smollm2-135m"))
-    net, tok = lm.model, lm.tokenizer
-    for p in net.parameters():
-        p.requires_grad_(False)
-    layout = layout_for(net)
+    b = load_bench(args.facts)
+    net, tok, layout = b.net, b.tok, b.layout
     modules = {layer: layout.rewrite_name(layer) for layer in range(layout.n_layers)}
-    neighbours = round_robin(load_probes(args.facts))[35:60]
-    intrinsic = load_set("smollm2-135m-intrinsic")
     taus = [float(x) for x in args.taus.split(",")]
     print(f"# python scripts/dev/outlier_erase_trial.py {' '.join(sys.argv[1:])}")
     for name in [s for s in args.suspects.split(",") if s]:
-        delta = torch.load(args.dir / f"{name}.pt", weights_only=True)
-        facts = load_probes(args.dir / f"{name}.jsonl")
-        orig = {k: net.get_parameter(k).detach().clone() for k in delta}
-        for k, d in delta.items():
-            net.get_parameter(k).add_(d)
-        t0 = time.perf_counter()
-        states = retention(net, tok, facts, target="new")
-        held = [f for f, ok in zip(facts, states) if ok]
-        intr0 = retention(net, tok, intrinsic).rate
-        neigh_ok = [f for f, ok in zip(neighbours, retention(net, tok, neighbours)) if ok]
-        known = sorted(int(k.split(".")[2]) for k in delta if k.endswith("down_proj.weight"))
-        wanted = modules if "flagged" in args.layers else {layer: modules[layer] for layer in known}
-        spectra, eigs = layer_spectra(net, tok, wanted, weights_key(net))
-        print(f"{name}: edited layers {known}, suspect states {len(held)}/{len(facts)}, intrinsic {intr0:.1%}, "
-              f"neighbours true {len(neigh_ok)}/{len(neighbours)}; s_1 per layer "
-              + " ".join(f"{s.layer}:{float(s.ratios[0]):.1f}" for s in spectra if float(s.ratios[0]) >= 3)
-              + f" [{time.perf_counter() - t0:.0f}s]")
-        for which in args.layers.split(","):
-            arms = [("tau", t) for t in taus] + ([("rank", int(x)) for x in args.ranks.split(",") if x]
-                                                 if which == "known" else [])
-            for kind, tau in arms:
-                saved = {}
-                removed = []
-                for s in spectra:
-                    if which == "known" and s.layer not in known:
-                        continue
-                    r = int((s.ratios >= tau).sum()) if kind == "tau" else int(tau)
-                    if which == "flagged" and r == 0:
-                        continue
-                    if r == 0:
-                        removed.append(f"{s.layer}:0")
-                        continue
-                    w = net.get_submodule(s.path).weight
-                    saved[s.path] = w.detach().clone()
-                    W = w.detach().double()
-                    if r <= s.in_dirs.shape[1]:
-                        D = s.in_dirs[:, :r].double()
-                    else:
-                        low = eigs[s.layer].low
-                        _, _, Vh = torch.linalg.svd(W @ low, full_matrices=False)
-                        D = low @ Vh[:r].T
-                    w.copy_((W - (W @ D) @ D.T).to(w.dtype))
-                    removed.append(f"{s.layer}:{r}")
-                after = retention(net, tok, held, target="new")
-                back = retention(net, tok, held)
-                erased = sum(not ok for ok in after)
-                true_back = sum((not ok) and tb for ok, tb in zip(after, back))
-                intr = retention(net, tok, intrinsic).rate
-                kept = retention(net, tok, neigh_ok).rate if neigh_ok else float("nan")
-                print(f"  {which:<8} {kind} {tau:>4}: removed {' '.join(removed) or '-':<28} erased {erased}/{len(held)}, "
-                      f"true back {true_back}, intrinsic {intr:.1%} ({(intr - intr0) * 100:+.1f} points), "
-                      f"neighbours kept {kept:.0%}", flush=True)
-                for path, w0 in saved.items():
-                    net.get_submodule(path).weight.copy_(w0)
-        for k, w0 in orig.items():
-            net.get_parameter(k).copy_(w0)
+        with suspect(b, args.dir, name) as sus:
+            t0 = time.perf_counter()
+            known = sus.layers
+            wanted = modules if "flagged" in args.layers else {layer: modules[layer] for layer in known}
+            spectra, eigs = layer_spectra(net, tok, wanted, weights_key(net))
+            print(f"{name}: edited layers {known}, suspect states {len(sus.held)}/{sus.facts}, intrinsic {sus.intr0:.1%}, "
+                  f"neighbours true {len(sus.neigh_ok)}/{len(b.neighbours)}; s_1 per layer "
+                  + " ".join(f"{s.layer}:{float(s.ratios[0]):.1f}" for s in spectra if float(s.ratios[0]) >= 3)
+                  + f" [{time.perf_counter() - t0:.0f}s]")
+            for which in args.layers.split(","):
+                arms = [("tau", t) for t in taus] + ([("rank", int(x)) for x in args.ranks.split(",") if x]
+                                                     if which == "known" else [])
+                for kind, tau in arms:
+                    saved = {}
+                    removed = []
+                    for s in spectra:
+                        if which == "known" and s.layer not in known:
+                            continue
+                        r = int((s.ratios >= tau).sum()) if kind == "tau" else int(tau)
+                        if which == "flagged" and r == 0:
+                            continue
+                        if r == 0:
+                            removed.append(f"{s.layer}:0")
+                            continue
+                        w = net.get_submodule(s.path).weight
+                        saved[s.path] = w.detach().clone()
+                        w.add_(low_half_sweep(w.detach(), eigs[s.layer].C, r).to(w.dtype))
+                        removed.append(f"{s.layer}:{r}")
+                    erased, true_back, intr, kept = outcome(b, sus)
+                    print(f"  {which:<8} {kind} {tau:>4}: removed {' '.join(removed) or '-':<28} "
+                          f"erased {len(erased)}/{len(sus.held)}, true back {true_back}, intrinsic {intr:.1%} "
+                          f"({(intr - sus.intr0) * 100:+.1f} points), neighbours kept {kept:.0%}", flush=True)
+                    for path, w0 in saved.items():
+                        net.get_submodule(path).weight.copy_(w0)
     return 0
 
 
