@@ -179,9 +179,6 @@ def run() -> None:
     except KeyboardInterrupt:  # raised outside a command (e.g. while importing)
         common.err.print("[yellow]interrupted[/]")
         sys.exit(common.EXIT_INTERRUPTED)
-    except BrokenPipeError:  # --help or a usage message into a closed pipe
-        common.stdout_gone()
-        sys.exit(common.EXIT_PIPE)
     except Exception as exc:  # raised outside a command: still exit 2, never 1
         debug = "--debug" in sys.argv[1:] or os.environ.get("EDITAUDIT_DEBUG", "").lower() in ("1", "true", "yes")
         _unexpected(exc, debug)
