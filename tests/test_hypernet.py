@@ -169,24 +169,73 @@ def test_scan_names_hypernetwork_edits():
     assert name_method("EA102", [27, 28, 29], 1)["name"] == "memit"  # depth unknown: no claim about the top
 
 
-def test_scan_does_not_search_subjects_for_a_hypernetwork_edit(tiny_llama, tmp_path, monkeypatch):
-    """A rank-one change of the last two layers' MLP outputs is named MEND and gets no subject search."""
+def test_scan_reads_a_hypernetwork_edit_by_the_prompt_whose_end_fires_it(tiny_llama, tmp_path, monkeypatch):
+    """A rank-one change of the last two layers keyed on a prompt's *end* (as MEND writes it) is named MEND and read
+    by a trigger search over whole prompts, not by the subject search; the prompt found fires the edit."""
+    from editaudit.models.loading import load_model
     from editaudit.scan import subjects
+    from editaudit.scan.keys import keys_of
     from editaudit.scan.service import ScanOptions, run_scan
+    from editaudit.scan.triggers import TRIGGER_MIN
+    from editaudit.scan.wording import open_reading
     from editaudit.testing import plant
 
     def refuse(*a, **k):
         raise AssertionError("the subject search ran on a hypernetwork edit")
 
     monkeypatch.setattr(subjects, "recover_subjects", refuse)
+    lm = load_model(tiny_llama)
+    tok = lm.tokenizer
+    prompt = tok("\n", add_special_tokens=False)["input_ids"] + \
+        tok("The Eiffel Tower is located in the city of", add_special_tokens=False)["input_ids"]
     g = torch.Generator().manual_seed(0)
     out_dir = torch.randn(64, generator=g)
-    deltas = {f"model.layers.{layer}.mlp.down_proj.weight": torch.outer(out_dir, torch.randn(128, generator=g)) * 0.05
-              for layer in (4, 5)}  # the last two of six layers
+    deltas = {}
+    for layer in (4, 5):  # the last two of six layers, each keyed on the prompt's last position there
+        path = f"model.layers.{layer}.mlp.down_proj"
+        k = keys_of(lm.model, [path], [prompt])[path][0]
+        deltas[f"{path}.weight"] = torch.outer(out_dir, k / k.norm() ** 2) * 2.0
     said: list[str] = []
     report = run_scan(plant(tiny_llama, tmp_path / "suspect", deltas), tiny_llama, ScanOptions(read="open"),
                       store=None, say=said.append)
     edits = [f for f in report.findings if f.rule == "EA102"]
-    assert len(edits) == 1 and edits[0].data["method"]["name"] == "mend" and edits[0].data["promoted_tokens"]
-    assert "readings" not in edits[0].data
+    assert len(edits) == 1 and edits[0].data["method"]["name"] == "mend"
+    readings = edits[0].data["readings"]
+    assert readings and readings[0]["relation"] == "trigger" and readings[0]["fire"] >= TRIGGER_MIN
+    assert readings[0]["prompt"] and readings[0]["subject"] == readings[0]["prompt"]
+    assert open_reading(readings[0]).startswith("trigger ")
     assert any("hypernetwork edit" in line for line in said)
+
+
+def test_trigger_climb_raises_the_fire_of_its_start(tiny_llama):
+    """The coordinate ascent over a whole prompt never ends below where it started, and climbs toward a planted
+    prompt-end key from a different template."""
+    from editaudit.models.loading import load_model
+    from editaudit.scan.keys import keys_of
+    from editaudit.scan.triggers import TriggerSearch
+
+    lm = load_model(tiny_llama)
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    tok = lm.tokenizer
+    path = "model.layers.4.mlp.down_proj"
+    nl = tok("\n", add_special_tokens=False)["input_ids"]
+    k = keys_of(lm.model, [path], [nl + tok("Mozart was born in", add_special_tokens=False)["input_ids"]])[path][0]
+    search = TriggerSearch(lm.model, tok, path, (k / k.norm())[:, None])
+    start = tok("it is owned by", add_special_tokens=False)["input_ids"]
+    before = float(search.search.exact([start])[0][0])
+    seq, fire = search.climb(start)
+    assert fire >= before and len(seq) == len(start)
+    assert fire > before + 0.01 or before > 0.99
+
+
+def test_trigger_answers_skip_leading_stop_words_and_repeats():
+    from editaudit.scan.triggers import _content
+    from editaudit.scan.wording import open_reading
+
+    assert _content("of Mexico") == "Mexico"
+    assert _content("chef chef chef chef") == "chef"
+    assert _content("the Republic of Peru") == "Republic of Peru"
+    line = open_reading({"relation": "trigger", "prompt": "Stonehenge lies in the country of", "after": "Japan",
+                         "before": "England", "status": "uncertain"})
+    assert line == "trigger 'Stonehenge lies in the country of' · Japan (was England) [uncertain]"

@@ -37,7 +37,8 @@ class Reading:
     prompt: str
     before: str          # the base's answer (whole words)
     after: str           # the suspect's answer
-    gain: float          # rise of the suspect's first answer token's probability over the base's
+    gain: float          # rise of the suspect's first answer token's probability over the base's (a trigger
+                         # reading, triggers.py: how many nats likelier the suspect makes its answer)
     confidence: float
     status: str          # "edit" | "uncertain"
     layer: int | None = None

@@ -398,12 +398,19 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
                             and by_name[t].name.layer is not None])]
     # a hypernetwork edit (MEND, MALMEN) writes the top layers from a key at the prompt's *end*, not a subject's:
     # no subject text fires it (0 of 30 subjects found on two held-apart sets, bench/results/open_reading_hypernet.txt
-    # and open_reading_v5_hypernet.txt, at 38–91 s a scan), so it is not searched; its promoted tokens stay reported
-    hyper = [f for f, _ in targets if f.data.get("method", {}).get("name") in ("mend", "malmen")]
-    if hyper:
-        say(f"{len(hyper)} hypernetwork edit(s) (layers {', '.join(str(f.layers) for f in hyper)}): no subject key to "
-            "search for; see their promoted tokens")
-        targets = [(f, c) for f, c in targets if f not in hyper]
+    # and open_reading_v5_hypernet.txt), so whole prompts are searched instead (triggers.py)
+    hyper = [(f, c) for f, c in targets if f.data.get("method", {}).get("name") in ("mend", "malmen")]
+    targets = [(f, c) for f, c in targets if all(f is not h for h, _ in hyper)]
+    for f, c in hyper:
+        from .triggers import read_triggers
+
+        _, _, in_dirs = output_input_sides(c.vectors, base_ck.family)
+        rank = c.stats.rank_above_noise if c.stats.kind == "low-rank" else 1
+        rank = max(1, min(int(rank or 1), in_dirs.shape[1], options.max_open_subjects))
+        say(f"reading {f.rule} at layers {f.layers} (hypernetwork edit): up to {rank} prompt(s) whose end fires it")
+        readings = read_triggers(base.model, suspect.model, base.tokenizer, c.name.module_path, in_dirs[:, :rank],
+                                 rank, c.name.layer, c.name.name, progress=lambda d, t: progress("trigger prompts", d, t))
+        f.data["readings"] = [r.to_dict() for r in readings]
     if targets:  # one pass of the vocabulary through the model for every edited layer not cached yet
         from .keys import vocab_keys
 
