@@ -286,3 +286,41 @@ def test_prefix_keys_refuse_a_cache_over_the_memory_limit(tiny_llama):
     lm = load_model(tiny_llama)
     with pytest.raises(ValueError, match="GiB"):
         PrefixKeys(lm.model, PATH, context_ids(lm.tokenizer), list(range(40, 140)), batch=32, max_bytes=1)
+
+
+def test_scaled_edit_scales_the_change_and_puts_the_weights_back_exactly():
+    from editaudit.scan.reading import scaled_edit
+
+    torch.manual_seed(0)
+    m = torch.nn.Linear(4, 3)
+    before = m.weight.detach().clone()
+    delta = torch.randn(3, 4)
+    with torch.no_grad():
+        m.weight.add_(delta)
+    suspect = m.weight.detach().clone()
+    with scaled_edit(m, {"weight": delta}, 2.5):
+        assert torch.allclose(m.weight, before + 2.5 * delta, atol=1e-6)
+    assert torch.equal(m.weight, suspect)
+    with pytest.raises(RuntimeError), scaled_edit(m, {"weight": delta}, 3.0):
+        raise RuntimeError("a reading that fails")
+    assert torch.equal(m.weight, suspect)
+
+
+def test_scan_amplify_reads_the_planted_subject_and_leaves_the_suspect_alone(tiny_llama, tmp_path, monkeypatch):
+    from editaudit.scan import reading
+    from editaudit.scan.service import ScanOptions, run_scan
+
+    suspect = _colosseum_suspect(tiny_llama, tmp_path, monkeypatch)
+    scales: list[float] = []
+    real = reading.scaled_edit
+
+    def spy(model, deltas, scale):
+        scales.append(scale)
+        assert deltas and all(d.abs().sum() > 0 for d in deltas.values())
+        return real(model, deltas, scale)
+
+    monkeypatch.setattr(reading, "scaled_edit", spy)
+    doc = run_scan(suspect, tiny_llama, ScanOptions(read="open", amplify=True), store=None).to_dict()
+    edit = next(f for f in doc["findings"] if f["rule"] == "EA101")
+    assert edit["readings"] and edit["readings"][0]["subject"].endswith("Colosseum")
+    assert scales and all(1.0 <= s <= 4.0 for s in scales)

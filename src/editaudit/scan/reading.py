@@ -11,8 +11,9 @@ as uncertain.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -125,16 +126,40 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
                    "edit" if is_edit else "uncertain", layer, tensor, also)
 
 
+@contextmanager
+def scaled_edit(suspect: Any, deltas: dict[str, torch.Tensor], scale: float) -> Iterator[None]:
+    """The suspect with each parameter's edit ΔW ({parameter name: ΔW}) scaled by ``scale`` for the duration,
+    then its own weights put back exactly."""
+    if not deltas or scale == 1.0:
+        yield
+        return
+    kept = {n: suspect.get_parameter(n).detach().clone() for n in deltas}
+    try:
+        with torch.no_grad():
+            for n, d in deltas.items():
+                p = suspect.get_parameter(n)
+                p.add_(d.to(p.device, p.dtype), alpha=scale - 1.0)
+        yield
+    finally:
+        with torch.no_grad():
+            for n, w in kept.items():
+                suspect.get_parameter(n).copy_(w)
+
+
 def read_edits(base: Any, suspect: Any, tokenizer: Any, subjects: list[Subject], layer: int | None, tensor: str | None,
-               progress: Callable[[int, int], None] = lambda d, t: None) -> list[Reading]:
+               progress: Callable[[int, int], None] = lambda d, t: None,
+               deltas: dict[str, torch.Tensor] | None = None) -> list[Reading]:
     """One reading per subject. A found subject may carry a leading word or two that only add to its key
-    ("Cities inherical Syria"); its shorter word-suffixes are read too and the most confident reading kept."""
+    ("Cities inherical Syria"); its shorter word-suffixes are read too and the most confident reading kept.
+    ``deltas`` ({parameter name: ΔW}, ``scan --amplify``): each subject is read with the edit scaled by
+    1/fire², so a subject found only in part moves the answer as far as the edit's own key would."""
     out = []
     for i, s in enumerate(subjects):
         progress(i, len(subjects))
         words = s.text.split()
         forms = [" ".join(words[k:]) for k in range(min(len(words), 3))]
-        with torch.inference_mode():
+        scale = 1.0 / max(s.fire, 0.5) ** 2 if deltas else 1.0
+        with torch.inference_mode(False), scaled_edit(suspect, deltas or {}, scale), torch.inference_mode():
             reads = [read_subject(base, suspect, tokenizer, Subject(f, s.ids, s.fire, s.key), layer=layer, tensor=tensor)
                      for f in forms]
         best = max(reads, key=lambda r: (r.status == "edit", r.confidence))

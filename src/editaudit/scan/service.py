@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..checkpoint import open_checkpoint
 from ..checkpoint.reader import TensorFile, to_torch
@@ -45,6 +45,7 @@ class ScanOptions:
     wide_search: bool = False  # open reading: a search round that finds nothing tries 16 seeds before giving up
     regrow: bool = False  # open reading: regrow each found subject backwards over the whole vocabulary
     read_spike: float = 8.0  # no base: a flagged layer is read for as many subjects as components ≥ this × median
+    amplify: bool = False  # open reading: read each subject with the edit scaled by 1/fire² (reading.read_edits)
     run_probes: bool = False  # also ask both models the facts' prompts and list answers that moved
     probe_facts: list[Probe] | None = None  # what to ask in the probe stage (default: ``facts``)
     device: str | None = None
@@ -438,9 +439,21 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
                                     retry=options.wide_search and c.stats.kind in ("rank-one", "low-rank"),
                                     regrow=options.regrow)
         readings = read_edits(base.model, suspect.model, base.tokenizer, subjects, layer, c.name.name,
-                              progress=lambda d, t: progress("reading edits", d, t))
+                              progress=lambda d, t: progress("reading edits", d, t),
+                              deltas=_edit_deltas(base.model, suspect.model, f.tensors) if options.amplify else None)
         f.data["readings"] = [r.to_dict() for r in readings]
         progress("open reading", n + 1, len(targets))
+
+
+def _edit_deltas(base: Any, suspect: Any, tensors: list[str]) -> dict[str, "torch.Tensor"]:
+    """{parameter name: suspect − base} for a finding's tensors that are parameters of the loaded model."""
+    out = {}
+    for name in tensors:
+        try:
+            out[name] = (suspect.get_parameter(name) - base.get_parameter(name)).detach()
+        except AttributeError:  # a checkpoint name the loaded model spells differently: read it unscaled
+            continue
+    return out
 
 
 _KEY_CACHE: dict[tuple, dict[str, torch.Tensor]] = {}  # (base fingerprint, texts) -> {module path: keys}
