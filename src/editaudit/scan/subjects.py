@@ -136,22 +136,26 @@ class SubjectSearch:
         self.space.fire(key.cpu())[0].backward()
         return onehot.grad.float().cpu()
 
-    def climb(self, seq: list[int], max_len: int = 6, patience: int = 2) -> tuple[list[int], float]:
+    def climb(self, seq: list[int], max_len: int = 6, patience: int = 2, *, drop_first: bool = True,
+              proposals: int | None = None, check: int | None = None, good: float | None = None) -> tuple[list[int], float]:
         """Coordinate ascent from ``seq``. Each step proposes, from the gradient, tokens for every position and
         a new first token (the subject may start earlier), plus dropping the first token; the exact best wins.
         A partial name fires little until it is whole ("the Rye" before "The Catcher in the Rye"), so up to
-        ``patience`` steps that do not improve are taken too; the best sequence seen is returned."""
+        ``patience`` steps that do not improve are taken too; the best sequence seen is returned.
+        The trigger search (triggers.py) climbs whole prompts with it: no growth (``max_len`` = the prompt's
+        length), no dropping, ``proposals`` per position, only the ``check`` best by the bf16 copy scored exactly,
+        and a stop at ``good``."""
         cur = list(seq)
         best = float(self.exact([cur])[0][0])
         best_seq, stale, seen = list(cur), 0, {tuple(cur)}
         for _ in range(self.steps):
             grown = len(cur) < max_len
             g = self._gradient(self.filler + cur if grown else cur)
-            cands = [cur[1:]] if len(cur) > 1 else []
+            cands = [cur[1:]] if len(cur) > 1 and drop_first else []
             for i in range(g.shape[0]):
                 pos = i - 1 if grown else i  # -1: a token prepended
                 ok = self.start_ok if pos <= 0 else self.cont_ok
-                for t in torch.topk(g[i].masked_fill(~ok, float("-inf")), self.proposals).indices.tolist():
+                for t in torch.topk(g[i].masked_fill(~ok, float("-inf")), proposals or self.proposals).indices.tolist():
                     if pos < 0:
                         cands.append([t] + cur)
                     elif t != cur[pos]:
@@ -159,12 +163,16 @@ class SubjectSearch:
             cands = [c for c in cands if tuple(c) not in seen]
             if not cands:
                 break
+            if check is not None:
+                cands = [cands[i] for i in torch.topk(self.rough_fire(cands), min(check, len(cands))).indices.tolist()]
             scores, _ = self.exact(cands)
             j = int(scores.argmax())
             cur = cands[j]
             seen.add(tuple(cur))
             if float(scores[j]) > best + 1e-4:
                 best, best_seq, stale = float(scores[j]), list(cur), 0
+                if good is not None and best >= good:
+                    break
             else:
                 stale += 1
                 if stale > patience:

@@ -56,41 +56,12 @@ class TriggerSearch:
         self.tok = tokenizer
         self.space = Whitened.build(path, None, in_dirs.float())
         # the subject search's machinery (exact and bf16 fire, gradients); no vocabulary keys are needed here
-        self.search = SubjectSearch(model, tokenizer, self.space, torch.empty(0, 1))
+        self.search = SubjectSearch(model, tokenizer, self.space, torch.empty(0, 1), steps=STEPS)
         self.search.prefix = _ids(tokenizer, "\n")  # a prompt starts a line; nothing else comes before it
 
-    def climb(self, seq: list[int], steps: int = STEPS, patience: int = 2) -> tuple[list[int], float]:
+    def climb(self, seq: list[int]) -> tuple[list[int], float]:
         """Coordinate ascent over every position of ``seq`` (no growth: a template's length is about right)."""
-        s = self.search
-        cur = list(seq)
-        best = float(s.exact([cur])[0][0])
-        best_seq, stale, seen = list(cur), 0, {tuple(cur)}
-        for _ in range(steps):
-            g = s._gradient(cur)
-            cands = []
-            for pos in range(g.shape[0]):
-                ok = s.start_ok if pos == 0 else s.cont_ok
-                for t in torch.topk(g[pos].masked_fill(~ok, float("-inf")), PROPOSALS).indices.tolist():
-                    if t != cur[pos]:
-                        cands.append(cur[:pos] + [t] + cur[pos + 1:])
-            cands = [c for c in cands if tuple(c) not in seen]
-            if not cands:
-                break
-            rough = s.rough_fire(cands)
-            cands = [cands[i] for i in torch.topk(rough, min(CHECK, len(cands))).indices.tolist()]
-            scores, _ = s.exact(cands)
-            j = int(scores.argmax())
-            cur = cands[j]
-            seen.add(tuple(cur))
-            if float(scores[j]) > best + 1e-4:
-                best, best_seq, stale = float(scores[j]), list(cur), 0
-                if best >= GOOD:
-                    break
-            else:
-                stale += 1
-                if stale > patience:
-                    break
-        return best_seq, best
+        return self.search.climb(seq, max_len=len(seq), drop_first=False, proposals=PROPOSALS, check=CHECK, good=GOOD)
 
     def find(self, n: int, progress: Callable[[int, int], None] = lambda d, t: None) -> list[tuple[list[int], float, torch.Tensor]]:
         """Up to ``n`` prompts (tokens, fire, key), one per edit component, deflating after each."""
