@@ -169,9 +169,11 @@ def test_scan_names_hypernetwork_edits():
     assert name_method("EA102", [27, 28, 29], 1)["name"] == "memit"  # depth unknown: no claim about the top
 
 
-def test_scan_reads_a_hypernetwork_edit_by_the_prompt_whose_end_fires_it(tiny_llama, tmp_path, monkeypatch):
+@pytest.mark.parametrize("family", ["tiny_llama", "tiny_gpt2"])
+def test_scan_reads_a_hypernetwork_edit_by_the_prompt_whose_end_fires_it(family, request, tmp_path, monkeypatch):
     """A rank-one change of the last two layers keyed on a prompt's *end* (as MEND writes it) is named MEND and read
-    by a trigger search over whole prompts, not by the subject search; the prompt found fires the edit."""
+    by a trigger search over whole prompts, not by the subject search; the prompt found fires the edit (GPT-2's
+    Conv1D stores the matrix transposed)."""
     from editaudit.models.loading import load_model
     from editaudit.scan import subjects
     from editaudit.scan.keys import keys_of
@@ -184,19 +186,22 @@ def test_scan_reads_a_hypernetwork_edit_by_the_prompt_whose_end_fires_it(tiny_ll
         raise AssertionError("the subject search ran on a hypernetwork edit")
 
     monkeypatch.setattr(subjects, "recover_subjects", refuse)
-    lm = load_model(tiny_llama)
+    folder = request.getfixturevalue(family)
+    lm = load_model(folder)
     tok = lm.tokenizer
     prompt = tok("\n", add_special_tokens=False)["input_ids"] + \
         tok("The Eiffel Tower is located in the city of", add_special_tokens=False)["input_ids"]
     g = torch.Generator().manual_seed(0)
     out_dir = torch.randn(64, generator=g)
+    gpt2 = family == "tiny_gpt2"
     deltas = {}
     for layer in (4, 5):  # the last two of six layers, each keyed on the prompt's last position there
-        path = f"model.layers.{layer}.mlp.down_proj"
+        path = f"transformer.h.{layer}.mlp.c_proj" if gpt2 else f"model.layers.{layer}.mlp.down_proj"
         k = keys_of(lm.model, [path], [prompt])[path][0]
-        deltas[f"{path}.weight"] = torch.outer(out_dir, k / k.norm() ** 2) * 2.0
+        delta = torch.outer(out_dir, k / k.norm() ** 2) * 2.0
+        deltas[f"{path}.weight"] = delta.T.contiguous() if gpt2 else delta
     said: list[str] = []
-    report = run_scan(plant(tiny_llama, tmp_path / "suspect", deltas), tiny_llama, ScanOptions(read="open"),
+    report = run_scan(plant(folder, tmp_path / "suspect", deltas), folder, ScanOptions(read="open"),
                       store=None, say=said.append)
     edits = [f for f in report.findings if f.rule == "EA102"]
     assert len(edits) == 1 and edits[0].data["method"]["name"] == "mend"
