@@ -151,7 +151,7 @@ def read_edits(base: Any, suspect: Any, tokenizer: Any, subjects: list[Subject],
                deltas: dict[str, torch.Tensor] | None = None) -> list[Reading]:
     """One reading per subject. A found subject may carry a leading word or two that only add to its key
     ("Cities inherical Syria"); its shorter word-suffixes are read too and the most confident reading kept.
-    ``deltas`` ({parameter name: ΔW}, ``scan --amplify``): each subject is read with the edit scaled by
+    ``deltas`` ({parameter name: ΔW}, ``ScanOptions.amplify``): each subject is read with the edit scaled by
     1/fire², so a subject found only in part moves the answer as far as the edit's own key would."""
     out = []
     for i, s in enumerate(subjects):

@@ -385,6 +385,7 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
     from ..models.loading import load_model
     from .reading import read_edits
     from .subjects import recover_subjects
+    from .triggers import read_triggers
 
     base = load_model(base_ck.folder, device=options.device)
     suspect = load_model(suspect_ck.folder, device=options.device)
@@ -403,8 +404,6 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
     hyper = [(f, c) for f, c in targets if f.data.get("method", {}).get("name") in ("mend", "malmen")]
     targets = [(f, c) for f, c in targets if all(f is not h for h, _ in hyper)]
     for f, c in hyper:
-        from .triggers import read_triggers
-
         _, _, in_dirs = output_input_sides(c.vectors, base_ck.family)
         rank = c.stats.rank_above_noise if c.stats.kind == "low-rank" else 1
         rank = max(1, min(int(rank or 1), in_dirs.shape[1], options.max_open_subjects))
