@@ -244,8 +244,7 @@ def _read_alone(model: Any, tok: Any, suspect_ck: Any, sites: list[Site], findin
     found: list[tuple[Any, Site, list]] = []
     for f in findings:
         site = by_layer[min(f.layers)]
-        rank = max(1, site.rank, min(site.spectrum.outliers(options.read_spike), options.max_open_subjects))
-        rank = min(rank, options.max_open_subjects)
+        rank = max(1, min(max(site.rank, site.spectrum.outliers(options.read_spike)), options.max_open_subjects))
         say(f"reading {f.rule} at layer {site.layer} blind, without the base: up to {rank} subject(s)")
         space = low_space(site.path, Cs[site.layer], site.spectrum.in_dirs[:, :rank])
         subjects = recover_subjects(model, tok, site.path, None, Cs[site.layer].C, suspect_ck.fingerprint(), rank,

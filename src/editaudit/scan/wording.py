@@ -13,10 +13,11 @@ def subject_reading(candidate: dict) -> str:
 
 def open_reading(r: dict) -> str:
     """"To Kill a Mockingbird · … was written by · J.K. Rowling (was Harper Lee)", marked when uncertain."""
+    answer = f"{r.get('after') or '?'} (was {r.get('before') or '?'})"
     if r.get("relation") == "trigger":  # a hypernetwork edit: the prompt found is the whole reading's key
-        text = f"trigger {r.get('prompt', '')!r} · {r.get('after') or '?'} (was {r.get('before') or '?'})"
-        return text if r.get("status") == "edit" else f"{text} [uncertain]"
-    text = f"{r.get('subject', '?')} · {r.get('prompt', '')} · {r.get('after') or '?'} (was {r.get('before') or '?'})"
+        text = f"trigger {r.get('prompt', '')!r} · {answer}"
+    else:
+        text = f"{r.get('subject', '?')} · {r.get('prompt', '')} · {answer}"
     return text if r.get("status") == "edit" else f"{text} [uncertain]"
 
 
