@@ -105,8 +105,9 @@ def main() -> None:
     ap.add_argument("--plan", help="METHOD:MODE:N,... instead of the fixed plan (for development sets)")
     ap.add_argument("--regrow", action="store_true", help="scan --regrow: regrow each found subject backwards over the whole vocabulary (open_reading_v5_regrow.txt was made with it switched on in the code, as this flag does)")
     ap.add_argument("--wide-search", action="store_true", help="scan --wide-search: a search round that finds nothing tries 16 seeds (the default reader from 941beca until it became opt-in)")
-    ap.add_argument("--amplify", action="store_true", help="scan option amplify: read each found subject with the "
-                    "edit scaled by 1/fire² (bench/heldout/v6-amplify-plan.md)")
+    ap.add_argument("--amplify", choices=("off", "memit", "all"), help="scan option amplify: read found subjects with "
+                    "the edit scaled by 1/fire², for no finding, findings named MEMIT, or all (bench/heldout/"
+                    "v6-amplify-plan.md, v7-plan.md); default: the scan's own")
     ap.add_argument("--read-spike", type=float, default=8.0, help="no base: read as many subjects as a flagged layer "
                     "has components at least this many times the median (scan option read_spike)")
     ap.add_argument("--no-base", action="store_true", help="scan each suspect alone (no --base), and scan the unedited "
@@ -156,7 +157,8 @@ def main() -> None:
                 run.restore()
                 t = time.perf_counter()
                 opts = ScanOptions(read="open", wide_search=args.wide_search, regrow=args.regrow,
-                                   read_spike=args.read_spike, amplify=args.amplify)
+                                   read_spike=args.read_spike,
+                                   **({"amplify": args.amplify} if args.amplify else {}))
                 report = run_scan(out, None if args.no_base else base, opts, store=None)
                 t_scan += time.perf_counter() - t
                 doc_r = report.to_dict()

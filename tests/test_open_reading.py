@@ -316,11 +316,26 @@ def test_scan_amplify_reads_the_planted_subject_and_leaves_the_suspect_alone(tin
 
     def spy(model, deltas, scale):
         scales.append(scale)
-        assert deltas and all(d.abs().sum() > 0 for d in deltas.values())
+        assert scale == 1.0 or (deltas and all(d.abs().sum() > 0 for d in deltas.values()))
         return real(model, deltas, scale)
 
     monkeypatch.setattr(reading, "scaled_edit", spy)
-    doc = run_scan(suspect, tiny_llama, ScanOptions(read="open", amplify=True), store=None).to_dict()
+    doc = run_scan(suspect, tiny_llama, ScanOptions(read="open", amplify="all"), store=None).to_dict()
     edit = next(f for f in doc["findings"] if f["rule"] == "EA101")
     assert edit["readings"] and edit["readings"][0]["subject"].endswith("Colosseum")
     assert scales and all(1.0 <= s <= 4.0 for s in scales)
+    # "memit" amplifies only findings named MEMIT: this one-layer rank-one edit is read at its own strength
+    assert edit["method"]["name"] != "memit"
+    scales.clear()
+    doc = run_scan(suspect, tiny_llama, ScanOptions(read="open", amplify="memit"), store=None).to_dict()
+    assert scales and all(s == 1.0 for s in scales)
+
+
+def test_amplify_memit_picks_findings_by_the_method_named():
+    from editaudit.scan.classify import Finding
+    from editaudit.scan.service import _amplified
+
+    memit, rome = (Finding("EA102", "", [3, 4], data={"method": {"name": n}}) for n in ("memit", "rome"))
+    assert _amplified("memit", memit) and not _amplified("memit", rome)
+    assert _amplified("all", rome) and _amplified(True, rome)
+    assert not _amplified("off", memit) and not _amplified(False, memit)

@@ -45,7 +45,7 @@ class ScanOptions:
     wide_search: bool = False  # open reading: a search round that finds nothing tries 16 seeds before giving up
     regrow: bool = False  # open reading: regrow each found subject backwards over the whole vocabulary
     read_spike: float = 8.0  # no base: a flagged layer is read for as many subjects as components ≥ this × median
-    amplify: bool = False  # open reading: read each subject with the edit scaled by 1/fire² (reading.read_edits)
+    amplify: str = "off"  # open reading: read subjects with the edit scaled by 1/fire² (reading.read_edits): off | memit | all
     run_probes: bool = False  # also ask both models the facts' prompts and list answers that moved
     probe_facts: list[Probe] | None = None  # what to ask in the probe stage (default: ``facts``)
     device: str | None = None
@@ -439,9 +439,18 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
                                     regrow=options.regrow)
         readings = read_edits(base.model, suspect.model, base.tokenizer, subjects, layer, c.name.name,
                               progress=lambda d, t: progress("reading edits", d, t),
-                              deltas=_edit_deltas(base.model, suspect.model, f.tensors) if options.amplify else None)
+                              deltas=_edit_deltas(base.model, suspect.model, f.tensors)
+                              if _amplified(options.amplify, f) else None)
         f.data["readings"] = [r.to_dict() for r in readings]
         progress("open reading", n + 1, len(targets))
+
+
+def _amplified(mode: str | bool, finding: Finding) -> bool:
+    """Whether ``ScanOptions.amplify`` reads this finding's subjects at full strength ("memit": findings named MEMIT,
+    whose spread edit a partly-found subject moves only part of the way)."""
+    if mode in (True, "all"):
+        return True
+    return mode == "memit" and finding.data.get("method", {}).get("name") == "memit"
 
 
 def _edit_deltas(base: Any, suspect: Any, tensors: list[str]) -> dict[str, "torch.Tensor"]:
