@@ -332,10 +332,12 @@ def test_scan_amplify_reads_the_planted_subject_and_leaves_the_suspect_alone(tin
 
 
 def test_amplify_memit_picks_findings_by_the_method_named():
+    from editaudit.errors import BadInput
     from editaudit.scan.classify import Finding
-    from editaudit.scan.service import _amplified
+    from editaudit.scan.service import ScanOptions, _amplified
 
     memit, rome = (Finding("EA102", "", [3, 4], data={"method": {"name": n}}) for n in ("memit", "rome"))
     assert _amplified("memit", memit) and not _amplified("memit", rome)
-    assert _amplified("all", rome) and _amplified(True, rome)
-    assert not _amplified("off", memit) and not _amplified(False, memit)
+    assert _amplified("all", rome) and not _amplified("off", memit)
+    with pytest.raises(BadInput):
+        ScanOptions(amplify="yes")

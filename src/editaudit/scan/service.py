@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..checkpoint import open_checkpoint
 from ..checkpoint.reader import TensorFile, to_torch
+from ..errors import BadInput
 from ..probing.format import Probe
 from ..progress import Progress as Events
 from ..progress import ignore, stage_steps
@@ -49,6 +50,13 @@ class ScanOptions:
     run_probes: bool = False  # also ask both models the facts' prompts and list answers that moved
     probe_facts: list[Probe] | None = None  # what to ask in the probe stage (default: ``facts``)
     device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.amplify not in AMPLIFY:
+            raise BadInput(f"amplify must be one of {', '.join(AMPLIFY)}, not {self.amplify!r}")
+
+
+AMPLIFY = ("off", "memit", "all")
 
 
 def run_scan(suspect: str | Path, base: str | Path | None, options: ScanOptions | None = None, store=None,
@@ -445,12 +453,10 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
         progress("open reading", n + 1, len(targets))
 
 
-def _amplified(mode: str | bool, finding: Finding) -> bool:
+def _amplified(mode: str, finding: Finding) -> bool:
     """Whether ``ScanOptions.amplify`` reads this finding's subjects at full strength ("memit": findings named MEMIT,
     whose spread edit a partly-found subject moves only part of the way)."""
-    if mode in (True, "all"):
-        return True
-    return mode == "memit" and finding.data.get("method", {}).get("name") == "memit"
+    return mode == "all" or (mode == "memit" and finding.data.get("method", {}).get("name") == "memit")
 
 
 def _edit_deltas(base: Any, suspect: Any, tensors: list[str]) -> dict[str, "torch.Tensor"]:
