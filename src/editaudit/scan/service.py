@@ -46,7 +46,7 @@ class ScanOptions:
     wide_search: bool = False  # open reading: a search round that finds nothing tries 16 seeds before giving up
     regrow: bool = False  # open reading: regrow each found subject backwards over the whole vocabulary
     read_spike: float = 8.0  # no base: a flagged layer is read for as many subjects as components ≥ this × median
-    amplify: str = "off"  # open reading: read subjects with the edit scaled by 1/fire² (reading.read_edits): off | memit | all
+    amplify: str = "off"  # open reading, off | memit | all: subjects read with the edit scaled by 1/fire² (read_edits)
     run_probes: bool = False  # also ask both models the facts' prompts and list answers that moved
     probe_facts: list[Probe] | None = None  # what to ask in the probe stage (default: ``facts``)
     device: str | None = None
