@@ -105,7 +105,9 @@ def main() -> None:
     ap.add_argument("--plan", help="METHOD:MODE:N,... instead of the fixed plan (for development sets)")
     ap.add_argument("--regrow", action="store_true", help="scan --regrow: regrow each found subject backwards over the whole vocabulary (open_reading_v5_regrow.txt was made with it switched on in the code, as this flag does)")
     ap.add_argument("--wide-search", action="store_true", help="scan --wide-search: a search round that finds nothing tries 16 seeds (the default reader from 941beca until it became opt-in)")
-    ap.add_argument("--amplify", choices=("off", "memit", "all"), help="scan option amplify: read found subjects with "
+    from editaudit.scan.service import AMPLIFY
+
+    ap.add_argument("--amplify", choices=AMPLIFY, help="scan option amplify: read found subjects with "
                     "the edit scaled by 1/fire², for no finding, findings named MEMIT, or all (bench/heldout/"
                     "v6-amplify-plan.md, v7-plan.md); default: the scan's own")
     ap.add_argument("--read-spike", type=float, default=8.0, help="no base: read as many subjects as a flagged layer "
