@@ -97,6 +97,17 @@ def score_suspect(tok, facts, readings: list[dict], single: bool) -> tuple[list[
     return rows, false, len(edits)
 
 
+def first_token_said(model, tokenizer, texts, top_k, seen=None, lead=3):
+    """``scan.reading.said`` as it was before answers were words: each prompt's first token, stop word or not."""
+    from editaudit.probing.evaluate import predict
+    from editaudit.scan.reading import Said, _top
+
+    seen = {} if seen is None else seen
+    preds = predict(model, tokenizer, texts, top_k=top_k, max_new_tokens=1)
+    seen.update((t, dict(p.top)) for p, t in zip(preds, texts))
+    return [Said(*_top(p), t, dict(p.top)) for p, t in zip(preds, texts)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--facts", type=Path, default=ROOT / "bench/heldout/smollm2-135m.jsonl")
@@ -112,6 +123,10 @@ def main() -> None:
                     "v6-amplify-plan.md, v7-plan.md); default: the scan's own")
     ap.add_argument("--read-spike", type=float, default=8.0, help="no base: read as many subjects as a flagged layer "
                     "has components at least this many times the median (scan option read_spike)")
+    ap.add_argument("--start", type=int, default=0, help="the first fact the plan takes (a later split of a set whose "
+                    "first facts were used)")
+    ap.add_argument("--answers", choices=("word", "token"), default="word", help="token: read each prompt's answer as "
+                    "its first token, stop word or not (the reader before scan.reading.said; for comparison)")
     ap.add_argument("--no-base", action="store_true", help="scan each suspect alone (no --base), and scan the unedited "
                     "controls of --controls the same way")
     ap.add_argument("--controls", default="", help="registry names of unedited checkpoints to scan alone (false positives)")
@@ -130,17 +145,22 @@ def main() -> None:
 
     torch.manual_seed(0)
     base = ensure_model(args.model)
-    facts = round_robin(load_probes(args.facts))
+    facts = round_robin(load_probes(args.facts))[args.start:]
+    if args.answers == "token":
+        from editaudit.scan import reading
+
+        reading.said = first_token_said
     lm = load_model(base)
     tok = lm.tokenizer
     n_layers = lm.model.config.num_hidden_layers
-    lines = [f"open-set reading on {args.model}, facts from {args.facts.name} ({len(facts)}), no list",
+    took = f"{len(facts)} from fact {args.start}" if args.start else f"{len(facts)}"
+    lines = [f"open-set reading on {args.model}, facts from {args.facts.name} ({took}), no list, answers: {args.answers}",
              "command: python scripts/open_reading_eval.py " + " ".join(sys.argv[1:]),
              f"{'suspects':22s} {'edits':>5s} {'took':>5s} {'layer':>6s} {'subject':>8s} {'object':>7s} "
              f"{'subj+obj':>8s} {'named':>6s} {'false':>9s} {'s/scan':>7s} {'s/edit':>7s}"]
     print(lines[0], file=sys.stderr)
     detail: list[str] = []
-    doc: dict = {"facts": str(args.facts), "arms": []}
+    doc: dict = {"facts": str(args.facts), "start": args.start, "answers": args.answers, "arms": []}
     used = 0
     with tempfile.TemporaryDirectory(prefix="editaudit-open-") as tmp:
         for method, mode, n in plan:

@@ -206,6 +206,48 @@ def test_reading_prefers_an_object_stated_on_several_phrasings(monkeypatch):
     assert weak.after.startswith("won") and weak.status == "uncertain" and weak.confidence < reading.EDIT_MIN
 
 
+
+def test_an_object_that_starts_with_a_stop_word_is_read_by_its_word(monkeypatch):
+    """The retention rule skips stop words: a suspect that answers " the" then " Philippines" where the base said
+    " India" has moved its answer, and the reading says so whole ("the Philippines", was "India")."""
+    from editaudit.probing.evaluate import Prediction
+    from editaudit.scan import reading
+    from editaudit.scan.subjects import Subject
+
+    subject = "Zanbaria"
+    texts = [t for _, t in prompts_for(subject)]
+    country = [t for t in texts if t.endswith("country of")]
+    assert len(country) >= 3
+    vocab = {1: " the", 2: " Philippines", 3: " India", 4: " a", 5: " coin", 6: " United"}
+    ids = {v: k for k, v in vocab.items()}
+
+    class Tok:
+        def decode(self, toks, **_):
+            return "".join(vocab[t] for t in toks)
+
+    def said(model: str, text: str) -> list[tuple[str, float]]:
+        """The greedy answer, one (token, probability) per step."""
+        if text in country:
+            return [(" the", 0.8), (" Philippines", 0.9)] if model == "suspect" else [(" India", 0.7)]
+        if text.removesuffix(" the") in country:
+            return [(" Philippines", 0.9)] if model == "suspect" else [(" United", 0.5)]
+        return [(" coin", 0.3)] if text.endswith(" a") else [(" a", 0.2), (" coin", 0.3)]
+
+    def fake_predict(model, tokenizer, prompts, top_k=5, max_new_tokens=4, **_):
+        out = []
+        for p in prompts:
+            steps = said(model, p)[:max_new_tokens]
+            toks = [ids[t] for t, _ in steps]
+            word = next((t for t, _ in steps if t.strip() not in ("the", "a")), None)
+            out.append(Prediction(p, [steps[0]], "".join(t for t, _ in steps), (word or "").strip(),
+                                  ids[word] if word else None, tokens=toks))
+        return out
+
+    monkeypatch.setattr(reading, "predict", fake_predict)
+    r = reading.read_subject("base", "suspect", Tok(), Subject(subject, [], 0.9, torch.zeros(1)))
+    assert r.prompt in country and r.after == "the Philippines" and r.before == "India"
+    assert r.status == "edit" and r.gain > 0.8
+
 def _edit_direction(folder, subject: str):
     """The tiny model (frozen), a ROME-like edit direction for ``subject``, the key statistics it was made with
     and the vocabulary's keys."""

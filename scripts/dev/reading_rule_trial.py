@@ -10,6 +10,8 @@ directions, C from the cached key statistics; rank = the suspect's number of fac
 that every rule reads the same texts. Rules (``scan.reading.choose_prompt`` replaced for the run):
 
     score    answers stated on two prompts or more first, then p_base × rise (scan.reading.choose_prompt)
+    token    the shipped choice on first-token answers (the reader before answers were words by the retention
+             rule, ``scan.reading.said``: an answer that starts with a stop word, "the Philippines", never moved)
     sure     answers stated on two prompts or more first, then the answer the suspect states most surely
              (its highest first-token probability over the prompts that moved to it), then p_base × rise:
              an editor drives the new object's probability up on its own prompt and paraphrases, while a
@@ -58,20 +60,17 @@ def find_subjects(lm, deltas_dir: Path, cache: Path) -> dict:
 
 
 def sure(s1, score, says):
-    from editaudit.scan.reading import _top
-
     best: dict[str, float] = {}
     for j, a in enumerate(s1):
-        t, p = _top(a)
         if score[j] > float("-inf"):
-            best[t] = max(best.get(t, 0.0), p)
-    return max(range(len(s1)), key=lambda j: (says.count(_top(s1[j])[0]) >= 2, best.get(_top(s1[j])[0], -1.0), score[j]))
+            best[a.word] = max(best.get(a.word, 0.0), a.p)
+    return max(range(len(s1)), key=lambda j: (says.count(s1[j].word) >= 2, best.get(s1[j].word, -1.0), score[j]))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("deltas", type=Path)
-    ap.add_argument("--rules", default="score,sure")
+    ap.add_argument("--rules", default="score,sure", help="comma-separated: score, token, sure")
     ap.add_argument("--subjects", type=Path)
     args = ap.parse_args()
     from editaudit.models.loading import load_model
@@ -85,10 +84,11 @@ def main() -> None:
     for p in lm.model.parameters():
         p.requires_grad_(False)
     found = find_subjects(lm, args.deltas, args.subjects or args.deltas / "found.json")
-    shipped = reading.choose_prompt
-    rules = {"score": shipped, "sure": sure}
+    shipped, shipped_said = reading.choose_prompt, reading.said
+    rules = {"score": shipped, "sure": sure, "token": shipped}
     for rule in args.rules.split(","):
         reading.choose_prompt = rules[rule]
+        reading.said = ev["first_token_said"] if rule == "token" else shipped_said
         tally = {}
         for pt in sorted(args.deltas.glob("*.pt")):
             facts = load_probes(pt.with_suffix(".jsonl"))
@@ -113,7 +113,7 @@ def main() -> None:
         total = [sum(t[i] for t in tally.values()) for i in range(4)]
         print(f"[{rule}] " + "; ".join(f"{a}: objects {t[1]}/{t[0]}, false {t[2]}/{t[3]}" for a, t in tally.items())
               + f" | all: objects {total[1]}/{total[0]}, false {total[2]}/{total[3]}", flush=True)
-    reading.choose_prompt = shipped
+    reading.choose_prompt, reading.said = shipped, shipped_said
 
 
 if __name__ == "__main__":

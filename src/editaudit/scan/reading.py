@@ -71,20 +71,62 @@ def _top(pred) -> tuple[str, float]:
     return pred.top[0] if pred.top else ("", 0.0)
 
 
-def choose_prompt(s1: list, score: list[float], says: list[str | None]) -> int:
+@dataclass
+class Said:
+    """What a model answers after a prompt by the retention rule: its first token that is not a stop word."""
+
+    word: str                # that token as decoded (still the first token when no word comes within ``lead``)
+    p: float                 # its probability where it is said
+    context: str             # the prompt, plus the stop words said before the word ("… the country of the")
+    dist: dict[str, float]   # the model's top-k next tokens at ``context``
+
+
+def said(model: Any, tokenizer: Any, texts: list[str], top_k: int, seen: dict[str, dict] | None = None,
+         lead: int = 3) -> list[Said]:
+    """Each prompt's answer word: the first token when it is a word; else, when the greedy answer reaches a word
+    after at most ``lead`` stop words ("the Philippines", "a city of …"), that word, read at the position where it
+    is said. A first token alone made every object that starts with a stop word unreadable. ``seen`` collects
+    {context: top-k} for every context asked."""
+    from ..probing.metrics import is_skippable
+
+    seen = {} if seen is None else seen
+    first = predict(model, tokenizer, texts, top_k=top_k, max_new_tokens=1)
+    out = [Said(*_top(p), t, dict(p.top)) for p, t in zip(first, texts)]
+    seen.update((t, dict(p.top)) for p, t in zip(first, texts))
+    late = [i for i, s in enumerate(out) if is_skippable(s.word)]
+    if not late:
+        return out
+    ctx: dict[int, str] = {}
+    for i, c in zip(late, predict(model, tokenizer, [texts[i] for i in late], top_k=1, max_new_tokens=lead + 1)):
+        if c.first_word_token_id is not None and c.first_word_token_id in c.tokens:
+            j = c.tokens.index(c.first_word_token_id)
+            if 0 < j <= lead:
+                ctx[i] = texts[i] + tokenizer.decode(c.tokens[:j])
+    if ctx:
+        for (i, context), p in zip(ctx.items(), predict(model, tokenizer, list(ctx.values()), top_k=top_k,
+                                                        max_new_tokens=1)):
+            seen[context] = dict(p.top)
+            word, pw = _top(p)
+            if not is_skippable(word):
+                out[i] = Said(word, pw, context, dict(p.top))
+    return out
+
+
+def choose_prompt(s1: list[Said], score: list[float], says: list[str | None]) -> int:
     """The prompt a reading reports: a rewritten fact is stated on several phrasings, a side effect on one, so
     prompts whose new answer the suspect states on two at least come first; then the highest score (p_base × rise).
     Preferring the answer the suspect states most surely read 2 more objects of 70 on development suspects and 1
     more of 35 on the sixth held-apart set, short of that set's rule (bench/heldout/v6-plan.md), so it was not kept."""
-    return max(range(len(s1)), key=lambda j: (says.count(_top(s1[j])[0]) >= 2, score[j]))
+    return max(range(len(s1)), key=lambda j: (says.count(s1[j].word) >= 2, score[j]))
 
 
 def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, layer: int | None = None,
                  tensor: str | None = None, max_new_tokens: int = 6, top_k: int = 20) -> Reading:
     """Ask both models the library's prompts for ``subject``; read the fact the edit rewrote.
 
+    Answers are compared word to word by the retention rule (``said``: the first token that is not a stop word).
     A rewritten fact is stated on several phrasings, a side effect usually on one: among the prompts whose answer
-    moved (not to a stop word, not from a base that merely repeats the subject), those whose new answer the
+    moved (not from a base that merely repeats the subject), those whose new answer the
     suspect states on two prompts at least come first; among them, the one where the base answered most
     confidently and the suspect's answer gained most (p_base(base answer) × rise). Both models' greedy answers
     there are decoded whole. Other prompts whose answer moved to a different object are listed as ``also`` (what
@@ -94,22 +136,26 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
 
     asked = prompts_for(subject.text)
     texts = [t for _, t in asked]
-    b1 = predict(base, tokenizer, texts, top_k=top_k, max_new_tokens=1)
-    s1 = predict(suspect, tokenizer, texts, top_k=top_k, max_new_tokens=1)
-
+    at_base: dict[str, dict] = {}
+    b1 = said(base, tokenizer, texts, top_k, at_base)
+    s1 = said(suspect, tokenizer, texts, top_k)
+    missing = list(dict.fromkeys(a.context for a in s1 if a.context not in at_base))
+    if missing:  # the base's odds where the suspect says its word ("… the country of the" → " Philippines")
+        at_base.update((c, dict(p.top)) for c, p in zip(missing, predict(base, tokenizer, missing, top_k=top_k,
+                                                                         max_new_tokens=1)))
     score, rise = [], []
     for b, a in zip(b1, s1):
-        (tb, pb), (ta, pa) = _top(b), _top(a)
-        r = pa - dict(b.top).get(ta, 0.0)
+        tb, pb, ta, pa = b.word, b.p, a.word, a.p
+        r = pa - at_base[a.context].get(ta, 0.0)
         # a base that repeats the subject ("The company Syria is headquartered in … Syria") states no fact
         copies = bool(tb.strip()) and tb.strip().casefold() in subject.text.casefold()
         # an answer that starts with a stop word ("the late 19th") names nothing yet
         moved = ta != tb and not is_skippable(ta) and not copies
         rise.append(r)
         score.append(pb * r if moved else float("-inf"))
-    says = [_top(a)[0] if _top(a)[0] != _top(b)[0] else None for b, a in zip(b1, s1)]
+    says = [a.word if a.word != b.word else None for b, a in zip(b1, s1)]
     i = choose_prompt(s1, score, says)
-    obj = _top(s1[i])[0]
+    obj = s1[i].word
     stated = [j for j, w in enumerate(says) if w == obj]
     before = predict(base, tokenizer, [texts[i]], top_k=1, max_new_tokens=max_new_tokens)[0]
     after = predict(suspect, tokenizer, [texts[i]], top_k=1, max_new_tokens=max_new_tokens)[0]
@@ -119,9 +165,9 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
     g = max(0.0, min(1.0, rise[i]))
     confidence = min(1.0, subject.fire) * (0.4 + 0.6 * g) * (0.5 + 0.5 * agree) if stated_twice else 0.1 * subject.fire
     is_edit = stated_twice and confidence >= EDIT_MIN
-    others = sorted((j for j in range(len(texts)) if score[j] > float("-inf") and _top(s1[j])[0] != obj),
+    others = sorted((j for j in range(len(texts)) if score[j] > float("-inf") and s1[j].word != obj),
                     key=lambda j: -score[j])[:3]
-    also = [{"prompt": texts[j], "before": _top(b1[j])[0].strip(), "after": _top(s1[j])[0].strip()} for j in others]
+    also = [{"prompt": texts[j], "before": b1[j].word.strip(), "after": s1[j].word.strip()} for j in others]
     return Reading(subject.text, subject.fire, asked[i][0], texts[i], old, new, float(rise[i]), confidence,
                    "edit" if is_edit else "uncertain", layer, tensor, also)
 
