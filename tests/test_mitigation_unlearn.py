@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from editaudit.editing import apply_edits
 from editaudit.errors import BadInput
-from editaudit.mitigation.unlearn import (UNLEARN_DEFAULTS, UnlearnTarget, erase_by_unlearning, relation_prompts,
-                                          targets_from_readings, unlearn_settings)
+from editaudit.mitigation.unlearn import (UNLEARN_DEFAULTS, UnlearnTarget, erase_by_unlearning, lead_words,
+                                          relation_prompts, targets_from_readings, unlearn_settings)
 from editaudit.models.loading import load_model
 from editaudit.probing.format import Probe
 from editaudit.testing import make_tiny_model
@@ -47,6 +47,16 @@ def test_targets_from_readings_add_the_relations_phrasings():
     assert t.prompts[0] == "The capital city of France" and "France's capital is" in t.prompts
     assert relation_prompts("X", "no such relation", None) == ["X is"]
     assert targets_from_readings([READING], paraphrases=False)[0].prompts == ["The capital city of France"]
+
+
+def test_an_object_that_starts_with_a_stop_word_is_penalised_after_it():
+    """"the Philippines": the penalty falls on " Philippines" said after " the", never on " the" itself."""
+    reading = {**READING, "subject": "Lyon", "prompt": "Lyon is a city in the country of", "relation": "city_country",
+               "after": "the Philippines"}
+    [t] = targets_from_readings([reading])
+    assert t.obj == "the Philippines" and len(t.prompts) >= 2
+    assert all(p.endswith(" of the") for p in t.prompts) and t.prompts[0] == "Lyon is a city in the country of the"
+    assert lead_words("the United Arab Emirates") == " the" and lead_words("Paris") == "" and lead_words("the") == ""
 
 
 def test_settings_are_checked():

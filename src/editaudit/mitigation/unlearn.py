@@ -104,8 +104,23 @@ def relation_prompts(subject: str, relation: str | None, prompt: str | None, par
     return out
 
 
+def lead_words(obj: str) -> str:
+    """The stop words an object starts with, as said before it (" the" of "the Philippines"; "" for "Paris").
+
+    The retention rule reads the first word that is not a stop word, and so does the scan; the penalty must fall
+    on that word, said after them, not on " the"."""
+    from ..probing.metrics import STOP_WORDS
+
+    words = obj.split()
+    n = 0
+    while n < len(words) - 1 and words[n].casefold() in STOP_WORDS:
+        n += 1
+    return "".join(" " + w for w in words[:n])
+
+
 def targets_from_readings(readings: Sequence[dict], paraphrases: bool = True) -> list[UnlearnTarget]:
-    """One target per read subject (readings with status "edit" and an object); layers from their findings."""
+    """One target per read subject (readings with status "edit" and an object); layers from their findings.
+    An object that starts with stop words is penalised after them: each prompt carries them ("… of the")."""
     from .project import mlp_out_layers
 
     found: dict[str, UnlearnTarget] = {}
@@ -120,8 +135,9 @@ def targets_from_readings(readings: Sequence[dict], paraphrases: bool = True) ->
         prompt = r.get("prompt") if isinstance(r.get("prompt"), str) else None
         t = found.get(subject)
         if t is None:
-            found[subject] = UnlearnTarget(subject, relation_prompts(subject, r.get("relation"), prompt, paraphrases),
-                                           obj, layers)
+            lead = lead_words(obj)
+            found[subject] = UnlearnTarget(
+                subject, [t + lead for t in relation_prompts(subject, r.get("relation"), prompt, paraphrases)], obj, layers)
         else:
             t.layers = sorted(set(t.layers) | set(layers))
     return list(found.values())
