@@ -114,6 +114,8 @@ def main() -> int:
     ap.add_argument("--facts", type=Path, default=ROOT / "bench/heldout/smollm2-135m.jsonl")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--suspects", default=",".join(m for m, *_ in SUSPECTS), help="subset of rome,memit,alphaedit")
+    ap.add_argument("--start", type=int, default=0, help="the first fact the plan takes (a later split of a set whose "
+                    "first facts were used)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="write the table here (and the details as .json)")
     args = ap.parse_args()
@@ -137,13 +139,14 @@ def main() -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     wanted = {s.strip() for s in args.suspects.split(",")}
     t_start = time.perf_counter()
-    facts = round_robin(load_probes(args.facts))
+    facts = round_robin(load_probes(args.facts))[args.start:]
     neighbours = [f for a, b in NEIGHBOURS for f in facts[a:b]]
     intrinsic = default_intrinsic()
     base = ensure_model("smollm2-135m")
     lm = load_model(base, device="cpu")
     n_layers = lm.model.config.num_hidden_layers
-    lines = [f"# editaudit base-free erase on SmolLM2-135M-Instruct (CPU), facts from {args.facts.name}",
+    lines = [f"# editaudit base-free erase on SmolLM2-135M-Instruct (CPU), facts from {args.facts.name}"
+             + (f" from fact {args.start}" if args.start else ""),
              "# command: python scripts/erase_eval.py " + " ".join(sys.argv[1:]),
              f"# python {platform.python_version()}, torch {torch.__version__}, {args.threads} thread(s); "
              f"default --method auto for erase = {ERASE_DEFAULT}",
