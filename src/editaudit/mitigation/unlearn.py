@@ -137,7 +137,7 @@ def targets_from_readings(readings: Sequence[dict], paraphrases: bool = True) ->
         if t is None:
             lead = lead_words(obj)
             found[subject] = UnlearnTarget(
-                subject, [t + lead for t in relation_prompts(subject, r.get("relation"), prompt, paraphrases)], obj, layers)
+                subject, [q + lead for q in relation_prompts(subject, r.get("relation"), prompt, paraphrases)], obj, layers)
         else:
             t.layers = sorted(set(t.layers) | set(layers))
     return list(found.values())
