@@ -149,7 +149,7 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
         r = pa - at_base[a.context].get(ta, 0.0)
         # a base that repeats the subject ("The company Syria is headquartered in … Syria") states no fact
         copies = bool(tb.strip()) and tb.strip().casefold() in subject.text.casefold()
-        # an answer that reaches no word within a few tokens ("the late 19th" does) names nothing
+        # an answer that reaches no word within a few tokens (only stop words or punctuation) names nothing
         moved = ta != tb and not is_skippable(ta) and not copies
         rise.append(r)
         score.append(pb * r if moved else float("-inf"))
