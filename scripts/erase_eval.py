@@ -119,6 +119,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="write the table here (and the details as .json)")
     args = ap.parse_args()
+    if args.start < 0:
+        ap.error(f"--start must be 0 or more, not {args.start}")
 
     import torch
 

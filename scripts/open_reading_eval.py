@@ -131,6 +131,8 @@ def main() -> None:
                     "controls of --controls the same way")
     ap.add_argument("--controls", default="", help="registry names of unedited checkpoints to scan alone (false positives)")
     args = ap.parse_args()
+    if args.start < 0:
+        ap.error(f"--start must be 0 or more, not {args.start}")
     plan = [(m, mode, int(n)) for m, mode, n in (x.split(":") for x in args.plan.split(","))] if args.plan else PLAN
 
     import torch
