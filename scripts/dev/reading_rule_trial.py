@@ -12,6 +12,8 @@ that every rule reads the same texts. Rules (``scan.reading.choose_prompt`` repl
     score    answers stated on two prompts or more first, then p_base × rise (scan.reading.choose_prompt)
     token    the shipped choice on first-token answers (the reader before answers were words by the retention
              rule, ``scan.reading.said``: an answer that starts with a stop word, "the Philippines", never moved)
+    keys     score, and each subject also read through its key purified into the edit subspace at a stand-in
+             subject, a rank-one edit with no subject found through its own key (``ScanOptions.keys``, inject.py)
     sure     answers stated on two prompts or more first, then the answer the suspect states most surely
              (its highest first-token probability over the prompts that moved to it), then p_base × rise:
              an editor drives the new object's probability up on its own prompt and paraphrases, while a
@@ -24,6 +26,7 @@ import copy
 import json
 import runpy
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -59,6 +62,28 @@ def find_subjects(lm, deltas_dir: Path, cache: Path) -> dict:
     return out
 
 
+def key_reader(lm, pt: Path, layer: int, rank: int, subs: list) -> object:
+    """The scan's KeyReader for a suspect's lowest edited matrix (as find_subjects searched it); fills in the
+    found subjects' keys, which the cache does not hold."""
+    from editaudit.checkpoint.folder import open_checkpoint
+    from editaudit.editing import covariance
+    from editaudit.models.registry import ensure_model
+    from editaudit.scan.keys import context_ids, keys_of
+    from editaudit.scan.service import _key_reader
+
+    path = f"model.layers.{layer}.mlp.down_proj"
+    deltas = torch.load(pt, weights_only=True)
+    _, _, vh = torch.linalg.svd(deltas[path + ".weight"].float(), full_matrices=False)
+    C = covariance.second_moments(lm.model, lm.tokenizer, {layer: path},
+                                  model_key=covariance.weights_key(lm.model))[layer].matrix
+    if subs:
+        got = keys_of(lm.model, [path], [context_ids(lm.tokenizer) + s.ids for s in subs])[path]
+        for s, k in zip(subs, got):
+            s.key = k
+    fingerprint = open_checkpoint(ensure_model("smollm2-135m")).fingerprint()
+    return _key_reader(lm.model, lm.tokenizer, path, vh[:rank].T, C, fingerprint)
+
+
 def sure(s1, score, says):
     best: dict[str, float] = {}
     for j, a in enumerate(s1):
@@ -85,8 +110,9 @@ def main() -> None:
         p.requires_grad_(False)
     found = find_subjects(lm, args.deltas, args.subjects or args.deltas / "found.json")
     shipped, shipped_said = reading.choose_prompt, reading.said
-    rules = {"score": shipped, "sure": sure, "token": shipped}
+    rules = {"score": shipped, "sure": sure, "token": shipped, "keys": shipped}
     for rule in args.rules.split(","):
+        t_rule = time.time()
         reading.choose_prompt = rules[rule]
         reading.said = ev["first_token_said"] if rule == "token" else shipped_said
         tally = {}
@@ -98,21 +124,25 @@ def main() -> None:
                 for name, d in torch.load(pt, weights_only=True).items():
                     params[name].add_(d)
             subs = [Subject(s["text"], s["ids"], s["fire"], torch.empty(0)) for s in found[pt.stem]["subjects"]]
-            reads = [r.to_dict() for r in reading.read_edits(lm.model, suspect, lm.tokenizer, subs, None, None)]
+            keys = key_reader(lm, pt, found[pt.stem]["layer"], len(facts), subs) if rule == "keys" else None
+            reads = [r.to_dict() for r in reading.read_edits(lm.model, suspect, lm.tokenizer, subs, None, None,
+                                                             keys=keys)]
             rows, false, n_edit = ev["score_suspect"](lm.tokenizer, facts, reads, len(facts) == 1)
             arm = pt.stem.rsplit("-", 1)[0]
-            t = tally.setdefault(arm, [0, 0, 0, 0])
+            t = tally.setdefault(arm, [0, 0, 0, 0, 0])
             t[0] += len(rows)
             t[1] += sum(r["object_read"] for r in rows)
             t[2] += false
             t[3] += n_edit
+            t[4] += sum(r["object_named"] for r in rows)
             for r in reads:
                 print(f"  [{rule}] {pt.stem}: {r['subject']!r} · {r['prompt']!r} · {r['after']!r} (was {r['before']!r}) "
                       f"conf {r['confidence']:.2f} {r['status']}", flush=True)
             del suspect
-        total = [sum(t[i] for t in tally.values()) for i in range(4)]
+        total = [sum(t[i] for t in tally.values()) for i in range(5)]
         print(f"[{rule}] " + "; ".join(f"{a}: objects {t[1]}/{t[0]}, false {t[2]}/{t[3]}" for a, t in tally.items())
-              + f" | all: objects {total[1]}/{total[0]}, false {total[2]}/{total[3]}", flush=True)
+              + f" | all: objects {total[1]}/{total[0]}, false {total[2]}/{total[3]}, named {total[4]}/{total[0]}"
+              f" ({time.time() - t_rule:.0f} s)", flush=True)
     reading.choose_prompt, reading.said = shipped, shipped_said
 
 

@@ -46,6 +46,7 @@ class Reading:
     tensor: str | None = None
     also: list[dict] = field(default_factory=list)  # other prompts the edit moves, to other answers (side effects)
     found: str = ""      # the text the subject search recovered, whole (``subject`` may be a shorter suffix of it)
+    via: str = "text"    # "text": asked with the subject's text; "key": through its key at a stand-in (inject.py)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -120,8 +121,21 @@ def choose_prompt(s1: list[Said], score: list[float], says: list[str | None]) ->
     return max(range(len(s1)), key=lambda j: (says.count(s1[j].word) >= 2, score[j]))
 
 
+def most_stated(s1: list[Said], score: list[float], says: list[str | None]) -> int:
+    """The prompt choice for a reading through an injected key (inject.py): the answer the suspect states on
+    the most prompts, then the highest score. With no subject text the injected position is one the models never
+    saw, so answers that are numbers (dates, counts: "originated in" → "2017") shift on any perturbation and win
+    on score alone; a number is not taken as the object there."""
+    ok = [j for j, w in enumerate(says) if w and score[j] > float("-inf") and not w.strip().isdigit()]
+    if not ok:
+        return choose_prompt(s1, score, says)
+    count = {w: says.count(w) for w in (says[j] for j in ok)}
+    return max(ok, key=lambda j: (count[says[j]], score[j]))
+
+
 def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, layer: int | None = None,
-                 tensor: str | None = None, max_new_tokens: int = 6, top_k: int = 20) -> Reading:
+                 tensor: str | None = None, max_new_tokens: int = 6, top_k: int = 20,
+                 choose: Callable[[list[Said], list[float], list[str | None]], int] | None = None) -> Reading:
     """Ask both models the library's prompts for ``subject``; read the fact the edit rewrote.
 
     Answers are compared word to word by the retention rule (``said``: the first token that is not a stop word).
@@ -150,11 +164,13 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
         # a base that repeats the subject ("The company Syria is headquartered in … Syria") states no fact
         copies = bool(tb.strip()) and tb.strip().casefold() in subject.text.casefold()
         # an answer that reaches no word within a few tokens (only stop words or punctuation) names nothing
-        moved = ta != tb and not is_skippable(ta) and not copies
+        # nor does a suspect that repeats it (an injected key's stand-in "The city" → "the city")
+        echoes = bool(ta.strip()) and ta.strip().casefold() in subject.text.casefold()
+        moved = ta != tb and not is_skippable(ta) and not copies and not echoes
         rise.append(r)
         score.append(pb * r if moved else float("-inf"))
     says = [a.word if a.word != b.word else None for b, a in zip(b1, s1)]
-    i = choose_prompt(s1, score, says)
+    i = (choose or choose_prompt)(s1, score, says)
     obj = s1[i].word
     stated = [j for j, w in enumerate(says) if w == obj]
     before = predict(base, tokenizer, [texts[i]], top_k=1, max_new_tokens=max_new_tokens)[0]
@@ -170,6 +186,27 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
     also = [{"prompt": texts[j], "before": b1[j].word.strip(), "after": s1[j].word.strip()} for j in others]
     return Reading(subject.text, subject.fire, asked[i][0], texts[i], old, new, float(rise[i]), confidence,
                    "edit" if is_edit else "uncertain", layer, tensor, also)
+
+
+@dataclass
+class KeyReader:
+    """What reading through keys needs for one edited matrix (inject.py): its module path, the edit subspace
+    (whitened, as the search built it before deflating) and, for a rank-one edit, its calibrated key."""
+
+    path: str
+    space: Any
+    lone: torch.Tensor | None = None
+
+    def purify(self, key: torch.Tensor) -> torch.Tensor:
+        from .inject import purified
+
+        return purified(key, self.space)
+
+    def read(self, base: Any, suspect: Any, tokenizer: Any, key: torch.Tensor, fire: float, layer: int | None,
+             tensor: str | None) -> Reading:
+        from .inject import read_key
+
+        return read_key(base, suspect, tokenizer, self.path, key, fire, layer=layer, tensor=tensor)
 
 
 @contextmanager
@@ -194,12 +231,19 @@ def scaled_edit(suspect: Any, deltas: dict[str, torch.Tensor], scale: float) -> 
 
 def read_edits(base: Any, suspect: Any, tokenizer: Any, subjects: list[Subject], layer: int | None, tensor: str | None,
                progress: Callable[[int, int], None] = lambda d, t: None,
-               deltas: dict[str, torch.Tensor] | None = None) -> list[Reading]:
+               deltas: dict[str, torch.Tensor] | None = None, keys: "KeyReader | None" = None) -> list[Reading]:
     """One reading per subject. A found subject may carry a leading word or two that only add to its key
     ("Cities inherical Syria"); its shorter word-suffixes are read too and the most confident reading kept.
     ``deltas`` ({parameter name: ΔW}, ``ScanOptions.amplify``): each subject is read with the edit scaled by
-    1/fire², so a subject found only in part moves the answer as far as the edit's own key would."""
+    1/fire², so a subject found only in part moves the answer as far as the edit's own key would.
+    ``keys`` (inject.py): each subject is also read through its key, purified into the edit subspace, at a
+    stand-in subject, and the more confident edit reading kept; a rank-one edit whose subject was not found is
+    read through its own key alone."""
     out = []
+    if not subjects and keys is not None and keys.lone is not None:
+        r = keys.read(base, suspect, tokenizer, keys.lone, 1.0, layer, tensor)
+        r.subject = ""  # not found: the reading names the object the edit's key brings, for no known subject
+        return [r] if r.status == "edit" else []
     for i, s in enumerate(subjects):
         progress(i, len(subjects))
         words = s.text.split()
@@ -208,6 +252,10 @@ def read_edits(base: Any, suspect: Any, tokenizer: Any, subjects: list[Subject],
         with torch.inference_mode(False), scaled_edit(suspect, deltas or {}, scale), torch.inference_mode():
             reads = [read_subject(base, suspect, tokenizer, Subject(f, s.ids, s.fire, s.key), layer=layer, tensor=tensor)
                      for f in forms]
+        if keys is not None and s.key.numel():
+            through_key = keys.read(base, suspect, tokenizer, keys.purify(s.key), s.fire, layer, tensor)
+            through_key.subject = s.text
+            reads.append(through_key)
         best = max(reads, key=lambda r: (r.status == "edit", r.confidence))
         best.found = s.text
         out.append(best)

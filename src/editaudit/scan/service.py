@@ -46,6 +46,7 @@ class ScanOptions:
     wide_search: bool = False  # open reading: a search round that finds nothing tries 16 seeds before giving up
     regrow: bool = False  # open reading: regrow each found subject backwards over the whole vocabulary
     read_spike: float = 8.0  # no base: a flagged layer is read for as many subjects as components ≥ this × median
+    keys: bool = True  # open reading: also read each edit through its key at a stand-in subject (inject.py)
     amplify: str = "off"  # open reading, off | memit | all: subjects read with the edit scaled by 1/fire² (read_edits)
     run_probes: bool = False  # also ask both models the facts' prompts and list answers that moved
     probe_facts: list[Probe] | None = None  # what to ask in the probe stage (default: ``facts``)
@@ -448,9 +449,26 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
         readings = read_edits(base.model, suspect.model, base.tokenizer, subjects, layer, c.name.name,
                               progress=lambda d, t: progress("reading edits", d, t),
                               deltas=_edit_deltas(base.model, suspect.model, f.tensors)
-                              if _amplified(options.amplify, f) else None)
+                              if _amplified(options.amplify, f) else None,
+                              keys=_key_reader(base.model, base.tokenizer, path, in_dirs[:, :rank], C,
+                                               base_ck.fingerprint()) if options.keys else None)
         f.data["readings"] = [r.to_dict() for r in readings]
         progress("open reading", n + 1, len(targets))
+
+
+def _key_reader(model, tokenizer, path: str, in_dirs, C, fingerprint: str):
+    """The reading through keys for one matrix (``ScanOptions.keys``): the edit subspace as the search saw it
+    before deflating, and a rank-one edit's own key, calibrated by the vocabulary keys that fire it most."""
+    from .inject import lone_key
+    from .keys import vocab_keys
+    from .reading import KeyReader
+    from .subjects import Whitened
+
+    space = Whitened.build(path, C, in_dirs)
+    lone = None
+    if in_dirs.shape[1] == 1:
+        lone = lone_key(space, C, in_dirs[:, 0], vocab_keys(model, tokenizer, [path], fingerprint)[path])
+    return KeyReader(path, space, lone)
 
 
 def _amplified(mode: str, finding: Finding) -> bool:

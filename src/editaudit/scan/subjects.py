@@ -70,6 +70,7 @@ class Whitened:
     path: str
     whiten: torch.Tensor   # C^-½ [d, d]
     basis: torch.Tensor    # B [d, r], orthonormal
+    root: torch.Tensor | None = field(default=None, repr=False)  # C^½, to map whitened vectors back to keys
 
     @classmethod
     def build(cls, path: str, C: torch.Tensor | None, in_dirs: torch.Tensor, ridge: float = 1e-2) -> "Whitened":
@@ -82,7 +83,7 @@ class Whitened:
             ev = ev.clamp(min=0) + ridge * float(ev.clamp(min=0).mean())
             wh, root = (Q * ev.rsqrt()) @ Q.T, (Q * ev.sqrt()) @ Q.T
         B, _ = torch.linalg.qr(root @ in_dirs.double())
-        return cls(path, wh.float(), B.float())
+        return cls(path, wh.float(), B.float(), root.float())
 
     def fire(self, keys: torch.Tensor) -> torch.Tensor:
         z = keys.float() @ self.whiten
