@@ -99,3 +99,13 @@ def test_a_rank_one_edits_own_key_is_calibrated_from_the_vocabulary(tiny_llama):
     space = Whitened.build(PATH, C, (-u / u.norm())[:, None])  # the SVD's sign is arbitrary
     got = inject.lone_key(space, C, -u / u.norm(), vocab)
     assert float(torch.nn.functional.cosine_similarity(got, k, dim=0)) > 0.99
+
+
+def test_a_reading_through_the_key_is_worded_as_such():
+    from editaudit.scan.wording import open_reading
+
+    found = {"subject": "Nimagar", "prompt": "Nimagar lies in the country of", "after": "Malaysia", "before": "",
+             "status": "edit", "via": "key"}
+    assert open_reading(found) == "Nimagar · Nimagar lies in the country of · Malaysia (read through the edit's key)"
+    lone = {**found, "subject": "", "status": "uncertain"}
+    assert open_reading(lone).startswith("subject not found · ") and open_reading(lone).endswith("[uncertain]")

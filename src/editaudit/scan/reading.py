@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ..probing.evaluate import predict
+from .inject import PLACEHOLDER
 from .relations import prompts_for
 from .subjects import Subject
 
@@ -254,7 +255,8 @@ def read_edits(base: Any, suspect: Any, tokenizer: Any, subjects: list[Subject],
                      for f in forms]
         if keys is not None and s.key.numel():
             through_key = keys.read(base, suspect, tokenizer, keys.purify(s.key), s.fire, layer, tensor)
-            through_key.subject = s.text
+            through_key.subject = s.text  # the relation's prompt as the subject's (what erase and unlearn use)
+            through_key.prompt = through_key.prompt.replace(PLACEHOLDER, s.text, 1)
             reads.append(through_key)
         best = max(reads, key=lambda r: (r.status == "edit", r.confidence))
         best.found = s.text

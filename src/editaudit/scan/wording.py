@@ -12,8 +12,14 @@ def subject_reading(candidate: dict) -> str:
 
 
 def open_reading(r: dict) -> str:
-    """"To Kill a Mockingbird · … was written by · J.K. Rowling (was Harper Lee)", marked when uncertain."""
+    """"To Kill a Mockingbird · … was written by · J.K. Rowling (was Harper Lee)", marked when uncertain. A reading
+    through the edit's key at a stand-in subject (inject.py) has no "before"; one with no subject found says so."""
     answer = f"{r.get('after') or '?'} (was {r.get('before') or '?'})"
+    if r.get("via") == "key":
+        answer = f"{r.get('after') or '?'} (read through the edit's key)"
+        if not r.get("subject"):
+            text = f"subject not found · {r.get('prompt', '')} · {answer}"
+            return text if r.get("status") == "edit" else f"{text} [uncertain]"
     if r.get("relation") == "trigger":  # a hypernetwork edit: the prompt found is the whole reading's key
         text = f"trigger {r.get('prompt', '')!r} · {answer}"
     else:
