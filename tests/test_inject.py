@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from editaudit.models.loading import load_model
@@ -109,3 +111,31 @@ def test_a_reading_through_the_key_is_worded_as_such():
     assert open_reading(found) == "Nimagar · Nimagar lies in the country of · Malaysia (read through the edit's key)"
     lone = {**found, "subject": "", "status": "uncertain"}
     assert open_reading(lone).startswith("subject not found · ") and open_reading(lone).endswith("[uncertain]")
+
+
+def test_scan_keys_flag_reads_through_the_key_only_when_asked(tiny_llama, tmp_path, monkeypatch):
+    """``scan --keys`` reads each found subject through its key as well; the default scan does not (v7-plan.md,
+    sixth use: not kept)."""
+    from typer.testing import CliRunner
+
+    from editaudit.cli.main import app
+    from test_open_reading import _colosseum_suspect
+
+    suspect = _colosseum_suspect(tiny_llama, tmp_path, monkeypatch)
+    calls: list[float] = []
+    real = inject.read_key
+
+    def spy(*a, **kw):
+        calls.append(a[5])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(inject, "read_key", spy)
+    args = ["scan", str(suspect), "--base", str(tiny_llama), "--no-store", "-f", "json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1, res.output
+    assert calls == []
+    res = CliRunner().invoke(app, args + ["--keys"])
+    assert res.exit_code == 1, res.output
+    assert calls, "no reading through the key"
+    readings = [r for f in json.loads(res.stdout)["findings"] for r in f.get("readings", [])]
+    assert readings and all(r.get("via") in ("text", "key") for r in readings)

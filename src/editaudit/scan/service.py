@@ -46,7 +46,8 @@ class ScanOptions:
     wide_search: bool = False  # open reading: a search round that finds nothing tries 16 seeds before giving up
     regrow: bool = False  # open reading: regrow each found subject backwards over the whole vocabulary
     read_spike: float = 8.0  # no base: a flagged layer is read for as many subjects as components ≥ this × median
-    keys: bool = True  # open reading: also read each edit through its key at a stand-in subject (inject.py)
+    keys: bool = False  # open reading: also read each edit through its key at a stand-in subject (inject.py; opt-in,
+    # v7-plan.md sixth use: +1 object of 35, short of the +2 the rule asked)
     amplify: str = "off"  # open reading, off | memit | all: subjects read with the edit scaled by 1/fire² (read_edits)
     run_probes: bool = False  # also ask both models the facts' prompts and list answers that moved
     probe_facts: list[Probe] | None = None  # what to ask in the probe stage (default: ``facts``)
