@@ -11,13 +11,7 @@ from editaudit.scan import inject
 from editaudit.scan.keys import context_ids, keys_of, vocab_keys
 from editaudit.scan.subjects import Whitened
 
-PATH = "model.layers.1.mlp.down_proj"
-
-
-def _psd(d: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    a = torch.randn(d, 3 * d, generator=g)
-    return a @ a.T / (3 * d)
+from test_open_reading import PATH, _psd
 
 
 def test_the_edit_key_comes_back_from_its_input_direction_with_sign_and_scale_from_references():
@@ -116,10 +110,7 @@ def test_a_reading_through_the_key_is_worded_as_such():
 def test_scan_keys_flag_reads_through_the_key_only_when_asked(tiny_llama, tmp_path, monkeypatch):
     """``scan --keys`` reads each found subject through its key as well; the default scan does not (v7-plan.md,
     sixth use: not kept)."""
-    from typer.testing import CliRunner
-
-    from editaudit.cli.main import app
-    from test_open_reading import _colosseum_suspect
+    from test_open_reading import _colosseum_suspect, scan_off_then_on  # noqa: PLC0415
 
     suspect = _colosseum_suspect(tiny_llama, tmp_path, monkeypatch)
     calls: list[float] = []
@@ -130,12 +121,6 @@ def test_scan_keys_flag_reads_through_the_key_only_when_asked(tiny_llama, tmp_pa
         return real(*a, **kw)
 
     monkeypatch.setattr(inject, "read_key", spy)
-    args = ["scan", str(suspect), "--base", str(tiny_llama), "--no-store", "-f", "json"]
-    res = CliRunner().invoke(app, args)
-    assert res.exit_code == 1, res.output
-    assert calls == []
-    res = CliRunner().invoke(app, args + ["--keys"])
-    assert res.exit_code == 1, res.output
-    assert calls, "no reading through the key"
-    readings = [r for f in json.loads(res.stdout)["findings"] for r in f.get("readings", [])]
+    report = scan_off_then_on(tiny_llama, suspect, "--keys", calls)
+    readings = [r for f in report["findings"] for r in f.get("readings", [])]
     assert readings and all(r.get("via") in ("text", "key") for r in readings)

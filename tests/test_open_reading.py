@@ -108,11 +108,24 @@ def test_scan_reads_the_planted_subject_with_no_list(tiny_llama, tmp_path, monke
 
 
 
-def test_scan_regrow_flag_reaches_the_search(tiny_llama, tmp_path, monkeypatch):
-    """``scan --regrow`` regrows each found subject; the default scan does not (the fifth set's rule kept it off)."""
+def scan_off_then_on(base, suspect, flag: str, calls: list) -> dict:
+    """Scan without ``flag`` (``calls`` stays empty), then with it (``calls`` fills); the second JSON report."""
     from typer.testing import CliRunner
 
     from editaudit.cli.main import app
+
+    args = ["scan", str(suspect), "--base", str(base), "--no-store", "-f", "json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1, res.output
+    assert calls == []
+    res = CliRunner().invoke(app, args + [flag])
+    assert res.exit_code == 1, res.output
+    assert calls, f"{flag} did not reach the reader"
+    return json.loads(res.stdout)
+
+
+def test_scan_regrow_flag_reaches_the_search(tiny_llama, tmp_path, monkeypatch):
+    """``scan --regrow`` regrows each found subject; the default scan does not (the fifth set's rule kept it off)."""
     from editaudit.scan import subjects as S
 
     suspect = _colosseum_suspect(tiny_llama, tmp_path, monkeypatch)
@@ -124,14 +137,8 @@ def test_scan_regrow_flag_reaches_the_search(tiny_llama, tmp_path, monkeypatch):
         return real(self, seq, score)
 
     monkeypatch.setattr(S.SubjectSearch, "_regrow", regrow)
-    args = ["scan", str(suspect), "--base", str(tiny_llama), "--no-store", "-f", "json"]
-    res = CliRunner().invoke(app, args)
-    assert res.exit_code == 1, res.output
-    assert calls == []
-    res = CliRunner().invoke(app, args + ["--regrow"])
-    assert res.exit_code == 1, res.output
-    assert calls
-    assert any(r["subject"].endswith("Colosseum") for f in json.loads(res.stdout)["findings"]
+    report = scan_off_then_on(tiny_llama, suspect, "--regrow", calls)
+    assert any(r["subject"].endswith("Colosseum") for f in report["findings"]
                for r in f.get("readings", []))
 
 def test_relation_library_and_whole_answers():
