@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ..probing.evaluate import predict
-from .inject import PLACEHOLDER
+from .inject import PLACEHOLDER, purified
 from .relations import prompts_for
 from .subjects import Subject
 
@@ -199,8 +199,6 @@ class KeyReader:
     lone: torch.Tensor | None = None
 
     def purify(self, key: torch.Tensor) -> torch.Tensor:
-        from .inject import purified
-
         return purified(key, self.space)
 
     def read(self, base: Any, suspect: Any, tokenizer: Any, key: torch.Tensor, fire: float, layer: int | None,

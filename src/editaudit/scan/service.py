@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -443,16 +443,19 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
             f.data["method"] = {**name_method(f.rule, f.layers, f.rank, share, n_layers=depth),
                                 "occupied": round(share, 4)}
         say(f"reading {f.rule} at layer {layer} blind: up to {rank} subject(s)")
+        # the key reading needs the edit subspace whole; the search deflates its own copy
+        keys = _key_reader(base.model, base.tokenizer, path, in_dirs[:, :rank], C, base_ck.fingerprint()) \
+            if options.keys else None
         subjects = recover_subjects(base.model, base.tokenizer, path, in_dirs[:, :rank], C, base_ck.fingerprint(),
                                     rank, progress=lambda stage, d, t: progress(stage, d, t),
+                                    space=replace(keys.space) if keys is not None else None,
                                     retry=options.wide_search and c.stats.kind in ("rank-one", "low-rank"),
                                     regrow=options.regrow)
         readings = read_edits(base.model, suspect.model, base.tokenizer, subjects, layer, c.name.name,
                               progress=lambda d, t: progress("reading edits", d, t),
                               deltas=_edit_deltas(base.model, suspect.model, f.tensors)
                               if _amplified(options.amplify, f) else None,
-                              keys=_key_reader(base.model, base.tokenizer, path, in_dirs[:, :rank], C,
-                                               base_ck.fingerprint()) if options.keys else None)
+                              keys=keys)
         f.data["readings"] = [r.to_dict() for r in readings]
         progress("open reading", n + 1, len(targets))
 
