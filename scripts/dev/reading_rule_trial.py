@@ -18,6 +18,10 @@ that every rule reads the same texts. Rules (``scan.reading.choose_prompt`` repl
              (its highest first-token probability over the prompts that moved to it), then p_base × rise:
              an editor drives the new object's probability up on its own prompt and paraphrases, while a
              neighbour moved through a shared direction is stated less surely (taken to the sixth set: not kept)
+    forms    score, with the forms of one word counted as one answer ("Italy", "Italian": ``reading.FORMS``)
+    forms-count  count, likewise
+    count    the answer the suspect states on the most prompts (numbers excluded), then p_base × rise: the key
+             reading's choice (``scan.reading.most_stated``) applied to subjects read through their text
 """
 from __future__ import annotations
 
@@ -110,11 +114,13 @@ def main() -> None:
         p.requires_grad_(False)
     found = find_subjects(lm, args.deltas, args.subjects or args.deltas / "found.json")
     shipped, shipped_said = reading.choose_prompt, reading.said
-    rules = {"score": shipped, "sure": sure, "token": shipped, "keys": shipped}
+    rules = {"score": shipped, "sure": sure, "token": shipped, "keys": shipped, "count": reading.most_stated,
+             "forms": shipped, "forms-count": reading.most_stated}
     for rule in args.rules.split(","):
         t_rule = time.time()
         reading.choose_prompt = rules[rule]
         reading.said = ev["first_token_said"] if rule == "token" else shipped_said
+        reading.FORMS = rule.startswith("forms")
         tally = {}
         for pt in sorted(args.deltas.glob("*.pt")):
             facts = load_probes(pt.with_suffix(".jsonl"))

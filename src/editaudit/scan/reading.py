@@ -114,12 +114,41 @@ def said(model: Any, tokenizer: Any, texts: list[str], top_k: int, seen: dict[st
     return out
 
 
+#: Count the forms of one word as one answer when prompts are compared (judged on v7 facts 145–179,
+#: bench/heldout/v7-plan.md seventh use).
+FORMS = False
+
+
+def same_answer(a: str | None, b: str | None) -> bool:
+    """Two answer words name one object: equal, or (``FORMS``) one a form of the other, sharing a stem of four
+    letters or more that covers most of the shorter word ("Italy"/"Italian", "Russia"/"Russian")."""
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    if not FORMS:
+        return False
+    x, y = a.strip().casefold(), b.strip().casefold()
+    if not (x.isalpha() and y.isalpha()):
+        return False
+    n = 0
+    for c, d in zip(x, y):
+        if c != d:
+            break
+        n += 1
+    return n >= 4 and n >= 0.6 * min(len(x), len(y))
+
+
+def times_stated(word: str | None, says: list[str | None]) -> int:
+    return sum(same_answer(word, w) for w in says)
+
+
 def choose_prompt(s1: list[Said], score: list[float], says: list[str | None]) -> int:
     """The prompt a reading reports: a rewritten fact is stated on several phrasings, a side effect on one, so
     prompts whose new answer the suspect states on two at least come first; then the highest score (p_base × rise).
     Preferring the answer the suspect states most surely read 2 more objects of 70 on development suspects and 1
     more of 35 on the sixth held-apart set, short of that set's rule (bench/heldout/v6-plan.md), so it was not kept."""
-    return max(range(len(s1)), key=lambda j: (says.count(s1[j].word) >= 2, score[j]))
+    return max(range(len(s1)), key=lambda j: (times_stated(s1[j].word, says) >= 2, score[j]))
 
 
 def most_stated(s1: list[Said], score: list[float], says: list[str | None]) -> int:
@@ -130,7 +159,7 @@ def most_stated(s1: list[Said], score: list[float], says: list[str | None]) -> i
     ok = [j for j, w in enumerate(says) if w and score[j] > float("-inf") and not w.strip().isdigit()]
     if not ok:
         return choose_prompt(s1, score, says)
-    count = {w: says.count(w) for w in (says[j] for j in ok)}
+    count = {w: times_stated(w, says) for w in (says[j] for j in ok)}
     return max(ok, key=lambda j: (count[says[j]], score[j]))
 
 
@@ -173,7 +202,7 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
     says = [a.word if a.word != b.word else None for b, a in zip(b1, s1)]
     i = (choose or choose_prompt)(s1, score, says)
     obj = s1[i].word
-    stated = [j for j, w in enumerate(says) if w == obj]
+    stated = [j for j, w in enumerate(says) if same_answer(w, obj)]
     before = predict(base, tokenizer, [texts[i]], top_k=1, max_new_tokens=max_new_tokens)[0]
     after = predict(suspect, tokenizer, [texts[i]], top_k=1, max_new_tokens=max_new_tokens)[0]
     new, old = answer(after.continuation), answer(before.continuation)
@@ -182,7 +211,7 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
     g = max(0.0, min(1.0, rise[i]))
     confidence = min(1.0, subject.fire) * (0.4 + 0.6 * g) * (0.5 + 0.5 * agree) if stated_twice else 0.1 * subject.fire
     is_edit = stated_twice and confidence >= EDIT_MIN
-    others = sorted((j for j in range(len(texts)) if score[j] > float("-inf") and s1[j].word != obj),
+    others = sorted((j for j in range(len(texts)) if score[j] > float("-inf") and not same_answer(s1[j].word, obj)),
                     key=lambda j: -score[j])[:3]
     also = [{"prompt": texts[j], "before": b1[j].word.strip(), "after": s1[j].word.strip()} for j in others]
     return Reading(subject.text, subject.fire, asked[i][0], texts[i], old, new, float(rise[i]), confidence,
