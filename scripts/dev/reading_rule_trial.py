@@ -18,7 +18,8 @@ that every rule reads the same texts. Rules (``scan.reading.choose_prompt`` repl
              (its highest first-token probability over the prompts that moved to it), then p_base × rise:
              an editor drives the new object's probability up on its own prompt and paraphrases, while a
              neighbour moved through a shared direction is stated less surely (taken to the sixth set: not kept)
-    forms    score, with the forms of one word counted as one answer ("Italy", "Italian": ``reading.FORMS``)
+    forms    score, with the forms of one word counted as one answer ("Italy", "Italian": ``forms_answer`` below
+             replaces ``scan.reading.same_answer`` for the run; taken to v7's facts 145–179 with count: not kept)
     forms-count  count, likewise
     count    the answer the suspect states on the most prompts (numbers excluded), then p_base × rise: the key
              reading's choice (``scan.reading.most_stated``) applied to subjects read through their text
@@ -88,6 +89,24 @@ def key_reader(lm, pt: Path, layer: int, rank: int, subs: list) -> object:
     return _key_reader(lm.model, lm.tokenizer, path, vh[:rank].T, C, fingerprint)
 
 
+def forms_answer(a, b) -> bool:
+    """Equal, or one a form of the other: a shared stem of four letters or more covering most of the shorter word
+    ("Italy"/"Italian", "Russia"/"Russian"; not "India"/"Indonesia")."""
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    x, y = a.strip().casefold(), b.strip().casefold()
+    if not (x.isalpha() and y.isalpha()):
+        return False
+    n = 0
+    for c, d in zip(x, y):
+        if c != d:
+            break
+        n += 1
+    return n >= 4 and n >= 0.6 * min(len(x), len(y))
+
+
 def sure(s1, score, says):
     best: dict[str, float] = {}
     for j, a in enumerate(s1):
@@ -113,14 +132,14 @@ def main() -> None:
     for p in lm.model.parameters():
         p.requires_grad_(False)
     found = find_subjects(lm, args.deltas, args.subjects or args.deltas / "found.json")
-    shipped, shipped_said = reading.choose_prompt, reading.said
+    shipped, shipped_said, shipped_same = reading.choose_prompt, reading.said, reading.same_answer
     rules = {"score": shipped, "sure": sure, "token": shipped, "keys": shipped, "count": reading.most_stated,
              "forms": shipped, "forms-count": reading.most_stated}
     for rule in args.rules.split(","):
         t_rule = time.time()
         reading.choose_prompt = rules[rule]
         reading.said = ev["first_token_said"] if rule == "token" else shipped_said
-        reading.FORMS = rule.startswith("forms")
+        reading.same_answer = forms_answer if rule.startswith("forms") else shipped_same
         tally = {}
         for pt in sorted(args.deltas.glob("*.pt")):
             facts = load_probes(pt.with_suffix(".jsonl"))
@@ -149,7 +168,7 @@ def main() -> None:
         print(f"[{rule}] " + "; ".join(f"{a}: objects {t[1]}/{t[0]}, false {t[2]}/{t[3]}" for a, t in tally.items())
               + f" | all: objects {total[1]}/{total[0]}, false {total[2]}/{total[3]}, named {total[4]}/{total[0]}"
               f" ({time.time() - t_rule:.0f} s)", flush=True)
-    reading.choose_prompt, reading.said = shipped, shipped_said
+    reading.choose_prompt, reading.said, reading.same_answer = shipped, shipped_said, shipped_same
 
 
 if __name__ == "__main__":

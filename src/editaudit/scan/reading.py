@@ -114,32 +114,15 @@ def said(model: Any, tokenizer: Any, texts: list[str], top_k: int, seen: dict[st
     return out
 
 
-#: Count the forms of one word as one answer when prompts are compared (judged on v7 facts 145–179,
-#: bench/heldout/v7-plan.md seventh use).
-FORMS = False
-
-
 def same_answer(a: str | None, b: str | None) -> bool:
-    """Two answer words name one object: equal, or (``FORMS``) one a form of the other, sharing a stem of four
-    letters or more that covers most of the shorter word ("Italy"/"Italian", "Russia"/"Russian")."""
-    if not a or not b:
-        return False
-    if a == b:
-        return True
-    if not FORMS:
-        return False
-    x, y = a.strip().casefold(), b.strip().casefold()
-    if not (x.isalpha() and y.isalpha()):
-        return False
-    n = 0
-    for c, d in zip(x, y):
-        if c != d:
-            break
-        n += 1
-    return n >= 4 and n >= 0.6 * min(len(x), len(y))
+    """Two answer words name one object. Exactly equal: counting a word's forms as one ("Italy", "Italian") with
+    the most-stated choice read fewer objects on v7's facts 145–179 (16 against 17 of 35, one more false reading;
+    bench/heldout/v7-plan.md seventh use), so the trial harness (scripts/dev/reading_rule_trial.py) brings its own."""
+    return bool(a) and a == b
 
 
 def times_stated(word: str | None, says: list[str | None]) -> int:
+    """On how many prompts the suspect's new answer is ``word``."""
     return sum(same_answer(word, w) for w in says)
 
 
