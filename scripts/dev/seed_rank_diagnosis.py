@@ -1,0 +1,62 @@
+"""Why the subject search stops early on batch edits: for each planted subject of a development suspect, how its
+pieces rank among the search's single-token seeds and how much each of its tails fires.
+
+    python scripts/dev/make_dev_suspects.py /tmp/dev7d FACTS
+    python scripts/dev/seed_rank_diagnosis.py /tmp/dev7d memit-batch-0 [alphaedit-batch-0 ...]
+
+Per subject: its tokens; the whitened fire (the suspect's whole edit subspace at its lowest edited layer, rank = its
+number of facts, as the scan builds it) of every tail (last piece, last two, ..., the whole name); and the rank of
+every piece among the seeds (all word-like tokens after the neutral context, by fire). The search seeds from the
+four best tokens and grows backwards, so a name whose whole-name fire is high but whose last piece ranks far down is
+one the search cannot reach.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def main() -> None:
+    from editaudit.checkpoint.folder import open_checkpoint
+    from editaudit.editing import covariance
+    from editaudit.models.loading import load_model
+    from editaudit.models.registry import ensure_model
+    from editaudit.probing.format import load_probes
+    from editaudit.scan.keys import vocab_keys
+    from editaudit.scan.subjects import SubjectSearch, Whitened
+
+    deltas_dir = Path(sys.argv[1])
+    folder = ensure_model("smollm2-135m")
+    lm = load_model(folder)
+    tok, model = lm.tokenizer, lm.model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    fingerprint = open_checkpoint(folder).fingerprint()
+    for stem in sys.argv[2:]:
+        facts = load_probes(deltas_dir / f"{stem}.jsonl")
+        deltas = torch.load(deltas_dir / f"{stem}.pt", weights_only=True)
+        name = min(deltas, key=lambda n: int(n.split(".")[2]))
+        layer, path = int(name.split(".")[2]), name.rsplit(".", 1)[0]
+        _, _, vh = torch.linalg.svd(deltas[name].float(), full_matrices=False)
+        C = covariance.second_moments(model, tok, {layer: path}, model_key=covariance.weights_key(model))[layer].matrix
+        search = SubjectSearch(model, tok, Whitened.build(path, C, vh[:len(facts)].T),
+                               vocab_keys(model, tok, [path], fingerprint)[path])
+        order = search.seeds(int(search.cont_ok.sum()))
+        rank = {t: i for i, t in enumerate(order)}
+        print(f"== {stem} (layer {layer}, rank {len(facts)})", flush=True)
+        for f in facts:
+            ids = tok(" " + f.subject, add_special_tokens=False)["input_ids"]
+            tails = [ids[k:] for k in range(len(ids) - 1, -1, -1)]
+            fires = search.exact(tails)[0].tolist()
+            pieces = " ".join(f"{tok.decode([t])!r}#{rank.get(t, '-')}" for t in ids)
+            print(f"  {f.subject:22s} pieces {pieces:48s} tail fires (last piece → whole) "
+                  + " ".join(f"{x:.2f}" for x in fires), flush=True)
+
+
+if __name__ == "__main__":
+    main()
