@@ -17,35 +17,20 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
-    from editaudit.checkpoint.folder import open_checkpoint
-    from editaudit.editing import covariance
-    from editaudit.models.loading import load_model
-    from editaudit.models.registry import ensure_model
+    from dev_model import frozen_base, lowest_search
     from editaudit.probing.format import load_probes
-    from editaudit.scan.keys import vocab_keys
-    from editaudit.scan.subjects import SubjectSearch, Whitened
 
     deltas_dir = Path(sys.argv[1])
-    folder = ensure_model("smollm2-135m")
-    lm = load_model(folder)
-    tok, model = lm.tokenizer, lm.model
-    for p in model.parameters():
-        p.requires_grad_(False)
-    fingerprint = open_checkpoint(folder).fingerprint()
+    lm, fingerprint = frozen_base()
+    tok = lm.tokenizer
     for stem in sys.argv[2:]:
         facts = load_probes(deltas_dir / f"{stem}.jsonl")
-        deltas = torch.load(deltas_dir / f"{stem}.pt", weights_only=True)
-        name = min(deltas, key=lambda n: int(n.split(".")[2]))
-        layer, path = int(name.split(".")[2]), name.rsplit(".", 1)[0]
-        _, _, vh = torch.linalg.svd(deltas[name].float(), full_matrices=False)
-        C = covariance.second_moments(model, tok, {layer: path}, model_key=covariance.weights_key(model))[layer].matrix
-        search = SubjectSearch(model, tok, Whitened.build(path, C, vh[:len(facts)].T),
-                               vocab_keys(model, tok, [path], fingerprint)[path])
+        layer, search = lowest_search(lm, fingerprint, torch.load(deltas_dir / f"{stem}.pt", weights_only=True),
+                                      len(facts))
         order = search.seeds(int(search.cont_ok.sum()))
         rank = {t: i for i, t in enumerate(order)}
         print(f"== {stem} (layer {layer}, rank {len(facts)})", flush=True)

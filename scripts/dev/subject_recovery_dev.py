@@ -21,27 +21,20 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
-    from editaudit.checkpoint.folder import open_checkpoint
-    from editaudit.editing import covariance
-    from editaudit.models.loading import load_model
-    from editaudit.models.registry import ensure_model
+    from dev_model import frozen_base, lowest_search
     from editaudit.probing.build import normalise
     from editaudit.probing.format import load_probes
     from editaudit.scan import subjects as S
-    from editaudit.scan.keys import vocab_keys
 
     args = sys.argv[1:]
     deltas_dir = Path(args.pop(0)) if args and "/" in args[0] else Path("/tmp/dev4")
     modes = args or ["climb", "grow"]
-    folder = ensure_model("smollm2-135m")
-    lm = load_model(folder)
-    tok, model = lm.tokenizer, lm.model
-    for p in model.parameters():
-        p.requires_grad_(False)
-    fingerprint = open_checkpoint(folder).fingerprint()
+    lm, fingerprint = frozen_base()
+    tok = lm.tokenizer
 
     def last(text: str) -> int:
         return tok(" " + text.strip(), add_special_tokens=False)["input_ids"][-1]
@@ -52,14 +45,8 @@ def main() -> None:
         for pt in sorted(deltas_dir.glob("*.pt")):
             if only and not any(pt.stem.startswith(o) for o in only.split(",")):
                 continue
-            deltas = torch.load(pt, weights_only=True)
             facts = load_probes(pt.with_suffix(".jsonl"))
-            name = min(deltas, key=lambda n: int(n.split(".")[2]))
-            layer, path = int(name.split(".")[2]), name.rsplit(".", 1)[0]
-            _, _, vh = torch.linalg.svd(deltas[name].float(), full_matrices=False)
-            C = covariance.second_moments(model, tok, {layer: path}, model_key=covariance.weights_key(model))[layer].matrix
-            search = S.SubjectSearch(model, tok, S.Whitened.build(path, C, vh[:len(facts)].T),
-                                     vocab_keys(model, tok, [path], fingerprint)[path])
+            _, search = lowest_search(lm, fingerprint, torch.load(pt, weights_only=True), len(facts))
             search.regrow = mode.startswith("grow")
             S.GROW_BEAM = int(mode[4:]) if mode.startswith("grow") and mode[4:].isdigit() else 1  # grow2: beam 2
             t = time.perf_counter()

@@ -20,6 +20,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # (suspect, rank of its edit, what open_reading_v4.txt read, the planted subject)
 CASES = [("rome-single-3", 1, "Cllays", "Barclays"),
@@ -36,20 +37,12 @@ CASES = [("rome-single-3", 1, "Cllays", "Barclays"),
 
 
 def main() -> None:
-    from editaudit.checkpoint.folder import open_checkpoint
-    from editaudit.editing import covariance
-    from editaudit.models.loading import load_model
-    from editaudit.models.registry import ensure_model
-    from editaudit.scan.keys import context_ids, vocab_keys
-    from editaudit.scan.subjects import SubjectSearch, Whitened
+    from dev_model import frozen_base, lowest_search
+    from editaudit.scan.keys import context_ids
 
     deltas_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/dev4")
-    folder = ensure_model("smollm2-135m")
-    lm = load_model(folder)
+    lm, fingerprint = frozen_base()
     tok, model = lm.tokenizer, lm.model
-    for p in model.parameters():
-        p.requires_grad_(False)
-    fingerprint = open_checkpoint(folder).fingerprint()
     pre = context_ids(tok)
 
     def ids(text: str) -> list[int]:
@@ -62,13 +55,7 @@ def main() -> None:
         return float(sum(logp[len(pre) - 1 + i, t] for i, t in enumerate(x)) / len(x))
 
     for stem, rank, found, true in CASES:
-        deltas = torch.load(deltas_dir / f"{stem}.pt", weights_only=True)
-        name = min(deltas, key=lambda n: int(n.split(".")[2]))
-        layer, path = int(name.split(".")[2]), name.rsplit(".", 1)[0]
-        _, _, vh = torch.linalg.svd(deltas[name].float(), full_matrices=False)
-        C = covariance.second_moments(model, tok, {layer: path}, model_key=covariance.weights_key(model))[layer].matrix
-        search = SubjectSearch(model, tok, Whitened.build(path, C, vh[:rank].T),
-                               vocab_keys(model, tok, [path], fingerprint)[path])
+        _, search = lowest_search(lm, fingerprint, torch.load(deltas_dir / f"{stem}.pt", weights_only=True), rank)
         fire = search.exact([ids(found), ids(true)])[0]
         t_ids = ids(true)
         grad = search._gradient(t_ids)

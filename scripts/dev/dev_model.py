@@ -1,0 +1,39 @@
+"""What the development scripts share: the embedded base, frozen, with its fingerprint (the vocabulary-key cache's
+key), and the subject search the scan builds for a development suspect's lowest edited matrix."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+
+
+def frozen_base():
+    """(loaded SmolLM2-135M with gradients off, its checkpoint fingerprint)."""
+    from editaudit.checkpoint.folder import open_checkpoint
+    from editaudit.models.loading import load_model
+    from editaudit.models.registry import ensure_model
+
+    folder = ensure_model("smollm2-135m")
+    lm = load_model(folder)
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    return lm, open_checkpoint(folder).fingerprint()
+
+
+def lowest_search(lm, fingerprint: str, deltas: dict, rank: int):
+    """(layer, SubjectSearch) over the lowest edited matrix of ``deltas`` ({parameter: ΔW}), its top ``rank`` input
+    directions whitened by the cached key statistics, as the scan builds it."""
+    from editaudit.editing import covariance
+    from editaudit.scan.keys import vocab_keys
+    from editaudit.scan.subjects import SubjectSearch, Whitened
+
+    name = min(deltas, key=lambda n: int(n.split(".")[2]))
+    layer, path = int(name.split(".")[2]), name.rsplit(".", 1)[0]
+    _, _, vh = torch.linalg.svd(deltas[name].float(), full_matrices=False)
+    C = covariance.second_moments(lm.model, lm.tokenizer, {layer: path},
+                                  model_key=covariance.weights_key(lm.model))[layer].matrix
+    return layer, SubjectSearch(lm.model, lm.tokenizer, Whitened.build(path, C, vh[:rank].T),
+                                vocab_keys(lm.model, lm.tokenizer, [path], fingerprint)[path])
