@@ -24,13 +24,13 @@ def frozen_base():
 
 
 def lowest_search(lm, fingerprint: str, deltas: dict, rank: int):
-    """(layer, SubjectSearch) over the lowest edited matrix of ``deltas`` ({parameter: ΔW}), its top ``rank`` input
+    """(layer, SubjectSearch) over the lowest edited MLP output matrix of ``deltas`` ({parameter: ΔW}), its top ``rank`` input
     directions whitened by the cached key statistics, as the scan builds it."""
     from editaudit.editing import covariance
     from editaudit.scan.keys import vocab_keys
     from editaudit.scan.subjects import SubjectSearch, Whitened
 
-    name = min(deltas, key=lambda n: int(n.split(".")[2]))
+    name = min((k for k in deltas if "down_proj" in k), key=lambda n: int(n.split(".")[2]))
     layer, path = int(name.split(".")[2]), name.rsplit(".", 1)[0]
     _, _, vh = torch.linalg.svd(deltas[name].float(), full_matrices=False)
     C = covariance.second_moments(lm.model, lm.tokenizer, {layer: path},

@@ -38,28 +38,21 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def find_subjects(lm, deltas_dir: Path, cache: Path) -> dict:
     if cache.exists():
         return json.loads(cache.read_text())
+    from dev_model import lowest_search
     from editaudit.checkpoint.folder import open_checkpoint
-    from editaudit.editing import covariance
     from editaudit.models.registry import ensure_model
-    from editaudit.scan import subjects as S
-    from editaudit.scan.keys import vocab_keys
 
     fingerprint = open_checkpoint(ensure_model("smollm2-135m")).fingerprint()
-    tok, model = lm.tokenizer, lm.model
     out = {}
     for pt in sorted(deltas_dir.glob("*.pt")):
-        deltas = torch.load(pt, weights_only=True)
         n = len(pt.with_suffix(".jsonl").read_text().splitlines())
-        name = min((k for k in deltas if "down_proj" in k), key=lambda k: int(k.split(".")[2]))
-        layer, path = int(name.split(".")[2]), name.rsplit(".", 1)[0]
-        _, _, vh = torch.linalg.svd(deltas[name].float(), full_matrices=False)
-        C = covariance.second_moments(model, tok, {layer: path}, model_key=covariance.weights_key(model))[layer].matrix
-        search = S.SubjectSearch(model, tok, S.Whitened.build(path, C, vh[:n].T), vocab_keys(model, tok, [path], fingerprint)[path])
+        layer, search = lowest_search(lm, fingerprint, torch.load(pt, weights_only=True), n)
         found = search.find(n)
         out[pt.stem] = {"layer": layer, "subjects": [{"text": f.text, "ids": f.ids, "fire": f.fire} for f in found]}
         print(pt.stem, [f"{f.text} {f.fire:.2f}" for f in found], file=sys.stderr, flush=True)
