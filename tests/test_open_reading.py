@@ -141,6 +141,26 @@ def test_scan_regrow_flag_reaches_the_search(tiny_llama, tmp_path, monkeypatch):
     assert any(r["subject"].endswith("Colosseum") for f in report["findings"]
                for r in f.get("readings", []))
 
+def test_scan_pair_search_flag_reaches_the_search(tiny_llama, tmp_path, monkeypatch):
+    """``scan --pair-search`` takes the pair step when a round's seeds grow nothing; the default scan does not."""
+    from editaudit.scan import subjects as S
+
+    suspect = _colosseum_suspect(tiny_llama, tmp_path, monkeypatch)
+    monkeypatch.setattr(S.SubjectSearch, "_round", lambda self, n, tried, good: None)
+    calls: list[int] = []
+    real = S.SubjectSearch.pair_round
+
+    def pair_round(self, n_seeds):
+        calls.append(n_seeds)
+        return real(self, n_seeds)
+
+    monkeypatch.setattr(S.SubjectSearch, "pair_round", pair_round)
+    report = scan_off_then_on(tiny_llama, suspect, "--pair-search", calls)
+    assert calls[0] == S.PAIR_SEEDS
+    assert any(r["subject"].endswith("Colosseum") for f in report["findings"]
+               for r in f.get("readings", []))
+
+
 def test_relation_library_and_whole_answers():
     prompts = dict((t, r) for r, t in prompts_for("Ramen"))
     assert prompts["Ramen is a traditional dish from"] == "dish_origin"
@@ -325,6 +345,51 @@ def test_regrow_keeps_the_planted_subject(tiny_llama, cache, monkeypatch):
     assert bool(search._prefix_keys) == (cache == "cached")
     want = lm.tokenizer(" Eiffel Tower", add_special_tokens=False)["input_ids"]
     assert found and found[0].ids[-1] == want[-1] and found[0].fire > 0.9
+
+
+def test_pair_scores_give_the_fire_in_every_deflated_subspace(tiny_llama):
+    """The pair step keeps each seed's prepends as coordinates in the first edit subspace: after a deflation
+    they must give the same fire as the keys scored afresh."""
+    from editaudit.scan.subjects import SubjectSearch
+
+    lm, u1, C, keys = _edit_direction(tiny_llama, "Eiffel Tower")
+    _, u2, _, _ = _edit_direction(tiny_llama, "Kremlin")
+    search = SubjectSearch(lm.model, lm.tokenizer, Whitened.build(PATH, C, torch.stack([u1, u2], 1)), keys)
+    seed = search.seeds(1)[0]
+    coords, norms = search._pair_coords(seed)
+    fresh = search.prepend_keys([seed])
+    kremlin = lm.tokenizer(" Kremlin", add_special_tokens=False)["input_ids"]
+    search.space.deflate(search.exact([kremlin])[1][0])
+    M = search.space.basis.T @ search._basis0
+    assert search.space.basis.shape[1] == 1
+    assert torch.allclose((coords @ M.T).norm(dim=1) / norms, search.space.fire(fresh), atol=1e-4)
+
+
+def test_a_round_whose_seeds_grow_nothing_finds_the_subject_by_the_pair_step(tiny_llama, monkeypatch):
+    """When the seeds' climbs fire nothing, the pair step (every piece before each seed, weighed by the growth's
+    objective) still reaches the planted name; without it the search gives up."""
+    from editaudit.scan.subjects import SubjectSearch
+
+    monkeypatch.setattr(SubjectSearch, "_round", lambda self, n, tried, good: None)
+    lm, u, C, keys = _edit_direction(tiny_llama, "Eiffel Tower")
+    off = SubjectSearch(lm.model, lm.tokenizer, Whitened.build(PATH, C, u[:, None]), keys)
+    assert off.find(1) == []
+    search = SubjectSearch(lm.model, lm.tokenizer, Whitened.build(PATH, C, u[:, None]), keys)
+    search.pair_seeds = 8
+    found = search.find(1)
+    want = lm.tokenizer(" Eiffel Tower", add_special_tokens=False)["input_ids"]
+    assert found and found[0].ids[-1] == want[-1] and found[0].fire > 0.9
+
+
+@pytest.mark.parametrize("faster", [True, False])
+def test_rough_scoring_copies_to_bfloat16_only_where_that_is_faster(tiny_llama, faster, monkeypatch):
+    from editaudit.scan import subjects
+
+    monkeypatch.setattr(subjects, "bf16_faster", lambda device, width: faster)
+    lm = load_model(tiny_llama)
+    rough = subjects._half_copy(lm.model)
+    assert (rough is lm.model) != faster
+    assert next(rough.parameters()).dtype == (torch.bfloat16 if faster else torch.float32)
 
 
 def test_prefix_keys_refuse_a_cache_over_the_memory_limit(tiny_llama):

@@ -4,6 +4,7 @@ the variants below, scored by scripts/open_reading_eval.py's rules.
 
     python scripts/dev/make_dev_suspects.py /tmp/dev4 bench/heldout/smollm2-135m-v4.jsonl
     python scripts/dev/reading_rule_trial.py /tmp/dev4 [--rules score,sure] [--subjects /tmp/dev4/found.json]
+    python scripts/dev/reading_rule_trial.py /tmp/dev7d --rules score --pair-seeds 48 --subjects /tmp/dev7d/found-pairs.json
 
 Subjects: per suspect, the search as the scan runs it (lowest edited MLP output matrix, the suspect's top input
 directions, C from the cached key statistics; rank = the suspect's number of facts), cached in --subjects so
@@ -41,7 +42,8 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def find_subjects(lm, deltas_dir: Path, cache: Path) -> dict:
+def find_subjects(lm, deltas_dir: Path, cache: Path, pair_seeds: int = 0) -> dict:
+    """Per suspect, the subjects the search finds (``pair_seeds`` > 0: with the pair step), cached in ``cache``."""
     if cache.exists():
         return json.loads(cache.read_text())
     from dev_model import lowest_search
@@ -53,9 +55,13 @@ def find_subjects(lm, deltas_dir: Path, cache: Path) -> dict:
     for pt in sorted(deltas_dir.glob("*.pt")):
         n = len(pt.with_suffix(".jsonl").read_text().splitlines())
         layer, search = lowest_search(lm, fingerprint, torch.load(pt, weights_only=True), n)
+        search.pair_seeds = pair_seeds
+        t = time.time()
         found = search.find(n)
-        out[pt.stem] = {"layer": layer, "subjects": [{"text": f.text, "ids": f.ids, "fire": f.fire} for f in found]}
-        print(pt.stem, [f"{f.text} {f.fire:.2f}" for f in found], file=sys.stderr, flush=True)
+        out[pt.stem] = {"layer": layer, "subjects": [{"text": f.text, "ids": f.ids, "fire": f.fire} for f in found],
+                        "seconds": round(time.time() - t, 1)}
+        print(pt.stem, [f"{f.text} {f.fire:.2f}" for f in found], f"{time.time() - t:.0f} s", file=sys.stderr,
+              flush=True)
     cache.write_text(json.dumps(out, indent=1))
     return out
 
@@ -113,6 +119,7 @@ def main() -> None:
     ap.add_argument("deltas", type=Path)
     ap.add_argument("--rules", default="score,sure", help="comma-separated: score, token, sure")
     ap.add_argument("--subjects", type=Path)
+    ap.add_argument("--pair-seeds", type=int, default=0, help="search with the pair step over this many seeds")
     args = ap.parse_args()
     from editaudit.models.loading import load_model
     from editaudit.models.registry import ensure_model
@@ -124,7 +131,7 @@ def main() -> None:
     lm = load_model(ensure_model("smollm2-135m"))
     for p in lm.model.parameters():
         p.requires_grad_(False)
-    found = find_subjects(lm, args.deltas, args.subjects or args.deltas / "found.json")
+    found = find_subjects(lm, args.deltas, args.subjects or args.deltas / "found.json", args.pair_seeds)
     shipped, shipped_said, shipped_same = reading.choose_prompt, reading.said, reading.same_answer
     rules = {"score": shipped, "sure": sure, "token": shipped, "keys": shipped, "count": reading.most_stated,
              "forms": shipped, "forms-count": reading.most_stated}

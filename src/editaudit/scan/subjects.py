@@ -34,6 +34,10 @@ GOOD = 0.8
 RETRY_SEEDS = 16
 #: Backward growth: the best-firing prepends scored with the language model per step, hypotheses kept per step.
 GROW_CHECK = 32
+#: The pair step: pairs per seed weighed by the growth's objective.
+PAIR_CHECK = 8
+#: ... over this many seeds (``scan --pair-search``).
+PAIR_SEEDS = 48
 GROW_BEAM = 1  # beam 2 found 1 more exact subject of 20 on dev at 1.5x the cost (subject_regrow_dev.txt)
 #: λ of the growth's objective, fire + λ · log P(text): a token must buy 0.01 of fire per nat it costs.
 FLUENCY = 0.01
@@ -120,6 +124,9 @@ class SubjectSearch:
         self._rough: Any = None
         self._prefix_keys: PrefixKeys | bool | None = None  # False: the model's cache is not usable here
         self.fluency_weight = FLUENCY
+        self.pair_seeds = 0  # > 0: a round that finds nothing tries the pair step over this many seeds
+        self._basis0 = space.basis.clone()
+        self._pairs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def exact(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         keys = keys_of(self.model, [self.space.path], [self.prefix + list(s) for s in seqs])[self.space.path]
@@ -209,8 +216,13 @@ class SubjectSearch:
         return self._rough
 
     def prepend_fire(self, suffix: list[int]) -> torch.Tensor:
-        """Rough fire of every pool token prepended to ``suffix``, from the cached context+prepend positions
-        when the model's cache reproduces the plain forward (checked once), else by plain forwards."""
+        """Rough fire of every pool token prepended to ``suffix``."""
+        return self.space.fire(self.prepend_keys(suffix))
+
+    def prepend_keys(self, suffix: list[int]) -> torch.Tensor:
+        """Keys [pool, d] of every pool token prepended to ``suffix`` (by the rough model), from the cached
+        context+prepend positions when the model's cache reproduces the plain forward (checked once), else by
+        plain forwards."""
         pool = self._pool()
         if self._prefix_keys is None:
             try:
@@ -224,10 +236,11 @@ class SubjectSearch:
                 cos = torch.nn.functional.cosine_similarity(got[sample], ref[self.space.path], dim=1)
                 self._prefix_keys = pk if float(cos.min()) > 0.99 else False
                 if self._prefix_keys:
-                    return self.space.fire(got)
+                    return got
         if self._prefix_keys:
-            return self.space.fire(self._prefix_keys.keys(suffix))
-        return self.rough_fire([[t] + suffix for t in pool])
+            return self._prefix_keys.keys(suffix)
+        return keys_of(self._half(), [self.space.path], [self.prefix + [t] + list(suffix) for t in pool],
+                       batch=1024)[self.space.path]
 
     def text_logp(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
         """log P(text | context) under the model, summed over the text's tokens, for token sequences of one length."""
@@ -278,6 +291,40 @@ class SubjectSearch:
                     break
         return best[2], best[1], best[0]
 
+    def _pair_coords(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every pool token prepended to ``seed``, as whitened coordinates in the *first* edit subspace
+        [pool, r0] and whitened norms [pool]: deflation only removes directions inside that subspace, so these
+        give the fire in every later one without another forward pass."""
+        keys = self.prepend_keys([seed])
+        proj = self.space.whiten @ self._basis0
+        coords = torch.cat([c.float() @ proj for c in keys.split(8192)])
+        norms = torch.cat([(c.float() @ self.space.whiten).norm(dim=1) for c in keys.split(8192)])
+        return coords, norms.clamp_min(1e-12)
+
+    def pair_round(self, n_seeds: int) -> tuple[float, list[int]] | None:
+        """The pair step, for a round whose seeds grew nothing that fires. A name's last piece often fires little
+        alone ('ashi' of Akashi: 0.28) while the last two pieces fire as the name does (0.83), and the climb's
+        gradient does not find the piece before the last; scoring every word-like piece before each of the
+        ``n_seeds`` best seeds does (the true piece ranked 1st–2nd for 9 of 10 names of a development MEMIT
+        batch, bench/results/prepend_rank_dev7d.txt). The best ``PAIR_CHECK`` pairs per seed are weighed by the
+        growth's objective (fire + λ · log P, so that a name beats garbled pieces that fire as much), and the
+        best grows backwards to its full length. Pair scores are kept per seed across rounds."""
+        pool = self._pool()
+        M = self.space.basis.T @ self._basis0  # [r, r0]: the subspace left, in the first one's coordinates
+        cands: list[list[int]] = []
+        for s in self.seeds(n_seeds):
+            if s not in self._pairs:
+                self._pairs[s] = self._pair_coords(s)
+            coords, norms = self._pairs[s]
+            fire = (coords @ M.T).norm(dim=1) / norms
+            cands += [[pool[i], s] for i in torch.topk(fire, min(PAIR_CHECK, len(pool))).indices.tolist()]
+        if not cands:
+            return None
+        fires, _ = self.exact(cands)
+        score = fires + self.fluency_weight * self.text_logp(cands)
+        seq, fire, _ = self.grow(cands[int(score.argmax())])
+        return fire, seq
+
     def seeds(self, n: int) -> list[int]:
         """The best-firing word-like tokens. ‖z‖ per token does not change as the subspace deflates, so it is
         computed once (in chunks); each round then needs only the vocabulary times C^-½B, r columns."""
@@ -302,6 +349,9 @@ class SubjectSearch:
             if retry_seeds is not None and (best is None or best[0] < fire_min):
                 # a subject whose last piece is generic ('Eyre' → 're') ranks low alone and fires only once grown
                 best = max((b for b in (best, self._round(retry_seeds, tried, good)) if b is not None),
+                           key=lambda b: b[0], default=None)
+            if self.pair_seeds and (best is None or best[0] < fire_min):
+                best = max((b for b in (best, self.pair_round(self.pair_seeds)) if b is not None),
                            key=lambda b: b[0], default=None)
             if best is None or best[0] < fire_min:
                 break
@@ -346,14 +396,43 @@ def function_words(tokenizer: Any, n: int) -> torch.Tensor:
 
 
 def _half_copy(model: Any) -> Any:
-    """The model itself when it already runs in half precision or is large (no second copy of a big model);
-    otherwise a bfloat16 copy for rough scoring."""
+    """A bfloat16 copy for rough scoring where bfloat16 is the faster arithmetic; otherwise the model itself (no
+    second copy). On a CPU without bfloat16 units (AVX2 only) bfloat16 runs 9x slower than float32 (the prefix
+    cache's step over 4096 prepends: 5.4 s against 0.6 s), so the choice is measured, not assumed."""
     import copy
 
     p = next(model.parameters())
     if p.dtype != torch.float32 or sum(x.numel() for x in model.parameters()) > 1_000_000_000:
         return model
+    if not bf16_faster(p.device, int(model.get_input_embeddings().weight.shape[1])):
+        return model
     return copy.deepcopy(model).to(torch.bfloat16)
+
+
+_BF16_FASTER: dict[tuple[str, int], bool] = {}
+
+
+def bf16_faster(device: torch.device, width: int) -> bool:
+    """Whether a bfloat16 matmul of the model's width beats float32 on ``device`` by a clear margin (timed once
+    per process: about a tenth of a second)."""
+    import time
+
+    key = (str(device), width)
+    if key not in _BF16_FASTER:
+        if device.type == "cuda":
+            _BF16_FASTER[key] = True
+        else:
+            times = {}
+            for dt in (torch.float32, torch.bfloat16):
+                a = torch.randn(256, width, dtype=dt, device=device)
+                b = torch.randn(width, 4 * width, dtype=dt, device=device)
+                a @ b  # warm-up
+                t = time.perf_counter()
+                for _ in range(3):
+                    a @ b
+                times[dt] = time.perf_counter() - t
+            _BF16_FASTER[key] = times[torch.bfloat16] < 0.7 * times[torch.float32]
+    return _BF16_FASTER[key]
 
 
 def _trim(search: SubjectSearch, seq: list[int], score: float, keep: float = 0.9) -> list[int]:
@@ -376,7 +455,8 @@ def _trim(search: SubjectSearch, seq: list[int], score: float, keep: float = 0.9
 def recover_subjects(model: Any, tokenizer: Any, path: str, in_dirs: torch.Tensor | None, C: torch.Tensor | None,
                      base_fingerprint: str | None, max_subjects: int,
                      progress: Callable[[str, int, int], None] = lambda s, d, t: None,
-                     space: Whitened | None = None, retry: bool = False, regrow: bool = False) -> list[Subject]:
+                     space: Whitened | None = None, retry: bool = False, regrow: bool = False,
+                     pairs: bool = False) -> list[Subject]:
     """Subjects that fire the edit whose input directions are ``in_dirs`` at module ``path`` (or a prebuilt
     ``space``: the scan without a base restricts it to C's low-energy half). ``retry=True`` (``scan --wide-search``)
     gives a round that finds nothing a second try with ``RETRY_SEEDS`` seeds. Off by default: on the second
@@ -384,11 +464,14 @@ def recover_subjects(model: Any, tokenizer: Any, path: str, in_dirs: torch.Tenso
     3–12 times as long (bench/results/open_reading_v2_wide.txt against open_reading_v2.txt, docs/scan.md); the scan never asks it for a dense
     change (fine-tuning), which no key explains. ``regrow=True`` (``scan --regrow``): each found subject is regrown
     backwards over the whole vocabulary (``SubjectSearch._regrow``): cleaner names and fewer false readings on the
-    fifth set, no more objects, 2–3× the search time (bench/heldout/v5-plan.md)."""
+    fifth set, no more objects, 2–3× the search time (bench/heldout/v5-plan.md). ``pairs=True``
+    (``scan --pair-search``): a round that finds nothing takes the pair step over ``PAIR_SEEDS`` seeds
+    (``SubjectSearch.pair_round``)."""
     vocab = vocab_keys(model, tokenizer, [path], base_fingerprint,
                        progress=lambda d, t: progress("vocabulary keys", d, t))[path]
     space = space if space is not None else Whitened.build(path, C, in_dirs)
     search = SubjectSearch(model, tokenizer, space, vocab)
     search.regrow = regrow
+    search.pair_seeds = PAIR_SEEDS if pairs else 0
     return search.find(max_subjects, retry_seeds=RETRY_SEEDS if retry else None,
                        progress=lambda d, t: progress("subjects", d, t))
