@@ -141,26 +141,6 @@ def test_scan_regrow_flag_reaches_the_search(tiny_llama, tmp_path, monkeypatch):
     assert any(r["subject"].endswith("Colosseum") for f in report["findings"]
                for r in f.get("readings", []))
 
-def test_scan_pair_search_flag_reaches_the_search(tiny_llama, tmp_path, monkeypatch):
-    """``scan --pair-search`` takes the pair step when a round's seeds grow nothing; the default scan does not."""
-    from editaudit.scan import subjects as S
-
-    suspect = _colosseum_suspect(tiny_llama, tmp_path, monkeypatch)
-    monkeypatch.setattr(S.SubjectSearch, "_round", lambda self, n, tried, good: None)
-    calls: list[int] = []
-    real = S.SubjectSearch.pair_round
-
-    def pair_round(self, n_seeds):
-        calls.append(n_seeds)
-        return real(self, n_seeds)
-
-    monkeypatch.setattr(S.SubjectSearch, "pair_round", pair_round)
-    report = scan_off_then_on(tiny_llama, suspect, "--pair-search", calls)
-    assert calls[0] == S.PAIR_SEEDS
-    assert any(r["subject"].endswith("Colosseum") for f in report["findings"]
-               for r in f.get("readings", []))
-
-
 def test_relation_library_and_whole_answers():
     prompts = dict((t, r) for r, t in prompts_for("Ramen"))
     assert prompts["Ramen is a traditional dish from"] == "dish_origin"

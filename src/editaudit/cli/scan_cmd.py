@@ -44,7 +44,6 @@ def register(app: typer.Typer) -> None:
         read: Read = typer.Option(Read.open, "--read", help="How to read each edit through the model: open (recover subjects from the weights, no list needed), list (only rank --facts/--probes candidates), off."),
         wide_search: bool = typer.Option(False, "--wide-search", help="Open reading: when a search round finds no subject, try 16 seeds before giving up (finds subjects whose last word piece is generic; a missed subject costs 2-6x the search time)."),
         regrow: bool = typer.Option(False, "--regrow", help="Open reading: regrow each found subject backwards over the whole vocabulary (cleaner names, fewer false readings; 2-3x the search time; read no more objects on held-out facts)."),
-        pair_search: bool = typer.Option(False, "--pair-search", help="Open reading: when a search round finds no subject, score every word piece before each of its 48 best seeds (finds names whose last piece fires little alone, as MEMIT's often do)."),
         keys: bool = typer.Option(False, "--keys", help="Open reading: also read each edit through its key at a stand-in subject (reads a rank-one edit whose subject was missed or garbled; ~60 % more reading time; +1 object of 35 on held-out facts)."),
         run_probes: bool = typer.Option(False, "--run-probes", help="Also ask both models the facts' prompts and list answers that moved."),
         fail_on: Level = typer.Option(Level.error, "--fail-on", help="Exit 1 when a finding reaches this level."),
@@ -76,8 +75,7 @@ def register(app: typer.Typer) -> None:
 
             raise BadInput("--read list needs --facts FILE or --probes SET")
         opts = ScanOptions(facts=cands, use_cache=not no_cache, follow_symlinks=follow_symlinks, run_probes=run_probes,
-                           read=read.value, wide_search=wide_search, regrow=regrow, pair_search=pair_search, keys=keys,
-                            device=device)
+                           read=read.value, wide_search=wide_search, regrow=regrow, keys=keys, device=device)
         with common.event_progress() as on_progress:
             report = run_scan(suspect, base, opts, store=store, progress=on_progress, say=common.say)
         report.fail_on = fail_on.value

@@ -45,7 +45,6 @@ class ScanOptions:
     max_open_subjects: int = 12  # per edited matrix (a batch edit of more facts is read up to this many)
     wide_search: bool = False  # open reading: a search round that finds nothing tries 16 seeds before giving up
     regrow: bool = False  # open reading: regrow each found subject backwards over the whole vocabulary
-    pair_search: bool = False  # open reading: a round that finds nothing scores every piece before its best seeds
     read_spike: float = 8.0  # no base: a flagged layer is read for as many subjects as components ≥ this × median
     keys: bool = False  # open reading: also read each edit through its key at a stand-in subject (inject.py; opt-in,
     # v7-plan.md sixth use: +1 object of 35, short of the +2 the rule asked)
@@ -451,7 +450,7 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
                                     rank, progress=lambda stage, d, t: progress(stage, d, t),
                                     space=replace(keys.space) if keys is not None else None,
                                     retry=options.wide_search and c.stats.kind in ("rank-one", "low-rank"),
-                                    regrow=options.regrow, pairs=options.pair_search)
+                                    regrow=options.regrow)
         readings = read_edits(base.model, suspect.model, base.tokenizer, subjects, layer, c.name.name,
                               progress=lambda d, t: progress("reading edits", d, t),
                               deltas=_edit_deltas(base.model, suspect.model, f.tensors)

@@ -36,7 +36,9 @@ RETRY_SEEDS = 16
 GROW_CHECK = 32
 #: The pair step: pairs per seed weighed by the growth's objective.
 PAIR_CHECK = 8
-#: ... over this many seeds (``scan --pair-search``).
+#: ... over this many seeds. Not in the scan: on v7's facts 180–214 it found 1 more subject of 35 and read no more
+#: objects, at 8-33x the search time of the suspects it ran on (v7-plan.md eighth use); scripts/dev/reading_rule_trial.py
+#: sets ``SubjectSearch.pair_seeds`` to try it.
 PAIR_SEEDS = 48
 GROW_BEAM = 1  # beam 2 found 1 more exact subject of 20 on dev at 1.5x the cost (subject_regrow_dev.txt)
 #: λ of the growth's objective, fire + λ · log P(text): a token must buy 0.01 of fire per nat it costs.
@@ -124,7 +126,7 @@ class SubjectSearch:
         self._rough: Any = None
         self._prefix_keys: PrefixKeys | bool | None = None  # False: the model's cache is not usable here
         self.fluency_weight = FLUENCY
-        self.pair_seeds = 0  # > 0: a round that finds nothing tries the pair step over this many seeds
+        self.pair_seeds = 0  # > 0 (development only): a round that finds nothing tries the pair step
         self._basis0 = space.basis.clone()
         self._pairs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -455,8 +457,7 @@ def _trim(search: SubjectSearch, seq: list[int], score: float, keep: float = 0.9
 def recover_subjects(model: Any, tokenizer: Any, path: str, in_dirs: torch.Tensor | None, C: torch.Tensor | None,
                      base_fingerprint: str | None, max_subjects: int,
                      progress: Callable[[str, int, int], None] = lambda s, d, t: None,
-                     space: Whitened | None = None, retry: bool = False, regrow: bool = False,
-                     pairs: bool = False) -> list[Subject]:
+                     space: Whitened | None = None, retry: bool = False, regrow: bool = False) -> list[Subject]:
     """Subjects that fire the edit whose input directions are ``in_dirs`` at module ``path`` (or a prebuilt
     ``space``: the scan without a base restricts it to C's low-energy half). ``retry=True`` (``scan --wide-search``)
     gives a round that finds nothing a second try with ``RETRY_SEEDS`` seeds. Off by default: on the second
@@ -464,14 +465,11 @@ def recover_subjects(model: Any, tokenizer: Any, path: str, in_dirs: torch.Tenso
     3–12 times as long (bench/results/open_reading_v2_wide.txt against open_reading_v2.txt, docs/scan.md); the scan never asks it for a dense
     change (fine-tuning), which no key explains. ``regrow=True`` (``scan --regrow``): each found subject is regrown
     backwards over the whole vocabulary (``SubjectSearch._regrow``): cleaner names and fewer false readings on the
-    fifth set, no more objects, 2–3× the search time (bench/heldout/v5-plan.md). ``pairs=True``
-    (``scan --pair-search``): a round that finds nothing takes the pair step over ``PAIR_SEEDS`` seeds
-    (``SubjectSearch.pair_round``)."""
+    fifth set, no more objects, 2–3× the search time (bench/heldout/v5-plan.md)."""
     vocab = vocab_keys(model, tokenizer, [path], base_fingerprint,
                        progress=lambda d, t: progress("vocabulary keys", d, t))[path]
     space = space if space is not None else Whitened.build(path, C, in_dirs)
     search = SubjectSearch(model, tokenizer, space, vocab)
     search.regrow = regrow
-    search.pair_seeds = PAIR_SEEDS if pairs else 0
     return search.find(max_subjects, retry_seeds=RETRY_SEEDS if retry else None,
                        progress=lambda d, t: progress("subjects", d, t))
