@@ -17,6 +17,7 @@ repeats, one subject per edit component, until nothing fires.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -411,30 +412,24 @@ def _half_copy(model: Any) -> Any:
     return copy.deepcopy(model).to(torch.bfloat16)
 
 
-_BF16_FASTER: dict[tuple[str, int], bool] = {}
-
-
+@functools.cache
 def bf16_faster(device: torch.device, width: int) -> bool:
     """Whether a bfloat16 matmul of the model's width beats float32 on ``device`` by a clear margin (timed once
-    per process: about a tenth of a second)."""
+    per process and device: about a tenth of a second)."""
     import time
 
-    key = (str(device), width)
-    if key not in _BF16_FASTER:
-        if device.type == "cuda":
-            _BF16_FASTER[key] = True
-        else:
-            times = {}
-            for dt in (torch.float32, torch.bfloat16):
-                a = torch.randn(256, width, dtype=dt, device=device)
-                b = torch.randn(width, 4 * width, dtype=dt, device=device)
-                a @ b  # warm-up
-                t = time.perf_counter()
-                for _ in range(3):
-                    a @ b
-                times[dt] = time.perf_counter() - t
-            _BF16_FASTER[key] = times[torch.bfloat16] < 0.7 * times[torch.float32]
-    return _BF16_FASTER[key]
+    if device.type == "cuda":
+        return True
+    times = {}
+    for dt in (torch.float32, torch.bfloat16):
+        a = torch.randn(256, width, dtype=dt, device=device)
+        b = torch.randn(width, 4 * width, dtype=dt, device=device)
+        a @ b  # warm-up
+        t = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        times[dt] = time.perf_counter() - t
+    return times[torch.bfloat16] < 0.7 * times[torch.float32]
 
 
 def _trim(search: SubjectSearch, seq: list[int], score: float, keep: float = 0.9) -> list[int]:
