@@ -401,7 +401,8 @@ def function_words(tokenizer: Any, n: int) -> torch.Tensor:
 def _half_copy(model: Any) -> Any:
     """A bfloat16 copy for rough scoring where bfloat16 is the faster arithmetic; otherwise the model itself (no
     second copy). On a CPU without bfloat16 units (AVX2 only) bfloat16 runs 9x slower than float32 (the prefix
-    cache's step over 4096 prepends: 5.4 s against 0.6 s), so the choice is measured, not assumed."""
+    cache's step over 4096 prepends: 5.4 s against 0.6 s, bench/results/rough_dtype_speed.txt), so the choice is
+    measured, not assumed."""
     import copy
 
     p = next(model.parameters())
