@@ -43,6 +43,36 @@ def test_whitened_subspace_fires_exactly_on_the_edit_keys_and_deflates():
     assert torch.allclose(fire[1:], (1 - cos**2).sqrt(), atol=1e-4)
 
 
+def test_null_space_search_fires_on_alphaedit_keys_and_not_for_rome():
+    """AlphaEdit's ΔW reads the edit keys' null-space projections as they stand: in the space read off ΔW and C
+    its keys fire ~1, where whitening (made for ROME's C⁻¹k) leaves them well short; a ROME-like update spreads
+    over C's spectrum and gets no null space."""
+    from editaudit.editing.alphaedit import NullSpace
+    from editaudit.scan.inject import purified
+
+    gen = torch.Generator().manual_seed(3)
+    d, r = 48, 32
+    Q = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))[0]
+    ev = torch.cat([torch.logspace(-4, -1, d - r), torch.linspace(1.0, 5.0, r)]).double()  # r occupied directions
+    C = ((Q * ev) @ Q.T).float()
+    K = torch.randn(3, d, generator=gen)
+    dW = NullSpace.build({0: C}, nullspace_rel=0.5, l2_rel=1e-4).solver()(0, K, torch.randn(3, 8, generator=gen))
+    in_dirs = torch.linalg.svd(dW, full_matrices=False)[2][:3].T
+    space = Whitened.null_space("m", C, in_dirs)
+    assert space is not None and space.projected and space.whiten.shape[1] <= d - r
+    assert float(space.fire(K).min()) > 0.99
+    assert float(Whitened.build("m", C, in_dirs).fire(K).max()) < 0.95
+    other = torch.randn(50, d, generator=gen)
+    assert float(space.fire(other).max()) < 0.9
+    # purifying keeps what the update does not read (the occupied part) and cleans the part it reads
+    k = K[0] + 0.5 * other[0]
+    pk = purified(k, space)
+    assert torch.allclose(k - (k @ space.whiten) @ space.root, pk - (pk @ space.whiten) @ space.root, atol=1e-4)
+    assert float(space.fire(pk[None])[0]) > 0.999
+    C2 = _psd(d, 0)  # a spectrum like a model's: ROME's and MEMIT's u = C⁻¹k spread over it
+    assert Whitened.null_space("m", C2, torch.linalg.solve(C2, K.T)) is None
+
+
 def _rome_like(model, tok, subject: str, C: torch.Tensor | None, scale: float = 5.0):
     """A rank-one edit keyed on ``subject`` (after the neutral context), as ROME writes it."""
     ids = tok(" " + subject, add_special_tokens=False)["input_ids"]
@@ -435,3 +465,44 @@ def test_amplify_memit_picks_findings_by_the_method_named():
     assert _amplified("all", rome) and not _amplified("off", memit)
     with pytest.raises(BadInput):
         ScanOptions(amplify="yes")
+
+
+def test_scan_null_search_reads_an_alphaedit_like_edit_in_its_null_space(tiny_llama, tmp_path, monkeypatch):
+    """An update written onto the null space of (synthetic) key statistics in two consecutive layers, keyed on
+    "Colosseum": the scan names it AlphaEdit, and with ``null_search`` the subject is searched where the update
+    lies, firing ~1 (whitened, as for ROME, it fires less)."""
+    from editaudit.editing import covariance
+    from editaudit.scan.service import ScanOptions, run_scan
+
+    lm = load_model(tiny_llama)
+    paths = [f"model.layers.{i}.mlp.down_proj" for i in (0, 1)]
+    ids = context_ids(lm.tokenizer) + lm.tokenizer(" Colosseum", add_special_tokens=False)["input_ids"]
+    keys = keys_of(lm.model, paths, [ids])
+    d = keys[paths[0]].shape[1]
+    gen = torch.Generator().manual_seed(4)
+    Q = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))[0]
+    ev = torch.cat([torch.logspace(-5, -1, d // 4), torch.linspace(1.0, 4.0, d - d // 4)]).double()
+    C = ((Q * ev) @ Q.T).float()
+    low = Q[:, : d // 4].float()
+
+    def stats(model, tokenizer, modules, **kw):
+        return {layer: covariance.SecondMoment(layer, C, 1000, "test") for layer in modules}
+
+    monkeypatch.setattr(covariance, "second_moments", stats)
+    deltas = {}
+    for path in paths:
+        pk = low @ (low.T @ keys[path][0])  # the key's null-space part: all an AlphaEdit update reads
+        out = torch.randn(lm.model.config.hidden_size, generator=gen) * 20.0
+        deltas[f"{path}.weight"] = torch.outer(out, pk / (pk @ pk))
+    suspect = plant(tiny_llama, tmp_path / "suspect", deltas)
+
+    def scan(null: bool) -> dict:
+        doc = run_scan(suspect, tiny_llama, ScanOptions(read="open", null_search=null), store=None).to_dict()
+        return next(f for f in doc["findings"] if f["rule"] == "EA102")
+
+    edit = scan(True)
+    assert edit["method"]["name"] == "alphaedit"
+    assert edit["readings"] and edit["readings"][0]["found"].endswith("Colosseum")
+    assert edit["readings"][0]["fire"] > 0.99
+    plain = scan(False)["readings"]  # whitened: 0.92 here
+    assert not plain or plain[0]["fire"] < 0.95

@@ -23,17 +23,24 @@ def frozen_base():
     return lm, open_checkpoint(folder).fingerprint()
 
 
-def lowest_search(lm, fingerprint: str, deltas: dict, rank: int):
+def lowest_search(lm, fingerprint: str, deltas: dict, rank: int, null: bool = False):
     """(layer, SubjectSearch) over the lowest edited MLP output matrix of ``deltas`` ({parameter: ΔW}), its top ``rank`` input
-    directions whitened by the cached key statistics, as the scan builds it."""
+    directions whitened by the cached key statistics, as the scan builds it. ``null`` (``ScanOptions.null_search``):
+    an edit the scan would name AlphaEdit is searched in the null space its update lies in."""
     from editaudit.editing import covariance
     from editaudit.scan.keys import vocab_keys
-    from editaudit.scan.subjects import SubjectSearch, Whitened
+    from editaudit.scan.method import name_method, occupied_share
+    from editaudit.scan.service import search_space
+    from editaudit.scan.subjects import SubjectSearch
 
-    name = min((k for k in deltas if "down_proj" in k), key=lambda n: int(n.split(".")[2]))
+    mlp = sorted((k for k in deltas if "down_proj" in k), key=lambda n: int(n.split(".")[2]))
+    name = mlp[0]
     layer, path = int(name.split(".")[2]), name.rsplit(".", 1)[0]
-    _, _, vh = torch.linalg.svd(deltas[name].float(), full_matrices=False)
+    _, svals, vh = torch.linalg.svd(deltas[name].float(), full_matrices=False)
     C = covariance.second_moments(lm.model, lm.tokenizer, {layer: path},
                                   model_key=covariance.weights_key(lm.model))[layer].matrix
-    return layer, SubjectSearch(lm.model, lm.tokenizer, Whitened.build(path, C, vh[:rank].T),
+    named = name_method("EA102", [int(n.split(".")[2]) for n in mlp], rank,
+                        occupied_share(vh[:rank].T, svals[:rank], C), lm.model.config.num_hidden_layers)["name"]
+    space = search_space(path, C, vh[:rank].T, null=null and named == "alphaedit")
+    return layer, SubjectSearch(lm.model, lm.tokenizer, space,
                                 vocab_keys(lm.model, lm.tokenizer, [path], fingerprint)[path])

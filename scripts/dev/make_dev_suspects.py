@@ -1,7 +1,10 @@
 """Development suspects from the first held-apart set (development data since the second was written): each
 edit's weight deltas, saved with its facts, for quick trials that need no scan.
 
-    python scripts/dev/make_dev_suspects.py [DIR [FACTS]]   (default /tmp/editaudit-dev/deltas, the first set)
+    python scripts/dev/make_dev_suspects.py [DIR [FACTS [PLAN]]]   (default /tmp/editaudit-dev/deltas, the first set)
+
+PLAN: method:mode:facts,... (default rome:single:5,rome:sequential:10,memit:batch:10,alphaedit:batch:10); suspects
+are named method-mode-i, i counting each (method, mode)'s groups.
 
 FACTS: another used held-apart set, e.g. bench/heldout/smollm2-135m-v3.jsonl (development data after its one use).
 """
@@ -22,13 +25,17 @@ lm = load_model(ensure_model("smollm2-135m"))
 facts = round_robin(load_probes(sys.argv[2] if len(sys.argv) > 2 else ROOT / "bench/heldout/smollm2-135m.jsonl"))
 n = lm.model.config.num_hidden_layers
 plan = [("rome","single",5),("rome","sequential",10),("memit","batch",10),("alphaedit","batch",10)]
+if len(sys.argv) > 3:
+    plan = [(m, mode, int(k)) for m, mode, k in (e.split(":") for e in sys.argv[3].split(","))]
 used = 0
+count: dict = {}
 D = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/editaudit-dev/deltas")
 D.mkdir(parents=True, exist_ok=True)
 for method, mode, k in plan:
     chunk = facts[used:used+k]; used += k
     groups = [[f] for f in chunk] if mode == "single" else [chunk]
-    for i, g in enumerate(groups):
+    for g in groups:
+        i = count[(method, mode)] = count.get((method, mode), -1) + 1
         name = f"{method}-{mode}-{i}"
         if (D/f"{name}.pt").exists(): continue
         before = {nm: p.detach().clone() for nm, p in lm.model.named_parameters()}

@@ -5,6 +5,7 @@ the variants below, scored by scripts/open_reading_eval.py's rules.
     python scripts/dev/make_dev_suspects.py /tmp/dev4 bench/heldout/smollm2-135m-v4.jsonl
     python scripts/dev/reading_rule_trial.py /tmp/dev4 [--rules score,sure] [--subjects /tmp/dev4/found.json]
     python scripts/dev/reading_rule_trial.py /tmp/dev7d --rules score --pair-seeds 48 --subjects /tmp/dev7d/found-pairs.json
+    python scripts/dev/reading_rule_trial.py /tmp/aedev --rules score --null-search --subjects /tmp/aedev/found-null.json
 
 Subjects: per suspect, the search as the scan runs it (lowest edited MLP output matrix, the suspect's top input
 directions, C from the cached key statistics; rank = the suspect's number of facts), cached in --subjects so
@@ -42,8 +43,9 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def find_subjects(lm, deltas_dir: Path, cache: Path, pair_seeds: int = 0) -> dict:
-    """Per suspect, the subjects the search finds (``pair_seeds`` > 0: with the pair step), cached in ``cache``."""
+def find_subjects(lm, deltas_dir: Path, cache: Path, pair_seeds: int = 0, null: bool = False) -> dict:
+    """Per suspect, the subjects the search finds (``pair_seeds`` > 0: with the pair step; ``null``: AlphaEdit-named
+    edits searched in their null space, ``ScanOptions.null_search``), cached in ``cache``."""
     if cache.exists():
         return json.loads(cache.read_text())
     from dev_model import lowest_search
@@ -54,14 +56,14 @@ def find_subjects(lm, deltas_dir: Path, cache: Path, pair_seeds: int = 0) -> dic
     out = {}
     for pt in sorted(deltas_dir.glob("*.pt")):
         n = len(pt.with_suffix(".jsonl").read_text().splitlines())
-        layer, search = lowest_search(lm, fingerprint, torch.load(pt, weights_only=True), n)
+        layer, search = lowest_search(lm, fingerprint, torch.load(pt, weights_only=True), n, null=null)
         search.pair_seeds = pair_seeds
         t = time.time()
         found = search.find(n)
         out[pt.stem] = {"layer": layer, "subjects": [{"text": f.text, "ids": f.ids, "fire": f.fire} for f in found],
-                        "seconds": round(time.time() - t, 1)}
-        print(pt.stem, [f"{f.text} {f.fire:.2f}" for f in found], f"{time.time() - t:.0f} s", file=sys.stderr,
-              flush=True)
+                        "seconds": round(time.time() - t, 1), "null_space": search.space.projected}
+        print(pt.stem, [f"{f.text} {f.fire:.2f}" for f in found], f"{time.time() - t:.0f} s",
+              "(null space)" if search.space.projected else "", file=sys.stderr, flush=True)
     cache.write_text(json.dumps(out, indent=1))
     return out
 
@@ -120,6 +122,8 @@ def main() -> None:
     ap.add_argument("--rules", default="score,sure", help="comma-separated: score, token, sure")
     ap.add_argument("--subjects", type=Path)
     ap.add_argument("--pair-seeds", type=int, default=0, help="search with the pair step over this many seeds")
+    ap.add_argument("--null-search", action="store_true",
+                    help="search AlphaEdit-named edits in their null space (ScanOptions.null_search)")
     args = ap.parse_args()
     from editaudit.models.loading import load_model
     from editaudit.models.registry import ensure_model
@@ -131,7 +135,8 @@ def main() -> None:
     lm = load_model(ensure_model("smollm2-135m"))
     for p in lm.model.parameters():
         p.requires_grad_(False)
-    found = find_subjects(lm, args.deltas, args.subjects or args.deltas / "found.json", args.pair_seeds)
+    found = find_subjects(lm, args.deltas, args.subjects or args.deltas / "found.json", args.pair_seeds,
+                         args.null_search)
     shipped, shipped_said, shipped_same = reading.choose_prompt, reading.said, reading.same_answer
     rules = {"score": shipped, "sure": sure, "token": shipped, "keys": shipped, "count": reading.most_stated,
              "forms": shipped, "forms-count": reading.most_stated}

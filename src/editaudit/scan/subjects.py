@@ -27,6 +27,8 @@ import torch
 from ..models.families import input_embed_scale
 from .keys import PrefixKeys, context_ids, keys_of, last_keys, vocab_keys
 
+#: ``Whitened.null_space``: the share of an AlphaEdit update's input energy its null-space estimate may leave out.
+NULL_ENERGY = 1e-3
 #: A found text is a subject when it fires the (remaining) edit subspace at least this much.
 FIRE_MIN = 0.5
 #: ... and one firing this much is taken without trying further seeds.
@@ -91,6 +93,30 @@ class Whitened:
             wh, root = (Q * ev.rsqrt()) @ Q.T, (Q * ev.sqrt()) @ Q.T
         B, _ = torch.linalg.qr(root @ in_dirs.double())
         return cls(path, wh.float(), B.float(), root.float())
+
+    @classmethod
+    def null_space(cls, path: str, C: torch.Tensor, in_dirs: torch.Tensor,
+                   energy: float = NULL_ENERGY) -> "Whitened | None":
+        """The space for an update projected onto C's null space (AlphaEdit). It solves
+        (P K Kᵀ + α I) ΔPᵀ = P K Rᵀ, so α ΔPᵀ = P K (Rᵀ − Kᵀ ΔPᵀ): ΔW's input directions span P K, the edit
+        keys' projections, unwhitened. P is read off ΔW: the fewest of C's lowest eigen-directions Q that hold
+        all but ``energy`` of V's energy; keys are compared there as they stand (z = Qᵀk, B = orth(Qᵀ V)).
+        None when V spreads over more than half the directions (ROME's and MEMIT's C⁻¹k do: ~95 %)."""
+        d = in_dirs.shape[0]
+        _, Q = torch.linalg.eigh(C.double())
+        held = ((Q.T @ in_dirs.double()) ** 2).sum(dim=1)
+        share = torch.cumsum(held, 0) / held.sum().clamp_min(1e-300)
+        cut = int((share < 1 - energy).sum()) + 1
+        if cut > d // 2:
+            return None
+        low = Q[:, :cut]
+        B, _ = torch.linalg.qr(low.T @ in_dirs.double())
+        return cls(path, low.float(), B.float(), low.T.float())
+
+    @property
+    def projected(self) -> bool:
+        """Keys are compared in a subspace of key space (``null_space``), not the whole of it whitened."""
+        return self.whiten.shape[1] < self.whiten.shape[0]
 
     def fire(self, keys: torch.Tensor) -> torch.Tensor:
         z = keys.float() @ self.whiten
