@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def find_subjects(lm, deltas_dir: Path, cache: Path, pair_seeds: int = 0, null: bool = False) -> dict:
     """Per suspect, the subjects the search finds (``pair_seeds`` > 0: with the pair step; ``null``: AlphaEdit-named
-    edits searched in their null space, ``ScanOptions.null_search``), cached in ``cache``."""
+    edits searched in their null space, ``Whitened.null_space``), cached in ``cache``."""
     if cache.exists():
         return json.loads(cache.read_text())
     from dev_model import lowest_search
@@ -123,7 +123,7 @@ def main() -> None:
     ap.add_argument("--subjects", type=Path)
     ap.add_argument("--pair-seeds", type=int, default=0, help="search with the pair step over this many seeds")
     ap.add_argument("--null-search", action="store_true",
-                    help="search AlphaEdit-named edits in their null space (ScanOptions.null_search)")
+                    help="search AlphaEdit-named edits in their null space (Whitened.null_space; not in the scan)")
     args = ap.parse_args()
     from editaudit.models.loading import load_model
     from editaudit.models.registry import ensure_model

@@ -101,7 +101,10 @@ class Whitened:
         (P K Kᵀ + α I) ΔPᵀ = P K Rᵀ, so α ΔPᵀ = P K (Rᵀ − Kᵀ ΔPᵀ): ΔW's input directions span P K, the edit
         keys' projections, unwhitened. P is read off ΔW: the fewest of C's lowest eigen-directions Q that hold
         all but ``energy`` of V's energy; keys are compared there as they stand (z = Qᵀk, B = orth(Qᵀ V)).
-        None when V spreads over more than half the directions (ROME's and MEMIT's C⁻¹k do: ~95 %)."""
+        None when V spreads over more than half the directions (ROME's and MEMIT's C⁻¹k do: ~95 %).
+        Not in the scan: AlphaEdit's true subjects fire 0.76–0.96 here against 0.49–0.64 whitened, but judged on
+        v7's facts 215–244 it read 14 objects of 30 against 11 with 5 false edit readings against 2
+        (bench/heldout/v7-plan.md ninth use); scripts/dev/reading_rule_trial.py --null-search tries it."""
         d = in_dirs.shape[0]
         _, Q = torch.linalg.eigh(C.double())
         held = ((Q.T @ in_dirs.double()) ** 2).sum(dim=1)
