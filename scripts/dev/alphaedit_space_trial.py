@@ -32,20 +32,19 @@ NULL_ENERGY = 1e-3
 
 
 def null_space(path: str, C: torch.Tensor, in_dirs: torch.Tensor, whiten: bool, ridge: float = 1e-2):
-    d = in_dirs.shape[0]
-    ev, Q = torch.linalg.eigh(C.double())
-    energy = ((Q.T @ in_dirs.double()) ** 2).sum(dim=1)
-    share = torch.cumsum(energy, 0) / energy.sum().clamp_min(1e-300)
-    cut = int((share < 1 - NULL_ENERGY).sum()) + 1
-    if cut > d // 2:
-        return None
-    low = Q[:, :cut]
-    if whiten:
-        lev = ev[:cut].clamp(min=0) + ridge * float(ev.clamp(min=0).mean())
-        low = low * lev.rsqrt()
-    B, _ = torch.linalg.qr(low.T @ in_dirs.double())
-    print(f"trial: {path} searched in a null space of {cut} directions", file=sys.stderr)
-    return subjects.Whitened(path, low.float(), B.float())
+    if not whiten:
+        space = subjects.Whitened.null_space(path, C, in_dirs, NULL_ENERGY)
+    else:
+        found = subjects.null_directions(C, in_dirs, NULL_ENERGY)
+        if found is None:
+            return None
+        low, lev = found
+        low = low * (lev.clamp(min=0) + ridge * float(torch.linalg.eigvalsh(C.double()).clamp(min=0).mean())).rsqrt()
+        B, _ = torch.linalg.qr(low.T @ in_dirs.double())
+        space = subjects.Whitened(path, low.float(), B.float())
+    if space is not None:
+        print(f"trial: {path} searched in a null space of {space.whiten.shape[1]} directions", file=sys.stderr)
+    return space
 
 
 def main() -> None:

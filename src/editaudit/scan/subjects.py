@@ -99,20 +99,15 @@ class Whitened:
                    energy: float = NULL_ENERGY) -> "Whitened | None":
         """The space for an update projected onto C's null space (AlphaEdit). It solves
         (P K Kᵀ + α I) ΔPᵀ = P K Rᵀ, so α ΔPᵀ = P K (Rᵀ − Kᵀ ΔPᵀ): ΔW's input directions span P K, the edit
-        keys' projections, unwhitened. P is read off ΔW: the fewest of C's lowest eigen-directions Q that hold
-        all but ``energy`` of V's energy; keys are compared there as they stand (z = Qᵀk, B = orth(Qᵀ V)).
-        None when V spreads over more than half the directions (ROME's and MEMIT's C⁻¹k do: ~95 %).
+        keys' projections, unwhitened. Keys are compared there as they stand (z = Qᵀk, B = orth(Qᵀ V); Q from
+        ``null_directions``). None when there is no such null space.
         Not in the scan: AlphaEdit's true subjects fire 0.76–0.96 here against 0.49–0.64 whitened, but judged on
         v7's facts 215–244 it read 14 objects of 30 against 11 with 5 false edit readings against 2
         (bench/heldout/v7-plan.md ninth use); scripts/dev/reading_rule_trial.py --null-search tries it."""
-        d = in_dirs.shape[0]
-        _, Q = torch.linalg.eigh(C.double())
-        held = ((Q.T @ in_dirs.double()) ** 2).sum(dim=1)
-        share = torch.cumsum(held, 0) / held.sum().clamp_min(1e-300)
-        cut = int((share < 1 - energy).sum()) + 1
-        if cut > d // 2:
+        found = null_directions(C, in_dirs, energy)
+        if found is None:
             return None
-        low = Q[:, :cut]
+        low = found[0]
         B, _ = torch.linalg.qr(low.T @ in_dirs.double())
         return cls(path, low.float(), B.float(), low.T.float())
 
@@ -135,6 +130,20 @@ class Whitened:
         rest = self.basis - z[:, None] * (z @ self.basis)[None, :]
         U, S, _ = torch.linalg.svd(rest, full_matrices=False)
         self.basis = U[:, S > 1e-3 * float(S.max())] if S.numel() and float(S.max()) > 0 else U[:, :0]
+
+
+def null_directions(C: torch.Tensor, in_dirs: torch.Tensor,
+                    energy: float = NULL_ENERGY) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(Q, eigenvalues): the fewest of C's lowest eigen-directions that hold all but ``energy`` of the input
+    directions' energy — the null space P an AlphaEdit update was projected onto, read off ΔW. None when they
+    spread over more than half the directions (ROME's and MEMIT's C⁻¹k do: ~95 %)."""
+    ev, Q = torch.linalg.eigh(C.double())
+    held = ((Q.T @ in_dirs.double()) ** 2).sum(dim=1)
+    share = torch.cumsum(held, 0) / held.sum().clamp_min(1e-300)
+    cut = int((share < 1 - energy).sum()) + 1
+    if cut > in_dirs.shape[0] // 2:
+        return None
+    return Q[:, :cut], ev[:cut]
 
 
 class SubjectSearch:
