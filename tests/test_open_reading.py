@@ -459,4 +459,3 @@ def test_amplify_memit_picks_findings_by_the_method_named():
     assert _amplified("all", rome) and not _amplified("off", memit)
     with pytest.raises(BadInput):
         ScanOptions(amplify="yes")
-

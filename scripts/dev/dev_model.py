@@ -39,9 +39,11 @@ def lowest_search(lm, fingerprint: str, deltas: dict, rank: int, null: bool = Fa
     _, svals, vh = torch.linalg.svd(deltas[name].float(), full_matrices=False)
     C = covariance.second_moments(lm.model, lm.tokenizer, {layer: path},
                                   model_key=covariance.weights_key(lm.model))[layer].matrix
-    named = name_method("EA102", [int(n.split(".")[2]) for n in mlp], rank,
-                        occupied_share(vh[:rank].T, svals[:rank], C), lm.model.config.num_hidden_layers)["name"]
-    space = Whitened.null_space(path, C, vh[:rank].T) if null and named == "alphaedit" else None
+    space = None
+    if null and name_method("EA102", [int(n.split(".")[2]) for n in mlp], rank,
+                            occupied_share(vh[:rank].T, svals[:rank], C),
+                            lm.model.config.num_hidden_layers)["name"] == "alphaedit":
+        space = Whitened.null_space(path, C, vh[:rank].T)
     space = space if space is not None else Whitened.build(path, C, vh[:rank].T)
     return layer, SubjectSearch(lm.model, lm.tokenizer, space,
                                 vocab_keys(lm.model, lm.tokenizer, [path], fingerprint)[path])
