@@ -39,7 +39,7 @@ def null_space(path: str, C: torch.Tensor, in_dirs: torch.Tensor, whiten: bool, 
         if found is None:
             return None
         low, lev = found
-        low = low * (lev.clamp(min=0) + ridge * float(torch.linalg.eigvalsh(C.double()).clamp(min=0).mean())).rsqrt()
+        low = low * (lev.clamp(min=0) + ridge * float(C.double().diagonal().mean())).rsqrt()  # mean eigenvalue = trace / d
         B, _ = torch.linalg.qr(low.T @ in_dirs.double())
         space = subjects.Whitened(path, low.float(), B.float())
     if space is not None:

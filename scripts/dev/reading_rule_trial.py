@@ -121,10 +121,15 @@ def main() -> None:
     ap.add_argument("deltas", type=Path)
     ap.add_argument("--rules", default="score,sure", help="comma-separated: score, token, sure")
     ap.add_argument("--subjects", type=Path)
-    ap.add_argument("--pair-seeds", type=int, default=0, help="search with the pair step over this many seeds")
+    ap.add_argument("--pair-seeds", type=int, nargs="?", const=None, default=0,
+                    help="search with the pair step over this many seeds (alone: subjects.PAIR_SEEDS)")
     ap.add_argument("--null-search", action="store_true",
                     help="search AlphaEdit-named edits in their null space (Whitened.null_space; not in the scan)")
     args = ap.parse_args()
+    if args.pair_seeds is None:
+        from editaudit.scan.subjects import PAIR_SEEDS
+
+        args.pair_seeds = PAIR_SEEDS
     from editaudit.models.loading import load_model
     from editaudit.models.registry import ensure_model
     from editaudit.probing.format import load_probes
