@@ -26,7 +26,10 @@ facts = round_robin(load_probes(sys.argv[2] if len(sys.argv) > 2 else ROOT / "be
 n = lm.model.config.num_hidden_layers
 plan = [("rome","single",5),("rome","sequential",10),("memit","batch",10),("alphaedit","batch",10)]
 if len(sys.argv) > 3:
-    plan = [(m, mode, int(k)) for m, mode, k in (e.split(":") for e in sys.argv[3].split(","))]
+    try:
+        plan = [(m, mode, int(k)) for m, mode, k in (e.split(":") for e in sys.argv[3].split(","))]
+    except ValueError:
+        raise SystemExit(f"PLAN: method:mode:facts,... (e.g. alphaedit:batch:10), not {sys.argv[3]!r}")
 used = 0
 count: dict = {}
 D = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/editaudit-dev/deltas")
