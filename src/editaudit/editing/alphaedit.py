@@ -86,12 +86,12 @@ class NullSpace:
 
     def solver(self) -> Solver:
         def solve(layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-            P = self.P[layer]
             Kd, Rd = K.to(torch.float64), R.to(torch.float64)
+            P = self.P[layer].to(Kd.device)  # built from C on the CPU; the keys are on the model's device
             M = Kd.T @ Kd
             if layer in self.previous:
                 M = M + self.previous[layer]
-            A = P @ M + self.alpha[layer] * torch.eye(P.shape[0], dtype=torch.float64)
+            A = P @ M + self.alpha[layer] * torch.eye(P.shape[0], dtype=torch.float64, device=P.device)
             X = torch.linalg.solve(A, P @ Kd.T @ Rd)   # [d_in, d_out]
             return X.T.to(torch.float32)
         return solve

@@ -50,7 +50,7 @@ def layer_keys(model, tokenizer, facts: Sequence[Probe], module: str, contexts: 
 def memit_solver(C: dict[int, torch.Tensor], lam: dict[int, float]) -> Solver:
     def solve(layer: int, K: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
         Kd, Rd = K.to(torch.float64), R.to(torch.float64)
-        A = lam[layer] * C[layer].to(torch.float64) + Kd.T @ Kd
+        A = lam[layer] * C[layer].to(device=Kd.device, dtype=torch.float64) + Kd.T @ Kd  # C may be on the CPU
         X = torch.linalg.solve(A, Kd.T)          # [d_in, n] = A⁻¹ Kᵀ
         return (Rd.T @ X.T).to(torch.float32)    # [d_out, d_in]
     return solve

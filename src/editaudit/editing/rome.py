@@ -45,9 +45,12 @@ def value_settings(hp: dict) -> ValueSettings:
 
 
 def solve_psd(C: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """C⁻¹ rhs in float64 (C is a symmetric second moment; Cholesky, falling back to a general solve)."""
-    A = C.to(torch.float64)
+    """C⁻¹ rhs in float64 (C is a symmetric second moment; Cholesky, falling back to a general solve).
+
+    Solved where ``rhs`` lives: cached statistics load on the CPU, keys come from the model's device.
+    """
     b = rhs.to(torch.float64)
+    A = C.to(device=b.device, dtype=torch.float64)
     chol, info = torch.linalg.cholesky_ex(A)
     if int(info) == 0:
         return torch.cholesky_solve(b if b.ndim == 2 else b[:, None], chol).reshape(b.shape)

@@ -193,16 +193,17 @@ def solve_layer(W: torch.Tensor, K: torch.Tensor, C: torch.Tensor, target: str =
     """
     if target not in TARGETS:
         raise BadInput(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
-    Wd, Kd = W.to(torch.float64), K.to(torch.float64)
-    B = edit_directions(C, Kd, directions, nullspace_rel)
+    Wd = W.to(torch.float64)
+    Kd = K.to(device=Wd.device, dtype=torch.float64)
+    B = edit_directions(C.to(Wd.device), Kd, directions, nullspace_rel)
     if target == "project":
         return -(Wd @ B) @ B.T, B
     if target == "mean":
         if mean_out is None:
             raise BadInput("the mean target needs the layer's mean output")
-        V = mean_out.to(torch.float64)[:, None].expand(-1, Kd.shape[0])
+        V = mean_out.to(device=Wd.device, dtype=torch.float64)[:, None].expand(-1, Kd.shape[0])
     else:
-        V = torch.zeros(Wd.shape[0], Kd.shape[0], dtype=torch.float64)
+        V = torch.zeros(Wd.shape[0], Kd.shape[0], dtype=torch.float64, device=Wd.device)
     X = (V - Wd @ Kd.T) @ torch.linalg.pinv(B.T @ Kd.T)       # [out, r]
     return X @ B.T, B
 
@@ -360,6 +361,7 @@ def erase_by_projection(model, tokenizer, targets: Mapping[int, Sequence[EraseSu
         if plan[layer]:
             K, owner = keys[layer] if not rekey else _subject_keys(model, tokenizer, name, plan[layer], contexts,
                                                                    key_mode)
+            K = K.to("cpu")  # solved on the CPU in float64 with W and C, whatever the model's device
             m = None
             if target == "mean":
                 from ..editing import corpus as corpus_mod
