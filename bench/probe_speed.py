@@ -41,7 +41,7 @@ def loop(model, tok, facts) -> list[dict]:
     out = []
     with torch.inference_mode():
         for p in facts:
-            enc = tok(p.text, return_tensors="pt")
+            enc = tok(p.text, return_tensors="pt").to(model.device)
             logits = model(**enc).logits[0, -1].float()
             top = torch.softmax(logits, -1).topk(TOP_K)
             gen = model.generate(**enc, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=tok.pad_token_id)
@@ -49,7 +49,7 @@ def loop(model, tok, facts) -> list[dict]:
             lps = []
             for target in (p.target_true, p.target_new):
                 n_prompt = enc["input_ids"].shape[1]
-                ids = tok(p.text + " " + target, return_tensors="pt")["input_ids"]
+                ids = tok(p.text + " " + target, return_tensors="pt")["input_ids"].to(model.device)
                 logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
                 lps.append(sum(float(logp[j - 1, ids[0, j]]) for j in range(n_prompt, ids.shape[1])))
             out.append({"top1": int(top.indices[0]), "tokens": cont, "lp": lps})
