@@ -4,13 +4,16 @@
     python scripts/erase_eval.py [--out bench/results/erase_eval.txt] [--methods project,unlearn,project+unlearn]
                                  [--facts FILE] [--suspects rome,memit,alphaedit]
 
-A method may carry projection settings, ``project:low_rank=0/uncertain=false`` (``--hparam`` of ``mitigate``), so
-that two settings are compared on the same suspects and the same scans.
+A method may carry settings, ``project:low_rank=0/uncertain=false`` or ``unlearn:stop_prob=0.01`` (``--hparam`` of
+``mitigate``; each key goes to the unlearning or the projection by name), so that two settings are compared on the
+same suspects and the same scans.
 
 Suspects (facts from bench/heldout/smollm2-135m.jsonl, round-robin over relations as in
 scripts/open_reading_eval.py, the same chunks): 10 sequential ROME edits in one layer (facts 5–14), a MEMIT batch
-of 10 (15–24), an AlphaEdit batch of 10 (25–34), each at the editor's default layers. Neighbours: the 25 held-apart
-facts no suspect edits (0–4, 35–54). Intrinsic: the built-in intrinsic set.
+of 10 (15–24), an AlphaEdit batch of 10 (25–34), each at the editor's default layers; with ``--suspects`` naming
+them, a MEND batch of 10 (5–14) and a MALMEN batch of 10 (15–24) made by the cached trained editors at their own
+layers (a subject in the editors' training data stops the run). Neighbours: the 25 held-apart facts no suspect edits
+(0–4, 35–54). Intrinsic: the built-in intrinsic set.
 
 Each suspect is scanned against the base (``ScanOptions(read="open")``, stored in a fresh session database); the
 erase then runs as ``run_mitigation(SUSPECT, "erase", MitigationOptions(method=M))`` with **no base**: the subjects,
@@ -39,7 +42,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SUSPECTS = [("rome", "sequential", 5, 15), ("memit", "batch", 15, 25), ("alphaedit", "batch", 25, 35)]
+SUSPECTS = [("rome", "sequential", 5, 15), ("memit", "batch", 15, 25), ("alphaedit", "batch", 25, 35),
+            ("mend", "batch", 5, 15), ("malmen", "batch", 15, 25)]  # hypernetworks: only when --suspects names them
+DEFAULT_SUSPECTS = "rome,memit,alphaedit"
+HYPERNETS = ("mend", "malmen")
 NEIGHBOURS = [(0, 5), (35, 55)]
 METHODS = ("project", "unlearn", "project+unlearn")
 PASS = {"erased": 0.90, "intrinsic_points": -3.0, "neighbours_kept": 0.90, "seconds": 300.0}
@@ -113,7 +119,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--facts", type=Path, default=ROOT / "bench/heldout/smollm2-135m.jsonl")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--suspects", default=",".join(m for m, *_ in SUSPECTS), help="subset of rome,memit,alphaedit")
+    ap.add_argument("--suspects", default=DEFAULT_SUSPECTS,
+                    help="subset of rome,memit,alphaedit,mend,malmen (the hypernetworks: a MEND batch of facts 5-14 "
+                         "and a MALMEN batch of 15-24, with the cached trained editors)")
     ap.add_argument("--start", type=int, default=0, help="the first fact the plan takes (a later split of a set whose "
                     "first facts were used)")
     ap.add_argument("--threads", type=int, default=1)
@@ -131,6 +139,7 @@ def main() -> int:
     from editaudit.editing.service import apply_edits
     from editaudit.mitigation.plan import ERASE_DEFAULT
     from editaudit.mitigation.service import MitigationOptions, default_intrinsic, run_mitigation
+    from editaudit.mitigation.unlearn import UNLEARN_DEFAULTS
     from editaudit.models.loading import load_model
     from editaudit.models.registry import ensure_model
     from editaudit.probing.format import load_probes
@@ -169,11 +178,19 @@ def main() -> int:
             if method not in wanted:
                 continue
             chunk = facts[a:b]
+            if method in HYPERNETS:  # facts the trained editors saw say nothing: refuse them
+                from editaudit.editing import hypernet_data
+
+                data = hypernet_data.build()
+                seen = {c.subject.casefold() for c in data.train + data.val}
+                leaked = [f.subject for f in chunk if f.subject.casefold() in seen]
+                if leaked:
+                    raise SystemExit(f"{method}: subjects in the editors' training data: {leaked}")
             paras = paraphrases(chunk)
             suspect = Path(tmp) / f"{method}-{mode}"
             t0 = time.perf_counter()
-            run = apply_edits(lm, chunk, method, layers=default_layers(method, n_layers), out=suspect,
-                              hparams={"mode": "sequential"} if mode == "sequential" else None, evaluate=False)
+            layers = None if method in HYPERNETS else default_layers(method, n_layers)  # the editor's own layers
+            run = apply_edits(lm, chunk, method, layers=layers, out=suspect, hparams={"mode": mode}, evaluate=False)
             run.restore()
             t_edit = time.perf_counter() - t0
             log(f"{method} {mode}: {len(chunk)} edits at layers {run.layers} ({t_edit:.0f}s); scanning")
@@ -199,8 +216,11 @@ def main() -> int:
                 out = Path(tmp) / f"{method}-{mode}-{len(entry['erase'])}"
                 t0 = time.perf_counter()
                 try:
+                    given = parse_assignments(settings.split("/")) if settings else {}
+                    unlearn = {k: v for k, v in given.items() if k in UNLEARN_DEFAULTS}  # the rest: projection's
+                    project = {k: v for k, v in given.items() if k not in unlearn}
                     res = run_mitigation(suspect, "erase", MitigationOptions(
-                        out=out, method=name, project=parse_assignments(settings.split("/")) if settings else {}),
+                        out=out, method=name, project=project, unlearn=unlearn),
                         store=store, say=lambda s: log(f"    {s}"))
                 except Exception as exc:  # a method that cannot run here is a row, not a crash
                     secs = time.perf_counter() - t0
