@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU path in one run: the demo, the probe benchmark, one edit per method (FT-L, ROME, MEMIT, AlphaEdit)
-# with --dtype auto, a float32 ROME edit scanned blind, and a short LoRA mitigation of it, all on CUDA, within
-# an 8-minute budget on one recent GPU.
+# The GPU path in one run: the CUDA tests (tests/test_cuda.py), the demo, the probe benchmark, one edit per method
+# (FT-L, ROME, MEMIT, AlphaEdit) with --dtype auto, a float32 ROME edit scanned blind, and a short LoRA mitigation
+# of it, all on CUDA, within an 8-minute budget on one recent GPU.
 #
 # Usage: bash bench/gpu_check.sh            (from the repository root)
 #   EDITAUDIT_MODEL  model to use (default smollm2-135m; fetched and converted once if not cached)
@@ -83,7 +83,14 @@ step() {
 import json, sys
 name, path = sys.argv[1], sys.argv[2]
 try:
-    doc = json.loads(open(path).read())
+    text = open(path).read()
+except OSError:
+    text = ""
+if name == "cuda-tests":  # pytest's last line: "8 passed in 46.55s"
+    print(next((line for line in reversed(text.splitlines()) if line.strip()), ""))
+    sys.exit()
+try:
+    doc = json.loads(text)
 except Exception:
     print("")
     sys.exit()
@@ -106,6 +113,7 @@ EOF
 }
 
 step fetch-model 240 "$PY" -c 'import sys; from editaudit.models.registry import resolve_model; print(resolve_model(sys.argv[1]))' "$MODEL"
+step cuda-tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py
 step demo 200 "${EA[@]}" demo --device "$DEVICE" --workdir "$WORK/demo"
 step probe-benchmark 90 "$PY" bench/probe_speed.py --model "$MODEL" --facts 64 --batch 32 --repeats 2 \
   --out "$STEPS/probe_speed.txt"
