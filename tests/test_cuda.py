@@ -126,3 +126,17 @@ def test_base_free_project_erase_on_cuda_matches_the_cpu_one(tiny_llama, tmp_pat
     cpu, gpu = outs[0] - edited, outs[1] - edited
     assert float(cpu.norm()) > 0
     assert float((gpu - cpu).norm() / cpu.norm()) < 0.05
+
+
+def test_a_study_runs_on_cuda(tiny_llama, tmp_path):
+    """``study.device`` moves the whole grid — edits, fine-tuning, metrics — onto the GPU."""
+    from test_study import _doc, _files
+
+    from editaudit.store.studies import StudyStore
+    from editaudit.study.config import parse_config
+    from editaudit.study.runner import run_study
+
+    doc = _doc(tiny_llama, _files(tmp_path))
+    doc["study"]["device"] = GPU
+    outcome = run_study(parse_config(doc), StudyStore(tmp_path / "study.db"), tmp_path / "out")
+    assert outcome.ran == 2 and not outcome.failed
