@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU path in one run: the CUDA tests (tests/test_cuda.py), the demo, the probe benchmark, one edit per method
 # (FT-L, ROME, MEMIT, AlphaEdit) with --dtype auto, a float32 ROME edit scanned blind, and a short LoRA mitigation
-# of it, all on CUDA, within an 8-minute budget on one recent GPU.
+# of it, all on CUDA, then the scan throughput benchmark at 1.33 GB per side on the machine's cores, within an
+# 8-minute budget on one recent GPU.
 #
 # Usage: bash bench/gpu_check.sh            (from the repository root)
 #   EDITAUDIT_MODEL  model to use (default smollm2-135m; fetched and converted once if not cached)
@@ -89,6 +90,10 @@ except OSError:
 if name == "cuda-tests":  # pytest's last line: "8 passed in 46.55s"
     print(next((line for line in reversed(text.splitlines()) if line.strip()), ""))
     sys.exit()
+if name == "scan-throughput":  # "paired (…), 2 round(s): median 0.67, range 0.66–0.68; …"
+    line = next((x for x in text.splitlines() if x.startswith("paired")), "")
+    print("scan / raw read, cold, 1.33 GB per side: " + line.split(": ", 1)[-1].split(";")[0] if line else "")
+    sys.exit()
 try:
     doc = json.loads(text)
 except Exception:
@@ -130,8 +135,14 @@ if [ -d "$WORK/rome32" ]; then
   step mitigate-lora 90 "${EA[@]}" mitigate "$WORK/rome32" --base "$MODEL" --goal preserve --method lora \
     --steps 20 --eval-every 10 --max-examples 200 --device "$DEVICE" --format json --out "$WORK/mitigated"
 fi
+# the scan's comparison runs on the CPU: a GPU machine's many cores are what this step measures
+step scan-throughput 150 "$PY" bench/scan_throughput.py --sizes 1 --cache cold --repeat 2 \
+  --out "$STEPS/scan_throughput.txt"
 if [ -f "$STEPS/probe_speed.txt" ]; then
   { echo; echo "probe benchmark:"; cat "$STEPS/probe_speed.txt"; } >> "$REPORT"
+fi
+if [ -f "$STEPS/scan_throughput.txt" ]; then
+  { echo; echo "scan throughput:"; cat "$STEPS/scan_throughput.txt"; } >> "$REPORT"
 fi
 echo "total: $((SECONDS - START)) s (budget ${BUDGET_S} s)" >> "$REPORT"
 echo "command: bash bench/gpu_check.sh (MODEL=$MODEL DEVICE=$DEVICE)" >> "$REPORT"
