@@ -11,7 +11,7 @@ same suspects and the same scans.
 Suspects (facts from bench/heldout/smollm2-135m.jsonl, round-robin over relations as in
 scripts/open_reading_eval.py, the same chunks): 10 sequential ROME edits in one layer (facts 5–14), a MEMIT batch
 of 10 (15–24), an AlphaEdit batch of 10 (25–34), each at the editor's default layers; with ``--suspects`` naming
-them, a MEND batch of 10 (5–14) and a MALMEN batch of 10 (15–24) made by the cached trained editors at their own
+them, 10 MEND edits one after another (5–14) and a MALMEN batch of 10 (15–24) made by the cached trained editors at their own
 layers (a subject in the editors' training data stops the run). Neighbours: the 25 held-apart facts no suspect edits
 (0–4, 35–54). Intrinsic: the built-in intrinsic set.
 
@@ -43,7 +43,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SUSPECTS = [("rome", "sequential", 5, 15), ("memit", "batch", 15, 25), ("alphaedit", "batch", 25, 35),
-            ("mend", "batch", 5, 15), ("malmen", "batch", 15, 25)]  # hypernetworks: only when --suspects names them
+            ("mend", "sequential", 5, 15), ("malmen", "batch", 15, 25)]  # hypernetworks: only when --suspects names them
 DEFAULT_SUSPECTS = "rome,memit,alphaedit"
 HYPERNETS = ("mend", "malmen")
 NEIGHBOURS = [(0, 5), (35, 55)]
@@ -120,8 +120,8 @@ def main() -> int:
     ap.add_argument("--facts", type=Path, default=ROOT / "bench/heldout/smollm2-135m.jsonl")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--suspects", default=DEFAULT_SUSPECTS,
-                    help="subset of rome,memit,alphaedit,mend,malmen (the hypernetworks: a MEND batch of facts 5-14 "
-                         "and a MALMEN batch of 15-24, with the cached trained editors)")
+                    help="subset of rome,memit,alphaedit,mend,malmen (the hypernetworks: facts 5-14 edited by MEND "
+                         "one after another and a MALMEN batch of 15-24, with the cached trained editors)")
     ap.add_argument("--start", type=int, default=0, help="the first fact the plan takes (a later split of a set whose "
                     "first facts were used)")
     ap.add_argument("--threads", type=int, default=1)

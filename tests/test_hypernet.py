@@ -157,6 +157,20 @@ def test_missing_editor_is_a_clear_error(tiny_llama):
         apply_edits(tiny_llama, FACTS[:1], "mend")
 
 
+def test_mend_with_several_facts_says_they_overwrite_each_other(tiny_llama, tmp_path):
+    from editaudit.editing.service import MEND_MANY, apply_edits
+    from editaudit.errors import BadInput
+
+    facts = [Probe(id=f"f{i}", subject=s, prompt="{} is in", target_true="Paris", target_new="Rome")
+             for i, s in enumerate(("France", "Spain"))]
+    (tmp_path / "out").mkdir()
+    for n, warned in ((2, True), (1, False)):
+        said: list[str] = []
+        with pytest.raises(BadInput, match="already exists"):  # stops before any model is loaded
+            apply_edits(str(tiny_llama), facts[:n], "mend", out=tmp_path / "out", say=said.append)
+        assert (MEND_MANY in said) is warned
+
+
 def test_scan_names_hypernetwork_edits():
     from editaudit.scan.method import name_method
 

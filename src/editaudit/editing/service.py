@@ -191,6 +191,11 @@ def _first_words(preds: Sequence[Prediction]) -> list[str]:
 
 # -- the entry point ---------------------------------------------------------------------------------
 
+#: MEND writes one fact well; several, one after another, overwrite each other.
+MEND_MANY = ("MEND edits one fact at a time: several in sequence overwrite each other (20 on SmolLM2: 5 % kept, "
+             "bench/results/hypernet_eval.txt). MALMEN (--method malmen) edits a batch.")
+
+
 def apply_edits(model: str | Path | LoadedModel, facts: Sequence[Probe], method: str,
                 layers: Sequence[int] | None = None, hparams: dict | None = None, out: str | Path | None = None,
                 progress: Events | None = None, *, store=None, session_id: str | None = None,
@@ -205,6 +210,8 @@ def apply_edits(model: str | Path | LoadedModel, facts: Sequence[Probe], method:
     method = (method or "").lower()
     hp = resolve(method, hparams)
     facts = _check_facts(facts)
+    if method == "mend" and len(facts) > 1:
+        say(MEND_MANY)
     out = Path(out) if out is not None else None
     manifest = Path(manifest) if manifest is not None else None
     if out is not None and out.exists() and not overwrite:
