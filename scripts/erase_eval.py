@@ -172,6 +172,12 @@ def main() -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    trained_subjects: set[str] = set()  # the hypernetwork editors' training subjects, read once
+    if wanted & set(HYPERNETS):
+        from editaudit.editing import hypernet_data
+
+        data = hypernet_data.build()
+        trained_subjects = {c.subject.casefold() for c in data.train + data.val}
     with tempfile.TemporaryDirectory(prefix="editaudit-erase-") as tmp:
         store = Store(Path(tmp) / "sessions.db")
         for method, mode, a, b in SUSPECTS:
@@ -179,11 +185,7 @@ def main() -> int:
                 continue
             chunk = facts[a:b]
             if method in HYPERNETS:  # facts the trained editors saw say nothing: refuse them
-                from editaudit.editing import hypernet_data
-
-                data = hypernet_data.build()
-                seen = {c.subject.casefold() for c in data.train + data.val}
-                leaked = [f.subject for f in chunk if f.subject.casefold() in seen]
+                leaked = [f.subject for f in chunk if f.subject.casefold() in trained_subjects]
                 if leaked:
                     raise SystemExit(f"{method}: subjects in the editors' training data: {leaked}")
             paras = paraphrases(chunk)
