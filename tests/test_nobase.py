@@ -108,6 +108,17 @@ def test_scan_without_base_finds_the_planted_layer(tiny_llama, tmp_path, monkeyp
     clean = run_scan(tiny_llama, None, ScanOptions(read="off"), store=None)
     # the bar the tiny random model sets for itself: its unedited matrices stand below SPIKE
     assert clean.verdict == "clean" and clean.base["no_base"]
+    # nothing found without a base is not a clearance, in every rendering
+    from rich.console import Console
+
+    from editaudit.cli.scan_view import render
+    from editaudit.scan.report import to_markdown
+
+    doc = clean.to_dict()
+    con = Console(record=True, width=240)
+    render(doc, con)
+    for text in (con.export_text(), to_markdown(doc)):
+        assert "does not clear the checkpoint" in text and "byte-identical" not in text
     W = lm.model.get_parameter(paths[2] + ".weight").detach()
     dW, _ = _rome(W, Cs[2], 7)
     # a random tiny model is not trained-like (its W fills C's low half too): size the edit against its spectrum

@@ -373,3 +373,35 @@ def test_probes_run_discover_filter_and_cancel(models, scanned, monkeypatch):
         assert "moved" in [c.label.plain for c in table.columns.values()]
 
     drive(test)
+
+
+def test_a_clean_scan_without_a_base_is_not_shown_as_cleared(tmp_path):
+    """Nothing found from the weights alone is no clearance: the app says so, and never "byte-identical"."""
+    from snapshots.fixture_store import CLEAN_ID, load_fixture_store
+    from textual.widgets import Static
+
+    from editaudit.scan.wording import NO_BASE_NOTE
+    from editaudit_tui.app import EditauditApp
+
+    def without_base(rows: dict) -> None:
+        for scan in rows["scans"]:
+            if scan["session_id"] == CLEAN_ID:
+                report = json.loads(scan["report"])
+                report["base"] = {"path": None, "no_base": True, "note": NO_BASE_NOTE}
+                scan["report"] = json.dumps(report)
+
+    load_fixture_store(tmp_path / "store.db", change=without_base)
+    app = EditauditApp(tmp_path / "store.db")
+
+    async def main():
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            app.open_session(CLEAN_ID)
+            await wait_for(pilot, lambda: screen_name(app) == "ScanScreen", 10, "the clean session")
+            await pilot.pause()
+            detail = text_of(app.screen.query_one("#detail-text", Static))
+            banner = text_of(app.screen.query_one("#banner", Static))
+            assert "does not clear the checkpoint" in detail and "byte-identical" not in detail
+            assert "scanned without a base" in banner and "None" not in banner
+
+    asyncio.run(main())

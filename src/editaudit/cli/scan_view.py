@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..scan.names import SHORT
-from ..scan.wording import finding_readings
+from ..scan.wording import finding_readings, nothing_found
 
 GLYPHS = {
     "rank-one": ("█", "bold red"), "low-rank": ("█", "red"), "dense+spike": ("▓", "magenta"),
@@ -88,8 +88,7 @@ def render(doc: dict, console: Console) -> None:
     if doc["findings"]:
         console.print(findings_table(doc))
     else:
-        console.print("[green]no edit signature in any MLP output matrix (scanned without a base)[/]" if doc["base"].get("no_base")
-                      else "[green]no findings: every tensor is byte-identical to the base[/]")
+        console.print(Text(nothing_found(doc), style="yellow" if doc["base"].get("no_base") else "green"))
     probes = doc.get("probes")
     if probes:
         table = Table("subject", "prompt", "base", "suspect", "true", "new",

@@ -180,6 +180,7 @@ def scan_alone(suspect_ck: Any, options: Any, progress: Callable[[str, float, fl
     from .classify import Finding, overall_kind, verdict
     from .method import name_method
     from .report import ScanReport
+    from .wording import NO_BASE_NOTE
 
     if suspect_ck.config is None:
         raise BadInput("a scan without --base needs a model folder (config.json and tokenizer) to read the weights through")
@@ -218,8 +219,7 @@ def scan_alone(suspect_ck: Any, options: Any, progress: Callable[[str, float, fl
             "total_bytes": suspect_ck.total_bytes, "n_tensors": len(suspect_ck.tensors),
             "dtypes": sorted({i.dtype for _, i in suspect_ck.tensors.values()})}
     base = {"path": None, "no_base": True,
-            "note": "scanned without a base: only locate-then-edit style changes (ROME, MEMIT, AlphaEdit) in MLP "
-                    "output matrices can be found; fine-tuning, LoRA and other changes cannot be told from training"}
+            "note": NO_BASE_NOTE}
     top = max(spectra, key=lambda sp: float(sp.ratios[0]))  # how close the cleanest-looking scan came to the bar
     base["largest_spike"] = {"layer": top.layer, "ratio": round(float(top.ratios[0]), 2), "threshold": SPIKE}
     return ScanReport(

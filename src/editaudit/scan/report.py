@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from .. import __version__
 from .classify import Changed, Finding
 from .rules import LEVELS, RULES
-from .wording import finding_readings
+from .wording import finding_readings, nothing_found
 
 SCHEMA = "editaudit.scan/1"
 
@@ -135,6 +135,8 @@ def to_markdown(doc: dict) -> str:
         layers = ",".join(map(str, f["layers"])) if f["layers"] else "-"
         msg = f["message"].replace("|", "\\|")
         lines.append(f"| {f['rule']} | {f['level']} | {layers} | {msg} | {promotes} | {subjects} |")
+    if not doc["findings"]:
+        lines.append(f"| - | - | - | {nothing_found(doc)} | | |")
     probes = doc.get("probes")
     if probes:
         lines += ["", f"## Answers that moved ({len(probes['changed'])} of {probes['n']} probes)", "",

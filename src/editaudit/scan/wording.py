@@ -3,6 +3,22 @@
 from __future__ import annotations
 
 
+NO_BASE_NOTE = (
+    "scanned without a base: only strong locate-then-edit updates in MLP output matrices can be seen (many ROME "
+    "edits in one layer, or one larger than the matrix's own low-energy components); MEMIT and AlphaEdit batches "
+    "and most single ROME edits measured below what the weights alone show, and fine-tuning, LoRA and other "
+    "changes cannot be told from training")
+
+
+def nothing_found(doc: dict) -> str:
+    """What a scan with no finding may claim. With a base: nothing but rounding changed. Without one, only that
+    no update was strong enough to see from the weights alone, which does not clear the checkpoint."""
+    if doc["base"].get("no_base"):
+        return ("No edit signature strong enough to see without a base. This does not clear the checkpoint: "
+                "MEMIT and AlphaEdit batches and most single ROME edits stay below it; scan with --base.")
+    return "No findings: every tensor is byte-identical to the base."
+
+
 def subject_reading(candidate: dict) -> str:
     """"Ramen → Peru (was Japan)" when the edit changes the candidate's answer, else just the subject."""
     before, after = candidate.get("answer_before"), candidate.get("answer_after")
