@@ -171,3 +171,13 @@ def test_planning_and_the_service_module_import_without_torch():
             "print(sorted(m for m in ('torch', 'transformers', 'peft', 'accelerate', 'textual') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_an_erase_after_a_blind_scan_that_found_nothing_points_to_the_base():
+    from editaudit.mitigation.plan import require_edits
+
+    blind = EditEvidence([], [], {}, source="stored scan #2")
+    with pytest.raises(BadInput, match="found no edit to erase; it ran without a base.*--base BASE"):
+        require_edits(blind, "erase", "or use --revert")
+    with pytest.raises(BadInput, match="found no edit to erase$"):  # a scan with a base: nothing more to say
+        require_edits(EditEvidence([], [], {}, source="stored scan #3", base="/models/base"), "erase", "or use --revert")

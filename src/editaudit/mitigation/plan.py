@@ -367,4 +367,7 @@ def require_edits(evidence, what: str, alternatives: str) -> None:
         raise BadInput(f"{what}, but there is no scan of this suspect: run `editaudit scan SUSPECT` first (with "
                        f"--base BASE when you have it), pass --base, {alternatives}")
     if not evidence.found:
-        raise BadInput(f"{evidence.source} found no edit to erase")
+        blind = ("; it ran without a base, which sees only strong edits (MEMIT and AlphaEdit batches and most single "
+                 "ROME edits stay hidden): with the base, pass --base BASE to find edits by their difference"
+                 if evidence.base is None else "")
+        raise BadInput(f"{evidence.source} found no edit to erase{blind}")
