@@ -13,7 +13,7 @@ NO_BASE_NOTE = (
 def nothing_found(doc: dict) -> str:
     """What a scan with no finding may claim. With a base: nothing but rounding changed. Without one, only that
     no update was strong enough to see from the weights alone, which does not clear the checkpoint."""
-    if doc["base"].get("no_base"):
+    if (doc.get("base") or {}).get("no_base"):
         return ("No edit signature strong enough to see without a base. This does not clear the checkpoint: "
                 "MEMIT and AlphaEdit batches and most single ROME edits stay below it; scan with --base.")
     return "No findings: every tensor is byte-identical to the base."

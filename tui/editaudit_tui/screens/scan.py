@@ -207,7 +207,7 @@ class ScanScreen(RunsJobs, Screen):
                 plain(", ".join(t.strip() or repr(t) for t in r.promotes[:4])), key=str(r.index))
         if not self.rows:
             self.query_one("#detail-text", Static).update(
-                Text(nothing_found(doc), style=WARNING if doc["base"].get("no_base") else SUCCESS))
+                Text(nothing_found(doc), style=WARNING if (doc.get("base") or {}).get("no_base") else SUCCESS))
         if self.rows:
             table.focus()
             self._select_finding(0)
@@ -231,7 +231,7 @@ class ScanScreen(RunsJobs, Screen):
         paths = Text("suspect ", style="dim")
         paths.append_text(plain(doc.get("suspect", {}).get("path")))
         paths.append("   base ", style="dim")
-        base = doc.get("base", {})
+        base = doc.get("base") or {}
         paths.append_text(plain("none (scanned without a base)" if base.get("no_base") else base.get("path")))
         return Group(head, paths)
 
