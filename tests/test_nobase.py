@@ -119,6 +119,7 @@ def test_scan_without_base_finds_the_planted_layer(tiny_llama, tmp_path, monkeyp
     render(doc, con)
     for text in (con.export_text(), to_markdown(doc)):
         assert "does not clear the checkpoint" in text and "byte-identical" not in text
+    assert doc["base"]["smallest_visible"]["rel_change_median"] > 0 and "of its norm to show" in to_markdown(doc)
     W = lm.model.get_parameter(paths[2] + ".weight").detach()
     dW, _ = _rome(W, Cs[2], 7)
     # a random tiny model is not trained-like (its W fills C's low half too): size the edit against its spectrum
@@ -129,3 +130,21 @@ def test_scan_without_base_finds_the_planted_layer(tiny_llama, tmp_path, monkeyp
     edits = [f for f in report.findings if f.rule == "EA101"]
     assert [f.layers for f in edits] == [[2]] and edits[0].data["no_base"]
     assert report.exit_code() == 1 and report.to_dict()["base"]["path"] is None
+
+
+def test_the_smallest_visible_edit_is_the_bar_times_the_median():
+    """The stated detection limit holds: a rank-one update in C's low half a little above it is flagged, one
+    well below it is not."""
+    from editaudit.scan.nobase import KeyEig, smallest_visible
+
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(64, 128, generator=g)
+    A = torch.randn(128, 128, generator=g)
+    C = A @ A.T / 128 + 1e-3 * torch.eye(128)
+    limit = smallest_visible([restricted_spectrum(W, C, 0, "m")])["rel_change_min"]
+    v = KeyEig.of(C).low[:, 0].float()
+    u = torch.randn(64, generator=g)
+    u = u / u.norm()
+    for factor, flagged in ((1.3, True), (0.5, False)):
+        dW = factor * limit * float(W.norm()) * torch.outer(u, v)
+        assert (restricted_spectrum(W + dW, C, 0, "m").outliers() > 0) == flagged

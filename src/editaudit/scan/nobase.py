@@ -42,6 +42,7 @@ class LayerSpectrum:
     out_dirs: torch.Tensor     # u_i [d_out, k] (the k largest kept)
     in_dirs: torch.Tensor      # Q v_i [d_in, k], in the matrix's input space
     median: float
+    norm: float = 0.0          # ‖W‖_F, to state the smallest visible edit relative to the matrix
 
     @property
     def ratios(self) -> torch.Tensor:
@@ -91,7 +92,19 @@ def restricted_spectrum(weight: torch.Tensor, C: "torch.Tensor | KeyEig", layer:
     low = KeyEig.of(C).low
     U, S, Vh = torch.linalg.svd(W @ low, full_matrices=False)
     k = min(keep, S.numel())
-    return LayerSpectrum(layer, path, S.float(), U[:, :k].float(), (low @ Vh[:k].T).float(), float(S.median()))
+    return LayerSpectrum(layer, path, S.float(), U[:, :k].float(), (low @ Vh[:k].T).float(), float(S.median()),
+                         float(torch.linalg.matrix_norm(W)))
+
+
+def smallest_visible(spectra: list[LayerSpectrum], spike: float = SPIKE) -> dict[str, Any]:
+    """The detection limit of a base-free scan: a rank-one update inside C's low half shows once its singular value
+    there reaches ``spike`` × the layer's median (below the matrix's own top component it shows not at all), i.e.
+    ‖ΔW_low‖/‖W‖ ≥ spike · median / ‖W‖_F. Per layer; reported as the median and the range over layers."""
+    rel = sorted((spike * s.median / s.norm, s.layer) for s in spectra if s.norm > 0)
+    if not rel:
+        return {}
+    return {"rel_change_median": round(rel[len(rel) // 2][0], 4), "rel_change_min": round(rel[0][0], 4),
+            "rel_change_max": round(rel[-1][0], 4), "layer_min": rel[0][1]}
 
 
 def find_sites(spectra: list[LayerSpectrum], spike: float = SPIKE) -> list[Site]:
@@ -222,6 +235,7 @@ def scan_alone(suspect_ck: Any, options: Any, progress: Callable[[str, float, fl
             "note": NO_BASE_NOTE}
     top = max(spectra, key=lambda sp: float(sp.ratios[0]))  # how close the cleanest-looking scan came to the bar
     base["largest_spike"] = {"layer": top.layer, "ratio": round(float(top.ratios[0]), 2), "threshold": SPIKE}
+    base["smallest_visible"] = smallest_visible(spectra)
     return ScanReport(
         base=base, suspect=side, family=suspect_ck.family, n_layers=layout.n_layers, verdict=verdict(findings),
         kind=overall_kind(findings), findings=findings, changed=[], n_tensors=len(suspect_ck.tensors),

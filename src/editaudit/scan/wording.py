@@ -13,9 +13,13 @@ NO_BASE_NOTE = (
 def nothing_found(doc: dict) -> str:
     """What a scan with no finding may claim. With a base: nothing but rounding changed. Without one, only that
     no update was strong enough to see from the weights alone, which does not clear the checkpoint."""
-    if (doc.get("base") or {}).get("no_base"):
+    base = doc.get("base") or {}
+    if base.get("no_base"):
+        limit = (base.get("smallest_visible") or {}).get("rel_change_median")
+        here = (f" Here a rank-one edit had to change a matrix by about {limit:.0%} of its norm to show (the median "
+                "over layers)." if isinstance(limit, (int, float)) else "")
         return ("No edit signature strong enough to see without a base. This does not clear the checkpoint: "
-                "MEMIT and AlphaEdit batches and most single ROME edits stay below it; scan with --base.")
+                "MEMIT and AlphaEdit batches and most single ROME edits stay below it; scan with --base." + here)
     return "No findings: every tensor is byte-identical to the base."
 
 
