@@ -5,9 +5,9 @@ from __future__ import annotations
 
 NO_BASE_NOTE = (
     "scanned without a base: only strong locate-then-edit updates in MLP output matrices can be seen (many ROME "
-    "edits in one layer, or one larger than the matrix's own low-energy components); MEMIT and AlphaEdit batches "
-    "and most single ROME edits measured below what the weights alone show, and fine-tuning, LoRA and other "
-    "changes cannot be told from training")
+    "edits in one layer, or one larger than the matrix's own low-energy components); on SmolLM2-135M MEMIT and "
+    "AlphaEdit batches and most single ROME edits measured below what the weights alone show, and fine-tuning, "
+    "LoRA and other changes cannot be told from training")
 
 
 def nothing_found(doc: dict) -> str:
@@ -19,7 +19,8 @@ def nothing_found(doc: dict) -> str:
         here = (f" Here a rank-one edit had to change a matrix by about {limit:.0%} of its norm to show (the median "
                 "over layers)." if isinstance(limit, (int, float)) else "")
         return ("No edit signature strong enough to see without a base. This does not clear the checkpoint: "
-                "MEMIT and AlphaEdit batches and most single ROME edits stay below it; scan with --base." + here)
+                "on SmolLM2-135M, MEMIT and AlphaEdit batches and most single ROME edits stayed below it; scan with "
+                "--base." + here)
     return "No findings: every tensor is byte-identical to the base."
 
 
