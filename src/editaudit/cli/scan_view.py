@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..scan.names import SHORT
-from ..scan.wording import finding_readings, nothing_found
+from ..scan.wording import finding_readings, nothing_found, without_base
 
 GLYPHS = {
     "rank-one": ("█", "bold red"), "low-rank": ("█", "red"), "dense+spike": ("▓", "magenta"),
@@ -75,11 +75,11 @@ def render(doc: dict, console: Console) -> None:
     head = Text.assemble(
         (f" {doc['verdict'].upper()} ", VERDICT_STYLE.get(doc["verdict"], "bold")),
         f"  {doc['kind']}   "
-        + (f"{len(doc['findings'])} edited site(s) found without a base · " if doc["base"].get("no_base")
+        + (f"{len(doc['findings'])} edited site(s) found without a base · " if without_base(doc)
            else f"{s['changed']} of {s['tensors']} tensors changed · ")
         + f"{doc['family']}, {doc['layers']} layers · {s.get('total_s', 0):.1f}s",
     )
-    base_line = doc["base"]["path"] if not doc["base"].get("no_base") else f"none — {doc['base']['note']}"
+    base_line = doc["base"]["path"] if not without_base(doc) else f"none — {doc['base']['note']}"
     sub = Text(f"suspect {doc['suspect']['path']}\nbase    {base_line}", style="dim")
     parts = [head, sub]
     if doc["map"]["cells"]:
@@ -88,7 +88,7 @@ def render(doc: dict, console: Console) -> None:
     if doc["findings"]:
         console.print(findings_table(doc))
     else:
-        console.print(Text(nothing_found(doc), style="yellow" if doc["base"].get("no_base") else "green"))
+        console.print(Text(nothing_found(doc), style="yellow" if without_base(doc) else "green"))
     probes = doc.get("probes")
     if probes:
         table = Table("subject", "prompt", "base", "suspect", "true", "new",

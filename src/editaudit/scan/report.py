@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from .. import __version__
 from .classify import Changed, Finding
 from .rules import LEVELS, RULES
-from .wording import finding_readings, nothing_found
+from .wording import finding_readings, nothing_found, without_base
 
 SCHEMA = "editaudit.scan/1"
 
@@ -123,7 +123,7 @@ def to_sarif(doc: dict) -> dict:
 def to_markdown(doc: dict) -> str:
     lines = [
         f"# editaudit scan: {doc['verdict']}", "",
-        f"- suspect: `{doc['suspect']['path']}`", f"- base: `{doc['base']['path']}`" if not doc["base"].get("no_base") else f"- base: none ({doc['base']['note']})",
+        f"- suspect: `{doc['suspect']['path']}`", f"- base: `{doc['base']['path']}`" if not without_base(doc) else f"- base: none ({doc['base']['note']})",
         f"- family: {doc['family']}, {doc['layers']} layers; {doc['summary']['changed']} of "
         f"{doc['summary']['tensors']} tensors changed", f"- kind: {doc['kind']}", "",
         "## Findings", "",

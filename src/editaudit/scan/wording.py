@@ -10,12 +10,16 @@ NO_BASE_NOTE = (
     "LoRA and other changes cannot be told from training")
 
 
+def without_base(doc: dict) -> bool:
+    """The scan ran on the suspect alone (``editaudit scan SUSPECT`` with no --base)."""
+    return bool((doc.get("base") or {}).get("no_base"))
+
+
 def nothing_found(doc: dict) -> str:
     """What a scan with no finding may claim. With a base: nothing but rounding changed. Without one, only that
     no update was strong enough to see from the weights alone, which does not clear the checkpoint."""
-    base = doc.get("base") or {}
-    if base.get("no_base"):
-        limit = (base.get("smallest_visible") or {}).get("rel_change_median")
+    if without_base(doc):
+        limit = (doc["base"].get("smallest_visible") or {}).get("rel_change_median")
         here = (f" Here a rank-one edit had to change a matrix by about {limit:.0%} of its norm to show (the median "
                 "over layers)." if isinstance(limit, (int, float)) else "")
         return ("No edit signature strong enough to see without a base. This does not clear the checkpoint: "

@@ -18,7 +18,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, ProgressBar, RichLog, Static
 
-from editaudit.scan.wording import nothing_found, open_reading, subject_reading
+from editaudit.scan.wording import nothing_found, open_reading, subject_reading, without_base
 
 from ..fmt import ROLE_LABEL, plain
 from ..jobs import Job, Outcome, RunsJobs, describe_error
@@ -207,7 +207,7 @@ class ScanScreen(RunsJobs, Screen):
                 plain(", ".join(t.strip() or repr(t) for t in r.promotes[:4])), key=str(r.index))
         if not self.rows:
             self.query_one("#detail-text", Static).update(
-                Text(nothing_found(doc), style=WARNING if (doc.get("base") or {}).get("no_base") else SUCCESS))
+                Text(nothing_found(doc), style=WARNING if without_base(doc) else SUCCESS))
         if self.rows:
             table.focus()
             self._select_finding(0)
@@ -231,8 +231,7 @@ class ScanScreen(RunsJobs, Screen):
         paths = Text("suspect ", style="dim")
         paths.append_text(plain(doc.get("suspect", {}).get("path")))
         paths.append("   base ", style="dim")
-        base = doc.get("base") or {}
-        paths.append_text(plain("none (scanned without a base)" if base.get("no_base") else base.get("path")))
+        paths.append_text(plain("none (scanned without a base)" if without_base(doc) else doc.get("base", {}).get("path")))
         return Group(head, paths)
 
     # -- selection: finding → map → detail -------------------------------------------------------------
