@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -93,49 +94,41 @@ def main() -> None:
     layout = layout_for(model)
     mods = {layer: layout.rewrite_name(layer) for layer in range(layout.n_layers)}
     mom = covariance.second_moments(model, tok, mods, model_key=weights_key(model))
-    lows, base_s1, eigs, base_var = {}, {"half": {}, "quarter": {}}, {}, {}
     from editaudit.scan.nobase import KeyEig
-    for layer, path in mods.items():
-        eigs[layer] = KeyEig.of(mom[layer].matrix)
-        ev, Q = eigs[layer].ev, eigs[layer].Q
-        d = Q.shape[0]
-        lows[layer] = {"half": Q[:, : d // 2], "quarter": Q[:, : d // 4]}
-        W = model.get_submodule(path).weight.detach().double()
-        for k, low in lows[layer].items():
-            base_s1[k][layer] = ratio(torch.linalg.svdvals(W @ low))
-        base_var[layer] = variants(W, Q, ev)
+
+    eigs = {layer: KeyEig.of(mom[layer].matrix) for layer in mods}
+    base_var = {layer: variants(model.get_submodule(path).weight.detach().double(), eigs[layer].Q, eigs[layer].ev)
+                for layer, path in mods.items()}
+    deltas = {f.stem: torch.load(f, weights_only=True) for f in sorted(a.deltas.glob("*.pt"))}
+    edited_var: dict[str, dict[int, dict[str, float]]] = {}  # per suspect, its edited layers' statistics
     lines = [f"base-free visibility of edits on {a.model}: suspects from {a.deltas}",
              "command: python scripts/dev/nobase_visibility.py " + " ".join(sys.argv[1:]),
-             f"max unedited s_1 over {len(mods)} layers: half {max(base_s1['half'].values()):.1f}, "
-             f"quarter {max(base_s1['quarter'].values()):.1f}",
+             f"max unedited s_1 over {len(mods)} layers: half {max(v['s1 half'] for v in base_var.values()):.1f}, "
+             f"quarter {max(v['s1 quarter'] for v in base_var.values()):.1f}",
              f"{'suspect':20s} {'layer':>5s}  {'edit σ in low half (top 3)':>26s}  {'W own: top, median':>18s}"
              f"  {'s_1 half: W → W+ΔW':>20s}  {'s_1 quarter: W → W+ΔW':>22s}"]
-    for f in sorted(a.deltas.glob("*.pt")):
-        delta = torch.load(f, weights_only=True)
+    for stem, delta in deltas.items():
+        got = edited_var[stem] = {}
         for name, d in sorted(delta.items()):
             layer = next(i for i, p in mods.items() if name == f"{p}.weight")
             W = model.get_submodule(mods[layer]).weight.detach().double()
-            low = lows[layer]["half"]
+            Q = eigs[layer].Q
+            low = Q[:, : Q.shape[0] // 2]
             sd = torch.linalg.svdvals(d.double() @ low)
             sw = torch.linalg.svdvals(W @ low)
-            after = {k: ratio(torch.linalg.svdvals((W + d.double()) @ q)) for k, q in lows[layer].items()}
-            lines.append(f"{f.stem:20s} {layer:5d}  {' '.join(f'{x:6.1f}' for x in sd[:3].tolist()):>26s}  "
+            got[layer] = variants(W + d.double(), Q, eigs[layer].ev)
+            before, after = base_var[layer], got[layer]
+            lines.append(f"{stem:20s} {layer:5d}  {' '.join(f'{x:6.1f}' for x in sd[:3].tolist()):>26s}  "
                          f"{float(sw[0]):8.1f} {float(sw.median()):8.2f}  "
-                         f"{base_s1['half'][layer]:8.1f} → {after['half']:8.1f}  {base_s1['quarter'][layer]:9.1f} → {after['quarter']:9.1f}")
+                         f"{before['s1 half']:8.1f} → {after['s1 half']:8.1f}  "
+                         f"{before['s1 quarter']:9.1f} → {after['s1 quarter']:9.1f}")
     lines += ["", "statistics tried: each edited layer's value, then the largest over the unedited layers"]
-    deltas = {f.stem: torch.load(f, weights_only=True) for f in sorted(a.deltas.glob("*.pt"))}
-    for stem, delta in deltas.items():
-        edited = {next(i for i, p in mods.items() if n == f"{p}.weight"): d for n, d in delta.items()}
-        got = {}
-        for layer, d in sorted(edited.items()):
-            W = model.get_submodule(mods[layer]).weight.detach().double() + d.double()
-            got[layer] = variants(W, eigs[layer].Q, eigs[layer].ev)
-        lines.append(f"  {stem} (layers {', '.join(map(str, sorted(edited)))})")
+    for stem, got in edited_var.items():
+        lines.append(f"  {stem} (layers {', '.join(map(str, sorted(got)))})")
         for key in base_var[0]:
-            rest = max(v[key] for layer, v in base_var.items() if layer not in edited)
+            rest = max(v[key] for layer, v in base_var.items() if layer not in got)
             lines.append(f"    {key:14s} " + " ".join(f"{got[layer][key]:5.1f}" for layer in sorted(got)) + f"   | unedited max {rest:5.1f}")
     for stem in [v for v in a.vocab.split(",") if v]:
-        import time
         t0 = time.perf_counter()
         orig = {}
         with torch.no_grad():
