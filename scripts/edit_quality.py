@@ -2,10 +2,14 @@
 
     python scripts/edit_quality.py [--facts 20] [--methods rome,memit,alphaedit,alphaedit-seq,ft]
                                    [--out bench/results/edit_quality.txt] [--threads N]
+    python scripts/edit_quality.py --model gemma3-270m --facts-file bench/heldout/gemma3-270m.jsonl --start 20 ...
 
 Facts are the first N of the shipped ``smollm2-135m-edit`` set (facts SmolLM2 answers correctly, each
 with a counterfactual ``target_new`` and a paraphrase). Unrelated facts are the ``smollm2-135m-intrinsic``
 facts whose subject is not being edited; "kept" is the share of them still answered correctly.
+For another model, ``--facts-file`` gives facts it knows (probe JSONL with ``target_new``): N of them, taken in
+round-robin order over relations from ``--start``, are edited, and every other fact of the file whose subject
+is not edited is an unrelated fact.
 
 - ROME: one fact at a time on the unedited model (restored after each); kept is averaged over edits.
 - MEMIT, AlphaEdit: all N facts in one batch; AlphaEdit also sequentially in batches of 5.
@@ -39,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "edit_quality.txt")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--hparam", action="append", default=[], help="METHOD:KEY=VALUE override (repeatable)")
+    ap.add_argument("--model", default="smollm2-135m", help="a model name of the registry")
+    ap.add_argument("--facts-file", type=Path, default=None, help="facts the model knows (default: the shipped sets)")
+    ap.add_argument("--start", type=int, default=0, help="with --facts-file: the first fact to edit (round-robin order)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -55,10 +62,20 @@ def main(argv: list[str] | None = None) -> int:
         method, _, rest = item.partition(":")
         overrides.setdefault(method, {}).update(parse_assignments([rest]))
 
-    edit = load_set("smollm2-135m-edit")[: args.facts]
+    if args.facts_file is None:
+        edit = load_set("smollm2-135m-edit")[: args.facts]
+        pool = load_set("smollm2-135m-intrinsic")
+        source = "smollm2-135m-edit", "smollm2-135m-intrinsic"
+    else:
+        from editaudit.probing.format import load_probes
+        from editaudit.probing.sets import round_robin
+
+        pool = round_robin(load_probes(args.facts_file))
+        edit = pool[args.start: args.start + args.facts]
+        source = f"{args.facts_file.name} from fact {args.start}", f"the rest of {args.facts_file.name}"
     subjects = {f.subject.casefold() for f in edit}
-    unrelated = [p for p in load_set("smollm2-135m-intrinsic") if p.subject.casefold() not in subjects]
-    lm = load_model(ensure_model("smollm2-135m", print))
+    unrelated = [p for p in pool if p.subject.casefold() not in subjects]
+    lm = load_model(ensure_model(args.model, print))
     net, tok = lm.model, lm.tokenizer
 
     def kept() -> float:
@@ -115,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{name}: success {row['success']:.0%}, paraphrase {row['paraphrase']:.0%}, kept {row['kept']:.0%}, "
             f"{row['sec_per_edit']:.1f} s/edit")
 
-    text = render(rows, baseline_edit, baseline_kept, len(unrelated), torch.get_num_threads())
+    text = render(rows, baseline_edit, baseline_kept, len(unrelated), torch.get_num_threads(), args.model, source)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from editaudit.atomic import atomic_write_text
@@ -130,14 +147,15 @@ def _mean(values) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
-def render(rows: list[dict], base_edit: float, base_kept: float, n_unrelated: int, threads: int) -> str:
+def render(rows: list[dict], base_edit: float, base_kept: float, n_unrelated: int, threads: int,
+           model: str = "smollm2-135m", source: tuple[str, str] = ("smollm2-135m-edit", "smollm2-135m-intrinsic")) -> str:
     head = (f"{'method':<14}{'mode':<11}{'layers':<8}{'facts':>6}{'success':>9}{'goal':>6}{'paraphr.':>10}"
             f"{'kept':>7}{'goal':>6}{'s/edit':>8}{'C (s)':>8}")
     lines = [
-        "Edit quality on SmolLM2-135M-Instruct (fp32, CPU)",
+        "Edit quality on SmolLM2-135M-Instruct (fp32, CPU)" if model == "smollm2-135m" else f"Edit quality on {model} (fp32, CPU)",
         "command: python scripts/edit_quality.py " + " ".join(sys.argv[1:]),
-        f"facts: smollm2-135m-edit (known before editing: {base_edit:.0%}); unrelated: {n_unrelated} facts of "
-        f"smollm2-135m-intrinsic with other subjects (known before: {base_kept:.0%})",
+        f"facts: {source[0]} (known before editing: {base_edit:.0%}); unrelated: {n_unrelated} facts of "
+        f"{source[1]} with other subjects (known before: {base_kept:.0%})",
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} thread(s)",
         "",
         head,

@@ -10,7 +10,7 @@ it does not know works by giving the module templates in the hyper-parameters (`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import BadInput
 from ..models import families
@@ -33,6 +33,7 @@ class Layout:
     rewrite: str
     mlp: str
     block: str
+    mlp_out_norm: str | None = None  # the post-MLP norm's template, where the family's blocks have one
 
     def rewrite_name(self, layer: int) -> str:
         return self.rewrite.format(layer)
@@ -42,6 +43,9 @@ class Layout:
 
     def block_name(self, layer: int) -> str:
         return self.block.format(layer)
+
+    def mlp_out_norm_name(self, layer: int) -> str | None:
+        return self.mlp_out_norm.format(layer) if self.mlp_out_norm else None
 
     def check_layers(self, layers: list[int]) -> list[int]:
         if not layers:
@@ -87,7 +91,12 @@ def layout_for(model, overrides: dict | None = None) -> Layout:
         ) from None
     if getattr(module, "weight", None) is None or module.weight.ndim != 2:
         raise BadInput(f"{layout.rewrite_name(0)} has no 2-D weight to edit")
-    return layout
+    post = f"{block}.{fam.mlp_out_norm}"
+    try:
+        model.get_submodule(post.format(0))
+    except AttributeError:
+        return layout
+    return replace(layout, mlp_out_norm=post)
 
 
 def default_layers(method: str, n_layers: int, family: str = "llama") -> list[int]:

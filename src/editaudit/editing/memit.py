@@ -9,6 +9,9 @@
 
        ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹          (K: [d_in, n], R: [d_out, n])
 
+In a block that normalises the MLP's output before adding it (Gemma 2/3, OLMo 2), R is what the norm's output
+must gain; ``postnorm.mlp_change`` turns it into the change of the MLP's own output, per key.
+
 AlphaEdit reuses steps 1–2 with its own solve (``alphaedit.py``); ``spread`` takes the solve as an
 argument so that the two share everything else.
 """
@@ -20,8 +23,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..models.families import family
 from ..probing.format import Probe
-from . import reads
+from . import postnorm, reads
 from .hooks import add_delta
 from .layers import Layout
 from .rome import value_settings
@@ -45,6 +49,19 @@ def layer_keys(model, tokenizer, facts: Sequence[Probe], module: str, contexts: 
     differs from the context average (e.g. a subject that opens the prompt, in a model without BOS)."""
     K = reads.keys(model, tokenizer, facts, module, contexts, average=hp.get("key_mode", "mean") == "mean")
     return K if K.ndim == 2 else K.reshape(-1, K.shape[-1])
+
+
+def through_norm(model, tokenizer, layout: Layout, facts: Sequence[Probe], layer: int, norm: str,
+                 contexts: list[str], hp: dict, R: torch.Tensor) -> torch.Tensor:
+    """The MLP output changes [keys, d] that move the post-MLP norm's output by ``R`` (one row per key)."""
+    g, eps = postnorm.norm_gain(model.get_submodule(norm), family(layout.family).norm_offset)
+    each = hp.get("key_mode", "mean") != "mean"
+    x = reads.keys(model, tokenizer, facts, layout.rewrite_name(layer), contexts, average=False, which="out")
+    n, c, d = x.shape
+    per = R.shape[0] // n                                   # keys per fact: 1 (mean) or c (each)
+    Rk = R.view(n, per, d).expand(n, c, d) if per == 1 else R.view(n, c, d)
+    change = postnorm.mlp_change(x.reshape(-1, d), Rk.reshape(-1, d).to(x.device), g, eps).view(n, c, d)
+    return change.reshape(-1, d) if each else change.mean(1)
 
 
 def memit_solver(C: dict[int, torch.Tensor], lam: dict[int, float]) -> Solver:
@@ -77,6 +94,9 @@ def spread(model, tokenizer, layout: Layout, facts: Sequence[Probe], layers: lis
         z_now = reads.plain(model, tokenizer, facts, top, "out")
         R = (z - z_now) / (len(layers) - i)
         R = R.repeat_interleave(len(K) // len(facts), dim=0)   # one residual per key
+        norm = layout.mlp_out_norm_name(layer)
+        if norm is not None:
+            R = through_norm(model, tokenizer, layout, facts, layer, norm, contexts, hp, R)
         delta = solve(layer, K, R)
         add_delta(model.get_submodule(rewrite), delta)
         out.deltas[layer] = delta

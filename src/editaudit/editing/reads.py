@@ -51,11 +51,11 @@ def read_at(model, tokenizer, prompts: Sequence[Filled], module: str, which: str
 
 
 def keys(model, tokenizer, facts: Sequence[Probe], module: str, contexts: Sequence[str],
-         average: bool = True) -> torch.Tensor:
+         average: bool = True, which: str = "in") -> torch.Tensor:
     """Each fact's key at ``module``: its input at the last subject token in each context, averaged
-    over the contexts ([n, d_in]) or not ([n, n_contexts, d_in])."""
+    over the contexts ([n, d_in]) or not ([n, n_contexts, d_in]); ``which="out"``: its output there instead."""
     prompts = [in_context(c, f) for f in facts for c in contexts]
-    x = read_at(model, tokenizer, prompts, module, "in").view(len(facts), len(contexts), -1)
+    x = read_at(model, tokenizer, prompts, module, which).view(len(facts), len(contexts), -1)
     return x.mean(1) if average else x
 
 

@@ -49,6 +49,9 @@ class Family:
     unembed: str = "lm_head"  # absent from a checkpoint with tied embeddings: the embedding is read instead
     final_norm: str = "model.norm"
     embed_scale: bool = False  # input embeddings multiplied by √hidden (Gemma)
+    #: a norm inside a block applied to the MLP's output before it joins the residual (Gemma 2/3, OLMo 2); where
+    #: a block has no such module (Llama, Gemma 1) the output is added as it is. editing/postnorm.py says why it matters.
+    mlp_out_norm: str = "post_feedforward_layernorm"
     default_depth: float = 0.15  # default edit layer as a share of depth (editing/layers.py says why)
 
     # -- module templates, with "{}" for the layer number ---------------------------------------------

@@ -30,6 +30,8 @@ class Lens:
     norm_weight: torch.Tensor | None
     layer_norm: bool  # LayerNorm (centre first) rather than RMSNorm
     tokenizer: Any
+    #: an MLP output tensor's name -> the gain of its block's post-MLP norm (Gemma 2/3, OLMo 2), None without one
+    mlp_gain: Callable[[str], torch.Tensor | None] = lambda name: None
 
     @staticmethod
     def prepare(unembed: torch.Tensor) -> torch.Tensor:
@@ -93,7 +95,15 @@ def load_lens(base: Checkpoint, say: Callable[[str], None] = lambda s: None) -> 
     norm = read(norm_name) if norm_name else None
     if norm is not None:
         norm = fam.norm_scale(norm)  # Gemma's RMSNorm scales by (1 + weight)
-    return Lens(Lens.prepare(unembed), norm, fam.layer_norm, tokenizer)
+
+    def mlp_gain(name: str) -> torch.Tensor | None:
+        """A block that normalises the MLP's output adds g ⊙ x / rms(x): the change reaches the residual scaled by
+        g per coordinate (on Gemma 3 270M from 0 to 741), so the lens reads g ⊙ direction."""
+        suffix = f"{fam.mlp_out}.weight"
+        post = name[: -len(suffix)] + f"{fam.mlp_out_norm}.weight" if name.endswith(suffix) else None
+        return fam.norm_scale(read(post).float()) if post in names else None
+
+    return Lens(Lens.prepare(unembed), norm, fam.layer_norm, tokenizer, mlp_gain)
 
 
 def output_input_sides(vectors: tuple, family: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -102,13 +112,18 @@ def output_input_sides(vectors: tuple, family: str) -> tuple[torch.Tensor, torch
     return (v, s, u) if is_transposed(family) else (u, s, v)
 
 
-def promoted_tokens(lens: Lens, vectors: tuple, family: str, top: int = 10, per_component: int = 5) -> list[dict]:
+def promoted_tokens(lens: Lens, vectors: tuple, family: str, top: int = 10, per_component: int = 5,
+                    tensor: str | None = None) -> list[dict]:
     """Tokens promoted by each component, merged and ranked by their best z-score.
 
     A batch edit (MEMIT) mixes its facts across components, so each component contributes its own
-    few best tokens and the list grows with the rank: up to ``max(top, 3 × rank)`` tokens.
+    few best tokens and the list grows with the rank: up to ``max(top, 3 × rank)`` tokens. ``tensor``: the
+    edited matrix's name, for the gain of a post-MLP norm behind it.
     """
     out_dirs, svals, _ = output_input_sides(vectors, family)
+    gain = lens.mlp_gain(tensor) if tensor is not None else None
+    if gain is not None and gain.shape[0] == out_dirs.shape[0]:
+        out_dirs = out_dirs * gain[:, None]
     best: dict[int, dict] = {}
     for i in range(out_dirs.shape[1]):
         sign, toks = lens.read(out_dirs[:, i], top=per_component)

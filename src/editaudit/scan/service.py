@@ -366,7 +366,7 @@ def _read_edits(base_ck, suspect_ck, family: str, changed: list[Changed], findin
             for t in f.tensors:
                 c = by_name.get(t)
                 if c is not None and c.vectors is not None and c.name.role == "mlp_out":
-                    per_tensor[t] = promoted_tokens(lens, c.vectors, family, options.top_tokens)
+                    per_tensor[t] = promoted_tokens(lens, c.vectors, family, options.top_tokens, tensor=t)
             merged: dict[int, dict] = {}
             for t, toks in per_tensor.items():
                 for tok in toks:
