@@ -60,6 +60,7 @@ def config(model_type: str, vocab: int):
         "gemma2": lambda: tf.Gemma2Config(**gqa, head_dim=16, sliding_window=32),
         "gemma3_text": lambda: tf.Gemma3TextConfig(**gqa, head_dim=16, sliding_window=32),
         "phi3": lambda: tf.Phi3Config(**gqa, tie_word_embeddings=False),
+        "olmo2": lambda: tf.Olmo2Config(**gqa, tie_word_embeddings=False),
         "gpt2": lambda: tf.GPT2Config(n_embd=64, n_inner=128, n_layer=4, n_head=4, n_positions=128, **ids),
         "gpt_neox": lambda: tf.GPTNeoXConfig(**shape, rotary_pct=0.25),
         "gptj": lambda: tf.GPTJConfig(n_embd=64, n_inner=128, n_layer=4, n_head=4, rotary_dim=8, n_positions=128,
@@ -179,7 +180,7 @@ def test_the_mlp_change_through_a_post_norm_is_the_reachable_optimum():
     assert torch.all(ours < 0.5 * naive), (ours, naive)
 
 
-def loud_post_norms(path: Path, gain: float) -> Path:
+def loud_post_norms(path: Path, gain: float, offset: float) -> Path:
     """Post-MLP norm gains like a trained Gemma's (13 on average at Gemma 3 270M's layer 3, where the norm turns an
     MLP output of norm 5 into 700); a freshly initialised one has gain 1, where N barely moves the output's scale."""
     from transformers import AutoModelForCausalLM
@@ -188,17 +189,17 @@ def loud_post_norms(path: Path, gain: float) -> Path:
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "post_feedforward_layernorm" in name:
-                p.fill_(gain - 1.0)  # Gemma's RMSNorm scales by 1 + weight
+                p.fill_(gain - offset)  # Gemma's RMSNorm scales by 1 + weight
     model.save_pretrained(path)
     return path
 
 
-@pytest.mark.parametrize("model_type", ["gemma2", "gemma3_text", "llama"])
+@pytest.mark.parametrize("model_type", ["gemma2", "gemma3_text", "olmo2", "llama"])
 @pytest.mark.parametrize("method", ["memit", "alphaedit"])
 def test_memit_and_alphaedit_write_through_a_post_mlp_norm(model_type, method, tmp_path):
     """MEMIT's per-layer share of the residual change reaches the residual in blocks that normalise the MLP's
     output (written into the MLP output as it is, it overshoots by the norm's gain and the edit misses)."""
-    base = loud_post_norms(make(model_type, tmp_path / "base"), 30.0)
+    base = loud_post_norms(make(model_type, tmp_path / "base"), 30.0, families.family(model_type).norm_offset)
     hp = {**FAST, "clamp": 4.0, **({"lambda_rel": 1e-4} if method == "memit" else {})}
     run = apply_edits(str(base), [FACT], method, hparams=hp, layers=[1, 2])
     # residual_left: the share of the value's change z − z₀ still missing at the top layer (7.1 when R went into
