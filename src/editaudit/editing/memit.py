@@ -52,16 +52,16 @@ def layer_keys(model, tokenizer, facts: Sequence[Probe], module: str, contexts: 
 
 
 def through_norm(model, tokenizer, layout: Layout, facts: Sequence[Probe], layer: int, norm: str,
-                 contexts: list[str], hp: dict, R: torch.Tensor) -> torch.Tensor:
-    """The MLP output changes [keys, d] that move the post-MLP norm's output by ``R`` (one row per key)."""
+                 contexts: list[str], R: torch.Tensor) -> torch.Tensor:
+    """The MLP output changes [keys, d] that move the post-MLP norm's output by ``R`` (one row per key: one per
+    fact, averaged over its contexts, or one per fact and context, as the keys were read)."""
     g, eps = postnorm.norm_gain(model.get_submodule(norm), family(layout.family).norm_offset)
-    each = hp.get("key_mode", "mean") != "mean"
     x = reads.keys(model, tokenizer, facts, layout.rewrite_name(layer), contexts, average=False, which="out")
     n, c, d = x.shape
-    per = R.shape[0] // n                                   # keys per fact: 1 (mean) or c (each)
-    Rk = R.view(n, per, d).expand(n, c, d) if per == 1 else R.view(n, c, d)
+    per = R.shape[0] // n
+    Rk = R.view(n, 1, d).expand(n, c, d) if per == 1 else R.view(n, c, d)
     change = postnorm.mlp_change(x.reshape(-1, d), Rk.reshape(-1, d).to(x.device), g, eps).view(n, c, d)
-    return change.reshape(-1, d) if each else change.mean(1)
+    return change.mean(1) if per == 1 else change.reshape(-1, d)
 
 
 def memit_solver(C: dict[int, torch.Tensor], lam: dict[int, float]) -> Solver:
@@ -96,7 +96,7 @@ def spread(model, tokenizer, layout: Layout, facts: Sequence[Probe], layers: lis
         R = R.repeat_interleave(len(K) // len(facts), dim=0)   # one residual per key
         norm = layout.mlp_out_norm_name(layer)
         if norm is not None:
-            R = through_norm(model, tokenizer, layout, facts, layer, norm, contexts, hp, R)
+            R = through_norm(model, tokenizer, layout, facts, layer, norm, contexts, R)
         delta = solve(layer, K, R)
         add_delta(model.get_submodule(rewrite), delta)
         out.deltas[layer] = delta
