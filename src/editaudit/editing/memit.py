@@ -10,7 +10,7 @@
        ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹          (K: [d_in, n], R: [d_out, n])
 
 In a block that normalises the MLP's output before adding it (Gemma 2/3, OLMo 2), R is what the norm's output
-must gain; ``postnorm.mlp_change`` turns it into the change of the MLP's own output, per key.
+must gain; ``postnorm.mlp_change`` turns it into the change of the MLP's own output, one per fact.
 
 AlphaEdit reuses steps 1–2 with its own solve (``alphaedit.py``); ``spread`` takes the solve as an
 argument so that the two share everything else.
@@ -53,15 +53,14 @@ def layer_keys(model, tokenizer, facts: Sequence[Probe], module: str, contexts: 
 
 def through_norm(model, tokenizer, layout: Layout, facts: Sequence[Probe], layer: int, norm: str,
                  contexts: list[str], R: torch.Tensor) -> torch.Tensor:
-    """The MLP output changes [keys, d] that move the post-MLP norm's output by ``R`` (one row per key: one per
-    fact, averaged over its contexts, or one per fact and context, as the keys were read)."""
+    """The MLP output change [n, d] per fact that moves the post-MLP norm's output by ``R`` [n, d]: mapped at each
+    context's own MLP output, then averaged, so that every key of a fact is given one value as before. (Mapped per
+    key, a batch of 10 facts in 5 contexts became a rank-50 change that the scan took for fine-tuning.)"""
     g, eps = postnorm.norm_gain(model.get_submodule(norm), family(layout.family).norm_offset)
     x = reads.keys(model, tokenizer, facts, layout.rewrite_name(layer), contexts, average=False, which="out")
     n, c, d = x.shape
-    per = R.shape[0] // n
-    Rk = R.view(n, 1, d).expand(n, c, d) if per == 1 else R.view(n, c, d)
-    change = postnorm.mlp_change(x.reshape(-1, d), Rk.reshape(-1, d).to(x.device), g, eps).view(n, c, d)
-    return change.mean(1) if per == 1 else change.reshape(-1, d)
+    Rk = R.view(n, 1, d).expand(n, c, d).reshape(-1, d).to(x.device)
+    return postnorm.mlp_change(x.reshape(-1, d), Rk, g, eps).view(n, c, d).mean(1)
 
 
 def memit_solver(C: dict[int, torch.Tensor], lam: dict[int, float]) -> Solver:
@@ -93,10 +92,10 @@ def spread(model, tokenizer, layout: Layout, facts: Sequence[Probe], layers: lis
         K = layer_keys(model, tokenizer, facts, rewrite, contexts, hp)
         z_now = reads.plain(model, tokenizer, facts, top, "out")
         R = (z - z_now) / (len(layers) - i)
-        R = R.repeat_interleave(len(K) // len(facts), dim=0)   # one residual per key
         norm = layout.mlp_out_norm_name(layer)
         if norm is not None:
             R = through_norm(model, tokenizer, layout, facts, layer, norm, contexts, R)
+        R = R.repeat_interleave(len(K) // len(facts), dim=0)   # one residual per key
         delta = solve(layer, K, R)
         add_delta(model.get_submodule(rewrite), delta)
         out.deltas[layer] = delta
