@@ -239,3 +239,21 @@ def test_the_lens_reads_an_edit_through_the_post_mlp_norm(tmp_path):
     report = run_scan(suspect, base, ScanOptions(read="off"), store=None)
     finding = next(f for f in report.findings if name in f.tensors)
     assert finding.data["promoted_tokens"][0]["id"] == target, finding.data["promoted_tokens"][:3]
+
+
+def test_memit_through_a_post_mlp_norm_writes_one_direction_per_fact(tmp_path):
+    """Each fact's keys (one per context) get one value, so a batch's update keeps rank ≤ its facts, the MEMIT
+    signature the scan names (mapped per context, 10 facts in 5 contexts made a rank-50 change read as fine-tuning)."""
+    from safetensors.torch import load_file
+
+    base = loud_post_norms(make("gemma3_text", tmp_path / "base"), 30.0, 1.0)
+    before = load_file(str(base / "model.safetensors"))
+    facts = [FACT, Probe(id="f2", subject="Japan", prompt="The capital city of {}", target_true="Tokyo",
+                         target_new="Paris")]
+    hp = {**FAST, "clamp": 4.0, "lambda_rel": 1e-4, "contexts": 3}
+    run = apply_edits(str(base), facts, "memit", hparams=hp, layers=[1, 2])
+    for layer in (1, 2):
+        name = f"model.layers.{layer}.mlp.down_proj.weight"
+        delta = run.model.model.get_parameter(name).detach() - before[name]
+        s = torch.linalg.svdvals(delta.double())
+        assert int((s > 1e-6 * s[0]).sum()) <= len(facts), s[:5]
