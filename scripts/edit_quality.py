@@ -178,4 +178,10 @@ def render(rows: list[dict], base_edit: float, base_kept: float, n_unrelated: in
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from editaudit.errors import EditauditError
+
+    try:
+        raise SystemExit(main())
+    except (EditauditError, OSError) as exc:  # a bad --model or --facts-file: say so, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
