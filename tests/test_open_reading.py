@@ -459,3 +459,44 @@ def test_amplify_memit_picks_findings_by_the_method_named():
     assert _amplified("all", rome) and not _amplified("off", memit)
     with pytest.raises(BadInput):
         ScanOptions(amplify="yes")
+
+
+def _bos_tokenizer():
+    """The tiny tokenizer, set to put its BOS before every text by default (as Gemma's and Llama 3's do)."""
+    from tokenizers.processors import TemplateProcessing
+
+    from editaudit.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    bos = tok.convert_tokens_to_ids("<s>")
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    return tok, bos
+
+
+def test_the_neutral_context_carries_the_bos_the_tokenizer_adds(tiny_llama):
+    from editaudit.scan.keys import lead_ids
+    from editaudit.testing import tiny_tokenizer
+
+    plain = tiny_tokenizer()
+    assert lead_ids(plain) == [] and context_ids(plain) == plain("The", add_special_tokens=False)["input_ids"]
+    tok, bos = _bos_tokenizer()
+    assert tok("Kremlin")["input_ids"][0] == bos
+    assert lead_ids(tok) == [bos]
+    assert context_ids(tok) == [bos] + tok("The", add_special_tokens=False)["input_ids"]
+
+
+def test_a_subject_keyed_as_the_editor_sees_it_after_a_bos_is_recovered(tiny_llama):
+    """The editor computes k* on prompts that start with the BOS; a search whose context lacked it read every key
+    off the model's distribution and the planted subject fired less than it should."""
+    lm = load_model(tiny_llama)
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    tok, bos = _bos_tokenizer()
+    subject = "Kremlin"
+    k = keys_of(lm.model, [PATH], [tok("The " + subject)["input_ids"]])[PATH][0]  # as prompts are tokenized
+    keys = vocab_keys(lm.model, tok, [PATH], None)[PATH].float()
+    C = keys.T @ keys / keys.shape[0] + 1e-3 * torch.eye(keys.shape[1])
+    u = torch.linalg.solve(C, k)
+    found = recover_subjects(lm.model, tok, PATH, (u / u.norm())[:, None], C, None, max_subjects=1)
+    assert found and found[0].fire > 0.99
+    assert found[0].text == subject

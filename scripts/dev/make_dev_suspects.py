@@ -1,10 +1,12 @@
 """Development suspects from the first held-apart set (development data since the second was written): each
 edit's weight deltas, saved with its facts, for quick trials that need no scan.
 
-    python scripts/dev/make_dev_suspects.py [DIR [FACTS [PLAN]]]   (default /tmp/editaudit-dev/deltas, the first set)
+    python scripts/dev/make_dev_suspects.py [DIR [FACTS [PLAN [MODEL [START]]]]]   (default /tmp/editaudit-dev/deltas, the first set)
 
 PLAN: method:mode:facts,... (default rome:single:5,rome:sequential:10,memit:batch:10,alphaedit:batch:10); suspects
 are named method-mode-i, i counting each (method, mode)'s groups.
+
+MODEL: the base's registry name (default smollm2-135m); START: the first fact of the round-robin order taken (0).
 
 FACTS: another used held-apart set, e.g. bench/heldout/smollm2-135m-v3.jsonl (development data after its one use).
 """
@@ -21,8 +23,9 @@ from editaudit.models.registry import ensure_model
 from editaudit.probing.format import load_probes, dump_probes
 from editaudit.probing.sets import round_robin
 torch.manual_seed(0)
-lm = load_model(ensure_model("smollm2-135m"))
+lm = load_model(ensure_model(sys.argv[4] if len(sys.argv) > 4 else "smollm2-135m"))
 facts = round_robin(load_probes(sys.argv[2] if len(sys.argv) > 2 else ROOT / "bench/heldout/smollm2-135m.jsonl"))
+facts = facts[int(sys.argv[5]) if len(sys.argv) > 5 else 0:]
 n = lm.model.config.num_hidden_layers
 plan = [("rome","single",5),("rome","sequential",10),("memit","batch",10),("alphaedit","batch",10)]
 if len(sys.argv) > 3:

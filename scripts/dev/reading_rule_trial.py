@@ -25,6 +25,10 @@ that every rule reads the same texts. Rules (``scan.reading.choose_prompt`` repl
     forms-count  count, likewise
     count    the answer the suspect states on the most prompts (numbers excluded), then p_base × rise: the key
              reading's choice (``scan.reading.most_stated``) applied to subjects read through their text
+    allforms score, each found subject read as every word-suffix up to six (``all_forms``), not two shorter ones
+    short    score, of a subject's forms the edit reading of the fewest words kept (``shortest_edit``), not the
+             most confident
+    allshort both
 """
 from __future__ import annotations
 
@@ -43,7 +47,8 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def find_subjects(lm, deltas_dir: Path, cache: Path, pair_seeds: int = 0, null: bool = False) -> dict:
+def find_subjects(lm, deltas_dir: Path, cache: Path, pair_seeds: int = 0, null: bool = False,
+                  model: str = "smollm2-135m") -> dict:
     """Per suspect, the subjects the search finds (``pair_seeds`` > 0: with the pair step; ``null``: AlphaEdit-named
     edits searched in their null space, ``Whitened.null_space``), cached in ``cache``."""
     if cache.exists():
@@ -52,7 +57,7 @@ def find_subjects(lm, deltas_dir: Path, cache: Path, pair_seeds: int = 0, null: 
     from editaudit.checkpoint.folder import open_checkpoint
     from editaudit.models.registry import ensure_model
 
-    fingerprint = open_checkpoint(ensure_model("smollm2-135m")).fingerprint()
+    fingerprint = open_checkpoint(ensure_model(model)).fingerprint()
     out = {}
     for pt in sorted(deltas_dir.glob("*.pt")):
         n = len(pt.with_suffix(".jsonl").read_text().splitlines())
@@ -68,7 +73,7 @@ def find_subjects(lm, deltas_dir: Path, cache: Path, pair_seeds: int = 0, null: 
     return out
 
 
-def key_reader(lm, pt: Path, layer: int, rank: int, subs: list) -> object:
+def key_reader(lm, pt: Path, layer: int, rank: int, subs: list, model: str = "smollm2-135m") -> object:
     """The scan's KeyReader for a suspect's lowest edited matrix (as find_subjects searched it); fills in the
     found subjects' keys, which the cache does not hold."""
     from editaudit.checkpoint.folder import open_checkpoint
@@ -86,7 +91,7 @@ def key_reader(lm, pt: Path, layer: int, rank: int, subs: list) -> object:
         got = keys_of(lm.model, [path], [context_ids(lm.tokenizer) + s.ids for s in subs])[path]
         for s, k in zip(subs, got):
             s.key = k
-    fingerprint = open_checkpoint(ensure_model("smollm2-135m")).fingerprint()
+    fingerprint = open_checkpoint(ensure_model(model)).fingerprint()
     return _key_reader(lm.model, lm.tokenizer, path, vh[:rank].T, C, fingerprint)
 
 
@@ -108,6 +113,20 @@ def forms_answer(a, b) -> bool:
     return n >= 4 and n >= 0.6 * min(len(x), len(y))
 
 
+def all_forms(text: str) -> list[str]:
+    """Every word-suffix of a found subject, up to six ("fordul til nft Malaysia" → … → "Malaysia"): on Gemma 3's
+    262k-piece vocabulary found subjects carried three stray leading words, and the shipped forms stop at two."""
+    words = text.split()
+    return [" ".join(words[k:]) for k in range(min(len(words), 6))]
+
+
+def shortest_edit(reads):
+    """The edit reading of the fewest words (then the most confident): stray leading words add to the key but
+    draw answers the edit does not give, so the cleanest text the edit still answers to is the subject."""
+    return max(reads, key=lambda r: (r.status == "edit", -len(r.subject.split()) if r.status == "edit" else 0,
+                                     r.confidence))
+
+
 def sure(s1, score, says):
     best: dict[str, float] = {}
     for j, a in enumerate(s1):
@@ -121,6 +140,7 @@ def main() -> None:
     ap.add_argument("deltas", type=Path)
     ap.add_argument("--rules", default="score,sure", help="comma-separated: score, token, sure")
     ap.add_argument("--subjects", type=Path)
+    ap.add_argument("--model", default="smollm2-135m", help="registry name of the base the suspects were edited from")
     ap.add_argument("--pair-seeds", type=int, nargs="?", const=None, default=0,
                     help="search with the pair step over this many seeds (alone: subjects.PAIR_SEEDS)")
     ap.add_argument("--null-search", action="store_true",
@@ -137,19 +157,23 @@ def main() -> None:
     from editaudit.scan.subjects import Subject
 
     ev = runpy.run_path(str(ROOT / "scripts/open_reading_eval.py"))
-    lm = load_model(ensure_model("smollm2-135m"))
+    lm = load_model(ensure_model(args.model))
     for p in lm.model.parameters():
         p.requires_grad_(False)
     found = find_subjects(lm, args.deltas, args.subjects or args.deltas / "found.json", args.pair_seeds,
-                         args.null_search)
+                         args.null_search, args.model)
     shipped, shipped_said, shipped_same = reading.choose_prompt, reading.said, reading.same_answer
+    shipped_forms, shipped_pick = reading.subject_forms, reading.pick_reading
     rules = {"score": shipped, "sure": sure, "token": shipped, "keys": shipped, "count": reading.most_stated,
-             "forms": shipped, "forms-count": reading.most_stated}
+             "forms": shipped, "forms-count": reading.most_stated, "allforms": shipped, "short": shipped,
+             "allshort": shipped}
     for rule in args.rules.split(","):
         t_rule = time.time()
         reading.choose_prompt = rules[rule]
         reading.said = ev["first_token_said"] if rule == "token" else shipped_said
         reading.same_answer = forms_answer if rule.startswith("forms") else shipped_same
+        reading.subject_forms = all_forms if rule.startswith("all") else shipped_forms
+        reading.pick_reading = shortest_edit if rule.endswith("short") else shipped_pick
         tally = {}
         for pt in sorted(args.deltas.glob("*.pt")):
             facts = load_probes(pt.with_suffix(".jsonl"))
@@ -159,7 +183,7 @@ def main() -> None:
                 for name, d in torch.load(pt, weights_only=True).items():
                     params[name].add_(d)
             subs = [Subject(s["text"], s["ids"], s["fire"], torch.empty(0)) for s in found[pt.stem]["subjects"]]
-            keys = key_reader(lm, pt, found[pt.stem]["layer"], len(facts), subs) if rule == "keys" else None
+            keys = key_reader(lm, pt, found[pt.stem]["layer"], len(facts), subs, args.model) if rule == "keys" else None
             reads = [r.to_dict() for r in reading.read_edits(lm.model, suspect, lm.tokenizer, subs, None, None,
                                                              keys=keys)]
             rows, false, n_edit = ev["score_suspect"](lm.tokenizer, facts, reads, len(facts) == 1)
@@ -179,6 +203,7 @@ def main() -> None:
               + f" | all: objects {total[1]}/{total[0]}, false {total[2]}/{total[3]}, named {total[4]}/{total[0]}"
               f" ({time.time() - t_rule:.0f} s)", flush=True)
     reading.choose_prompt, reading.said, reading.same_answer = shipped, shipped_said, shipped_same
+    reading.subject_forms, reading.pick_reading = shipped_forms, shipped_pick
 
 
 if __name__ == "__main__":

@@ -201,6 +201,18 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
                    "edit" if is_edit else "uncertain", layer, tensor, also)
 
 
+def subject_forms(text: str) -> list[str]:
+    """The texts a found subject is read as: the whole text and its two shorter word-suffixes ("Cities inherical
+    Syria", "inherical Syria", "Syria"); the search keeps leading words that add to the key, not only names."""
+    words = text.split()
+    return [" ".join(words[k:]) for k in range(min(len(words), 3))]
+
+
+def pick_reading(reads: list[Reading]) -> Reading:
+    """Of one subject's readings (one per form, and one through its key), the most confident edit reading."""
+    return max(reads, key=lambda r: (r.status == "edit", r.confidence))
+
+
 @dataclass
 class KeyReader:
     """What reading through keys needs for one edited matrix (inject.py): its module path, the edit subspace
@@ -257,8 +269,7 @@ def read_edits(base: Any, suspect: Any, tokenizer: Any, subjects: list[Subject],
         return [r] if r.status == "edit" else []
     for i, s in enumerate(subjects):
         progress(i, len(subjects))
-        words = s.text.split()
-        forms = [" ".join(words[k:]) for k in range(min(len(words), 3))]
+        forms = subject_forms(s.text)
         scale = 1.0 / max(s.fire, 0.5) ** 2 if deltas else 1.0
         with torch.inference_mode(False), scaled_edit(suspect, deltas or {}, scale), torch.inference_mode():
             reads = [read_subject(base, suspect, tokenizer, Subject(f, s.ids, s.fire, s.key), layer=layer, tensor=tensor)
@@ -268,7 +279,7 @@ def read_edits(base: Any, suspect: Any, tokenizer: Any, subjects: list[Subject],
             through_key.subject = s.text  # the relation's prompt as the subject's (what erase and unlearn use)
             through_key.prompt = through_key.prompt.replace(PLACEHOLDER, s.text, 1)
             reads.append(through_key)
-        best = max(reads, key=lambda r: (r.status == "edit", r.confidence))
+        best = pick_reading(reads)
         best.found = s.text
         out.append(best)
     progress(len(subjects), len(subjects))
