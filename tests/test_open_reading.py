@@ -482,12 +482,18 @@ def test_the_neutral_context_carries_the_bos_the_tokenizer_adds(tiny_llama):
     tok, bos = _bos_tokenizer()
     assert tok("Kremlin")["input_ids"][0] == bos
     assert lead_ids(tok) == [bos]
-    assert context_ids(tok) == [bos] + tok("The", add_special_tokens=False)["input_ids"]
+    the = tok("The", add_special_tokens=False)["input_ids"]
+    assert context_ids(tok, bos=True) == [bos] + the
+    assert context_ids(tok) == the  # the scan's default (keys.BOS_CONTEXT, judged and not kept)
 
 
-def test_a_subject_keyed_as_the_editor_sees_it_after_a_bos_is_recovered(tiny_llama):
-    """The editor computes k* on prompts that start with the BOS; a search whose context lacked it read every key
-    off the model's distribution and the planted subject fired less than it should."""
+def test_a_subject_keyed_as_the_editor_sees_it_after_a_bos_is_recovered(tiny_llama, monkeypatch):
+    """The editor computes k* on prompts that start with the BOS; a search whose context lacks it reads every key
+    off the model's distribution and the planted subject fires less than it should (the scan's default, judged on
+    Gemma and not kept: keys.BOS_CONTEXT)."""
+    from editaudit.scan import keys as keys_mod
+
+    monkeypatch.setattr(keys_mod, "BOS_CONTEXT", True)
     lm = load_model(tiny_llama)
     for p in lm.model.parameters():
         p.requires_grad_(False)

@@ -6,6 +6,7 @@ the variants below, scored by scripts/open_reading_eval.py's rules.
     python scripts/dev/reading_rule_trial.py /tmp/dev4 [--rules score,sure] [--subjects /tmp/dev4/found.json]
     python scripts/dev/reading_rule_trial.py /tmp/dev7d --rules score --pair-seeds 48 --subjects /tmp/dev7d/found-pairs.json
     python scripts/dev/reading_rule_trial.py /tmp/aedev --rules score --null-search --subjects /tmp/aedev/found-null.json
+    python scripts/dev/reading_rule_trial.py /tmp/gdev --model gemma3-270m --rules score --bos-context --subjects /tmp/gdev/found-bos.json
 
 Subjects: per suspect, the search as the scan runs it (lowest edited MLP output matrix, the suspect's top input
 directions, C from the cached key statistics; rank = the suspect's number of facts), cached in --subjects so
@@ -141,6 +142,8 @@ def main() -> None:
     ap.add_argument("--rules", default="score,sure", help="comma-separated: score, token, sure")
     ap.add_argument("--subjects", type=Path)
     ap.add_argument("--model", default="smollm2-135m", help="registry name of the base the suspects were edited from")
+    ap.add_argument("--bos-context", action="store_true",
+                    help="search behind the tokenizer's BOS (scan.keys.BOS_CONTEXT; judged on Gemma, not kept)")
     ap.add_argument("--pair-seeds", type=int, nargs="?", const=None, default=0,
                     help="search with the pair step over this many seeds (alone: subjects.PAIR_SEEDS)")
     ap.add_argument("--null-search", action="store_true",
@@ -156,6 +159,9 @@ def main() -> None:
     from editaudit.scan import reading
     from editaudit.scan.subjects import Subject
 
+    from editaudit.scan import keys as keys_mod
+
+    keys_mod.BOS_CONTEXT = args.bos_context
     ev = runpy.run_path(str(ROOT / "scripts/open_reading_eval.py"))
     lm = load_model(ensure_model(args.model))
     for p in lm.model.parameters():

@@ -22,7 +22,6 @@ from typing import Any, Callable
 
 import torch
 
-from .keys import lead_ids
 from .reading import Reading, answer
 from .relations import RELATIONS
 
@@ -58,8 +57,7 @@ class TriggerSearch:
         self.space = Whitened.build(path, None, in_dirs.float())
         # the subject search's machinery (exact and bf16 fire, gradients); no vocabulary keys are needed here
         self.search = SubjectSearch(model, tokenizer, self.space, torch.empty(0, 1), steps=STEPS)
-        # a prompt starts the text (after the tokenizer's BOS, where it has one) or a line
-        self.search.prefix = lead_ids(tokenizer) or _ids(tokenizer, "\n")
+        self.search.prefix = _ids(tokenizer, "\n")  # a prompt starts a line; nothing else comes before it
 
     def climb(self, seq: list[int]) -> tuple[list[int], float]:
         """Coordinate ascent over every position of ``seq`` (no growth: a template's length is about right)."""
