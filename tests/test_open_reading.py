@@ -238,6 +238,20 @@ def test_reading_prefers_an_object_stated_on_several_phrasings(monkeypatch):
 
 
 
+def test_a_number_is_the_object_only_when_no_other_answer_moved():
+    """A year stated on two prompts ('was formed in', 'was founded in' → 2010) loses to a word the edit moved;
+    with nothing else moved, the number is still read (an edit may plant a date)."""
+    from editaudit.scan.reading import Said, choose_prompt, most_stated
+
+    s1 = [Said(w, 0.5, "", {}) for w in (" 2", " 2", " Paris", " the")]
+    says = [" 2", " 2", " Paris", None]
+    score = [0.6, 0.5, 0.1, float("-inf")]
+    assert choose_prompt(s1, score, says) == 2
+    assert most_stated(s1, score, says) == 2
+    only = [0.6, 0.5, float("-inf"), float("-inf")]
+    assert choose_prompt(s1, only, [" 2", " 2", None, None]) == 0
+
+
 def test_an_object_that_starts_with_a_stop_word_is_read_by_its_word(monkeypatch):
     """The retention rule skips stop words: a suspect that answers " the" then " Philippines" where the base said
     " India" has moved its answer, and the reading says so whole ("the Philippines", was "India")."""

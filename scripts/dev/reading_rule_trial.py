@@ -12,7 +12,9 @@ Subjects: per suspect, the search as the scan runs it (lowest edited MLP output 
 directions, C from the cached key statistics; rank = the suspect's number of facts), cached in --subjects so
 that every rule reads the same texts. Rules (``scan.reading.choose_prompt`` replaced for the run):
 
-    score    answers stated on two prompts or more first, then p_base × rise (scan.reading.choose_prompt)
+    score    answers stated on two prompts or more first, then p_base × rise, a number only when no other answer
+             moved (scan.reading.choose_prompt)
+    numbers  score with numbers taken like any answer (the choice before v8's second use)
     token    the shipped choice on first-token answers (the reader before answers were words by the retention
              rule, ``scan.reading.said``: an answer that starts with a stop word, "the Philippines", never moved)
     keys     score, and each subject also read through its key purified into the edit subspace at a stand-in
@@ -128,6 +130,13 @@ def shortest_edit(reads):
                                      r.confidence))
 
 
+def numbers(s1, score, says):
+    """The shipped choice before numbers were set aside (v8-plan.md, second use)."""
+    from editaudit.scan.reading import times_stated
+
+    return max(range(len(s1)), key=lambda j: (times_stated(s1[j].word, says) >= 2, score[j]))
+
+
 def sure(s1, score, says):
     best: dict[str, float] = {}
     for j, a in enumerate(s1):
@@ -170,7 +179,7 @@ def main() -> None:
                          args.null_search, args.model)
     shipped, shipped_said, shipped_same = reading.choose_prompt, reading.said, reading.same_answer
     shipped_forms, shipped_pick = reading.subject_forms, reading.pick_reading
-    rules = {"score": shipped, "sure": sure, "token": shipped, "keys": shipped, "count": reading.most_stated,
+    rules = {"score": shipped, "numbers": numbers, "sure": sure, "token": shipped, "keys": shipped, "count": reading.most_stated,
              "forms": shipped, "forms-count": reading.most_stated, "allforms": shipped, "short": shipped,
              "allshort": shipped}
     for rule in args.rules.split(","):

@@ -126,12 +126,20 @@ def times_stated(word: str | None, says: list[str | None]) -> int:
     return sum(same_answer(word, w) for w in says)
 
 
+def is_number(word: str | None) -> bool:
+    """An answer that is a number (a year, a count): tokenizers split digits, so "2010" is said as " 2"."""
+    return bool(word) and word.strip().isdigit()
+
+
 def choose_prompt(s1: list[Said], score: list[float], says: list[str | None]) -> int:
     """The prompt a reading reports: a rewritten fact is stated on several phrasings, a side effect on one, so
     prompts whose new answer the suspect states on two at least come first; then the highest score (p_base × rise).
     Preferring the answer the suspect states most surely read 2 more objects of 70 on development suspects and 1
-    more of 35 on the sixth held-apart set, short of that set's rule (bench/heldout/v6-plan.md), so it was not kept."""
-    return max(range(len(s1)), key=lambda j: (times_stated(s1[j].word, says) >= 2, score[j]))
+    more of 35 on the sixth held-apart set, short of that set's rule (bench/heldout/v6-plan.md), so it was not kept.
+    A number is taken only when no other answer moved: dates and counts ("was formed in" → "2010") drift under
+    any change to a subject's key, and on Gemma they won over the relation the edit rewrote."""
+    pool = [j for j in range(len(s1)) if score[j] > float("-inf") and not is_number(s1[j].word)] or range(len(s1))
+    return max(pool, key=lambda j: (times_stated(s1[j].word, says) >= 2, score[j]))
 
 
 def most_stated(s1: list[Said], score: list[float], says: list[str | None]) -> int:
@@ -139,7 +147,7 @@ def most_stated(s1: list[Said], score: list[float], says: list[str | None]) -> i
     the most prompts, then the highest score. With no subject text the injected position is one the models never
     saw, so answers that are numbers (dates, counts: "originated in" → "2017") shift on any perturbation and win
     on score alone; a number is not taken as the object there."""
-    ok = [j for j, w in enumerate(says) if w and score[j] > float("-inf") and not w.strip().isdigit()]
+    ok = [j for j, w in enumerate(says) if w and score[j] > float("-inf") and not is_number(w)]
     if not ok:
         return choose_prompt(s1, score, says)
     count = {w: times_stated(w, says) for w in (says[j] for j in ok)}
