@@ -328,7 +328,19 @@ def test_mitigation_wizard_runs_verifies_and_cancels(models, scanned, tmp_path):
 def test_probes_run_discover_filter_and_cancel(models, scanned, monkeypatch):
     import editaudit.probing.sets as sets
 
+    import editaudit.probing.jobs as jobs
+
     monkeypatch.setattr(sets, "FACT_BANK", str(models["facts"]))  # the shipped bank is slow on a busy CPU
+    # the first run waits for the cancel: on a small set it could otherwise finish before "c" lands
+    run_labelled, hold = jobs.run_labelled, {"on": True}
+
+    def held(*args):
+        cancelled, until = args[-1], time.monotonic() + 60
+        while hold["on"] and not cancelled() and time.monotonic() < until:
+            time.sleep(0.01)
+        return run_labelled(*args)
+
+    monkeypatch.setattr(jobs, "run_labelled", held)
 
     async def test(app, pilot):
         await pilot.press("enter")
@@ -346,6 +358,7 @@ def test_probes_run_discover_filter_and_cancel(models, scanned, monkeypatch):
         await pilot.press("c")
         await wait_for(pilot, lambda: not probes.running, 120, "the cancellation")
         assert probes.state == "cancelled" and not Store().rows("probe_runs")
+        hold["on"] = False
 
         chosen.value = str(models["facts"])
 
