@@ -8,41 +8,17 @@ so far that its fire in the edit subspace fell from 0.83 to 0.48). Prints succes
 Throwaway-grade: the BOS windows' C is computed here (not cached), over the same corpus windows as the plain one,
 the BOS position itself left out of the sum.
 """
-import argparse
-import sys
-from pathlib import Path
-
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
-from editaudit.editing import apply_edits, covariance  # noqa: E402
-from editaudit.editing import corpus as corpus_mod  # noqa: E402
-from editaudit.editing.prompts import pad_id, right_pad  # noqa: E402
-from editaudit.models.loading import load_model  # noqa: E402
-from editaudit.models.registry import ensure_model  # noqa: E402
-from editaudit.probing.evaluate import retention  # noqa: E402
-from editaudit.probing.format import load_probes  # noqa: E402
-from editaudit.probing.sets import round_robin  # noqa: E402
-from editaudit.scan.keys import lead_ids  # noqa: E402
+from keystat_arms import arguments, run_arms, setup
 
-ap = argparse.ArgumentParser()
-ap.add_argument("facts")
-ap.add_argument("start", type=int)
-ap.add_argument("n", type=int)
-ap.add_argument("--methods", default="rome")
-ap.add_argument("--model", default="gemma3-270m")
-ap.add_argument("--threads", type=int, default=2)
-ap.add_argument("--arms", default="plain,bos", help="plain, bos or both")
-args = ap.parse_args()
-torch.set_num_threads(args.threads)
-lm = load_model(ensure_model(args.model))
-net, tok = lm.model, lm.tokenizer
-pool = round_robin(load_probes(args.facts))
-edit = pool[args.start:args.start + args.n]
-subjects = {f.subject.casefold() for f in edit}
-unrelated = [p for p in pool if p.subject.casefold() not in subjects]
-print(f"unrelated known before: {retention(net, tok, unrelated).rate:.0%} of {len(unrelated)}", flush=True)
+from editaudit.editing import covariance
+from editaudit.editing import corpus as corpus_mod
+from editaudit.editing.prompts import pad_id, right_pad
+from editaudit.scan.keys import lead_ids
+
+args = arguments("rome", "plain,bos").parse_args()
+lm, edit, unrelated = setup(args)
 
 plain_moments = covariance.second_moments
 _memo: dict = {}
@@ -82,16 +58,5 @@ def bos_moments(model, tokenizer, modules, **kw):
     return out
 
 
-for method in [m for m in args.methods.split(",") if m]:
-    for arm, fn in [(a, f) for a, f in (("plain", plain_moments), ("bos", bos_moments)) if a in args.arms.split(",")]:
-        covariance.second_moments = fn
-        groups = [[f] for f in edit] if method == "rome" else [edit]
-        ok, kept = 0, []
-        for g in groups:
-            run = apply_edits(lm, g, method)
-            ok += sum(r.success for r in run.results)
-            kept.append(retention(net, tok, unrelated).rate)
-            run.restore()
-        print(f"{method:6} {arm:9} success {ok}/{len(edit)}  kept {sum(kept) / len(kept):.0%} "
-              f"(per group: {' '.join(f'{k:.0%}' for k in kept)})", flush=True)
-covariance.second_moments = plain_moments
+run_arms(lm, edit, unrelated, args.methods,
+         [(a, f) for a, f in (("plain", plain_moments), ("bos", bos_moments)) if a in args.arms.split(",")])
