@@ -48,6 +48,7 @@ def test_null_space_search_fires_on_alphaedit_keys_and_not_for_rome():
     its keys fire ~1, where whitening (made for ROME's C⁻¹k) leaves them well short; a ROME-like update spreads
     over C's spectrum and gets no null space."""
     from editaudit.editing.alphaedit import NullSpace
+    from editaudit.scan.inject import purified
 
     gen = torch.Generator().manual_seed(3)
     d, r = 48, 32
@@ -63,6 +64,11 @@ def test_null_space_search_fires_on_alphaedit_keys_and_not_for_rome():
     assert float(Whitened.build("m", C, in_dirs).fire(K).max()) < 0.95
     other = torch.randn(50, d, generator=gen)
     assert float(space.fire(other).max()) < 0.9
+    # purifying keeps what the update does not read (the occupied part) and cleans the part it reads
+    k = K[0] + 0.5 * other[0]
+    pk = purified(k, space)
+    assert torch.allclose(k - (k @ space.whiten) @ space.root, pk - (pk @ space.whiten) @ space.root, atol=1e-4)
+    assert float(space.fire(pk[None])[0]) > 0.999
     C2 = _psd(d, 0)  # a spectrum like a model's: ROME's and MEMIT's u = C⁻¹k spread over it
     assert Whitened.null_space("m", C2, torch.linalg.solve(C2, K.T)) is None
 
@@ -520,3 +526,50 @@ def test_a_subject_keyed_as_the_editor_sees_it_after_a_bos_is_recovered(tiny_lla
     found = recover_subjects(lm.model, tok, PATH, (u / u.norm())[:, None], C, None, max_subjects=1)
     assert found and found[0].fire > 0.99
     assert found[0].text == subject
+
+
+def test_scan_null_search_reads_an_alphaedit_like_edit_in_its_null_space(tiny_llama, tmp_path, monkeypatch):
+    """An update written onto the null space of (synthetic) key statistics in two consecutive layers, keyed on
+    "Colosseum": the scan names it AlphaEdit, and with ``scan --null-search`` the subject is searched where the
+    update lies, firing ~1 (whitened, as for ROME, with ``--no-null-search``, it fires less)."""
+    from typer.testing import CliRunner
+
+    from editaudit.cli.main import app
+    from editaudit.editing import covariance
+
+    lm = load_model(tiny_llama)
+    paths = [f"model.layers.{i}.mlp.down_proj" for i in (0, 1)]
+    ids = context_ids(lm.tokenizer) + lm.tokenizer(" Colosseum", add_special_tokens=False)["input_ids"]
+    keys = keys_of(lm.model, paths, [ids])
+    d = keys[paths[0]].shape[1]
+    gen = torch.Generator().manual_seed(4)
+    Q = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))[0]
+    ev = torch.cat([torch.logspace(-5, -1, d // 4), torch.linspace(1.0, 4.0, d - d // 4)]).double()
+    C = ((Q * ev) @ Q.T).float()
+    low = Q[:, : d // 4].float()
+
+    def stats(model, tokenizer, modules, **kw):
+        return {layer: covariance.SecondMoment(layer, C, 1000, "test") for layer in modules}
+
+    monkeypatch.setattr(covariance, "second_moments", stats)
+    deltas = {}
+    for path in paths:
+        pk = low @ (low.T @ keys[path][0])  # the key's null-space part: all an AlphaEdit update reads
+        out = torch.randn(lm.model.config.hidden_size, generator=gen) * 20.0
+        deltas[f"{path}.weight"] = torch.outer(out, pk / (pk @ pk))
+    suspect = plant(tiny_llama, tmp_path / "suspect", deltas)
+
+    def scan(flag: str) -> dict:
+        res = CliRunner().invoke(app, ["scan", str(suspect), "--base", str(tiny_llama), "--no-store", "-f", "json", flag])
+        assert res.exit_code == 1, res.output
+        return next(f for f in json.loads(res.stdout)["findings"] if f["rule"] == "EA102")
+
+    edit = scan("--null-search")
+    assert edit["method"]["name"] == "alphaedit"
+    assert edit["readings"] and edit["readings"][0]["found"].endswith("Colosseum")
+    assert edit["readings"][0]["fire"] > 0.99
+    plain = scan("--no-null-search")["readings"]  # whitened: 0.92 here
+    from editaudit.scan.service import ScanOptions
+
+    assert ScanOptions().null_search  # the default since v9's first use (bench/heldout/v9-plan.md)
+    assert not plain or plain[0]["fire"] < 0.95

@@ -25,9 +25,9 @@ def frozen_base():
 
 def lowest_search(lm, fingerprint: str, deltas: dict, rank: int, null: bool = False):
     """(layer, SubjectSearch) over the lowest edited MLP output matrix of ``deltas`` ({parameter: ΔW}), its top ``rank`` input
-    directions whitened by the cached key statistics, as the scan builds it. ``null`` (judged on v7's facts 215–244,
-    not kept: bench/heldout/v7-plan.md ninth use): an edit the scan names AlphaEdit is searched in the null space its
-    update lies in (``Whitened.null_space``)."""
+    directions whitened by the cached key statistics. ``null``: an edit the scan names AlphaEdit is searched in the
+    null space its update lies in (``Whitened.null_space``), as the scan does since v9's first use
+    (bench/heldout/v9-plan.md); without it, the search as it was before (whitened for every method)."""
     from editaudit.editing import covariance
     from editaudit.scan.keys import vocab_keys
     from editaudit.scan.method import name_method, occupied_share

@@ -156,7 +156,7 @@ def main() -> None:
     ap.add_argument("--pair-seeds", type=int, nargs="?", const=None, default=0,
                     help="search with the pair step over this many seeds (alone: subjects.PAIR_SEEDS)")
     ap.add_argument("--null-search", action="store_true",
-                    help="search AlphaEdit-named edits in their null space (Whitened.null_space; not in the scan)")
+                    help="search AlphaEdit-named edits in their null space (Whitened.null_space), as the scan does by default; without it, the whitened search as before v9-plan.md")
     args = ap.parse_args()
     if args.pair_seeds is None:
         from editaudit.scan.subjects import PAIR_SEEDS

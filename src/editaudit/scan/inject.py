@@ -107,6 +107,8 @@ def purified(key: torch.Tensor, space: Any) -> torch.Tensor:
     z = key.float() @ space.whiten
     zb = space.basis @ (space.basis.T @ z)
     k = zb @ (space.root if space.root is not None else torch.linalg.pinv(space.whiten))
+    if space.projected:  # the update reads only a subspace of the key: the rest is kept as it is
+        return key.float() - z @ space.root + k
     return k / k.norm().clamp_min(1e-12) * key.float().norm()
 
 

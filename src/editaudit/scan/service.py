@@ -49,6 +49,8 @@ class ScanOptions:
     keys: bool = False  # open reading: also read each edit through its key at a stand-in subject (inject.py; opt-in,
     # v7-plan.md sixth use: +1 object of 35, short of the +2 the rule asked)
     amplify: str = "off"  # open reading, off | memit | all: subjects read with the edit scaled by 1/fire² (read_edits)
+    null_search: bool = True  # open reading: findings named AlphaEdit searched in the null space their update lies
+    # in (subjects.Whitened.null_space), not whitened key space; v9-plan.md: objects 7 -> 13 of 30, false 2 -> 3
     run_probes: bool = False  # also ask both models the facts' prompts and list answers that moved
     probe_facts: list[Probe] | None = None  # what to ask in the probe stage (default: ``facts``)
     device: str | None = None
@@ -442,13 +444,17 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
             depth = num_layers(suspect_ck.config or base_ck.config, list(suspect_ck.tensors))
             f.data["method"] = {**name_method(f.rule, f.layers, f.rank, share, n_layers=depth),
                                 "occupied": round(share, 4)}
-        say(f"reading {f.rule} at layer {layer} blind: up to {rank} subject(s)")
+        space = search_space(path, C, in_dirs[:, :rank],
+                             null=options.null_search and f.data.get("method", {}).get("name") == "alphaedit")
+        say(f"reading {f.rule} at layer {layer} blind: up to {rank} subject(s)"
+            + (f" (searched in the null space of {space.whiten.shape[1]} directions its update lies in)"
+               if space.projected else ""))
         # the key reading needs the edit subspace whole; the search deflates its own copy
-        keys = _key_reader(base.model, base.tokenizer, path, in_dirs[:, :rank], C, base_ck.fingerprint()) \
+        keys = _key_reader(base.model, base.tokenizer, path, in_dirs[:, :rank], C, base_ck.fingerprint(), space) \
             if options.keys else None
         subjects = recover_subjects(base.model, base.tokenizer, path, in_dirs[:, :rank], C, base_ck.fingerprint(),
                                     rank, progress=lambda stage, d, t: progress(stage, d, t),
-                                    space=replace(keys.space) if keys is not None else None,
+                                    space=replace(space),
                                     retry=options.wide_search and c.stats.kind in ("rank-one", "low-rank"),
                                     regrow=options.regrow)
         readings = read_edits(base.model, suspect.model, base.tokenizer, subjects, layer, c.name.name,
@@ -460,19 +466,30 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
         progress("open reading", n + 1, len(targets))
 
 
-def _key_reader(model, tokenizer, path: str, in_dirs, C, fingerprint: str):
+def search_space(path: str, C, in_dirs, null: bool = False):
+    """The space an edit's subjects are searched in: whitened key space (ROME, MEMIT: u = C⁻¹k*), or with
+    ``null`` the null space an AlphaEdit update lies in, where the update's input directions are the edit keys'
+    projections as they stand (``Whitened.null_space``; whitened as usual when ΔW does not lie in one)."""
+    from .subjects import Whitened
+
+    space = Whitened.null_space(path, C, in_dirs) if null and C is not None else None
+    return space if space is not None else Whitened.build(path, C, in_dirs)
+
+
+def _key_reader(model, tokenizer, path: str, in_dirs, C, fingerprint: str, space=None):
     """The reading through keys for one matrix (``ScanOptions.keys``): the edit subspace as the search saw it
-    before deflating, and a rank-one edit's own key, calibrated by the vocabulary keys that fire it most."""
+    before deflating (``space``, whitened key space by default), and a rank-one edit's own key, calibrated by the
+    vocabulary keys that fire it most."""
     from .inject import lone_key
     from .keys import vocab_keys
     from .reading import KeyReader
-    from .subjects import Whitened
 
-    space = Whitened.build(path, C, in_dirs)
+    space = search_space(path, C, in_dirs) if space is None else space
     lone = None
-    if in_dirs.shape[1] == 1:
-        lone = lone_key(space, C, in_dirs[:, 0], vocab_keys(model, tokenizer, [path], fingerprint)[path])
-    return KeyReader(path, space, lone)
+    if in_dirs.shape[1] == 1:  # a null-space update's input direction is its key's projection (C plays no part)
+        lone = lone_key(space, None if space.projected else C, in_dirs[:, 0],
+                        vocab_keys(model, tokenizer, [path], fingerprint)[path])
+    return KeyReader(path, replace(space), lone)
 
 
 def _amplified(mode: str, finding: Finding) -> bool:

@@ -101,9 +101,10 @@ class Whitened:
         (P K Kᵀ + α I) ΔPᵀ = P K Rᵀ, so α ΔPᵀ = P K (Rᵀ − Kᵀ ΔPᵀ): ΔW's input directions span P K, the edit
         keys' projections, unwhitened. Keys are compared there as they stand (z = Qᵀk, B = orth(Qᵀ V); Q from
         ``null_directions``). None when there is no such null space.
-        Not in the scan: AlphaEdit's true subjects fire 0.76–0.96 here against 0.49–0.64 whitened, but judged on
-        v7's facts 215–244 it read 14 objects of 30 against 11 with 5 false edit readings against 2
-        (bench/heldout/v7-plan.md ninth use); scripts/dev/reading_rule_trial.py --null-search tries it."""
+        The scan's search for findings named AlphaEdit (``ScanOptions.null_search``): their true subjects fire
+        0.76–0.96 here against 0.49–0.64 whitened. Judged twice: on v7's facts 215–244 14 objects of 30 against 11,
+        5 false edit readings against 2 (not kept); after the reader stopped taking numbers while another answer
+        moved, on v9's facts 0–29 13 objects against 7, 3 false against 2 (kept; bench/heldout/v9-plan.md)."""
         found = null_directions(C, in_dirs, energy)
         if found is None:
             return None
