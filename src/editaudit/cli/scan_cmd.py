@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         wide_search: bool = typer.Option(False, "--wide-search", help="Open reading: when a search round finds no subject, try 16 seeds before giving up (finds subjects whose last word piece is generic; a missed subject costs 2-6x the search time)."),
         regrow: bool = typer.Option(False, "--regrow", help="Open reading: regrow each found subject backwards over the whole vocabulary (cleaner names, fewer false readings; 2-3x the search time; read no more objects on held-out facts)."),
         keys: bool = typer.Option(False, "--keys", help="Open reading: also read each edit through its key at a stand-in subject (reads a rank-one edit whose subject was missed or garbled; ~60 % more reading time; +1 object of 35 on held-out facts)."),
-        null_search: Optional[bool] = typer.Option(None, "--null-search/--no-null-search", show_default=False, help="Open reading: search the subjects of an edit named AlphaEdit in the null space its update lies in, not in whitened key space (default: the scan's)."),
+        null_search: Optional[bool] = typer.Option(None, "--null-search/--no-null-search", show_default=False, help="Open reading: search the subjects of an edit named AlphaEdit in the null space its update lies in, not in whitened key space (on by default)."),
         run_probes: bool = typer.Option(False, "--run-probes", help="Also ask both models the facts' prompts and list answers that moved."),
         fail_on: Level = typer.Option(Level.error, "--fail-on", help="Exit 1 when a finding reaches this level."),
         exit_zero: bool = typer.Option(False, "--exit-zero", help="Always exit 0 when the scan completes."),
