@@ -31,7 +31,8 @@ def lowest_search(lm, fingerprint: str, deltas: dict, rank: int, null: bool = Fa
     from editaudit.editing import covariance
     from editaudit.scan.keys import vocab_keys
     from editaudit.scan.method import name_method, occupied_share
-    from editaudit.scan.subjects import SubjectSearch, Whitened
+    from editaudit.scan.service import search_space
+    from editaudit.scan.subjects import SubjectSearch
 
     mlp = sorted((k for k in deltas if "down_proj" in k), key=lambda n: int(n.split(".")[2]))
     name = mlp[0]
@@ -39,11 +40,9 @@ def lowest_search(lm, fingerprint: str, deltas: dict, rank: int, null: bool = Fa
     _, svals, vh = torch.linalg.svd(deltas[name].float(), full_matrices=False)
     C = covariance.second_moments(lm.model, lm.tokenizer, {layer: path},
                                   model_key=covariance.weights_key(lm.model))[layer].matrix
-    space = None
-    if null and name_method("EA102", [int(n.split(".")[2]) for n in mlp], rank,
-                            occupied_share(vh[:rank].T, svals[:rank], C),
-                            lm.model.config.num_hidden_layers)["name"] == "alphaedit":
-        space = Whitened.null_space(path, C, vh[:rank].T)
-    space = space if space is not None else Whitened.build(path, C, vh[:rank].T)
+    named = name_method("EA102", [int(n.split(".")[2]) for n in mlp], rank,
+                        occupied_share(vh[:rank].T, svals[:rank], C), lm.model.config.num_hidden_layers)["name"] \
+        if null else None
+    space = search_space(path, C, vh[:rank].T, null=named == "alphaedit")
     return layer, SubjectSearch(lm.model, lm.tokenizer, space,
                                 vocab_keys(lm.model, lm.tokenizer, [path], fingerprint)[path])
