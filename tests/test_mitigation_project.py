@@ -110,6 +110,30 @@ def test_low_half_sweep_removes_an_edit_written_in_the_low_energy_half():
     assert torch.allclose(low_half_sweep(W, C, 0), torch.zeros_like(W))
 
 
+def test_null_space_sweep_takes_the_edit_and_leaves_the_rest_of_the_low_half():
+    """An AlphaEdit-like edit written only in C's null space (eigenvalues below half the median) on a W that acts
+    on the whole low half: the null-space sweep takes the edit out and leaves W's own action outside the null
+    space as it was, which the low-half sweep of the same rank does not."""
+    from editaudit.mitigation.project import sweep_basis
+
+    gen, C, W_base, _ = _problem(3, d_out=16, d_in=32)
+    ev, Q = torch.linalg.eigh(C)
+    null = sweep_basis(C, "null")
+    assert 0 < null.shape[1] < 16 and torch.allclose(null, Q[:, ev < 0.5 * ev.median()])
+    outside = torch.eye(32, dtype=torch.float64) - null @ null.T
+    W_base = W_base @ outside + 0.01 * W_base @ null @ null.T         # trained: little action in the null space
+    edit = sum(torch.outer(3 * torch.randn(16, generator=gen, dtype=torch.float64),
+                           null @ torch.randn(null.shape[1], generator=gen, dtype=torch.float64)) for _ in range(2))
+    W = W_base + edit
+    fixed = W + low_half_sweep(W, C, 2, space="null")
+    assert _left(W_base, W, fixed) < 0.01
+    assert torch.allclose(fixed @ outside, W @ outside, atol=1e-9)    # nothing outside the null space moved
+    swept_low = W + low_half_sweep(W, C, 2, space="low")
+    assert float(((swept_low - W) @ outside).norm()) > 1e-3            # the low-half sweep reaches further
+    with pytest.raises(BadInput, match="sweep_space"):
+        low_half_sweep(W, C, 2, space="high")
+
+
 # -- planted edits on tiny models ------------------------------------------------------------------------
 
 def test_rome_edit_is_erased_from_the_suspect_alone(tiny_llama, word_corpus):
@@ -451,6 +475,14 @@ def test_the_sweep_skips_the_layers_of_edits_the_scan_names_memit():
         {"rule": "EA105", "layers": [5], "tensors": ["model.layers.5.mlp.up_proj.weight"], "method": None}])
     assert sweep_ranks(ev, 16) == {2: 16, 3: 0, 4: 0}
     assert sweep_ranks(ev, 0) == {} and sweep_ranks(None, 16) == {}
+    from editaudit.mitigation.erase import sweep_spaces
+
+    ev.findings[1]["method"] = "alphaedit"
+    assert sweep_spaces(ev, "auto") == {2: "low", 3: "null", 4: "null"}
+    assert sweep_spaces(ev, "low") == {2: "low", 3: "low", 4: "low"} and sweep_spaces(None, "auto") == {}
+    ev.findings[0]["tensors"] = [rome, memit[0]]                          # two methods in one layer: the wider space
+    assert sweep_spaces(ev, "auto")[3] == "low"
+    ev.findings[1]["method"] = "memit"
     # the method the scan named reaches the evidence from the report (spread into the finding, or under data)
     doc = _report()
     doc["findings"][1]["method"] = {"name": "memit", "confidence": 0.9}

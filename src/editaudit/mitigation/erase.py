@@ -80,6 +80,23 @@ def project_targets(evidence, options) -> tuple[dict, list[str]]:
 NO_SWEEP = ("memit",)
 
 
+#: ``sweep_space`` settings: every layer swept in C's low-energy half (``low``) or in AlphaEdit's null space
+#: (``null``); ``auto``: the null space in the layers of findings the scan names AlphaEdit, the low half elsewhere.
+SWEEP_SETTINGS = ("low", "null", "auto")
+
+
+def sweep_spaces(evidence, setting: str) -> dict[int, str]:
+    """{layer: where its sweep works} over the edited MLP output matrices, by the setting and the method named."""
+    from .project import mlp_out_layers
+
+    out: dict[int, str] = {}
+    for f in (evidence.findings if evidence is not None else []):
+        space = setting if setting != "auto" else ("null" if f.get("method") == "alphaedit" else "low")
+        for layer in mlp_out_layers(f.get("tensors") or [])[0]:
+            out[layer] = space if out.get(layer, space) == space else "low"  # two methods in one layer: the wider
+    return out
+
+
 def sweep_ranks(evidence, low_rank: int) -> dict[int, int]:
     """{layer: rank of the low-half sweep} over the edited MLP output matrices, by the method the scan named."""
     from .project import mlp_out_layers
@@ -124,6 +141,7 @@ def _project_in_place(ctx: "RunContext", net, tok, targets: dict, stage: str) ->
                               nullspace_rel=hp["nullspace_rel"], contexts=contexts, rekey=hp["rekey"],
                               subject_alone=hp["subject_alone"],
                               low_rank=sweep_ranks(ctx.evidence, int(hp["low_rank"])),
+                              sweep_space=sweep_spaces(ctx.evidence, hp["sweep_space"]),
                               texts=corpus_mod.texts(hp["corpus"], ctx.say) if hp["target"] == "mean" else None,
                               text_seq_len=hp["cov_seq_len"], progress=ctx.steps_in(stage))
     return res

@@ -73,6 +73,8 @@ from ..progress import Progress, Stage, Step, ignore
 TARGETS = ("project", "mean", "zero")
 KEY_MODES = ("auto", "mean", "each")
 DIRECTIONS = ("ckey", "null", "both")
+#: where the low-half sweep works: C's low-energy half, or AlphaEdit's null space within it
+SWEEP_SPACES = ("low", "null")
 #: span(C⁻¹K) directions with a singular value below this share of the largest are dropped
 #: (keys of one subject in several contexts are nearly collinear).
 RANK_TOL = 1e-6
@@ -170,13 +172,27 @@ def edit_directions(C: torch.Tensor, K: torch.Tensor, directions: str = "ckey",
     return B[:, s > RANK_TOL * s.max()]
 
 
-def low_half_sweep(W: torch.Tensor, C: torch.Tensor, rank: int) -> torch.Tensor:
-    """ΔW [out, in] (float64) = −(W D) Dᵀ, D the top ``rank`` right singular directions of W restricted to C's
-    low-energy half of eigen-directions (see the module docstring)."""
+def sweep_basis(C: torch.Tensor, space: str = "low", nullspace_rel: float = 0.5) -> torch.Tensor:
+    """The eigen-directions of C [d_in, m] the sweep works in: ``low``, the low-energy half; ``null``, those
+    below ``nullspace_rel`` × the median eigenvalue (AlphaEdit's null space, a part of that half)."""
     from ..scan.nobase import KeyEig
 
+    if space not in SWEEP_SPACES:
+        raise BadInput(f"sweep_space must be one of {', '.join(SWEEP_SPACES)}, not {space!r}")
+    eig = KeyEig.of(C.to(torch.float64))
+    if space == "low":
+        return eig.low
+    return eig.Q[:, eig.ev < nullspace_rel * float(eig.ev.median())]
+
+
+def low_half_sweep(W: torch.Tensor, C: torch.Tensor, rank: int, space: str = "low",
+                   nullspace_rel: float = 0.5) -> torch.Tensor:
+    """ΔW [out, in] (float64) = −(W D) Dᵀ, D the top ``rank`` right singular directions of W restricted to C's
+    low-energy half of eigen-directions, or to its null space (``space``; see the module docstring)."""
     Wd = W.to(torch.float64)
-    low = KeyEig.of(C.to(torch.float64)).low
+    low = sweep_basis(C, space, nullspace_rel)
+    if low.shape[1] == 0:
+        return torch.zeros_like(Wd)
     rank = min(rank, low.shape[1])
     _, _, Vh = torch.linalg.svd(Wd @ low, full_matrices=False)
     D = low @ Vh[:rank].T
@@ -290,6 +306,7 @@ def erase_by_projection(model, tokenizer, targets: Mapping[int, Sequence[EraseSu
                         contexts: list[str] | None = None, rekey: bool = False,
                         texts: Sequence[str] | None = None, text_seq_len: int = 256, subject_alone: bool = True,
                         answers: bool = True, low_rank: int | Mapping[int, int] = 0,
+                        sweep_space: str | Mapping[int, str] = "low",
                         progress: Progress = ignore) -> ProjectionResult:
     """Erase the edits of ``targets`` ({layer: subjects}) from ``model`` in place; see the module docstring.
 
@@ -306,6 +323,7 @@ def erase_by_projection(model, tokenizer, targets: Mapping[int, Sequence[EraseSu
     for that key, it stands out (a rough, base-free check of a reading) — and its answers before and after.
     ``low_rank`` > 0 adds the low-half sweep of that rank to every layer of ``targets`` (see the module
     docstring), or ``{layer: rank}`` to the layers named; a layer whose subject list is empty gets the sweep alone.
+    ``sweep_space`` (one for all layers, or ``{layer: space}``, default ``low``) is where each layer's sweep works.
     ``progress`` receives typed events (editaudit.progress): the stage ``re-solving layers``, a Step per layer.
     """
     import time
@@ -382,7 +400,8 @@ def erase_by_projection(model, tokenizer, targets: Mapping[int, Sequence[EraseSu
                     s.subject, layer, list(s.prompts), len(rows), round(gain, 3), round(float(change[rows].mean()), 4)))
         swept = ranks.get(layer, 0)
         if swept:
-            delta = delta + low_half_sweep(W + delta, C, swept)
+            space = sweep_space.get(layer, "low") if isinstance(sweep_space, Mapping) else sweep_space
+            delta = delta + low_half_sweep(W + delta, C, swept, space, nullspace_rel)
         text_change = float(torch.sqrt(torch.trace(delta @ C @ delta.T) / torch.trace(W @ C @ W.T).clamp_min(1e-30)))
         add_delta(module, delta.to(torch.float32))
         param = f"{name}.weight"
