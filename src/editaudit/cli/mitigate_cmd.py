@@ -154,11 +154,11 @@ def register(app: typer.Typer) -> None:
             if opts.method in ("project", "project+unlearn"):
                 from ..mitigation.service import project_targets
 
-                from ..mitigation.erase import sweep_ranks
+                from ..mitigation.erase import sweep_plan
 
                 targets, notes = project_targets(evidence, opts)
                 show_project_plan(targets, notes, evidence.source if evidence and not opts.subjects else "--subjects",
-                                  sweep_ranks(evidence, int(opts.project.get("low_rank", 0))))
+                                  sweep_plan(evidence, opts.project))
             if opts.method in ("unlearn", "project+unlearn"):
                 from ..mitigation.erase import unlearn_targets
 
@@ -282,13 +282,16 @@ def eval_line(arm: str, m: dict) -> Text:
     return t
 
 
-def show_project_plan(targets: dict, notes: list[str], source: str, sweep: dict | None = None) -> None:
+def show_project_plan(targets: dict, notes: list[str], source: str,
+                      sweep: dict[int, tuple[int, str]] | None = None) -> None:
     lines = [f"training-free erase of the subjects from {escape(source)}: each edited MLP output matrix is "
              "re-solved so their keys no longer carry the edit (no base, no training)"]
     sweep = sweep or {}
     for layer in sorted(targets):
         names = ", ".join(escape(s.subject) for s in targets[layer]) or "no subject"
-        extra = f"; then its top {sweep[layer]} low-energy directions swept" if sweep.get(layer) else ""
+        rank, space = sweep.get(layer, (0, "low"))
+        where = "null-space (AlphaEdit's)" if space == "null" else "low-energy"
+        extra = f"; then its top {rank} {where} directions swept" if rank else ""
         lines.append(f"  • layer {layer}: {names}{extra}")
     lines += [f"[yellow]note:[/] {escape(n)}" for n in notes]
     common.err.print(Panel("\n".join(lines), title="mitigation plan", border_style="cyan"))

@@ -60,8 +60,7 @@ def project_targets(evidence, options) -> tuple[dict, list[str]]:
                   "or give the subjects with --subjects FILE")
     plan, notes = targets_from_readings(evidence.readings,
                                         evidence.uncertain if options.project.get("uncertain", True) else ())
-    swept = sweep_ranks(evidence, int(options.project.get("low_rank", 0)))
-    missing = [layer for layer, r in sorted(swept.items()) if r and layer not in plan]
+    missing = [layer for layer in sorted(sweep_plan(evidence, options.project)) if layer not in plan]
     for layer in missing:  # the sweep reaches the edited matrices no reading names
         plan[layer] = []
     if missing:
@@ -95,6 +94,16 @@ def sweep_spaces(evidence, setting: str) -> dict[int, str]:
         for layer in mlp_out_layers(f.get("tensors") or [])[0]:
             out[layer] = space if out.get(layer, space) == space else "low"  # two methods in one layer: the wider
     return out
+
+
+def sweep_plan(evidence, project: dict) -> dict[int, tuple[int, str]]:
+    """{layer: (sweep rank, space)} for the layers swept, from the projection settings (defaults filled in)."""
+    from .options import PROJECT_DEFAULTS
+
+    hp = {**PROJECT_DEFAULTS, **(project or {})}
+    spaces = sweep_spaces(evidence, hp["sweep_space"])
+    return {layer: (rank, spaces.get(layer, "low"))
+            for layer, rank in sweep_ranks(evidence, int(hp["low_rank"])).items() if rank}
 
 
 def sweep_ranks(evidence, low_rank: int) -> dict[int, int]:
@@ -136,12 +145,13 @@ def _project_in_place(ctx: "RunContext", net, tok, targets: dict, stage: str) ->
         return moms[layer].matrix
 
     contexts = context_templates(net, tok, hp["contexts"], hp["context_length"], hp["seed"])
+    swept = sweep_plan(ctx.evidence, hp)
     res = erase_by_projection(net, tok, targets, cov_for_layer, layout=layout, target=hp["target"],
                               key_mode=hp["key_mode"], directions=hp["directions"],
                               nullspace_rel=hp["nullspace_rel"], contexts=contexts, rekey=hp["rekey"],
                               subject_alone=hp["subject_alone"],
-                              low_rank=sweep_ranks(ctx.evidence, int(hp["low_rank"])),
-                              sweep_space=sweep_spaces(ctx.evidence, hp["sweep_space"]),
+                              low_rank={layer: r for layer, (r, _) in swept.items()},
+                              sweep_space={layer: space for layer, (_, space) in swept.items()},
                               texts=corpus_mod.texts(hp["corpus"], ctx.say) if hp["target"] == "mean" else None,
                               text_seq_len=hp["cov_seq_len"], progress=ctx.steps_in(stage))
     return res

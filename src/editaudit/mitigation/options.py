@@ -46,7 +46,7 @@ PROJECT_DEFAULTS: dict[str, Any] = {"target": "mean", "key_mode": "auto", "direc
                                     "nullspace_rel": 0.5, "rekey": False, "subject_alone": True, "corpus": None,
                                     "cov_tokens": 20000,
                                     "cov_seq_len": 256, "contexts": 5, "context_length": 10, "seed": 0,
-                                    "low_rank": 16, "sweep_space": "low", "uncertain": True}
+                                    "low_rank": 16, "sweep_space": "auto", "uncertain": True}
 
 
 def split_hparams(values: dict, method: str) -> tuple[dict, dict]:
