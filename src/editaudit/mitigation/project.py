@@ -52,6 +52,8 @@ the top r right singular directions of W Q:
 This takes what the recovered keys missed of the edit — all of an AlphaEdit edit, which lives in that half —
 and on the development suspects also undid the collateral damage of a disabling ROME edit; a layer with no
 subject read gets the sweep alone. The edit's part in C's high-energy half stays; that is the keys' job.
+``sweep_space="null"`` restricts Q to AlphaEdit's null space (eigenvalues below ``nullspace_rel`` × the median),
+where all of its edit is and a trained W acts least: the same edit swept, less of W's own action taken with it.
 """
 
 from __future__ import annotations
