@@ -444,9 +444,14 @@ def test_project_settings_are_checked():
     assert got["target"] == "project" and got["cov_tokens"] == 5000 and got["nullspace_rel"] == 1.0 and got["rekey"]
     for bad, match in (({"lr": 1}, "no setting"), ({"target": "median"}, "target must be"),
                        ({"cov_tokens": "many"}, "bad value"), ({"rekey": 1}, "bad value"),
-                       ({"cov_tokens": 0}, "at least 1")):
+                       ({"cov_tokens": 0}, "at least 1"), ({"sweep_space": "high"}, "sweep_space must be")):
         with pytest.raises(BadInput, match=match):
             project_settings(bad)
+    # `--hparam directions=null` parses as JSON null: the choice named "null" is meant
+    from editaudit.editing.hparams import parse_assignments
+
+    got = project_settings(parse_assignments(["directions=null", "sweep_space=null"]))
+    assert got["directions"] == "null" and got["sweep_space"] == "null"
 
 
 def test_auto_reads_one_averaged_key_per_prompt_in_every_layer(tiny_llama, word_corpus):
