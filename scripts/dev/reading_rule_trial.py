@@ -51,9 +51,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def find_subjects(lm, deltas_dir: Path, cache: Path, pair_seeds: int = 0, null: bool = False,
-                  model: str = "smollm2-135m") -> dict:
+                  model: str = "smollm2-135m", retry_seeds: int = 0) -> dict:
     """Per suspect, the subjects the search finds (``pair_seeds`` > 0: with the pair step; ``null``: AlphaEdit-named
-    edits searched in their null space, ``Whitened.null_space``), cached in ``cache``."""
+    edits searched in their null space, ``Whitened.null_space``; ``retry_seeds`` > 0: a round whose first seeds
+    find nothing tries that many), cached in ``cache``."""
     if cache.exists():
         return json.loads(cache.read_text())
     from dev_model import lowest_search
@@ -67,7 +68,7 @@ def find_subjects(lm, deltas_dir: Path, cache: Path, pair_seeds: int = 0, null: 
         layer, search = lowest_search(lm, fingerprint, torch.load(pt, weights_only=True), n, null=null)
         search.pair_seeds = pair_seeds
         t = time.time()
-        found = search.find(n)
+        found = search.find(n, retry_seeds=retry_seeds or None)
         out[pt.stem] = {"layer": layer, "subjects": [{"text": f.text, "ids": f.ids, "fire": f.fire} for f in found],
                         "seconds": round(time.time() - t, 1), "null_space": search.space.projected}
         print(pt.stem, [f"{f.text} {f.fire:.2f}" for f in found], f"{time.time() - t:.0f} s",
@@ -157,6 +158,8 @@ def main() -> None:
                     help="search with the pair step over this many seeds (alone: subjects.PAIR_SEEDS)")
     ap.add_argument("--null-search", action="store_true",
                     help="search AlphaEdit-named edits in their null space (Whitened.null_space), as the scan does by default; without it, the whitened search as before v9-plan.md")
+    ap.add_argument("--retry-seeds", type=int, default=0,
+                    help="a round whose first seeds find nothing tries this many (scan --wide-search: subjects.RETRY_SEEDS)")
     args = ap.parse_args()
     if args.pair_seeds is None:
         from editaudit.scan.subjects import PAIR_SEEDS
@@ -176,7 +179,7 @@ def main() -> None:
     for p in lm.model.parameters():
         p.requires_grad_(False)
     found = find_subjects(lm, args.deltas, args.subjects or args.deltas / "found.json", args.pair_seeds,
-                         args.null_search, args.model)
+                         args.null_search, args.model, args.retry_seeds)
     shipped, shipped_said, shipped_same = reading.choose_prompt, reading.said, reading.same_answer
     shipped_forms, shipped_pick = reading.subject_forms, reading.pick_reading
     rules = {"score": shipped, "numbers": numbers, "sure": sure, "token": shipped, "keys": shipped, "count": reading.most_stated,
