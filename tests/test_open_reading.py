@@ -334,6 +334,38 @@ def test_a_round_that_finds_nothing_is_retried_with_more_seeds(tiny_llama, monke
     assert found and found[0].fire > 0.95
 
 
+def test_the_scan_retries_by_default_and_the_cli_can_turn_it_off(tiny_llama, monkeypatch):
+    """``scan`` gives a round that finds nothing its second try unless ``--no-wide-search`` (the default since
+    v9's fourth use, bench/heldout/v9-plan.md); the flag reaches the scan's options only when given."""
+    from typer.testing import CliRunner
+
+    from editaudit.cli.main import app
+    from editaudit.scan import service
+    from editaudit.scan.service import ScanOptions
+
+    assert ScanOptions().wide_search
+    seen: list[bool] = []
+
+    class Stub:
+        fail_on = "error"
+
+        def to_dict(self):
+            return {"findings": []}
+
+        def exit_code(self, level):
+            return 0
+
+    def fake_scan(suspect, base, opts, **kw):
+        seen.append(opts.wide_search)
+        return Stub()
+
+    monkeypatch.setattr(service, "run_scan", fake_scan)
+    for flags in ([], ["--no-wide-search"], ["--wide-search"]):
+        res = CliRunner().invoke(app, ["scan", str(tiny_llama), "--no-store", "-f", "json", *flags])
+        assert res.exit_code == 0, res.output
+    assert seen == [True, False, True]
+
+
 def test_without_wide_search_a_round_is_not_retried(tiny_llama, monkeypatch):
     """By default (no ``scan --wide-search``; never for a dense change) a round gives up after its first seeds."""
     from editaudit.scan import subjects as S

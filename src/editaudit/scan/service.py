@@ -43,7 +43,7 @@ class ScanOptions:
     read_edits: bool = True
     read: str = "open"  # off: no reading through the model; list: rank ``facts`` only; open: recover subjects blind
     max_open_subjects: int = 12  # per edited matrix (a batch edit of more facts is read up to this many)
-    wide_search: bool = False  # open reading: a search round that finds nothing tries 16 seeds before giving up
+    wide_search: bool = True  # open reading: a search round that finds nothing tries RETRY_SEEDS seeds before giving up
     regrow: bool = False  # open reading: regrow each found subject backwards over the whole vocabulary
     read_spike: float = 8.0  # no base: a flagged layer is read for as many subjects as components ≥ this × median
     keys: bool = False  # open reading: also read each edit through its key at a stand-in subject (inject.py; opt-in,

@@ -33,8 +33,10 @@ NULL_ENERGY = 1e-3
 FIRE_MIN = 0.5
 #: ... and one firing this much is taken without trying further seeds.
 GOOD = 0.8
-#: Seeds tried in a round's second attempt, when its first few seeds found nothing that fires.
-RETRY_SEEDS = 16
+#: Seeds tried in a round's second attempt, when its first few seeds found nothing that fires: a name's last piece
+#: may rank far down alone (8th to 24,015th on v9b's ROME suspect) while the whole name fires 0.8-0.96. 16 was
+#: judged on v2 and not kept; 48, on by default, was judged on v9b (bench/heldout/v9-plan.md fourth use).
+RETRY_SEEDS = 48
 #: Backward growth: the best-firing prepends scored with the language model per step, hypotheses kept per step.
 GROW_CHECK = 32
 #: The pair step: pairs per seed weighed by the growth's objective.
@@ -376,7 +378,7 @@ class SubjectSearch:
         proj = torch.cat([(chunk.float() @ (self.space.whiten @ self.space.basis)).norm(dim=1)
                           for chunk in self.vocab.split(8192)])
         scores = proj / self._znorm.clamp_min(1e-12)
-        return torch.topk(scores.masked_fill(~self.cont_ok, -1.0), n).indices.tolist()
+        return torch.topk(scores.masked_fill(~self.cont_ok, -1.0), min(n, scores.numel())).indices.tolist()
 
     def find(self, max_subjects: int, seeds: int = 4, fire_min: float = FIRE_MIN, good: float = GOOD,
              retry_seeds: int | None = None,
@@ -494,11 +496,9 @@ def recover_subjects(model: Any, tokenizer: Any, path: str, in_dirs: torch.Tenso
                      progress: Callable[[str, int, int], None] = lambda s, d, t: None,
                      space: Whitened | None = None, retry: bool = False, regrow: bool = False) -> list[Subject]:
     """Subjects that fire the edit whose input directions are ``in_dirs`` at module ``path`` (or a prebuilt
-    ``space``: the scan without a base restricts it to C's low-energy half). ``retry=True`` (``scan --wide-search``)
-    gives a round that finds nothing a second try with ``RETRY_SEEDS`` seeds. Off by default: on the second
-    held-apart set it found 2 more subjects of 38 and no more objects, while a missed subject's search took
-    3–12 times as long (bench/results/open_reading_v2_wide.txt against open_reading_v2.txt, docs/scan.md); the scan never asks it for a dense
-    change (fine-tuning), which no key explains. ``regrow=True`` (``scan --regrow``): each found subject is regrown
+    ``space``: the scan without a base restricts it to C's low-energy half). ``retry=True`` (``scan --wide-search``,
+    the scan's default) gives a round that finds nothing a second try with ``RETRY_SEEDS`` seeds (docs/scan.md:
+    judged on v9b); the scan never asks it for a dense change (fine-tuning), which no key explains. ``regrow=True`` (``scan --regrow``): each found subject is regrown
     backwards over the whole vocabulary (``SubjectSearch._regrow``): cleaner names and fewer false readings on the
     fifth set, no more objects, 2–3× the search time (bench/heldout/v5-plan.md)."""
     vocab = vocab_keys(model, tokenizer, [path], base_fingerprint,
