@@ -115,7 +115,10 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m", help="registry name of the base model")
     ap.add_argument("--plan", help="METHOD:MODE:N,... instead of the fixed plan (for development sets)")
     ap.add_argument("--regrow", action="store_true", help="scan --regrow: regrow each found subject backwards over the whole vocabulary (open_reading_v5_regrow.txt was made with it switched on in the code, as this flag does)")
-    ap.add_argument("--wide-search", action="store_true", help="scan --wide-search: a search round that finds nothing tries 16 seeds (the default reader from 941beca until it became opt-in)")
+    ap.add_argument("--wide-search", action=argparse.BooleanOptionalAction, default=None,
+                    help="scan --wide-search/--no-wide-search: a search round that finds nothing retries with "
+                    "subjects.RETRY_SEEDS seeds; default: the scan's own (on since b8d98d5; before that this script "
+                    "turned it off unless the flag was given, so records made before then ran without it)")
     from editaudit.scan.service import AMPLIFY
 
     ap.add_argument("--amplify", choices=AMPLIFY, help="scan option amplify: read found subjects with "
@@ -180,7 +183,8 @@ def main() -> None:
                 wrote = list(run.layers)
                 run.restore()
                 t = time.perf_counter()
-                opts = ScanOptions(read="open", wide_search=args.wide_search, regrow=args.regrow,
+                opts = ScanOptions(read="open", regrow=args.regrow,
+                                   **({} if args.wide_search is None else {"wide_search": args.wide_search}),
                                    read_spike=args.read_spike,
                                    **({"amplify": args.amplify} if args.amplify else {}))
                 report = run_scan(out, None if args.no_base else base, opts, store=None)
