@@ -605,3 +605,52 @@ def test_scan_null_search_reads_an_alphaedit_like_edit_in_its_null_space(tiny_ll
 
     assert ScanOptions().null_search  # the default since v9's first use (bench/heldout/v9-plan.md)
     assert not plain or plain[0]["fire"] < 0.95
+
+
+@pytest.mark.parametrize("mutual", [False, True])
+def test_the_more_specific_answer_is_read_when_it_implies_the_chosen_one(monkeypatch, mutual):
+    """A city moved to Rwanda also moves to Africa on the continent prompts, more surely: the base, asked the
+    continent of Rwanda, says Africa, so the country reading is the one reported. When the implication runs both
+    ways (the base would also name Rwanda as the country of Africa), neither is more specific and the choice stands."""
+    from editaudit.probing.evaluate import Prediction
+    from editaudit.scan import reading
+    from editaudit.scan.subjects import Subject
+
+    subject = "Zanbaria"
+    texts = [t for _, t in prompts_for(subject)]
+    country = [t for t in texts if t.endswith("in the country of")]
+    continent = [t for t in texts if "continent" in t or t.endswith("is a country in")]
+    assert len(country) >= 2 and len(continent) >= 2
+
+    def table(model: str, text: str) -> tuple[str, float]:
+        if text.startswith("Rwanda") and text.replace("Rwanda", subject) in continent:
+            return " Africa", 0.9
+        if text.startswith("Africa") and text.replace("Africa", subject) in country:
+            return (" Rwanda" if mutual else " South"), 0.6
+        if model == "suspect":
+            if text in country:
+                return " Rwanda", 0.3
+            if text in continent:
+                return " Africa", 0.9
+        if text in country:
+            return " Japan", 0.6
+        if text in continent:
+            return " Asia", 0.9
+        return " a", 0.2
+
+    def fake_predict(model, tokenizer, prompts, top_k=5, max_new_tokens=4, **_):
+        out = []
+        for p in prompts:
+            tok, prob = table(model, p)
+            out.append(Prediction(p, [(tok, prob)], tok + (", more" if max_new_tokens > 1 else ""), tok.strip(), None))
+        return out
+
+    monkeypatch.setattr(reading, "predict", fake_predict)
+    plain = reading.read_subject("base", "suspect", None, Subject(subject, [], 0.9, torch.zeros(1)))
+    assert plain.prompt in continent and plain.after == "Africa"
+    monkeypatch.setattr(reading, "IMPLIED", True)
+    r = reading.read_subject("base", "suspect", None, Subject(subject, [], 0.9, torch.zeros(1)))
+    if mutual:
+        assert r.prompt in continent and r.after == "Africa"
+    else:
+        assert r.prompt in country and r.after == "Rwanda" and r.before == "Japan" and r.status == "edit"
