@@ -32,8 +32,6 @@ that every rule reads the same texts. Rules (``scan.reading.choose_prompt`` repl
     short    score, of a subject's forms the edit reading of the fewest words kept (``shortest_edit``), not the
              most confident
     allshort both
-    implied  score, then the more specific answer when another moved answer implies the chosen one
-             (``scan.reading.implied_by``: "Rwanda" on a country prompt over "Africa" on a continent prompt)
 """
 from __future__ import annotations
 
@@ -186,7 +184,7 @@ def main() -> None:
     shipped_forms, shipped_pick = reading.subject_forms, reading.pick_reading
     rules = {"score": shipped, "numbers": numbers, "sure": sure, "token": shipped, "keys": shipped, "count": reading.most_stated,
              "forms": shipped, "forms-count": reading.most_stated, "allforms": shipped, "short": shipped,
-             "allshort": shipped, "implied": shipped}
+             "allshort": shipped}
     for rule in args.rules.split(","):
         t_rule = time.time()
         reading.choose_prompt = rules[rule]
@@ -194,7 +192,6 @@ def main() -> None:
         reading.same_answer = forms_answer if rule.startswith("forms") else shipped_same
         reading.subject_forms = all_forms if rule.startswith("all") else shipped_forms
         reading.pick_reading = shortest_edit if rule.endswith("short") else shipped_pick
-        reading.IMPLIED = rule == "implied"
         tally = {}
         for pt in sorted(args.deltas.glob("*.pt")):
             facts = load_probes(pt.with_suffix(".jsonl"))
@@ -225,7 +222,6 @@ def main() -> None:
               f" ({time.time() - t_rule:.0f} s)", flush=True)
     reading.choose_prompt, reading.said, reading.same_answer = shipped, shipped_said, shipped_same
     reading.subject_forms, reading.pick_reading = shipped_forms, shipped_pick
-    reading.IMPLIED = False
 
 
 if __name__ == "__main__":

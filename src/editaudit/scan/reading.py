@@ -154,42 +154,6 @@ def most_stated(s1: list[Said], score: list[float], says: list[str | None]) -> i
     return max(ok, key=lambda j: (count[says[j]], score[j]))
 
 
-#: Read the more specific answer when another moved answer implies the chosen one (``implied_by``); a trial switch
-#: until judged (bench/heldout/v9-plan.md sixth use).
-IMPLIED = False
-
-
-def implied_by(base: Any, suspect: Any, tokenizer: Any, subject: str, texts: list[str], s1: list[Said],
-               score: list[float], says: list[str | None], i: int, top: int = 4) -> int | None:
-    """A prompt whose new answer implies the chosen one, to read instead: an edit of a city's country also moves its
-    continent ("… on the continent of" → Africa for a city moved to Rwanda), and the coarser answer can win the
-    choice. The base itself judges the implication: asked the chosen prompt's relation of the other answer
-    ("Rwanda is located on the continent of"), it says the chosen answer, and asked the other prompt's relation of
-    the chosen answer ("Africa is located in the country of"), it does not say the other. Of the up to ``top``
-    other answers with the highest score, the first that implies the chosen one gives its best prompt; else None."""
-    x = s1[i].word
-    best: dict[str, int] = {}
-    for j in sorted(range(len(s1)), key=lambda j: -score[j]):
-        w = says[j]
-        if score[j] == float("-inf") or not w or same_answer(w, x) or is_number(w) or w in best:
-            continue
-        best[w] = j
-        if len(best) == top:
-            break
-    if not best or not x:
-        return None
-    js = list(best.values())
-    whole = [answer(p.continuation) for p in predict(suspect, tokenizer, [texts[k] for k in [i] + js], top_k=1,
-                                                     max_new_tokens=6)]
-    xw, yws = whole[0], whole[1:]
-    asked = [texts[i].replace(subject, yw, 1) for yw in yws] + [texts[j].replace(subject, xw, 1) for j in js]
-    words = [a.word for a in said(base, tokenizer, asked, top_k=1)]
-    for k, j in enumerate(js):
-        if yws[k] and xw and same_answer(words[k], x) and not same_answer(words[len(js) + k], s1[j].word):
-            return j
-    return None
-
-
 def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, layer: int | None = None,
                  tensor: str | None = None, max_new_tokens: int = 6, top_k: int = 20,
                  choose: Callable[[list[Said], list[float], list[str | None]], int] | None = None) -> Reading:
@@ -228,9 +192,6 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
         score.append(pb * r if moved else float("-inf"))
     says = [a.word if a.word != b.word else None for b, a in zip(b1, s1)]
     i = (choose or choose_prompt)(s1, score, says)
-    if IMPLIED and score[i] > float("-inf"):
-        j = implied_by(base, suspect, tokenizer, subject.text, texts, s1, score, says, i)
-        i = i if j is None else j
     obj = s1[i].word
     stated = [j for j, w in enumerate(says) if same_answer(w, obj)]
     before = predict(base, tokenizer, [texts[i]], top_k=1, max_new_tokens=max_new_tokens)[0]
