@@ -329,9 +329,14 @@ def test_a_round_that_finds_nothing_is_retried_with_more_seeds(tiny_llama, monke
         return [] if n < S.RETRY_SEEDS else real(self, n)
 
     monkeypatch.setattr(S.SubjectSearch, "seeds", seeds)
-    found = recover_subjects(lm.model, lm.tokenizer, PATH, u[:, None], C, None, max_subjects=1, retry=True)
+    events: list[tuple[str, int, int]] = []
+    found = recover_subjects(lm.model, lm.tokenizer, PATH, u[:, None], C, None, max_subjects=1, retry=True,
+                             progress=lambda stage, d, t: events.append((stage, d, t)))
     assert asked[:2] == [4, S.RETRY_SEEDS]
     assert found and found[0].fire > 0.95
+    # the second try, which can take minutes, reports its seeds as it goes
+    second = [(d, t) for stage, d, t in events if stage == "subject search, second try"]
+    assert second[0][0] == 0 and second[-1][0] == second[-1][1] > 0
 
 
 def test_the_scan_retries_by_default_and_the_cli_can_turn_it_off(tiny_llama, monkeypatch):

@@ -382,9 +382,11 @@ class SubjectSearch:
 
     def find(self, max_subjects: int, seeds: int = 4, fire_min: float = FIRE_MIN, good: float = GOOD,
              retry_seeds: int | None = None,
-             progress: Callable[[int, int], None] = lambda d, t: None) -> list[Subject]:
+             progress: Callable[[int, int], None] = lambda d, t: None,
+             retry_progress: Callable[[int, int], None] = lambda d, t: None) -> list[Subject]:
         """Up to ``max_subjects`` subjects, best first, deflating the subspace after each. ``retry_seeds``: the
-        seeds of the second try of a round that found nothing (None, the default as in ``scan``: no second try)."""
+        seeds of the second try of a round that found nothing (None, the default as in ``scan``: no second try).
+        ``retry_progress(seeds tried, seeds)`` follows a second try, which can take minutes at a deep layer."""
         found: list[Subject] = []
         while len(found) < max_subjects and self.space.basis.shape[1] > 0:
             progress(len(found), max_subjects)
@@ -392,7 +394,7 @@ class SubjectSearch:
             best = self._round(seeds, tried, good)
             if retry_seeds is not None and (best is None or best[0] < fire_min):
                 # a subject whose last piece is generic ('Eyre' → 're') ranks low alone and fires only once grown
-                best = max((b for b in (best, self._round(retry_seeds, tried, good)) if b is not None),
+                best = max((b for b in (best, self._round(retry_seeds, tried, good, retry_progress)) if b is not None),
                            key=lambda b: b[0], default=None)
             if self.pair_seeds and (best is None or best[0] < fire_min):
                 best = max((b for b in (best, self.pair_round(self.pair_seeds)) if b is not None),
@@ -409,13 +411,14 @@ class SubjectSearch:
         progress(len(found), max_subjects)
         return found
 
-    def _round(self, n_seeds: int, tried: set[int], good: float) -> tuple[float, list[int]] | None:
+    def _round(self, n_seeds: int, tried: set[int], good: float,
+               progress: Callable[[int, int], None] = lambda d, t: None) -> tuple[float, list[int]] | None:
         """The best (fire, tokens) grown from the ``n_seeds`` best seeds not in ``tried`` (which it extends); stops
-        early at a sequence that fires ≥ ``good``, clearly an edit key."""
+        early at a sequence that fires ≥ ``good``, clearly an edit key. ``progress(seeds done, seeds)``."""
         best: tuple[float, list[int]] | None = None
-        for s in self.seeds(n_seeds):
-            if s in tried:
-                continue
+        todo = [s for s in self.seeds(n_seeds) if s not in tried]
+        for i, s in enumerate(todo):
+            progress(i, len(todo))
             tried.add(s)
             for shape in ([s], [s] + self.filler):
                 seq, score = self.climb(shape)
@@ -423,6 +426,7 @@ class SubjectSearch:
                     best = (score, seq)
             if best[0] >= good:
                 break
+        progress(len(todo), len(todo))
         return best
 
 
@@ -507,4 +511,5 @@ def recover_subjects(model: Any, tokenizer: Any, path: str, in_dirs: torch.Tenso
     search = SubjectSearch(model, tokenizer, space, vocab)
     search.regrow = regrow
     return search.find(max_subjects, retry_seeds=RETRY_SEEDS if retry else None,
-                       progress=lambda d, t: progress("subjects", d, t))
+                       progress=lambda d, t: progress("subjects", d, t),
+                       retry_progress=lambda d, t: progress("subject search, second try", d, t))
