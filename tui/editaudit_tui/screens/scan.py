@@ -36,7 +36,8 @@ from ..widgets.spectrum import SpectrumPlot
 from .new_audit import AuditRequest
 
 STAGES = {"compare": "comparing tensors byte for byte", "analyse": "spectra of the changed matrices",
-          "subjects": "ranking candidate subjects"}
+          "subjects": "ranking candidate subjects",
+          "subject search, second try": "subject search: a second try, seeds tried"}
 
 
 class ScanScreen(RunsJobs, Screen):
