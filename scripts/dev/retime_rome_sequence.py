@@ -27,14 +27,15 @@ lm = load_model(base)
 for f in facts[:5]:
     run = apply_edits(lm, [f], "rome", layers=default_layers("rome", lm.model.config.num_hidden_layers), out=None, evaluate=False)
     run.restore()
-out = str(Path(tempfile.mkdtemp(prefix="editaudit-retime-")) / "suspect")
-run = apply_edits(lm, facts[5:15], "rome", layers=default_layers("rome", lm.model.config.num_hidden_layers), out=out,
-                  hparams={"mode": "sequential"}, evaluate=True)
-print("took", sum(bool(r.success) for r in run.results), "of 10", flush=True)
-run.restore()
-t = time.perf_counter()
-rep = run_scan(out, base, ScanOptions(read="open"), store=None, say=lambda s: print(f"  [{time.perf_counter()-t:6.0f}s] {s}", flush=True))
-print(f"scan {time.perf_counter() - t:.0f} s")
-for f in rep.to_dict()["findings"]:
-    for r in f.get("readings", []):
-        print("  ", r["subject"], "·", r["after"], r["status"])
+with tempfile.TemporaryDirectory(prefix="editaudit-retime-") as tmp:  # the suspect (~540 MB) goes with it
+    out = str(Path(tmp) / "suspect")
+    run = apply_edits(lm, facts[5:15], "rome", layers=default_layers("rome", lm.model.config.num_hidden_layers), out=out,
+                      hparams={"mode": "sequential"}, evaluate=True)
+    print("took", sum(bool(r.success) for r in run.results), "of 10", flush=True)
+    run.restore()
+    t = time.perf_counter()
+    rep = run_scan(out, base, ScanOptions(read="open"), store=None, say=lambda s: print(f"  [{time.perf_counter()-t:6.0f}s] {s}", flush=True))
+    print(f"scan {time.perf_counter() - t:.0f} s")
+    for f in rep.to_dict()["findings"]:
+        for r in f.get("readings", []):
+            print("  ", r["subject"], "·", r["after"], r["status"])
