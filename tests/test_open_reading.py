@@ -291,7 +291,7 @@ def test_an_object_that_starts_with_a_stop_word_is_read_by_its_word(monkeypatch)
             toks = [ids[t] for t, _ in steps]
             word = next((t for t, _ in steps if t.strip() not in ("the", "a")), None)
             out.append(Prediction(p, [steps[0]], "".join(t for t, _ in steps), (word or "").strip(),
-                                  ids[word] if word else None, tokens=toks))
+                                  ids[word] if word else None, tokens=toks, steps=[[st] for st in steps]))
         return out
 
     monkeypatch.setattr(reading, "predict", fake_predict)
@@ -610,3 +610,30 @@ def test_scan_null_search_reads_an_alphaedit_like_edit_in_its_null_space(tiny_ll
 
     assert ScanOptions().null_search  # the default since v9's first use (bench/heldout/v9-plan.md)
     assert not plain or plain[0]["fire"] < 0.95
+
+
+@pytest.mark.parametrize("faster", [True, False])
+def test_the_climb_scores_exactly_only_what_the_rough_copy_ranks_best(tiny_llama, faster, monkeypatch):
+    """Where a bfloat16 copy is the faster arithmetic, each climb step ranks its candidates with it and scores only
+    ``check`` of them exactly, and finds what scoring every candidate exactly finds; where it is not (the copy would
+    be the model itself), every candidate is scored exactly once and the copy never runs."""
+    from editaudit.scan import subjects
+    from editaudit.scan.subjects import CLIMB_CHECK, SubjectSearch
+
+    monkeypatch.setattr(subjects, "bf16_faster", lambda device, width: faster)
+    lm, u, C, keys = _edit_direction(tiny_llama, "Eiffel Tower")
+    exact_rows, rough_rows = [], []
+    real_exact, real_rough = SubjectSearch.exact, SubjectSearch.rough_fire
+    monkeypatch.setattr(SubjectSearch, "exact", lambda self, seqs: exact_rows.append(len(seqs)) or real_exact(self, seqs))
+    monkeypatch.setattr(SubjectSearch, "rough_fire", lambda self, seqs: rough_rows.append(len(seqs)) or real_rough(self, seqs))
+    every = SubjectSearch(lm.model, lm.tokenizer, Whitened.build(PATH, C, u[:, None]), keys)
+    every.check = None
+    want = every.find(1)
+    assert not rough_rows and max(exact_rows) > CLIMB_CHECK
+    exact_rows.clear()
+    search = SubjectSearch(lm.model, lm.tokenizer, Whitened.build(PATH, C, u[:, None]), keys)
+    assert search.check == CLIMB_CHECK
+    found = search.find(1)
+    assert bool(rough_rows) == faster
+    assert (max(exact_rows) <= CLIMB_CHECK) == faster
+    assert found and want and found[0].ids[-1] == want[0].ids[-1] and found[0].fire > 0.9

@@ -45,6 +45,10 @@ PAIR_CHECK = 8
 #: objects, at 8-33x the search time of the suspects it ran on (v7-plan.md eighth use); scripts/dev/reading_rule_trial.py
 #: sets ``SubjectSearch.pair_seeds`` to try it.
 PAIR_SEEDS = 48
+#: Candidates per climb step scored exactly, of those the bf16 copy ranks best (``rough_fire``; all of them, exactly,
+#: where the copy is the model itself). On v9b's eight development suspects the search found the same 41 texts in
+#: about half the time (the ROME sequence: 594 -> 323 s; bench/results/climb_check_dev_v9b.txt).
+CLIMB_CHECK = 8
 GROW_BEAM = 1  # beam 2 found 1 more exact subject of 20 on dev at 1.5x the cost (subject_regrow_dev.txt)
 #: λ of the growth's objective, fire + λ · log P(text): a token must buy 0.01 of fire per nat it costs.
 FLUENCY = 0.01
@@ -169,6 +173,7 @@ class SubjectSearch:
         self._prefix_keys: PrefixKeys | bool | None = None  # False: the model's cache is not usable here
         self.fluency_weight = FLUENCY
         self.pair_seeds = 0  # > 0 (development only): a round that finds nothing tries the pair step
+        self.check: int | None = CLIMB_CHECK  # None: every climb candidate scored exactly
         self._basis0 = space.basis.clone()
         self._pairs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -193,10 +198,10 @@ class SubjectSearch:
         """Coordinate ascent from ``seq``. Each step proposes, from the gradient, tokens for every position and
         a new first token (the subject may start earlier), plus dropping the first token; the exact best wins.
         A partial name fires little until it is whole ("the Rye" before "The Catcher in the Rye"), so up to
-        ``patience`` steps that do not improve are taken too; the best sequence seen is returned.
+        ``patience`` steps that do not improve are taken too; the best sequence seen is returned. With ``check``, only
+        the ``check`` candidates the bf16 copy ranks best are scored exactly (the subject search: ``CLIMB_CHECK``).
         The trigger search (triggers.py) climbs whole prompts with it: no growth (``max_len`` = the prompt's
-        length), no dropping, ``proposals`` per position, only the ``check`` best by the bf16 copy scored exactly,
-        and a stop at ``good``."""
+        length), no dropping, ``proposals`` per position, its own ``check``, and a stop at ``good``."""
         cur = list(seq)
         best = float(self.exact([cur])[0][0])
         best_seq, stale, seen = list(cur), 0, {tuple(cur)}
@@ -215,7 +220,7 @@ class SubjectSearch:
             cands = [c for c in cands if tuple(c) not in seen]
             if not cands:
                 break
-            if check is not None:
+            if check is not None and self._half() is not self.model:  # the model itself: exact() ranks them all
                 cands = [cands[i] for i in torch.topk(self.rough_fire(cands), min(check, len(cands))).indices.tolist()]
             scores, _ = self.exact(cands)
             j = int(scores.argmax())
@@ -421,7 +426,7 @@ class SubjectSearch:
             progress(i, len(todo))
             tried.add(s)
             for shape in ([s], [s] + self.filler):
-                seq, score = self.climb(shape)
+                seq, score = self.climb(shape, check=self.check)
                 if best is None or score > best[0]:
                     best = (score, seq)
             if best[0] >= good:
