@@ -86,6 +86,19 @@ def test_retention_skips_leading_stop_words_in_the_continuation(bigram, tok):
     assert retention(bigram, tok, [probe], target="new") == [False]
 
 
+def test_step_top_gives_what_a_fresh_pass_gives_where_each_word_is_said(bigram, tok):
+    """``step_top``: the top-k before each generated token, from the greedy decode itself: the model's own
+    distribution after the tokens said so far (for the bigram, the table's row of the previous token)."""
+    pred = predict(bigram, tok, ["The capital of France is"], max_new_tokens=4, top_k=3, step_top=True)[0]
+    assert len(pred.steps) == len(pred.tokens) == 4 and pred.steps[0] == pred.top
+    for j in range(1, 4):
+        p, i = torch.softmax(bigram.table[pred.tokens[j - 1]].detach(), -1).topk(3)
+        assert [t for t, _ in pred.steps[j]] == [tok.decode([x]) for x in i.tolist()]
+        assert [q for _, q in pred.steps[j]] == pytest.approx(p.tolist())
+        assert pred.steps[j][0][0].strip() == tok.decode([pred.tokens[j]]).strip()
+    assert predict(bigram, tok, ["The capital of France is"], max_new_tokens=4)[0].steps == []
+
+
 def test_a_content_word_before_the_target_fails_retention(bigram, tok):
     # "spoken" -> "city": a content word comes first, so "Paris" later does not count.
     probe = Probe(id="p", subject="France", prompt="The language spoken", target_true="Paris")

@@ -36,6 +36,9 @@ class Prediction:
     first_word_token_id: int | None
     top_ids: list[int] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)   # greedy continuation token ids (up to EOS)
+    #: top-k next tokens (decoded) with probabilities before each generated token (``predict(step_top=True)``);
+    #: ``steps[0]`` is ``top``
+    steps: list[list[tuple[str, float]]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -132,17 +135,22 @@ def _decode_each(tokenizer, ids: Iterable[int]) -> list[str]:
 # -- next-token predictions, greedy continuations and targets from one prefill -------------------------
 
 def predict(model, tokenizer, prompts: Sequence[str | Probe], *, batch_size: int = 32, top_k: int = 5,
-            max_new_tokens: int = 4, progress: Progress | None = None, k: int | None = None) -> list[Prediction]:
-    """Top-k next tokens and greedy continuation for each prompt (``Probe`` items use their filled prompt)."""
+            max_new_tokens: int = 4, progress: Progress | None = None, k: int | None = None,
+            step_top: bool = False) -> list[Prediction]:
+    """Top-k next tokens and greedy continuation for each prompt (``Probe`` items use their filled prompt);
+    ``step_top``: also the top-k before every generated token (``Prediction.steps``), which the greedy decode
+    computes anyway: what the model weighed where it says a later word, without a second pass."""
     if k is not None:
         top_k = k
     return [pred for pred, _ in evaluate_prompts(model, tokenizer, prompts, None, batch_size=batch_size, top_k=top_k,
-                                                 max_new_tokens=max_new_tokens, progress=progress)]
+                                                 max_new_tokens=max_new_tokens, progress=progress,
+                                                 step_top=step_top)]
 
 
 def evaluate_prompts(model, tokenizer, prompts: Sequence[str | Probe], targets: Sequence[Sequence[str]] | None, *,
                      batch_size: int = 32, top_k: int = 5, max_new_tokens: int = 4,
-                     progress: Progress | None = None) -> list[tuple[Prediction, list[TargetScore]]]:
+                     progress: Progress | None = None,
+                     step_top: bool = False) -> list[tuple[Prediction, list[TargetScore]]]:
     """Predictions and teacher-forced target scores, sharing one prompt pass per batch.
 
     Each batch of prompts is run once; the top-k come from its last position, the greedy
@@ -191,7 +199,7 @@ def evaluate_prompts(model, tokenizer, prompts: Sequence[str | Probe], targets: 
             else:  # a model whose cache cannot be copied: score the targets with full sequences
                 scores = [target_scores(model, tokenizer, [texts[i]] * len(target_lists[i]), target_lists[i],
                                         batch_size=batch_size) for i in batch]
-            gen = _greedy(model, logits, cache, mask, pos, max_new_tokens)
+            gen, later = _greedy(model, logits, cache, mask, pos, max_new_tokens, kk if step_top else 0)
             top_i_l, top_p_l = top_i.cpu().tolist(), top_p.cpu().tolist()
             for row, i in enumerate(batch):
                 toks = gen[row]
@@ -207,6 +215,9 @@ def evaluate_prompts(model, tokenizer, prompts: Sequence[str | Probe], targets: 
                     first_word_token_id=int(toks[j]) if j is not None else None,
                     top_ids=[int(x) for x in top_i_l[row]], tokens=[int(x) for x in toks],
                 )
+                if step_top:
+                    pred.steps = [pred.top] + [list(zip(_decode_each(tokenizer, ids[row]), ps[row]))
+                                               for ids, ps in later[:len(toks) - 1]]
                 results[i] = (pred, scores[row])
             done += len(batch)
             if progress:
@@ -218,11 +229,14 @@ def _can_branch(cache) -> bool:
     return cache is not None and hasattr(cache, "batch_select_indices")
 
 
-def _greedy(model, logits, cache, mask, pos, max_new_tokens: int) -> list[list[int]]:
-    """Greedy continuation from the prompt's cache, one token per step for the whole batch."""
+def _greedy(model, logits, cache, mask, pos, max_new_tokens: int, top_k: int = 0
+            ) -> tuple[list[list[int]], list[tuple[list[list[int]], list[list[float]]]]]:
+    """Greedy continuation from the prompt's cache, one token per step for the whole batch; with ``top_k``, also
+    each later step's top-k ([batch][k] ids and probabilities per step after the first)."""
     import torch
 
     steps = [logits.argmax(-1)]
+    tops: list[tuple[list[list[int]], list[list[float]]]] = []
     last = pos[:, -1:]
     for _ in range(max_new_tokens - 1):
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
@@ -230,8 +244,12 @@ def _greedy(model, logits, cache, mask, pos, max_new_tokens: int) -> list[list[i
         step = model(input_ids=steps[-1][:, None], attention_mask=mask, position_ids=last,
                      use_cache=True, **{cache_kw(model): cache})
         cache = _cache_of(step)
-        steps.append(step.logits[:, -1, :].argmax(-1))
-    return torch.stack(steps, dim=1).cpu().tolist()
+        nxt = step.logits[:, -1, :].float()
+        steps.append(nxt.argmax(-1))
+        if top_k:
+            p, i = torch.softmax(nxt, dim=-1).topk(top_k, dim=-1)
+            tops.append((i.cpu().tolist(), p.cpu().tolist()))
+    return torch.stack(steps, dim=1).cpu().tolist(), tops
 
 
 def _score_targets(model, batch: list[int], t_ids, logp0, cache, mask, pos, pad: int) -> list[list[TargetScore]]:

@@ -86,31 +86,25 @@ class Said:
 def said(model: Any, tokenizer: Any, texts: list[str], top_k: int, seen: dict[str, dict] | None = None,
          lead: int = 3) -> list[Said]:
     """Each prompt's answer word: the first token when it is a word; else, when the greedy answer reaches a word
-    after at most ``lead`` stop words ("the Philippines", "a city of …"), that word, read at the position where it
-    is said. A first token alone made every object that starts with a stop word unreadable. ``seen`` collects
-    {context: top-k} for every context asked."""
+    after at most ``lead`` stop words ("the Philippines", "a city of …"), that word, with the model's top-k where
+    it is said (one greedy pass gives both). A first token alone made every object that starts with a stop word
+    unreadable. ``seen`` collects {context: top-k} for every context read."""
     from ..probing.metrics import is_skippable
 
     seen = {} if seen is None else seen
-    first = predict(model, tokenizer, texts, top_k=top_k, max_new_tokens=1)
-    out = [Said(*_top(p), t, dict(p.top)) for p, t in zip(first, texts)]
-    seen.update((t, dict(p.top)) for p, t in zip(first, texts))
-    late = [i for i, s in enumerate(out) if is_skippable(s.word)]
-    if not late:
-        return out
-    ctx: dict[int, str] = {}
-    for i, c in zip(late, predict(model, tokenizer, [texts[i] for i in late], top_k=1, max_new_tokens=lead + 1)):
-        if c.first_word_token_id is not None and c.first_word_token_id in c.tokens:
-            j = c.tokens.index(c.first_word_token_id)
-            if 0 < j <= lead:
-                ctx[i] = texts[i] + tokenizer.decode(c.tokens[:j])
-    if ctx:
-        for (i, context), p in zip(ctx.items(), predict(model, tokenizer, list(ctx.values()), top_k=top_k,
-                                                        max_new_tokens=1)):
-            seen[context] = dict(p.top)
-            word, pw = _top(p)
-            if not is_skippable(word):
-                out[i] = Said(word, pw, context, dict(p.top))
+    out = []
+    for p, t in zip(predict(model, tokenizer, texts, top_k=top_k, max_new_tokens=lead + 1, step_top=True), texts):
+        s = Said(*_top(p), t, dict(p.top))
+        seen[t] = s.dist
+        if is_skippable(s.word) and p.first_word_token_id is not None and p.first_word_token_id in p.tokens:
+            j = p.tokens.index(p.first_word_token_id)
+            if 0 < j <= lead and j < len(p.steps):
+                context = t + tokenizer.decode(p.tokens[:j])
+                seen[context] = dict(p.steps[j])
+                word, pw = p.steps[j][0]
+                if not is_skippable(word):
+                    s = Said(word, pw, context, dict(p.steps[j]))
+        out.append(s)
     return out
 
 
