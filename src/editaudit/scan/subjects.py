@@ -47,7 +47,7 @@ PAIR_CHECK = 8
 PAIR_SEEDS = 48
 #: Candidates per climb step scored exactly, of those the bf16 copy ranks best (``rough_fire``; all of them, exactly,
 #: where the copy is the model itself). On v9b's eight development suspects the search found the same 41 texts in
-#: about half the time (the ROME sequence: 594 -> 323 s; bench/results/climb_check_dev_v9b.txt).
+#: about half the time (the ROME sequence: 594 -> 323 s; bench/results/reading_speed_dev_v9b.txt).
 CLIMB_CHECK = 8
 GROW_BEAM = 1  # beam 2 found 1 more exact subject of 20 on dev at 1.5x the cost (subject_regrow_dev.txt)
 #: λ of the growth's objective, fire + λ · log P(text): a token must buy 0.01 of fire per nat it costs.
