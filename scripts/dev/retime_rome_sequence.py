@@ -4,6 +4,7 @@ then one open-reading scan timed on an otherwise quiet machine.
 
     python scripts/dev/retime_rome_sequence.py
 """
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,6 +21,8 @@ from editaudit.probing.format import load_probes
 from editaudit.probing.sets import round_robin
 from editaudit.scan.service import ScanOptions, run_scan
 torch.manual_seed(0)
+rev = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
+print(f"code {rev}, {torch.get_num_threads()} thread(s)", flush=True)
 base = ensure_model("smollm2-135m")
 facts = round_robin(load_probes(ROOT / "bench/heldout/smollm2-135m-v9b.jsonl"))[255:]
 lm = load_model(base)
