@@ -9,7 +9,8 @@
    ``auto`` layers (a 5-layer window centred on a single edited layer) against full fine-tuning at equal impact
    (``--compare-full``: the full arm trains to the task's stopping target, the selective arm to the same
    validation loss within ``--steps``); preserve with ``auto`` layers (a threshold far downstream of the
-   edit), ``--steps`` steps; surgical revert with the base.
+   edit), ``--steps`` steps (``--preserve-to-target CAP``: to the task's stopping target within CAP steps);
+   surgical revert with the base.
 4. Report, per arm: edits the suspect held, the share erased, intrinsic retention before and after
    (built-in intrinsic set), validation loss, the weight-space share of the edits left, and time; then
    the issue's three criteria, each marked met or not as measured.
@@ -43,6 +44,9 @@ def main() -> int:
     ap.add_argument("--val-size", type=int, default=24)
     ap.add_argument("--modules", default="all")
     ap.add_argument("--arms", default="erase,preserve,revert", help="comma list of erase, preserve, revert")
+    ap.add_argument("--preserve-to-target", type=int, default=0, metavar="CAP",
+                    help="> 0: the preserve arm trains to the task's preset stopping target (TASK_STOP: lm, 5%% below "
+                         "the starting validation loss) within CAP steps, instead of --steps steps")
     ap.add_argument("--work", type=Path, default=None, help="work folder (default: the cache)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "mitigation_study.txt")
     ap.add_argument("--threads", type=int, default=2)
@@ -54,7 +58,7 @@ def main() -> int:
     from editaudit.atomic import atomic_write_text
     from editaudit.editing.service import apply_edits
     from editaudit.mitigation.service import MitigationEvent, MitigationOptions, run_mitigation
-    from editaudit.mitigation.train import TrainConfig
+    from editaudit.mitigation.train import TASK_STOP, TrainConfig
     from editaudit.models.registry import ensure_model
     from editaudit.paths import cache_dir, resource_dir
     from editaudit.probing.format import load_probes
@@ -139,8 +143,13 @@ def main() -> int:
                                                                         "layers": res.evidence.layers}
             continue
         goal = arm
+        train = TrainConfig(**cfg)
+        if arm == "preserve" and args.preserve_to_target:
+            rule = TASK_STOP[args.task]
+            train = TrainConfig(**{**cfg, "steps": args.preserve_to_target}, stop_loss=rule.loss_below,
+                                stop_acc=rule.acc_above, stop_loss_drop=rule.loss_drop)
         opts = MitigationOptions(base=str(base), out=work / f"out-{arm}", layers="auto", modules=args.modules,
-                                 task=args.task, val_size=args.val_size, train=TrainConfig(**cfg), probes=probes,
+                                 task=args.task, val_size=args.val_size, train=train, probes=probes,
                                  compare_full=arm == "erase", overwrite=True, device="cpu")
         res = run_mitigation(suspect, goal, opts, store=store, progress=progress, say=print)
         for name, summary in res.verification["arms"].items():
@@ -174,6 +183,15 @@ def main() -> int:
         ok = (pres.get("edits_kept") or 0) > (full.get("edits_kept") or 0)
         checks.append(f"preserve/auto keeps more edits than full fine-tuning (same budget): "
                       f"{_pct(pres.get('edits_kept'))} vs {_pct(full.get('edits_kept'))} → {'met' if ok else 'NOT met'}")
+    if pres and args.preserve_to_target:
+        rule = TASK_STOP[args.task]
+        target = rule.target_loss({"val_loss": pres.get("val_loss_before", float("nan"))})
+        reached = target is not None and pres.get("val_loss_after", float("inf")) < target
+        ok = reached and (pres.get("edits_kept") or 0) >= 0.9
+        checks.append(f"preserve/auto keeps ≥ 90% of edits while the task reaches its stopping target "
+                      f"(validation loss < {target:.3f}, within {args.preserve_to_target} steps): kept "
+                      f"{_pct(pres.get('edits_kept'))}, loss {pres.get('val_loss_after', float('nan')):.3f} after "
+                      f"{pres.get('steps', 0)} steps → {'met' if ok else 'NOT met'}")
     if rev:
         # "unchanged" read as "not harmed": no lower than the suspect's by more than one intrinsic probe. A rise
         # is the edits' collateral damage undone (the revert returns the base's knowledge), and is shown as measured.
@@ -195,7 +213,9 @@ def main() -> int:
         f"from probes/smollm2-135m-intrinsic.jsonl",
         f"# arms share: task {args.task} (default offline data), {args.steps} steps, eval every {args.eval_every}, "
         f"batch {args.batch_size} × {args.seq_len} tokens, lr {args.lr or 'task default'}, AdamW wd 0.01, "
-        f"modules {args.modules}",
+        f"modules {args.modules}"
+        + (f"; preserve trains to the task's stopping target within {args.preserve_to_target} steps"
+           if args.preserve_to_target else ""),
         "# held: edits the suspect states (new target); erased/kept: share of those it no longer / still states;",
         "# edit left (W): share of the edits' singular components still in (weights − base).",
         "",
