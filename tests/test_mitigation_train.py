@@ -256,6 +256,23 @@ def test_cli_shows_the_plan_runs_and_stores(models, tmp_path):
     assert plan_only.exit_code == 0 and "layers 0–1" in " ".join(plan_only.stderr.split())
 
 
+def test_cli_stop_drop_ends_training_once_the_loss_is_that_share_below_its_start(models, tmp_path):
+    """``--stop-drop``: the task's relative stopping target (the presets' form) from the command line; without it
+    the arm trains its whole budget."""
+    base, suspect, text = models
+    args = ["--db", str(tmp_path / "db.sqlite"), "mitigate", str(suspect), "--goal", "preserve", "--data", str(text),
+            "--method", "full", "--layers", "2", "--steps", "4", "--eval-every", "1", "--batch-size", "4",
+            "--seq-len", "24", "--lr", "1e-3", "--val-size", "2", "--format", "json"]
+    budget = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "budget")])
+    assert budget.exit_code == 0, budget.output
+    assert "selective step 4 " in " ".join(budget.stderr.split())
+    stopped = CliRunner().invoke(app, [*args, "--stop-drop", "1e-6", "--out", str(tmp_path / "stopped")])
+    assert stopped.exit_code == 0, stopped.output
+    said = " ".join(stopped.stderr.split())
+    assert "selective step 1 " in said and "selective step 4 " not in said
+    assert "below the start" in stopped.stdout  # the arm's stop reason, in the JSON report
+
+
 def test_cli_live_view_gives_each_counted_stage_a_bar_labelled_with_its_loss():
     """What a terminal shows (CliRunner's stderr is no terminal, so the bars are checked on a recording bar)."""
     from editaudit.cli.mitigate_cmd import LiveView

@@ -77,6 +77,7 @@ def register(app: typer.Typer) -> None:
         eval_every: int = typer.Option(10, "--eval-every", help="Evaluate (and save resumable state) every N steps."),
         stop_loss: Optional[float] = typer.Option(None, "--stop-loss", help="Stop when validation loss < X."),
         stop_acc: Optional[float] = typer.Option(None, "--stop-acc", help="Stop when validation accuracy > Y (0–1)."),
+        stop_drop: Optional[float] = typer.Option(None, "--stop-drop", help="Stop when validation loss is this share below its start (0.05: the lm task's preset target; 0.10: sft's)."),
         lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default 5e-5 for lm, 2e-5 otherwise)."),
         batch_size: int = typer.Option(8, "--batch-size", help="Examples per step."),
         seq_len: int = typer.Option(128, "--seq-len", help="Tokens per example (longer ones are cut)."),
@@ -136,7 +137,7 @@ def register(app: typer.Typer) -> None:
             project, unlearn = project_settings(project), unlearn_settings(unlearn)
         trains = method.value in ("full", "lora", "dora")
         cfg = TrainConfig(method=method.value if trains else "full", steps=steps,
-                          eval_every=eval_every, batch_size=batch_size, seq_len=seq_len, lr=lr, stop_loss=stop_loss, stop_acc=stop_acc, rank=rank, alpha=alpha,
+                          eval_every=eval_every, batch_size=batch_size, seq_len=seq_len, lr=lr, stop_loss=stop_loss, stop_acc=stop_acc, stop_loss_drop=stop_drop, rank=rank, alpha=alpha,
                           target_modules=[t.strip() for t in target_modules.split(",") if t.strip()] if target_modules else None,
                           seed=seed)
         cfg.check()
