@@ -186,10 +186,12 @@ def main() -> int:
     if pres and args.preserve_to_target:
         rule = TASK_STOP[args.task]
         target = rule.target_loss({"val_loss": pres.get("val_loss_before", float("nan"))})
-        reached = target is not None and pres.get("val_loss_after", float("inf")) < target
+        reached = rule.check({"val_loss": pres.get("val_loss_after", float("inf")), "val_acc": pres.get("val_acc_after", -1.0)},
+                             {"val_loss": pres.get("val_loss_before", float("nan"))}) is not None
         ok = reached and (pres.get("edits_kept") or 0) >= 0.9
+        aim = f"validation loss < {target:.3f}" if target is not None else f"validation accuracy > {rule.acc_above}"
         checks.append(f"preserve/auto keeps ≥ 90% of edits while the task reaches its stopping target "
-                      f"(validation loss < {target:.3f}, within {args.preserve_to_target} steps): kept "
+                      f"({aim}, within {args.preserve_to_target} steps): kept "
                       f"{_pct(pres.get('edits_kept'))}, loss {pres.get('val_loss_after', float('nan')):.3f} after "
                       f"{pres.get('steps', 0)} steps → {'met' if ok else 'NOT met'}")
     if rev:
