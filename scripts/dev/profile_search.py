@@ -25,6 +25,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--check", type=int, default=None, help="candidates per climb step scored exactly, of those the bf16 "
                     "copy ranks best (default: the scan's, subjects.CLIMB_CHECK); 0: every candidate exactly")
+    ap.add_argument("--rough-gradient", action="store_true",
+                    help="trial: the climb's gradient from the bf16 copy (where it is the faster arithmetic)")
     ap.add_argument("--null", action="store_true", help="search an AlphaEdit-named edit in its null space, as the scan does")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -55,11 +57,27 @@ def main() -> None:
     layer, search = lowest_search(lm, fp, torch.load(pt, weights_only=True), n, null=args.null)
     if args.check is not None:
         search.check = args.check or None
+    if args.rough_gradient:
+        from editaudit.models.families import input_embed_scale
+        from editaudit.scan.keys import last_keys
+
+        def rough_gradient(self, seq):
+            model = self._half()
+            E = model.get_input_embeddings().weight
+            onehot = torch.zeros(len(seq), E.shape[0], device=E.device, dtype=E.dtype)
+            onehot[torch.arange(len(seq)), torch.tensor(seq)] = 1
+            onehot.requires_grad_(True)
+            emb = torch.cat([E[torch.tensor(self.prefix, device=E.device)].detach(), onehot @ E.detach()])[None]
+            key = last_keys(model, [self.space.path], embeds=emb * input_embed_scale(model), grad=True)[self.space.path]
+            self.space.fire(key.cpu())[0].backward()
+            return onehot.grad.float().cpu()
+
+        SubjectSearch._gradient = timed("_gradient", rough_gradient)
     t = time.perf_counter()
     found = search.find(n, retry_seeds=48)
     total = time.perf_counter() - t
     print(f"{args.suspect}: layer {layer}, {len(found)} subjects in {total:.1f} s, {args.threads} thread(s)"
-          + f", check {search.check}")
+          + f", check {search.check}" + (", bf16 gradient" if args.rough_gradient else ""))
     print("  ", [f.text for f in found])
     for name in sorted(spent, key=lambda k: -spent[k]):
         print(f"  {name:14s} {spent[name]:7.1f} s  {calls[name]:6d} calls  {rows[name]:8d} rows")
