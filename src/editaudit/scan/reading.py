@@ -99,11 +99,11 @@ def said(model: Any, tokenizer: Any, texts: list[str], top_k: int, seen: dict[st
         if is_skippable(s.word) and p.first_word_token_id is not None and p.first_word_token_id in p.tokens:
             j = p.tokens.index(p.first_word_token_id)
             if 0 < j <= lead and j < len(p.steps):
-                context = t + tokenizer.decode(p.tokens[:j])
-                seen[context] = dict(p.steps[j])
+                context, dist = t + tokenizer.decode(p.tokens[:j]), dict(p.steps[j])
+                seen[context] = dist
                 word, pw = p.steps[j][0]
                 if not is_skippable(word):
-                    s = Said(word, pw, context, dict(p.steps[j]))
+                    s = Said(word, pw, context, dist)
         out.append(s)
     return out
 
