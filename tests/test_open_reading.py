@@ -637,3 +637,87 @@ def test_the_climb_scores_exactly_only_what_the_rough_copy_ranks_best(tiny_llama
     assert bool(rough_rows) == faster
     assert (max(exact_rows) <= CLIMB_CHECK) == faster
     assert found and want and found[0].ids[-1] == want[0].ids[-1] and found[0].fire > 0.9
+
+
+def test_after_piece_tables_are_the_vocabulary_keys_behind_that_piece(tiny_llama):
+    """The pair step's seed tables hold every token's key after the neutral context and one fixed piece, as a plain
+    forward of that text gives it."""
+    from editaudit.scan.keys import context_ids, keys_of
+    from editaudit.scan.subjects import PAIR_AFTER, after_tables
+
+    lm = load_model(tiny_llama)
+    tables = after_tables(lm.model, lm.tokenizer, PATH, None)
+    assert len(tables) == len(PAIR_AFTER)
+    for piece, table in zip(PAIR_AFTER, tables):
+        after = lm.tokenizer(piece, add_special_tokens=False)["input_ids"]
+        sample = [5, table.shape[0] // 3, table.shape[0] - 1]
+        want = keys_of(lm.model, [PATH], [context_ids(lm.tokenizer) + after + [t] for t in sample])[PATH]
+        assert torch.allclose(table[sample].float(), want, rtol=2e-3, atol=2e-3)
+    plain = vocab_keys(lm.model, lm.tokenizer, [PATH], None)[PATH]
+    assert not torch.allclose(plain.float(), tables[0].float(), atol=1e-2)
+
+
+def test_a_round_both_tries_leave_empty_finds_the_subject_by_the_after_piece_seeds(tiny_llama, monkeypatch):
+    """``pair=True`` (scan --pair-step): when a round's climbs fire nothing, the after-piece seeds go through the
+    pair step and reach the planted name; without it the search gives up."""
+    from editaudit.scan import subjects as S
+
+    monkeypatch.setattr(S.SubjectSearch, "_round", lambda self, n, tried, good, progress=None: None)
+    lm, u, C, _ = _edit_direction(tiny_llama, "Eiffel Tower")
+    assert recover_subjects(lm.model, lm.tokenizer, PATH, u[:, None], C, None, max_subjects=1, retry=True) == []
+    asked: list[int] = []
+    real = S.SubjectSearch.seeds_after
+
+    def seeds_after(self, n):
+        asked.append(n)
+        return real(self, n)
+
+    monkeypatch.setattr(S.SubjectSearch, "seeds_after", seeds_after)
+    found = recover_subjects(lm.model, lm.tokenizer, PATH, u[:, None], C, None, max_subjects=1, retry=True, pair=True)
+    want = lm.tokenizer(" Eiffel Tower", add_special_tokens=False)["input_ids"]
+    assert asked and asked[0] == S.AFTER_SEEDS
+    assert found and found[0].ids[-1] == want[-1] and found[0].fire > 0.9
+
+
+def test_after_piece_seeds_interleave_the_tables_each_token_once(tiny_llama):
+    """Seeds come from every table in turn, best first, with no token twice."""
+    from editaudit.scan.subjects import SubjectSearch
+
+    lm, u, C, keys = _edit_direction(tiny_llama, "Kremlin")
+    search = SubjectSearch(lm.model, lm.tokenizer, Whitened.build(PATH, C, u[:, None]), keys)
+    search.after_tables = lambda: [keys, keys.flip(0)]
+    both = search.seeds_after(6)
+    assert len(both) == len(set(both)) and both[0] == search.seeds(1)[0]
+    search._after = None
+    search.after_tables = lambda: [keys, keys]
+    assert search.seeds_after(5) == search.seeds(5)
+
+
+def test_the_pair_step_flag_reaches_the_scan_only_when_given(tiny_llama, monkeypatch):
+    """``scan --pair-step/--no-pair-step`` sets ``ScanOptions.pair_step``; without the flag the default stands."""
+    from typer.testing import CliRunner
+
+    from editaudit.cli.main import app
+    from editaudit.scan import service
+    from editaudit.scan.service import ScanOptions
+
+    seen: list[bool] = []
+
+    class Stub:
+        fail_on = "error"
+
+        def to_dict(self):
+            return {"findings": []}
+
+        def exit_code(self, level):
+            return 0
+
+    def fake_scan(suspect, base, opts, **kw):
+        seen.append(opts.pair_step)
+        return Stub()
+
+    monkeypatch.setattr(service, "run_scan", fake_scan)
+    for flags in ([], ["--no-pair-step"], ["--pair-step"]):
+        res = CliRunner().invoke(app, ["scan", str(tiny_llama), "--no-store", "-f", "json", *flags])
+        assert res.exit_code == 0, res.output
+    assert seen == [ScanOptions().pair_step, False, True]

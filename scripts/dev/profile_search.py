@@ -1,7 +1,7 @@
 """Where the subject search spends its time: the search of a development suspect (scripts/dev/make_dev_suspects.py),
 as the scan runs it (48-seed second try), with each SubjectSearch step timed.
 
-    python scripts/dev/profile_search.py /tmp/v9w rome-sequential-0 [--threads 1] [--check 0] [--null]
+    python scripts/dev/profile_search.py /tmp/v9w rome-sequential-0 [--threads 1] [--check 0] [--null] [--after-seeds 4]
 """
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--rough-gradient", action="store_true",
                     help="trial: the climb's gradient from the bf16 copy (where it is the faster arithmetic)")
     ap.add_argument("--null", action="store_true", help="search an AlphaEdit-named edit in its null space, as the scan does")
+    ap.add_argument("--after-seeds", type=int, default=0,
+                    help="a round both tries leave empty tries the pair step on this many seeds of each after-piece table")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from editaudit.scan.subjects import SubjectSearch
@@ -49,12 +51,18 @@ def main() -> None:
                     rows[name] += len(a[0])
         return wrap
 
-    for name in ("exact", "_gradient", "text_logp", "prepend_fire", "rough_fire", "seeds", "grow", "climb"):
+    for name in ("exact", "_gradient", "text_logp", "prepend_fire", "rough_fire", "seeds", "grow", "climb",
+                 "pair_round", "seeds_after"):
         setattr(SubjectSearch, name, timed(name, getattr(SubjectSearch, name)))
     lm, fp = frozen_base()
     pt = args.deltas / f"{args.suspect}.pt"
     n = len(pt.with_suffix(".jsonl").read_text().splitlines())
     layer, search = lowest_search(lm, fp, torch.load(pt, weights_only=True), n, null=args.null)
+    if args.after_seeds:
+        from editaudit.scan.subjects import after_tables
+
+        search.after_seeds = args.after_seeds
+        search.after_tables = lambda: after_tables(lm.model, lm.tokenizer, search.space.path, fp)
     if args.check is not None:
         search.check = args.check or None
     if args.rough_gradient:

@@ -116,15 +116,17 @@ def _cache_file(base_fingerprint: str, path: str, prefix: Sequence[int]) -> Path
 
 
 def vocab_keys(model: Any, tokenizer: Any, paths: Sequence[str], base_fingerprint: str | None,
-               progress: Callable[[int, int], None] = lambda d, t: None, batch: int = 512) -> dict[str, torch.Tensor]:
-    """Key of every vocabulary token after the neutral context, per module: {path: [V, d_in] float16}.
+               progress: Callable[[int, int], None] = lambda d, t: None, batch: int = 512,
+               after: Sequence[int] = ()) -> dict[str, torch.Tensor]:
+    """Key of every vocabulary token after the neutral context (and the tokens ``after``, the pair step's seed
+    tables), per module: {path: [V, d_in] float16}.
 
-    Cached per base fingerprint and module (float16: 0.1 % relative error, half the disk)."""
+    Cached per base fingerprint, module and context (float16: 0.1 % relative error, half the disk)."""
     from safetensors.torch import load_file, save
 
     from ..atomic import atomic_write_bytes
 
-    prefix = context_ids(tokenizer)
+    prefix = context_ids(tokenizer) + list(after)
     out: dict[str, torch.Tensor] = {}
     missing = []
     for p in paths:

@@ -45,6 +45,15 @@ PAIR_CHECK = 8
 #: objects, at 8-33x the search time of the suspects it ran on (v7-plan.md eighth use); scripts/dev/reading_rule_trial.py
 #: sets ``SubjectSearch.pair_seeds`` to try it.
 PAIR_SEEDS = 48
+#: The pair step's seeds (``SubjectSearch.after_seeds``): every token's fire after the neutral context and one fixed
+#: piece, "The" + "ing" + token and "The" + "er" + token (cached per base like the vocabulary keys). A name's last
+#: piece after "The" alone can rank thousands down among the seeds ('ano' of Ercolano: 8,936th once the found
+#: subjects are deflated) while after any piece it comes near the top ('ano': 3rd after "ing", 2nd after "er"), and
+#: with that piece fixed the scoring of every prepend puts the true one first (4 of 4 names of a development
+#: AlphaEdit batch; scripts/dev/pair_seed_trial.py).
+PAIR_AFTER = ("ing", "er")
+#: ... seeds taken from each table, for a round that the first try and the second try left empty.
+AFTER_SEEDS = 4
 #: Candidates per climb step scored exactly, of those the bf16 copy ranks best (``rough_fire``; all of them, exactly,
 #: where the copy is the model itself). On v9b's eight development suspects the search found the same 41 texts in
 #: about half the time (the ROME sequence: 594 -> 323 s; bench/results/reading_speed_dev_v9b.txt).
@@ -173,6 +182,9 @@ class SubjectSearch:
         self._prefix_keys: PrefixKeys | bool | None = None  # False: the model's cache is not usable here
         self.fluency_weight = FLUENCY
         self.pair_seeds = 0  # > 0 (development only): a round that finds nothing tries the pair step
+        self.after_seeds = 0  # > 0: a round that finds nothing tries the pair step on the after-piece seeds
+        self.after_tables: Callable[[], list[torch.Tensor]] | None = None  # keys after context + each PAIR_AFTER piece
+        self._after: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (keys, ‖z‖) per table
         self.check: int | None = CLIMB_CHECK  # None: every climb candidate scored exactly
         self._basis0 = space.basis.clone()
         self._pairs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -350,18 +362,19 @@ class SubjectSearch:
         norms = torch.cat([(c.float() @ self.space.whiten).norm(dim=1) for c in keys.split(8192)])
         return coords, norms.clamp_min(1e-12)
 
-    def pair_round(self, n_seeds: int) -> tuple[float, list[int]] | None:
+    def pair_round(self, n_seeds: int | list[int]) -> tuple[float, list[int]] | None:
         """The pair step, for a round whose seeds grew nothing that fires. A name's last piece often fires little
         alone ('ashi' of Akashi: 0.28) while the last two pieces fire as the name does (0.83), and the climb's
         gradient does not find the piece before the last; scoring every word-like piece before each of the
         ``n_seeds`` best seeds does (the true piece ranked 1st–2nd for 9 of 10 names of a development MEMIT
         batch, bench/results/prepend_rank_dev7d.txt). The best ``PAIR_CHECK`` pairs per seed are weighed by the
         growth's objective (fire + λ · log P, so that a name beats garbled pieces that fire as much), and the
-        best grows backwards to its full length. Pair scores are kept per seed across rounds."""
+        best grows backwards to its full length. Pair scores are kept per seed across rounds. ``n_seeds`` may be
+        the seeds themselves (``after_seeds``)."""
         pool = self._pool()
         M = self.space.basis.T @ self._basis0  # [r, r0]: the subspace left, in the first one's coordinates
         cands: list[list[int]] = []
-        for s in self.seeds(n_seeds):
+        for s in (self.seeds(n_seeds) if isinstance(n_seeds, int) else n_seeds):
             if s not in self._pairs:
                 self._pairs[s] = self._pair_coords(s)
             coords, norms = self._pairs[s]
@@ -373,6 +386,26 @@ class SubjectSearch:
         score = fires + self.fluency_weight * self.text_logp(cands)
         seq, fire, _ = self.grow(cands[int(score.argmax())])
         return fire, seq
+
+    def seeds_after(self, n: int) -> list[int]:
+        """The ``n`` best-firing word-like tokens of each after-piece table (``PAIR_AFTER``), interleaved, each once:
+        the last pieces of names the single-token seeds rank far down."""
+        if self._after is None:
+            tables = self.after_tables() if self.after_tables is not None else []
+            self._after = [(t, torch.cat([(c.float() @ self.space.whiten).norm(dim=1) for c in t.split(8192)]))
+                           for t in tables]
+        proj = self.space.whiten @ self.space.basis
+        ranked = []
+        for keys, znorm in self._after:
+            score = torch.cat([(c.float() @ proj).norm(dim=1) for c in keys.split(8192)]) / znorm.clamp_min(1e-12)
+            ok = self.cont_ok[:score.numel()]
+            ranked.append(torch.topk(score.masked_fill(~ok, -1.0), min(n, score.numel())).indices.tolist())
+        out: list[int] = []
+        for group in zip(*ranked):
+            for t in group:
+                if t not in out:
+                    out.append(t)
+        return out
 
     def seeds(self, n: int) -> list[int]:
         """The best-firing word-like tokens. ‖z‖ per token does not change as the subspace deflates, so it is
@@ -403,6 +436,10 @@ class SubjectSearch:
                            key=lambda b: b[0], default=None)
             if self.pair_seeds and (best is None or best[0] < fire_min):
                 best = max((b for b in (best, self.pair_round(self.pair_seeds)) if b is not None),
+                           key=lambda b: b[0], default=None)
+            if self.after_seeds and (best is None or best[0] < fire_min):
+                progress(len(found), max_subjects)
+                best = max((b for b in (best, self.pair_round(self.seeds_after(self.after_seeds))) if b is not None),
                            key=lambda b: b[0], default=None)
             if best is None or best[0] < fire_min:
                 break
@@ -503,18 +540,34 @@ def _trim(search: SubjectSearch, seq: list[int], score: float, keep: float = 0.9
 def recover_subjects(model: Any, tokenizer: Any, path: str, in_dirs: torch.Tensor | None, C: torch.Tensor | None,
                      base_fingerprint: str | None, max_subjects: int,
                      progress: Callable[[str, int, int], None] = lambda s, d, t: None,
-                     space: Whitened | None = None, retry: bool = False, regrow: bool = False) -> list[Subject]:
+                     space: Whitened | None = None, retry: bool = False, regrow: bool = False,
+                     pair: bool = False) -> list[Subject]:
     """Subjects that fire the edit whose input directions are ``in_dirs`` at module ``path`` (or a prebuilt
     ``space``: the scan without a base restricts it to C's low-energy half). ``retry=True`` (``scan --wide-search``,
     the scan's default) gives a round that finds nothing a second try with ``RETRY_SEEDS`` seeds (docs/scan.md:
     judged on v9b); the scan never asks it for a dense change (fine-tuning), which no key explains. ``regrow=True`` (``scan --regrow``): each found subject is regrown
     backwards over the whole vocabulary (``SubjectSearch._regrow``): cleaner names and fewer false readings on the
-    fifth set, no more objects, 2–3× the search time (bench/heldout/v5-plan.md)."""
+    fifth set, no more objects, 2–3× the search time (bench/heldout/v5-plan.md). ``pair=True`` (``scan --pair-step``):
+    a round that both tries leave empty tries the pair step on the after-piece seeds (``AFTER_SEEDS``, ``PAIR_AFTER``)."""
     vocab = vocab_keys(model, tokenizer, [path], base_fingerprint,
                        progress=lambda d, t: progress("vocabulary keys", d, t))[path]
     space = space if space is not None else Whitened.build(path, C, in_dirs)
     search = SubjectSearch(model, tokenizer, space, vocab)
     search.regrow = regrow
+    if pair:
+        search.after_seeds = AFTER_SEEDS
+        search.after_tables = lambda: after_tables(model, tokenizer, path, base_fingerprint,
+                                                   lambda d, t: progress("pair seed keys", d, t))
     return search.find(max_subjects, retry_seeds=RETRY_SEEDS if retry else None,
                        progress=lambda d, t: progress("subjects", d, t),
                        retry_progress=lambda d, t: progress("subject search, second try", d, t))
+
+
+def after_tables(model: Any, tokenizer: Any, path: str, base_fingerprint: str | None,
+                 progress: Callable[[int, int], None] = lambda d, t: None) -> list[torch.Tensor]:
+    """The pair step's seed tables: every vocabulary token's key after the context and each ``PAIR_AFTER`` piece."""
+    out = []
+    for piece in PAIR_AFTER:
+        after = tokenizer(piece, add_special_tokens=False)["input_ids"]
+        out.append(vocab_keys(model, tokenizer, [path], base_fingerprint, progress=progress, after=after)[path])
+    return out
