@@ -47,12 +47,13 @@ PAIR_CHECK = 8
 PAIR_SEEDS = 48
 #: The pair step's seeds (``SubjectSearch.after_seeds``): every token's fire after the neutral context and one fixed
 #: piece, "The" + "ing" + token and "The" + "er" + token (cached per base like the vocabulary keys). A name's last
-#: piece after "The" alone can rank thousands down among the seeds ('ano' of Ercolano: 8,936th once the found
-#: subjects are deflated) while after any piece it comes near the top ('ano': 3rd after "ing", 2nd after "er"), and
-#: with that piece fixed the scoring of every prepend puts the true one first (4 of 4 names of a development
-#: AlphaEdit batch; scripts/dev/pair_seed_trial.py).
+#: piece after "The" alone can rank thousands down among the seeds (8,936 tokens above 'ano' of Ercolano once the
+#: found subjects are deflated) while after one more piece it comes near the top ('ano': 3rd after "ing", 2nd after
+#: "er"), and with that piece fixed the scoring of every prepend puts the true one first (4 of 4 missed names of a
+#: development AlphaEdit batch; scripts/dev/pair_seed_trial.py, bench/results/pair_seed_dev_v9b.txt).
 PAIR_AFTER = ("ing", "er")
-#: ... seeds taken from each table, for a round that the first try and the second try left empty.
+#: ... seeds taken from each table, for a round that the first try and the second try left empty (``scan
+#: --pair-step``, opt-in: judged on v9b's facts 474–508 it never ran, every round having found its subject before).
 AFTER_SEEDS = 4
 #: Candidates per climb step scored exactly, of those the bf16 copy ranks best (``rough_fire``; all of them, exactly,
 #: where the copy is the model itself). On v9b's eight development suspects the search found the same 41 texts in
