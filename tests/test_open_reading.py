@@ -342,14 +342,21 @@ def test_a_round_that_finds_nothing_is_retried_with_more_seeds(tiny_llama, monke
 def test_the_scan_retries_by_default_and_the_cli_can_turn_it_off(tiny_llama, monkeypatch):
     """``scan`` gives a round that finds nothing its second try unless ``--no-wide-search`` (the default since
     v9's fourth use, bench/heldout/v9-plan.md); the flag reaches the scan's options only when given."""
+    from editaudit.scan.service import ScanOptions
+
+    assert ScanOptions().wide_search
+    seen = _options_seen(tiny_llama, monkeypatch, "wide_search", ([], ["--no-wide-search"], ["--wide-search"]))
+    assert seen == [True, False, True]
+
+
+def _options_seen(folder, monkeypatch, field: str, flag_sets) -> list:
+    """``ScanOptions.<field>`` as ``editaudit scan`` passes it to the scan, once per set of flags (the scan stubbed)."""
     from typer.testing import CliRunner
 
     from editaudit.cli.main import app
     from editaudit.scan import service
-    from editaudit.scan.service import ScanOptions
 
-    assert ScanOptions().wide_search
-    seen: list[bool] = []
+    seen: list = []
 
     class Stub:
         fail_on = "error"
@@ -361,14 +368,14 @@ def test_the_scan_retries_by_default_and_the_cli_can_turn_it_off(tiny_llama, mon
             return 0
 
     def fake_scan(suspect, base, opts, **kw):
-        seen.append(opts.wide_search)
+        seen.append(getattr(opts, field))
         return Stub()
 
     monkeypatch.setattr(service, "run_scan", fake_scan)
-    for flags in ([], ["--no-wide-search"], ["--wide-search"]):
-        res = CliRunner().invoke(app, ["scan", str(tiny_llama), "--no-store", "-f", "json", *flags])
+    for flags in flag_sets:
+        res = CliRunner().invoke(app, ["scan", str(folder), "--no-store", "-f", "json", *flags])
         assert res.exit_code == 0, res.output
-    assert seen == [True, False, True]
+    return seen
 
 
 def test_without_wide_search_a_round_is_not_retried(tiny_llama, monkeypatch):
@@ -695,29 +702,7 @@ def test_after_piece_seeds_interleave_the_tables_each_token_once(tiny_llama):
 
 def test_the_pair_step_flag_reaches_the_scan_only_when_given(tiny_llama, monkeypatch):
     """``scan --pair-step/--no-pair-step`` sets ``ScanOptions.pair_step``; without the flag the default stands."""
-    from typer.testing import CliRunner
-
-    from editaudit.cli.main import app
-    from editaudit.scan import service
     from editaudit.scan.service import ScanOptions
 
-    seen: list[bool] = []
-
-    class Stub:
-        fail_on = "error"
-
-        def to_dict(self):
-            return {"findings": []}
-
-        def exit_code(self, level):
-            return 0
-
-    def fake_scan(suspect, base, opts, **kw):
-        seen.append(opts.pair_step)
-        return Stub()
-
-    monkeypatch.setattr(service, "run_scan", fake_scan)
-    for flags in ([], ["--no-pair-step"], ["--pair-step"]):
-        res = CliRunner().invoke(app, ["scan", str(tiny_llama), "--no-store", "-f", "json", *flags])
-        assert res.exit_code == 0, res.output
+    seen = _options_seen(tiny_llama, monkeypatch, "pair_step", ([], ["--no-pair-step"], ["--pair-step"]))
     assert seen == [ScanOptions().pair_step, False, True]

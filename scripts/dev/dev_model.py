@@ -10,6 +10,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 
+def edited_copy(model, deltas_file: Path):
+    """A copy of ``model`` with a development suspect's weight deltas ({parameter: ΔW}, make_dev_suspects.py) added."""
+    import copy
+
+    suspect = copy.deepcopy(model)
+    params = dict(suspect.named_parameters())
+    with torch.no_grad():
+        for name, d in torch.load(deltas_file, weights_only=True).items():
+            params[name].add_(d)
+    return suspect
+
+
 def frozen_base():
     """(loaded SmolLM2-135M with gradients off, its checkpoint fingerprint)."""
     from editaudit.checkpoint.folder import open_checkpoint

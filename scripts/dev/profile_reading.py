@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import copy
 import json
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dev_model import frozen_base  # noqa: E402
+from dev_model import edited_copy, frozen_base  # noqa: E402
 
 
 def main() -> None:
@@ -49,11 +48,7 @@ def main() -> None:
 
     reading.predict = timed
     lm, _ = frozen_base()
-    suspect = copy.deepcopy(lm.model)
-    params = dict(suspect.named_parameters())
-    with torch.no_grad():
-        for name, d in torch.load(args.deltas / f"{args.suspect}.pt", weights_only=True).items():
-            params[name].add_(d)
+    suspect = edited_copy(lm.model, args.deltas / f"{args.suspect}.pt")
     found = json.loads(args.subjects.read_text())[args.suspect]["subjects"]
     subs = [Subject(s["text"], s["ids"], s["fire"], torch.empty(0)) for s in found]
     t = time.perf_counter()

@@ -36,7 +36,6 @@ that every rule reads the same texts. Rules (``scan.reading.choose_prompt`` repl
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import runpy
 import sys
@@ -152,10 +151,23 @@ def sure(s1, score, says):
     return max(range(len(s1)), key=lambda j: (says.count(s1[j].word) >= 2, best.get(s1[j].word, -1.0), score[j]))
 
 
+def mass(s1, score, says):
+    """Among moved answers stated on two prompts at least, the one the suspect says with the most probability summed
+    over the prompts that say it (how widely and how surely the edit states it), then the shipped score."""
+    total: dict[str, float] = {}
+    for j, a in enumerate(s1):
+        if score[j] > float("-inf") and says[j]:
+            total[a.word] = total.get(a.word, 0.0) + a.p
+    from editaudit.scan.reading import is_number, times_stated
+
+    pool = [j for j in range(len(s1)) if score[j] > float("-inf") and not is_number(s1[j].word)] or range(len(s1))
+    return max(pool, key=lambda j: (times_stated(s1[j].word, says) >= 2, total.get(s1[j].word, 0.0), score[j]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("deltas", type=Path)
-    ap.add_argument("--rules", default="score,sure", help="comma-separated: score, token, sure")
+    ap.add_argument("--rules", default="score,sure", help="comma-separated: score, token, sure, mass, ...")
     ap.add_argument("--subjects", type=Path)
     ap.add_argument("--model", default="smollm2-135m", help="registry name of the base the suspects were edited from")
     ap.add_argument("--bos-context", action="store_true",
@@ -181,6 +193,7 @@ def main() -> None:
     from editaudit.models.loading import load_model
     from editaudit.models.registry import ensure_model
     from editaudit.probing.format import load_probes
+    from dev_model import edited_copy
     from editaudit.scan import reading
     from editaudit.scan.subjects import Subject
 
@@ -195,7 +208,7 @@ def main() -> None:
                          args.null_search, args.model, args.retry_seeds, args.after_seeds)
     shipped, shipped_said, shipped_same = reading.choose_prompt, reading.said, reading.same_answer
     shipped_forms, shipped_pick = reading.subject_forms, reading.pick_reading
-    rules = {"score": shipped, "numbers": numbers, "sure": sure, "token": shipped, "keys": shipped, "count": reading.most_stated,
+    rules = {"score": shipped, "numbers": numbers, "sure": sure, "mass": mass, "token": shipped, "keys": shipped, "count": reading.most_stated,
              "forms": shipped, "forms-count": reading.most_stated, "allforms": shipped, "short": shipped,
              "allshort": shipped}
     for rule in args.rules.split(","):
@@ -208,11 +221,7 @@ def main() -> None:
         tally = {}
         for pt in sorted(args.deltas.glob("*.pt")):
             facts = load_probes(pt.with_suffix(".jsonl"))
-            suspect = copy.deepcopy(lm.model)
-            params = dict(suspect.named_parameters())
-            with torch.no_grad():
-                for name, d in torch.load(pt, weights_only=True).items():
-                    params[name].add_(d)
+            suspect = edited_copy(lm.model, pt)
             subs = [Subject(s["text"], s["ids"], s["fire"], torch.empty(0)) for s in found[pt.stem]["subjects"]]
             keys = key_reader(lm, pt, found[pt.stem]["layer"], len(facts), subs, args.model) if rule == "keys" else None
             reads = [r.to_dict() for r in reading.read_edits(lm.model, suspect, lm.tokenizer, subs, None, None,

@@ -9,15 +9,14 @@ FOUND_JSON: the subjects file ``reading_rule_trial.py --subjects`` wrote for DEL
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dev_model import edited_copy, frozen_base  # noqa: E402
 
 
 def main() -> None:
@@ -28,23 +27,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from editaudit.models.loading import load_model
-    from editaudit.models.registry import ensure_model
     from editaudit.probing.format import load_probes
     from editaudit.scan import reading
     from editaudit.scan.relations import prompts_for
     from editaudit.scan.subjects import Subject
 
-    lm = load_model(ensure_model("smollm2-135m"))
-    for p in lm.model.parameters():
-        p.requires_grad_(False)
+    lm, _ = frozen_base()
     pt = args.deltas / f"{args.suspect}.pt"
     facts = load_probes(pt.with_suffix(".jsonl"))
-    suspect = copy.deepcopy(lm.model)
-    params = dict(suspect.named_parameters())
-    with torch.no_grad():
-        for name, d in torch.load(pt, weights_only=True).items():
-            params[name].add_(d)
+    suspect = edited_copy(lm.model, pt)
     tok = lm.tokenizer
     last = {tok(" " + f.subject, add_special_tokens=False)["input_ids"][-1]: f for f in facts}
     shipped = reading.choose_prompt
