@@ -393,14 +393,8 @@ class SubjectSearch:
         the last pieces of names the single-token seeds rank far down."""
         if self._after is None:
             tables = self.after_tables() if self.after_tables is not None else []
-            self._after = [(t, torch.cat([(c.float() @ self.space.whiten).norm(dim=1) for c in t.split(8192)]))
-                           for t in tables]
-        proj = self.space.whiten @ self.space.basis
-        ranked = []
-        for keys, znorm in self._after:
-            score = torch.cat([(c.float() @ proj).norm(dim=1) for c in keys.split(8192)]) / znorm.clamp_min(1e-12)
-            ok = self.cont_ok[:score.numel()]
-            ranked.append(torch.topk(score.masked_fill(~ok, -1.0), min(n, score.numel())).indices.tolist())
+            self._after = [(t, self._whitened_norms(t)) for t in tables]
+        ranked = [self._best(keys, znorm, n) for keys, znorm in self._after]
         out: list[int] = []
         for group in zip(*ranked):
             for t in group:
@@ -412,12 +406,18 @@ class SubjectSearch:
         """The best-firing word-like tokens. ‖z‖ per token does not change as the subspace deflates, so it is
         computed once (in chunks); each round then needs only the vocabulary times C^-½B, r columns."""
         if self._znorm is None:
-            self._znorm = torch.cat([(chunk.float() @ self.space.whiten).norm(dim=1)
-                                     for chunk in self.vocab.split(8192)])
-        proj = torch.cat([(chunk.float() @ (self.space.whiten @ self.space.basis)).norm(dim=1)
-                          for chunk in self.vocab.split(8192)])
-        scores = proj / self._znorm.clamp_min(1e-12)
-        return torch.topk(scores.masked_fill(~self.cont_ok, -1.0), min(n, scores.numel())).indices.tolist()
+            self._znorm = self._whitened_norms(self.vocab)
+        return self._best(self.vocab, self._znorm, n)
+
+    def _whitened_norms(self, keys: torch.Tensor) -> torch.Tensor:
+        return torch.cat([(chunk.float() @ self.space.whiten).norm(dim=1) for chunk in keys.split(8192)])
+
+    def _best(self, keys: torch.Tensor, znorm: torch.Tensor, n: int) -> list[int]:
+        """The ``n`` word-like tokens whose keys (rows of ``keys``, whitened norms ``znorm``) fire the subspace left most."""
+        to_basis = self.space.whiten @ self.space.basis
+        proj = torch.cat([(chunk.float() @ to_basis).norm(dim=1) for chunk in keys.split(8192)])
+        scores = proj / znorm.clamp_min(1e-12)
+        return torch.topk(scores.masked_fill(~self.cont_ok[:scores.numel()], -1.0), min(n, scores.numel())).indices.tolist()
 
     def find(self, max_subjects: int, seeds: int = 4, fire_min: float = FIRE_MIN, good: float = GOOD,
              retry_seeds: int | None = None,
