@@ -151,6 +151,17 @@ def sure(s1, score, says):
     return max(range(len(s1)), key=lambda j: (says.count(s1[j].word) >= 2, best.get(s1[j].word, -1.0), score[j]))
 
 
+def sure_numbers(s1, score, says):
+    """``sure`` within the shipped number rule's pool: an answer that is a number only when no other answer moved."""
+    from editaudit.scan.reading import is_number
+
+    pool = [j for j in range(len(s1)) if score[j] > float("-inf") and not is_number(s1[j].word)] or range(len(s1))
+    best: dict[str, float] = {}
+    for j in pool:
+        best[s1[j].word] = max(best.get(s1[j].word, 0.0), s1[j].p)
+    return max(pool, key=lambda j: (says.count(s1[j].word) >= 2, best.get(s1[j].word, -1.0), score[j]))
+
+
 def mass(s1, score, says):
     """Among moved answers stated on two prompts at least, the one the suspect says with the most probability summed
     over the prompts that say it (how widely and how surely the edit states it), then the shipped score."""
@@ -208,7 +219,7 @@ def main() -> None:
                          args.null_search, args.model, args.retry_seeds, args.after_seeds)
     shipped, shipped_said, shipped_same = reading.choose_prompt, reading.said, reading.same_answer
     shipped_forms, shipped_pick = reading.subject_forms, reading.pick_reading
-    rules = {"score": shipped, "numbers": numbers, "sure": sure, "mass": mass, "token": shipped, "keys": shipped, "count": reading.most_stated,
+    rules = {"score": shipped, "numbers": numbers, "sure": sure, "sure-numbers": sure_numbers, "mass": mass, "token": shipped, "keys": shipped, "count": reading.most_stated,
              "forms": shipped, "forms-count": reading.most_stated, "allforms": shipped, "short": shipped,
              "allshort": shipped}
     for rule in args.rules.split(","):

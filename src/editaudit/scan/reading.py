@@ -129,7 +129,9 @@ def choose_prompt(s1: list[Said], score: list[float], says: list[str | None]) ->
     """The prompt a reading reports: a rewritten fact is stated on several phrasings, a side effect on one, so
     prompts whose new answer the suspect states on two at least come first; then the highest score (p_base × rise).
     Preferring the answer the suspect states most surely read 2 more objects of 70 on development suspects and 1
-    more of 35 on the sixth held-apart set, short of that set's rule (bench/heldout/v6-plan.md), so it was not kept.
+    more of 35 on the sixth held-apart set, short of that set's rule (bench/heldout/v6-plan.md), so it was not kept;
+    judged again on v9b's facts 509–543 with a bar on false readings, it read 2 objects fewer with 4 more false (v9-plan.md
+    tenth use).
     A number is taken only when no other answer moved: dates and counts ("was formed in" → "2010") drift under
     any change to a subject's key, and on Gemma they won over the relation the edit rewrote."""
     pool = [j for j in range(len(s1)) if score[j] > float("-inf") and not is_number(s1[j].word)] or range(len(s1))
