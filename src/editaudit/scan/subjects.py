@@ -439,7 +439,6 @@ class SubjectSearch:
                 best = max((b for b in (best, self.pair_round(self.pair_seeds)) if b is not None),
                            key=lambda b: b[0], default=None)
             if self.after_seeds and (best is None or best[0] < fire_min):
-                progress(len(found), max_subjects)
                 best = max((b for b in (best, self.pair_round(self.seeds_after(self.after_seeds))) if b is not None),
                            key=lambda b: b[0], default=None)
             if best is None or best[0] < fire_min:
