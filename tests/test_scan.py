@@ -396,3 +396,27 @@ def test_a_report_into_a_closed_pipe_exits_141_whatever_was_found(tmp_path, tiny
         assert res.returncode == 141, res.stderr
         assert "error" not in res.stderr.lower()
     assert [s["status"] for s in Store(db).rows("scans")] == ["done", "done"]
+
+
+@pytest.mark.parametrize("dtype,name", [(torch.bfloat16, "BF16"), (torch.float16, "F16")])
+def test_stats_from_stored_half_values_equal_those_from_float32(dtype, name):
+    """The analyser hands bf16/fp16 sides over as stored; ΔW formed from them is the float32 one, and neither side
+    is changed in place (the sides are views of the bytes read)."""
+    from editaudit.checkpoint.reader import to_torch
+    from editaudit.checkpoint.header import TensorInfo
+    from editaudit.scan.spectral import delta_stats
+
+    g = torch.Generator().manual_seed(0)
+    base = (torch.randn(300, 900, generator=g) * 0.02).to(dtype)
+    suspect = (base.float() + 0.01 * torch.outer(torch.randn(300, generator=g), torch.randn(900, generator=g))).to(dtype)
+    raw = bytearray(suspect.view(torch.uint8).numpy().tobytes())
+    info = TensorInfo(name="w", dtype=name, shape=(300, 900), start=0, end=len(raw))
+    native = to_torch(raw, info, float32=False)
+    assert native.dtype == dtype and torch.equal(native, suspect)
+    assert to_torch(raw, info).dtype == torch.float32
+    kept = native.clone()
+    half, vh = delta_stats(base, native, name, name, keep_vectors=1)
+    full, vf = delta_stats(base.float(), suspect.float(), name, name, keep_vectors=1)
+    assert torch.equal(native, kept)
+    assert half.to_dict() == full.to_dict() and half.kind == "rank-one"
+    assert all(torch.equal(a, b) for a, b in zip(vh, vf))

@@ -91,8 +91,16 @@ class TensorFile:
         return buf
 
 
-def to_torch(raw: bytearray, info: TensorInfo):
-    """Bytes of one tensor as a float32 torch tensor of its shape (copy-free view before the cast)."""
+#: dtypes ``to_torch(..., float32=False)`` hands back as stored: torch computes on them directly
+NATIVE_FLOATS = frozenset({"F32", "F16", "BF16"})
+
+
+def to_torch(raw: bytearray, info: TensorInfo, *, float32: bool = True):
+    """Bytes of one tensor as a torch tensor of its shape: float32 by default (a copy-free view before the cast).
+
+    ``float32=False`` leaves an F32/F16/BF16 tensor as the copy-free view of ``raw``: callers that cast once
+    themselves (the scan's ΔW) save a full float32 copy of each side, the larger part of their float work.
+    """
     import torch
 
     dtypes = {
@@ -109,4 +117,4 @@ def to_torch(raw: bytearray, info: TensorInfo):
     if info.numel == 0:
         return torch.zeros(info.shape, dtype=torch.float32)
     t = torch.frombuffer(raw, dtype=dt, count=info.numel).reshape(info.shape)
-    return t.to(torch.float32)
+    return t if not float32 and info.dtype in NATIVE_FLOATS else t.to(torch.float32)

@@ -213,7 +213,7 @@ def _scan(base_ck, suspect_ck, options: ScanOptions, store, progress: Progress, 
 
 def _changed_rows(b, s, top: int = 20) -> dict:
     """Which rows (tokens) of an embedding matrix changed, largest first."""
-    norms = (s - b).norm(dim=1)
+    norms = (s.float() - b.float()).norm(dim=1)
     changed = int((norms > 0).sum())
     order = norms.argsort(descending=True)[: min(top, changed)]
     return {"changed": changed, "total": int(b.shape[0]),
@@ -239,7 +239,7 @@ class _Analyser:
     """Spectral statistics of changed tensors, one at a time in a background thread, in the order found.
 
     Each tensor's bytes are read again here (just read by compare, so from the page cache) and
-    converted to float32 only now: memory holds one changed tensor's float work at a time.
+    only ΔW is formed in float32 (``delta_stats``): memory holds one changed tensor's float work at a time.
     """
 
     def __init__(self, base_ck, suspect_ck, cancelled: Callable[[], bool]) -> None:
@@ -292,9 +292,9 @@ class _Analyser:
             return Changed(parse_name(name), DeltaStats(tuple(sinfo.shape), float("nan"), float("nan"), float("nan"), kind="vector"))
         bf = files.get(("b", bname)) or files.setdefault(("b", bname), TensorFile(self.base_ck.file_path(bname)))
         sf = files.get(("s", sname)) or files.setdefault(("s", sname), TensorFile(self.suspect_ck.file_path(sname)))
-        b = to_torch(bf.read_bytes(binfo), binfo)
         adapter = getattr(self.suspect_ck, "adapter", None)  # a peft adapter: base + ΔW, computed not stored
-        s = adapter.suspect(name, b) if adapter is not None else to_torch(sf.read_bytes(sinfo), sinfo)
+        b = to_torch(bf.read_bytes(binfo), binfo, float32=adapter is not None)
+        s = adapter.suspect(name, b) if adapter is not None else to_torch(sf.read_bytes(sinfo), sinfo, float32=False)
         pname = parse_name(name)
         keep = 16 if pname.role == "mlp_out" else 0  # dense MLP changes: enough components to read an FT-L edit
         stats, vectors = delta_stats(b, s, binfo.dtype, sinfo.dtype, keep_vectors=keep)
