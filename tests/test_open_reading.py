@@ -706,3 +706,17 @@ def test_the_pair_step_flag_reaches_the_scan_only_when_given(tiny_llama, monkeyp
 
     seen = _options_seen(tiny_llama, monkeypatch, "pair_step", ([], ["--no-pair-step"], ["--pair-step"]))
     assert seen == [ScanOptions().pair_step, False, True]
+
+
+def test_the_banner_names_the_editors_and_falls_back_to_the_signature():
+    """Four ROME edits in one layer are 'memit-like' by shape; the banner says what the method naming found."""
+    from editaudit.scan.wording import headline
+
+    doc = {"kind": "memit-like", "findings": [
+        {"rule": "EA102", "method": {"name": "rome", "confidence": 0.7}},
+        {"rule": "EA102", "method": {"name": "memit", "confidence": 0.85}},
+        {"rule": "EA101", "method": {"name": "rome", "confidence": 0.9}},
+        {"rule": "EA220"}]}
+    assert headline(doc) == "likely rome (90%) + memit (85%)"
+    assert headline({"kind": "dense-finetune", "findings": [{"rule": "EA105"}]}) == "dense-finetune"
+    assert headline({"kind": "minor", "findings": [{"method": {"name": "unknown", "confidence": 0.0}}]}) == "minor"

@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..scan.names import SHORT
-from ..scan.wording import finding_readings, nothing_found, without_base
+from ..scan.wording import finding_readings, headline, nothing_found, without_base
 
 GLYPHS = {
     "rank-one": ("█", "bold red"), "low-rank": ("█", "red"), "dense+spike": ("▓", "magenta"),
@@ -74,7 +74,7 @@ def render(doc: dict, console: Console) -> None:
     s = doc["summary"]
     head = Text.assemble(
         (f" {doc['verdict'].upper()} ", VERDICT_STYLE.get(doc["verdict"], "bold")),
-        f"  {doc['kind']}   "
+        f"  {headline(doc)}   "
         + (f"{len(doc['findings'])} edited site(s) found without a base · " if without_base(doc)
            else f"{s['changed']} of {s['tensors']} tensors changed · ")
         + f"{doc['family']}, {doc['layers']} layers · {s.get('total_s', 0):.1f}s",

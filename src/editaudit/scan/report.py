@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from .. import __version__
 from .classify import Changed, Finding
 from .rules import LEVELS, RULES
-from .wording import finding_readings, nothing_found, without_base
+from .wording import finding_readings, headline, nothing_found, without_base
 
 SCHEMA = "editaudit.scan/1"
 
@@ -125,7 +125,7 @@ def to_markdown(doc: dict) -> str:
         f"# editaudit scan: {doc['verdict']}", "",
         f"- suspect: `{doc['suspect']['path']}`", f"- base: `{doc['base']['path']}`" if not without_base(doc) else f"- base: none ({doc['base']['note']})",
         f"- family: {doc['family']}, {doc['layers']} layers; {doc['summary']['changed']} of "
-        f"{doc['summary']['tensors']} tensors changed", f"- kind: {doc['kind']}", "",
+        f"{doc['summary']['tensors']} tensors changed", f"- kind: {doc['kind']}" + (f" ({headline(doc)})" if headline(doc) != doc["kind"] else ""), "",
         "## Findings", "",
         "| rule | level | layers | message | promotes | read (subject · prompt · answer) |", "|---|---|---|---|---|---|",
     ]

@@ -15,6 +15,23 @@ def without_base(doc: dict) -> bool:
     return bool((doc.get("base") or {}).get("no_base"))
 
 
+def headline(doc: dict) -> str:
+    """What the banner calls the change: the editors the findings name ("rome (70%)"), else the signature's kind.
+
+    The report's ``kind`` names the shape the rules saw ("memit-like": low-rank changes of MLP outputs), which ROME
+    edits made in sequence in one layer share with MEMIT; the findings' method naming tells them apart, so the
+    banner leads with it. Each editor once, at its highest confidence, in the findings' order.
+    """
+    best: dict[str, float] = {}
+    for f in doc.get("findings") or []:
+        m = f.get("method") or {}
+        if m.get("name") and m["name"] != "unknown":
+            best[m["name"]] = max(best.get(m["name"], 0.0), float(m.get("confidence") or 0.0))
+    if not best:
+        return str(doc.get("kind") or "")
+    return "likely " + " + ".join(f"{name} ({conf:.0%})" for name, conf in best.items())
+
+
 def nothing_found(doc: dict) -> str:
     """What a scan with no finding may claim. With a base: nothing but rounding changed. Without one, only that
     no update was strong enough to see from the weights alone, which does not clear the checkpoint."""

@@ -18,7 +18,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, ProgressBar, RichLog, Static
 
-from editaudit.scan.wording import nothing_found, open_reading, subject_reading, without_base
+from editaudit.scan.wording import headline, nothing_found, open_reading, subject_reading, without_base
 
 from ..fmt import ROLE_LABEL, plain
 from ..jobs import Job, Outcome, RunsJobs, describe_error
@@ -220,7 +220,7 @@ class ScanScreen(RunsJobs, Screen):
         verdict = doc.get("verdict", "?")
         head = Text.assemble(
             (f" {verdict.upper()} ", VERDICT_STYLE.get(verdict, "bold reverse")),
-            ("  " + doc.get("kind", ""), "bold"),
+            ("  " + headline(doc), "bold"),
             f"   {s.get('changed', 0)} of {s.get('tensors', 0)} tensors changed · "
             f"{doc.get('family', '?')}, {doc.get('layers', '?')} layers",
         )
