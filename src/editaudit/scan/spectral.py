@@ -74,7 +74,7 @@ def top_singular_values(d: torch.Tensor, q: int) -> tuple[torch.Tensor, torch.Te
     ROME, MEMIT and AlphaEdit changes and on synthetic dense, dense+spike, low-rank and noise spectra, in float32 and
     bfloat16, every kind and spike count came out the same and an edit's components agree to 1e-6; what moves is
     the count of a dense bf16 change's components that sit near the rounding floor (27 → 23, 21 → 16), which four
-    iterations also only approximate. One changed 7B-shaped matrix costs 0.67 s of float work instead of 0.95 s on
+    iterations also only approximate. One changed 7B-shaped matrix costs 0.65 s of float work instead of 0.95 s on
     the one thread the analyser has while reading runs.
     """
     m, n = d.shape
