@@ -32,6 +32,11 @@ that every rule reads the same texts. Rules (``scan.reading.choose_prompt`` repl
     short    score, of a subject's forms the edit reading of the fewest words kept (``shortest_edit``), not the
              most confident
     allshort both
+    prior    score, among the prompts whose new answer the suspect states at least PRIOR_LIFT times as surely as the
+             base says that word on the same phrasing for ordinary subjects (``template_prior``: the base's
+             probability of the word where it is said, averaged over GENERIC subjects); a prompt whose new word is
+             what the phrasing draws for anything ("The inventor of X was" → "a British …", "X is named after" →
+             "the mathematician …") is no reading of an edit. None left: the reading is uncertain.
 """
 from __future__ import annotations
 
@@ -175,6 +180,47 @@ def mass(s1, score, says):
     return max(pool, key=lambda j: (times_stated(s1[j].word, says) >= 2, total.get(s1[j].word, 0.0), score[j]))
 
 
+#: Ordinary subjects of many kinds (the fact bank's sort, none from a held-apart set): what a phrasing draws from the
+#: base for anything put in it.
+GENERIC = ["Paris", "Germany", "Tokyo", "the Eiffel Tower", "Albert Einstein", "Toyota", "pizza", "the violin", "gold",
+           "Microsoft", "the Nile", "Mount Everest", "William Shakespeare", "Brazil", "the Beatles", "Leonardo da Vinci",
+           "Canada", "sushi", "the telephone", "Nokia", "Hamlet", "Egypt", "the piano", "Barcelona"]
+PRIOR_LIFT = 10.0
+
+
+def template_prior(lm) -> list[dict[str, float]]:
+    """Per library phrasing (``relations.prompts_for``'s order), the base's mean probability of each word where it is
+    said, over GENERIC subjects."""
+    from editaudit.scan.reading import said
+    from editaudit.scan.relations import prompts_for
+
+    marker = "\x00"
+    templates = [t for _, t in prompts_for(marker)]
+    prior: list[dict[str, float]] = []
+    for t in templates:
+        got: dict[str, float] = {}
+        for a in said(lm.model, lm.tokenizer, [t.replace(marker, g) for g in GENERIC], 20):
+            for w, p in a.dist.items():
+                got[w] = got.get(w, 0.0) + p / len(GENERIC)
+        prior.append(got)
+    return prior
+
+
+def prior_rule(prior):
+    """``prior`` (module docstring): the shipped choice among the prompts whose new word stands out of the phrasing's prior."""
+    from editaudit.scan.reading import choose_prompt
+
+    def choose(s1, score, says):
+        lifted = [sc if sc > float("-inf") and s1[j].p >= PRIOR_LIFT * prior[j].get(s1[j].word, 1e-4) else float("-inf")
+                  for j, sc in enumerate(score)]
+        kept = [w if lifted[j] > float("-inf") else None for j, w in enumerate(says)]
+        j = choose_prompt(s1, lifted, kept)
+        if lifted[j] == float("-inf"):  # nothing stands out: read_subject then gives an uncertain reading
+            score[j] = float("-inf")
+        return j
+    return choose
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("deltas", type=Path)
@@ -222,6 +268,8 @@ def main() -> None:
     rules = {"score": shipped, "numbers": numbers, "sure": sure, "sure-numbers": sure_numbers, "mass": mass, "token": shipped, "keys": shipped, "count": reading.most_stated,
              "forms": shipped, "forms-count": reading.most_stated, "allforms": shipped, "short": shipped,
              "allshort": shipped}
+    if "prior" in args.rules.split(","):
+        rules["prior"] = prior_rule(template_prior(lm))
     for rule in args.rules.split(","):
         t_rule = time.time()
         reading.choose_prompt = rules[rule]
