@@ -36,7 +36,9 @@ that every rule reads the same texts. Rules (``scan.reading.choose_prompt`` repl
              base says that word on the same phrasing for ordinary subjects (``template_prior``: the base's
              probability of the word where it is said, averaged over GENERIC subjects); a prompt whose new word is
              what the phrasing draws for anything ("The inventor of X was" → "a British …", "X is named after" →
-             "the mathematician …") is no reading of an edit. None left: the reading is uncertain.
+             "the mathematician …") is no reading of an edit. None left: the reading is uncertain. In development
+             (v474, v509; bench/results/prompt_prior_dev.txt) it read exactly what the shipped choice read: the
+             descriptions are not words the phrasings draw often for ordinary subjects. Not judged.
 """
 from __future__ import annotations
 
