@@ -720,3 +720,26 @@ def test_the_banner_names_the_editors_and_falls_back_to_the_signature():
     assert headline(doc) == "likely rome (90%) + memit (85%)"
     assert headline({"kind": "dense-finetune", "findings": [{"rule": "EA105"}]}) == "dense-finetune"
     assert headline({"kind": "minor", "findings": [{"method": {"name": "unknown", "confidence": 0.0}}]}) == "minor"
+
+
+def test_a_reading_is_named_by_the_fewest_words_that_state_the_same_new_object():
+    """The most confident edit reading decides the object; the subject shown is its shortest form reading it too."""
+    from editaudit.scan.reading import Reading, pick_reading
+
+    def r(subject, after, conf, status="edit", via="text"):
+        return Reading(subject, 0.9, "city_country", f"{subject} is a city in the country of", "Italy", after, 0.5,
+                       conf, status, via=via)
+
+    whole, shorter, name = r("a here Gosport", "Saint Lucia", 0.8), r("here Gosport", "Saint Lucia", 0.6), \
+        r("Gosport", "Saint Lucia", 0.5)
+    assert pick_reading([whole, shorter, name]) is name
+    # a shorter form that says another object, or says it only uncertainly, does not name the reading
+    other = r("Gosport", "Chile", 0.7)
+    assert pick_reading([whole, shorter, other]) is shorter
+    weak = r("Gosport", "Saint Lucia", 0.2, status="uncertain")
+    assert pick_reading([whole, weak]) is whole
+    # nothing read as an edit: the most confident reading, as before
+    assert pick_reading([r("a Gosport", "x", 0.3, "uncertain"), r("Gosport", "y", 0.1, "uncertain")]).confidence == 0.3
+    # a reading through the key is not renamed by a text form
+    key = r("a here Gosport", "Saint Lucia", 0.9, via="key")
+    assert pick_reading([key, name]) is key

@@ -213,8 +213,14 @@ def subject_forms(text: str) -> list[str]:
 
 
 def pick_reading(reads: list[Reading]) -> Reading:
-    """Of one subject's readings (one per form, and one through its key), the most confident edit reading."""
-    return max(reads, key=lambda r: (r.status == "edit", r.confidence))
+    """Of one subject's readings (one per form, and one through its key), the most confident edit reading, told by
+    the fewest words that give the same answer as an edit: a found text's leading pieces add to its key ("a here
+    IBM"), and a reviewer should read "IBM" when "IBM" alone states the same new object."""
+    best = max(reads, key=lambda r: (r.status == "edit", r.confidence))
+    if best.status != "edit":
+        return best
+    same = [r for r in reads if r.status == "edit" and r.via == best.via and r.after == best.after]
+    return min(same, key=lambda r: (len(r.subject.split()), -r.confidence))
 
 
 @dataclass
