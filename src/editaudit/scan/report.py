@@ -121,11 +121,12 @@ def to_sarif(doc: dict) -> dict:
 
 
 def to_markdown(doc: dict) -> str:
+    named = headline(doc)
     lines = [
         f"# editaudit scan: {doc['verdict']}", "",
         f"- suspect: `{doc['suspect']['path']}`", f"- base: `{doc['base']['path']}`" if not without_base(doc) else f"- base: none ({doc['base']['note']})",
         f"- family: {doc['family']}, {doc['layers']} layers; {doc['summary']['changed']} of "
-        f"{doc['summary']['tensors']} tensors changed", f"- kind: {doc['kind']}" + (f" ({headline(doc)})" if headline(doc) != doc["kind"] else ""), "",
+        f"{doc['summary']['tensors']} tensors changed", f"- kind: {doc['kind']}" + (f" ({named})" if named != doc["kind"] else ""), "",
         "## Findings", "",
         "| rule | level | layers | message | promotes | read (subject · prompt · answer) |", "|---|---|---|---|---|---|",
     ]
