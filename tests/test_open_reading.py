@@ -449,6 +449,41 @@ def test_a_round_whose_seeds_grow_nothing_finds_the_subject_by_the_pair_step(tin
     assert found and found[0].ids[-1] == want[-1] and found[0].fire > 0.9
 
 
+def test_the_after_piece_climb_goes_on_where_single_token_seeds_fail_and_never_reclimbs_them(tiny_llama):
+    """Two planted names whose single-token seeds grow nothing: without the after-piece climb the search ends with
+    none found; with it both names are found from their after-piece seeds, and the failing seeds are climbed in
+    the first round only (deflation only lowers a text's fire, so climbing them again is wasted)."""
+    from editaudit.scan.subjects import SubjectSearch
+
+    lm, u1, C, keys = _edit_direction(tiny_llama, "Eiffel Tower")
+    _, u2, _, _ = _edit_direction(tiny_llama, "Kremlin")
+    ids = {name: lm.tokenizer(" " + name, add_special_tokens=False)["input_ids"] for name in ("Eiffel Tower", "Kremlin")}
+    junk = lm.tokenizer(" of and to in", add_special_tokens=False)["input_ids"]
+
+    def search_with(after_climb: int) -> tuple[SubjectSearch, list[int]]:
+        search = SubjectSearch(lm.model, lm.tokenizer, Whitened.build(PATH, C, torch.stack([u1, u2], 1)), keys)
+        climbed: list[int] = []
+        real = search.climb
+
+        def climb(seq, **kw):
+            climbed.append(seq[0])
+            return (list(seq), 0.1) if seq[0] in junk else real(seq, **kw)
+
+        search.climb = climb
+        search.seeds = lambda n: junk[:n]
+        search.seeds_after = lambda n: [ids[name][-1] for name in ids][:2 * n]
+        search.after_climb = after_climb
+        return search, climbed
+
+    off, _ = search_with(0)
+    assert off.find(2, seeds=2, retry_seeds=4) == []
+    search, climbed = search_with(1)
+    found = search.find(2, seeds=2, retry_seeds=4)
+    assert sorted(f.ids[-1] for f in found) == sorted(v[-1] for v in ids.values())
+    assert all(f.fire > 0.9 for f in found)
+    assert all(climbed.count(t) == 2 for t in junk)  # each shape ([t], [t, " the"]) once, in the first round
+
+
 @pytest.mark.parametrize("faster", [True, False])
 def test_rough_scoring_copies_to_bfloat16_only_where_that_is_faster(tiny_llama, faster, monkeypatch):
     from editaudit.scan import subjects

@@ -57,11 +57,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def find_subjects(lm, deltas_dir: Path, cache: Path, pair_seeds: int = 0, null: bool = False,
-                  model: str = "smollm2-135m", retry_seeds: int = 0, after_seeds: int = 0) -> dict:
+                  model: str = "smollm2-135m", retry_seeds: int = 0, after_seeds: int = 0, after_climb: int = 0) -> dict:
     """Per suspect, the subjects the search finds (``pair_seeds`` > 0: with the pair step; ``null``: AlphaEdit-named
     edits searched in their null space, ``Whitened.null_space``; ``retry_seeds`` > 0: a round whose first seeds
     find nothing tries that many; ``after_seeds`` > 0: a round both tries leave empty tries the pair step on that many
-    seeds of each after-piece table, ``scan --pair-step``), cached in ``cache``."""
+    seeds of each after-piece table, ``scan --pair-step``; ``after_climb`` > 0: such a round climbs from that many seeds
+    of each after-piece table, ``ScanOptions.after_climb``), cached in ``cache``."""
     if cache.exists():
         return json.loads(cache.read_text())
     from dev_model import lowest_search
@@ -74,10 +75,10 @@ def find_subjects(lm, deltas_dir: Path, cache: Path, pair_seeds: int = 0, null: 
         n = len(pt.with_suffix(".jsonl").read_text().splitlines())
         layer, search = lowest_search(lm, fingerprint, torch.load(pt, weights_only=True), n, null=null)
         search.pair_seeds = pair_seeds
-        if after_seeds:
+        if after_seeds or after_climb:
             from editaudit.scan.subjects import after_tables
 
-            search.after_seeds = after_seeds
+            search.after_seeds, search.after_climb = after_seeds, after_climb
             search.after_tables = lambda: after_tables(lm.model, lm.tokenizer, search.space.path, fingerprint)
         t = time.time()
         found = search.find(n, retry_seeds=retry_seeds or None)
@@ -240,7 +241,14 @@ def main() -> None:
     ap.add_argument("--after-seeds", type=int, nargs="?", const=None, default=0,
                     help="a round both tries leave empty tries the pair step on this many seeds of each after-piece "
                          "table (alone: subjects.AFTER_SEEDS; scan --pair-step)")
+    ap.add_argument("--after-climb", type=int, nargs="?", const=None, default=0,
+                    help="a round both tries leave empty climbs from this many seeds of each after-piece table "
+                         "(alone: subjects.AFTER_CLIMB; ScanOptions.after_climb)")
     args = ap.parse_args()
+    if args.after_climb is None:
+        from editaudit.scan.subjects import AFTER_CLIMB
+
+        args.after_climb = AFTER_CLIMB
     if args.after_seeds is None:
         from editaudit.scan.subjects import AFTER_SEEDS
 
@@ -264,7 +272,8 @@ def main() -> None:
     for p in lm.model.parameters():
         p.requires_grad_(False)
     found = find_subjects(lm, args.deltas, args.subjects or args.deltas / "found.json", args.pair_seeds,
-                         args.null_search, args.model, args.retry_seeds, args.after_seeds)
+                         args.null_search, args.model, args.retry_seeds, args.after_seeds,
+                         args.after_climb)
     shipped, shipped_said, shipped_same = reading.choose_prompt, reading.said, reading.same_answer
     shipped_forms, shipped_pick = reading.subject_forms, reading.pick_reading
     rules = {"score": shipped, "numbers": numbers, "sure": sure, "sure-numbers": sure_numbers, "mass": mass, "token": shipped, "keys": shipped, "count": reading.most_stated,

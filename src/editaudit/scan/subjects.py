@@ -55,6 +55,12 @@ PAIR_AFTER = ("ing", "er")
 #: ... seeds taken from each table, for a round that the first try and the second try left empty (``scan
 #: --pair-step``, opt-in: judged on v9b's facts 474–508 it never ran, every round having found its subject before).
 AFTER_SEEDS = 4
+#: The after-piece climb (``SubjectSearch.after_climb``): a round that both single-token tries leave empty climbs from
+#: this many seeds of each after-piece table, as it climbs from single-token seeds. On the spent ROME sequence of v9b's
+#: facts 544–581, whose search stopped after 5 of 10 subjects, the remaining names' last pieces ranked 828th–22,624th
+#: alone and 0th–6th after "ing" or "er" for three of them; climbing from those found two whole names in 5–7 s each
+#: where the 48-seed retry had spent 90 s finding nothing.
+AFTER_CLIMB = 8
 #: Candidates per climb step scored exactly, of those the bf16 copy ranks best (``rough_fire``; all of them, exactly,
 #: where the copy is the model itself). On v9b's eight development suspects the search found the same 41 texts in
 #: about half the time (the ROME sequence: 594 -> 323 s; bench/results/reading_speed_dev_v9b.txt).
@@ -185,6 +191,10 @@ class SubjectSearch:
         self.pair_seeds = 0  # > 0 (development only): a round that finds nothing tries the pair step
         self.after_seeds = 0  # > 0: a round that finds nothing tries the pair step on the after-piece seeds
         self.after_tables: Callable[[], list[torch.Tensor]] | None = None  # keys after context + each PAIR_AFTER piece
+        self.after_climb = 0  # > 0: a round both single-token tries leave empty climbs from after-piece seeds
+        # single-token seeds whose climbs grew nothing that fires in an earlier round: deflation only lowers a text's
+        # fire, so a later round does not climb them again (a failing 48-seed retry costs over a minute)
+        self._failed: set[int] = set()
         self._after: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (keys, ‖z‖) per table
         self.check: int | None = CLIMB_CHECK  # None: every climb candidate scored exactly
         self._basis0 = space.basis.clone()
@@ -429,11 +439,19 @@ class SubjectSearch:
         found: list[Subject] = []
         while len(found) < max_subjects and self.space.basis.shape[1] > 0:
             progress(len(found), max_subjects)
-            tried: set[int] = set()
+            tried: set[int] = set(self._failed)
             best = self._round(seeds, tried, good)
             if retry_seeds is not None and (best is None or best[0] < fire_min):
                 # a subject whose last piece is generic ('Eyre' → 're') ranks low alone and fires only once grown
                 best = max((b for b in (best, self._round(retry_seeds, tried, good, retry_progress)) if b is not None),
+                           key=lambda b: b[0], default=None)
+            if best is None or best[0] < fire_min:
+                self._failed |= tried
+            if self.after_climb and (best is None or best[0] < fire_min):
+                # a name's last piece that ranks far down alone ('elli' of Vercelli: 1,209th) comes near the top
+                # behind one more piece, and climbing from it grows the whole name
+                best = max((b for b in (best, self._round(self.seeds_after(self.after_climb), tried, good,
+                                                          retry_progress)) if b is not None),
                            key=lambda b: b[0], default=None)
             if self.pair_seeds and (best is None or best[0] < fire_min):
                 best = max((b for b in (best, self.pair_round(self.pair_seeds)) if b is not None),
@@ -453,12 +471,12 @@ class SubjectSearch:
         progress(len(found), max_subjects)
         return found
 
-    def _round(self, n_seeds: int, tried: set[int], good: float,
+    def _round(self, n_seeds: int | list[int], tried: set[int], good: float,
                progress: Callable[[int, int], None] = lambda d, t: None) -> tuple[float, list[int]] | None:
-        """The best (fire, tokens) grown from the ``n_seeds`` best seeds not in ``tried`` (which it extends); stops
-        early at a sequence that fires ≥ ``good``, clearly an edit key. ``progress(seeds done, seeds)``."""
+        """The best (fire, tokens) grown from the ``n_seeds`` best seeds (or these seeds) not in ``tried`` (which it
+        extends); stops early at a sequence that fires ≥ ``good``, clearly an edit key. ``progress(seeds done, seeds)``."""
         best: tuple[float, list[int]] | None = None
-        todo = [s for s in self.seeds(n_seeds) if s not in tried]
+        todo = [s for s in (self.seeds(n_seeds) if isinstance(n_seeds, int) else n_seeds) if s not in tried]
         for i, s in enumerate(todo):
             progress(i, len(todo))
             tried.add(s)
@@ -541,21 +559,26 @@ def recover_subjects(model: Any, tokenizer: Any, path: str, in_dirs: torch.Tenso
                      base_fingerprint: str | None, max_subjects: int,
                      progress: Callable[[str, int, int], None] = lambda s, d, t: None,
                      space: Whitened | None = None, retry: bool = False, regrow: bool = False,
-                     pair: bool = False) -> list[Subject]:
+                     pair: bool = False, after: bool = False) -> list[Subject]:
     """Subjects that fire the edit whose input directions are ``in_dirs`` at module ``path`` (or a prebuilt
     ``space``: the scan without a base restricts it to C's low-energy half). ``retry=True`` (``scan --wide-search``,
     the scan's default) gives a round that finds nothing a second try with ``RETRY_SEEDS`` seeds (docs/scan.md:
     judged on v9b); the scan never asks it for a dense change (fine-tuning), which no key explains. ``regrow=True`` (``scan --regrow``): each found subject is regrown
     backwards over the whole vocabulary (``SubjectSearch._regrow``): cleaner names and fewer false readings on the
     fifth set, no more objects, 2–3× the search time (bench/heldout/v5-plan.md). ``pair=True`` (``scan --pair-step``):
-    a round that both tries leave empty tries the pair step on the after-piece seeds (``AFTER_SEEDS``, ``PAIR_AFTER``)."""
+    a round that both tries leave empty tries the pair step on the after-piece seeds (``AFTER_SEEDS``, ``PAIR_AFTER``).
+    ``after=True`` (``ScanOptions.after_climb``): such a round climbs from ``AFTER_CLIMB`` seeds of each after-piece
+    table first."""
     vocab = vocab_keys(model, tokenizer, [path], base_fingerprint,
                        progress=lambda d, t: progress("vocabulary keys", d, t))[path]
     space = space if space is not None else Whitened.build(path, C, in_dirs)
     search = SubjectSearch(model, tokenizer, space, vocab)
     search.regrow = regrow
+    if after:
+        search.after_climb = AFTER_CLIMB
     if pair:
         search.after_seeds = AFTER_SEEDS
+    if pair or after:
         search.after_tables = lambda: after_tables(model, tokenizer, path, base_fingerprint,
                                                    lambda d, t: progress("pair seed keys", d, t))
     return search.find(max_subjects, retry_seeds=RETRY_SEEDS if retry else None,
