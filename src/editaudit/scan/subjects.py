@@ -441,8 +441,9 @@ class SubjectSearch:
             progress(len(found), max_subjects)
             tried: set[int] = set(self._failed)
             best = self._round(seeds, tried, good)
-            if retry_seeds is not None and (best is None or best[0] < fire_min):
-                # a subject whose last piece is generic ('Eyre' → 're') ranks low alone and fires only once grown
+            if retry_seeds is not None and not self._failed and (best is None or best[0] < fire_min):
+                # a subject whose last piece is generic ('Eyre' → 're') ranks low alone and fires only once grown;
+                # once a retry has failed, later rounds (after-piece climbs) do not pay for another
                 best = max((b for b in (best, self._round(retry_seeds, tried, good, retry_progress)) if b is not None),
                            key=lambda b: b[0], default=None)
             if best is None or best[0] < fire_min:
