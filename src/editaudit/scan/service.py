@@ -45,7 +45,6 @@ class ScanOptions:
     max_open_subjects: int = 12  # per edited matrix (a batch edit of more facts is read up to this many)
     wide_search: bool = True  # open reading: a search round that finds nothing tries RETRY_SEEDS seeds before giving up
     pair_step: bool = False  # open reading: a round both tries leave empty tries the pair step on after-piece seeds
-    after_climb: bool = False  # open reading: a round both tries leave empty climbs from after-piece seeds
     regrow: bool = False  # open reading: regrow each found subject backwards over the whole vocabulary
     read_spike: float = 8.0  # no base: a flagged layer is read for as many subjects as components ≥ this × median
     keys: bool = False  # open reading: also read each edit through its key at a stand-in subject (inject.py; opt-in,
@@ -459,8 +458,7 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
                                     space=replace(space),
                                     retry=options.wide_search and c.stats.kind in ("rank-one", "low-rank"),
                                     regrow=options.regrow,
-                                    pair=options.pair_step and c.stats.kind in ("rank-one", "low-rank"),
-                                    after=options.after_climb and c.stats.kind in ("rank-one", "low-rank"))
+                                    pair=options.pair_step and c.stats.kind in ("rank-one", "low-rank"))
         readings = read_edits(base.model, suspect.model, base.tokenizer, subjects, layer, c.name.name,
                               progress=lambda d, t: progress("reading edits", d, t),
                               deltas=_edit_deltas(base.model, suspect.model, f.tensors)

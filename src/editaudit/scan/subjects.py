@@ -59,7 +59,9 @@ AFTER_SEEDS = 4
 #: this many seeds of each after-piece table, as it climbs from single-token seeds. On the spent ROME sequence of v9b's
 #: facts 544–581, whose search stopped after 5 of 10 subjects, the remaining names' last pieces ranked 828th–22,624th
 #: alone and 0th–6th after "ing" or "er" for three of them; climbing from those found two whole names in 5–7 s each
-#: where the 48-seed retry had spent 90 s finding nothing.
+#: where the 48-seed retry had spent 90 s finding nothing. Judged on v9b's facts 692–726 (bench/heldout/v9-plan.md
+#: fourteenth use): objects +1 of 35, false readings +0, but a single ROME edit's search (the shipped retry's, 120 s)
+#: broke the rule's 60 s per edit, so it is not in the scan; scripts/dev/reading_rule_trial.py --after-climb sets it.
 AFTER_CLIMB = 8
 #: Candidates per climb step scored exactly, of those the bf16 copy ranks best (``rough_fire``; all of them, exactly,
 #: where the copy is the model itself). On v9b's eight development suspects the search found the same 41 texts in
@@ -191,7 +193,7 @@ class SubjectSearch:
         self.pair_seeds = 0  # > 0 (development only): a round that finds nothing tries the pair step
         self.after_seeds = 0  # > 0: a round that finds nothing tries the pair step on the after-piece seeds
         self.after_tables: Callable[[], list[torch.Tensor]] | None = None  # keys after context + each PAIR_AFTER piece
-        self.after_climb = 0  # > 0: a round both single-token tries leave empty climbs from after-piece seeds
+        self.after_climb = 0  # > 0 (development only): a round both single-token tries leave empty climbs from after-piece seeds
         # single-token seeds whose climbs grew nothing that fires in an earlier round: deflation only lowers a text's
         # fire, so a later round does not climb them again (a failing 48-seed retry costs over a minute)
         self._failed: set[int] = set()
@@ -560,26 +562,21 @@ def recover_subjects(model: Any, tokenizer: Any, path: str, in_dirs: torch.Tenso
                      base_fingerprint: str | None, max_subjects: int,
                      progress: Callable[[str, int, int], None] = lambda s, d, t: None,
                      space: Whitened | None = None, retry: bool = False, regrow: bool = False,
-                     pair: bool = False, after: bool = False) -> list[Subject]:
+                     pair: bool = False) -> list[Subject]:
     """Subjects that fire the edit whose input directions are ``in_dirs`` at module ``path`` (or a prebuilt
     ``space``: the scan without a base restricts it to C's low-energy half). ``retry=True`` (``scan --wide-search``,
     the scan's default) gives a round that finds nothing a second try with ``RETRY_SEEDS`` seeds (docs/scan.md:
     judged on v9b); the scan never asks it for a dense change (fine-tuning), which no key explains. ``regrow=True`` (``scan --regrow``): each found subject is regrown
     backwards over the whole vocabulary (``SubjectSearch._regrow``): cleaner names and fewer false readings on the
     fifth set, no more objects, 2–3× the search time (bench/heldout/v5-plan.md). ``pair=True`` (``scan --pair-step``):
-    a round that both tries leave empty tries the pair step on the after-piece seeds (``AFTER_SEEDS``, ``PAIR_AFTER``).
-    ``after=True`` (``ScanOptions.after_climb``): such a round climbs from ``AFTER_CLIMB`` seeds of each after-piece
-    table first."""
+    a round that both tries leave empty tries the pair step on the after-piece seeds (``AFTER_SEEDS``, ``PAIR_AFTER``)."""
     vocab = vocab_keys(model, tokenizer, [path], base_fingerprint,
                        progress=lambda d, t: progress("vocabulary keys", d, t))[path]
     space = space if space is not None else Whitened.build(path, C, in_dirs)
     search = SubjectSearch(model, tokenizer, space, vocab)
     search.regrow = regrow
-    if after:
-        search.after_climb = AFTER_CLIMB
     if pair:
         search.after_seeds = AFTER_SEEDS
-    if pair or after:
         search.after_tables = lambda: after_tables(model, tokenizer, path, base_fingerprint,
                                                    lambda d, t: progress("pair seed keys", d, t))
     return search.find(max_subjects, retry_seeds=RETRY_SEEDS if retry else None,
