@@ -61,7 +61,8 @@ AFTER_SEEDS = 4
 #: alone and 0th–6th after "ing" or "er" for three of them; climbing from those found two whole names in 5–7 s each
 #: where the 48-seed retry had spent 90 s finding nothing. Judged on v9b's facts 692–726 (bench/heldout/v9-plan.md
 #: fourteenth use): objects +1 of 35, false readings +0, but a single ROME edit's search (the shipped retry's, 120 s)
-#: broke the rule's 60 s per edit, so it is not in the scan; scripts/dev/reading_rule_trial.py --after-climb sets it.
+#: broke the rule's 60 s per edit, so it is not in the scan; on facts 727–761 (fifteenth use) it found nothing the
+#: shipped search missed. scripts/dev/reading_rule_trial.py --after-climb sets it.
 AFTER_CLIMB = 8
 #: Candidates per climb step scored exactly, of those the bf16 copy ranks best (``rough_fire``; all of them, exactly,
 #: where the copy is the model itself). On v9b's eight development suspects the search found the same 41 texts in
