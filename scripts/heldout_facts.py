@@ -44,6 +44,11 @@ TEMPLATES = {
                        "The element {} is written with the symbol"],
     "dish_origin": ["{} is a dish that comes from", "{} originated in", "{} is a national dish of"],
     "continent": ["{} lies on the continent of", "{} is part of the continent"],
+    # the tenth set's (people and US cities): an adjective before the occupation, so "a"/"an" never decides it
+    "occupation": ["{} was a famous", "{} is remembered as a great", "{} was a well-known"],
+    "citizenship": ["{} was a national of", "The home country of {} was", "{} held the citizenship of"],
+    "city_state": ["{} is a city in the US state of", "{} lies in the American state of",
+                   "The US state where {} lies is"],
 }
 
 

@@ -45,11 +45,19 @@ def seen_subjects(out: Path) -> set[str]:
     return seen - {""}
 
 
+def first_word(obj: str) -> str:
+    words = normalise(obj).split()
+    return words[0] if words else ""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("candidates", type=Path, help="three columns: relation, subject, target_true")
     ap.add_argument("out", type=Path)
     ap.add_argument("--seed", type=int, default=2029)
+    ap.add_argument("--distinct-first-word", action="store_true",
+                    help="draw only objects whose first word (past an article) differs from the true object's: the "
+                         "retention rule compares first words, so 'New York' → 'New Jersey' could never be told apart")
     ap.add_argument("--label", default="fifth held-apart set (v5)", help="what the file's header calls the set")
     args = ap.parse_args()
 
@@ -70,6 +78,8 @@ def main() -> None:
              f"(seed {args.seed}) from the same relation's other objects by scripts/dev/draw_counterfactuals.py"]
     for relation, subject, true in list(kept):
         others = sorted({t for r, _, t in kept if r == relation} - {true})
+        if args.distinct_first_word:
+            others = [t for t in others if first_word(t) != first_word(true)]
         if not others:  # every kept row of the relation has this object: nothing to draw a counterfactual from
             dropped.append(f"{subject} (no other {relation} object)")
             kept.remove((relation, subject, true))
