@@ -32,6 +32,11 @@ that every rule reads the same texts. Rules (``scan.reading.choose_prompt`` repl
     short    score, of a subject's forms the edit reading of the fewest words kept (``shortest_edit``), not the
              most confident
     allshort both
+    library  score, with the relation library extended by ``LIBRARY_EXTRA`` (below): phrasings whose answer is an
+             administrative region (P131 had only "{} is located in", whose answer is rarely the region's name), a
+             profession (P106 had two, one ending in "a", which no "an" object follows), a position held (P39, not in
+             the library): on the tenth set's first use (bench/heldout/v10-plan.md) 9 of 11 city → state edits were
+             read as a country, since no phrasing asked for a state
     prior    score, among the prompts whose new answer the suspect states at least PRIOR_LIFT times as surely as the
              base says that word on the same phrasing for ordinary subjects (``template_prior``: the base's
              probability of the word where it is said, averaged over GENERIC subjects); a prompt whose new word is
@@ -224,6 +229,30 @@ def prior_rule(prior):
     return choose
 
 
+#: Phrasings the ``library`` rule adds to the relation library (one per CounterFact relation type whose objects no
+#: phrasing of the library asks for by name)
+LIBRARY_EXTRA = {
+    "P131 located in": ("{} is located in the state of", "{} is in the province of"),
+    "P106 occupation": ("The profession of {} is",),
+    "P39 position held": ("{} holds the position of", "{} served as"),
+}
+
+
+def extended_prompts(subject: str) -> list[tuple[str, str]]:
+    """``relations.prompts_for`` over the library with ``LIBRARY_EXTRA`` added."""
+    from editaudit.scan import relations
+
+    out = relations.prompts_for(subject)
+    seen = {t for _, t in out}
+    for relation, templates in LIBRARY_EXTRA.items():
+        for t in templates:
+            text = t.replace("{}", subject)
+            if text not in seen:
+                seen.add(text)
+                out.append((relation, text))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("deltas", type=Path)
@@ -276,9 +305,10 @@ def main() -> None:
                          args.after_climb)
     shipped, shipped_said, shipped_same = reading.choose_prompt, reading.said, reading.same_answer
     shipped_forms, shipped_pick = reading.subject_forms, reading.pick_reading
+    shipped_prompts = reading.prompts_for
     rules = {"score": shipped, "numbers": numbers, "sure": sure, "sure-numbers": sure_numbers, "mass": mass, "token": shipped, "keys": shipped, "count": reading.most_stated,
              "forms": shipped, "forms-count": reading.most_stated, "allforms": shipped, "short": shipped,
-             "allshort": shipped}
+             "allshort": shipped, "library": shipped}
     if "prior" in args.rules.split(","):
         rules["prior"] = prior_rule(template_prior(lm))
     for rule in args.rules.split(","):
@@ -288,6 +318,7 @@ def main() -> None:
         reading.same_answer = forms_answer if rule.startswith("forms") else shipped_same
         reading.subject_forms = all_forms if rule.startswith("all") else shipped_forms
         reading.pick_reading = shortest_edit if rule.endswith("short") else shipped_pick
+        reading.prompts_for = extended_prompts if rule == "library" else shipped_prompts
         tally = {}
         for pt in sorted(args.deltas.glob("*.pt")):
             facts = load_probes(pt.with_suffix(".jsonl"))
@@ -314,6 +345,7 @@ def main() -> None:
               f" ({time.time() - t_rule:.0f} s)", flush=True)
     reading.choose_prompt, reading.said, reading.same_answer = shipped, shipped_said, shipped_same
     reading.subject_forms, reading.pick_reading = shipped_forms, shipped_pick
+    reading.prompts_for = shipped_prompts
 
 
 if __name__ == "__main__":
