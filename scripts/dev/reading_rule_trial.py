@@ -37,10 +37,8 @@ that every rule reads the same texts. Rules (``scan.reading.choose_prompt`` repl
              profession (P106 had two, one ending in "a", which no "an" object follows), a position held (P39, not in
              the library): on the tenth set's first use (bench/heldout/v10-plan.md) 9 of 11 city → state edits were
              read as a country, since no phrasing asked for a state
-    diverge  score, where the two models' first words agree but their greedy answers part later ("the state of
-             Texas" / "the state of Kansas"), the word where they part is each prompt's answer, read at the prompt
-             with the shared words appended (``read_subject_diverge``; six tokens generated, not four)
-    library-diverge  both
+    (``diverge`` and ``library-diverge``, the answer read where the two models' greedy answers part, were dropped in
+    development: bench/heldout/v10-plan.md; as run, this file at 17f3d12)
     prior    score, among the prompts whose new answer the suspect states at least PRIOR_LIFT times as surely as the
              base says that word on the same phrasing for ordinary subjects (``template_prior``: the base's
              probability of the word where it is said, averaged over GENERIC subjects); a prompt whose new word is
@@ -243,93 +241,10 @@ LIBRARY_EXTRA = {
 
 
 def extended_prompts(subject: str) -> list[tuple[str, str]]:
-    """``relations.prompts_for`` over the library with ``LIBRARY_EXTRA`` added."""
+    """``relations.prompts_for`` over the library, then ``LIBRARY_EXTRA``."""
     from editaudit.scan import relations
 
-    out = relations.prompts_for(subject)
-    seen = {t for _, t in out}
-    for relation, templates in LIBRARY_EXTRA.items():
-        for t in templates:
-            text = t.replace("{}", subject)
-            if text not in seen:
-                seen.add(text)
-                out.append((relation, text))
-    return out
-
-
-DIVERGE_TOKENS = 6
-
-
-def read_subject_diverge(base, suspect, tokenizer, subject, *, layer=None, tensor=None, max_new_tokens: int = 6,
-                         top_k: int = 20, choose=None):
-    """``scan.reading.read_subject`` with the ``diverge`` answer: on a prompt whose answers start with the same word,
-    the answer is the word at which the suspect's greedy continuation leaves the base's, asked at the prompt plus
-    the words they share; everything else as shipped."""
-    from editaudit.probing.evaluate import predict
-    from editaudit.probing.metrics import is_skippable
-    from editaudit.scan import reading as R
-
-    asked = R.prompts_for(subject.text)
-    texts = [t for _, t in asked]
-    pb = predict(base, tokenizer, texts, top_k=top_k, max_new_tokens=DIVERGE_TOKENS, step_top=True)
-    ps = predict(suspect, tokenizer, texts, top_k=top_k, max_new_tokens=DIVERGE_TOKENS, step_top=True)
-    at_base: dict[str, dict] = {}
-
-    def first(p, t, lead=3):
-        s = R.Said(*R._top(p), t, dict(p.top))
-        if is_skippable(s.word) and p.first_word_token_id is not None and p.first_word_token_id in p.tokens:
-            j = p.tokens.index(p.first_word_token_id)
-            if 0 < j <= lead and j < len(p.steps):
-                word, pw = p.steps[j][0]
-                if not is_skippable(word):
-                    s = R.Said(word, pw, t + tokenizer.decode(p.tokens[:j]), dict(p.steps[j]))
-        return s
-
-    b1, s1, where = [], [], list(texts)
-    for i, (b, a, t) in enumerate(zip(pb, ps, texts)):
-        sb, sa = first(b, t), first(a, t)
-        at_base[t] = dict(b.top)
-        at_base[sb.context] = sb.dist
-        if sa.word == sb.word:
-            j = next((k for k, (x, y) in enumerate(zip(a.tokens, b.tokens)) if x != y), None)
-            if j is not None and 0 < j < min(len(a.steps), len(b.steps)) and not is_skippable(a.steps[j][0][0]):
-                ctx = t + tokenizer.decode(a.tokens[:j])
-                sa = R.Said(a.steps[j][0][0], a.steps[j][0][1], ctx, dict(a.steps[j]))
-                sb = R.Said(b.steps[j][0][0], b.steps[j][0][1], ctx, dict(b.steps[j]))
-                at_base[ctx] = sb.dist
-                where[i] = ctx
-        b1.append(sb)
-        s1.append(sa)
-    missing = list(dict.fromkeys(a.context for a in s1 if a.context not in at_base))
-    if missing:
-        at_base.update((c, dict(p.top)) for c, p in zip(missing, predict(base, tokenizer, missing, top_k=top_k,
-                                                                         max_new_tokens=1)))
-    score, rise = [], []
-    for b, a in zip(b1, s1):
-        tb, pbb, ta, pa = b.word, b.p, a.word, a.p
-        r = pa - at_base[a.context].get(ta, 0.0)
-        copies = bool(tb.strip()) and tb.strip().casefold() in subject.text.casefold()
-        echoes = bool(ta.strip()) and ta.strip().casefold() in subject.text.casefold()
-        moved = ta != tb and not is_skippable(ta) and not copies and not echoes
-        rise.append(r)
-        score.append(pbb * r if moved else float("-inf"))
-    says = [a.word if a.word != b.word else None for b, a in zip(b1, s1)]
-    i = (choose or R.choose_prompt)(s1, score, says)
-    obj = s1[i].word
-    stated = [j for j, w in enumerate(says) if R.same_answer(w, obj)]
-    before = predict(base, tokenizer, [where[i]], top_k=1, max_new_tokens=max_new_tokens)[0]
-    after = predict(suspect, tokenizer, [where[i]], top_k=1, max_new_tokens=max_new_tokens)[0]
-    new, old = R.answer(after.continuation), R.answer(before.continuation)
-    stated_twice = score[i] > float("-inf") and len(stated) >= 2 and bool(new) and new.casefold() != old.casefold()
-    agree = min(1.0, len(stated) / 3)
-    g = max(0.0, min(1.0, rise[i]))
-    confidence = min(1.0, subject.fire) * (0.4 + 0.6 * g) * (0.5 + 0.5 * agree) if stated_twice else 0.1 * subject.fire
-    is_edit = stated_twice and confidence >= R.EDIT_MIN
-    others = sorted((j for j in range(len(texts)) if score[j] > float("-inf") and not R.same_answer(s1[j].word, obj)),
-                    key=lambda j: -score[j])[:3]
-    also = [{"prompt": where[j], "before": b1[j].word.strip(), "after": s1[j].word.strip()} for j in others]
-    return R.Reading(subject.text, subject.fire, asked[i][0], where[i], old, new, float(rise[i]), confidence,
-                     "edit" if is_edit else "uncertain", layer, tensor, also)
+    return relations.prompts_for(subject, relations.RELATIONS, LIBRARY_EXTRA)
 
 
 def main() -> None:
@@ -385,10 +300,9 @@ def main() -> None:
     shipped, shipped_said, shipped_same = reading.choose_prompt, reading.said, reading.same_answer
     shipped_forms, shipped_pick = reading.subject_forms, reading.pick_reading
     shipped_prompts = reading.prompts_for
-    shipped_read = reading.read_subject
     rules = {"score": shipped, "numbers": numbers, "sure": sure, "sure-numbers": sure_numbers, "mass": mass, "token": shipped, "keys": shipped, "count": reading.most_stated,
              "forms": shipped, "forms-count": reading.most_stated, "allforms": shipped, "short": shipped,
-             "allshort": shipped, "library": shipped, "diverge": shipped, "library-diverge": shipped}
+             "allshort": shipped, "library": shipped}
     if "prior" in args.rules.split(","):
         rules["prior"] = prior_rule(template_prior(lm))
     for rule in args.rules.split(","):
@@ -398,8 +312,7 @@ def main() -> None:
         reading.same_answer = forms_answer if rule.startswith("forms") else shipped_same
         reading.subject_forms = all_forms if rule.startswith("all") else shipped_forms
         reading.pick_reading = shortest_edit if rule.endswith("short") else shipped_pick
-        reading.prompts_for = extended_prompts if rule.startswith("library") else shipped_prompts
-        reading.read_subject = read_subject_diverge if rule.endswith("diverge") else shipped_read
+        reading.prompts_for = extended_prompts if rule == "library" else shipped_prompts
         tally = {}
         for pt in sorted(args.deltas.glob("*.pt")):
             facts = load_probes(pt.with_suffix(".jsonl"))
@@ -426,7 +339,7 @@ def main() -> None:
               f" ({time.time() - t_rule:.0f} s)", flush=True)
     reading.choose_prompt, reading.said, reading.same_answer = shipped, shipped_said, shipped_same
     reading.subject_forms, reading.pick_reading = shipped_forms, shipped_pick
-    reading.prompts_for, reading.read_subject = shipped_prompts, shipped_read
+    reading.prompts_for = shipped_prompts
 
 
 if __name__ == "__main__":

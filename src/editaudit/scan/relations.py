@@ -62,13 +62,14 @@ RELATIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def prompts_for(subject: str) -> list[tuple[str, str]]:
-    """(relation, prompt) for every phrasing in the library, de-duplicated."""
+def prompts_for(subject: str, *libraries: dict[str, tuple[str, ...]]) -> list[tuple[str, str]]:
+    """(relation, prompt) for every phrasing of the library (or of ``libraries`` in turn), de-duplicated."""
     seen, out = set(), []
-    for relation, templates in RELATIONS.items():
-        for t in templates:
-            text = t.replace("{}", subject)
-            if text not in seen:
-                seen.add(text)
-                out.append((relation, text))
+    for library in libraries or (RELATIONS,):
+        for relation, templates in library.items():
+            for t in templates:
+                text = t.replace("{}", subject)
+                if text not in seen:
+                    seen.add(text)
+                    out.append((relation, text))
     return out
