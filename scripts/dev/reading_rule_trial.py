@@ -240,6 +240,21 @@ LIBRARY_EXTRA = {
 }
 
 
+def with_shipped_fallback(rule, shipped):
+    """``rule`` with ``scan.reading.choose_prompt`` the shipped one while it runs: ``most_stated`` falls back on
+    ``choose_prompt``, which the trial replaces by the rule itself (a subject with no moved word then recursed
+    without end; the v10 38–75 run of ``count`` stopped on it)."""
+    from editaudit.scan import reading
+
+    def choose(s1, score, says):
+        current, reading.choose_prompt = reading.choose_prompt, shipped
+        try:
+            return rule(s1, score, says)
+        finally:
+            reading.choose_prompt = current
+    return choose
+
+
 def extended_prompts(subject: str) -> list[tuple[str, str]]:
     """``relations.prompts_for`` over the library, then ``LIBRARY_EXTRA``."""
     from editaudit.scan import relations
@@ -300,8 +315,9 @@ def main() -> None:
     shipped, shipped_said, shipped_same = reading.choose_prompt, reading.said, reading.same_answer
     shipped_forms, shipped_pick = reading.subject_forms, reading.pick_reading
     shipped_prompts = reading.prompts_for
-    rules = {"score": shipped, "numbers": numbers, "sure": sure, "sure-numbers": sure_numbers, "mass": mass, "token": shipped, "keys": shipped, "count": reading.most_stated,
-             "forms": shipped, "forms-count": reading.most_stated, "allforms": shipped, "short": shipped,
+    count = with_shipped_fallback(reading.most_stated, shipped)
+    rules = {"score": shipped, "numbers": numbers, "sure": sure, "sure-numbers": sure_numbers, "mass": mass, "token": shipped, "keys": shipped, "count": count,
+             "forms": shipped, "forms-count": count, "allforms": shipped, "short": shipped,
              "allshort": shipped, "library": shipped}
     if "prior" in args.rules.split(","):
         rules["prior"] = prior_rule(template_prior(lm))
