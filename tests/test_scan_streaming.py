@@ -217,3 +217,67 @@ def test_mapped_windows_pass_exactly_the_tensors_bytes(tmp_path, monkeypatch, ma
             assert b"".join(parts) == bytes(f.read_bytes(info))
             assert max(len(p) for p in parts) <= 16 << 10
     assert header.tensors["b"].start % 4096 != 0  # the case that needs the page-aligned window
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_a_tensor_read_as_float32_chunk_by_chunk_equals_the_whole_read(tmp_path, monkeypatch, dtype):
+    """The lens's float32 read converts each chunk into the final buffer; chunks that do not divide the tensor
+    (and a tensor smaller than one chunk) give the same values as reading the bytes whole and casting."""
+    import editaudit.checkpoint.reader as reader
+    from editaudit.checkpoint.header import read_header
+
+    monkeypatch.setattr(reader, "CHUNK", 1000)  # not a multiple of 4: the reader rounds it to whole elements
+    gen = torch.Generator().manual_seed(1)
+    path = tmp_path / "t.safetensors"
+    save_file({"big": torch.randn(37, 53, generator=gen).to(dtype), "small": torch.randn(5, generator=gen).to(dtype)},
+              str(path))
+    with reader.TensorFile(path) as f:
+        for info in read_header(path).tensors.values():
+            got = f.read_float32(info)
+            assert got.dtype == torch.float32 and tuple(got.shape) == tuple(info.shape)
+            assert torch.equal(got, reader.to_torch(f.read_bytes(info), info))
+
+
+def test_the_lens_is_read_while_the_comparison_goes_on(pair, tmp_path, monkeypatch):
+    """A changed MLP output matrix starts the lens's read in the background, before the comparison has read
+    every byte; the promoted tokens are the same as with the lens read afterwards."""
+    import editaudit.scan.service as service
+
+    base, suspect = pair
+    b, s = shard(base, tmp_path / "b", 3), shard(suspect, tmp_path / "s", 3)
+    plain = run_scan(s, b, ScanOptions(read="off"), store=None)
+    seen: list[tuple[str, bool]] = []
+    real = service.load_lens
+    comparing = threading.Event()
+    real_compare = service.compare
+
+    def timed_compare(*a, **k):
+        comparing.set()
+        try:
+            return real_compare(*a, **k)
+        finally:
+            comparing.clear()
+
+    def watched(ck, say=lambda s: None):
+        seen.append((threading.current_thread().name, comparing.is_set()))
+        return real(ck, say)
+
+    monkeypatch.setattr(service, "compare", timed_compare)
+    monkeypatch.setattr(service, "load_lens", watched)
+    ahead = run_scan(s, b, ScanOptions(read="off"), store=None)
+    assert seen and seen[0] == ("editaudit-lens", True)
+    assert len(seen) == 1  # read once
+    tokens = [[t["id"] for t in f.data.get("promoted_tokens", [])] for f in plain.findings]
+    assert tokens == [[t["id"] for t in f.data.get("promoted_tokens", [])] for f in ahead.findings]
+    assert any(tokens)
+
+
+def test_a_lens_that_fails_in_the_background_fails_the_scan(pair, monkeypatch):
+    import editaudit.scan.service as service
+
+    def broken(ck, say=lambda s: None):
+        raise OSError("unembedding unreadable")
+
+    monkeypatch.setattr(service, "load_lens", broken)
+    with pytest.raises(OSError, match="unembedding unreadable"):
+        run_scan(pair[1], pair[0], ScanOptions(read="off"), store=None)

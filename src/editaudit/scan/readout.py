@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from ..checkpoint import Checkpoint
-from ..checkpoint.reader import TensorFile, to_torch
+from ..checkpoint.reader import TensorFile
 from ..models import families
 from .names import is_transposed, parse_name
 
@@ -89,7 +89,7 @@ def load_lens(base: Checkpoint, say: Callable[[str], None] = lambda s: None) -> 
     def read(name: str) -> torch.Tensor:
         fname, info = base.tensors[name]
         with TensorFile(base.file_path(fname)) as f:
-            return to_torch(f.read_bytes(info), info)
+            return f.read_float32(info)
 
     unembed = read(unembed_name)
     norm = read(norm_name) if norm_name else None

@@ -161,10 +161,17 @@ def _scan(base_ck, suspect_ck, options: ScanOptions, store, progress: Progress, 
         + (" against cached base digests" if cached else ""))
     t_cmp = time.perf_counter()
     analyser = _Analyser(base_ck, suspect_ck, cancelled)
+    lens = _LensAhead(base_ck, say)
+
+    def found(name: str) -> None:
+        analyser.submit(name)
+        if options.read_edits and parse_name(name).role == "mlp_out":  # an edit is likely: its lens is read meanwhile
+            lens.start()
+
     try:  # the float work on each changed tensor starts as soon as compare finds it, while reading goes on
         adapter = getattr(suspect_ck, "adapter", None)  # a peft adapter: its modules are the changed tensors
         cmp = adapter.compare(tick) if adapter is not None else compare(
-            base_ck, suspect_ck, cached=cached or None, progress=tick, cancelled=cancelled, on_changed=analyser.submit)
+            base_ck, suspect_ck, cached=cached or None, progress=tick, cancelled=cancelled, on_changed=found)
         t_cmp = time.perf_counter() - t_cmp
         t_float = time.perf_counter()
         changed = analyser.finish(cmp.changed, progress)
@@ -184,7 +191,7 @@ def _scan(base_ck, suspect_ck, options: ScanOptions, store, progress: Progress, 
             f.data["method"] = name_method(f.rule, f.layers, f.rank, n_layers=n_layers)
     t_read = time.perf_counter()
     if options.read_edits and any(f.rule in EDIT_RULES for f in findings):
-        _read_edits(base_ck, suspect_ck, family, changed, findings, options, say, progress)
+        _read_edits(base_ck, suspect_ck, family, changed, findings, options, say, progress, lens.get)
     t_read = time.perf_counter() - t_read
 
     _name_rows(base_ck, findings)
@@ -328,6 +335,40 @@ class _Analyser:
             self.thread.join()
 
 
+class _LensAhead:
+    """The logit lens (the base's unembedding as float32, centred and normalised), loaded in a background thread
+    from the moment an MLP output matrix is known to differ, so that it overlaps the comparison of the rest instead
+    of following it. Never started (nothing changed there), ``get`` loads it in the caller's thread."""
+
+    def __init__(self, base_ck, say: Callable[[str], None]) -> None:
+        self.base_ck, self.say = base_ck, say
+        self.thread: threading.Thread | None = None
+        self.lens = None
+        self.error: BaseException | None = None
+        self.notes: list[str] = []  # what the loader had to say, passed on from the caller's thread
+
+    def start(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="editaudit-lens", daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.lens = load_lens(self.base_ck, self.notes.append)
+        except BaseException as exc:  # re-raised by get() in the caller's thread
+            self.error = exc
+
+    def get(self):
+        if self.thread is None:
+            return load_lens(self.base_ck, self.say)
+        self.thread.join()
+        for note in self.notes:
+            self.say(note)
+        if self.error is not None:
+            raise self.error
+        return self.lens
+
+
 def _name_rows(base_ck, findings: list[Finding]) -> None:
     """Attach token strings to changed embedding rows, when the base has a tokenizer.json."""
     tok_file = base_ck.folder / "tokenizer.json"
@@ -357,10 +398,11 @@ def _side(ck) -> dict:
 
 
 def _read_edits(base_ck, suspect_ck, family: str, changed: list[Changed], findings: list[Finding],
-                options: ScanOptions, say, progress: Progress) -> None:
-    """Attach promoted tokens, open readings and candidate subjects to each edit finding."""
+                options: ScanOptions, say, progress: Progress, lens_of: Callable[[], Any] | None = None) -> None:
+    """Attach promoted tokens, open readings and candidate subjects to each edit finding. ``lens_of``: the logit
+    lens, perhaps loaded while the comparison ran (default: loaded now)."""
     by_name = {c.name.name: c for c in changed}
-    lens = load_lens(base_ck, say)
+    lens = lens_of() if lens_of is not None else load_lens(base_ck, say)
     edit_findings = [f for f in findings if f.rule in EDIT_RULES]
     targets = [by_name[t] for f in edit_findings for t in f.tensors if by_name.get(t) and by_name[t].vectors]
     if lens is not None:
