@@ -111,16 +111,6 @@ class TensorFile:
 NATIVE_FLOATS = frozenset({"F32", "F16", "BF16"})
 
 
-def _advise_willneed(fd: int, offset: int, length: int) -> None:
-    """Ask the kernel to start reading a byte range into the page cache, without waiting (a no-op where unsupported)."""
-    advise = getattr(os, "posix_fadvise", None)
-    if advise is not None and length > 0:
-        try:
-            advise(fd, offset, length, os.POSIX_FADV_WILLNEED)
-        except OSError:
-            pass
-
-
 def to_torch(raw: bytearray, info: TensorInfo, *, float32: bool = True):
     """Bytes of one tensor as a torch tensor of its shape: float32 by default (a copy-free view before the cast).
 
