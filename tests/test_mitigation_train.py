@@ -422,3 +422,18 @@ def test_compare_full_runs_full_fine_tuning_first_then_the_selective_arm_to_its_
     # both arms start from the same suspect and data: the same step-0 evaluation
     assert sel.history[0]["val_loss"] == pytest.approx(full.history[0]["val_loss"])
     assert res.verification["arms"]["full"]["edit_weight_share_left"] is not None
+
+
+def test_the_summary_tells_an_edit_erased_to_its_true_answer_from_one_erased_to_a_third():
+    """Of the edits the suspect held (0, 1, 3), two are erased (0, 3); only edit 0 states its true object again."""
+    from editaudit.mitigation.types import ArmResult
+    from editaudit.mitigation.verification import arm_summary
+
+    arm = ArmResult("selective", "project", None, [4],
+                    before={"edited_retention": 0.75, "edited_flags": [True, True, False, True]},
+                    after={"edited_retention": 0.25, "edited_true": 0.25, "edited_flags": [False, True, False, False],
+                           "edited_true_flags": [True, False, True, False]})
+    s = arm_summary(arm)
+    assert s["edits_held_before"] == 3
+    assert s["edits_erased"] == pytest.approx(2 / 3)
+    assert s["edits_true_back"] == pytest.approx(1 / 3)  # edit 2 states its true answer but was never held

@@ -104,8 +104,10 @@ def make_evaluator(edited: list[Probe], intrinsic: list[Probe], watch: list[Prob
         if edited:
             new = retention(model, tokenizer, edited, "new", predictions=pe)
             m["edited_retention"] = new.rate
-            m["edited_true"] = retention(model, tokenizer, edited, "true", predictions=pe).rate
+            true = retention(model, tokenizer, edited, "true", predictions=pe)
+            m["edited_true"] = true.rate
             m["edited_flags"] = [bool(x) for x in new]
+            m["edited_true_flags"] = [bool(x) for x in true]
         if intrinsic:
             kept = retention(model, tokenizer, intrinsic, "true", predictions=pi)
             m["intrinsic_retention"] = kept.rate

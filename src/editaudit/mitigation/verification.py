@@ -21,6 +21,8 @@ def arm_summary(arm: ArmResult) -> dict:
             s["edits_held_before"] = len(held)
             s["edits_erased"] = gone / len(held)
             s["edits_kept"] = 1 - gone / len(held)
+            if "edited_true_flags" in a:  # erased to the true answer, not to a third one
+                s["edits_true_back"] = sum(1 for i in held if a["edited_true_flags"][i]) / len(held)
         if "edited_true" in a:
             s["edited_true_after"] = a["edited_true"]
     if "intrinsic_retention" in b and "intrinsic_retention" in a:
