@@ -108,16 +108,16 @@ def main() -> int:
         say("")
 
     say(f"## over the {args.seeds} seed(s): mean [min–max]")
-    say(f"{'arm':<10}{'steps':>14}{'erased':>18}{'true back':>16}{'intrinsic points':>24}{'edit left (W)':>20}")
+    say(f"{'arm':<10}{'steps':>14}  {'erased':>18}  {'true back':>18}  {'intrinsic points':>20}  {'edit left (W)':>22}")
     for key in ROW_ORDER:
         rows = [r[key] for r in per_seed if key in r]
         if not rows:
             continue
-        say(f"{key:<10}{_spread([r.get('steps') for r in rows], '{:.0f}'):>14}"
-            f"{_spread([r.get('edits_erased') for r in rows], '{:.0%}'):>18}"
-            f"{_spread([r.get('edits_true_back') for r in rows], '{:.0%}'):>16}"
-            f"{_spread([r.get('intrinsic_points') for r in rows], '{:+.1f}'):>24}"
-            f"{_spread([r.get('edit_weight_share_left') for r in rows], '{:.1%}'):>20}")
+        say(f"{key:<10}{_spread([r.get('steps') for r in rows], '{:.0f}'):>14}  "
+            f"{_spread([r.get('edits_erased') for r in rows], '{:.0%}'):>18}  "
+            f"{_spread([r.get('edits_true_back') for r in rows], '{:.0%}'):>18}  "
+            f"{_spread([r.get('intrinsic_points') for r in rows], '{:+.1f}'):>20}  "
+            f"{_spread([r.get('edit_weight_share_left') for r in rows], '{:.1%}'):>22}")
     say("")
     for name, oks in checks.items():
         say(f"{name}: met in {sum(oks)} of {len(oks)} seed(s)")
