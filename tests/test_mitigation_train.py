@@ -437,3 +437,14 @@ def test_the_summary_tells_an_edit_erased_to_its_true_answer_from_one_erased_to_
     assert s["edits_held_before"] == 3
     assert s["edits_erased"] == pytest.approx(2 / 3)
     assert s["edits_true_back"] == pytest.approx(1 / 3)  # edit 2 states its true answer but was never held
+
+
+def test_the_report_shows_how_many_erased_edits_state_their_true_answer():
+    from editaudit.mitigation.summary import verification_rows
+
+    v = {"arms": {"project": {"method": "project", "steps": 0, "edits_erased": 0.9, "edits_held_before": 10,
+                              "edits_true_back": 0.8},
+                  "full": {"method": "full", "steps": 10, "edits_erased": 0.0, "edits_held_before": 10}}}
+    names, rows = verification_rows(v)
+    assert names == ["project", "full"]
+    assert dict(rows)["erased to the true answer"] == ["80% of 10 held", "-"]

@@ -17,6 +17,8 @@ ROWS: list[tuple[str, Callable[[dict], str]]] = [
     ("steps", lambda s: f"{s['steps']} ({s['stop']})" if s.get("stop") else str(s["steps"])),
     ("edited facts: new answer", lambda s: f"{pct(s['edited_before'])} → {pct(s['edited_after'])}"),
     ("edits erased", lambda s: f"{pct(s['edits_erased'])} of {s['edits_held_before']} held"),
+    # an erased edit may state its true object again, or a third answer: the first is what a reviewer hopes for
+    ("erased to the true answer", lambda s: f"{pct(s['edits_true_back'])} of {s['edits_held_before']} held"),
     ("edited facts: true answer", lambda s: pct(s["edited_true_after"])),
     ("intrinsic facts retained", lambda s: f"{pct(s['intrinsic_before'])} → {pct(s['intrinsic_after'])} "
                                            f"({s['intrinsic_points']:+.1f} pts)"),
