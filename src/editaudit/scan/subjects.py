@@ -566,7 +566,7 @@ def recover_subjects(model: Any, tokenizer: Any, path: str, in_dirs: torch.Tenso
                      pair: bool = False) -> list[Subject]:
     """Subjects that fire the edit whose input directions are ``in_dirs`` at module ``path`` (or a prebuilt
     ``space``: the scan without a base restricts it to C's low-energy half). ``retry=True`` (``scan --wide-search``,
-    the scan's default) gives a round that finds nothing a second try with ``RETRY_SEEDS`` seeds (docs/scan.md:
+    the scan's default) gives a round that finds nothing a second try with ``RETRY_SEEDS`` seeds (docs/reading-trials.md:
     judged on v9b); the scan never asks it for a dense change (fine-tuning), which no key explains. ``regrow=True`` (``scan --regrow``): each found subject is regrown
     backwards over the whole vocabulary (``SubjectSearch._regrow``): cleaner names and fewer false readings on the
     fifth set, no more objects, 2–3× the search time (bench/heldout/v5-plan.md). ``pair=True`` (``scan --pair-step``):
