@@ -262,6 +262,45 @@ def extended_prompts(subject: str) -> list[tuple[str, str]]:
     return relations.prompts_for(subject, relations.RELATIONS, LIBRARY_EXTRA)
 
 
+#: ``describe``: openings the base continues to describe a subject, how many of its words become prompts, how far it goes
+DESCRIBE_OPENINGS = ("{} is", "{} was", "{},")
+DESCRIBE_WORDS = 3
+DESCRIBE_TOKENS = 12
+
+
+def described_prompts(lm):
+    """``relations.prompts_for`` over the library, then prompts cut from the base's own description of the subject:
+    the base continues each of DESCRIBE_OPENINGS greedily for DESCRIBE_TOKENS tokens, and the text before each of its
+    first DESCRIBE_WORDS words that are not stop words is a prompt ("Niels Abel was" + " born in 1607 in the" →
+    "Niels Abel was", "Niels Abel was born in 1607 in the"). The library asks a fixed set of relations by name; the
+    description asks what the model itself says about this subject ("Peter Abelard was a French" → philosopher), so
+    a relation the library does not word is still asked when the model's description reaches it."""
+    from editaudit.probing.evaluate import predict
+    from editaudit.probing.metrics import is_skippable
+    from editaudit.scan import relations
+
+    tok = lm.tokenizer
+
+    def prompts(subject: str) -> list[tuple[str, str]]:
+        out = relations.prompts_for(subject)
+        seen = {t for _, t in out}
+        texts = [o.replace("{}", subject) for o in DESCRIBE_OPENINGS]
+        for t, p in zip(texts, predict(lm.model, tok, texts, top_k=1, max_new_tokens=DESCRIBE_TOKENS)):
+            words = 0
+            for j, i in enumerate(p.tokens):
+                piece = tok.decode([i])
+                if piece.startswith(" ") and piece.strip()[:1].isalpha() and not is_skippable(piece):
+                    text = t + tok.decode(p.tokens[:j])
+                    if text not in seen:
+                        seen.add(text)
+                        out.append(("description", text))
+                    words += 1
+                    if words >= DESCRIBE_WORDS:
+                        break
+        return out
+    return prompts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("deltas", type=Path)
@@ -318,7 +357,7 @@ def main() -> None:
     count = with_shipped_fallback(reading.most_stated, shipped)
     rules = {"score": shipped, "numbers": numbers, "sure": sure, "sure-numbers": sure_numbers, "mass": mass, "token": shipped, "keys": shipped, "count": count,
              "forms": shipped, "forms-count": count, "allforms": shipped, "short": shipped,
-             "allshort": shipped, "library": shipped}
+             "allshort": shipped, "library": shipped, "describe": shipped}
     if "prior" in args.rules.split(","):
         rules["prior"] = prior_rule(template_prior(lm))
     for rule in args.rules.split(","):
@@ -328,7 +367,8 @@ def main() -> None:
         reading.same_answer = forms_answer if rule.startswith("forms") else shipped_same
         reading.subject_forms = all_forms if rule.startswith("all") else shipped_forms
         reading.pick_reading = shortest_edit if rule.endswith("short") else shipped_pick
-        reading.prompts_for = extended_prompts if rule == "library" else shipped_prompts
+        reading.prompts_for = (extended_prompts if rule == "library" else described_prompts(lm) if rule == "describe"
+                               else shipped_prompts)
         tally = {}
         for pt in sorted(args.deltas.glob("*.pt")):
             facts = load_probes(pt.with_suffix(".jsonl"))
