@@ -37,6 +37,10 @@ that every rule reads the same texts. Rules (``scan.reading.choose_prompt`` repl
              profession (P106 had two, one ending in "a", which no "an" object follows), a position held (P39, not in
              the library): on the tenth set's first use (bench/heldout/v10-plan.md) 9 of 11 city → state edits were
              read as a country, since no phrasing asked for a state
+    describe score, with prompts cut from the base's own greedy description of the subject added to the library's
+             (``described_prompts``: "{} is", "{} was", "{}," continued, the text before each of the first three words
+             that are not stop words): the library asks fixed relations by name, the description asks what the
+             model says about this subject (bench/heldout/v10-plan.md, development after the third use)
     (``diverge`` and ``library-diverge``, the answer read where the two models' greedy answers part, were dropped in
     development: bench/heldout/v10-plan.md; as run, this file at 17f3d12)
     prior    score, among the prompts whose new answer the suspect states at least PRIOR_LIFT times as surely as the
