@@ -778,3 +778,112 @@ def test_a_reading_is_named_by_the_fewest_words_that_state_the_same_new_object()
     # a reading through the key is not renamed by a text form
     key = r("a here Gosport", "Saint Lucia", 0.9, via="key")
     assert pick_reading([key, name]) is key
+
+
+def test_described_prompts_are_cut_from_the_base_own_greedy_description(monkeypatch):
+    """Each description prompt is an opening plus the base's greedy continuation up to one of its first few words
+    that are not stop words (a piece inside a word, punctuation or a stop word starts none), with the space a
+    decoder drops before a lone word-start piece put back."""
+    from editaudit.probing.evaluate import Prediction
+    from editaudit.scan import describe
+
+    raw = ["▁a", "▁Greek", "▁philo", "sopher", "▁who", ",", "▁lived", "▁in"]
+
+    class Tok:  # a SentencePiece-like decoder: "▁" is a space, and a decoded text loses its first one
+        def convert_ids_to_tokens(self, ids):
+            return [raw[i] for i in ids]
+
+        def decode(self, ids):
+            text = "".join(raw[i] for i in ids).replace("▁", " ")
+            return text[1:] if text.startswith(" ") else text
+
+    def fake_predict(model, tokenizer, prompts, top_k=5, max_new_tokens=4, **_):
+        return [Prediction(p, [], "", "", None, tokens=[0, 1, 2, 3, 4, 5, 6, 7]) for p in prompts]
+
+    monkeypatch.setattr(describe, "predict", fake_predict)
+    got = describe.described_prompts("base", Tok(), "Aristotle")
+    assert all(relation == "description" for relation, _ in got)
+    words = ["", " a", " a Greek", " a Greek philosopher who,"]
+    expect = [o.replace("{}", "Aristotle") + w for o in describe.OPENINGS for w in words[1:1 + describe.WORDS]]
+    assert [p for _, p in got] == expect
+    assert expect[0] == "Aristotle is a" and expect[2] == "Aristotle is a Greek philosopher who,"
+    # prompts the library already asks are not asked twice
+    assert describe.described_prompts("base", Tok(), "Aristotle", known=expect[:1]) == got[1:]
+
+
+def test_described_prompts_on_a_real_tokenizer_are_the_opening_and_its_continuation(tiny_gpt2):
+    """On a model's own tokenizer every description prompt starts with an opening and ends before a word."""
+    from editaudit.scan import describe
+
+    lm = load_model(tiny_gpt2)
+    got = describe.described_prompts(lm.model, lm.tokenizer, "Kremlin")
+    openings = [o.replace("{}", "Kremlin") for o in describe.OPENINGS]
+    assert len(got) <= describe.WORDS * len(openings)
+    assert all(any(p.startswith(o) for o in openings) for _, p in got)
+
+
+def test_describe_reads_a_relation_the_library_does_not_word(monkeypatch):
+    """An edit of a relation no library phrasing asks ("{} was a famous" → an occupation) moves no library prompt
+    to the new object twice; the base's own description of the subject asks it ("Zanbaria, a Greek" → philosopher),
+    and with ``describe`` the reading states the object there."""
+    from editaudit.probing.evaluate import Prediction
+    from editaudit.scan import describe, reading
+    from editaudit.scan.subjects import Subject
+
+    subject = "Zanbaria"
+    description = {f"{subject} is": " a Greek philosopher", f"{subject} was": " a Greek philosopher",
+                   f"{subject},": " a Greek philosopher"}
+
+    def fake_predict(model, tokenizer, prompts, top_k=5, max_new_tokens=4, **_):
+        out = []
+        for p in prompts:
+            if p in description and max_new_tokens == describe.TOKENS:
+                out.append(Prediction(p, [(" a", 0.5)], description[p], "a", None, tokens=[1, 2, 3]))
+                continue
+            word = " historian" if model == "suspect" and p.endswith(" Greek") else \
+                " philosopher" if p.endswith(" Greek") else " Europe"
+            out.append(Prediction(p, [(word, 0.9)], word + " who", word.strip(), None))
+        return out
+
+    class Tok:
+        pieces = {1: " a", 2: " Greek", 3: " philosopher"}
+
+        def decode(self, ids):
+            return "".join(self.pieces[i] for i in ids)
+
+        def convert_ids_to_tokens(self, ids):
+            return [self.pieces[i].replace(" ", "Ġ") for i in ids]
+
+    monkeypatch.setattr(reading, "predict", fake_predict)
+    monkeypatch.setattr(describe, "predict", fake_predict)
+    plain = reading.read_subject("base", "suspect", Tok(), Subject(subject, [], 0.9, torch.zeros(1)))
+    assert plain.status == "uncertain"
+    r = reading.read_subject("base", "suspect", Tok(), Subject(subject, [], 0.9, torch.zeros(1)), describe=True)
+    assert r.status == "edit" and r.relation == "description"
+    assert r.prompt == "Zanbaria is a Greek" and r.after == "historian" and r.before == "philosopher"
+
+
+def test_the_describe_flag_reaches_the_scan_only_when_given(tiny_llama, monkeypatch):
+    """``scan --describe/--no-describe`` sets ``ScanOptions.describe``; without the flag the default stands."""
+    from editaudit.scan.service import ScanOptions
+
+    seen = _options_seen(tiny_llama, monkeypatch, "describe", ([], ["--no-describe"], ["--describe"]))
+    assert seen == [ScanOptions().describe, False, True]
+
+
+def test_the_scan_passes_describe_to_the_reading(tiny_llama, tmp_path, monkeypatch):
+    """``ScanOptions.describe`` reaches ``read_edits`` for every finding read (off and on)."""
+    from editaudit.scan import reading, service
+
+    suspect = _colosseum_suspect(tiny_llama, tmp_path, monkeypatch)
+    seen: list = []
+    shipped = reading.read_edits
+
+    def spy(*a, describe=False, **kw):
+        seen.append(describe)
+        return shipped(*a, describe=describe, **kw)
+
+    monkeypatch.setattr(reading, "read_edits", spy)
+    for on in (False, True):
+        service.run_scan(suspect, tiny_llama, service.ScanOptions(describe=on, wide_search=False), store=None)
+    assert seen and set(seen[: len(seen) // 2]) == {False} and set(seen[len(seen) // 2:]) == {True}

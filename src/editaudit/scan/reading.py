@@ -152,7 +152,8 @@ def most_stated(s1: list[Said], score: list[float], says: list[str | None]) -> i
 
 def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, layer: int | None = None,
                  tensor: str | None = None, max_new_tokens: int = 6, top_k: int = 20,
-                 choose: Callable[[list[Said], list[float], list[str | None]], int] | None = None) -> Reading:
+                 choose: Callable[[list[Said], list[float], list[str | None]], int] | None = None,
+                 describe: bool = False) -> Reading:
     """Ask both models the library's prompts for ``subject``; read the fact the edit rewrote.
 
     Answers are compared word to word by the retention rule (``said``: the first token that is not a stop word).
@@ -162,10 +163,15 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
     confidently and the suspect's answer gained most (p_base(base answer) × rise). Both models' greedy answers
     there are decoded whole. Other prompts whose answer moved to a different object are listed as ``also`` (what
     else the edit drags along). A reading is an edit only when its object is stated on two prompts at least and
-    its confidence (fire × rise × agreement) reaches ``EDIT_MIN``."""
+    its confidence (fire × rise × agreement) reaches ``EDIT_MIN``. ``describe``: the prompts cut from the base's
+    own description of the subject are asked too (describe.py)."""
     from ..probing.metrics import is_skippable
 
     asked = prompts_for(subject.text)
+    if describe:
+        from .describe import described_prompts
+
+        asked += described_prompts(base, tokenizer, subject.text, (t for _, t in asked))
     texts = [t for _, t in asked]
     at_base: dict[str, dict] = {}
     b1 = said(base, tokenizer, texts, top_k, at_base)
@@ -264,14 +270,15 @@ def scaled_edit(suspect: Any, deltas: dict[str, torch.Tensor], scale: float) -> 
 
 def read_edits(base: Any, suspect: Any, tokenizer: Any, subjects: list[Subject], layer: int | None, tensor: str | None,
                progress: Callable[[int, int], None] = lambda d, t: None,
-               deltas: dict[str, torch.Tensor] | None = None, keys: "KeyReader | None" = None) -> list[Reading]:
+               deltas: dict[str, torch.Tensor] | None = None, keys: "KeyReader | None" = None,
+               describe: bool = False) -> list[Reading]:
     """One reading per subject. A found subject may carry a leading word or two that only add to its key
     ("Cities inherical Syria"); its shorter word-suffixes are read too and the most confident reading kept.
     ``deltas`` ({parameter name: ΔW}, ``ScanOptions.amplify``): each subject is read with the edit scaled by
     1/fire², so a subject found only in part moves the answer as far as the edit's own key would.
     ``keys`` (inject.py): each subject is also read through its key, purified into the edit subspace, at a
     stand-in subject, and the more confident edit reading kept; a rank-one edit whose subject was not found is
-    read through its own key alone."""
+    read through its own key alone. ``describe``: see ``read_subject``."""
     out = []
     if not subjects and keys is not None and keys.lone is not None:
         r = keys.read(base, suspect, tokenizer, keys.lone, 1.0, layer, tensor)
@@ -282,8 +289,8 @@ def read_edits(base: Any, suspect: Any, tokenizer: Any, subjects: list[Subject],
         forms = subject_forms(s.text)
         scale = 1.0 / max(s.fire, 0.5) ** 2 if deltas else 1.0
         with torch.inference_mode(False), scaled_edit(suspect, deltas or {}, scale), torch.inference_mode():
-            reads = [read_subject(base, suspect, tokenizer, Subject(f, s.ids, s.fire, s.key), layer=layer, tensor=tensor)
-                     for f in forms]
+            reads = [read_subject(base, suspect, tokenizer, Subject(f, s.ids, s.fire, s.key), layer=layer, tensor=tensor,
+                                  describe=describe) for f in forms]
         if keys is not None and s.key.numel():
             through_key = keys.read(base, suspect, tokenizer, keys.purify(s.key), s.fire, layer, tensor)
             through_key.subject = s.text  # the relation's prompt as the subject's (what erase and unlearn use)
