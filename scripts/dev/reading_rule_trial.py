@@ -40,7 +40,8 @@ that every rule reads the same texts. Rules (``scan.reading.choose_prompt`` repl
     describe score, with prompts cut from the base's own greedy description of the subject added to the library's
              (``described_prompts``: "{} is", "{} was", "{}," continued, the text before each of the first three words
              that are not stop words): the library asks fixed relations by name, the description asks what the
-             model says about this subject (bench/heldout/v10-plan.md, development after the third use)
+             model says about this subject (bench/heldout/v10-plan.md, development after the third use; judged
+             on facts 114-148, fourth use: objects 20 -> 20 of 35, false 5 -> 5; not kept, ``scan --describe``)
     (``diverge`` and ``library-diverge``, the answer read where the two models' greedy answers part, were dropped in
     development: bench/heldout/v10-plan.md; as run, this file at 17f3d12)
     prior    score, among the prompts whose new answer the suspect states at least PRIOR_LIFT times as surely as the
@@ -266,42 +267,17 @@ def extended_prompts(subject: str) -> list[tuple[str, str]]:
     return relations.prompts_for(subject, relations.RELATIONS, LIBRARY_EXTRA)
 
 
-#: ``describe``: openings the base continues to describe a subject, how many of its words become prompts, how far it goes
-DESCRIBE_OPENINGS = ("{} is", "{} was", "{},")
-DESCRIBE_WORDS = 3
-DESCRIBE_TOKENS = 12
-
-
 def described_prompts(lm):
-    """``relations.prompts_for`` over the library, then prompts cut from the base's own description of the subject:
-    the base continues each of DESCRIBE_OPENINGS greedily for DESCRIBE_TOKENS tokens, and the text before each of its
-    first DESCRIBE_WORDS words that are not stop words is a prompt ("Niels Abel was" + " born in 1607 in the" →
-    "Niels Abel was", "Niels Abel was born in 1607 in the"). The library asks a fixed set of relations by name; the
-    description asks what the model itself says about this subject ("Peter Abelard was a French" → philosopher), so
-    a relation the library does not word is still asked when the model's description reaches it."""
-    from editaudit.probing.evaluate import predict
-    from editaudit.probing.metrics import is_skippable
+    """``relations.prompts_for`` over the library, then the prompts cut from the base's own description of the
+    subject (``scan.describe.described_prompts``, which this rule was developed as: the same openings, length and
+    word count; since moved into the scan as ``scan --describe``, it also takes a stored word-start marker for a
+    word's start, which changes nothing on SmolLM2's tokenizer, whose word-start pieces decode with their space)."""
     from editaudit.scan import relations
-
-    tok = lm.tokenizer
+    from editaudit.scan.describe import described_prompts as described
 
     def prompts(subject: str) -> list[tuple[str, str]]:
         out = relations.prompts_for(subject)
-        seen = {t for _, t in out}
-        texts = [o.replace("{}", subject) for o in DESCRIBE_OPENINGS]
-        for t, p in zip(texts, predict(lm.model, tok, texts, top_k=1, max_new_tokens=DESCRIBE_TOKENS)):
-            words = 0
-            for j, i in enumerate(p.tokens):
-                piece = tok.decode([i])
-                if piece.startswith(" ") and piece.strip()[:1].isalpha() and not is_skippable(piece):
-                    text = t + tok.decode(p.tokens[:j])
-                    if text not in seen:
-                        seen.add(text)
-                        out.append(("description", text))
-                    words += 1
-                    if words >= DESCRIBE_WORDS:
-                        break
-        return out
+        return out + described(lm.model, lm.tokenizer, subject, (t for _, t in out))
     return prompts
 
 
