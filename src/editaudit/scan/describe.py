@@ -5,7 +5,8 @@ word ("{} was a famous" → an occupation) is read on whatever phrasing it distu
 The model's greedy description of the subject says what it knows about this subject ("Aristotle, a" → " Greek
 philosopher who …"); the text before each of the description's first few words is a prompt the base answers
 with that knowledge ("Aristotle, a Greek" → philosopher) and the suspect, where the edit rewrote it, with the
-new object. Judged on held-apart facts: bench/heldout/v10-plan.md, fourth use.
+new object. Opt-in (``scan --describe``): judged on held-apart facts it read the same objects as the library alone
+(bench/heldout/v10-plan.md, fourth use).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Iterable
 
 from ..probing.evaluate import predict
 from ..probing.metrics import is_skippable
+from .subjects import WORD_START
 
 #: What the base is asked to continue for a subject
 OPENINGS = ("{} is", "{} was", "{},")
@@ -24,10 +26,10 @@ TOKENS = 12
 
 
 def _starts_word(tokenizer: Any, token: int) -> bool:
-    """A token that begins a new word: a leading space as decoded, or a word-start marker as stored ("Ġ", "▁"; some
-    decoders drop the space of a lone piece)."""
+    """A token that begins a new word: a leading space as decoded, or a word-start marker as stored (some decoders
+    drop the space of a lone piece)."""
     raw = tokenizer.convert_ids_to_tokens([token])[0]
-    return tokenizer.decode([token])[:1] == " " or (isinstance(raw, str) and raw[:1] in ("Ġ", "▁"))
+    return tokenizer.decode([token])[:1] == " " or (isinstance(raw, str) and raw[:1] in WORD_START)
 
 
 def _said_before(tokenizer: Any, tokens: list[int]) -> str:

@@ -71,6 +71,8 @@ CLIMB_CHECK = 8
 GROW_BEAM = 1  # beam 2 found 1 more exact subject of 20 on dev at 1.5x the cost (subject_regrow_dev.txt)
 #: λ of the growth's objective, fire + λ · log P(text): a token must buy 0.01 of fire per nat it costs.
 FLUENCY = 0.01
+#: How byte-level BPE ("Ġ") and SentencePiece ("▁") vocabularies store a token that starts a word
+WORD_START = ("Ġ", "▁")
 _START = re.compile(r" [A-Za-z][A-Za-z'\-\.&]*| \d+")
 _CONT = re.compile(r" ?[A-Za-z][A-Za-z'\-\.&]*| ?\d+|[a-z]+")
 
@@ -83,7 +85,7 @@ def word_tokens(tokenizer: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     for i, t in enumerate(raw):
         if not isinstance(t, str):
             continue
-        word = " " + t[1:] if t[:1] in ("Ġ", "▁") else t
+        word = " " + t[1:] if t[:1] in WORD_START else t
         start[i] = bool(_START.fullmatch(word))
         cont[i] = bool(_CONT.fullmatch(word))
     return start, cont
@@ -502,7 +504,7 @@ def function_words(tokenizer: Any, n: int) -> torch.Tensor:
     raw = tokenizer.convert_ids_to_tokens(list(range(min(n, len(tokenizer)))))
     out = torch.zeros(n, dtype=torch.bool)
     for i, t in enumerate(raw):
-        if isinstance(t, str) and t[:1] in ("Ġ", "▁"):  # "he" of "Zhejiang" is a piece, " he" a word
+        if isinstance(t, str) and t[:1] in WORD_START:  # "he" of "Zhejiang" is a piece, " he" a word
             out[i] = t[1:].casefold() in STOP_WORDS
     return out
 
