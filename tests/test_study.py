@@ -127,7 +127,7 @@ def test_grid_expands_as_configured(tmp_path):
     ({"finetune": {"batch_size": "two"}}, "[finetune] batch_size must be a int"),
     ({"stopping": {"mode": "forever"}}, "[stopping] mode must be one of"),
     ({"grid": []}, "at least one [[grid]]"),
-    ({"grid": [{"edit_methods": ["mend"], "tasks": ["lm"], "seeds": [0]}]}, "unknown value 'mend'"),
+    ({"grid": [{"edit_methods": ["serac"], "tasks": ["lm"], "seeds": [0]}]}, "unknown value 'serac'"),
     ({"grid": [{"edit_methods": ["rome"], "tasks": ["lm"], "seeds": [0], "layers": ["middle"]}]},
      "'middle' is not a layer strategy"),
     ({"grid": [{"edit_methods": ["none"], "tasks": ["lm"], "seeds": [0], "layers": ["edited"]}]},
@@ -595,3 +595,26 @@ def test_launch_interrupted_while_waiting_stops_local_tasks_and_merges_what_fini
     text = "\n".join(said)
     assert "1 finished cell(s) merged" in text
     assert ("2 local worker task(s) stopped" in text) if engine == "local" else ("editaudit study merge" in text)
+
+
+@pytest.mark.parametrize("method", ["mend", "malmen"])
+def test_hypernetwork_editors_are_study_edit_methods(tiny_llama, tmp_path, method):
+    """MEND and MALMEN edit a study's facts like the other editors (with a trained editor given as ``editor``), and
+    the ``edited`` layer strategy fine-tunes the layers their update wrote: the top ``span`` layers."""
+    from editaudit.editing import hypernet as H
+    from editaudit.models.loading import load_model
+    from editaudit.store.studies import StudyStore
+    from editaudit.study.runner import run_study
+
+    tiny = H.TrainSettings(steps=4, batch=4, rank=8, sources=("bank",), variants=1)
+    trained = H.train_editor(load_model(tiny_llama), method, tiny)
+    doc = _doc(tiny_llama, _files(tmp_path))
+    doc["edit"] = {"protocol": "single" if method == "mend" else "batch",
+                   "hparams": {method: {"editor": str(trained.folder)}}}
+    doc["grid"] = [dict(doc["grid"][0], edit_methods=[method], layers=["edited"])]
+    store = StudyStore(tmp_path / "study.db")
+    assert run_study(parse_config(doc), store, tmp_path / "out").ran == 1
+    cell = store.cells("tiny", "done")[0]
+    m = cell["metrics"]
+    assert math.isfinite(m["val_loss_start"]) and len(m["after"]["new"]) == doc["grid"][0]["n_edits"][0]
+    assert m["edited_layers"] == [3, 4, 5] == m["ft_layers"]

@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import BadInput
 from ..mitigation.data import TASKS
 
-EDIT_METHODS = ("none", "ft", "rome", "memit", "alphaedit")
+EDIT_METHODS = ("none", "ft", "rome", "memit", "alphaedit", "mend", "malmen")
 FT_METHODS = ("full", "lora", "dora")
 PROTOCOLS = ("single", "sequential", "batch")
 STOP_MODES = ("equal-impact", "budget")
