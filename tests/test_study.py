@@ -346,7 +346,7 @@ def test_cli_runs_reports_and_merges(tiny_llama, tmp_path):
     assert res.exit_code == 2 and "not found" in res.output
 
 
-@pytest.mark.parametrize("name, cells", [("erase", 5), ("erase-strong", 5), ("retention", 52), ("erase-gpu", 756), ("retention-gpu", 360)])
+@pytest.mark.parametrize("name, cells", [("erase", 5), ("erase-strong", 5), ("retention", 52), ("erase-gpu", 756), ("retention-gpu", 360), ("hypernet-check", 2)])
 def test_shipped_studies_load(name, cells):
     root = Path(__file__).resolve().parents[1] / "studies"
     cfg = load_config(root / f"{name}.toml")
