@@ -1,10 +1,14 @@
-"""The mitigation study on SmolLM2-135M: erase or preserve 10 ROME edits, against plain full fine-tuning.
+"""The mitigation study on SmolLM2-135M: erase or preserve 10 edits, against plain full fine-tuning.
 
     python scripts/mitigation_study.py [--seeds 3] [--steps 40] [--task lm] [--out bench/results/mitigation_study.txt]
+    python scripts/mitigation_study.py --methods rome,memit,alphaedit --facts bench/heldout/smollm2-135m-v10.jsonl
 
-Per seed (seed s: facts 10s…10s+9 of the built-in edit set, and training seed s):
-1. Make a suspect: ROME edits of those facts (facts SmolLM2-135M knows, with a counterfactual target of the same
-   kind), written as a checkpoint in the work folder.
+Per suspect (seed s of editor m: the next 10 facts, and training seed s):
+1. Make a suspect: 10 edits of those facts (facts SmolLM2-135M knows, with a counterfactual target of the same
+   kind) by the editor, at its default layers (ROME: 10 in sequence in one layer; MEMIT, AlphaEdit: one batch),
+   written as a checkpoint in the work folder. Facts: the built-in edit set in its order (the default, ROME only),
+   or a held-apart set (``--facts``, never in the shipped sets) in the harnesses' round-robin order over relations,
+   from ``--start``; suspects take consecutive chunks, editor by editor, seed by seed.
 2. Scan it against the base (stored, reading the edits blind), so that ``--layers auto`` has the edited layers and
    the base-free erase has the subjects it read.
 3. Arms, all on the same task data and hyper-parameters, through ``run_mitigation``:
@@ -38,7 +42,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--edits", type=int, default=10, help="ROME edits per suspect")
+    ap.add_argument("--edits", type=int, default=10, help="edits per suspect")
+    ap.add_argument("--methods", default="rome", help="editors, comma list of rome, memit, alphaedit (a suspect each "
+                                                      "per seed)")
+    ap.add_argument("--facts", type=Path, default=None, help="a held-apart fact file (default: the built-in edit set)")
+    ap.add_argument("--start", type=int, default=0, help="first fact taken (of --facts, in round-robin order)")
     ap.add_argument("--seeds", type=int, default=3, help="suspects: seed s edits facts s·N … s·N+N−1 and trains with "
                                                          "seed s")
     ap.add_argument("--intrinsic", type=int, default=0, help="intrinsic probes to track (0: the whole set)")
@@ -80,10 +88,21 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     store = Store(work / "study.db")
     base = ensure_model("smollm2-135m")
-    facts = load_probes(resource_dir("probes") / "smollm2-135m-edit.jsonl")
-    if len(facts) < args.seeds * args.edits:
-        raise SystemExit(f"{args.seeds} seeds × {args.edits} edits need {args.seeds * args.edits} facts; the edit set "
-                         f"has {len(facts)}")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods or set(methods) - set(EDITORS):
+        raise SystemExit(f"--methods: a comma list of {', '.join(EDITORS)}, not {args.methods!r}")
+    if args.facts is None:
+        source = "probes/smollm2-135m-edit.jsonl"
+        facts = load_probes(resource_dir("probes") / "smollm2-135m-edit.jsonl")[args.start:]
+    else:
+        from editaudit.probing.sets import round_robin
+
+        source = f"{args.facts} (round-robin)"
+        facts = round_robin(load_probes(args.facts))[args.start:]
+    need = len(methods) * args.seeds * args.edits
+    if len(facts) < need:
+        raise SystemExit(f"{len(methods)} editor(s) × {args.seeds} seeds × {args.edits} edits need {need} facts; "
+                         f"{source} has {len(facts)} from {args.start}")
     intrinsic = load_probes(resource_dir("probes") / "smollm2-135m-intrinsic.jsonl")
     if args.intrinsic:
         intrinsic = intrinsic[: args.intrinsic]
@@ -94,10 +113,13 @@ def main() -> int:
 
     per_seed: list[dict[str, dict]] = []
     checks: dict[str, list[bool]] = {}
-    for seed in range(args.seeds):
-        edit_set = facts[seed * args.edits:(seed + 1) * args.edits]
-        say(f"## seed {seed}: facts {seed * args.edits}–{(seed + 1) * args.edits - 1} of the edit set, training seed {seed}")
-        results = run_seed(args, seed, edit_set, intrinsic, arms, base, work, store, say)
+    suspects = [(m, seed) for m in methods for seed in range(args.seeds)]
+    for i, (method, seed) in enumerate(suspects):
+        lo = i * args.edits
+        edit_set = facts[lo:lo + args.edits]
+        say(f"## {method}, seed {seed}: facts {args.start + lo}–{args.start + lo + args.edits - 1} of {source}, "
+            f"training seed {seed}")
+        results = run_seed(args, method, seed, edit_set, intrinsic, arms, base, work, store, say)
         per_seed.append(results)
         say("")
         table(results, say)
@@ -107,7 +129,7 @@ def main() -> int:
             say(f"{text} → {'met' if ok else 'NOT met'}")
         say("")
 
-    say(f"## over the {args.seeds} seed(s): mean [min–max]")
+    say(f"## over the {len(suspects)} suspect(s): mean [min–max]")
     say(f"{'arm':<10}{'steps':>14}  {'erased':>18}  {'true back':>18}  {'intrinsic points':>20}  {'edit left (W)':>22}")
     for key in ROW_ORDER:
         rows = [r[key] for r in per_seed if key in r]
@@ -120,14 +142,15 @@ def main() -> int:
             f"{_spread([r.get('edit_weight_share_left') for r in rows], '{:.1%}'):>22}")
     say("")
     for name, oks in checks.items():
-        say(f"{name}: met in {sum(oks)} of {len(oks)} seed(s)")
+        say(f"{name}: met in {sum(oks)} of {len(oks)} suspect(s)")
 
     header = [
         "# editaudit mitigation study on SmolLM2-135M-Instruct (CPU)",
         f"# command: python {' '.join(shlex.quote(a) for a in sys.argv)}",
         f"# date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; python {platform.python_version()}, torch {torch.__version__}, "
         f"{args.threads} threads; total {time.perf_counter() - t_start:.0f}s",
-        f"# per seed s: {args.edits} ROME facts s·{args.edits}… from probes/smollm2-135m-edit.jsonl, training seed s; "
+        f"# suspects: {', '.join(methods)} × seeds 0–{args.seeds - 1}, {args.edits} facts each, consecutive from "
+        f"{args.start} of {source}, training seed s; "
         f"intrinsic probes: {len(intrinsic)} from probes/smollm2-135m-intrinsic.jsonl",
         f"# arms share: task {args.task} (default offline data), {args.steps} steps, eval every {args.eval_every}, "
         f"batch {args.batch_size} × {args.seq_len} tokens, lr {args.lr or 'task default'}, AdamW wd 0.01, "
@@ -149,10 +172,12 @@ def main() -> int:
 
 
 ARMS = ("project", "erase", "edited", "preserve", "revert")
+EDITORS = ("rome", "memit", "alphaedit")
 ROW_ORDER = ("full", "window", "edited", "project", "preserve", "revert")
 
 
-def run_seed(args, seed: int, edit_set, intrinsic, arms, base, work: Path, store, say) -> dict[str, dict]:
+def run_seed(args, method: str, seed: int, edit_set, intrinsic, arms, base, work: Path, store,
+             say) -> dict[str, dict]:
     """One suspect (its own facts) and every arm on it; {row: arm summary}."""
     from editaudit.editing.service import apply_edits
     from editaudit.mitigation.service import MitigationEvent, MitigationOptions, make_evaluator, run_mitigation
@@ -161,7 +186,7 @@ def run_seed(args, seed: int, edit_set, intrinsic, arms, base, work: Path, store
     from editaudit.progress import Step
     from editaudit.scan.service import ScanOptions, run_scan
 
-    suspect = work / f"suspect-rome-{args.edits}-s{seed}"
+    suspect = work / f"suspect-{method}-{args.edits}-s{seed}"
     facts_key = json.dumps([p.to_dict() for p in edit_set], sort_keys=True)
     marker = work / f"{suspect.name}.facts.json"
     if not (suspect / "model.safetensors").exists() or not marker.exists() or marker.read_text() != facts_key:
@@ -174,13 +199,13 @@ def run_seed(args, seed: int, edit_set, intrinsic, arms, base, work: Path, store
                 print(f"  {event.stage}: {event.done:.0f}/{event.total or 0:.0f} ({time.perf_counter() - t0:.0f}s)",
                       flush=True)
 
-        run = apply_edits(base, edit_set, "rome", out=suspect, store=store, overwrite=True, say=print,
+        run = apply_edits(base, edit_set, method, out=suspect, store=store, overwrite=True, say=print,
                           progress=edit_progress, device="cpu")
         marker.write_text(facts_key)
-        say(f"ROME: {len(edit_set)} edits at layer(s) {run.layers}, success {run.success_rate:.0%}, "
+        say(f"{method}: {len(edit_set)} edits at layer(s) {run.layers}, success {run.success_rate:.0%}, "
             f"{time.perf_counter() - t0:.0f}s")
     else:
-        say(f"ROME suspect reused from {suspect}")
+        say(f"{method} suspect reused from {suspect}")
 
     t0 = time.perf_counter()
     reading = "project" in arms  # the base-free erase works from the scan's readings
