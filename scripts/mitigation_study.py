@@ -6,7 +6,7 @@
 Per suspect (seed s of editor m: the next 10 facts, and training seed s):
 1. Make a suspect: 10 edits of those facts (facts SmolLM2-135M knows, with a counterfactual target of the same
    kind) by the editor, at its default layers (ROME: 10 in sequence in one layer; MEMIT, AlphaEdit: one batch),
-   written as a checkpoint in the work folder. Facts: the built-in edit set in its order (the default, ROME only),
+   written as a checkpoint in the work folder. Facts: the built-in edit set in its order (the default),
    or a held-apart set (``--facts``, never in the shipped sets) in the harnesses' round-robin order over relations,
    from ``--start``; suspects take consecutive chunks, editor by editor, seed by seed.
 2. Scan it against the base (stored, reading the edits blind), so that ``--layers auto`` has the edited layers and
@@ -67,6 +67,13 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "mitigation_study.txt")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods or set(methods) - set(EDITORS):
+        ap.error(f"--methods: a comma list of {', '.join(EDITORS)}, not {args.methods!r}")
+    if args.facts is not None and not args.facts.is_file():
+        ap.error(f"--facts: no such file: {args.facts}")
+    if args.start < 0:
+        ap.error(f"--start must be 0 or more, not {args.start}")
 
     import torch
 
@@ -88,17 +95,20 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     store = Store(work / "study.db")
     base = ensure_model("smollm2-135m")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not methods or set(methods) - set(EDITORS):
-        raise SystemExit(f"--methods: a comma list of {', '.join(EDITORS)}, not {args.methods!r}")
     if args.facts is None:
         source = "probes/smollm2-135m-edit.jsonl"
         facts = load_probes(resource_dir("probes") / "smollm2-135m-edit.jsonl")[args.start:]
     else:
         from editaudit.probing.sets import round_robin
 
+        from editaudit.errors import BadInput
+        from editaudit.probing.format import ProbeLoadError
+
         source = f"{args.facts} (round-robin)"
-        facts = round_robin(load_probes(args.facts))[args.start:]
+        try:
+            facts = round_robin(load_probes(args.facts))[args.start:]
+        except (BadInput, ProbeLoadError) as exc:
+            raise SystemExit(f"--facts: {exc}")
     need = len(methods) * args.seeds * args.edits
     if len(facts) < need:
         raise SystemExit(f"{len(methods)} editor(s) × {args.seeds} seeds × {args.edits} edits need {need} facts; "
