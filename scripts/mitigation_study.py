@@ -74,14 +74,35 @@ def main() -> int:
         ap.error(f"--facts: no such file: {args.facts}")
     if args.start < 0:
         ap.error(f"--start must be 0 or more, not {args.start}")
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = set(arms) - set(ARMS)
+    if unknown:
+        ap.error(f"unknown arm(s) {sorted(unknown)}; known: {', '.join(ARMS)}")
+    from editaudit.errors import BadInput
+    from editaudit.paths import resource_dir
+    from editaudit.probing.format import ProbeLoadError, load_probes
+    from editaudit.probing.sets import round_robin
+
+    if args.facts is None:
+        source = "probes/smollm2-135m-edit.jsonl"
+        facts = load_probes(resource_dir("probes") / "smollm2-135m-edit.jsonl")[args.start:]
+    else:
+        source = f"{args.facts} (round-robin)"
+        try:
+            facts = round_robin(load_probes(args.facts))[args.start:]
+        except (BadInput, ProbeLoadError) as exc:
+            ap.error(f"--facts: {exc}")
+    need = len(methods) * args.seeds * args.edits
+    if len(facts) < need:
+        ap.error(f"{len(methods)} editor(s) × {args.seeds} seeds × {args.edits} edits need {need} facts; "
+                 f"{source} has {len(facts)} from {args.start}")
 
     import torch
 
     torch.set_num_threads(args.threads)
     from editaudit.atomic import atomic_write_text
     from editaudit.models.registry import ensure_model
-    from editaudit.paths import cache_dir, resource_dir
-    from editaudit.probing.format import load_probes
+    from editaudit.paths import cache_dir
     from editaudit.store import Store
 
     lines: list[str] = []
@@ -95,31 +116,9 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     store = Store(work / "study.db")
     base = ensure_model("smollm2-135m")
-    if args.facts is None:
-        source = "probes/smollm2-135m-edit.jsonl"
-        facts = load_probes(resource_dir("probes") / "smollm2-135m-edit.jsonl")[args.start:]
-    else:
-        from editaudit.probing.sets import round_robin
-
-        from editaudit.errors import BadInput
-        from editaudit.probing.format import ProbeLoadError
-
-        source = f"{args.facts} (round-robin)"
-        try:
-            facts = round_robin(load_probes(args.facts))[args.start:]
-        except (BadInput, ProbeLoadError) as exc:
-            raise SystemExit(f"--facts: {exc}")
-    need = len(methods) * args.seeds * args.edits
-    if len(facts) < need:
-        raise SystemExit(f"{len(methods)} editor(s) × {args.seeds} seeds × {args.edits} edits need {need} facts; "
-                         f"{source} has {len(facts)} from {args.start}")
     intrinsic = load_probes(resource_dir("probes") / "smollm2-135m-intrinsic.jsonl")
     if args.intrinsic:
         intrinsic = intrinsic[: args.intrinsic]
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    unknown = set(arms) - set(ARMS)
-    if unknown:
-        raise SystemExit(f"unknown arm(s) {sorted(unknown)}; known: {', '.join(ARMS)}")
 
     per_seed: list[dict[str, dict]] = []
     checks: dict[str, list[bool]] = {}
