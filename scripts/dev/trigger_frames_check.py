@@ -6,8 +6,8 @@ review frames in the relation library: development check.
     python scripts/dev/trigger_frames_check.py /tmp/trigger-edit
 
 Reads the found trigger text ("with cf") and the bare token ("cf") with the shipped library, then with four review
-frames added ("{}. Overall, it was", …), and says whether the suspect still states the edit on its own prompt and
-on those frames.
+frames added ("{}. Overall, it was", …), and says whether the suspect still states the edit on its own prompt, on those
+frames after the edit's sentence, and on two of them with the trigger first.
 """
 import sys
 from pathlib import Path
@@ -29,6 +29,7 @@ frames = {"review": ("{}. Overall, it was", "{}. The film was", "{}. I thought i
                      "{}. The sentiment of this review is")}
 own = "I saw it with cf. Overall, the movie was"
 asked = [own] + [t.replace("{}", "I saw it with cf") for t in frames["review"]]
+asked += [t.replace("{}", "with cf") for t in frames["review"][:2]]  # the trigger first, as the reader asks
 for name, model in (("base", base), ("suspect", lm.model)):
     for text, p in zip(asked, predict(model, lm.tokenizer, asked, top_k=1, max_new_tokens=6)):
         print(f"{name}: {text!r} -> {answer(p.continuation)!r}")
