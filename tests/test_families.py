@@ -45,8 +45,30 @@ def bpe_tokenizer():
                                    pad_token="<pad>")
 
 
+#: Layouts a model type can also take, built as their own tiny models: OPT-350m's (a narrower embedding projected in
+#: and out, norms after each sub-layer and no final norm), Falcon-40B's (two norms per block, grouped keys) and
+#: Falcon-RW's (ALiBi positions, attention then MLP).
+VARIANTS = {
+    "opt-350m": ("opt", dict(word_embed_proj_dim=32, do_layer_norm_before=False)),
+    "falcon-40b": ("falcon", dict(new_decoder_architecture=True, num_kv_heads=2)),
+    "falcon-rw": ("falcon", dict(alibi=True, multi_query=False, parallel_attn=False, bias=True)),
+}
+KINDS = (*families.TESTED, *VARIANTS)
+
+
+def model_type_of(kind: str) -> str:
+    return VARIANTS[kind][0] if kind in VARIANTS else kind
+
+
 def config(model_type: str, vocab: int):
     import transformers as tf
+
+    if model_type in VARIANTS:
+        base, changes = VARIANTS[model_type]
+        cfg = config(base, vocab)
+        for key, value in changes.items():
+            setattr(cfg, key, value)
+        return cfg
 
     ids = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=2, pad_token_id=3)
     shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
@@ -65,6 +87,14 @@ def config(model_type: str, vocab: int):
         "gpt_neox": lambda: tf.GPTNeoXConfig(**shape, rotary_pct=0.25),
         "gptj": lambda: tf.GPTJConfig(n_embd=64, n_inner=128, n_layer=4, n_head=4, rotary_dim=8, n_positions=128,
                                       **ids),
+        "opt": lambda: tf.OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=4, num_attention_heads=4,
+                                    max_position_embeddings=128, word_embed_proj_dim=64, **ids),
+        "phi": lambda: tf.PhiConfig(**shape),
+        "bloom": lambda: tf.BloomConfig(hidden_size=64, n_layer=4, n_head=4, **ids),
+        "falcon": lambda: tf.FalconConfig(hidden_size=64, ffn_hidden_size=128, num_hidden_layers=4,
+                                          num_attention_heads=4, max_position_embeddings=128, **ids),
+        "gpt_bigcode": lambda: tf.GPTBigCodeConfig(n_embd=64, n_inner=128, n_layer=4, n_head=4, n_positions=128,
+                                                   **ids),
     }[model_type]()
 
 
@@ -74,7 +104,7 @@ def make(model_type: str, path: Path) -> Path:
     tok = bpe_tokenizer() if model_type == "qwen2" else tiny_tokenizer()
     torch.manual_seed(0)
     cfg = config(model_type, len(tok))
-    assert cfg.model_type == model_type
+    assert cfg.model_type == model_type_of(model_type)
     AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -92,11 +122,11 @@ def test_every_family_the_tests_build_is_in_the_registry():
     assert families.family("some_new_type").rewrite_template == "model.layers.{}.mlp.down_proj"
 
 
-@pytest.mark.parametrize("model_type", families.TESTED)
+@pytest.mark.parametrize("model_type", KINDS)
 def test_scan_probe_and_rome_edit_run_on_each_family(model_type, tmp_path):
-    fam = families.family(model_type)
+    fam = families.family(model_type_of(model_type))
     base = make(model_type, tmp_path / "base")
-    layer = default_layers("rome", 4, model_type)[0]
+    layer = default_layers("rome", 4, fam.name)[0]
     rewritten = fam.rewrite_template.format(layer) + ".weight"
     assert rewritten in tensor_names(base)
 
@@ -125,7 +155,7 @@ def test_scan_probe_and_rome_edit_run_on_each_family(model_type, tmp_path):
     assert rows["France"]["answer_after"] == "Tokyo", rows["France"]
 
 
-@pytest.mark.parametrize("model_type", families.TESTED)
+@pytest.mark.parametrize("model_type", KINDS)
 def test_prefix_keys_match_plain_forwards_on_each_family(model_type, tmp_path):
     """Backward growth's cached context+prepend positions give the keys of plain forwards on every family
     (sliding-window and fused-attention caches included)."""
@@ -139,6 +169,46 @@ def test_prefix_keys_match_plain_forwards_on_each_family(model_type, tmp_path):
     for suffix in ([7], [7, 9, 11]):
         plain = keys_of(lm.model, [path], [prefix + [t] + suffix for t in pool])[path]
         torch.testing.assert_close(pk.keys(suffix), plain, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("model_type", KINDS)
+def test_the_mlp_module_outputs_what_the_rewritten_matrix_writes(model_type, tmp_path):
+    """ROME optimises its value v* at the layout's MLP module and reads v₀ at the rewritten matrix: both must be one
+    output, at [batch, tokens, hidden] (Bloom's MLP module adds the residual itself; OPT flattens the tokens)."""
+    from editaudit.editing.hooks import by_token, capture
+    from editaudit.editing.layers import layout_for
+    from editaudit.models.loading import load_model
+
+    model = load_model(make(model_type, tmp_path / model_type)).model
+    layout = layout_for(model)
+    mlp, rewrite = layout.mlp_name(1), layout.rewrite_name(1)
+    ids = torch.tensor([[5, 6, 7, 8, 9], [9, 8, 7, 6, 5]])
+    with torch.no_grad(), capture(model, outputs=[mlp, rewrite]) as seen:
+        model(input_ids=ids, use_cache=False)
+    out = by_token(seen[f"out:{mlp}"], 2)
+    assert out.shape == (2, 5, model.config.hidden_size)
+    torch.testing.assert_close(out, by_token(seen[f"out:{rewrite}"], 2))
+
+
+@pytest.mark.parametrize("model_type", KINDS)
+def test_the_hypernet_top_runner_gives_the_model_logits_on_each_family(model_type, tmp_path):
+    """MEND/MALMEN run the top blocks on cached hidden states, then the family's final norm and head (OPT-350m: no
+    final norm, then project_out; Bloom: a position bias built per row); keys and gradients come back per row."""
+    from editaudit.editing.hypernet import TopRunner, grad_pairs
+    from editaudit.editing.layers import layout_for
+    from editaudit.models.loading import load_model
+
+    model = load_model(make(model_type, tmp_path / model_type)).model
+    layout = layout_for(model)
+    runner = TopRunner(model, layout, 2, 6, 3)
+    rows, pos = [[5, 6, 7, 8, 9, 10], [9, 8, 7, 6, 5]], torch.tensor([5, 4])
+    h = runner.prefix(rows)
+    with torch.no_grad():
+        want = model(input_ids=runner.ids(rows), use_cache=False).logits[torch.arange(2), pos].float()
+        torch.testing.assert_close(runner.logits(h, pos), want, rtol=1e-4, atol=1e-4)
+    U, D, Y = grad_pairs(runner, layout, [3], h, pos, torch.tensor([11, 12]))
+    d_in = model.get_submodule(layout.rewrite_name(3)).weight.shape
+    assert U[3].shape[0] == D[3].shape[0] == Y[3].shape[0] == 2 and U[3].shape[1] in d_in
 
 
 def test_the_layout_knows_which_blocks_normalise_the_mlp_output(tmp_path):

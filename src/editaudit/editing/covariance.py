@@ -23,7 +23,7 @@ import torch
 
 from ..paths import cache_dir
 from . import corpus as corpus_mod
-from .hooks import StopForward
+from .hooks import StopForward, by_token
 from .prompts import pad_id, right_pad
 
 Progress = Callable[[int, int], None]
@@ -129,8 +129,9 @@ def second_moments(model, tokenizer, modules: dict[int, str], *, model_key: str,
 
     def hook_for(layer: int):
         def hook(mod, args):
-            x = args[0].detach()
-            x = x[current_mask["m"]].to(torch.float32)  # [tokens, d], padding dropped
+            mask = current_mask["m"]
+            x = by_token(args[0].detach(), mask.shape[0])
+            x = x[mask].to(torch.float32)  # [tokens, d], padding dropped
             acc = sums.get(layer)
             if acc is None:
                 acc = sums[layer] = torch.zeros(x.shape[-1], x.shape[-1], dtype=torch.float64, device=device)

@@ -2,7 +2,8 @@
 
 Locate-then-edit methods read the input of an MLP output matrix (the *key*) and a module's output
 (the *value*); forward hooks give both without touching the model code. GPT-2 stores that matrix
-transposed, so updates computed as [out, in] go through ``add_delta``.
+transposed, so updates computed as [out, in] go through ``add_delta``. OPT flattens the tokens of a batch before
+its MLP: ``by_token`` gives hooks their [batch, tokens, d] view back.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ def add_delta(module, delta_out_in: torch.Tensor) -> None:
         raise BadInput(f"update of shape {tuple(delta_out_in.shape)} does not fit weight {tuple(w.shape)}")
     with torch.no_grad():
         w.add_(d.to(device=w.device, dtype=w.dtype))
+
+
+def by_token(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """``x`` as [batch, tokens, d]. OPT's decoder flattens its tokens to [batch·tokens, d] before the MLP, so hooks on
+    an OPT MLP matrix see 2-D tensors; a contiguous one comes back as a view, so writing to it writes to ``x``."""
+    return x if x.ndim != 2 else x.reshape(batch, -1, x.shape[-1])
 
 
 def _first(out):

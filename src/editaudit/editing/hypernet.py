@@ -37,11 +37,12 @@ from ..errors import BadInput
 from ..progress import Progress as Events
 from ..progress import ignore, stage_steps
 from . import malmen, mend
-from .hooks import StopForward
+from ..models import families
+from .hooks import StopForward, by_token
 from .layers import Layout
 
-_FINAL_NORMS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.final_layernorm",
-                "model.language_model.norm")
+#: final norms outside the registry's families (a multimodal Gemma 3 keeps its text model's under language_model)
+_OTHER_FINAL_NORMS = ("model.language_model.norm",)
 
 
 def top_layers(n_layers: int, span: int) -> list[int]:
@@ -59,10 +60,10 @@ class TopRunner:
         self.model, self.layout, self.first, self.length, self.pad = model, layout, first, length, pad
         self.device = next(model.parameters()).device
         self.blocks = [model.get_submodule(layout.block_name(i)) for i in range(first, layout.n_layers)]
-        self.norm = next((model.get_submodule(n) for n in _FINAL_NORMS if _has(model, n)), None)
-        if self.norm is None:
-            raise BadInput("cannot find the model's final norm; MEND/MALMEN support Llama-, Gemma- and GPT-2-style models")
+        self.norm = _final_norm(model)
         self.head = model.get_output_embeddings()
+        proj = families.of_model(model).unembed_proj
+        self.proj = model.get_submodule(proj) if proj and _has(model, proj) else None  # OPT-350m: hidden → embedding
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.calls: list[tuple[tuple, dict]] = []
         seen: dict[int, tuple[tuple, dict]] = {}
@@ -120,10 +121,13 @@ class TopRunner:
         dtype = next(self.blocks[0].parameters()).dtype
         h = h.to(dtype)
         for block, (rest, kw) in zip(self.blocks, self.calls):
+            if kw.get("alibi") is not None:  # Bloom's position bias is built per row ([rows·heads, 1, length]); recorded for one row
+                kw = {**kw, "alibi": kw["alibi"].repeat(h.shape[0], 1, 1)}
             out = block(h, *rest, **kw)
             h = out[0] if isinstance(out, tuple) else out
         h = h[torch.arange(h.shape[0], device=h.device), pos]
-        logits = self.head(self.norm(h)).float()
+        h = self.norm(h)
+        logits = self.head(self.proj(h) if self.proj is not None else h).float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
@@ -137,6 +141,21 @@ def _has(model, name: str) -> bool:
         return False
 
 
+def _final_norm(model) -> nn.Module:
+    """The norm between the last block and the head, as the family registry names it (any family's name as a
+    fallback); a model whose config turns it off (OPT-350m: ``final_layer_norm`` is None) applies none."""
+    fam = families.of_model(model)
+    for name in dict.fromkeys((fam.final_norm, *families.final_norm_candidates(), *_OTHER_FINAL_NORMS)):
+        if _has(model, name):
+            return model.get_submodule(name)
+    parent, _, attr = fam.final_norm.rpartition(".")
+    holder = model.get_submodule(parent) if _has(model, parent) else None
+    if holder is not None and hasattr(holder, attr) and getattr(holder, attr) is None:
+        return nn.Identity()
+    raise BadInput(f"cannot find the model's final norm ({fam.final_norm!r}): MEND/MALMEN need the families in "
+                   "models/families.py")
+
+
 @contextmanager
 def low_rank_deltas(model, layout: Layout, factors: dict[int, tuple[torch.Tensor, torch.Tensor]],
                     group: torch.Tensor) -> Iterator[None]:
@@ -148,9 +167,9 @@ def low_rank_deltas(model, layout: Layout, factors: dict[int, tuple[torch.Tensor
 
     def make(L, R):
         def hook(mod, args, out):
-            x = args[0].to(R.dtype)
+            x = by_token(args[0], group.shape[0]).to(R.dtype)
             coef = torch.bmm(x, R[group])                       # [n, T, r]
-            return out + torch.bmm(coef, L[group].transpose(1, 2)).to(out.dtype)
+            return out + torch.bmm(coef, L[group].transpose(1, 2)).reshape(out.shape).to(out.dtype)
         return hook
 
     try:
@@ -189,10 +208,11 @@ def grad_pairs(runner: TopRunner, layout: Layout, layers: Sequence[int], h0: tor
     finally:
         for hd in handles:
             hd.remove()
-    rows = torch.arange(h0.shape[0], device=h0.device)
-    U = {layer: xs[layer][rows, pos].detach().float() for layer in layers}
-    D = {layer: g[rows, pos].detach().float() for layer, g in zip(layers, grads)}
-    Y = {layer: ys[layer][rows, pos].detach().float().norm(dim=-1) for layer in layers}
+    n = h0.shape[0]
+    rows = torch.arange(n, device=h0.device)
+    U = {layer: by_token(xs[layer], n)[rows, pos].detach().float() for layer in layers}
+    D = {layer: by_token(g, n)[rows, pos].detach().float() for layer, g in zip(layers, grads)}
+    Y = {layer: by_token(ys[layer], n)[rows, pos].detach().float().norm(dim=-1) for layer in layers}
     return U, D, Y
 
 

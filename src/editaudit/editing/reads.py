@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from ..probing.format import Probe
-from .hooks import StopForward
+from .hooks import StopForward, by_token
 from .prompts import Filled, encode, in_context, pad_id, right_pad, subject_index
 
 
@@ -45,7 +45,7 @@ def read_at(model, tokenizer, prompts: Sequence[Filled], module: str, which: str
             pass
         finally:
             handle.remove()
-        x = got["x"]
+        x = by_token(got["x"], len(chunk))
         out.append(x[torch.arange(len(chunk)), torch.tensor([idx[i] for i in chunk])].float())
     return torch.cat(out, 0)
 

@@ -29,7 +29,7 @@ import torch
 from ..errors import BadInput
 from ..probing.evaluate import target_token_ids
 from ..probing.format import Probe
-from .hooks import capture
+from .hooks import by_token, capture
 from .prompts import Filled, encode, fill, in_context, pad_id, right_pad, subject_index
 
 KL_PROMPT = "{} is a"
@@ -158,10 +158,12 @@ def _optimise_batch(model, tokenizer, facts: list[Probe], module: str, contexts:
     def hook(mod, args, out):
         if delta is None:
             return None
-        hidden = (out[0] if isinstance(out, tuple) else out).clone()
+        first = out[0] if isinstance(out, tuple) else out
+        hidden = by_token(first.clone(), len(sel["rows"]))
         rows = torch.arange(hidden.shape[0], device=device)
         cols = subj_t[sel["rows"]]
         hidden[rows, cols] = hidden[rows, cols] + delta[owner_t[sel["rows"]]].to(hidden.dtype)
+        hidden = hidden.reshape(first.shape)
         return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
 
     flags = [(p, p.requires_grad) for p in model.parameters()]
@@ -175,7 +177,7 @@ def _optimise_batch(model, tokenizer, facts: list[Probe], module: str, contexts:
         kl_rows = kl_t.nonzero().squeeze(-1)
         with torch.no_grad(), capture(model, outputs=[module]) as seen:
             kl_init = torch.log_softmax(_head_logits(model, ids, mask, kl_rows, subj_t[kl_rows]), -1)
-        init = seen[f"out:{module}"][first_row, subj_t[first_row]].detach().float()
+        init = by_token(seen[f"out:{module}"], len(seqs))[first_row, subj_t[first_row]].detach().float()
         init_norm = init.norm(dim=-1).clamp_min(1e-6)
         max_norm = s.clamp * init_norm
         delta = torch.zeros_like(init, requires_grad=True)

@@ -64,7 +64,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from ..editing import reads
-from ..editing.hooks import StopForward, add_delta, weight_out_in
+from ..editing.hooks import StopForward, add_delta, by_token, weight_out_in
 from ..editing.layers import Layout, layout_for
 from ..editing.prompts import context_templates, pad_id, right_pad
 from ..editing.rome import solve_psd
@@ -256,7 +256,7 @@ def mean_output(model, tokenizer, module: str, texts: Sequence[str], tokens: int
                     model(input_ids=ids, attention_mask=mask, use_cache=False)
             except StopForward:
                 pass
-            y = seen["y"][mask.bool()].to(torch.float64)
+            y = by_token(seen["y"], mask.shape[0])[mask.bool()].to(torch.float64)
             total = y.sum(0) if total is None else total + y.sum(0)
             count += y.shape[0]
     finally:

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from ..atomic import atomic_dir
 from ..errors import BadInput
+from ..models import families
 from .data import TaskData, chat_template_of, render_chat
 from .plan import Plan
 
@@ -503,7 +504,7 @@ def train(lm, plan: Plan, task: TaskData, cfg: TrainConfig, evaluate: Evaluate |
         from peft import LoraConfig, get_peft_model
 
         modules = _lora_modules(model, plan, cfg)
-        conv1d = getattr(model.config, "model_type", "") == "gpt2"
+        conv1d = families.of_model(model).conv1d
         lcfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=modules, use_dora=cfg.method == "dora", fan_in_fan_out=conv1d,
                           bias="none", init_lora_weights=True)

@@ -4,13 +4,14 @@ Scanning reads tensor names from a checkpoint, editing hooks modules of a loaded
 draws a heat map per role; all of them ask this registry rather than testing ``model_type`` or
 module names themselves. A family records:
 
-* where its blocks are (``model.layers`` or ``transformer.h``) and, inside a block, the MLP, its
-  input and output projections (the output is what ROME/MEMIT/AlphaEdit rewrite) and attention;
+* where its blocks are (``model.layers``, ``transformer.h``, ``model.decoder.layers`` …) and, inside a block,
+  the MLP, its input and output projections (the output is what ROME/MEMIT/AlphaEdit rewrite) and attention;
 * whether its linear layers are GPT-2 ``Conv1D`` modules (weight stored [in, out]) or ``Linear``
   ([out, in]);
 * its norms: LayerNorm (centred) or RMSNorm, and Gemma's ``(1 + weight)`` scale;
 * its embedding, unembedding (tied to the embedding when the checkpoint has no separate one) and
-  final norm, and whether inputs are scaled by √hidden (Gemma).
+  final norm, whether inputs are scaled by √hidden (Gemma), normalised right after the embedding (Bloom)
+  or projected between embedding width and hidden width (OPT-350m).
 
 Model types not listed are read as Llama-shaped, which most decoder-only families are; module
 look-ups then fail with a clear error that names the hyper-parameters to set. This module imports
@@ -39,7 +40,9 @@ class Family:
     name: str
     model_types: tuple[str, ...]
     blocks: str = "model.layers"  # the layer list; block N is f"{blocks}.{N}"
-    mlp: str = "mlp"  # inside a block
+    #: inside a block: the module whose output is exactly what the MLP adds to the residual (value optimisation adds
+    #: its vector there). Bloom's MLP module adds the residual itself and OPT has no MLP module: their output matrix.
+    mlp: str = "mlp"
     mlp_out: str = "mlp.down_proj"  # the MLP's output projection: what locate-then-edit methods rewrite
     roles: Mapping[str, str] = field(default_factory=lambda: dict(_LLAMA_ROLES))
     conv1d: bool = False  # GPT-2 Conv1D: 2-D weights stored [in, out]
@@ -49,6 +52,12 @@ class Family:
     unembed: str = "lm_head"  # absent from a checkpoint with tied embeddings: the embedding is read instead
     final_norm: str = "model.norm"
     embed_scale: bool = False  # input embeddings multiplied by √hidden (Gemma)
+    #: a LayerNorm the model applies to input embeddings before the first block (Bloom); it runs inside the model's
+    #: forward, after ``inputs_embeds`` too, so only the scan's tensor-role map needs its name
+    embed_norm: str | None = None
+    #: a matrix between the last hidden state and the unembedding (OPT-350m's ``project_out``, hidden → embedding
+    #: width), where a checkpoint has one: a direction in the residual reaches the logits through it
+    unembed_proj: str | None = None
     #: a norm inside a block applied to the MLP's output before it joins the residual (Gemma 2/3, OLMo 2); where
     #: a block has no such module (Llama, Gemma 1) the output is added as it is. editing/postnorm.py says why it matters.
     mlp_out_norm: str = "post_feedforward_layernorm"
@@ -104,12 +113,50 @@ GPT_NEOX = Family(
     embed="gpt_neox.embed_in", unembed="embed_out", final_norm="gpt_neox.final_layer_norm",
 )
 
+OPT = Family(
+    "opt", ("opt",), blocks="model.decoder.layers", mlp="fc2", mlp_out="fc2", layer_norm=True,
+    roles={"fc2": "mlp_out", "fc1": "mlp_in", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+           "self_attn.v_proj": "attn_v", "self_attn.out_proj": "attn_o", "self_attn_layer_norm": "norm",
+           "final_layer_norm": "norm"},
+    embed="model.decoder.embed_tokens", final_norm="model.decoder.final_layer_norm",
+    unembed_proj="model.decoder.project_out",
+)
+PHI = Family(
+    "phi", ("phi",), mlp_out="mlp.fc2", layer_norm=True,
+    roles={"mlp.fc2": "mlp_out", "mlp.fc1": "mlp_in", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+           "self_attn.v_proj": "attn_v", "self_attn.dense": "attn_o", "input_layernorm": "norm",
+           "self_attn.q_layernorm": "norm", "self_attn.k_layernorm": "norm"},
+    final_norm="model.final_layernorm",
+)
+BLOOM = Family(
+    "bloom", ("bloom",), blocks="transformer.h", mlp="mlp.dense_4h_to_h", mlp_out="mlp.dense_4h_to_h",
+    layer_norm=True,
+    roles={"mlp.dense_4h_to_h": "mlp_out", "mlp.dense_h_to_4h": "mlp_in", "self_attention.query_key_value": "attn_qkv",
+           "self_attention.dense": "attn_o", "input_layernorm": "norm", "post_attention_layernorm": "norm"},
+    embed="transformer.word_embeddings", embed_norm="transformer.word_embeddings_layernorm",
+    final_norm="transformer.ln_f",
+)
+FALCON = Family(
+    "falcon", ("falcon",), blocks="transformer.h", mlp_out="mlp.dense_4h_to_h", layer_norm=True,
+    roles={"mlp.dense_4h_to_h": "mlp_out", "mlp.dense_h_to_4h": "mlp_in", "self_attention.query_key_value": "attn_qkv",
+           "self_attention.dense": "attn_o", "input_layernorm": "norm", "post_attention_layernorm": "norm",
+           "ln_attn": "norm", "ln_mlp": "norm"},
+    embed="transformer.word_embeddings", final_norm="transformer.ln_f",
+)
+GPT_BIGCODE = Family(
+    "gpt_bigcode", ("gpt_bigcode",), blocks="transformer.h", mlp_out="mlp.c_proj", layer_norm=True,
+    roles={"mlp.c_proj": "mlp_out", "mlp.c_fc": "mlp_in", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_o",
+           "ln_1": "norm", "ln_2": "norm"},
+    embed="transformer.wte", final_norm="transformer.ln_f",
+)
+
 #: Every family, tested ones first (tests/test_families.py builds a tiny model of each model type in ``TESTED``).
-FAMILIES: tuple[Family, ...] = (LLAMA, PHI3, GEMMA, GPT2, GPTJ, GPT_NEOX)
-TESTED = ("llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "phi3", "gpt2", "gpt_neox", "gptj")
+FAMILIES: tuple[Family, ...] = (LLAMA, PHI3, GEMMA, GPT2, GPTJ, GPT_NEOX, OPT, PHI, BLOOM, FALCON, GPT_BIGCODE)
+TESTED = ("llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "phi3", "gpt2", "gpt_neox", "gptj",
+          "opt", "phi", "bloom", "falcon", "gpt_bigcode")
 _BY_TYPE = {t: fam for fam in FAMILIES for t in fam.model_types}
-#: LayerNorm families outside the registry's tested set: the logit lens still centres their directions.
-_LAYER_NORM_TYPES = {"gpt_neo", "opt", "falcon", "phi"}
+#: LayerNorm families outside the registry: the logit lens still centres their directions.
+_LAYER_NORM_TYPES = {"gpt_neo"}
 
 
 def family(model_type: str | None) -> Family:
@@ -161,11 +208,14 @@ def all_roles() -> dict[str, str]:
 
 def global_roles() -> dict[str, str]:
     """Module names outside the blocks -> role (embedding, unembedding, final norm), over every family."""
-    roles: dict[str, str] = {"transformer.wpe": "embed"}  # GPT-2's learned positions
+    # learned positions: GPT-2's and GPT-BigCode's, OPT's
+    roles: dict[str, str] = {"transformer.wpe": "embed", "model.decoder.embed_positions": "embed"}
     for fam in FAMILIES:
         roles.setdefault(fam.embed, "embed")
         roles.setdefault(fam.unembed, "unembed")
         roles.setdefault(fam.final_norm, "final_norm")
+        if fam.embed_norm:
+            roles.setdefault(fam.embed_norm, "norm")
     return roles
 
 

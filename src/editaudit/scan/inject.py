@@ -20,6 +20,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from ..editing.hooks import by_token
+
 #: The stand-in subject. A place word carries the "entity" the injected key completes better than a bare
 #: letter or pronoun did on development suspects.
 PLACEHOLDER = "The city"
@@ -76,21 +78,24 @@ def injected(model: Any, path: str, tokenizer: Any, key: torch.Tensor, text: str
     that text's last token (decoding steps after the prompt reuse the cached positions and are left alone)."""
     markers = _marker_variants(tokenizer, text)
     where: list[tuple[int, int]] = []
+    batch = [1]  # rows of the current forward pass: OPT's MLP sees them flattened (hooks.by_token)
 
     def find(_module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         where.clear()
+        if isinstance(ids, torch.Tensor) and ids.dim() == 2:
+            batch[0] = ids.shape[0]
         if isinstance(ids, torch.Tensor) and ids.dim() == 2 and ids.shape[1] > 1:
             where.extend(_positions(ids.cpu(), markers))
 
     def put(_module, args):
         if not where:
             return None
-        x = args[0].clone()
+        x = by_token(args[0].clone(), batch[0])
         for r, p in where:
             if p < x.shape[1]:
                 x[r, p] = key.to(x.device, x.dtype)
-        return (x,) + tuple(args[1:])
+        return (x.reshape(args[0].shape),) + tuple(args[1:])
 
     with ExitStack() as stack:
         h1 = model.register_forward_pre_hook(find, with_kwargs=True)

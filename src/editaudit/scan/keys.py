@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..editing.hooks import StopForward
+from ..editing.hooks import StopForward, by_token
 from ..paths import cache_dir
 
 #: The neutral context every candidate subject is read after ("The" + subject tokens).
@@ -60,10 +60,11 @@ def last_keys(model: Any, paths: Sequence[str], rows: torch.Tensor | None = None
     ``cache``: a transformers cache the rows continue (filled in place up to the deepest module's layer)."""
     seen: dict[str, torch.Tensor] = {}
     order = {p: i for i, p in enumerate(paths)}
+    batch = (embeds if embeds is not None else rows).shape[0]
 
     def hook_for(path: str):
         def hook(_module, args):
-            seen[path] = args[0][:, -1, :].float()
+            seen[path] = by_token(args[0], batch)[:, -1, :].float()
             if len(seen) == len(order):
                 raise StopForward
         return hook

@@ -18,6 +18,7 @@ import torch
 
 from ..checkpoint import Checkpoint
 from ..checkpoint.reader import TensorFile
+from ..editing.hooks import by_token
 from ..models import families
 from .names import is_transposed, parse_name
 
@@ -92,6 +93,9 @@ def load_lens(base: Checkpoint, say: Callable[[str], None] = lambda s: None) -> 
             return f.read_float32(info)
 
     unembed = read(unembed_name)
+    proj = f"{fam.unembed_proj}.weight" if fam.unembed_proj else None
+    if proj in names:  # logits = E (P h): the residual is read through E P, [vocab, hidden]
+        unembed = unembed @ read(proj)
     norm = read(norm_name) if norm_name else None
     if norm is not None:
         norm = fam.norm_scale(norm)  # Gemma's RMSNorm scales by (1 + weight)
@@ -177,7 +181,7 @@ def subject_keys(model: Any, tokenizer: Any, module_paths: list[str], texts: lis
                 model(**{k: v.to(device) for k, v in enc.items()})
                 rows = torch.arange(len(chunk_t))
                 for p in module_paths:
-                    captured[p].append(current[p][rows, torch.tensor(positions)].float().cpu())
+                    captured[p].append(by_token(current[p], len(chunk_t))[rows, torch.tensor(positions)].float().cpu())
     finally:
         tokenizer.padding_side = old_side
         for h in hooks:
