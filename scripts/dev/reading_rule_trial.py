@@ -26,6 +26,8 @@ that every rule reads the same texts. Rules (``scan.reading.choose_prompt`` repl
     forms    score, with the forms of one word counted as one answer ("Italy", "Italian": ``forms_answer`` below
              replaces ``scan.reading.same_answer`` for the run; taken to v7's facts 145–179 with count: not kept)
     forms-count  count, likewise
+    broad    score, with the answer the edit raises most over the whole library (summed rise of its probability
+             on every prompt, ``broad``) before p_base × rise (bench/heldout/v10-plan.md, fifth use)
     count    the answer the suspect states on the most prompts (numbers excluded), then p_base × rise: the key
              reading's choice (``scan.reading.most_stated``) applied to subjects read through their text
     allforms score, each found subject read as every word-suffix up to six (``all_forms``), not two shorter ones
@@ -195,6 +197,39 @@ def mass(s1, score, says):
     return max(pool, key=lambda j: (times_stated(s1[j].word, says) >= 2, total.get(s1[j].word, 0.0), score[j]))
 
 
+#: The base's {context: top-k} of the subject being read (the ``seen`` dict ``read_subject`` fills, caught by
+#: ``catching_said``), for ``broad``.
+_BASE_SEEN: dict = {}
+
+
+def catching_said(shipped_said):
+    """``reading.said`` that keeps a reference to the base's ``seen`` dict: ``read_subject`` passes one only for the
+    base, and completes it with the base's odds at the suspect's contexts before it chooses."""
+    def said(model, tokenizer, texts, top_k, seen=None, lead=3):
+        out = shipped_said(model, tokenizer, texts, top_k, seen, lead)
+        if seen is not None:
+            _BASE_SEEN["seen"] = seen
+        return out
+    return said
+
+
+def broad(s1, score, says):
+    """The shipped choice, with the answer the edit raises most across the whole library before p_base × rise:
+    B(w) = Σ over every prompt of max(0, p_suspect(w) − p_base(w)) at the context where the suspect says its answer
+    (top-k only). An edit raises its object on its own relation's phrasings even where it does not win them; a side
+    answer rises on one other relation's few (bench/heldout/v10-plan.md, fifth use)."""
+    from editaudit.scan.reading import is_number, times_stated
+
+    at_base = _BASE_SEEN["seen"]
+    gain: dict[str, float] = {}
+    for a in s1:
+        b = at_base.get(a.context, {})
+        for w, p in a.dist.items():
+            gain[w] = gain.get(w, 0.0) + max(0.0, p - b.get(w, 0.0))
+    pool = [j for j in range(len(s1)) if score[j] > float("-inf") and not is_number(s1[j].word)] or range(len(s1))
+    return max(pool, key=lambda j: (times_stated(s1[j].word, says) >= 2, gain.get(s1[j].word, 0.0), score[j]))
+
+
 #: Ordinary subjects of many kinds (the fact bank's sort, none from a held-apart set): what a phrasing draws from the
 #: base for anything put in it.
 GENERIC = ["Paris", "Germany", "Tokyo", "the Eiffel Tower", "Albert Einstein", "Toyota", "pizza", "the violin", "gold",
@@ -335,7 +370,7 @@ def main() -> None:
     shipped_forms, shipped_pick = reading.subject_forms, reading.pick_reading
     shipped_prompts = reading.prompts_for
     count = with_shipped_fallback(reading.most_stated, shipped)
-    rules = {"score": shipped, "numbers": numbers, "sure": sure, "sure-numbers": sure_numbers, "mass": mass, "token": shipped, "keys": shipped, "count": count,
+    rules = {"score": shipped, "numbers": numbers, "sure": sure, "sure-numbers": sure_numbers, "mass": mass, "broad": broad, "token": shipped, "keys": shipped, "count": count,
              "forms": shipped, "forms-count": count, "allforms": shipped, "short": shipped,
              "allshort": shipped, "library": shipped, "describe": shipped}
     if "prior" in args.rules.split(","):
@@ -343,7 +378,8 @@ def main() -> None:
     for rule in args.rules.split(","):
         t_rule = time.time()
         reading.choose_prompt = rules[rule]
-        reading.said = ev["first_token_said"] if rule == "token" else shipped_said
+        reading.said = (ev["first_token_said"] if rule == "token" else catching_said(shipped_said) if rule == "broad"
+                        else shipped_said)
         reading.same_answer = forms_answer if rule.startswith("forms") else shipped_same
         reading.subject_forms = all_forms if rule.startswith("all") else shipped_forms
         reading.pick_reading = shortest_edit if rule.endswith("short") else shipped_pick
