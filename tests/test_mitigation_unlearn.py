@@ -157,8 +157,12 @@ def test_method_auto_resolves_from_the_evidence():
     assert resolve_method("auto", "preserve", read) == "full"
     assert resolve_method("auto", "erase", unread, subjects_given=True) == "project"
     assert resolve_method("unlearn", "erase", None) == "unlearn"
-    with pytest.raises(BadInput, match="read no edited subject"):
+    with pytest.raises(BadInput, match="read no edited subject.*without the base: pass --base"):
         resolve_method("auto", "erase", unread)
+    # a scan that had the base and read nothing points to --revert, not to the --base already given
+    with pytest.raises(BadInput, match="read no edited subject.*with the base at hand, --revert") as err:
+        resolve_method("auto", "erase", EditEvidence([2], [NAME], {NAME: 1}, source="scan", base="/models/base"))
+    assert "pass --base" not in str(err.value)
     with pytest.raises(BadInput, match="no scan"):
         resolve_method("auto", "erase", None)
     with pytest.raises(BadInput, match="no edit"):
