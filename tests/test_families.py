@@ -155,6 +155,29 @@ def test_scan_probe_and_rome_edit_run_on_each_family(model_type, tmp_path):
     assert rows["France"]["answer_after"] == "Tokyo", rows["France"]
 
 
+@pytest.mark.parametrize("model_type", families.TESTED)
+def test_surgical_revert_takes_a_rome_edit_out_on_each_family(model_type, tmp_path):
+    """``mitigate --goal erase --revert``: the scan against the base finds the edit in the family's MLP output matrix
+    and the revert subtracts it, leaving that matrix the base's and every other tensor untouched."""
+    from safetensors.torch import load_file
+
+    from editaudit.mitigation.service import MitigationOptions, run_mitigation
+    from editaudit.store import Store
+
+    fam = families.family(model_type)
+    base = make(model_type, tmp_path / "base")
+    layer = default_layers("rome", 4, model_type)[0]
+    rewritten = fam.rewrite_template.format(layer) + ".weight"
+    apply_edits(str(base), [FACT], "rome", hparams=FAST, out=tmp_path / "suspect")
+    res = run_mitigation(tmp_path / "suspect", "erase", MitigationOptions(base=str(base), out=tmp_path / "clean",
+                                                                         revert=True), store=Store(tmp_path / "s.db"))
+    assert res.evidence.tensors == [rewritten]
+    before, edited, after = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("base", "suspect", "clean"))
+    change = (edited[rewritten] - before[rewritten]).norm()
+    assert change > 0 and (after[rewritten] - before[rewritten]).norm() < 1e-4 * change
+    assert all(torch.equal(after[k], before[k]) for k in before if k != rewritten)
+
+
 @pytest.mark.parametrize("model_type", KINDS)
 def test_prefix_keys_match_plain_forwards_on_each_family(model_type, tmp_path):
     """Backward growth's cached context+prepend positions give the keys of plain forwards on every family
