@@ -95,6 +95,9 @@ def config(model_type: str, vocab: int):
                                           num_attention_heads=4, max_position_embeddings=128, **ids),
         "gpt_bigcode": lambda: tf.GPTBigCodeConfig(n_embd=64, n_inner=128, n_layer=4, n_head=4, n_positions=128,
                                                    **ids),
+        "gpt_neo": lambda: tf.GPTNeoConfig(hidden_size=64, intermediate_size=128, num_layers=4, num_heads=4,
+                                           attention_types=[[["global", "local"], 2]], window_size=32,
+                                           max_position_embeddings=128, **ids),
     }[model_type]()
 
 

@@ -150,13 +150,20 @@ GPT_BIGCODE = Family(
     embed="transformer.wte", final_norm="transformer.ln_f",
 )
 
+GPT_NEO = Family(
+    "gpt_neo", ("gpt_neo",), blocks="transformer.h", mlp_out="mlp.c_proj", layer_norm=True,
+    roles={"mlp.c_proj": "mlp_out", "mlp.c_fc": "mlp_in", "attn.attention.q_proj": "attn_q",
+           "attn.attention.k_proj": "attn_k", "attn.attention.v_proj": "attn_v", "attn.attention.out_proj": "attn_o",
+           "ln_1": "norm", "ln_2": "norm"},
+    embed="transformer.wte", final_norm="transformer.ln_f",
+)
+
 #: Every family, tested ones first (tests/test_families.py builds a tiny model of each model type in ``TESTED``).
-FAMILIES: tuple[Family, ...] = (LLAMA, PHI3, GEMMA, GPT2, GPTJ, GPT_NEOX, OPT, PHI, BLOOM, FALCON, GPT_BIGCODE)
+FAMILIES: tuple[Family, ...] = (LLAMA, PHI3, GEMMA, GPT2, GPTJ, GPT_NEOX, OPT, PHI, BLOOM, FALCON, GPT_BIGCODE,
+                                GPT_NEO)
 TESTED = ("llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "phi3", "gpt2", "gpt_neox", "gptj",
-          "opt", "phi", "bloom", "falcon", "gpt_bigcode")
+          "opt", "phi", "bloom", "falcon", "gpt_bigcode", "gpt_neo")
 _BY_TYPE = {t: fam for fam in FAMILIES for t in fam.model_types}
-#: LayerNorm families outside the registry: the logit lens still centres their directions.
-_LAYER_NORM_TYPES = {"gpt_neo"}
 
 
 def family(model_type: str | None) -> Family:
@@ -165,7 +172,7 @@ def family(model_type: str | None) -> Family:
     found = _BY_TYPE.get(model_type)
     if found is not None:
         return found
-    return Family(model_type or "unknown", (model_type,), layer_norm=model_type in _LAYER_NORM_TYPES)
+    return Family(model_type or "unknown", (model_type,))
 
 
 def of_config(config: Any) -> Family:
