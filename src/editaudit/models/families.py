@@ -21,7 +21,7 @@ nothing heavy, so the app and the CLI can use it without torch.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 #: Module suffixes inside a block -> role, for every known family (the scan's tensor-name map).
@@ -149,13 +149,12 @@ GPT_BIGCODE = Family(
            "ln_1": "norm", "ln_2": "norm"},
     embed="transformer.wte", final_norm="transformer.ln_f",
 )
-
-GPT_NEO = Family(
-    "gpt_neo", ("gpt_neo",), blocks="transformer.h", mlp_out="mlp.c_proj", layer_norm=True,
+#: GPT-Neo: GPT-BigCode's layout (GPT-2's names, ``Linear`` weights) with separate attention projections
+GPT_NEO = replace(
+    GPT_BIGCODE, name="gpt_neo", model_types=("gpt_neo",),
     roles={"mlp.c_proj": "mlp_out", "mlp.c_fc": "mlp_in", "attn.attention.q_proj": "attn_q",
            "attn.attention.k_proj": "attn_k", "attn.attention.v_proj": "attn_v", "attn.attention.out_proj": "attn_o",
            "ln_1": "norm", "ln_2": "norm"},
-    embed="transformer.wte", final_norm="transformer.ln_f",
 )
 
 #: Every family, tested ones first (tests/test_families.py builds a tiny model of each model type in ``TESTED``).
