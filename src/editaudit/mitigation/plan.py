@@ -296,14 +296,14 @@ def resolve_method(method: str, goal: str, evidence: EditEvidence | None, subjec
         return ERASE_DEFAULT
     require_edits(evidence, "--goal erase without a base erases the edits the scan read",
                   "or choose a method (--method full fine-tunes the edited layers; it seldom erases)")
+    other_ways = "give the subjects with --subjects FILE, or choose --method full to fine-tune the edited layers " \
+                 "(it seldom erases)"
     if evidence.base:  # the scan had the base and still read no subject: the base itself is the way to erase
         raise BadInput(f"the scan read no edited subject ({evidence.source}), so there is no edit to erase by its "
-                       "readings; with the base at hand, --revert subtracts the low-rank changes the scan found against it. "
-                       "Or give the subjects with --subjects FILE, or choose --method full to fine-tune the edited "
-                       "layers (it seldom erases)")
+                       "readings; with the base at hand, --revert subtracts the low-rank changes the scan found "
+                       f"against it. Or {other_ways}")
     raise BadInput(f"the scan read no edited subject ({evidence.source}), so there is nothing to erase without the "
-                   "base: pass --base (a scan that reads the edits, or --revert), give the subjects with --subjects "
-                   "FILE, or choose --method full to fine-tune the edited layers (it seldom erases)")
+                   f"base: pass --base (a scan that reads the edits, or --revert), {other_ways}")
 
 
 @dataclass
