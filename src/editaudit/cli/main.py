@@ -117,7 +117,7 @@ app = typer.Typer(
         "* `editaudit demo` — the whole story on the embedded SmolLM2-135M\n"
         "* `editaudit scan SUSPECT --base BASE` — edited? where? what does each edit promote?\n"
         "* `editaudit probe MODEL --compare OTHER` — what each model states\n"
-        "* `editaudit mitigate SUSPECT --goal erase` — fine-tune the edits away, verified\n\n"
+        "* `editaudit mitigate SUSPECT --goal erase` — erase the edits the scan read, without the base, verified\n\n"
         "Models are safetensors folders or files, or the embedded default's name (smollm2-135m)."
     ),
     no_args_is_help=False,
