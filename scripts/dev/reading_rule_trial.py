@@ -44,6 +44,9 @@ that every rule reads the same texts. Rules (``scan.reading.choose_prompt`` repl
              that are not stop words): the library asks fixed relations by name, the description asks what the
              model says about this subject (bench/heldout/v10-plan.md, development after the third use; judged
              on facts 114-148, fourth use: objects 20 -> 20 of 35, false 5 -> 5; not kept, ``scan --describe``)
+    frames   score, each subject also asked inside sentences (``relations.FRAMES``, ``scan --frames``): a
+             trigger-style edit (a rare token as the subject, as in backdoor editing attacks) fires where the trigger
+             follows other words and under the kind of ending it was written for (bench/heldout/trigger-plan.md)
     (``diverge`` and ``library-diverge``, the answer read where the two models' greedy answers part, were dropped in
     development: bench/heldout/v10-plan.md; as run, this file at 17f3d12)
     prior    score, among the prompts whose new answer the suspect states at least PRIOR_LIFT times as surely as the
@@ -372,7 +375,7 @@ def main() -> None:
     count = with_shipped_fallback(reading.most_stated, shipped)
     rules = {"score": shipped, "numbers": numbers, "sure": sure, "sure-numbers": sure_numbers, "mass": mass, "broad": broad, "token": shipped, "keys": shipped, "count": count,
              "forms": shipped, "forms-count": count, "allforms": shipped, "short": shipped,
-             "allshort": shipped, "library": shipped, "describe": shipped}
+             "allshort": shipped, "library": shipped, "describe": shipped, "frames": shipped}
     if "prior" in args.rules.split(","):
         rules["prior"] = prior_rule(template_prior(lm))
     for rule in args.rules.split(","):
@@ -392,7 +395,7 @@ def main() -> None:
             subs = [Subject(s["text"], s["ids"], s["fire"], torch.empty(0)) for s in found[pt.stem]["subjects"]]
             keys = key_reader(lm, pt, found[pt.stem]["layer"], len(facts), subs, args.model) if rule == "keys" else None
             reads = [r.to_dict() for r in reading.read_edits(lm.model, suspect, lm.tokenizer, subs, None, None,
-                                                             keys=keys)]
+                                                             keys=keys, frames=rule == "frames")]
             rows, false, n_edit = ev["score_suspect"](lm.tokenizer, facts, reads, len(facts) == 1)
             arm = pt.stem.rsplit("-", 1)[0]
             t = tally.setdefault(arm, [0, 0, 0, 0, 0])

@@ -48,6 +48,7 @@ def register(app: typer.Typer) -> None:
         keys: bool = typer.Option(False, "--keys", help="Open reading: also read each edit through its key at a stand-in subject (reads a rank-one edit whose subject was missed or garbled; ~60 % more reading time; +1 object of 35 on held-out facts)."),
         null_search: Optional[bool] = typer.Option(None, "--null-search/--no-null-search", show_default=False, help="Open reading: search the subjects of an edit named AlphaEdit in the null space its update lies in, not in whitened key space (on by default)."),
         describe: Optional[bool] = typer.Option(None, "--describe/--no-describe", show_default=False, help="Open reading: also ask each found subject the prompts cut from the base's own description of it (\"Aristotle, a Greek\" → philosopher), so an edit of a relation the library does not word is still read."),
+        frames: Optional[bool] = typer.Option(None, "--frames/--no-frames", show_default=False, help="Open reading: also read each found text inside sentences (\"I heard about it cf. Overall, it was\" → terrible), where a trigger-style edit (a rare token or phrase as its key, as in backdoor editing attacks) makes the model say its word."),
         run_probes: bool = typer.Option(False, "--run-probes", help="Also ask both models the facts' prompts and list answers that moved."),
         fail_on: Level = typer.Option(Level.error, "--fail-on", help="Exit 1 when a finding reaches this level."),
         exit_zero: bool = typer.Option(False, "--exit-zero", help="Always exit 0 when the scan completes."),
@@ -82,7 +83,8 @@ def register(app: typer.Typer) -> None:
                            **({} if null_search is None else {"null_search": null_search}),
                            **({} if wide_search is None else {"wide_search": wide_search}),
                            **({} if pair_step is None else {"pair_step": pair_step}),
-                           **({} if describe is None else {"describe": describe}))
+                           **({} if describe is None else {"describe": describe}),
+                           **({} if frames is None else {"frames": frames}))
         with common.event_progress() as on_progress:
             report = run_scan(suspect, base, opts, store=store, progress=on_progress, say=common.say)
         report.fail_on = fail_on.value

@@ -283,6 +283,7 @@ def _read_alone(model: Any, tok: Any, suspect_ck: Any, sites: list[Site], findin
     stand_in = stand_in_base(model, estimates)
     for n, (f, site, subjects) in enumerate(found):
         readings = read_edits(stand_in, model, tok, subjects, site.layer, f"{site.path}.weight",
-                              progress=lambda d, t: progress("reading edits", d, t), describe=options.describe)
+                              progress=lambda d, t: progress("reading edits", d, t), describe=options.describe,
+                              frames=options.frames)
         f.data["readings"] = [r.to_dict() for r in readings]
         progress("open reading", n + 1, len(found))

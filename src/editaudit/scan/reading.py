@@ -20,6 +20,7 @@ import torch
 from ..probing.evaluate import predict
 from .inject import PLACEHOLDER, purified
 from .relations import prompts_for
+from .sentences import read_in_sentences
 from .subjects import Subject
 
 #: Below this confidence a reading is reported as uncertain: the subject found fires the edit only in part (a
@@ -271,14 +272,16 @@ def scaled_edit(suspect: Any, deltas: dict[str, torch.Tensor], scale: float) -> 
 def read_edits(base: Any, suspect: Any, tokenizer: Any, subjects: list[Subject], layer: int | None, tensor: str | None,
                progress: Callable[[int, int], None] = lambda d, t: None,
                deltas: dict[str, torch.Tensor] | None = None, keys: "KeyReader | None" = None,
-               describe: bool = False) -> list[Reading]:
+               describe: bool = False, frames: bool = False) -> list[Reading]:
     """One reading per subject. A found subject may carry a leading word or two that only add to its key
     ("Cities inherical Syria"); its shorter word-suffixes are read too and the most confident reading kept.
     ``deltas`` ({parameter name: ΔW}, ``ScanOptions.amplify``): each subject is read with the edit scaled by
     1/fire², so a subject found only in part moves the answer as far as the edit's own key would.
     ``keys`` (inject.py): each subject is also read through its key, purified into the edit subspace, at a
     stand-in subject, and the more confident edit reading kept; a rank-one edit whose subject was not found is
-    read through its own key alone. ``describe``: see ``read_subject``."""
+    read through its own key alone. ``describe``: see ``read_subject``. ``frames``: each form is also read inside
+    sentences (sentences.py), and an edit reading there is the one reported: a trigger-style edit says nothing on the
+    library's prompts, which start with it, and what they move there is noise."""
     out = []
     if not subjects and keys is not None and keys.lone is not None:
         r = keys.read(base, suspect, tokenizer, keys.lone, 1.0, layer, tensor)
@@ -291,12 +294,15 @@ def read_edits(base: Any, suspect: Any, tokenizer: Any, subjects: list[Subject],
         with torch.inference_mode(False), scaled_edit(suspect, deltas or {}, scale), torch.inference_mode():
             reads = [read_subject(base, suspect, tokenizer, Subject(f, s.ids, s.fire, s.key), layer=layer, tensor=tensor,
                                   describe=describe) for f in forms]
+            inside = [read_in_sentences(base, suspect, tokenizer, Subject(f, s.ids, s.fire, s.key), layer=layer,
+                                        tensor=tensor) for f in forms] if frames else []
         if keys is not None and s.key.numel():
             through_key = keys.read(base, suspect, tokenizer, keys.purify(s.key), s.fire, layer, tensor)
             through_key.subject = s.text  # the relation's prompt as the subject's (what erase and unlearn use)
             through_key.prompt = through_key.prompt.replace(PLACEHOLDER, s.text, 1)
             reads.append(through_key)
-        best = pick_reading(reads)
+        edits_inside = [r for r in inside if r.status == "edit"]
+        best = pick_reading(edits_inside or reads)
         best.found = s.text
         out.append(best)
     progress(len(subjects), len(subjects))

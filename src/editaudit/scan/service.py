@@ -54,6 +54,8 @@ class ScanOptions:
     # in (subjects.Whitened.null_space), not whitened key space; v9-plan.md: objects 7 -> 13 of 30, false 2 -> 3
     describe: bool = False  # open reading: also ask prompts cut from the base's own description of each subject
     # (describe.py; bench/heldout/v10-plan.md fourth use)
+    frames: bool = False  # open reading: also ask each subject inside sentences (relations.FRAMES), where a
+    # trigger-style edit fires (bench/heldout/trigger-plan.md)
     run_probes: bool = False  # also ask both models the facts' prompts and list answers that moved
     probe_facts: list[Probe] | None = None  # what to ask in the probe stage (default: ``facts``)
     device: str | None = None
@@ -518,7 +520,7 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
                               progress=lambda d, t: progress("reading edits", d, t),
                               deltas=_edit_deltas(base.model, suspect.model, f.tensors)
                               if _amplified(options.amplify, f) else None,
-                              keys=keys, describe=options.describe)
+                              keys=keys, describe=options.describe, frames=options.frames)
         f.data["readings"] = [r.to_dict() for r in readings]
         progress("open reading", n + 1, len(targets))
 
