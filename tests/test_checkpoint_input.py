@@ -236,3 +236,44 @@ def test_escape_sequences_in_tensor_names_are_shown_escaped(tmp_path):
     assert "\x1b[31m" not in res.stdout and "EA106" in res.stdout
     res = CliRunner().invoke(app, ["scan", str(sus), "--base", str(base), "--no-store", "-f", "json"])
     assert json.loads(res.stdout)["tensors"][0]["name"] == name  # data keeps the exact name
+
+
+class Blocked(BaseException):
+    """Raised by the alarm below: not an OSError, so no ``except OSError`` swallows it."""
+
+
+@pytest.fixture
+def no_hang():
+    """Fail, rather than hang the suite, if a read blocks (a FIFO nobody writes to)."""
+    import signal
+
+    def boom(*_):
+        raise Blocked("blocked reading a file that is not a regular file")
+
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.setitimer(signal.ITIMER_REAL, 5, 1)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_fifos_and_devices_are_refused_not_read(tmp_path, no_hang):
+    """A FIFO named like a weight file or chat template blocked the scan forever; a device as the model was a
+    NotADirectoryError (an unexpected error)."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    os.mkfifo(folder / "model.safetensors")
+    with pytest.raises(BadInput, match="not a regular file"):
+        open_checkpoint(folder)
+    (folder / "model.safetensors").unlink()
+    good(folder / "model.safetensors")
+    os.mkfifo(folder / "chat_template.jinja")
+    assert set(open_checkpoint(folder).tensors) == {"a", "b"}
+    os.mkfifo(tmp_path / "pipe.safetensors")
+    with pytest.raises(BadInput, match="neither"):
+        open_checkpoint(tmp_path / "pipe.safetensors")
+    with pytest.raises(BadInput, match="neither"):
+        open_checkpoint(os.devnull)

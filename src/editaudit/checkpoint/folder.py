@@ -154,7 +154,7 @@ def _chat_template_notes(folder: Path) -> list[FolderNote]:
                 if isinstance(item, dict) and isinstance(item.get("template"), str):
                     templates[f"tokenizer_config.json[{item.get('name', i)}]"] = item["template"]
     for p in sorted(folder.glob("*.jinja")):
-        if p.stat().st_size <= MAX_JSON_BYTES:
+        if p.is_file() and p.stat().st_size <= MAX_JSON_BYTES:  # a FIFO would block the read forever
             templates[p.name] = p.read_text(encoding="utf-8", errors="replace")
     return [inspect_template(where, text) for where, text in templates.items()]
 
@@ -172,6 +172,8 @@ def open_checkpoint(path: str | Path, follow_symlinks: bool = False) -> Checkpoi
         header = read_header(root)
         tensors = {name: (root.name, info) for name, info in header.tensors.items()}
         return Checkpoint(root, "file", {root.name: header}, tensors, None, [], follow_symlinks)
+    if not root.is_dir():
+        raise BadInput(f"{root} is neither a .safetensors file nor a model folder")
 
     folder = root
     if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +128,10 @@ def read_header(path: str | Path) -> Header:
     """Read and validate the header of one .safetensors file. Never reads the data block."""
     path = Path(path)
     try:
-        size = os.stat(path).st_size
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end: only plain files are read
+            raise BadInput(f"{path} is not a regular file")
+        size = st.st_size
         with path.open("rb") as fh:
             head = fh.read(8)
             if len(head) < 8:
