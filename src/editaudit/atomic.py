@@ -1,13 +1,43 @@
-"""Atomic file and folder output: write to a temporary sibling, then rename into place."""
+"""Atomic file and folder output: write to a temporary sibling, then rename into place.
+
+A file output that is not a regular file (``-o /dev/stdout``, ``/dev/null``, a FIFO) is written into, never
+replaced; one that is a symlink is replaced at its target, so the link stays. A write that fails says which
+path and why (:class:`CannotWrite`), not which temporary file.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from .errors import CannotWrite
+
+
+def _cannot(path: Path, exc: OSError) -> CannotWrite:
+    return CannotWrite(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def check_writable(path: Path, folder: bool = False) -> None:
+    """Fail now, before long work, if a file (or with ``folder``, a folder) could not be written at ``path``: a
+    folder is where the file goes, or the nearest existing folder above it is not writable."""
+    path = Path(path)
+    if not folder:
+        if path.is_dir():
+            raise CannotWrite(f"cannot write {path}: it is a folder (give a file name)")
+        if path.exists() and not path.is_file():  # a device or a pipe: written into, see atomic_write_bytes
+            return
+    parent = Path(os.path.realpath(path)).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CannotWrite(f"cannot write {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CannotWrite(f"cannot write {path}: {parent} is not writable")
 
 
 def atomic_write_text(path: Path, text: str, encoding: str = "utf-8") -> None:
@@ -16,19 +46,40 @@ def atomic_write_text(path: Path, text: str, encoding: str = "utf-8") -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise _cannot(path, exc) from exc
+    if mode is not None and stat.S_ISDIR(mode):
+        raise CannotWrite(f"cannot write {path}: it is a folder (give a file name)")
+    if mode is not None and not stat.S_ISREG(mode):  # a device or a pipe: renaming over it would replace it
+        try:
+            with open(path, "wb") as fh:
+                fh.write(data)
+        except OSError as exc:
+            raise _cannot(path, exc) from exc
+        return
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise _cannot(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        os.replace(tmp, target)
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and not isinstance(exc, CannotWrite):
+            raise _cannot(path, exc) from exc
         raise
 
 
@@ -41,17 +92,23 @@ def atomic_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists (use --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    except OSError as exc:
+        raise _cannot(path, exc) from exc
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        try:
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except OSError as exc:
+            raise _cannot(path, exc) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -29,3 +29,8 @@ class ModelUnavailable(EditauditError):
 
 class StoreBusy(EditauditError):
     """The session database stayed locked by other processes for longer than editaudit waits."""
+
+
+class CannotWrite(EditauditError, OSError):
+    """An output that cannot go where it was asked to: a folder where a file goes, no permission, a read-only or
+    full disk. Still an OSError, for code that handles any file error."""

@@ -59,6 +59,10 @@ def register(app: typer.Typer) -> None:
             from ..errors import BadInput
 
             raise BadInput("--batch-size and --top-k must be at least 1")
+        if output is not None:
+            from ..atomic import check_writable
+
+            check_writable(output)  # an -o that cannot be written fails now, not after the probes ran
         if discover or base:
             if not (discover and base):
                 from ..errors import BadInput

@@ -68,6 +68,10 @@ def register(app: typer.Typer) -> None:
 
         if device is not None:
             pick_device(device)  # a device that is not here fails before the scan starts
+        if output is not None:
+            from ..atomic import check_writable
+
+            check_writable(output)  # an -o that cannot be written fails now, not after the scan
         cands = _load_candidates(facts, probes)
         store = None if no_store else common.state(ctx).store()
         if run_probes and not cands:

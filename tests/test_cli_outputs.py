@@ -1,0 +1,89 @@
+"""Where outputs go: ``-o`` into a folder, a pipe, a device, a symlink or an unwritable place, and ``--out`` over
+the inputs. A bad ``-o`` fails before the work, with one clear line; nothing that is not a regular file is
+ever replaced by one."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from editaudit.atomic import atomic_write_text
+from editaudit.cli.main import app
+from editaudit.errors import CannotWrite
+from editaudit.store import Store
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """A one-tensor base and a suspect with a rank-one change: scanned in well under a second."""
+    name = "model.layers.0.mlp.down_proj.weight"
+    base, sus = tmp_path / "b.safetensors", tmp_path / "s.safetensors"
+    w = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+    save_file({name: w}, str(base))
+    save_file({name: w + torch.outer(torch.ones(8), torch.ones(16))}, str(sus))
+    return base, sus
+
+
+def scan(pair, *args):
+    base, sus = pair
+    return runner.invoke(app, ["scan", str(sus), "--base", str(base), "-f", "json", *args])
+
+
+def test_output_that_is_a_folder_fails_before_the_scan(tmp_path, pair):
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("x")
+    res = scan(pair, "-o", str(folder))
+    assert res.exit_code == 2, res.output
+    assert "is a folder" in res.stderr and "IsADirectoryError" not in res.stderr, res.stderr
+    assert Store(os.environ["EDITAUDIT_DB"]).sessions() == []  # refused before any work
+    assert os.listdir(folder) == ["keep.txt"]
+
+
+def test_output_below_a_file_fails_before_the_scan(tmp_path, pair):
+    (tmp_path / "afile").write_text("x")
+    res = scan(pair, "-o", str(tmp_path / "afile" / "r.json"))
+    assert res.exit_code == 2
+    assert "cannot write" in res.stderr and "Error:" not in res.stderr, res.stderr
+    assert Store(os.environ["EDITAUDIT_DB"]).sessions() == []
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_pipe_is_written_into_not_replaced(tmp_path):
+    """``-o /dev/stdout`` or a FIFO: renaming a temporary file over it replaced the device or pipe with a
+    regular file (run as root, ``-o /dev/null`` replaced /dev/null itself)."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        atomic_write_text(fifo, '{"ok": 1}\n')
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+        assert json.loads(os.read(reader, 1 << 16)) == {"ok": 1}
+    finally:
+        os.close(reader)
+
+
+def test_a_symlink_is_written_through(tmp_path):
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    atomic_write_text(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+
+
+def test_write_errors_name_the_output_not_a_temporary_file(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(CannotWrite, match=r"cannot write .*afile/sub/r\.json") as exc:
+        atomic_write_text(tmp_path / "afile" / "sub" / "r.json", "x")
+    assert isinstance(exc.value, OSError)  # callers that handle file errors still do
+    with pytest.raises(CannotWrite, match="is a folder"):
+        atomic_write_text(tmp_path, "x")
