@@ -50,6 +50,39 @@ def test_session_lifecycle_and_prefix_lookup(tmp_path):
         store.session(sid)
 
 
+def test_session_prefix_is_text_not_a_pattern(tmp_path):
+    """``report %`` or ``report 2_`` printed some session: the prefix went into a LIKE pattern unescaped."""
+    store = Store(tmp_path / "s.db")
+    sid = store.new_session("scan", "t", "base", "suspect")
+    for pattern in ("%", "_", sid[:3] + "%", "_" + sid[1:]):
+        with pytest.raises(BadInput, match="no session"):
+            store.session(pattern)
+    assert store.session(sid[:3])["id"] == sid
+
+
+def test_a_database_path_that_cannot_be_one_is_a_clear_error(tmp_path, monkeypatch):
+    """A folder, a pipe, a path below a file, a read-only place: each said "not an editaudit database" (the
+    pipe after SQLite wrote a journal beside it) or was an unexpected FileExistsError."""
+    with pytest.raises(BadInput, match="is a folder"):
+        open_store(tmp_path)
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(BadInput, match="not a regular file"):
+        open_store(tmp_path / "pipe")
+    assert not (tmp_path / "pipe-journal").exists()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(BadInput, match="afile is not a folder"):
+        open_store(tmp_path / "afile" / "sub" / "s.db")
+
+    def read_only(*args, **kwargs):  # what SQLite says in a read-only folder (root ignores chmod: simulated)
+        exc = sqlite3.OperationalError("unable to open database file")
+        exc.sqlite_errorcode = sqlite3.SQLITE_CANTOPEN
+        raise exc
+
+    monkeypatch.setattr(sqlite3, "connect", read_only)
+    with pytest.raises(BadInput, match="cannot open the session database .* writable place"):
+        open_store(tmp_path / "s.db")
+
+
 KILLED_WRITER = textwrap.dedent("""
     import os, sys
     from editaudit.store import Store

@@ -248,10 +248,31 @@ def _set_wal(conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
 
 
+def _cannot_open(exc: sqlite3.DatabaseError) -> bool:
+    """SQLite could not open or write the file (read-only place, no permission), as opposed to a foreign file."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM)
+    msg = str(exc).lower()
+    return msg.startswith("unable to open") or "readonly" in msg
+
+
 def open_store(path: str | Path | None = None) -> Database:
     """Open (creating and migrating if needed) the session database."""
     path = Path(path) if path else default_db_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise BadInput(f"{path} is a folder: the session database is a file (--db PATH or EDITAUDIT_DB)")
+    if path.exists() and not path.is_file():  # SQLite would write a journal beside /dev/null, or block on a FIFO
+        raise BadInput(f"{path} is not a regular file: the session database is a file (--db PATH or EDITAUDIT_DB)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        above = path.parent
+        while not above.exists() and above != above.parent:
+            above = above.parent
+        raise BadInput(f"cannot create the session database {path}: {above} is not a folder") from None
+    except OSError as exc:
+        raise BadInput(f"cannot create the session database {path}: {exc.strerror or exc}") from None
     conn = None
     try:
         conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
@@ -267,5 +288,10 @@ def open_store(path: str | Path | None = None) -> Database:
     except sqlite3.DatabaseError as exc:
         if conn is not None:
             conn.close()
+        if _cannot_open(exc):  # the file may be fine: its place is not (read-only, no permission)
+            raise BadInput(
+                f"cannot open the session database {path} for writing ({exc}): editaudit needs to write the file and "
+                "its journal beside it; use a writable place (--db PATH or EDITAUDIT_DB)"
+            ) from exc
         raise BadInput(f"{path} is not an editaudit database: {exc}") from exc
     return db

@@ -143,7 +143,9 @@ class Store:
 
     def session(self, sid: str) -> dict:
         """One session by id or unique id prefix, with its status judged as in :meth:`sessions`."""
-        rows = read(lambda: list(self.db["sessions"].rows_where("id = ? or id like ?", [sid, sid + "%"], limit=2)))
+        # a prefix compared as text: with LIKE, '%' or '_' in the id given matched any session
+        rows = read(lambda: list(self.db["sessions"].rows_where("id = ? or substr(id, 1, ?) = ?", [sid, len(sid), sid],
+                                                                limit=2)))
         if not rows:
             raise BadInput(f"no session {sid!r} in {self.path or 'the store'}")
         if len(rows) > 1 and rows[0]["id"] != sid:
