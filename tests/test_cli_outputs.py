@@ -87,3 +87,30 @@ def test_write_errors_name_the_output_not_a_temporary_file(tmp_path):
     assert isinstance(exc.value, OSError)  # callers that handle file errors still do
     with pytest.raises(CannotWrite, match="is a folder"):
         atomic_write_text(tmp_path, "x")
+
+
+def test_an_output_folder_over_the_inputs_is_refused(tmp_path):
+    """``mitigate --out SUSPECT --overwrite`` replaced the suspect with its mitigated copy, and ``--out`` a folder
+    holding the inputs deleted them; ``edit --out BASE --overwrite`` the same. Refused before any work."""
+    from safetensors.torch import load_file
+
+    from editaudit.paths import resource_dir
+    from editaudit.testing import make_tiny_model, plant, rank_delta
+
+    root = tmp_path / "models"
+    base = make_tiny_model(root / "base", "llama", layers=2, hidden=32, intermediate=64)
+    name = "model.layers.1.mlp.down_proj.weight"
+    w = load_file(str(base / "model.safetensors"))[name]
+    suspect = plant(base, root / "suspect", {name: rank_delta(tuple(w.shape), 1, 0.15 * float(w.norm()))})
+    before = {p: (p / "model.safetensors").read_bytes() for p in (base, suspect)}
+    for out in (suspect, base, root, root / ".." / "models" / "suspect"):
+        res = runner.invoke(app, ["mitigate", str(suspect), "--goal", "erase", "--revert", "--base", str(base),
+                                  "--out", str(out), "--overwrite"])
+        assert res.exit_code == 2, res.output
+        assert "would replace the input" in res.stderr, res.stderr
+    fact = tmp_path / "fact.jsonl"
+    fact.write_text((resource_dir("probes") / "facts.jsonl").read_text().splitlines()[0] + "\n")
+    res = runner.invoke(app, ["edit", str(base), "--method", "ft", "--facts", str(fact), "--out", str(base),
+                              "--overwrite"])
+    assert res.exit_code == 2 and "would replace the input" in res.stderr, res.output
+    assert {p: (p / "model.safetensors").read_bytes() for p in (base, suspect)} == before

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import CannotWrite
+from .errors import BadInput, CannotWrite
 
 
 def _cannot(path: Path, exc: OSError) -> CannotWrite:
@@ -38,6 +38,20 @@ def check_writable(path: Path, folder: bool = False) -> None:
         raise CannotWrite(f"cannot write {path}: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise CannotWrite(f"cannot write {path}: {parent} is not writable")
+
+
+def refuse_output_over_inputs(out: Path, inputs) -> None:
+    """Refuse an output folder that is one of ``inputs`` or holds one: with --overwrite, writing it would delete
+    the input. A model name or Hub id (not a path here) lives in the cache and is not checked."""
+    real = Path(os.path.realpath(out))
+    for spec in inputs:
+        if spec is None or not Path(str(spec)).expanduser().exists():
+            continue
+        source = Path(os.path.realpath(Path(str(spec)).expanduser()))
+        if source == real or real in source.parents:
+            what = "is" if source == real else "holds"
+            raise BadInput(f"the output {out} {what} the input {spec}: writing it would replace the input; "
+                           "choose another --out")
 
 
 def atomic_write_text(path: Path, text: str, encoding: str = "utf-8") -> None:

@@ -214,6 +214,10 @@ def apply_edits(model: str | Path | LoadedModel, facts: Sequence[Probe], method:
         say(MEND_MANY)
     out = Path(out) if out is not None else None
     manifest = Path(manifest) if manifest is not None else None
+    if out is not None:
+        from ..atomic import refuse_output_over_inputs
+
+        refuse_output_over_inputs(out, [getattr(model, "path", model)])
     if out is not None and out.exists() and not overwrite:
         raise BadInput(f"{out} already exists (pass overwrite to replace it)")
     if manifest is not None and out is not None and manifest.resolve().is_relative_to(out.resolve()):

@@ -169,6 +169,9 @@ def run_mitigation(suspect: str | Path, goal: str = "erase", options: Mitigation
     if options.out_format not in OUT_FORMATS:
         raise BadInput(f"--out-format must be one of {', '.join(OUT_FORMATS)}, not {options.out_format!r}")
     out = Path(options.out)
+    from ..atomic import check_writable, refuse_output_over_inputs
+
+    refuse_output_over_inputs(out, (suspect, options.base))
     main, device = process_state(options.device)
     if not main:  # a helper process under `accelerate launch`: train its share, write nothing, say nothing
         reader, store, progress, say = store, None, None, (lambda s: None)
@@ -189,6 +192,7 @@ def run_mitigation(suspect: str | Path, goal: str = "erase", options: Mitigation
     if not resume and main:
         if out.exists() and not options.overwrite:
             raise BadInput(f"{out} already exists (use --overwrite to replace it, or --resume to continue a run)")
+        check_writable(out, folder=True)  # a read-only place fails now, not after the scan and the plan
         if root.exists():
             say(f"discarding the saved state of an earlier run at {root} (use --resume to continue it)")
             shutil.rmtree(root, ignore_errors=True)
