@@ -129,3 +129,19 @@ def test_cli_import_lists_skipped_records(tmp_path):
     assert "zsre_small.jsonl:3" in res.output and len(load_probes(out)) == 3
     res = CliRunner().invoke(app, ["probes", "import", str(FIX / "zsre_small.jsonl"), "-o", str(out), "--strict"])
     assert res.exit_code == 2 and "zsre_small.jsonl:3" in res.output
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 4, b'{"subject": "caf\xe9"}\n', b'[{"case_id": "\xff"}]'],
+                         ids=["binary", "latin-1 jsonl", "latin-1 array"])
+def test_a_file_that_is_not_utf8_names_itself(tmp_path, content):
+    """``probe -p FILE`` or ``scan --facts FILE`` on a binary file was an unexpected UnicodeDecodeError."""
+    from typer.testing import CliRunner
+
+    from editaudit.cli.main import app
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(content)
+    with pytest.raises(ProbeLoadError, match="bad.jsonl: not UTF-8"):
+        import_file(bad)
+    res = CliRunner().invoke(app, ["probes", "import", str(bad), "-o", str(tmp_path / "out.jsonl")])
+    assert res.exit_code == 2 and "bad.jsonl: not UTF-8 text" in res.stderr and "Decode" not in res.stderr, res.stderr

@@ -168,7 +168,13 @@ def detect_format(path: str | Path) -> str:
 def import_file(path: str | Path, fmt: str = "auto", errors: list[str] | None = None,
                 limit: int | None = None) -> list[Probe]:
     """Probes from a CounterFact, zsRE or probe file. Bad records go to ``errors`` (or raise without it)."""
-    path = Path(path)
+    try:
+        return _import_file(Path(path), fmt, errors, limit)
+    except UnicodeDecodeError:  # a binary file given as probes: its name and what is wrong, not a codec error
+        raise ProbeLoadError(f"{path}: not UTF-8 text; probe files are JSONL or JSON") from None
+
+
+def _import_file(path: Path, fmt: str, errors: list[str] | None, limit: int | None) -> list[Probe]:
     if not path.is_file():
         raise ProbeLoadError(f"{path}: no such file")
     if fmt == "auto":
