@@ -223,6 +223,33 @@ def test_cli_exit_codes_and_machine_formats(tmp_path, tiny_llama):
     assert res.exit_code == 0 and "EA101" in res.stdout
 
 
+def test_a_suspect_without_tokenizer_is_read_through_the_base_and_a_base_that_cannot_run_keeps_the_findings(
+        tmp_path, tiny_llama):
+    """Weights and config.json are what an edit needs; a suspect shipped without tokenizer files is read through the
+    base's tokenizer. A base whose tokenizer does not load cannot be run: the findings made from the weights stand
+    (exit 1, not 2) and say why nothing was read."""
+    import shutil
+
+    runner = CliRunner()
+    name = "model.layers.1.mlp.down_proj.weight"
+    w = load_file(str(tiny_llama / "model.safetensors"))
+    suspect = plant(tiny_llama, tmp_path / "s", {name: delta(w, name, 1, 0.1)})
+    for f in suspect.glob("tokenizer*"):
+        f.unlink()
+    res = runner.invoke(app, ["scan", str(suspect), "--base", str(tiny_llama), "-f", "json", "--no-store",
+                              "--no-wide-search"])
+    assert res.exit_code == 1, res.output
+    finding = json.loads(res.stdout)["findings"][0]
+    assert finding["rule"] == "EA101" and "reading_skipped" not in finding and "readings" in finding
+    broken = tmp_path / "b"
+    shutil.copytree(tiny_llama, broken)
+    (broken / "tokenizer.json").write_text("{not json")
+    res = runner.invoke(app, ["scan", str(suspect), "--base", str(broken), "-f", "json", "--no-store"])
+    assert res.exit_code == 1, res.output
+    finding = json.loads(res.stdout)["findings"][0]
+    assert finding["rule"] == "EA101" and "tokenizer" in finding["reading_skipped"]
+
+
 def test_candidate_subjects_rank_the_edited_subject_first(tmp_path, tiny_llama):
     """An edit keyed on one subject's MLP key ranks that subject first among the facts' subjects."""
     from editaudit.models.loading import load_model

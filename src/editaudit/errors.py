@@ -23,6 +23,11 @@ class IncompatibleCheckpoints(BadInput):
         self.differences = differences or []
 
 
+class ModelUnloadable(BadInput):
+    """transformers could not build a model or tokenizer from a folder whose weights editaudit could read: a scan
+    keeps its weight-level findings and skips what needs the model run."""
+
+
 class ModelUnavailable(EditauditError):
     """The embedded default model could not be fetched or converted."""
 

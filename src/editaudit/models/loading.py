@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import BadInput
+from ..errors import BadInput, ModelUnloadable
 
 
 @dataclass
@@ -78,11 +78,24 @@ def dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def _fallback_tokenizer(folder: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    from ..checkpoint import open_checkpoint
+
+    try:
+        return AutoTokenizer.from_pretrained(open_checkpoint(Path(folder)).folder, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelUnloadable(f"transformers could not load the tokenizer of {folder}: {exc}") from None
+
+
 def load_model(spec: str | Path, dtype: str = "float32", device: str | None = None,
-               say: Callable[[str], None] = lambda s: None) -> LoadedModel:
+               say: Callable[[str], None] = lambda s: None, tokenizer_fallback: str | Path | None = None) -> LoadedModel:
     """Load a model folder (or registry name, or Hub id) with its tokenizer, in ``dtype`` on ``device``.
 
     ``dtype`` is a name :func:`resolve_dtype` takes (``auto``: bfloat16 on a capable GPU, else float32).
+    ``tokenizer_fallback``: a folder whose tokenizer is taken when this one has none that loads (a suspect shipped
+    as weights and config only is read through its base's vocabulary, which the scan has already matched).
     The folder is opened with editaudit's own checks first (pickle refused, shard paths checked),
     and transformers is told ``trust_remote_code=False`` and ``use_safetensors=True``.
     """
@@ -110,9 +123,15 @@ def load_model(spec: str | Path, dtype: str = "float32", device: str | None = No
         model = AutoModelForCausalLM.from_pretrained(
             ckpt.folder, trust_remote_code=False, use_safetensors=True, dtype=torch_dtype
         )
-        tokenizer = AutoTokenizer.from_pretrained(ckpt.folder, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
-        raise BadInput(f"transformers could not load {path}: {exc}") from None
+        raise ModelUnloadable(f"transformers could not load {path}: {exc}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ckpt.folder, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if tokenizer_fallback is None:
+            raise ModelUnloadable(f"transformers could not load the tokenizer of {path}: {exc}") from None
+        say(f"{path} has no tokenizer that loads: reading it through {tokenizer_fallback}'s")
+        tokenizer = _fallback_tokenizer(tokenizer_fallback)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(dev)

@@ -17,7 +17,7 @@ def run_probe_stage(base_path, suspect_path, probes: list[Probe], device: str | 
     answers = {}
     for label, path in (("base", base_path), ("suspect", suspect_path)):
         say(f"probing the {label} with {len(probes)} prompts")
-        lm = load_model(path, device=device)
+        lm = load_model(path, device=device, say=say, tokenizer_fallback=base_path if label == "suspect" else None)
         answers[label] = predict(lm.model, lm.tokenizer, probes, top_k=3,
                                  progress=lambda d, t, label=label: progress(f"probe {label}", d, t))
         del lm

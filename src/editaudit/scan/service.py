@@ -441,10 +441,17 @@ def _read_edits(base_ck, suspect_ck, family: str, changed: list[Changed], findin
     if base_ck.config is None or suspect_ck.config is None:
         say("reading edits through the model needs model folders with config.json on both sides: skipped")
         return
-    if options.read == "open":
-        _read_open(base_ck, suspect_ck, by_name, edit_findings, options, say, progress)
-    if options.facts:
-        _rank_subjects(base_ck, family, by_name, edit_findings, options, say, progress)
+    from ..errors import ModelUnloadable
+
+    try:
+        if options.read == "open":
+            _read_open(base_ck, suspect_ck, by_name, edit_findings, options, say, progress)
+        if options.facts:
+            _rank_subjects(base_ck, family, by_name, edit_findings, options, say, progress)
+    except ModelUnloadable as exc:  # the weights were read and compared: their findings stand without a reading
+        say(f"reading edits through the model skipped: {exc}")
+        for f in edit_findings:
+            f.data["reading_skipped"] = str(exc)
 
 
 def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding], options: ScanOptions,
@@ -458,7 +465,7 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
     from .triggers import read_triggers
 
     base = load_model(base_ck.folder, device=options.device)
-    suspect = load_model(suspect_ck.folder, device=options.device)
+    suspect = load_model(suspect_ck.folder, device=options.device, say=say, tokenizer_fallback=base_ck.folder)
     for m in (base.model, suspect.model):
         for p in m.parameters():
             p.requires_grad_(False)
