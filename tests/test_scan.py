@@ -248,6 +248,9 @@ def test_a_suspect_without_tokenizer_is_read_through_the_base_and_a_base_that_ca
     assert res.exit_code == 1, res.output
     finding = json.loads(res.stdout)["findings"][0]
     assert finding["rule"] == "EA101" and "tokenizer" in finding["reading_skipped"]
+    from editaudit.scan.wording import finding_readings
+
+    assert finding_readings(finding) == ["not read: the model could not be run (reading_skipped)"]
 
 
 def test_candidate_subjects_rank_the_edited_subject_first(tmp_path, tiny_llama):

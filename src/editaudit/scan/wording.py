@@ -70,6 +70,10 @@ def open_reading(r: dict) -> str:
 
 
 def finding_readings(f: dict) -> list[str]:
-    """What a finding's edit was read to do: open readings first, then candidates from a list."""
-    return [open_reading(r) for r in f.get("readings", []) if isinstance(r, dict)] + \
+    """What a finding's edit was read to do: open readings first, then candidates from a list; or why it was not
+    read, when the model could not be run."""
+    out = [open_reading(r) for r in f.get("readings", []) if isinstance(r, dict)] + \
         [subject_reading(s) for s in f.get("candidate_subjects", []) if isinstance(s, dict) and isinstance(s.get("subject"), str)]
+    if not out and isinstance(f.get("reading_skipped"), str):
+        out = ["not read: the model could not be run (reading_skipped)"]
+    return out
