@@ -32,9 +32,9 @@ def loads(monkeypatch) -> list[str]:
     seen: list[str] = []
     real = loading.load_model
 
-    def recording(spec, dtype="float32", device=None, say=lambda s: None):
+    def recording(spec, dtype="float32", device=None, say=lambda s: None, **kw):
         seen.append(dtype)
-        return real(spec, dtype=dtype, device=device, say=say)
+        return real(spec, dtype=dtype, device=device, say=say, **kw)
 
     monkeypatch.setattr(loading, "load_model", recording)
     return seen

@@ -133,3 +133,17 @@ def test_cancelled_revert_writes_nothing(base, tmp_path):
     assert not (tmp_path / "o").exists()
     assert [r["status"] for r in Store().rows("finetune_runs")] == ["interrupted"]
     assert Store().sessions()[0]["status"] == "interrupted"
+
+
+def test_a_suspect_without_tokenizer_is_reverted_and_measured_through_the_base(base, tmp_path):
+    """A suspect shipped as weights and config.json only: with the base given, revert runs and measures it through
+    the base's tokenizer; the output is the suspect as shipped (no tokenizer added), with the edit taken out."""
+    suspect = plant(base, tmp_path / "s", {MLP.format(2): delta(base, MLP.format(2), 1, 0.2)})
+    for f in suspect.glob("tokenizer*"):
+        f.unlink()
+    res = CliRunner().invoke(app, ["--db", str(tmp_path / "m.db"), "mitigate", str(suspect), "--base", str(base),
+                                   "--goal", "erase", "--revert", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert "reading it through" in " ".join(res.stderr.split())
+    assert torch.allclose(weights(tmp_path / "o")[MLP.format(2)], weights(base)[MLP.format(2)], atol=1e-6)
+    assert not list((tmp_path / "o").glob("tokenizer*"))

@@ -104,7 +104,6 @@ def train_arm(ctx: RunContext, name: str, lm, plan: Plan, task: TaskData, cfg: T
 
 def revert_arm(ctx: RunContext) -> tuple[ArmResult, list[str]]:
     """Surgical revert: remove the scan's low-rank edit components (needs the base), then re-scan."""
-    from ..models.loading import load_model
     from ..scan.service import ScanOptions, run_scan
     from .evidence import evidence_from_report
     from .revert import surgical_revert
@@ -119,7 +118,7 @@ def revert_arm(ctx: RunContext) -> tuple[ArmResult, list[str]]:
         before: dict = {"step": 0}
         if ctx.evaluate is not None and ctx.suspect_ck.config is not None:
             ctx.stage("measuring the suspect", arm="revert")
-            lm = load_model(ctx.suspect_ck.root, dtype=ctx.options.dtype, device=ctx.options.device)
+            lm = ctx.load(ctx.suspect_ck.root)
             before.update(ctx.evaluate(lm.model, lm.tokenizer))
             ctx.runs.record_eval(run_id, before)
         ctx.event("eval", "revert", before)
@@ -129,7 +128,7 @@ def revert_arm(ctx: RunContext) -> tuple[ArmResult, list[str]]:
         after: dict = {"step": 1}
         if ctx.evaluate is not None and ctx.suspect_ck.config is not None:
             ctx.stage("measuring the reverted checkpoint", arm="revert")
-            lm = load_model(out, dtype=ctx.options.dtype, device=ctx.options.device)
+            lm = ctx.load(out)
             after.update(ctx.evaluate(lm.model, lm.tokenizer))
             ctx.runs.record_eval(run_id, after)
         ctx.event("eval", "revert", after)

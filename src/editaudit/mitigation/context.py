@@ -66,6 +66,15 @@ class RunContext:
     main: bool = True
     output: dict = field(default_factory=dict)  # what the main arm wrote (output.write_result)
 
+    def load(self, where: Any) -> Any:
+        """The model at ``where`` (the suspect, or what a run wrote) in the run's dtype and device. A suspect shipped
+        without a tokenizer is run with its base's, when a base is given."""
+        from ..models.loading import load_model
+
+        fallback = self.base_ck.folder if self.base_ck is not None and self.base_ck.config is not None else None
+        return load_model(where, dtype=self.options.dtype, device=self.options.device, say=self.say,
+                          tokenizer_fallback=fallback)
+
     def stage(self, text: str, total: int | None = None, arm: str = "") -> str:
         """Begin a stage; returns its name for the Steps. Named after its arm (two arms never share a stage
         name); a counted stage starts at Step 0 so a display shows "0 of total" before the first step ends."""

@@ -176,7 +176,6 @@ def erase_arm(ctx: "RunContext", method: str) -> tuple["ArmResult", list[str]]:
     """Erase without the base by ``method`` (ERASE_METHODS); write and measure the result as stored."""
     from ..editing import corpus as corpus_mod
     from ..editing.service import _checkpoint_name
-    from ..models.loading import load_model
     from ..progress import Step
     from .arms import edit_residual, run_dtype
     from .output import storage, write_result
@@ -207,7 +206,7 @@ def erase_arm(ctx: "RunContext", method: str) -> tuple["ArmResult", list[str]]:
                             ctx.out)
     ctx.event("start", method, {"method": method, "layers": layers, "run_id": run_id})
     with ctx.runs.marked_on_failure(run_id):
-        lm = load_model(ctx.suspect_ck.root, dtype=ctx.options.dtype, device=ctx.options.device)
+        lm = ctx.load(ctx.suspect_ck.root)
         net, tok = lm.model, lm.tokenizer
         before: dict = {"step": 0}
         if ctx.evaluate is not None:
@@ -260,8 +259,7 @@ def erase_arm(ctx: "RunContext", method: str) -> tuple["ArmResult", list[str]]:
         after: dict = {"step": max(steps, 1)}
         if ctx.evaluate is not None:
             ctx.stage("measuring the erased checkpoint", arm=method)
-            written = load_model(ctx.out, dtype=ctx.options.dtype,
-                                 device=ctx.options.device)  # the model exactly as stored
+            written = ctx.load(ctx.out)  # the model exactly as stored
             after.update(ctx.evaluate(written.model, written.tokenizer))
             ctx.runs.record_eval(run_id, after)
         ctx.event("eval", method, after)

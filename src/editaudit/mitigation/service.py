@@ -300,7 +300,6 @@ def _train_arms(ctx: RunContext, plan, probes) -> tuple[dict[str, ArmResult], li
     task's preset ``TASK_STOP``) within ``--steps``; the selective arm then trains to the validation loss (or
     accuracy) the full arm reached, within ``EQUAL_IMPACT_CAP`` × the full arm's steps (at least ``--steps``).
     The fine-tuning data never mention a probed subject together with its target (``data.drop_mentions``)."""
-    from ..models.loading import load_model
     from .arms import arm_config, drop_known, train_arm
 
     options = ctx.options
@@ -330,7 +329,7 @@ def _train_arms(ctx: RunContext, plan, probes) -> tuple[dict[str, ArmResult], li
             arms[name] = ArmResult(**done)
             continue
         arm_plan = plan if name == "selective" else full_model_plan(ctx.suspect_ck, ctx.goal, ctx.evidence)
-        lm = load_model(ctx.suspect_ck.root, dtype=options.dtype, device=options.device)
+        lm = ctx.load(ctx.suspect_ck.root)
         if not filtered:  # every arm trains on the same facts: those the suspect does not know
             task, filtered = drop_known(lm, task, cfg, ctx.say), True
             task_info.update({"train": len(task.train), "val": len(task.val)})
