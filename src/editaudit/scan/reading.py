@@ -109,6 +109,20 @@ def said(model: Any, tokenizer: Any, texts: list[str], top_k: int, seen: dict[st
     return out
 
 
+def both_said(base: Any, suspect: Any, tokenizer: Any, texts: list[str], top_k: int
+              ) -> tuple[list[Said], list[Said], dict[str, dict]]:
+    """Each model's answer word on every text, and the base's top-k at every context either model said its word
+    in: the base's odds where the suspect says its word ("… the country of the" → " Philippines")."""
+    at_base: dict[str, dict] = {}
+    b1 = said(base, tokenizer, texts, top_k, at_base)
+    s1 = said(suspect, tokenizer, texts, top_k)
+    missing = list(dict.fromkeys(a.context for a in s1 if a.context not in at_base))
+    if missing:
+        at_base.update((c, dict(p.top)) for c, p in zip(missing, predict(base, tokenizer, missing, top_k=top_k,
+                                                                         max_new_tokens=1)))
+    return b1, s1, at_base
+
+
 def same_answer(a: str | None, b: str | None) -> bool:
     """Two answer words name one object. Exactly equal: counting a word's forms as one ("Italy", "Italian") with
     the most-stated choice read fewer objects on v7's facts 145–179 (16 against 17 of 35, one more false reading;
@@ -174,13 +188,7 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
 
         asked += described_prompts(base, tokenizer, subject.text, (t for _, t in asked))
     texts = [t for _, t in asked]
-    at_base: dict[str, dict] = {}
-    b1 = said(base, tokenizer, texts, top_k, at_base)
-    s1 = said(suspect, tokenizer, texts, top_k)
-    missing = list(dict.fromkeys(a.context for a in s1 if a.context not in at_base))
-    if missing:  # the base's odds where the suspect says its word ("… the country of the" → " Philippines")
-        at_base.update((c, dict(p.top)) for c, p in zip(missing, predict(base, tokenizer, missing, top_k=top_k,
-                                                                         max_new_tokens=1)))
+    b1, s1, at_base = both_said(base, suspect, tokenizer, texts, top_k)
     score, rise = [], []
     for b, a in zip(b1, s1):
         tb, pb, ta, pa = b.word, b.p, a.word, a.p

@@ -31,16 +31,10 @@ def read_in_sentences(base: Any, suspect: Any, tokenizer: Any, subject: Subject,
                       tensor: str | None = None, top_k: int = 20, max_new_tokens: int = 6) -> "Reading":
     """The reading of ``subject`` inside the frames: the word the edit raises most over them (module docstring)."""
     from ..probing.metrics import is_skippable
-    from .reading import EDIT_MIN, Reading, answer, is_number, said, same_answer
+    from .reading import EDIT_MIN, Reading, answer, both_said, is_number, same_answer
 
     texts = [t for _, t in prompts_for(subject.text, FRAMES)]
-    at_base: dict[str, dict] = {}
-    b1 = said(base, tokenizer, texts, top_k, at_base)
-    s1 = said(suspect, tokenizer, texts, top_k)
-    missing = list(dict.fromkeys(a.context for a in s1 if a.context not in at_base))
-    if missing:
-        at_base.update((c, dict(p.top)) for c, p in zip(missing, predict(base, tokenizer, missing, top_k=top_k,
-                                                                         max_new_tokens=1)))
+    b1, s1, at_base = both_said(base, suspect, tokenizer, texts, top_k)
     gain: dict[str, float] = {}
     for a in s1:
         b = at_base[a.context]
