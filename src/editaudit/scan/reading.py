@@ -300,10 +300,11 @@ def read_edits(base: Any, suspect: Any, tokenizer: Any, subjects: list[Subject],
         forms = subject_forms(s.text)
         scale = 1.0 / max(s.fire, 0.5) ** 2 if deltas else 1.0
         with torch.inference_mode(False), scaled_edit(suspect, deltas or {}, scale), torch.inference_mode():
-            reads = [read_subject(base, suspect, tokenizer, Subject(f, s.ids, s.fire, s.key), layer=layer, tensor=tensor,
-                                  describe=describe) for f in forms]
-            inside = [read_in_sentences(base, suspect, tokenizer, Subject(f, s.ids, s.fire, s.key), layer=layer,
-                                        tensor=tensor) for f in forms] if frames else []
+            as_read = [Subject(f, s.ids, s.fire, s.key) for f in forms]
+            reads = [read_subject(base, suspect, tokenizer, x, layer=layer, tensor=tensor, describe=describe)
+                     for x in as_read]
+            inside = [read_in_sentences(base, suspect, tokenizer, x, layer=layer, tensor=tensor)
+                      for x in as_read] if frames else []
         if keys is not None and s.key.numel():
             through_key = keys.read(base, suspect, tokenizer, keys.purify(s.key), s.fire, layer, tensor)
             through_key.subject = s.text  # the relation's prompt as the subject's (what erase and unlearn use)
