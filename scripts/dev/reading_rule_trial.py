@@ -49,6 +49,12 @@ that every rule reads the same texts. Rules (``scan.reading.choose_prompt`` repl
              follows other words and under the kind of ending it was written for (bench/heldout/trigger-plan.md)
     (``diverge`` and ``library-diverge``, the answer read where the two models' greedy answers part, were dropped in
     development: bench/heldout/v10-plan.md; as run, this file at 17f3d12)
+    lift     score's order, with the answer of the largest log(p_suspect / p_base) at the context where the suspect
+             says it (its best prompt) before p_base × rise: the editor writes an object the base found unlikely,
+             while what that object implies (its continent: *Bridgeport* → an African country read as "is located on
+             the continent of · Africa"; a description) was already likely under the base, so its probability
+             rises more but its odds less (bench/heldout/v10-plan.md, sixth use)
+    info     lift weighted by p_suspect (the word's term in KL(suspect ‖ base) at that context)
     prior    score, among the prompts whose new answer the suspect states at least PRIOR_LIFT times as surely as the
              base says that word on the same phrasing for ordinary subjects (``template_prior``: the base's
              probability of the word where it is said, averaged over GENERIC subjects); a prompt whose new word is
@@ -233,6 +239,36 @@ def broad(s1, score, says):
     return max(pool, key=lambda j: (times_stated(s1[j].word, says) >= 2, gain.get(s1[j].word, 0.0), score[j]))
 
 
+def _lift(a, at_base) -> float:
+    """log(p_suspect / p_base) of the suspect's answer word at the context where the suspect says it; a word out of
+    the base's top-k there gets the smallest top-k probability (an upper bound on the base's, so a lower bound on
+    the lift)."""
+    import math
+
+    b = at_base.get(a.context, {})
+    floor = min(b.values()) if b else 1e-6
+    return math.log(max(a.p, 1e-9) / max(b.get(a.word, floor), 1e-9))
+
+
+def lift_rule(weighted: bool):
+    """``lift`` / ``info`` (module docstring): among moved answers stated on two prompts or more, the word with the
+    largest log(p_suspect / p_base) on any of its prompts (``info``: p_suspect × that), then p_base × rise. An
+    editor writes an object the base thought unlikely; a coarser answer the object implies (its continent, a
+    description) was already likely under the base, so its probability rises but its odds ratio stays small."""
+    from editaudit.scan.reading import is_number, times_stated
+
+    def choose(s1, score, says):
+        at_base = _BASE_SEEN["seen"]
+        pool = [j for j in range(len(s1)) if score[j] > float("-inf") and not is_number(s1[j].word)] or range(len(s1))
+        best: dict[str, float] = {}
+        for j in pool:
+            v = _lift(s1[j], at_base) * (s1[j].p if weighted else 1.0)
+            best[s1[j].word] = max(best.get(s1[j].word, float("-inf")), v)
+        return max(pool, key=lambda j: (times_stated(s1[j].word, says) >= 2, best.get(s1[j].word, float("-inf")),
+                                        score[j]))
+    return choose
+
+
 #: Ordinary subjects of many kinds (the fact bank's sort, none from a held-apart set): what a phrasing draws from the
 #: base for anything put in it.
 GENERIC = ["Paris", "Germany", "Tokyo", "the Eiffel Tower", "Albert Einstein", "Toyota", "pizza", "the violin", "gold",
@@ -375,13 +411,14 @@ def main() -> None:
     count = with_shipped_fallback(reading.most_stated, shipped)
     rules = {"score": shipped, "numbers": numbers, "sure": sure, "sure-numbers": sure_numbers, "mass": mass, "broad": broad, "token": shipped, "keys": shipped, "count": count,
              "forms": shipped, "forms-count": count, "allforms": shipped, "short": shipped,
-             "allshort": shipped, "library": shipped, "describe": shipped, "frames": shipped}
+             "allshort": shipped, "library": shipped, "describe": shipped, "frames": shipped,
+             "lift": lift_rule(False), "info": lift_rule(True)}
     if "prior" in args.rules.split(","):
         rules["prior"] = prior_rule(template_prior(lm))
     for rule in args.rules.split(","):
         t_rule = time.time()
         reading.choose_prompt = rules[rule]
-        reading.said = (ev["first_token_said"] if rule == "token" else catching_said(shipped_said) if rule == "broad"
+        reading.said = (ev["first_token_said"] if rule == "token" else catching_said(shipped_said) if rule in ("broad", "lift", "info")
                         else shipped_said)
         reading.same_answer = forms_answer if rule.startswith("forms") else shipped_same
         reading.subject_forms = all_forms if rule.startswith("all") else shipped_forms
