@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -888,3 +889,26 @@ def test_the_scan_passes_describe_to_the_reading(tiny_llama, tmp_path, monkeypat
     for on in (False, True):
         service.run_scan(suspect, tiny_llama, service.ScanOptions(describe=on, wide_search=False), store=None)
     assert seen and set(seen[: len(seen) // 2]) == {False} and set(seen[len(seen) // 2:]) == {True}
+
+
+def test_the_answer_the_edit_made_new_is_read_not_what_it_implies():
+    """Two answers stated on two prompts each: the continent, which the base already found likely (its probability
+    rises most), and the country the editor wrote, which the base found unlikely (its term in KL(suspect ‖ base) is
+    the larger). The reading takes the country, on its own best prompt."""
+    from editaudit.scan.reading import Said, choose_prompt, kl_term
+
+    s1 = [Said(" Africa", 0.9, "c1", {}), Said(" Africa", 0.8, "c2", {}),
+          Said(" Nigeria", 0.5, "k1", {}), Said(" Nigeria", 0.4, "k2", {})]
+    at_base = {"c1": {" Europe": 0.6, " Africa": 0.1}, "c2": {" Europe": 0.5, " Africa": 0.2},
+               "k1": {" America": 0.5, " Canada": 0.01}, "k2": {" America": 0.4, " Nigeria": 0.001}}
+    says = [a.word for a in s1]
+    score = [0.6 * 0.8, 0.5 * 0.6, 0.5 * 0.49, 0.4 * 0.399]   # p_base × rise favours the continent
+    assert choose_prompt(s1, score, says) == 0
+    gain = [kl_term(a, at_base) for a in s1]
+    # out of the base's top-k on k1: the smallest top-k probability stands in, so the term is a lower bound
+    assert abs(gain[2] - 0.5 * math.log(0.5 / 0.01)) < 1e-9
+    assert gain[3] > gain[0] > gain[2]
+    assert choose_prompt(s1, score, says, gain) == 2
+    # stated on two prompts still comes first: a lone answer with a huge gain does not win
+    lone = [Said(" Mars", 0.9, "m", {})] + s1
+    assert choose_prompt(lone, [0.9] + score, [" Mars"] + says, [20.0] + gain) == 3

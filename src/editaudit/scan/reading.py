@@ -10,6 +10,7 @@ as uncertain.
 
 from __future__ import annotations
 
+import math
 import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -140,9 +141,23 @@ def is_number(word: str | None) -> bool:
     return bool(word) and word.strip().isdigit()
 
 
-def choose_prompt(s1: list[Said], score: list[float], says: list[str | None]) -> int:
+def kl_term(a: Said, at_base: dict[str, dict]) -> float:
+    """The suspect's answer word's term in KL(suspect ‖ base) where the suspect says it: p_s · log(p_s / p_b). A
+    word out of the base's top-k there gets the smallest top-k probability as p_b, a bound on the base's, so the
+    term is never overstated."""
+    b = at_base.get(a.context, {})
+    floor = min(b.values()) if b else 1e-6
+    p = max(a.p, 1e-9)
+    return p * math.log(p / max(b.get(a.word, floor), 1e-9))
+
+
+def choose_prompt(s1: list[Said], score: list[float], says: list[str | None], gain: list[float] | None = None) -> int:
     """The prompt a reading reports: a rewritten fact is stated on several phrasings, a side effect on one, so
-    prompts whose new answer the suspect states on two at least come first; then the highest score (p_base × rise).
+    prompts whose new answer the suspect states on two at least come first; then the answer with the largest
+    ``gain`` on its best prompt (``kl_term``: p_s · log(p_s / p_b)): an editor writes an object the base found
+    unlikely, while a description or what the object implies (its continent) was likely already, so its
+    probability may rise more but its odds less (bench/heldout/v10-plan.md, sixth use); then the highest score
+    (p_base × rise).
     Preferring the answer the suspect states most surely read 2 more objects of 70 on development suspects and 1
     more of 35 on the sixth held-apart set, short of that set's rule (bench/heldout/v6-plan.md), so it was not kept;
     judged again on v9b's facts 509–543 with a bar on false readings, it read 2 objects fewer with 4 more false (v9-plan.md
@@ -150,32 +165,37 @@ def choose_prompt(s1: list[Said], score: list[float], says: list[str | None]) ->
     A number is taken only when no other answer moved: dates and counts ("was formed in" → "2010") drift under
     any change to a subject's key, and on Gemma they won over the relation the edit rewrote."""
     pool = [j for j in range(len(s1)) if score[j] > float("-inf") and not is_number(s1[j].word)] or range(len(s1))
-    return max(pool, key=lambda j: (times_stated(s1[j].word, says) >= 2, score[j]))
+    best: dict[str, float] = {}
+    if gain is not None:
+        for j in pool:
+            best[s1[j].word] = max(best.get(s1[j].word, float("-inf")), gain[j])
+    return max(pool, key=lambda j: (times_stated(s1[j].word, says) >= 2, best.get(s1[j].word, 0.0), score[j]))
 
 
-def most_stated(s1: list[Said], score: list[float], says: list[str | None]) -> int:
+def most_stated(s1: list[Said], score: list[float], says: list[str | None], gain: list[float] | None = None) -> int:
     """The prompt choice for a reading through an injected key (inject.py): the answer the suspect states on
     the most prompts, then the highest score. With no subject text the injected position is one the models never
     saw, so answers that are numbers (dates, counts: "originated in" → "2017") shift on any perturbation and win
     on score alone; a number is not taken as the object there."""
     ok = [j for j, w in enumerate(says) if w and score[j] > float("-inf") and not is_number(w)]
     if not ok:
-        return choose_prompt(s1, score, says)
+        return choose_prompt(s1, score, says, gain)
     count = {w: times_stated(w, says) for w in (says[j] for j in ok)}
     return max(ok, key=lambda j: (count[says[j]], score[j]))
 
 
 def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, layer: int | None = None,
                  tensor: str | None = None, max_new_tokens: int = 6, top_k: int = 20,
-                 choose: Callable[[list[Said], list[float], list[str | None]], int] | None = None,
+                 choose: Callable[..., int] | None = None,
                  describe: bool = False) -> Reading:
     """Ask both models the library's prompts for ``subject``; read the fact the edit rewrote.
 
     Answers are compared word to word by the retention rule (``said``: the first token that is not a stop word).
     A rewritten fact is stated on several phrasings, a side effect usually on one: among the prompts whose answer
     moved (not from a base that merely repeats the subject), those whose new answer the
-    suspect states on two prompts at least come first; among them, the one where the base answered most
-    confidently and the suspect's answer gained most (p_base(base answer) × rise). Both models' greedy answers
+    suspect states on two prompts at least come first; among them, the answer the edit made most surely and most
+    newly said (``kl_term``), and of its prompts the one where the base answered most confidently and the suspect's answer
+    gained most (p_base(base answer) × rise). Both models' greedy answers
     there are decoded whole. Other prompts whose answer moved to a different object are listed as ``also`` (what
     else the edit drags along). A reading is an edit only when its object is stated on two prompts at least and
     its confidence (fire × rise × agreement) reaches ``EDIT_MIN``. ``describe``: the prompts cut from the base's
@@ -202,7 +222,8 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
         rise.append(r)
         score.append(pb * r if moved else float("-inf"))
     says = [a.word if a.word != b.word else None for b, a in zip(b1, s1)]
-    i = (choose or choose_prompt)(s1, score, says)
+    gain = [kl_term(a, at_base) for a in s1]
+    i = (choose or choose_prompt)(s1, score, says, gain)
     obj = s1[i].word
     stated = [j for j, w in enumerate(says) if same_answer(w, obj)]
     before = predict(base, tokenizer, [texts[i]], top_k=1, max_new_tokens=max_new_tokens)[0]
