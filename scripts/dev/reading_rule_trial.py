@@ -12,8 +12,9 @@ Subjects: per suspect, the search as the scan runs it (lowest edited MLP output 
 directions, C from the cached key statistics; rank = the suspect's number of facts), cached in --subjects so
 that every rule reads the same texts. Rules (``scan.reading.choose_prompt`` replaced for the run):
 
-    score    answers stated on two prompts or more first, then p_base × rise, a number only when no other answer
-             moved (scan.reading.choose_prompt)
+    score    answers stated on two prompts or more first, then the answer with the largest term in KL(suspect ‖ base)
+             on its best prompt (``info`` below), then p_base × rise, a number only when no other answer moved
+             (scan.reading.choose_prompt)
     numbers  score with numbers taken like any answer (the choice before v8's second use)
     token    the shipped choice on first-token answers (the reader before answers were words by the retention
              rule, ``scan.reading.said``: an answer that starts with a stop word, "the Philippines", never moved)
@@ -49,12 +50,15 @@ that every rule reads the same texts. Rules (``scan.reading.choose_prompt`` repl
              follows other words and under the kind of ending it was written for (bench/heldout/trigger-plan.md)
     (``diverge`` and ``library-diverge``, the answer read where the two models' greedy answers part, were dropped in
     development: bench/heldout/v10-plan.md; as run, this file at 17f3d12)
+    before-info  the shipped choice before ``info`` was taken into it (p_base × rise, without ``reading.kl_term``)
     lift     score's order, with the answer of the largest log(p_suspect / p_base) at the context where the suspect
              says it (its best prompt) before p_base × rise: the editor writes an object the base found unlikely,
              while what that object implies (its continent: *Bridgeport* → an African country read as "is located on
              the continent of · Africa"; a description) was already likely under the base, so its probability
              rises more but its odds less (bench/heldout/v10-plan.md, sixth use)
-    info     lift weighted by p_suspect (the word's term in KL(suspect ‖ base) at that context)
+    info     lift weighted by p_suspect (the word's term in KL(suspect ‖ base) at that context): judged on fresh facts
+             (v10 184–218, v9b 762–779: objects 30 -> 33 of 53, false 4 -> 2) and kept, so ``score`` is this rule now
+             (``reading.kl_term``); the arm itself stays, as it was run
     prior    score, among the prompts whose new answer the suspect states at least PRIOR_LIFT times as surely as the
              base says that word on the same phrasing for ordinary subjects (``template_prior``: the base's
              probability of the word where it is said, averaged over GENERIC subjects); a prompt whose new word is
@@ -165,6 +169,14 @@ def shortest_edit(reads):
     draw answers the edit does not give, so the cleanest text the edit still answers to is the subject."""
     return max(reads, key=lambda r: (r.status == "edit", -len(r.subject.split()) if r.status == "edit" else 0,
                                      r.confidence))
+
+
+def plain_score(s1, score, says):
+    """The shipped choice before ``reading.kl_term`` (v10-plan.md sixth use): stated twice first, then p_base × rise,
+    numbers only when nothing else moved."""
+    from editaudit.scan.reading import choose_prompt
+
+    return choose_prompt(s1, score, says)
 
 
 def numbers(s1, score, says):
@@ -412,12 +424,14 @@ def main() -> None:
     rules = {"score": shipped, "numbers": numbers, "sure": sure, "sure-numbers": sure_numbers, "mass": mass, "broad": broad, "token": shipped, "keys": shipped, "count": count,
              "forms": shipped, "forms-count": count, "allforms": shipped, "short": shipped,
              "allshort": shipped, "library": shipped, "describe": shipped, "frames": shipped,
-             "lift": lift_rule(False), "info": lift_rule(True)}
+             "lift": lift_rule(False), "info": lift_rule(True), "before-info": with_shipped_fallback(plain_score, shipped)}
     if "prior" in args.rules.split(","):
         rules["prior"] = prior_rule(template_prior(lm))
     for rule in args.rules.split(","):
         t_rule = time.time()
-        reading.choose_prompt = rules[rule]
+        # the shipped choice takes read_subject's ``gain`` (reading.kl_term); the older rules ignore it
+        reading.choose_prompt = (rules[rule] if rules[rule] is shipped
+                                 else (lambda r: lambda s1, score, says, gain=None: r(s1, score, says))(rules[rule]))
         reading.said = (ev["first_token_said"] if rule == "token" else catching_said(shipped_said) if rule in ("broad", "lift", "info")
                         else shipped_said)
         reading.same_answer = forms_answer if rule.startswith("forms") else shipped_same

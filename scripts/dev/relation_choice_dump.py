@@ -41,8 +41,8 @@ def main() -> None:
     shipped = reading.choose_prompt
     seen: list = []
 
-    def choose(s1, score, says):
-        i = shipped(s1, score, says)
+    def choose(s1, score, says, gain=None):
+        i = shipped(s1, score, says, gain)
         seen.append((s1, score, says, i))
         return i
 
