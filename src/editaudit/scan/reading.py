@@ -192,13 +192,14 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
 
     Answers are compared word to word by the retention rule (``said``: the first token that is not a stop word).
     A rewritten fact is stated on several phrasings, a side effect usually on one: among the prompts whose answer
-    moved (not from a base that merely repeats the subject), those whose new answer the
-    suspect states on two prompts at least come first; among them, the answer the edit made most surely and most
-    newly said (``kl_term``), and of its prompts the one where the base answered most confidently and the
-    suspect's answer gained most (p_base(base answer) × rise). Both models' greedy answers there are decoded whole. Other prompts whose answer moved to a different object are listed as ``also`` (what
-    else the edit drags along). A reading is an edit only when its object is stated on two prompts at least and
-    its confidence (fire × rise × agreement) reaches ``EDIT_MIN``. ``describe``: the prompts cut from the base's
-    own description of the subject are asked too (describe.py)."""
+    moved (not from a base that merely repeats the subject), those whose new answer the suspect states on two
+    prompts at least come first; among them, the answer the edit made most surely and most newly said
+    (``kl_term``), and of its prompts the one where the base answered most confidently and the suspect's answer
+    gained most (p_base(base answer) × rise). Both models' greedy answers there are decoded whole. Other prompts
+    whose answer moved to a different object are listed as ``also`` (what else the edit drags along). A reading is
+    an edit only when its object is stated on two prompts at least and its confidence (fire × rise × agreement)
+    reaches ``EDIT_MIN``. ``describe``: the prompts cut from the base's own description of the subject are asked
+    too (describe.py)."""
     from ..probing.metrics import is_skippable
 
     asked = prompts_for(subject.text)
