@@ -78,15 +78,14 @@ def dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _fallback_tokenizer(folder: str | Path) -> Any:
+def _tokenizer(folder: str | Path, name: str | Path) -> Any:
+    """The tokenizer in ``folder`` (already opened with editaudit's checks), or ``ModelUnloadable`` naming ``name``."""
     from transformers import AutoTokenizer
 
-    from ..checkpoint import open_checkpoint
-
     try:
-        return AutoTokenizer.from_pretrained(open_checkpoint(Path(folder)).folder, trust_remote_code=False)
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelUnloadable(f"transformers could not load the tokenizer of {folder}: {exc}") from None
+        raise ModelUnloadable(f"transformers could not load the tokenizer of {name}: {exc}") from None
 
 
 def load_model(spec: str | Path, dtype: str = "float32", device: str | None = None,
@@ -99,7 +98,7 @@ def load_model(spec: str | Path, dtype: str = "float32", device: str | None = No
     The folder is opened with editaudit's own checks first (pickle refused, shard paths checked),
     and transformers is told ``trust_remote_code=False`` and ``use_safetensors=True``.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     # transformers draws a "Loading weights" bar on stderr for every load, in the middle of editaudit's own progress
@@ -126,12 +125,12 @@ def load_model(spec: str | Path, dtype: str = "float32", device: str | None = No
     except (OSError, ValueError, KeyError) as exc:
         raise ModelUnloadable(f"transformers could not load {path}: {exc}") from None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(ckpt.folder, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        tokenizer = _tokenizer(ckpt.folder, path)
+    except ModelUnloadable:
         if tokenizer_fallback is None:
-            raise ModelUnloadable(f"transformers could not load the tokenizer of {path}: {exc}") from None
+            raise
         say(f"{path} has no tokenizer that loads: reading it through {tokenizer_fallback}'s")
-        tokenizer = _fallback_tokenizer(tokenizer_fallback)
+        tokenizer = _tokenizer(open_checkpoint(Path(tokenizer_fallback)).folder, tokenizer_fallback)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(dev)
