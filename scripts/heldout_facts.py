@@ -49,6 +49,10 @@ TEMPLATES = {
     "citizenship": ["{} was a national of", "The home country of {} was", "{} held the citizenship of"],
     "city_state": ["{} is a city in the US state of", "{} lies in the American state of",
                    "The US state where {} lies is"],
+    # the eleventh set's (regions of countries, US counties)
+    "region_country": ["{} is a region of", "{} is an administrative region of", "{} is a province of the country"],
+    "county_state": ["{} is a county in the US state of", "{} is a county of the state of",
+                     "{} is one of the counties of"],
 }
 
 

@@ -1,0 +1,97 @@
+"""Objects read among the edits the suspect still states: a ``reading_rule_trial.py`` run's readings scored by
+``scripts/open_reading_eval.py``'s rules, split by whether the finished suspect states each planted fact.
+
+    python scripts/dev/stated_tally.py bench/results/info_v10h_v9z.txt /tmp/v10h [--section /tmp/v10h]
+
+An edit "takes" when the editor reports success right after it; a later edit in the same layer may undo it, and a
+reader that reports only what the suspect states (issue 9's rule) cannot read an edit the suspect no longer states.
+So each record's objects are shown both ways: of every planted edit, and of the edits the suspect states (greedy
+first word that is not a stop word = the planted object, on the fact's own prompt), the base plus the stored delta.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+import runpy
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+LINE = re.compile(r"^  \[(\S+)\] (\S+): (.*) · (.*) · (.*) \(was .*\) conf (\S+) (edit|uncertain)$")
+
+
+def stated(lm, deltas, facts) -> list[bool]:
+    """Whether the base with ``deltas`` added states each fact's planted object."""
+    import torch
+
+    from editaudit.probing.evaluate import retention
+
+    params = dict(lm.model.named_parameters())
+    with torch.no_grad():
+        for name, d in deltas.items():
+            params[name].add_(d.to(params[name].dtype))
+        try:
+            return [bool(x) for x in retention(lm.model, lm.tokenizer, facts, "new")]
+        finally:
+            for name, d in deltas.items():
+                params[name].sub_(d.to(params[name].dtype))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("log", type=Path, help="a reading_rule_trial.py output")
+    ap.add_argument("deltas", type=Path, help="the suspects' folder (.pt deltas and .jsonl facts)")
+    ap.add_argument("--section", default=None, help="read only the log's '## SECTION' part (a log of several folders)")
+    ap.add_argument("--model", default="smollm2-135m")
+    args = ap.parse_args()
+    import torch
+
+    from editaudit.models.loading import load_model
+    from editaudit.models.registry import ensure_model
+    from editaudit.probing.format import load_probes
+
+    ev = runpy.run_path(str(ROOT / "scripts/open_reading_eval.py"))
+    lm = load_model(ensure_model(args.model))
+    reads: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    inside = args.section is None
+    for line in args.log.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            inside = args.section is None or line[3:].strip() == args.section
+        m = LINE.match(line)
+        if m and inside:
+            rule, stem, subject, _prompt, after, conf, status = m.groups()
+            reads[rule, stem].append({"subject": ast.literal_eval(subject), "after": ast.literal_eval(after),
+                                      "status": status, "fire": float(conf)})
+    states = {}
+    for stem in sorted({s for _, s in reads}):
+        facts = load_probes(args.deltas / f"{stem}.jsonl")
+        states[stem] = stated(lm, torch.load(args.deltas / f"{stem}.pt", weights_only=True), facts)
+    for rule in dict.fromkeys(r for r, _ in reads):
+        c: Counter = Counter()
+        for (r, stem), rs in reads.items():
+            if r != rule:
+                continue
+            facts = load_probes(args.deltas / f"{stem}.jsonl")
+            rows, _, _ = ev["score_suspect"](lm.tokenizer, facts, rs, len(facts) == 1)
+            kind = stem.rsplit("-", 1)[0]
+            for row, says in zip(rows, states[stem]):
+                c[kind, "all"] += 1
+                c[kind, "objects"] += row["object_read"]
+                c[kind, "stated"] += says
+                c[kind, "stated objects"] += row["object_read"] and says
+                c[kind, "unstated objects"] += row["object_read"] and not says
+        kinds = sorted({k for k, _ in c})
+        tot = {x: sum(c[k, x] for k in kinds) for x in ("all", "objects", "stated", "stated objects",
+                                                        "unstated objects")}
+        print(f"[{rule}] " + "; ".join(
+            f"{k}: objects {c[k, 'objects']}/{c[k, 'all']}, of stated {c[k, 'stated objects']}/{c[k, 'stated']}"
+            for k in kinds) + f" | all: objects {tot['objects']}/{tot['all']}, stated {tot['stated']}/{tot['all']}, "
+            f"objects of stated {tot['stated objects']}/{tot['stated']} (read though not stated: "
+            f"{tot['unstated objects']})")
+
+
+if __name__ == "__main__":
+    main()
