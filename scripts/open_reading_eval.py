@@ -24,6 +24,9 @@ Rules, fixed before the first run:
 - stop words (added before the fifth held-apart set's first subject-reader run, after "Czech Republic" was
   counted as missing "the Czech Republic" on the fourth): leading stop words of the answer and the planted
   object (probing.metrics.STOP_WORDS, the retention rule's) are skipped before comparing.
+Also reported (added before the eleventh set's first run; no rule above changed): objects and subjects per relation,
+and how many planted edits the finished suspect still states (greedy first word that is not a stop word = the
+planted object, on the fact's prompt, after the suspect's last edit) with the objects read of those.
 Goals (issue): ROME subject and object >= 90 %, MEMIT/AlphaEdit >= 80 %, false readings <= 5 %.
 """
 
@@ -144,6 +147,7 @@ def main() -> None:
     from editaudit.editing.service import apply_edits
     from editaudit.models.loading import load_model
     from editaudit.models.registry import ensure_model
+    from editaudit.probing.evaluate import retention
     from editaudit.probing.format import load_probes
     from editaudit.probing.sets import round_robin
     from editaudit.scan.service import ScanOptions, run_scan
@@ -180,6 +184,8 @@ def main() -> None:
                 hp = {"mode": "sequential"} if mode == "sequential" else FT_HPARAMS if method == "ft" else None
                 run = apply_edits(lm, group, method, layers=layers, out=out, hparams=hp, evaluate=True)
                 took += sum(bool(r.success) for r in run.results)
+                # the finished suspect may no longer state an edit a later one in the same layer undid
+                states = [bool(x) for x in retention(lm.model, tok, group, "new")]
                 wrote = list(run.layers)
                 run.restore()
                 t = time.perf_counter()
@@ -198,6 +204,8 @@ def main() -> None:
                 extra_layers += len(found_layers - set(wrote))
                 readings = [r for f in doc_r["findings"] for r in f.get("readings", [])]
                 r_rows, r_false, r_n = score_suspect(tok, group, readings, mode == "single")
+                for r, f, says in zip(r_rows, group, states):
+                    r["relation"], r["stated"] = f.relation, says
                 rows += r_rows
                 false += r_false
                 reported += r_n
@@ -239,6 +247,16 @@ def main() -> None:
         lines.append(line)
         print(line, file=sys.stderr)
         doc.setdefault("controls", []).append({"model": name, "edit_findings": len(edits), "max_spike": spikes})
+    every = [r for arm in doc["arms"] for r in arm["rows"]]
+    if every:
+        rels = sorted({r["relation"] or "-" for r in every})
+        lines.append("by relation: " + "; ".join(
+            f"{rel}: objects {sum(r['object_read'] for r in every if (r['relation'] or '-') == rel)}/"
+            f"{sum((r['relation'] or '-') == rel for r in every)}, subjects "
+            f"{sum(r['subject_found'] for r in every if (r['relation'] or '-') == rel)}" for rel in rels))
+        held = [r for r in every if r["stated"]]
+        lines.append(f"stated by the finished suspects: {len(held)}/{len(every)} planted edits; objects read of those: "
+                     f"{sum(r['object_read'] for r in held)}/{len(held)}")
     lines.append("  (object: the reading matched to the fact states the planted object; named: some edit-status "
                  "reading, any subject, states it; false: edit-status readings whose answer is no planted object)")
     text = "\n".join(lines + ["", "details:"] + detail) + "\n"

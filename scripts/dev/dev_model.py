@@ -2,7 +2,10 @@
 key), and the subject search the scan builds for a development suspect's lowest edited matrix."""
 from __future__ import annotations
 
+import ast
+import re
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -58,3 +61,23 @@ def lowest_search(lm, fingerprint: str, deltas: dict, rank: int, null: bool = Fa
     space = search_space(path, C, vh[:rank].T, null=named == "alphaedit")
     return layer, SubjectSearch(lm.model, lm.tokenizer, space,
                                 vocab_keys(lm.model, lm.tokenizer, [path], fingerprint)[path])
+
+
+#: a reading as reading_rule_trial.py prints it: [rule] suspect: subject · prompt · after (was before) conf C status
+TRIAL_LINE = re.compile(r"^  \[(\S+)\] (\S+): (.*) · (.*) · (.*) \(was .*\) conf (\S+) (edit|uncertain)$")
+
+
+def trial_readings(log: Path, section: str | None = None) -> dict[tuple[str, str], list[dict]]:
+    """{(rule, suspect): readings} from a reading_rule_trial.py output, in the form score_suspect takes (the
+    confidence stands in for the fire); ``section``: only the log's '## SECTION' part (a log of several folders)."""
+    reads: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    inside = section is None
+    for line in log.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            inside = section is None or line[3:].strip() == section
+        m = TRIAL_LINE.match(line)
+        if m and inside:
+            rule, stem, subject, _prompt, after, conf, status = m.groups()
+            reads[rule, stem].append({"subject": ast.literal_eval(subject), "after": ast.literal_eval(after),
+                                      "status": status, "fire": float(conf)})
+    return reads

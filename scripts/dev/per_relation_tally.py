@@ -9,16 +9,14 @@ single edit's five best, and a trial reads one subject per single edit, so the t
 from __future__ import annotations
 
 import argparse
-import ast
-import re
 import runpy
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
-LINE = re.compile(r"^  \[(\S+)\] (\S+): (.*) · (.*) · (.*) \(was .*\) conf (\S+) (edit|uncertain)$")
+sys.path.insert(0, str(ROOT / "scripts/dev"))
 
 
 def main() -> None:
@@ -29,18 +27,13 @@ def main() -> None:
     args = ap.parse_args()
     from transformers import AutoTokenizer
 
+    from dev_model import trial_readings
     from editaudit.models.registry import ensure_model
     from editaudit.probing.format import load_probes
 
     ev = runpy.run_path(str(ROOT / "scripts/open_reading_eval.py"))
     tok = AutoTokenizer.from_pretrained(str(ensure_model(args.model)))
-    reads: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for line in args.log.read_text(encoding="utf-8").splitlines():
-        m = LINE.match(line)
-        if m:
-            rule, stem, subject, _prompt, after, conf, status = m.groups()
-            reads[rule, stem].append({"subject": ast.literal_eval(subject), "after": ast.literal_eval(after),
-                                      "status": status, "fire": float(conf)})
+    reads = trial_readings(args.log)
     for rule in dict.fromkeys(r for r, _ in reads):
         c: Counter = Counter()
         for (r, stem), rs in reads.items():

@@ -11,33 +11,14 @@ first word that is not a stop word = the planted object, on the fact's own promp
 from __future__ import annotations
 
 import argparse
-import ast
-import re
 import runpy
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
-LINE = re.compile(r"^  \[(\S+)\] (\S+): (.*) · (.*) · (.*) \(was .*\) conf (\S+) (edit|uncertain)$")
-
-
-def stated(lm, deltas, facts) -> list[bool]:
-    """Whether the base with ``deltas`` added states each fact's planted object."""
-    import torch
-
-    from editaudit.probing.evaluate import retention
-
-    params = dict(lm.model.named_parameters())
-    with torch.no_grad():
-        for name, d in deltas.items():
-            params[name].add_(d.to(params[name].dtype))
-        try:
-            return [bool(x) for x in retention(lm.model, lm.tokenizer, facts, "new")]
-        finally:
-            for name, d in deltas.items():
-                params[name].sub_(d.to(params[name].dtype))
+sys.path.insert(0, str(ROOT / "scripts/dev"))
 
 
 def main() -> None:
@@ -47,28 +28,21 @@ def main() -> None:
     ap.add_argument("--section", default=None, help="read only the log's '## SECTION' part (a log of several folders)")
     ap.add_argument("--model", default="smollm2-135m")
     args = ap.parse_args()
-    import torch
-
+    from dev_model import edited_copy, trial_readings
     from editaudit.models.loading import load_model
     from editaudit.models.registry import ensure_model
+    from editaudit.probing.evaluate import retention
     from editaudit.probing.format import load_probes
 
     ev = runpy.run_path(str(ROOT / "scripts/open_reading_eval.py"))
     lm = load_model(ensure_model(args.model))
-    reads: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    inside = args.section is None
-    for line in args.log.read_text(encoding="utf-8").splitlines():
-        if line.startswith("## "):
-            inside = args.section is None or line[3:].strip() == args.section
-        m = LINE.match(line)
-        if m and inside:
-            rule, stem, subject, _prompt, after, conf, status = m.groups()
-            reads[rule, stem].append({"subject": ast.literal_eval(subject), "after": ast.literal_eval(after),
-                                      "status": status, "fire": float(conf)})
+    reads = trial_readings(args.log, args.section)
     states = {}
     for stem in sorted({s for _, s in reads}):
-        facts = load_probes(args.deltas / f"{stem}.jsonl")
-        states[stem] = stated(lm, torch.load(args.deltas / f"{stem}.pt", weights_only=True), facts)
+        suspect = edited_copy(lm.model, args.deltas / f"{stem}.pt")
+        states[stem] = [bool(x) for x in retention(suspect, lm.tokenizer, load_probes(args.deltas / f"{stem}.jsonl"),
+                                                   "new")]
+        del suspect
     for rule in dict.fromkeys(r for r, _ in reads):
         c: Counter = Counter()
         for (r, stem), rs in reads.items():
