@@ -1,0 +1,66 @@
+"""Is a found text one subject's key or the part several subjects share? For a development suspect's lowest edited
+matrix, each found text's key and each planted subject's key are taken into the edit subspace (whitened, as the
+search compares them; ``dev_model.lowest_search``), and the text's part there is compared with the subjects':
+
+    python scripts/dev/class_key_check.py /tmp/v11a memit-batch-0 "aram County" [TEXT ...]
+
+Per text: its fire; its cosine with each planted subject's in-subspace part (the best three shown); and how much of
+its in-subspace part the best single subject explains against the span of every subject that shares its last word
+(e.g. every "… County"). A text whose part the group's span explains much better than any one subject does is a
+class, not a subject.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def explained(z: torch.Tensor, cols: torch.Tensor) -> float:
+    """Share of ``z``'s norm inside span(``cols``) ([r, n])."""
+    Q, _ = torch.linalg.qr(cols)
+    return float((Q @ (Q.T @ z)).norm() / z.norm().clamp_min(1e-12))
+
+
+def main() -> None:
+    from dev_model import frozen_base, lowest_search
+    from editaudit.probing.format import load_probes
+
+    folder, stem, texts = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    lm, fingerprint = frozen_base()
+    tok = lm.tokenizer
+    facts = load_probes(folder / f"{stem}.jsonl")
+    layer, search = lowest_search(lm, fingerprint, torch.load(folder / f"{stem}.pt", weights_only=True), len(facts))
+    space = search.space
+
+    def inside(seqs):
+        fire, keys = search.exact(seqs)
+        z = keys.float() @ space.whiten
+        return fire, z @ space.basis
+
+    ids = [tok(" " + f.subject, add_special_tokens=False)["input_ids"] for f in facts]
+    s_fire, s_in = inside(ids)
+    print(f"== {stem} (layer {layer}, rank {len(facts)})")
+    for f, x in zip(facts, s_fire.tolist()):
+        print(f"  planted {f.subject!r} fires {x:.2f}")
+    for text in texts:
+        t_ids = tok(" " + text, add_special_tokens=False)["input_ids"]
+        t_fire, t_in = inside([t_ids])
+        z = t_in[0]
+        cos = torch.nn.functional.cosine_similarity(s_in, z[None], dim=-1)
+        top = cos.argsort(descending=True)[:3].tolist()
+        last = text.split()[-1].casefold()
+        group = [i for i, f in enumerate(facts) if f.subject.split()[-1].casefold() == last]
+        single = max(explained(z, s_in[i][:, None]) for i in range(len(facts)))
+        grp = explained(z, s_in[group].T) if group else float("nan")
+        print(f"  text {text!r} fires {float(t_fire[0]):.2f}; closest: "
+              + ", ".join(f"{facts[i].subject} {float(cos[i]):.2f}" for i in top)
+              + f"; explained by the best single subject {single:.2f}, by the {len(group)} ending in {last!r} {grp:.2f}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
