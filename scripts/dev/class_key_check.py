@@ -2,12 +2,14 @@
 matrix, each found text's key and each planted subject's key are taken into the edit subspace (whitened, as the
 search compares them; ``dev_model.lowest_search``), and the text's part there is compared with the subjects':
 
-    python scripts/dev/class_key_check.py /tmp/v11a memit-batch-0 "aram County" [TEXT ...]
+    python scripts/dev/class_key_check.py /tmp/v11a memit-batch-0 "aram County" [TEXT ...] [--deflate "aram County"]
 
 Per text: its fire; its cosine with each planted subject's in-subspace part (the best three shown); and how much of
 its in-subspace part the best single subject explains against the span of every subject that shares its last word
 (e.g. every "… County"). A text whose part the group's span explains much better than any one subject does is a
-class, not a subject.
+class, not a subject. ``--deflate TEXT``: afterwards, the subspace is deflated by TEXT's key as the search deflates a
+found subject (``Whitened.deflate``), and every planted subject's fire is printed again against the search's bar
+(``subjects.FIRE_MIN``): what the next round can still find.
 """
 from __future__ import annotations
 
@@ -29,7 +31,12 @@ def main() -> None:
     from dev_model import frozen_base, lowest_search
     from editaudit.probing.format import load_probes
 
-    folder, stem, texts = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    args = sys.argv[1:]
+    deflate = None
+    if "--deflate" in args:
+        i = args.index("--deflate")
+        deflate, args = args[i + 1], args[:i] + args[i + 2:]
+    folder, stem, texts = Path(args[0]), args[1], args[2:]
     lm, fingerprint = frozen_base()
     tok = lm.tokenizer
     facts = load_probes(folder / f"{stem}.jsonl")
@@ -60,6 +67,15 @@ def main() -> None:
               + ", ".join(f"{facts[i].subject} {float(cos[i]):.2f}" for i in top)
               + f"; explained by the best single subject {single:.2f}, by the {len(group)} ending in {last!r} {grp:.2f}",
               flush=True)
+    if deflate is not None:
+        from editaudit.scan.subjects import FIRE_MIN
+
+        _, key = search.exact([tok(" " + deflate, add_special_tokens=False)["input_ids"]])
+        space.deflate(key[0])
+        after, _ = search.exact(ids)
+        print(f"  after deflating {deflate!r} (rank left {space.basis.shape[1]}; the search's bar {FIRE_MIN}):")
+        for f, a, b in zip(facts, s_fire.tolist(), after.tolist()):
+            print(f"    {f.subject!r} {a:.2f} -> {b:.2f}")
 
 
 if __name__ == "__main__":
