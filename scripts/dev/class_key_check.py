@@ -76,6 +76,9 @@ def main() -> None:
         print(f"  after deflating {deflate!r} (rank left {space.basis.shape[1]}; the search's bar {FIRE_MIN}):")
         for f, a, b in zip(facts, s_fire.tolist(), after.tolist()):
             print(f"    {f.subject!r} {a:.2f} -> {b:.2f}")
+        if texts:
+            t_after, _ = search.exact([tok(" " + t, add_special_tokens=False)["input_ids"] for t in texts])
+            print("    texts: " + ", ".join(f"{t!r} {float(x):.2f}" for t, x in zip(texts, t_after)))
 
 
 if __name__ == "__main__":
