@@ -9,7 +9,10 @@ its in-subspace part the best single subject explains against the span of every 
 (e.g. every "… County"). A text whose part the group's span explains much better than any one subject does is a
 class, not a subject. ``--deflate TEXT``: afterwards, the subspace is deflated by TEXT's key as the search deflates a
 found subject (``Whitened.deflate``), and every planted subject's fire is printed again against the search's bar
-(``subjects.FIRE_MIN``): what the next round can still find.
+(``subjects.FIRE_MIN``): what the next round can still find. ``--pairs WORD`` (with ``--deflate``): every word-like
+piece is then scored before WORD's last token, as the pair step scores it (``SubjectSearch._pair_coords``), and the
+rank among all of them of each planted subject's piece before WORD is printed: whether the next round could reach
+the other subjects of the class from their shared last word.
 """
 from __future__ import annotations
 
@@ -32,10 +35,13 @@ def main() -> None:
     from editaudit.probing.format import load_probes
 
     args = sys.argv[1:]
-    deflate = None
+    deflate = pairs = None
     if "--deflate" in args:
         i = args.index("--deflate")
         deflate, args = args[i + 1], args[:i] + args[i + 2:]
+    if "--pairs" in args:
+        i = args.index("--pairs")
+        pairs, args = args[i + 1], args[:i] + args[i + 2:]
     folder, stem, texts = Path(args[0]), args[1], args[2:]
     lm, fingerprint = frozen_base()
     tok = lm.tokenizer
@@ -79,6 +85,21 @@ def main() -> None:
         if texts:
             t_after, _ = search.exact([tok(" " + t, add_special_tokens=False)["input_ids"] for t in texts])
             print("    texts: " + ", ".join(f"{t!r} {float(x):.2f}" for t, x in zip(texts, t_after)))
+        if pairs is not None:
+            seed = tok(" " + pairs, add_special_tokens=False)["input_ids"][-1]
+            pool = search._pool()
+            coords, norms = search._pair_coords(seed)
+            fire = (coords @ (space.basis.T @ search._basis0).T).norm(dim=1) / norms
+            order = fire.argsort(descending=True).tolist()
+            rank = {pool[j]: k for k, j in enumerate(order)}
+            best = ", ".join(f"{tok.decode([pool[j]])!r}{float(fire[j]):.2f}" for j in order[:8])
+            print(f"    pieces before {pairs!r} after the deflation, best of {len(pool)}: {best}")
+            for f, seq in zip(facts, ids):
+                if len(seq) > 1 and seq[-1] == seed:
+                    piece = seq[-2]
+                    r = rank.get(piece)
+                    where = f"#{r}, fire {float(fire[order[r]]):.2f}" if r is not None else "not in the pool"
+                    print(f"    {f.subject!r}: piece {tok.decode([piece])!r} {where}")
 
 
 if __name__ == "__main__":
