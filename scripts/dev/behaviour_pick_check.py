@@ -23,7 +23,17 @@ def main() -> None:
     from editaudit.scan.reading import read_subject
     from editaudit.scan.subjects import Subject
 
-    folder, stem, others = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", type=Path, help="the suspects' folder (make_dev_suspects.py)")
+    ap.add_argument("stem", help="the suspect, e.g. memit-batch-0")
+    ap.add_argument("others", nargs="*", help="names nobody edited, read beside the planted subjects")
+    a = ap.parse_args()
+    folder, stem, others = a.folder, a.stem, a.others
+    for ext in ("pt", "jsonl"):
+        if not (folder / f"{stem}.{ext}").is_file():
+            ap.error(f"no {folder / f'{stem}.{ext}'}: make the suspect with scripts/dev/make_dev_suspects.py")
     lm, fingerprint = frozen_base()
     tok = lm.tokenizer
     facts = load_probes(folder / f"{stem}.jsonl")

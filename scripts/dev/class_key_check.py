@@ -34,15 +34,21 @@ def main() -> None:
     from dev_model import frozen_base, lowest_search
     from editaudit.probing.format import load_probes
 
-    args = sys.argv[1:]
-    deflate = pairs = None
-    if "--deflate" in args:
-        i = args.index("--deflate")
-        deflate, args = args[i + 1], args[:i] + args[i + 2:]
-    if "--pairs" in args:
-        i = args.index("--pairs")
-        pairs, args = args[i + 1], args[:i] + args[i + 2:]
-    folder, stem, texts = Path(args[0]), args[1], args[2:]
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", type=Path, help="the suspects' folder (make_dev_suspects.py)")
+    ap.add_argument("stem", help="the suspect, e.g. memit-batch-0")
+    ap.add_argument("texts", nargs="*", help="found texts to compare with the planted subjects")
+    ap.add_argument("--deflate", help="deflate the subspace by this text's key, then fire the planted subjects again")
+    ap.add_argument("--pairs", help="with --deflate: rank every piece before this word's last token")
+    a = ap.parse_args()
+    if a.pairs and not a.deflate:
+        ap.error("--pairs needs --deflate")
+    folder, stem, texts, deflate, pairs = a.folder, a.stem, a.texts, a.deflate, a.pairs
+    for ext in ("pt", "jsonl"):
+        if not (folder / f"{stem}.{ext}").is_file():
+            ap.error(f"no {folder / f'{stem}.{ext}'}: make the suspect with scripts/dev/make_dev_suspects.py")
     lm, fingerprint = frozen_base()
     tok = lm.tokenizer
     facts = load_probes(folder / f"{stem}.jsonl")

@@ -81,3 +81,18 @@ def trial_readings(log: Path, section: str | None = None) -> dict[tuple[str, str
             reads[rule, stem].append({"subject": ast.literal_eval(subject), "after": ast.literal_eval(after),
                                       "status": status, "fire": float(conf)})
     return reads
+
+
+def scored_trial(log: Path, folder: Path, tokenizer, section: str | None = None) -> dict[str, list[tuple]]:
+    """{rule: [(suspect, facts, rows, false, edit readings)]}: a reading_rule_trial.py log's readings of each suspect
+    in ``folder`` scored by scripts/open_reading_eval.py's rules (``score_suspect``), per rule in the log's order."""
+    import runpy
+
+    from editaudit.probing.format import load_probes
+
+    score = runpy.run_path(str(Path(__file__).resolve().parents[1] / "open_reading_eval.py"))["score_suspect"]
+    out: dict[str, list[tuple]] = {}
+    for (rule, stem), reads in trial_readings(log, section).items():
+        facts = load_probes(folder / f"{stem}.jsonl")
+        out.setdefault(rule, []).append((stem, facts, *score(tokenizer, facts, reads, len(facts) == 1)))
+    return out

@@ -9,14 +9,12 @@ single edit's five best, and a trial reads one subject per single edit, so the t
 from __future__ import annotations
 
 import argparse
-import runpy
 import sys
 from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "scripts/dev"))
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "scripts/dev")]
 
 
 def main() -> None:
@@ -27,20 +25,13 @@ def main() -> None:
     args = ap.parse_args()
     from transformers import AutoTokenizer
 
-    from dev_model import trial_readings
+    from dev_model import scored_trial
     from editaudit.models.registry import ensure_model
-    from editaudit.probing.format import load_probes
 
-    ev = runpy.run_path(str(ROOT / "scripts/open_reading_eval.py"))
     tok = AutoTokenizer.from_pretrained(str(ensure_model(args.model)))
-    reads = trial_readings(args.log)
-    for rule in dict.fromkeys(r for r, _ in reads):
+    for rule, suspects in scored_trial(args.log, args.deltas, tok).items():
         c: Counter = Counter()
-        for (r, stem), rs in reads.items():
-            if r != rule:
-                continue
-            facts = load_probes(args.deltas / f"{stem}.jsonl")
-            rows, false, n = ev["score_suspect"](tok, facts, rs, len(facts) == 1)
+        for _stem, facts, rows, false, n in suspects:
             for f, row in zip(facts, rows):
                 c[f.relation, "facts"] += 1
                 c[f.relation, "subjects"] += row["subject_found"]

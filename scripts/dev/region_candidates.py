@@ -85,6 +85,8 @@ def main() -> None:
     ap.add_argument("--per-object", type=int, default=40)
     ap.add_argument("--seed", type=int, default=2035)
     args = ap.parse_args()
+    if not any(args.countryinfo_data.glob("*.json")):
+        ap.error(f"no country files (*.json) in {args.countryinfo_data}: unpack the countryinfo wheel, see above")
     rng = random.Random(args.seed)
     reg = spread(regions(args.countryinfo_data), args.per_object, rng)
     cty = spread(counties(), args.per_object, rng)

@@ -11,14 +11,12 @@ first word that is not a stop word = the planted object, on the fact's own promp
 from __future__ import annotations
 
 import argparse
-import runpy
 import sys
 from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "scripts/dev"))
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "scripts/dev")]
 
 
 def main() -> None:
@@ -28,28 +26,21 @@ def main() -> None:
     ap.add_argument("--section", default=None, help="read only the log's '## SECTION' part (a log of several folders)")
     ap.add_argument("--model", default="smollm2-135m")
     args = ap.parse_args()
-    from dev_model import edited_copy, trial_readings
+    from dev_model import edited_copy, scored_trial
     from editaudit.models.loading import load_model
     from editaudit.models.registry import ensure_model
     from editaudit.probing.evaluate import retention
-    from editaudit.probing.format import load_probes
 
-    ev = runpy.run_path(str(ROOT / "scripts/open_reading_eval.py"))
     lm = load_model(ensure_model(args.model))
-    reads = trial_readings(args.log, args.section)
+    scored = scored_trial(args.log, args.deltas, lm.tokenizer, args.section)
     states = {}
-    for stem in sorted({s for _, s in reads}):
+    for stem, facts, *_ in next(iter(scored.values()), []):
         suspect = edited_copy(lm.model, args.deltas / f"{stem}.pt")
-        states[stem] = [bool(x) for x in retention(suspect, lm.tokenizer, load_probes(args.deltas / f"{stem}.jsonl"),
-                                                   "new")]
+        states[stem] = [bool(x) for x in retention(suspect, lm.tokenizer, facts, "new")]
         del suspect
-    for rule in dict.fromkeys(r for r, _ in reads):
+    for rule, suspects in scored.items():
         c: Counter = Counter()
-        for (r, stem), rs in reads.items():
-            if r != rule:
-                continue
-            facts = load_probes(args.deltas / f"{stem}.jsonl")
-            rows, _, _ = ev["score_suspect"](lm.tokenizer, facts, rs, len(facts) == 1)
+        for stem, _facts, rows, _false, _n in suspects:
             kind = stem.rsplit("-", 1)[0]
             for row, says in zip(rows, states[stem]):
                 c[kind, "all"] += 1
