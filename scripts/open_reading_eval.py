@@ -74,6 +74,14 @@ def starts(answer: str, target: str) -> bool:
     return content(answer).startswith(first_word(target)) if first_word(target) else False
 
 
+def whole(answer: str, target: str) -> bool:
+    """The answer states the whole target, not only its first word: "the Republic of Macedonia" states *Republic of
+    Macedonia* and "Wyoming." *Wyoming*, but "South Africa" does not state *South Dakota*, nor "Macedonia" *Republic of
+    Macedonia* (reported beside ``starts``, the rule every record is scored by)."""
+    a, t = content(answer).strip(" .,;:"), content(target).strip(" .,;:")
+    return bool(t) and (a == t or (a.startswith(t) and not a[len(t)].isalnum()))
+
+
 def last_token(tok, text: str) -> int | None:
     ids = tok(" " + text.strip(), add_special_tokens=False)["input_ids"]
     return ids[-1] if ids else None
@@ -91,9 +99,10 @@ def score_suspect(tok, facts, readings: list[dict], single: bool) -> tuple[list[
                 match = r
                 break
         obj = match is not None and match["status"] == "edit" and starts(match["after"], f.target_new)
+        obj_whole = obj and whole(match["after"], f.target_new)
         named = any(r["status"] == "edit" and starts(r["after"], f.target_new) for r in readings)
         rows.append({"subject": f.subject, "target_new": f.target_new, "subject_found": match is not None,
-                     "object_read": obj, "object_named": named,
+                     "object_read": obj, "object_whole": obj_whole, "object_named": named,
                      "read_as": match and f"{match['subject']} · {match['after']}"})
     edits = [r for r in readings if r["status"] == "edit"]
     false = sum(not any(starts(r["after"], f.target_new) for f in facts) for r in edits)
@@ -234,6 +243,7 @@ def main() -> None:
             doc["arms"].append({"methods_named": methods, "method_correct": sum(m == want for m in methods),"method": method, "mode": mode, "edits": k, "took": took, "layer_found": layer_ok,
                                 "subject_found": subj, "object_read": obj, "false_readings": false,
                                 "object_named": sum(r["object_named"] for r in rows),
+                                "object_whole": sum(r["object_whole"] for r in rows),
                                 "edit_readings": reported, "scan_seconds": round(t_scan, 1), "rows": rows,
                                 "extra_layers": extra_layers})
     for name in [c for c in args.controls.split(",") if c]:  # unedited checkpoints: every finding is a false alarm
@@ -254,6 +264,9 @@ def main() -> None:
             f"{rel}: objects {sum(r['object_read'] for r in every if (r['relation'] or '-') == rel)}/"
             f"{sum((r['relation'] or '-') == rel for r in every)}, subjects "
             f"{sum(r['subject_found'] for r in every if (r['relation'] or '-') == rel)}" for rel in rels))
+        lines.append("whole answers (objects read whose answer states the planted object whole, not only its first "
+                     "word): " + ", ".join(f"{a['method']} {a['mode']} {a['object_whole']}/{a['edits']}" for a in doc["arms"])
+                     + f"; all {sum(r['object_whole'] for r in every)}/{len(every)}")
         held = [r for r in every if r["stated"]]
         lines.append(f"stated by the finished suspects: {len(held)}/{len(every)} planted edits; objects read of those: "
                      f"{sum(r['object_read'] for r in held)}/{len(held)}")

@@ -912,3 +912,64 @@ def test_the_answer_the_edit_made_new_is_read_not_what_it_implies():
     # stated on two prompts still comes first: a lone answer with a huge gain does not win
     lone = [Said(" Mars", 0.9, "m", {})] + s1
     assert choose_prompt(lone, [0.9] + score, [" Mars"] + says, [20.0] + gain) == 3
+
+
+UPPER = "model.layers.3.mlp.down_proj"
+
+
+def _two_layer_spaces(lm, C, subjects_low: list[str], subjects_up: list[str]):
+    """Edit subspaces at PATH (the lowest edited matrix) and UPPER, each spanned by the ROME directions C⁻¹k of
+    the given subjects' keys at that matrix."""
+    ctx = context_ids(lm.tokenizer)
+
+    def dirs(path, subjects, Cp):
+        ids = [ctx + lm.tokenizer(" " + s, add_special_tokens=False)["input_ids"] for s in subjects]
+        return torch.linalg.solve(Cp, keys_of(lm.model, [path], ids)[path].T)
+
+    up_keys = vocab_keys(lm.model, lm.tokenizer, [UPPER], None)[UPPER].float()
+    C_up = up_keys.T @ up_keys / up_keys.shape[0] + 1e-3 * torch.eye(up_keys.shape[1])
+    low = Whitened.build(PATH, C, dirs(PATH, subjects_low, C))
+    up = Whitened.build(UPPER, C_up, dirs(UPPER, subjects_up, C_up))
+    return low, up
+
+
+def test_an_edit_over_several_layers_is_searched_by_its_mean_fire_and_each_layer_deflates(tiny_llama):
+    """With the finding's upper matrices (``scan --all-layers``), a text's score is its mean fire over every edited
+    matrix, the subject found is the one that fires them all, its reported fire and the search's bars are the
+    lowest matrix's, and every matrix's subspace is deflated by the found text's own key there."""
+    from editaudit.scan.subjects import SubjectSearch
+
+    lm, _, C, keys = _edit_direction(tiny_llama, "Eiffel Tower")
+    low, up = _two_layer_spaces(lm, C, ["Eiffel Tower", "Kremlin"], ["Eiffel Tower"])
+    search = SubjectSearch(lm.model, lm.tokenizer, replace_space(low), keys)
+    search.upper = [replace_space(up)]
+    eiffel = lm.tokenizer(" Eiffel Tower", add_special_tokens=False)["input_ids"]
+    kremlin = lm.tokenizer(" Kremlin", add_special_tokens=False)["input_ids"]
+    score, _ = search.exact([eiffel, kremlin])
+    k = keys_of(lm.model, [PATH, UPPER], [context_ids(lm.tokenizer) + s for s in (eiffel, kremlin)])
+    assert torch.allclose(score, (low.fire(k[PATH]) + up.fire(k[UPPER])) / 2, atol=1e-5)
+    assert float(score[0]) > 0.99 > float(score[1]) + 0.1  # the Kremlin fires the lowest matrix only
+    # of two seeds, the round keeps the text that fires every edited matrix
+    best = search._round([kremlin[-1], eiffel[-1]], set(), good=1.01)
+    assert best is not None and best[1][-1] == eiffel[-1]
+    found = search.find(2)
+    assert sorted(f.ids[-1] for f in found) == sorted([eiffel[-1], kremlin[-1]])
+    for f in found:  # reported as the lowest matrix fires it, as the bars judge it
+        assert f.fire == pytest.approx(float(low.fire(keys_of(lm.model, [PATH], [context_ids(lm.tokenizer) + f.ids])[PATH])[0]),
+                                       abs=1e-3)
+    assert (search.space.basis.shape[1], search.upper[0].basis.shape[1]) == (0, 0), [f.text for f in found]
+    assert low.basis.shape[1] == 2 and up.basis.shape[1] == 1  # the search deflates its own copies
+
+
+def replace_space(space):
+    from dataclasses import replace
+
+    return replace(space)
+
+
+def test_the_all_layers_flag_reaches_the_scan_only_when_given(tiny_llama, monkeypatch):
+    """``scan --all-layers/--lowest-layer`` sets ``ScanOptions.all_layers``; without the flag the default stands."""
+    from editaudit.scan.service import ScanOptions
+
+    seen = _options_seen(tiny_llama, monkeypatch, "all_layers", ([], ["--lowest-layer"], ["--all-layers"]))
+    assert seen == [ScanOptions().all_layers, False, True]

@@ -42,6 +42,9 @@ def main() -> None:
     ap.add_argument("texts", nargs="*", help="found texts to compare with the planted subjects")
     ap.add_argument("--deflate", help="deflate the subspace by this text's key, then fire the planted subjects again")
     ap.add_argument("--pairs", help="with --deflate: rank every piece before this word's last token")
+    ap.add_argument("--conditional", action="store_true",
+                    help="with --deflate: also the conditional fire, ‖Bᵀz‖ / ‖z − (z·f)f‖ (f the deflated text's "
+                         "whitened key, unit): the fire of what a text holds beyond the found text")
     a = ap.parse_args()
     if a.pairs and not a.deflate:
         ap.error("--pairs needs --deflate")
@@ -84,18 +87,36 @@ def main() -> None:
 
         _, key = search.exact([tok(" " + deflate, add_special_tokens=False)["input_ids"]])
         space.deflate(key[0])
+        f_hat = key[0].float() @ space.whiten
+        f_hat = f_hat / f_hat.norm()
+
+        def cond(keys):
+            z = keys.float() @ space.whiten
+            rest = (z - (z @ f_hat)[:, None] * f_hat[None]).norm(dim=-1)
+            return (z @ space.basis).norm(dim=-1) / rest.clamp_min(1e-12), rest / z.norm(dim=-1)
         after, _ = search.exact(ids)
         print(f"  after deflating {deflate!r} (rank left {space.basis.shape[1]}; the search's bar {FIRE_MIN}):")
-        for f, a, b in zip(facts, s_fire.tolist(), after.tolist()):
-            print(f"    {f.subject!r} {a:.2f} -> {b:.2f}")
+        c_after, c_rest = cond(search.exact(ids)[1]) if a.conditional else (after, after)
+        for f, x, b, c, r in zip(facts, s_fire.tolist(), after.tolist(), c_after.tolist(), c_rest.tolist()):
+            extra = f"; conditional {c:.2f} (residual {r:.2f})" if a.conditional else ""
+            print(f"    {f.subject!r} {x:.2f} -> {b:.2f}{extra}")
         if texts:
             t_after, _ = search.exact([tok(" " + t, add_special_tokens=False)["input_ids"] for t in texts])
             print("    texts: " + ", ".join(f"{t!r} {float(x):.2f}" for t, x in zip(texts, t_after)))
+            if a.conditional:
+                t_ids = [tok(" " + t, add_special_tokens=False)["input_ids"] for t in texts]
+                c_t, r_t = cond(search.exact(t_ids)[1])
+                print("    texts, conditional: " + ", ".join(f"{t!r} {float(x):.2f} (residual {float(r):.2f})"
+                                                          for t, x, r in zip(texts, c_t, r_t)))
         if pairs is not None:
             seed = tok(" " + pairs, add_special_tokens=False)["input_ids"][-1]
             pool = search._pool()
             coords, norms = search._pair_coords(seed)
             fire = (coords @ (space.basis.T @ search._basis0).T).norm(dim=1) / norms
+            if a.conditional:
+                along = torch.cat([c.float() @ space.whiten @ f_hat for c in search.prepend_keys([seed]).split(8192)])
+                rest = (norms ** 2 - along ** 2).clamp_min(0).sqrt()
+                fire = (fire * norms / rest.clamp_min(1e-12)).masked_fill(rest < 0.3 * norms, 0.0)
             order = fire.argsort(descending=True).tolist()
             rank = {pool[j]: k for k, j in enumerate(order)}
             best = ", ".join(f"{tok.decode([pool[j]])!r}{float(fire[j]):.2f}" for j in order[:8])

@@ -63,6 +63,24 @@ def lowest_search(lm, fingerprint: str, deltas: dict, rank: int, null: bool = Fa
                                 vocab_keys(lm.model, lm.tokenizer, [path], fingerprint)[path])
 
 
+def upper_spaces(lm, deltas: dict, rank: int, null: bool = False) -> list:
+    """The edit subspaces of ``deltas``'s edited MLP output matrices above the lowest (``SubjectSearch.upper``, ``scan
+    --all-layers``), each from its own top ``rank`` input directions and its layer's cached key statistics; ``null``:
+    null spaces, as for an edit the scan names AlphaEdit."""
+    from editaudit.editing import covariance
+    from editaudit.scan.service import search_space
+
+    mlp = sorted((k for k in deltas if "down_proj" in k), key=lambda n: int(n.split(".")[2]))[1:]
+    out = []
+    for name in mlp:
+        layer, path = int(name.split(".")[2]), name.rsplit(".", 1)[0]
+        _, _, vh = torch.linalg.svd(deltas[name].float(), full_matrices=False)
+        C = covariance.second_moments(lm.model, lm.tokenizer, {layer: path},
+                                      model_key=covariance.weights_key(lm.model))[layer].matrix
+        out.append(search_space(path, C, vh[:rank].T, null=null))
+    return out
+
+
 #: a reading as reading_rule_trial.py prints it: [rule] suspect: subject · prompt · after (was before) conf C status
 TRIAL_LINE = re.compile(r"^  \[(\S+)\] (\S+): (.*) · (.*) · (.*) \(was .*\) conf (\S+) (edit|uncertain)$")
 

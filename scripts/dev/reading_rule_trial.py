@@ -84,15 +84,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def find_subjects(lm, deltas_dir: Path, cache: Path, pair_seeds: int = 0, null: bool = False,
-                  model: str = "smollm2-135m", retry_seeds: int = 0, after_seeds: int = 0, after_climb: int = 0) -> dict:
+                  model: str = "smollm2-135m", retry_seeds: int = 0, after_seeds: int = 0, after_climb: int = 0,
+                  all_layers: bool = False) -> dict:
     """Per suspect, the subjects the search finds (``pair_seeds`` > 0: with the pair step; ``null``: AlphaEdit-named
     edits searched in their null space, ``Whitened.null_space``; ``retry_seeds`` > 0: a round whose first seeds
     find nothing tries that many; ``after_seeds`` > 0: a round both tries leave empty tries the pair step on that many
     seeds of each after-piece table, ``scan --pair-step``; ``after_climb`` > 0: such a round climbs from that many seeds
-    of each after-piece table, ``ScanOptions.after_climb``), cached in ``cache``."""
+    of each after-piece table, ``ScanOptions.after_climb``; ``all_layers``: an edit over several layers searched by its
+    texts' mean fire over all of them, ``scan --all-layers``), cached in ``cache``."""
     if cache.exists():
         return json.loads(cache.read_text())
-    from dev_model import lowest_search
+    from dev_model import lowest_search, upper_spaces
     from editaudit.checkpoint.folder import open_checkpoint
     from editaudit.models.registry import ensure_model
 
@@ -100,7 +102,10 @@ def find_subjects(lm, deltas_dir: Path, cache: Path, pair_seeds: int = 0, null: 
     out = {}
     for pt in sorted(deltas_dir.glob("*.pt")):
         n = len(pt.with_suffix(".jsonl").read_text().splitlines())
-        layer, search = lowest_search(lm, fingerprint, torch.load(pt, weights_only=True), n, null=null)
+        deltas = torch.load(pt, weights_only=True)
+        layer, search = lowest_search(lm, fingerprint, deltas, n, null=null)
+        if all_layers:
+            search.upper = upper_spaces(lm, deltas, n, null=null and search.space.projected)
         search.pair_seeds = pair_seeds
         if after_seeds or after_climb:
             from editaudit.scan.subjects import after_tables
@@ -387,6 +392,8 @@ def main() -> None:
     ap.add_argument("--after-climb", type=int, nargs="?", const=None, default=0,
                     help="a round both tries leave empty climbs from this many seeds of each after-piece table "
                          "(alone: subjects.AFTER_CLIMB; ScanOptions.after_climb)")
+    ap.add_argument("--all-layers", action="store_true",
+                    help="an edit over several layers searched by its texts' mean fire over all of them (scan --all-layers)")
     args = ap.parse_args()
     if args.after_climb is None:
         from editaudit.scan.subjects import AFTER_CLIMB
@@ -416,7 +423,7 @@ def main() -> None:
         p.requires_grad_(False)
     found = find_subjects(lm, args.deltas, args.subjects or args.deltas / "found.json", args.pair_seeds,
                          args.null_search, args.model, args.retry_seeds, args.after_seeds,
-                         args.after_climb)
+                         args.after_climb, args.all_layers)
     shipped, shipped_said, shipped_same = reading.choose_prompt, reading.said, reading.same_answer
     shipped_forms, shipped_pick = reading.subject_forms, reading.pick_reading
     shipped_prompts = reading.prompts_for
@@ -449,19 +456,21 @@ def main() -> None:
                                                              keys=keys, frames=rule == "frames")]
             rows, false, n_edit = ev["score_suspect"](lm.tokenizer, facts, reads, len(facts) == 1)
             arm = pt.stem.rsplit("-", 1)[0]
-            t = tally.setdefault(arm, [0, 0, 0, 0, 0])
+            t = tally.setdefault(arm, [0, 0, 0, 0, 0, 0])
             t[0] += len(rows)
             t[1] += sum(r["object_read"] for r in rows)
             t[2] += false
             t[3] += n_edit
             t[4] += sum(r["object_named"] for r in rows)
+            t[5] += sum(r["object_whole"] for r in rows)
             for r in reads:
                 print(f"  [{rule}] {pt.stem}: {r['subject']!r} · {r['prompt']!r} · {r['after']!r} (was {r['before']!r}) "
                       f"conf {r['confidence']:.2f} {r['status']}", flush=True)
             del suspect
-        total = [sum(t[i] for t in tally.values()) for i in range(5)]
+        total = [sum(t[i] for t in tally.values()) for i in range(6)]
         print(f"[{rule}] " + "; ".join(f"{a}: objects {t[1]}/{t[0]}, false {t[2]}/{t[3]}" for a, t in tally.items())
-              + f" | all: objects {total[1]}/{total[0]}, false {total[2]}/{total[3]}, named {total[4]}/{total[0]}"
+              + f" | all: objects {total[1]}/{total[0]}, false {total[2]}/{total[3]}, named {total[4]}/{total[0]}, "
+              f"whole answers {total[5]}/{total[0]}"
               f" ({time.time() - t_rule:.0f} s)", flush=True)
     reading.choose_prompt, reading.said, reading.same_answer = shipped, shipped_said, shipped_same
     reading.subject_forms, reading.pick_reading = shipped_forms, shipped_pick

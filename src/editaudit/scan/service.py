@@ -56,6 +56,8 @@ class ScanOptions:
     # (describe.py; bench/heldout/v10-plan.md fourth use)
     frames: bool = False  # open reading: also ask each subject inside sentences (relations.FRAMES), where a
     # trigger-style edit fires (bench/heldout/trigger-plan.md)
+    all_layers: bool = False  # open reading: an edit over several layers is searched by its texts' mean fire over all
+    # of them (subjects.SubjectSearch.upper), not the lowest layer's alone
     run_probes: bool = False  # also ask both models the facts' prompts and list answers that moved
     probe_facts: list[Probe] | None = None  # what to ask in the probe stage (default: ``facts``)
     device: str | None = None
@@ -470,11 +472,12 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
         for p in m.parameters():
             p.requires_grad_(False)
     model_key = covariance.weights_key(base.model)
-    # per finding, its lowest edited MLP output matrix: the keys there are the base's own
-    targets = [(f, min(mats, key=lambda m: m.name.layer)) for f in edit_findings
+    # per finding, its lowest edited MLP output matrix (the keys there are the base's own), and the others above it
+    ordered = {id(f): sorted(mats, key=lambda m: m.name.layer) for f in edit_findings
                if (mats := [by_name[t] for t in f.tensors if by_name.get(t) is not None
                             and by_name[t].vectors is not None and by_name[t].name.role == "mlp_out"
-                            and by_name[t].name.layer is not None])]
+                            and by_name[t].name.layer is not None])}
+    targets = [(f, ordered[id(f)][0]) for f in edit_findings if id(f) in ordered]
     # a hypernetwork edit (MEND, MALMEN) writes the top layers from a key at the prompt's *end*, not a subject's:
     # no subject text fires it (0 of 30 subjects found on two held-apart sets, bench/results/open_reading_hypernet.txt
     # and open_reading_v5_hypernet.txt), so whole prompts are searched instead (triggers.py)
@@ -509,8 +512,10 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
             depth = num_layers(suspect_ck.config or base_ck.config, list(suspect_ck.tensors))
             f.data["method"] = {**name_method(f.rule, f.layers, f.rank, share, n_layers=depth),
                                 "occupied": round(share, 4)}
-        space = search_space(path, C, in_dirs[:, :rank],
-                             null=options.null_search and f.data.get("method", {}).get("name") == "alphaedit")
+        null = options.null_search and f.data.get("method", {}).get("name") == "alphaedit"
+        space = search_space(path, C, in_dirs[:, :rank], null=null)
+        upper = _upper_spaces(base, ordered[id(f)][1:], rank, null, model_key, base_ck.family, say) \
+            if options.all_layers and C is not None else []
         say(f"reading {f.rule} at layer {layer} blind: up to {rank} subject(s)"
             + (f" (searched in the null space of {space.whiten.shape[1]} directions its update lies in)"
                if space.projected else ""))
@@ -522,7 +527,8 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
                                     space=replace(space),
                                     retry=options.wide_search and c.stats.kind in ("rank-one", "low-rank"),
                                     regrow=options.regrow,
-                                    pair=options.pair_step and c.stats.kind in ("rank-one", "low-rank"))
+                                    pair=options.pair_step and c.stats.kind in ("rank-one", "low-rank"),
+                                    upper=upper)
         readings = read_edits(base.model, suspect.model, base.tokenizer, subjects, layer, c.name.name,
                               progress=lambda d, t: progress("reading edits", d, t),
                               deltas=_edit_deltas(base.model, suspect.model, f.tensors)
@@ -530,6 +536,23 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
                               keys=keys, describe=options.describe, frames=options.frames)
         f.data["readings"] = [r.to_dict() for r in readings]
         progress("open reading", n + 1, len(targets))
+
+
+def _upper_spaces(base, mats: list, rank: int, null: bool, model_key: str, family: str, say) -> list:
+    """The edit subspaces of a finding's edited matrices above its lowest (``ScanOptions.all_layers``), each from its
+    own top ``rank`` input directions and its layer's key statistics (one corpus pass for every layer not cached)."""
+    from ..editing import covariance
+
+    if not mats:
+        return []
+    Cs = covariance.second_moments(base.model, base.tokenizer, {m.name.layer: m.name.module_path for m in mats},
+                                   model_key=model_key, say=say)
+    out = []
+    for m in mats:
+        in_dirs = output_input_sides(m.vectors, family)[2]
+        out.append(search_space(m.name.module_path, Cs[m.name.layer].matrix, in_dirs[:, :min(rank, in_dirs.shape[1])],
+                                null=null))
+    return out
 
 
 def search_space(path: str, C, in_dirs, null: bool = False):

@@ -13,13 +13,19 @@ seeds into token sequences by coordinate ascent, each step proposing the tokens 
 largest rise (a one-hot linearisation) and keeping the exact best. Word-like tokens only, so the search finds
 names rather than adversarial strings. A found subject's whitened key is then deflated out of B and the search
 repeats, one subject per edit component, until nothing fires.
+
+An edit spread over several layers (MEMIT, AlphaEdit) is written from the subject's keys at every one of them, so
+with ``SubjectSearch.upper`` (the finding's other edited matrices, each its own subspace) the search maximises the
+mean fire over all of them; the bars (``FIRE_MIN``, ``GOOD``) still apply to the lowest layer's fire alone. A garbled
+text can fire the lowest layer as the name does ("Sphinxuco" 0.82 for *Baoruco* 0.91) but not the layers above
+(0.46/0.28/0.24 at the third to fifth against 0.63/0.48/0.34; bench/results/all_layers_fire_dev.txt).
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -157,7 +163,9 @@ class Whitened:
         z = z / z.norm()
         rest = self.basis - z[:, None] * (z @ self.basis)[None, :]
         U, S, _ = torch.linalg.svd(rest, full_matrices=False)
-        self.basis = U[:, S > 1e-3 * float(S.max())] if S.numel() and float(S.max()) > 0 else U[:, :0]
+        # B's columns are orthonormal: rest keeps singular values 1 and loses z's (~0). A bar relative to the largest
+        # kept the rounding residue of a last direction removed as a direction of its own.
+        self.basis = U[:, S > 1e-3]
 
 
 def null_directions(C: torch.Tensor, in_dirs: torch.Tensor,
@@ -204,10 +212,33 @@ class SubjectSearch:
         self.check: int | None = CLIMB_CHECK  # None: every climb candidate scored exactly
         self._basis0 = space.basis.clone()
         self._pairs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.upper: list[Whitened] = []  # the finding's other edited matrices (``all_layers``); [] = the lowest alone
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.space.path] + [u.path for u in self.upper]
+
+    def objective(self, keys: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The search's score of texts whose keys at ``paths`` are ``keys``: the fire at the lowest edited matrix, or
+        with ``upper`` the mean fire over every edited matrix."""
+        fires = [self.space.fire(keys[self.space.path])] + [u.fire(keys[u.path]) for u in self.upper]
+        return torch.stack(fires).mean(0) if len(fires) > 1 else fires[0]
+
+    def low_fire(self, seq: Sequence[int]) -> float:
+        """The lowest edited matrix's fire of one text: what the bars apply to."""
+        keys = keys_of(self.model, [self.space.path], [self.prefix + list(seq)])[self.space.path]
+        return float(self.space.fire(keys)[0])
+
+    def _below(self, best: tuple[float, list[int]] | None, bar: float) -> bool:
+        """Whether a round's best text (objective, tokens) is missing or fires the lowest edited matrix under ``bar``."""
+        if best is None:
+            return True
+        return (self.low_fire(best[1]) if self.upper else best[0]) < bar
 
     def exact(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        keys = keys_of(self.model, [self.space.path], [self.prefix + list(s) for s in seqs])[self.space.path]
-        return self.space.fire(keys), keys
+        """(objective, keys at the lowest edited matrix) of each text, at full precision."""
+        keys = keys_of(self.model, self.paths, [self.prefix + list(s) for s in seqs])
+        return self.objective(keys), keys[self.space.path]
 
     def _gradient(self, seq: list[int]) -> torch.Tensor:
         E = self.embed
@@ -217,8 +248,8 @@ class SubjectSearch:
         # an embedding module may scale its rows (Gemma: √hidden); inputs_embeds must carry the same scale
         scale = input_embed_scale(self.model)
         emb = torch.cat([E[torch.tensor(self.prefix, device=E.device)].detach(), onehot @ E.detach()])[None] * scale
-        key = last_keys(self.model, [self.space.path], embeds=emb, grad=True)[self.space.path]
-        self.space.fire(key.cpu())[0].backward()
+        keys = last_keys(self.model, self.paths, embeds=emb, grad=True)
+        self.objective({p: k.cpu() for p, k in keys.items()})[0].backward()
         return onehot.grad.float().cpu()
 
     def climb(self, seq: list[int], max_len: int = 6, patience: int = 2, *, drop_first: bool = True,
@@ -284,8 +315,8 @@ class SubjectSearch:
     def rough_fire(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
         """Fire of many sequences from a half-precision copy of the model (3× faster on a CPU with bf16 units;
         the keys agree with full precision to cosine 0.999): for ranking; the best are re-scored exactly."""
-        keys = keys_of(self._half(), [self.space.path], [self.prefix + list(x) for x in seqs], batch=1024)
-        return self.space.fire(keys[self.space.path])
+        keys = keys_of(self._half(), self.paths, [self.prefix + list(x) for x in seqs], batch=1024)
+        return self.objective(keys)
 
     def _half(self) -> Any:
         if self._rough is None:
@@ -446,34 +477,37 @@ class SubjectSearch:
             progress(len(found), max_subjects)
             tried: set[int] = set(self._failed)
             best = self._round(seeds, tried, good)
-            if retry_seeds is not None and not self._failed and (best is None or best[0] < fire_min):
+            if retry_seeds is not None and not self._failed and self._below(best, fire_min):
                 # a subject whose last piece is generic ('Eyre' → 're') ranks low alone and fires only once grown;
                 # once a retry has failed, later rounds (after-piece climbs) do not pay for another
                 best = max((b for b in (best, self._round(retry_seeds, tried, good, retry_progress)) if b is not None),
                            key=lambda b: b[0], default=None)
-            if best is None or best[0] < fire_min:
+            if self._below(best, fire_min):
                 self._failed |= tried
-            if self.after_climb and (best is None or best[0] < fire_min):
+            if self.after_climb and self._below(best, fire_min):
                 # a name's last piece that ranks far down alone ('elli' of Vercelli: 1,209th) comes near the top
                 # behind one more piece, and climbing from it grows the whole name
                 best = max((b for b in (best, self._round(self.seeds_after(self.after_climb), tried, good,
                                                           retry_progress)) if b is not None),
                            key=lambda b: b[0], default=None)
-            if self.pair_seeds and (best is None or best[0] < fire_min):
+            if self.pair_seeds and self._below(best, fire_min):
                 best = max((b for b in (best, self.pair_round(self.pair_seeds)) if b is not None),
                            key=lambda b: b[0], default=None)
-            if self.after_seeds and (best is None or best[0] < fire_min):
+            if self.after_seeds and self._below(best, fire_min):
                 best = max((b for b in (best, self.pair_round(self.seeds_after(self.after_seeds))) if b is not None),
                            key=lambda b: b[0], default=None)
-            if best is None or best[0] < fire_min:
+            if self._below(best, fire_min):
                 break
             score, seq = best
             if self.regrow:
                 seq, score = self._regrow(seq, score)
             seq = _trim(self, seq, score)
-            fire, keys = self.exact([seq])
-            found.append(Subject(self.tok.decode(seq).strip(), seq, round(float(fire[0]), 4), keys[0]))
-            self.space.deflate(keys[0])
+            keys = keys_of(self.model, self.paths, [self.prefix + seq])
+            low = keys[self.space.path][0]
+            found.append(Subject(self.tok.decode(seq).strip(), seq, round(float(self.space.fire(low[None])[0]), 4), low))
+            self.space.deflate(low)
+            for u in self.upper:
+                u.deflate(keys[u.path][0])
         progress(len(found), max_subjects)
         return found
 
@@ -490,7 +524,7 @@ class SubjectSearch:
                 seq, score = self.climb(shape, check=self.check)
                 if best is None or score > best[0]:
                     best = (score, seq)
-            if best[0] >= good:
+            if not self._below(best, good):
                 break
         progress(len(todo), len(todo))
         return best
@@ -565,19 +599,22 @@ def recover_subjects(model: Any, tokenizer: Any, path: str, in_dirs: torch.Tenso
                      base_fingerprint: str | None, max_subjects: int,
                      progress: Callable[[str, int, int], None] = lambda s, d, t: None,
                      space: Whitened | None = None, retry: bool = False, regrow: bool = False,
-                     pair: bool = False) -> list[Subject]:
+                     pair: bool = False, upper: Sequence[Whitened] = ()) -> list[Subject]:
     """Subjects that fire the edit whose input directions are ``in_dirs`` at module ``path`` (or a prebuilt
     ``space``: the scan without a base restricts it to C's low-energy half). ``retry=True`` (``scan --wide-search``,
     the scan's default) gives a round that finds nothing a second try with ``RETRY_SEEDS`` seeds (docs/reading-trials.md:
     judged on v9b); the scan never asks it for a dense change (fine-tuning), which no key explains. ``regrow=True`` (``scan --regrow``): each found subject is regrown
     backwards over the whole vocabulary (``SubjectSearch._regrow``): cleaner names and fewer false readings on the
     fifth set, no more objects, 2–3× the search time (bench/heldout/v5-plan.md). ``pair=True`` (``scan --pair-step``):
-    a round that both tries leave empty tries the pair step on the after-piece seeds (``AFTER_SEEDS``, ``PAIR_AFTER``)."""
+    a round that both tries leave empty tries the pair step on the after-piece seeds (``AFTER_SEEDS``, ``PAIR_AFTER``).
+    ``upper``: the edit's subspaces at its other edited matrices (``scan --all-layers``): texts are scored by their
+    mean fire over all of them (``SubjectSearch.upper``); the search deflates copies."""
     vocab = vocab_keys(model, tokenizer, [path], base_fingerprint,
                        progress=lambda d, t: progress("vocabulary keys", d, t))[path]
     space = space if space is not None else Whitened.build(path, C, in_dirs)
     search = SubjectSearch(model, tokenizer, space, vocab)
     search.regrow = regrow
+    search.upper = [replace(u) for u in upper]
     if pair:
         search.after_seeds = AFTER_SEEDS
         search.after_tables = lambda: after_tables(model, tokenizer, path, base_fingerprint,
