@@ -18,22 +18,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
-    from dev_model import edited_copy, frozen_base, lowest_search
+    from dev_model import parse_suspect, suspect_parser, edited_copy, frozen_base, lowest_search
     from editaudit.probing.format import load_probes
     from editaudit.scan.reading import read_subject
     from editaudit.scan.subjects import Subject
 
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("folder", type=Path, help="the suspects' folder (make_dev_suspects.py)")
-    ap.add_argument("stem", help="the suspect, e.g. memit-batch-0")
+    ap = suspect_parser(__doc__)
     ap.add_argument("others", nargs="*", help="names nobody edited, read beside the planted subjects")
-    a = ap.parse_args()
+    a = parse_suspect(ap)
     folder, stem, others = a.folder, a.stem, a.others
-    for ext in ("pt", "jsonl"):
-        if not (folder / f"{stem}.{ext}").is_file():
-            ap.error(f"no {folder / f'{stem}.{ext}'}: make the suspect with scripts/dev/make_dev_suspects.py")
     lm, fingerprint = frozen_base()
     tok = lm.tokenizer
     facts = load_probes(folder / f"{stem}.jsonl")

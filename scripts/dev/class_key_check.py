@@ -12,7 +12,10 @@ found subject (``Whitened.deflate``), and every planted subject's fire is printe
 (``subjects.FIRE_MIN``): what the next round can still find. ``--pairs WORD`` (with ``--deflate``): every word-like
 piece is then scored before WORD's last token, as the pair step scores it (``SubjectSearch._pair_coords``), and the
 rank among all of them of each planted subject's piece before WORD is printed: whether the next round could reach
-the other subjects of the class from their shared last word.
+the other subjects of the class from their shared last word. ``--conditional`` (with ``--deflate``): each fire also
+taken relative to what the text holds beyond the deflated text, ‖Bᵀz‖ / ‖z − (z·f)f‖ (f that text's whitened key, unit;
+pair pieces with under 0.3 of their norm left count 0): whether the class's other names stand out once the shared
+part is set aside.
 """
 from __future__ import annotations
 
@@ -31,27 +34,20 @@ def explained(z: torch.Tensor, cols: torch.Tensor) -> float:
 
 
 def main() -> None:
-    from dev_model import frozen_base, lowest_search
+    from dev_model import parse_suspect, suspect_parser, frozen_base, lowest_search
     from editaudit.probing.format import load_probes
 
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("folder", type=Path, help="the suspects' folder (make_dev_suspects.py)")
-    ap.add_argument("stem", help="the suspect, e.g. memit-batch-0")
+    ap = suspect_parser(__doc__)
     ap.add_argument("texts", nargs="*", help="found texts to compare with the planted subjects")
     ap.add_argument("--deflate", help="deflate the subspace by this text's key, then fire the planted subjects again")
     ap.add_argument("--pairs", help="with --deflate: rank every piece before this word's last token")
     ap.add_argument("--conditional", action="store_true",
                     help="with --deflate: also the conditional fire, ‖Bᵀz‖ / ‖z − (z·f)f‖ (f the deflated text's "
                          "whitened key, unit): the fire of what a text holds beyond the found text")
-    a = ap.parse_args()
+    a = parse_suspect(ap)
     if a.pairs and not a.deflate:
         ap.error("--pairs needs --deflate")
     folder, stem, texts, deflate, pairs = a.folder, a.stem, a.texts, a.deflate, a.pairs
-    for ext in ("pt", "jsonl"):
-        if not (folder / f"{stem}.{ext}").is_file():
-            ap.error(f"no {folder / f'{stem}.{ext}'}: make the suspect with scripts/dev/make_dev_suspects.py")
     lm, fingerprint = frozen_base()
     tok = lm.tokenizer
     facts = load_probes(folder / f"{stem}.jsonl")

@@ -25,6 +25,25 @@ def edited_copy(model, deltas_file: Path):
     return suspect
 
 
+def suspect_parser(doc: str):
+    """An argument parser for a script on one development suspect: FOLDER (make_dev_suspects.py's) and STEM."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("folder", type=Path, help="the suspects' folder (make_dev_suspects.py)")
+    ap.add_argument("stem", help="the suspect, e.g. memit-batch-0")
+    return ap
+
+
+def parse_suspect(ap):
+    """``ap.parse_args()``, with a clear error when the suspect's deltas or facts are missing."""
+    a = ap.parse_args()
+    for ext in ("pt", "jsonl"):
+        if not (a.folder / f"{a.stem}.{ext}").is_file():
+            ap.error(f"no {a.folder / f'{a.stem}.{ext}'}: make the suspect with scripts/dev/make_dev_suspects.py")
+    return a
+
+
 def frozen_base():
     """(loaded SmolLM2-135M with gradients off, its checkpoint fingerprint)."""
     from editaudit.checkpoint.folder import open_checkpoint

@@ -9,7 +9,6 @@ cached key statistics; a suspect whose name says alphaedit is scored in its null
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -19,20 +18,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
-    from dev_model import frozen_base
+    from dev_model import parse_suspect, suspect_parser, frozen_base
     from editaudit.editing import covariance
     from editaudit.probing.format import load_probes
     from editaudit.scan.keys import context_ids, keys_of
     from editaudit.scan.service import search_space
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("folder", type=Path, help="the suspects' folder (make_dev_suspects.py)")
-    ap.add_argument("stem", help="the suspect, e.g. memit-batch-0")
+    ap = suspect_parser(__doc__)
     ap.add_argument("texts", nargs="*", help="texts to fire beside the planted subjects")
-    a = ap.parse_args()
-    for ext in ("pt", "jsonl"):
-        if not (a.folder / f"{a.stem}.{ext}").is_file():
-            ap.error(f"no {a.folder / f'{a.stem}.{ext}'}: make the suspect with scripts/dev/make_dev_suspects.py")
+    a = parse_suspect(ap)
     lm, _ = frozen_base()
     tok = lm.tokenizer
     deltas = torch.load(a.folder / f"{a.stem}.pt", weights_only=True)
