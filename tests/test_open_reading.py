@@ -608,13 +608,9 @@ def test_a_subject_keyed_as_the_editor_sees_it_after_a_bos_is_recovered(tiny_lla
     assert found[0].text == subject
 
 
-def test_scan_null_search_reads_an_alphaedit_like_edit_in_its_null_space(tiny_llama, tmp_path, monkeypatch):
-    """An update written onto the null space of (synthetic) key statistics in two consecutive layers, keyed on
-    "Colosseum": the scan names it AlphaEdit, and with ``scan --null-search`` the subject is searched where the
-    update lies, firing ~1 (whitened, as for ROME, with ``--no-null-search``, it fires less)."""
-    from typer.testing import CliRunner
-
-    from editaudit.cli.main import app
+def _alphaedit_like_suspect(tiny_llama, tmp_path, monkeypatch):
+    """An update written onto the null space of (synthetic) key statistics in two consecutive layers (0 and 1),
+    keyed on "Colosseum"; the key statistics stubbed to those."""
     from editaudit.editing import covariance
 
     lm = load_model(tiny_llama)
@@ -637,7 +633,17 @@ def test_scan_null_search_reads_an_alphaedit_like_edit_in_its_null_space(tiny_ll
         pk = low @ (low.T @ keys[path][0])  # the key's null-space part: all an AlphaEdit update reads
         out = torch.randn(lm.model.config.hidden_size, generator=gen) * 20.0
         deltas[f"{path}.weight"] = torch.outer(out, pk / (pk @ pk))
-    suspect = plant(tiny_llama, tmp_path / "suspect", deltas)
+    return plant(tiny_llama, tmp_path / "suspect", deltas)
+
+
+def test_scan_null_search_reads_an_alphaedit_like_edit_in_its_null_space(tiny_llama, tmp_path, monkeypatch):
+    """The AlphaEdit-like suspect: the scan names it AlphaEdit, and with ``scan --null-search`` the subject is
+    searched where the update lies, firing ~1 (whitened, as for ROME, with ``--no-null-search``, it fires less)."""
+    from typer.testing import CliRunner
+
+    from editaudit.cli.main import app
+
+    suspect = _alphaedit_like_suspect(tiny_llama, tmp_path, monkeypatch)
 
     def scan(flag: str) -> dict:
         res = CliRunner().invoke(app, ["scan", str(suspect), "--base", str(tiny_llama), "--no-store", "-f", "json", flag])
@@ -973,3 +979,27 @@ def test_the_all_layers_flag_reaches_the_scan_only_when_given(tiny_llama, monkey
 
     seen = _options_seen(tiny_llama, monkeypatch, "all_layers", ([], ["--lowest-layer"], ["--all-layers"]))
     assert seen == [ScanOptions().all_layers, False, True]
+
+
+def test_scan_all_layers_searches_every_edited_layer_of_the_finding(tiny_llama, tmp_path, monkeypatch):
+    """``scan --all-layers`` on an edit over two layers: the search is given the upper layer's subspace, built as the
+    lowest's (here the null space, the finding being named AlphaEdit), and still reads the planted subject; without
+    the flag it is given none."""
+    from editaudit.scan import subjects
+    from editaudit.scan.service import ScanOptions, run_scan
+
+    suspect = _alphaedit_like_suspect(tiny_llama, tmp_path, monkeypatch)
+    seen: list = []
+    real = subjects.recover_subjects
+
+    def spy(*a, upper=(), **k):
+        seen.append([(u.path, u.projected, u.basis.shape[1]) for u in upper])
+        return real(*a, upper=upper, **k)
+
+    monkeypatch.setattr(subjects, "recover_subjects", spy)
+    doc = run_scan(suspect, tiny_llama, ScanOptions(read="open", all_layers=True), store=None).to_dict()
+    edit = next(f for f in doc["findings"] if f["rule"] == "EA102")
+    assert seen == [[("model.layers.1.mlp.down_proj", True, 1)]]
+    assert edit["readings"] and edit["readings"][0]["found"].endswith("Colosseum") and edit["readings"][0]["fire"] > 0.99
+    run_scan(suspect, tiny_llama, ScanOptions(read="open"), store=None)
+    assert seen[1:] == [[]]
