@@ -57,7 +57,8 @@ class ScanOptions:
     frames: bool = False  # open reading: also ask each subject inside sentences (relations.FRAMES), where a
     # trigger-style edit fires (bench/heldout/trigger-plan.md)
     all_layers: bool = False  # open reading: an edit over several layers is searched by its texts' mean fire over all
-    # of them (subjects.SubjectSearch.upper), not the lowest layer's alone
+    # of them (subjects.SubjectSearch.upper), not the lowest layer's alone; v11-plan.md second use: objects 5 -> 5 of 20,
+    # false edit readings 1 -> 3, so opt-in
     run_probes: bool = False  # also ask both models the facts' prompts and list answers that moved
     probe_facts: list[Probe] | None = None  # what to ask in the probe stage (default: ``facts``)
     device: str | None = None

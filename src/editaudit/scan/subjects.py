@@ -18,7 +18,9 @@ An edit spread over several layers (MEMIT, AlphaEdit) is written from the subjec
 with ``SubjectSearch.upper`` (the finding's other edited matrices, each its own subspace) the search maximises the
 mean fire over all of them; the bars (``FIRE_MIN``, ``GOOD``) still apply to the lowest layer's fire alone. A garbled
 text can fire the lowest layer as the name does ("Sphinxuco" 0.82 for *Baoruco* 0.91) but not the layers above
-(0.46/0.28/0.24 at the third to fifth against 0.63/0.48/0.34; bench/results/all_layers_fire_dev.txt).
+(0.46/0.28/0.24 at the third to fifth against 0.63/0.48/0.34; bench/results/all_layers_fire_dev.txt). Opt-in: judged
+on v11's facts 38–57 it found cleaner names but read no more objects (5 of 20 either way) and gave more false edit
+readings (3 against 1; bench/heldout/v11-plan.md second use).
 """
 
 from __future__ import annotations
