@@ -82,14 +82,14 @@ def lowest_search(lm, fingerprint: str, deltas: dict, rank: int, null: bool = Fa
                                 vocab_keys(lm.model, lm.tokenizer, [path], fingerprint)[path])
 
 
-def upper_spaces(lm, deltas: dict, rank: int, null: bool = False) -> list:
-    """The edit subspaces of ``deltas``'s edited MLP output matrices above the lowest (``SubjectSearch.upper``, ``scan
-    --all-layers``), each from its own top ``rank`` input directions and its layer's cached key statistics; ``null``:
-    null spaces, as for an edit the scan names AlphaEdit."""
+def layer_spaces(lm, deltas: dict, rank: int, null: bool = False) -> list:
+    """The edit subspace of each of ``deltas``'s edited MLP output matrices, lowest first, each from its own top
+    ``rank`` input directions and its layer's cached key statistics; ``null``: null spaces, as for an edit the scan
+    names AlphaEdit."""
     from editaudit.editing import covariance
     from editaudit.scan.service import search_space
 
-    mlp = sorted((k for k in deltas if "down_proj" in k), key=lambda n: int(n.split(".")[2]))[1:]
+    mlp = sorted((k for k in deltas if "down_proj" in k), key=lambda n: int(n.split(".")[2]))
     out = []
     for name in mlp:
         layer, path = int(name.split(".")[2]), name.rsplit(".", 1)[0]
@@ -98,6 +98,11 @@ def upper_spaces(lm, deltas: dict, rank: int, null: bool = False) -> list:
                                       model_key=covariance.weights_key(lm.model))[layer].matrix
         out.append(search_space(path, C, vh[:rank].T, null=null))
     return out
+
+
+def upper_spaces(lm, deltas: dict, rank: int, null: bool = False) -> list:
+    """``layer_spaces`` above the lowest: ``SubjectSearch.upper`` (``scan --all-layers``)."""
+    return layer_spaces(lm, deltas, rank, null)[1:]
 
 
 #: a reading as reading_rule_trial.py prints it: [rule] suspect: subject · prompt · after (was before) conf C status

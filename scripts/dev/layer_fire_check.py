@@ -18,11 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
-    from dev_model import parse_suspect, suspect_parser, frozen_base
-    from editaudit.editing import covariance
+    from dev_model import frozen_base, layer_spaces, parse_suspect, suspect_parser
     from editaudit.probing.format import load_probes
     from editaudit.scan.keys import context_ids, keys_of
-    from editaudit.scan.service import search_space
 
     ap = suspect_parser(__doc__)
     ap.add_argument("texts", nargs="*", help="texts to fire beside the planted subjects")
@@ -31,12 +29,8 @@ def main() -> None:
     tok = lm.tokenizer
     deltas = torch.load(a.folder / f"{a.stem}.pt", weights_only=True)
     facts = load_probes(a.folder / f"{a.stem}.jsonl")
-    spaces = []
-    for name in sorted((k for k in deltas if "down_proj" in k), key=lambda n: int(n.split(".")[2])):
-        layer, path = int(name.split(".")[2]), name.rsplit(".", 1)[0]
-        _, _, vh = torch.linalg.svd(deltas[name].float(), full_matrices=False)
-        C = covariance.second_moments(lm.model, tok, {layer: path}, model_key=covariance.weights_key(lm.model))[layer].matrix
-        spaces.append((layer, path, search_space(path, C, vh[:len(facts)].T, null="alphaedit" in a.stem)))
+    spaces = [(int(sp.path.split(".")[2]), sp.path, sp)
+              for sp in layer_spaces(lm, deltas, len(facts), null="alphaedit" in a.stem)]
     texts = [f.subject for f in facts] + a.texts
     keys = keys_of(lm.model, [p for _, p, _ in spaces],
                    [context_ids(tok) + tok(" " + t, add_special_tokens=False)["input_ids"] for t in texts])
