@@ -80,6 +80,28 @@ def test_a_symlink_is_written_through(tmp_path):
     assert link.is_symlink() and target.read_text() == "new"
 
 
+def test_outputs_get_the_umask_mode_not_the_temporary_files_private_one(tmp_path):
+    """Written through private temporary files (0600, folders 0700), reports and checkpoints came out unreadable
+    to the group and to others whatever the umask; a file written over keeps its own mode."""
+    from editaudit.atomic import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "report.json", "{}")
+        assert stat.S_IMODE(os.stat(tmp_path / "report.json").st_mode) == 0o644
+        with atomic_dir(tmp_path / "ckpt") as folder:
+            (folder / "model.safetensors").write_bytes(b"x")
+        assert stat.S_IMODE(os.stat(tmp_path / "ckpt").st_mode) == 0o755
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "private.json", "{}")
+        assert stat.S_IMODE(os.stat(tmp_path / "private.json").st_mode) == 0o600
+        os.chmod(tmp_path / "report.json", 0o640)
+        atomic_write_text(tmp_path / "report.json", "[]")
+        assert stat.S_IMODE(os.stat(tmp_path / "report.json").st_mode) == 0o640
+    finally:
+        os.umask(old)
+
+
 def test_write_errors_name_the_output_not_a_temporary_file(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(CannotWrite, match=r"cannot write .*afile/sub/r\.json") as exc:

@@ -2,7 +2,9 @@
 
 A file output that is not a regular file (``-o /dev/stdout``, ``/dev/null``, a FIFO) is written into, never
 replaced; one that is a symlink is replaced at its target, so the link stays. A write that fails says which
-path and why (:class:`CannotWrite`), not which temporary file.
+path and why (:class:`CannotWrite`), not which temporary file. Temporary files and folders are created private
+(0600, 0700); before the rename they get the mode a plain ``open`` or ``mkdir`` would have given under the user's
+umask, or, for a file written over, that file's mode, so a shared checkpoint or report stays readable by others.
 """
 
 from __future__ import annotations
@@ -54,6 +56,24 @@ def refuse_output_over_inputs(out: Path, inputs) -> None:
                            "choose another --out")
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the system says it (Linux); elsewhere set and reset."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _plain_mode(folder: bool = False) -> int:
+    return (0o777 if folder else 0o666) & ~_umask()
+
+
 def atomic_write_text(path: Path, text: str, encoding: str = "utf-8") -> None:
     atomic_write_bytes(path, text.encode(encoding))
 
@@ -86,6 +106,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, stat.S_IMODE(mode) if mode is not None else _plain_mode())
         os.replace(tmp, target)
     except BaseException as exc:
         try:
@@ -114,6 +135,7 @@ def atomic_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         try:
+            os.chmod(tmp, _plain_mode(folder=True))
             if path.exists():
                 old = path.with_name(f".{path.name}.old-{os.getpid()}")
                 os.replace(path, old)
