@@ -480,7 +480,12 @@ def test_the_sweep_skips_the_layers_of_edits_the_scan_names_memit():
         {"rule": "EA105", "layers": [5], "tensors": ["model.layers.5.mlp.up_proj.weight"], "method": None}])
     assert sweep_ranks(ev, 16) == {2: 16, 3: 0, 4: 0}
     assert sweep_ranks(ev, 0) == {} and sweep_ranks(None, 16) == {}
-    from editaudit.mitigation.erase import sweep_spaces
+    from editaudit.mitigation.erase import sweep_plan, sweep_spaces
+
+    # memit_sweep names the space MEMIT's layers are swept in (off by default)
+    assert sweep_plan(ev, {}) == {2: (16, "low")}
+    assert sweep_plan(ev, {"memit_sweep": "null"}) == {2: (16, "low"), 3: (16, "null"), 4: (16, "null")}
+    assert sweep_plan(ev, {"memit_sweep": "low", "low_rank": 8}) == {2: (8, "low"), 3: (8, "low"), 4: (8, "low")}
 
     ev.findings[1]["method"] = "alphaedit"
     assert sweep_spaces(ev, "auto") == {2: "low", 3: "null", 4: "null"}

@@ -73,24 +73,33 @@ def project_targets(evidence, options) -> tuple[dict, list[str]]:
     return plan, notes
 
 
-#: Edits the scan names with these methods get no low-half sweep: MEMIT spreads each fact thinly over several
-#: layers, so its part in C's low half stands out nowhere; on the development suspects sweeping its five layers
-#: erased nothing more than the keys did and cost intrinsic facts (scripts/dev/found_erase_trial.py).
+#: Edits the scan names with these methods get no low-half sweep unless ``memit_sweep`` names a space: MEMIT
+#: spreads each fact thinly over several layers, so its part in C's low half stands out nowhere; on the
+#: development suspects sweeping its five layers in the low half erased nothing more than the keys did and cost
+#: intrinsic facts (scripts/dev/found_erase_trial.py).
 NO_SWEEP = ("memit",)
 
 
 #: ``sweep_space`` settings: every layer swept in C's low-energy half (``low``) or in AlphaEdit's null space
 #: (``null``); ``auto``: the null space in the layers of findings the scan names AlphaEdit, the low half elsewhere.
 SWEEP_SETTINGS = ("low", "null", "auto")
+#: ``memit_sweep`` settings: the layers of findings named MEMIT are not swept (``off``), or swept in that space.
+MEMIT_SWEEP_SETTINGS = ("off", "low", "null")
 
 
-def sweep_spaces(evidence, setting: str) -> dict[int, str]:
+def _finding_space(method: str | None, setting: str, memit_sweep: str = "off") -> str:
+    if method in NO_SWEEP and memit_sweep != "off":
+        return memit_sweep
+    return setting if setting != "auto" else ("null" if method == "alphaedit" else "low")
+
+
+def sweep_spaces(evidence, setting: str, memit_sweep: str = "off") -> dict[int, str]:
     """{layer: where its sweep works} over the edited MLP output matrices, by the setting and the method named."""
     from .project import mlp_out_layers
 
     out: dict[int, str] = {}
     for f in (evidence.findings if evidence is not None else []):
-        space = setting if setting != "auto" else ("null" if f.get("method") == "alphaedit" else "low")
+        space = _finding_space(f.get("method"), setting, memit_sweep)
         for layer in mlp_out_layers(f.get("tensors") or [])[0]:
             out[layer] = space if out.get(layer, space) == space else "low"  # two methods in one layer: the wider
     return out
@@ -101,12 +110,12 @@ def sweep_plan(evidence, project: dict) -> dict[int, tuple[int, str]]:
     from .options import PROJECT_DEFAULTS
 
     hp = {**PROJECT_DEFAULTS, **(project or {})}
-    spaces = sweep_spaces(evidence, hp["sweep_space"])
+    spaces = sweep_spaces(evidence, hp["sweep_space"], hp["memit_sweep"])
     return {layer: (rank, spaces.get(layer, "low"))
-            for layer, rank in sweep_ranks(evidence, int(hp["low_rank"])).items() if rank}
+            for layer, rank in sweep_ranks(evidence, int(hp["low_rank"]), hp["memit_sweep"]).items() if rank}
 
 
-def sweep_ranks(evidence, low_rank: int) -> dict[int, int]:
+def sweep_ranks(evidence, low_rank: int, memit_sweep: str = "off") -> dict[int, int]:
     """{layer: rank of the low-half sweep} over the edited MLP output matrices, by the method the scan named."""
     from .project import mlp_out_layers
 
@@ -114,7 +123,7 @@ def sweep_ranks(evidence, low_rank: int) -> dict[int, int]:
     if evidence is None or low_rank <= 0:
         return out
     for f in evidence.findings:
-        rank = 0 if f.get("method") in NO_SWEEP else low_rank
+        rank = 0 if f.get("method") in NO_SWEEP and memit_sweep == "off" else low_rank
         for layer in mlp_out_layers(f.get("tensors") or [])[0]:
             out[layer] = max(out.get(layer, 0), rank)
     return out
