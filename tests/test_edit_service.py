@@ -162,8 +162,13 @@ def test_second_moments_are_cached_per_layer_and_keyed_by_weights(tiny_llama, tm
     calls = {"n": 0}
     hook = lm.model.get_submodule(layout.rewrite_name(0)).register_forward_pre_hook(
         lambda m, a: calls.__setitem__("n", calls["n"] + 1))
-    first = covariance.second_moments(lm.model, lm.tokenizer, mods, model_key=key, tokens=100, seq_len=25)
+    said: list[str] = []
+    first = covariance.second_moments(lm.model, lm.tokenizer, mods, model_key=key, tokens=100, seq_len=25,
+                                      say=said.append)
     passes = calls["n"]
+    # 100 tokens for 128-wide keys: n/d under the bar, said with what to do (the tiny corpus itself has more)
+    assert first[1].tokens_per_dim == 100 / 128
+    assert any("n/d = 0.8" in s and "raise cov_tokens to at least 512" in s for s in said)
     assert passes == 1  # 100 tokens = four windows of 25 = one batch: both layers from a single pass
     C = first[1].matrix
     assert C.shape == (128, 128) and torch.allclose(C, C.T) and first[1].tokens == 100

@@ -133,6 +133,14 @@ def test_default_offline_datasets():
     assert sum(e["label"] for e in sent.train + sent.val) == 100  # balanced
     lm = load_task_data("lm", val_size=8)
     assert len(lm.train) > 150 and all(len(e["text"]) > 100 for e in lm.train)
+    # not the key statistics' corpus: fine-tuning on the text C came from barely reaches an edit's C⁻¹k by
+    # construction (issue: the lm task trained on the Factbook backgrounds that C was computed from)
+    from editaudit.editing import corpus
+
+    key_sentences = {s.strip() for t in corpus.texts() for s in t.split(". ") if len(s) > 40}
+    lm_sentences = {s.strip() for e in lm.train + lm.val for s in e["text"].split(". ") if len(s) > 40}
+    assert len(lm_sentences) > 1000 and not key_sentences & lm_sentences
+    assert "editorial" in lm.source
     sft = load_task_data("sft", max_examples=50, val_size=5)
     assert all(e["messages"][-1]["role"] == "assistant" for e in sft.train)
 

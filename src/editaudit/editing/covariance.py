@@ -40,6 +40,17 @@ class SecondMoment:
     def mean_eigenvalue(self) -> float:
         return float(self.matrix.diagonal().mean())
 
+    @property
+    def tokens_per_dim(self) -> float:
+        """n/d: corpus tokens per key dimension. The sample estimate's extreme eigenvalues are off by a factor of
+        about (1 ± √(d/n))², and C⁻¹ leans on the smallest: at n/d = 13 (20k tokens, SmolLM2's 1,536-wide keys)
+        that is 0.52–1.63, at n/d = 4 already 0.25–2.25."""
+        return self.tokens / max(int(self.matrix.shape[0]), 1)
+
+
+#: Below this n/d the key statistics are reported as poorly conditioned (see ``SecondMoment.tokens_per_dim``).
+MIN_TOKENS_PER_DIM = 4.0
+
 
 def weights_key(model) -> str:
     """A content hash of the model's parameters (BLAKE3 over names, dtypes, shapes and bytes)."""
@@ -163,6 +174,13 @@ def second_moments(model, tokenizer, modules: dict[int, str], *, model_key: str,
         mom = SecondMoment(layer, (sums[layer] / n_tokens).to(torch.float32).cpu(), n_tokens, source)
         _save(folder / f"layer-{layer}.safetensors", mom)
         found[layer] = mom
+    widest = max((found[layer] for layer in missing), key=lambda m: m.matrix.shape[0])
+    ratio = widest.tokens_per_dim
+    say(f"key statistics: {n_tokens} tokens for {widest.matrix.shape[0]}-wide keys, n/d = {ratio:.1f}"
+        + ("" if ratio >= MIN_TOKENS_PER_DIM else
+           f" — poorly conditioned (under {MIN_TOKENS_PER_DIM:g}): "
+           + (f"raise cov_tokens to at least {int(MIN_TOKENS_PER_DIM * widest.matrix.shape[0])}"
+              if n_tokens >= tokens else f"the corpus ran out at {n_tokens} tokens; give a larger one")))
     return found
 
 

