@@ -138,6 +138,8 @@ def main() -> None:
                     "v6-amplify-plan.md, v7-plan.md); default: the scan's own")
     ap.add_argument("--read-spike", type=float, default=8.0, help="no base: read as many subjects as a flagged layer "
                     "has components at least this many times the median (scan option read_spike)")
+    ap.add_argument("--below-bar", action="store_true", help="scan --below-bar; the record is scored twice, with and "
+                    "without the readings it added (the search before it is the same, so one scan serves both)")
     ap.add_argument("--start", type=int, default=0, help="the first fact the plan takes (a later split of a set whose "
                     "first facts were used)")
     ap.add_argument("--answers", choices=("word", "token"), default="word", help="token: read each prompt's answer as "
@@ -188,6 +190,7 @@ def main() -> None:
             layers = None if method in ("mend", "malmen") else default_layers(method, n_layers)
             groups = [[f] for f in chunk] if mode == "single" else [chunk]
             rows, false, reported, took, t_scan, layer_ok, methods, extra_layers = [], 0, 0, 0, 0.0, 0, [], 0
+            without = {"objects": 0, "whole": 0, "false": 0, "edit_readings": 0}
             for i, group in enumerate(groups):
                 out = Path(tmp) / f"{method}-{mode}-{i}"
                 hp = {"mode": "sequential"} if mode == "sequential" else FT_HPARAMS if method == "ft" else None
@@ -200,7 +203,7 @@ def main() -> None:
                 t = time.perf_counter()
                 opts = ScanOptions(read="open", regrow=args.regrow,
                                    **({} if args.wide_search is None else {"wide_search": args.wide_search}),
-                                   read_spike=args.read_spike,
+                                   read_spike=args.read_spike, below_bar=args.below_bar,
                                    **({"amplify": args.amplify} if args.amplify else {}))
                 report = run_scan(out, None if args.no_base else base, opts, store=None)
                 t_scan += time.perf_counter() - t
@@ -213,6 +216,13 @@ def main() -> None:
                 extra_layers += len(found_layers - set(wrote))
                 readings = [r for f in doc_r["findings"] for r in f.get("readings", [])]
                 r_rows, r_false, r_n = score_suspect(tok, group, readings, mode == "single")
+                if args.below_bar:  # the same scan without what the readings below the bar added
+                    w_rows, w_false, w_n = score_suspect(tok, group, [r for r in readings if not r.get("below_bar")],
+                                                         mode == "single")
+                    without["objects"] += sum(r["object_read"] for r in w_rows)
+                    without["whole"] += sum(r["object_whole"] for r in w_rows)
+                    without["false"] += w_false
+                    without["edit_readings"] += w_n
                 for r, f, says in zip(r_rows, group, states):
                     r["relation"], r["stated"] = f.relation, says
                 rows += r_rows
@@ -220,7 +230,8 @@ def main() -> None:
                 reported += r_n
                 for r in readings:
                     detail.append(f"    [{method}/{mode}] read: {r['subject']!r} · {r['prompt']!r} · {r['after']!r} "
-                                  f"(was {r['before']!r}) fire {r['fire']:.2f} conf {r['confidence']:.2f} {r['status']}")
+                                  f"(was {r['before']!r}) fire {r['fire']:.2f} conf {r['confidence']:.2f} {r['status']}"
+                                  + (" below the bar" if r.get("below_bar") else ""))
                 shutil.rmtree(out, ignore_errors=True)
             k = len(rows)
             subj = sum(r["subject_found"] for r in rows)
@@ -230,6 +241,9 @@ def main() -> None:
                     f"{sum(r['object_named'] for r in rows) / k:6.0%} {false:3d}/{reported:<5d} {t_scan / len(groups):7.1f} {t_scan / k:7.1f}")
             lines.append(line)
             print(line, file=sys.stderr)
+            if args.below_bar:
+                lines.append(f"{'  without below-bar':22s} objects {without['objects']}/{k}, whole {without['whole']}, "
+                             f"false {without['false']}/{without['edit_readings']}")
             for r in rows:
                 detail.append(f"    [{method}/{mode}] {r['subject']} → {r['target_new']}: subject "
                               f"{'found' if r['subject_found'] else 'MISSED'}, object {'read' if r['object_read'] else 'MISSED'}"
@@ -245,7 +259,7 @@ def main() -> None:
                                 "object_named": sum(r["object_named"] for r in rows),
                                 "object_whole": sum(r["object_whole"] for r in rows),
                                 "edit_readings": reported, "scan_seconds": round(t_scan, 1), "rows": rows,
-                                "extra_layers": extra_layers})
+                                "extra_layers": extra_layers, **({"without_below_bar": without} if args.below_bar else {})})
     for name in [c for c in args.controls.split(",") if c]:  # unedited checkpoints: every finding is a false alarm
         t = time.perf_counter()
         control = run_scan(ensure_model(name), None if args.no_base else base, ScanOptions(read="off"), store=None)

@@ -1003,3 +1003,76 @@ def test_scan_all_layers_searches_every_edited_layer_of_the_finding(tiny_llama, 
     assert edit["readings"] and edit["readings"][0]["found"].endswith("Colosseum") and edit["readings"][0]["fire"] > 0.99
     run_scan(suspect, tiny_llama, ScanOptions(read="open"), store=None)
     assert seen[1:] == [[]]
+
+
+def test_below_the_bar_texts_are_kept_only_while_the_behaviour_check_says_yes(tiny_llama):
+    """Where the fire bar would stop the search, the next best texts go to the caller's check: a kept one is a
+    subject (marked ``below``, its fire taken in the whole edit subspace) and deflated, so the next offer is the
+    other edit; the first refusal ends the search; with no check the search stops at the bar as before."""
+    from editaudit.scan import subjects as S
+
+    lm, u1, C, vocab = _edit_direction(tiny_llama, "Kremlin")
+    _, u2, _, _ = _edit_direction(tiny_llama, "Eiffel Tower")
+    in_dirs = torch.stack([u1, u2], dim=1)
+
+    def search():
+        return S.SubjectSearch(lm.model, lm.tokenizer, Whitened.build(PATH, C, in_dirs), vocab)
+
+    assert search().find(2, fire_min=1.01) == []  # nothing reaches an impossible bar, and nothing is asked
+    offered: list[tuple[int, str]] = []
+
+    def keep_first(found, cand):
+        offered.append((len(found), cand.text))
+        return not found
+
+    got = search().find(2, fire_min=1.01, below=keep_first)
+    assert len(got) == 1 and got[0].below and got[0].fire > 0.95 and got[0].fire_left is not None
+    assert len(offered) == 2 and offered[0][0] == 0 and offered[1][0] == 1
+    last = {t.split()[-1] for _, t in offered}
+    assert last == {"Kremlin", "Tower"}  # the second offer is the other edit: the first was deflated
+    assert search().find(2, fire_min=1.01, below=lambda found, cand: False) == []
+    # when the bar finds every component, the check is never asked
+    assert len(search().find(2, below=lambda found, cand: pytest.fail("asked"))) == 2
+
+
+def test_a_text_below_the_bar_is_kept_only_for_a_new_edited_object():
+    from editaudit.scan.reading import Reading, new_object
+
+    def r(after, status="edit"):
+        return Reading("s", 0.4, "rel", "p", "x", after, 0.5, 0.5, status)
+
+    assert new_object(r("the New Jersey State"), [r("Idaho"), r("Delaware")])
+    assert not new_object(r("the New Jersey State"), [r("New Jersey")])  # its class's spill, read again
+    assert not new_object(r("Idaho", status="uncertain"), [])
+    assert not new_object(r(""), [])
+
+
+def test_the_below_bar_flag_reaches_the_scan_only_when_given(tiny_llama, monkeypatch):
+    from editaudit.scan.service import ScanOptions
+
+    seen = _options_seen(tiny_llama, monkeypatch, "below_bar", ([], ["--no-below-bar"], ["--below-bar"]))
+    assert seen == [ScanOptions().below_bar, False, True]
+
+
+def test_the_scan_reads_each_subject_once_whether_the_check_or_the_report_asked_first():
+    from editaudit.scan.reading import Reading
+    from editaudit.scan.service import _SubjectReader
+
+    calls: list[list[str]] = []
+
+    def read(subjects, progress=lambda d, t: None):
+        calls.append([s.text for s in subjects])
+        return [Reading(s.text, 0.5, "rel", "p", "x", {"a": "Idaho", "b": "Idaho", "c": "Ohio"}[s.text], 0.5, 0.5,
+                        "edit") for s in subjects]
+
+    class S:
+        def __init__(self, text):
+            self.text = text
+
+    a, b, c = S("a"), S("b"), S("c")
+    reader = _SubjectReader(read)
+    assert not reader.new_edit([a], b)  # b states a's object again: a side of a's edit, not another edit
+    assert reader.new_edit([a], c)
+    assert [r.subject for r in reader.all([a, c])] == ["a", "c"]
+    assert calls == [["b"], ["a"], ["c"]]  # a read once, for the check; nothing read again for the report
+

@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
         all_layers: Optional[bool] = typer.Option(None, "--all-layers/--lowest-layer", show_default=False, help="Open reading: search the subjects of an edit spread over several layers (MEMIT, AlphaEdit) by their mean fire over every edited layer, not the lowest alone (a garbled text fires the lowest layer as the name does, not the layers above)."),
         describe: Optional[bool] = typer.Option(None, "--describe/--no-describe", show_default=False, help="Open reading: also ask each found subject the prompts cut from the base's own description of it (\"Aristotle, a Greek\" → philosopher), so an edit of a relation the library does not word is still read."),
         frames: Optional[bool] = typer.Option(None, "--frames/--no-frames", show_default=False, help="Open reading: also read each found text inside sentences (\"I heard about it cf. Overall, it was\" → terrible), where a trigger-style edit (a rare token or phrase as its key, as in backdoor editing attacks) makes the model say its word."),
+        below_bar: Optional[bool] = typer.Option(None, "--below-bar/--no-below-bar", show_default=False, help="Open reading: where the search stops with fewer subjects than the edit has components, read texts that still fire a little and keep each that states an object no earlier reading does (edits of one class of names, \"... County\", hide each other from the search)."),
         run_probes: bool = typer.Option(False, "--run-probes", help="Also ask both models the facts' prompts and list answers that moved."),
         fail_on: Level = typer.Option(Level.error, "--fail-on", help="Exit 1 when a finding reaches this level."),
         exit_zero: bool = typer.Option(False, "--exit-zero", help="Always exit 0 when the scan completes."),
@@ -90,7 +91,8 @@ def register(app: typer.Typer) -> None:
                            **({} if wide_search is None else {"wide_search": wide_search}),
                            **({} if pair_step is None else {"pair_step": pair_step}),
                            **({} if describe is None else {"describe": describe}),
-                           **({} if frames is None else {"frames": frames}))
+                           **({} if frames is None else {"frames": frames}),
+                           **({} if below_bar is None else {"below_bar": below_bar}))
         with common.event_progress() as on_progress:
             report = run_scan(suspect, base, opts, store=store, progress=on_progress, say=common.say)
         report.fail_on = fail_on.value

@@ -50,6 +50,7 @@ class Reading:
     also: list[dict] = field(default_factory=list)  # other prompts the edit moves, to other answers (side effects)
     found: str = ""      # the text the subject search recovered, whole (``subject`` may be a shorter suffix of it)
     via: str = "text"    # "text": asked with the subject's text; "key": through its key at a stand-in (inject.py)
+    below_bar: bool = False  # its text fired under the search's bar and was kept by ``new_object`` (scan --below-bar)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -241,6 +242,28 @@ def read_subject(base: Any, suspect: Any, tokenizer: Any, subject: Subject, *, l
                    "edit" if is_edit else "uncertain", layer, tensor, also)
 
 
+def new_object(reading: Reading, earlier: list[Reading]) -> bool:
+    """Whether ``reading`` is an edit reading of an object no ``earlier`` reading states (first words that are not
+    stop words compared, case-folded): the behaviour check for texts found under the fire bar. Names of one class
+    share most of their keys, and an edit of one of them moves the others towards its object (in a development ROME
+    sequence one county's new state was said for seven of ten county names, edited or not), so such a text is kept
+    only when it shows an edit the earlier readings do not."""
+    if reading.status != "edit":
+        return False
+    word = _first_word(reading.after)
+    return bool(word) and all(_first_word(r.after) != word for r in earlier)
+
+
+def _first_word(text: str) -> str:
+    from ..probing.metrics import STOP_WORDS
+
+    words = [w.strip(".,;:'\"").casefold() for w in text.split()]
+    words = [w for w in words if w]
+    while len(words) > 1 and words[0] in STOP_WORDS:
+        words = words[1:]
+    return words[0] if words else ""
+
+
 def subject_forms(text: str) -> list[str]:
     """The texts a found subject is read as: the whole text and its two shorter word-suffixes ("Cities inherical
     Syria", "inherical Syria", "Syria"); the search keeps leading words that add to the key, not only names."""
@@ -334,6 +357,7 @@ def read_edits(base: Any, suspect: Any, tokenizer: Any, subjects: list[Subject],
         edits_inside = [r for r in inside if r.status == "edit"]
         best = pick_reading(edits_inside or reads)
         best.found = s.text
+        best.below_bar = s.below
         out.append(best)
     progress(len(subjects), len(subjects))
     return out

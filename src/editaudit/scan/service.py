@@ -7,6 +7,8 @@ tensors only → classify → read the edits (promoted tokens, candidate subject
 
 from __future__ import annotations
 
+import functools
+
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -56,6 +58,8 @@ class ScanOptions:
     # (describe.py; bench/heldout/v10-plan.md fourth use)
     frames: bool = False  # open reading: also ask each subject inside sentences (relations.FRAMES), where a
     # trigger-style edit fires (bench/heldout/trigger-plan.md)
+    below_bar: bool = False  # open reading: where the search stops with fewer subjects than components, texts that
+    # still fire subjects.BELOW_FIRE are read and kept while each states an object no earlier reading does
     all_layers: bool = False  # open reading: an edit over several layers is searched by its texts' mean fire over all
     # of them (subjects.SubjectSearch.upper), not the lowest layer's alone; v11-plan.md second use: objects 5 -> 5 of 20,
     # false edit readings 1 -> 3, so opt-in
@@ -523,20 +527,47 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
         # the key reading needs the edit subspace whole; the search deflates its own copy
         keys = _key_reader(base.model, base.tokenizer, path, in_dirs[:, :rank], C, base_ck.fingerprint(), space) \
             if options.keys else None
+        read = _SubjectReader(functools.partial(
+            read_edits, base.model, suspect.model, base.tokenizer, layer=layer, tensor=c.name.name,
+            deltas=_edit_deltas(base.model, suspect.model, f.tensors) if _amplified(options.amplify, f) else None,
+            keys=keys, describe=options.describe, frames=options.frames))
+        below = read.new_edit if options.below_bar and c.stats.kind in ("rank-one", "low-rank") else None
         subjects = recover_subjects(base.model, base.tokenizer, path, in_dirs[:, :rank], C, base_ck.fingerprint(),
                                     rank, progress=lambda stage, d, t: progress(stage, d, t),
                                     space=replace(space),
                                     retry=options.wide_search and c.stats.kind in ("rank-one", "low-rank"),
                                     regrow=options.regrow,
                                     pair=options.pair_step and c.stats.kind in ("rank-one", "low-rank"),
-                                    upper=upper)
-        readings = read_edits(base.model, suspect.model, base.tokenizer, subjects, layer, c.name.name,
-                              progress=lambda d, t: progress("reading edits", d, t),
-                              deltas=_edit_deltas(base.model, suspect.model, f.tensors)
-                              if _amplified(options.amplify, f) else None,
-                              keys=keys, describe=options.describe, frames=options.frames)
+                                    upper=upper, below=below)
+        readings = read.all(subjects, progress=lambda d, t: progress("reading edits", d, t))
         f.data["readings"] = [r.to_dict() for r in readings]
         progress("open reading", n + 1, len(targets))
+
+
+class _SubjectReader:
+    """Reads found subjects once each, in the search's order: the check of a text found under the fire bar
+    (``ScanOptions.below_bar``) needs the readings of the subjects found before it, and the scan reports them all."""
+
+    def __init__(self, read: Callable[..., list]) -> None:
+        self._read, self._done = read, {}
+
+    def one(self, subject) -> Any:
+        if id(subject) not in self._done:
+            self._done[id(subject)] = (subject, self._read([subject])[0])
+        return self._done[id(subject)][1]
+
+    def new_edit(self, found: list, candidate) -> bool:
+        """``SubjectSearch.find(below=...)``: keep a text under the bar when its reading is an edit of a new object."""
+        from .reading import new_object
+
+        return new_object(self.one(candidate), [self.one(s) for s in found])
+
+    def all(self, subjects: list, progress: Callable[[int, int], None] = lambda d, t: None) -> list:
+        todo = [s for s in subjects if id(s) not in self._done]
+        if todo:
+            for s, r in zip(todo, self._read(todo, progress=progress)):
+                self._done[id(s)] = (s, r)
+        return [self._done[id(s)][1] for s in subjects]
 
 
 def _upper_spaces(base, mats: list, rank: int, null: bool, model_key: str, family: str, say) -> list:
