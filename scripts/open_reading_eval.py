@@ -140,6 +140,9 @@ def main() -> None:
                     "has components at least this many times the median (scan option read_spike)")
     ap.add_argument("--below-bar", action="store_true", help="scan --below-bar; the record is scored twice, with and "
                     "without the readings it added (the search before it is the same, so one scan serves both)")
+    ap.add_argument("--phrasings", action="append", default=[], metavar="RELATION=TEMPLATE",
+                    help="add a phrasing to the relation library for this run (a trial; the library is not changed), "
+                         "e.g. 'P131 located in={} is located in the state of'")
     ap.add_argument("--start", type=int, default=0, help="the first fact the plan takes (a later split of a set whose "
                     "first facts were used)")
     ap.add_argument("--answers", choices=("word", "token"), default="word", help="token: read each prompt's answer as "
@@ -164,6 +167,14 @@ def main() -> None:
     from editaudit.scan.service import ScanOptions, run_scan
 
     torch.manual_seed(0)
+    if args.phrasings:
+        from editaudit.scan.relations import RELATIONS
+
+        for item in args.phrasings:
+            relation, _, template = item.partition("=")
+            if "{}" not in template:
+                ap.error(f"--phrasings wants RELATION=TEMPLATE with {{}} for the subject, not {item!r}")
+            RELATIONS[relation] = RELATIONS.get(relation, ()) + (template,)
     base = ensure_model(args.model)
     facts = round_robin(load_probes(args.facts))[args.start:]
     if args.answers == "token":
@@ -205,7 +216,10 @@ def main() -> None:
                                    **({} if args.wide_search is None else {"wide_search": args.wide_search}),
                                    read_spike=args.read_spike, below_bar=args.below_bar,
                                    **({"amplify": args.amplify} if args.amplify else {}))
-                report = run_scan(out, None if args.no_base else base, opts, store=None)
+                offers: list[str] = []  # what reading past the bar saw (scan --below-bar), kept or not
+                report = run_scan(out, None if args.no_base else base, opts, store=None,
+                                  say=lambda m: offers.append(m) if m.startswith("below the fire bar") else None)
+                detail.extend(f"    [{method}/{mode}] {m}" for m in offers)
                 t_scan += time.perf_counter() - t
                 doc_r = report.to_dict()
                 edits = [f for f in doc_r["findings"] if f["rule"] in ("EA101", "EA102", "EA103", "EA111")]

@@ -1067,7 +1067,7 @@ def test_the_scan_reads_each_subject_once_whether_the_check_or_the_report_asked_
 
     class S:
         def __init__(self, text):
-            self.text = text
+            self.text, self.fire, self.fire_left = text, 0.8, 0.4
 
     a, b, c = S("a"), S("b"), S("c")
     reader = _SubjectReader(read)
@@ -1076,3 +1076,12 @@ def test_the_scan_reads_each_subject_once_whether_the_check_or_the_report_asked_
     assert [r.subject for r in reader.all([a, c])] == ["a", "c"]
     assert calls == [["b"], ["a"], ["c"]]  # a read once, for the check; nothing read again for the report
 
+
+
+def test_a_reading_found_below_the_bar_says_so_in_the_cli_and_the_app():
+    from editaudit.scan.wording import open_reading
+
+    r = {"subject": "Cairo County", "prompt": "Cairo County is a city in the country of", "after": "California",
+         "before": "Kenya", "status": "edit"}
+    assert open_reading(r) == "Cairo County · Cairo County is a city in the country of · California (was Kenya)"
+    assert open_reading({**r, "below_bar": True}).endswith("California (was Kenya) [found below the fire bar]")

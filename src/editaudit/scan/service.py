@@ -530,7 +530,7 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
         read = _SubjectReader(functools.partial(
             read_edits, base.model, suspect.model, base.tokenizer, layer=layer, tensor=c.name.name,
             deltas=_edit_deltas(base.model, suspect.model, f.tensors) if _amplified(options.amplify, f) else None,
-            keys=keys, describe=options.describe, frames=options.frames))
+            keys=keys, describe=options.describe, frames=options.frames), say=say)
         below = read.new_edit if options.below_bar and c.stats.kind in ("rank-one", "low-rank") else None
         subjects = recover_subjects(base.model, base.tokenizer, path, in_dirs[:, :rank], C, base_ck.fingerprint(),
                                     rank, progress=lambda stage, d, t: progress(stage, d, t),
@@ -548,8 +548,8 @@ class _SubjectReader:
     """Reads found subjects once each, in the search's order: the check of a text found under the fire bar
     (``ScanOptions.below_bar``) needs the readings of the subjects found before it, and the scan reports them all."""
 
-    def __init__(self, read: Callable[..., list]) -> None:
-        self._read, self._done = read, {}
+    def __init__(self, read: Callable[..., list], say: Callable[[str], None] = lambda s: None) -> None:
+        self._read, self._done, self._say = read, {}, say
 
     def one(self, subject) -> Any:
         if id(subject) not in self._done:
@@ -560,7 +560,12 @@ class _SubjectReader:
         """``SubjectSearch.find(below=...)``: keep a text under the bar when its reading is an edit of a new object."""
         from .reading import new_object
 
-        return new_object(self.one(candidate), [self.one(s) for s in found])
+        reading = self.one(candidate)
+        kept = new_object(reading, [self.one(s) for s in found])
+        self._say(f"below the fire bar: {candidate.text!r} (fire {candidate.fire_left:.2f} of what was left, "
+                  f"{candidate.fire:.2f} of the whole edit) reads {reading.status} · {reading.after!r}: "
+                  + ("kept, a new object" if kept else "not kept, the search stops"))
+        return kept
 
     def all(self, subjects: list, progress: Callable[[int, int], None] = lambda d, t: None) -> list:
         todo = [s for s in subjects if id(s) not in self._done]

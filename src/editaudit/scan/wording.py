@@ -66,6 +66,8 @@ def open_reading(r: dict) -> str:
         text = f"trigger {r.get('prompt', '')!r} · {answer}"
     else:
         text = f"{r.get('subject', '?')} · {r.get('prompt', '')} · {answer}"
+    if r.get("below_bar"):  # kept for the new object it states, though its text fires the edit only weakly
+        text += " [found below the fire bar]"
     return text if r.get("status") == "edit" else f"{text} [uncertain]"
 
 
