@@ -136,3 +136,27 @@ def test_an_output_folder_over_the_inputs_is_refused(tmp_path):
                               "--overwrite"])
     assert res.exit_code == 2 and "would replace the input" in res.stderr, res.output
     assert {p: (p / "model.safetensors").read_bytes() for p in (base, suspect)} == before
+
+
+def test_a_report_over_an_input_or_inside_an_input_folder_is_refused(tmp_path, pair):
+    """``scan S -o S/model.safetensors`` replaced the checkpoint under audit with its own JSON report; a report
+    written into an input folder changes what a later scan of it reads. Refused before any work, inputs untouched."""
+    from editaudit.testing import make_tiny_model
+
+    base, sus = pair
+    before = sus.read_bytes()
+    res = scan(pair, "-o", str(sus))
+    assert res.exit_code == 2 and "is the input" in res.stderr, res.output
+    assert sus.read_bytes() == before
+    folder = make_tiny_model(tmp_path / "m", "llama", layers=2, hidden=32, intermediate=64)
+    weights = folder / "model.safetensors"
+    kept = weights.read_bytes()
+    for out in (weights, folder / "report.json", folder / "sub" / ".." / "r.json"):
+        res = runner.invoke(app, ["scan", str(folder), "--base", str(folder), "-f", "json", "-o", str(out)])
+        assert res.exit_code == 2 and "inside the input" in res.stderr, res.output
+    res = runner.invoke(app, ["probe", str(folder), "-o", str(weights)])
+    assert res.exit_code == 2 and "inside the input" in res.stderr, res.output
+    assert weights.read_bytes() == kept and sorted(p.name for p in folder.iterdir()) == sorted(
+        ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"])
+    assert Store(os.environ["EDITAUDIT_DB"]).sessions() == []
+    assert scan(pair, "-o", str(tmp_path / "elsewhere.json")).exit_code == 1  # the edit is found; the report written

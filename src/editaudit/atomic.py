@@ -42,6 +42,21 @@ def check_writable(path: Path, folder: bool = False) -> None:
         raise CannotWrite(f"cannot write {path}: {parent} is not writable")
 
 
+def refuse_file_over_inputs(out: Path, inputs) -> None:
+    """Refuse an output file (``-o``) that is one of ``inputs`` or lies inside an input folder: ``scan S -o
+    S/model.safetensors`` would replace the checkpoint under audit with its own report, and any file written into
+    an input folder changes what is audited. Names that are not paths here (a registry name, a Hub id) are skipped."""
+    real = Path(os.path.realpath(Path(out).expanduser()))
+    for spec in inputs:
+        if spec is None or not Path(str(spec)).expanduser().exists():
+            continue
+        source = Path(os.path.realpath(Path(str(spec)).expanduser()))
+        if source == real or (source.is_dir() and source in real.parents):
+            what = "is" if source == real else "would be written inside"
+            raise BadInput(f"the output {out} {what} the input {spec}: it would change what is read; "
+                           "write it somewhere else")
+
+
 def refuse_output_over_inputs(out: Path, inputs) -> None:
     """Refuse an output folder that is one of ``inputs`` or holds one: with --overwrite, writing it would delete
     the input. A model name or Hub id (not a path here) lives in the cache and is not checked."""

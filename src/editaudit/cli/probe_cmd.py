@@ -60,8 +60,9 @@ def register(app: typer.Typer) -> None:
 
             raise BadInput("--batch-size and --top-k must be at least 1")
         if output is not None:
-            from ..atomic import check_writable
+            from ..atomic import check_writable, refuse_file_over_inputs
 
+            refuse_file_over_inputs(output, [model, base, *compare, *probes])
             check_writable(output)  # an -o that cannot be written fails now, not after the probes ran
         if discover or base:
             if not (discover and base):

@@ -71,8 +71,9 @@ def register(app: typer.Typer) -> None:
         if device is not None:
             pick_device(device)  # a device that is not here fails before the scan starts
         if output is not None:
-            from ..atomic import check_writable
+            from ..atomic import check_writable, refuse_file_over_inputs
 
+            refuse_file_over_inputs(output, [suspect, base, *facts])
             check_writable(output)  # an -o that cannot be written fails now, not after the scan
         cands = _load_candidates(facts, probes)
         store = None if no_store else common.state(ctx).store()
