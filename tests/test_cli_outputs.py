@@ -160,3 +160,12 @@ def test_a_report_over_an_input_or_inside_an_input_folder_is_refused(tmp_path, p
         ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"])
     assert Store(os.environ["EDITAUDIT_DB"]).sessions() == []
     assert scan(pair, "-o", str(tmp_path / "elsewhere.json")).exit_code == 1  # the edit is found; the report written
+
+
+def test_converting_a_gguf_into_the_folder_that_holds_it_is_refused(tmp_path):
+    gguf = tmp_path / "in" / "m.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF" + b"\0" * 60)
+    res = runner.invoke(app, ["models", "convert", str(gguf), str(gguf.parent), "--overwrite"])
+    assert res.exit_code == 2 and "would replace the input" in res.stderr, res.output
+    assert gguf.read_bytes()[:4] == b"GGUF"

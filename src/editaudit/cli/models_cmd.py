@@ -42,13 +42,14 @@ def register(app: typer.Typer) -> None:
         """Convert a GGUF file into a safetensors model folder that editaudit can scan."""
         from pathlib import Path
 
-        from ..atomic import atomic_dir
+        from ..atomic import atomic_dir, refuse_output_over_inputs
         from ..errors import BadInput
         from ..models.registry import convert_gguf
 
         src = Path(gguf)
         if not src.is_file() or src.suffix != ".gguf":
             raise BadInput(f"{gguf} is not a .gguf file")
+        refuse_output_over_inputs(Path(out), [src])  # --overwrite of the folder that holds the GGUF would delete it
         with src.open("rb") as fh:
             if fh.read(4) != b"GGUF":
                 raise BadInput(f"{gguf} does not start with the GGUF magic bytes")
