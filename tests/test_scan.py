@@ -450,3 +450,38 @@ def test_stats_from_stored_half_values_equal_those_from_float32(dtype, name):
     assert torch.equal(native, kept)
     assert half.to_dict() == full.to_dict() and half.kind == "rank-one"
     assert all(torch.equal(a, b) for a, b in zip(vh, vf))
+
+
+def test_bf16_rounding_of_an_outlier_row_is_rounding_not_a_rank_one_edit():
+    """Rounding follows each weight's magnitude: a row of weights 30× the rest (an outlier feature) rounds with
+    30× the error, and that row alone is a rank-one component 2-3× the old uniform edge s(√m+√n). Casting
+    SmolLM2-135M to bfloat16 was scanned as a MEMIT edit that way. The edge from row and column rounding variances
+    keeps it rounding, and a small real edit on top is still rank one."""
+    import math
+
+    from editaudit.scan.spectral import delta_stats, rounding_edge, ulp_rms
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(576, 1536, generator=g) * 0.02
+    w[7] *= 30
+    stats, _ = delta_stats(w, w.to(torch.bfloat16), "F32", "BF16")
+    uniform = ulp_rms(w.to(torch.bfloat16), "BF16") * (math.sqrt(576) + math.sqrt(1536))
+    assert stats.singular_values[0] > 1.5 * uniform  # what the old edge called an edit
+    assert stats.kind == "rounding" and stats.rank_above_noise == 0
+    flat = torch.randn(576, 1536, generator=g) * 0.02  # no outlier: about the Marchenko-Pastur edge (the max row a bit above)
+    assert rounding_edge(flat, "BF16") == pytest.approx(ulp_rms(flat, "BF16") * (math.sqrt(576) + math.sqrt(1536)),
+                                                         rel=0.2)
+    edit = torch.outer(torch.randn(576, generator=g), torch.randn(1536, generator=g))
+    edit *= 3e-3 * float(w.norm()) / float(edit.norm())
+    stats, _ = delta_stats(w.to(torch.bfloat16), (w + edit).to(torch.bfloat16), "BF16", "BF16")
+    assert stats.kind == "rank-one"
+
+
+def test_the_rounding_edge_leaves_the_weights_as_they_were():
+    from editaudit.scan.spectral import rounding_edge
+
+    for dtype in (torch.float32, torch.bfloat16):
+        w = (torch.randn(300, 700, generator=torch.Generator().manual_seed(1)) * 0.02).to(dtype)
+        kept = w.clone()
+        assert rounding_edge(w, "BF16") > 0
+        assert torch.equal(w, kept)
