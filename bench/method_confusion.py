@@ -3,7 +3,7 @@
     python bench/method_confusion.py [--facts bench/heldout/smollm2-135m-v11.jsonl] [--start 0]
                                      [--out bench/results/method_confusion.txt] [--threads 1]
 
-Suspects of SmolLM2-135M, each scanned against the base with the scan's defaults (``ScanOptions()``: open reading,
+Suspects of SmolLM2-135M (or ``--model``), each scanned against the base with the scan's defaults (``ScanOptions()``: open reading,
 which also computes the key statistics AlphaEdit is told from MEMIT by):
 
 - rome (one fact), rome-sequence (3 facts one after another in one layer), memit and alphaedit (batches of 3), ft-l
@@ -90,6 +90,8 @@ def main() -> int:
     ap.add_argument("--kinds", default=",".join([*EDITS, *OTHER]))
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/method_confusion.txt")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", default="smollm2-135m", help="the base's registry name (the editors' kinds need "
+                                                            "SmolLM2's cached hypernetworks for mend and malmen)")
     args = ap.parse_args()
 
     import torch
@@ -108,7 +110,7 @@ def main() -> int:
     unknown = [k for k in kinds if k not in EDITS and k not in OTHER]
     if unknown:
         ap.error(f"unknown kinds {unknown}; choose from {[*EDITS, *OTHER]}")
-    base = Path(ensure_model("smollm2-135m"))
+    base = Path(ensure_model(args.model))
     lm = load_model(base)
     n_layers = lm.model.config.num_hidden_layers
     facts = round_robin(load_probes(args.facts))[args.start:]
@@ -157,7 +159,7 @@ def main() -> int:
         counts[r["kind"]][r["named"]] += 1
     width = max(len(n) for n in names) + 2
     lines = [
-        "# which editor the scan names: suspects of SmolLM2-135M-Instruct scanned against the base, default options",
+        f"# which editor the scan names: suspects of {args.model} scanned against the base, default options",
         "# command: python bench/method_confusion.py " + " ".join(sys.argv[1:]),
         f"# python {platform.python_version()}, torch {torch.__version__}, {args.threads} thread(s); facts "
         f"{args.facts.name} from {args.start} (round-robin); total {time.perf_counter() - t0:.0f}s",
