@@ -8,7 +8,6 @@ tensors only → classify → read the edits (promoted tokens, candidate subject
 from __future__ import annotations
 
 import functools
-
 import threading
 import time
 from dataclasses import dataclass, field, replace

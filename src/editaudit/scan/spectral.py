@@ -147,8 +147,8 @@ def delta_stats(base: torch.Tensor, suspect: torch.Tensor, base_dtype: str, susp
     )
     # rounding noise: what storing the suspect's values in its dtype adds to ΔW. (A base stored
     # coarser than the suspect adds nothing: its values are exact in the finer dtype.)
-    s_noise = ulp_rms(suspect, suspect_dtype)
     if delta.ndim != 2 or min(delta.shape) < 2:
+        s_noise = ulp_rms(suspect, suspect_dtype)
         stats.noise_edge = s_noise  # per-element rounding scale for vectors
         stats.kind = "rounding" if stats.max_abs <= 4 * s_noise * math.sqrt(12) else "vector"
         return stats, None
