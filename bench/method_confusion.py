@@ -123,6 +123,10 @@ def main() -> int:
                 t = time.perf_counter()
                 if kind in EDITS:
                     editor, mode, n, want = EDITS[kind]
+                    if editor in ("mend", "malmen"):  # the cached trained editor, trained now when there is none
+                        from editaudit.editing.hypernet import train_editor
+
+                        train_editor(lm, editor)
                     group = facts[used:used + n]
                     used += n
                     hp = {"mode": "sequential"} if mode == "sequential" else {"lr": 0.0005} if editor == "ft" else None
