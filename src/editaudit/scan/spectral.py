@@ -74,9 +74,9 @@ def ulp_rms(weights: torch.Tensor, dtype: str) -> float:
 def rounding_edge(weights: torch.Tensor, dtype: str, samples: int = 1024) -> float:
     """Where the largest singular value of the rounding noise of storing the 2-D ``weights`` in ``dtype`` lies:
     max_i √(Σ_j v_ij) + max_j √(Σ_i v_ij), v_ij the rounding variance (ulp²/12) at each weight. On SmolLM2-135M
-    cast from float32 to bfloat16 the uniform edge s(√m+√n), s the overall RMS, put one component of 12 matrices
-    1.5-3.2× above it: rows (or, in the embedding, a column) whose weights are an order larger than the rest, read
-    as rank-one "edits" of an unedited model (docs/scan.md step 5).
+    cast from float32 to bfloat16 the uniform edge s(√m+√n), s the overall RMS, left rows (or, in the embedding, a
+    column) whose weights are an order larger than the rest above it, read as rank-one "edits" of an unedited model
+    (docs/scan.md step 5).
     v_ij is the weight's square times the mantissa's share, ρ = Σv / Σw² over a strided sample (the ulp is the
     weight's magnitude over its mantissa, and the mantissas are alike in every row); the row and column sums of w²
     come from every k-th column and row, ≥ ``samples`` of each. About 0.05 s for a 7B MLP matrix on one thread,
