@@ -42,15 +42,19 @@ def check_writable(path: Path, folder: bool = False) -> None:
         raise CannotWrite(f"cannot write {path}: {parent} is not writable")
 
 
+def _input_paths(inputs):
+    """(spec, real path) of each input that is a path here; a model name or Hub id (in the cache) is skipped."""
+    for spec in inputs:
+        if spec is not None and Path(str(spec)).expanduser().exists():
+            yield spec, Path(os.path.realpath(Path(str(spec)).expanduser()))
+
+
 def refuse_file_over_inputs(out: Path, inputs) -> None:
     """Refuse an output file (``-o``) that is one of ``inputs`` or lies inside an input folder: ``scan S -o
     S/model.safetensors`` would replace the checkpoint under audit with its own report, and any file written into
-    an input folder changes what is audited. Names that are not paths here (a registry name, a Hub id) are skipped."""
+    an input folder changes what is audited."""
     real = Path(os.path.realpath(Path(out).expanduser()))
-    for spec in inputs:
-        if spec is None or not Path(str(spec)).expanduser().exists():
-            continue
-        source = Path(os.path.realpath(Path(str(spec)).expanduser()))
+    for spec, source in _input_paths(inputs):
         if source == real or (source.is_dir() and source in real.parents):
             what = "is" if source == real else "would be written inside"
             raise BadInput(f"the output {out} {what} the input {spec}: it would change what is read; "
@@ -59,12 +63,9 @@ def refuse_file_over_inputs(out: Path, inputs) -> None:
 
 def refuse_output_over_inputs(out: Path, inputs) -> None:
     """Refuse an output folder that is one of ``inputs`` or holds one: with --overwrite, writing it would delete
-    the input. A model name or Hub id (not a path here) lives in the cache and is not checked."""
+    the input."""
     real = Path(os.path.realpath(out))
-    for spec in inputs:
-        if spec is None or not Path(str(spec)).expanduser().exists():
-            continue
-        source = Path(os.path.realpath(Path(str(spec)).expanduser()))
+    for spec, source in _input_paths(inputs):
         if source == real or real in source.parents:
             what = "is" if source == real else "holds"
             raise BadInput(f"the output {out} {what} the input {spec}: writing it would replace the input; "
