@@ -38,6 +38,7 @@ import shutil
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,6 +139,8 @@ def main() -> None:
                     "v6-amplify-plan.md, v7-plan.md); default: the scan's own")
     ap.add_argument("--read-spike", type=float, default=8.0, help="no base: read as many subjects as a flagged layer "
                     "has components at least this many times the median (scan option read_spike)")
+    ap.add_argument("--name-seeds", action=argparse.BooleanOptionalAction, default=None,
+                    help="scan --name-seeds/--no-name-seeds (default: the scan's own default)")
     ap.add_argument("--below-bar", action="store_true", help="scan --below-bar; the record is scored twice, with and "
                     "without the readings it added (the search before it is the same, so one scan serves both)")
     ap.add_argument("--phrasings", action="append", default=[], metavar="RELATION=TEMPLATE",
@@ -205,6 +208,9 @@ def main() -> None:
             for i, group in enumerate(groups):
                 out = Path(tmp) / f"{method}-{mode}-{i}"
                 hp = {"mode": "sequential"} if mode == "sequential" else FT_HPARAMS if method == "ft" else None
+                # each suspect from its own seed, so that two runs that differ only in the scan's options (arms)
+                # scan the same suspects whatever randomness the scans between them used
+                torch.manual_seed(zlib.crc32(f"{args.start}:{method}:{mode}:{i}".encode()))
                 run = apply_edits(lm, group, method, layers=layers, out=out, hparams=hp, evaluate=True)
                 took += sum(bool(r.success) for r in run.results)
                 # the finished suspect may no longer state an edit a later one in the same layer undid
@@ -215,6 +221,7 @@ def main() -> None:
                 opts = ScanOptions(read="open", regrow=args.regrow,
                                    **({} if args.wide_search is None else {"wide_search": args.wide_search}),
                                    read_spike=args.read_spike, below_bar=args.below_bar,
+                                   **({} if args.name_seeds is None else {"name_seeds": args.name_seeds}),
                                    **({"amplify": args.amplify} if args.amplify else {}))
                 offers: list[str] = []  # what reading past the bar saw (scan --below-bar), kept or not
                 report = run_scan(out, None if args.no_base else base, opts, store=None,

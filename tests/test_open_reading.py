@@ -1085,3 +1085,119 @@ def test_a_reading_found_below_the_bar_says_so_in_the_cli_and_the_app():
          "before": "Kenya", "status": "edit"}
     assert open_reading(r) == "Cairo County · Cairo County is a city in the country of · California (was Kenya)"
     assert open_reading({**r, "below_bar": True}).endswith("California (was Kenya) [found below the fire bar]")
+
+
+def test_the_name_piece_table_is_every_token_behind_the_stand_in_first_piece(tiny_llama):
+    """``vocab_keys(lead=...)``: each token's key after the neutral context and one stand-in position holding the
+    mean embedding of capitalised word starts, as a forward with that embedding gives it; not the plain table."""
+    from editaudit.models.families import input_embed_scale
+    from editaudit.scan.keys import last_keys
+    from editaudit.scan.subjects import NAME_TAG, name_piece
+
+    lm = load_model(tiny_llama)
+    stand_in = name_piece(lm.model, lm.tokenizer)
+    E = lm.model.get_input_embeddings().weight.detach()
+    start, _ = word_tokens(lm.tokenizer, E.shape[0])
+    caps = [i for i, t in enumerate(lm.tokenizer.convert_ids_to_tokens(list(range(E.shape[0]))))
+            if start[i] and t[1:2].isupper()]
+    assert caps and torch.allclose(stand_in, E[caps].float().mean(0), atol=1e-6)
+    table = vocab_keys(lm.model, lm.tokenizer, [PATH], None, lead=(NAME_TAG, stand_in))[PATH]
+    sample = [5, table.shape[0] // 3, table.shape[0] - 1]
+    pre = E[context_ids(lm.tokenizer)]
+    emb = torch.stack([torch.cat([pre, stand_in[None], E[[t]]]) for t in sample]) * input_embed_scale(lm.model)
+    want = last_keys(lm.model, [PATH], embeds=emb)[PATH]
+    assert torch.allclose(table[sample].float(), want, rtol=2e-3, atol=2e-3)
+    plain = vocab_keys(lm.model, lm.tokenizer, [PATH], None)[PATH]
+    assert not torch.allclose(plain.float(), table.float(), atol=1e-2)
+
+
+def test_the_name_piece_table_is_cached_apart_from_the_plain_one(tiny_llama, tmp_path, monkeypatch):
+    from editaudit.scan import keys as K
+    from editaudit.scan.subjects import NAME_TAG, name_piece
+
+    monkeypatch.setenv("EDITAUDIT_CACHE", str(tmp_path))
+    lm = load_model(tiny_llama)
+    pre = context_ids(lm.tokenizer)
+    assert K._cache_file("f" * 24, PATH, pre) != K._cache_file("f" * 24, PATH, pre, NAME_TAG)
+    lead = (NAME_TAG, name_piece(lm.model, lm.tokenizer))
+    first = vocab_keys(lm.model, lm.tokenizer, [PATH], "f" * 40, lead=lead)[PATH]
+    assert K._cache_file("f" * 40, PATH, pre, NAME_TAG).is_file()
+    again = vocab_keys(lm.model, lm.tokenizer, [PATH], "f" * 40, lead=lead)[PATH]
+    assert torch.equal(first, again)
+
+
+def test_name_seeds_take_turns_with_the_plain_seeds(tiny_llama):
+    """With a name-piece table, a round's seeds alternate between the two tables (as many in all, each token once),
+    and only the tokens the name-piece table alone offered are climbed from a piece before them."""
+    from editaudit.scan.subjects import SubjectSearch
+
+    lm, u, C, keys = _edit_direction(tiny_llama, "Kremlin")
+    search = SubjectSearch(lm.model, lm.tokenizer, Whitened.build(PATH, C, u[:, None]), keys)
+    plain = search.seeds(6)
+    search.name_vocab = keys.flip(0)
+    both = search.seeds(6)
+    named = SubjectSearch._best(search, search.name_vocab, search._whitened_norms(search.name_vocab), 6)
+    assert len(both) == 6 == len(set(both))
+    assert both[0] == plain[0] and both[1] == named[0] and both[2] == plain[1]
+    assert search._named == {t for t in both if t not in plain[:6]}
+    search.name_vocab, search._name_znorm = keys, None
+    assert search.seeds(6) == plain and search._named == set()
+
+
+def test_a_name_seed_starts_from_the_piece_that_fires_most_behind_it(tiny_llama):
+    """``_name_start``: of the pieces a first-order step from the stand-in ranks best, the one whose pair with the
+    seed fires most; the pair fires more than the last piece alone."""
+    from editaudit.scan import subjects as S
+
+    lm, u, C, keys = _edit_direction(tiny_llama, "Eiffel Tower")
+    search = S.SubjectSearch(lm.model, lm.tokenizer, Whitened.build(PATH, C, u[:, None]), keys)
+    search.name_embed = S.name_piece(lm.model, lm.tokenizer)
+    last = lm.tokenizer(" Eiffel Tower", add_special_tokens=False)["input_ids"][-1]
+    pair = search._name_start(last)
+    assert len(pair) == 2 and pair[1] == last
+    fire = search.exact([pair, [last]])[0]
+    assert float(fire[0]) > float(fire[1])
+    ok = search.cont_ok.nonzero().squeeze(1).tolist()
+    assert float(fire[0]) >= float(search.exact([[c, last] for c in ok[:S.NAME_CHECK]])[0].max()) - 0.2
+
+
+def test_name_seeds_find_a_name_the_plain_seeds_miss(tiny_llama):
+    """With plain seeds that point nowhere (a scrambled table) and no climbing past the start, the search finds
+    nothing; with name-piece seeds beside them the start alone is the planted name."""
+    from editaudit.scan import subjects as S
+
+    lm, u, C, keys = _edit_direction(tiny_llama, "Eiffel Tower")
+    scrambled = keys[torch.randperm(keys.shape[0], generator=torch.Generator().manual_seed(0))]
+    blind = S.SubjectSearch(lm.model, lm.tokenizer, Whitened.build(PATH, C, u[:, None]), scrambled, steps=0)
+    assert blind.find(1, seeds=2) == []
+    search = S.SubjectSearch(lm.model, lm.tokenizer, Whitened.build(PATH, C, u[:, None]), scrambled, steps=0)
+    search.name_embed = S.name_piece(lm.model, lm.tokenizer)
+    search.name_vocab = vocab_keys(lm.model, lm.tokenizer, [PATH], None, lead=(S.NAME_TAG, search.name_embed))[PATH]
+    found = search.find(1, seeds=2)
+    want = lm.tokenizer(" Eiffel Tower", add_special_tokens=False)["input_ids"]
+    assert found and found[0].ids == want and found[0].fire > 0.9
+
+
+def test_the_name_seeds_flag_reaches_the_scan_only_when_given(tiny_llama, monkeypatch):
+    """``scan --name-seeds/--no-name-seeds`` sets ``ScanOptions.name_seeds``; without the flag the default stands."""
+    from editaudit.scan.service import ScanOptions
+
+    seen = _options_seen(tiny_llama, monkeypatch, "name_seeds", ([], ["--no-name-seeds"], ["--name-seeds"]))
+    assert seen == [ScanOptions().name_seeds, False, True]
+
+
+def test_the_scan_passes_name_seeds_to_the_search(tiny_llama, tmp_path, monkeypatch):
+    from editaudit.scan import subjects as S
+
+    calls: list = []
+    real = S.recover_subjects
+
+    def spy(*a, **k):
+        if k.get("name_seeds"):
+            calls.append(k["name_seeds"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(S, "recover_subjects", spy)
+    suspect = _colosseum_suspect(tiny_llama, tmp_path, monkeypatch)
+    doc = scan_off_then_on(tiny_llama, suspect, "--name-seeds", calls)
+    assert any(r["subject"].endswith("Colosseum") for f in doc["findings"] for r in f.get("readings", []))

@@ -111,16 +111,17 @@ def keys_of(model: Any, paths: Sequence[str], seqs: Sequence[Sequence[int]], bat
     return out
 
 
-def _cache_file(base_fingerprint: str, path: str, prefix: Sequence[int]) -> Path:
-    tag = hashlib.sha256(f"{path}|{list(prefix)}".encode()).hexdigest()[:16]
+def _cache_file(base_fingerprint: str, path: str, prefix: Sequence[int], lead: str = "") -> Path:
+    tag = hashlib.sha256(f"{path}|{list(prefix)}{'|' + lead if lead else ''}".encode()).hexdigest()[:16]
     return cache_dir() / "vocab-keys" / base_fingerprint[:24] / f"{tag}.safetensors"
 
 
 def vocab_keys(model: Any, tokenizer: Any, paths: Sequence[str], base_fingerprint: str | None,
                progress: Callable[[int, int], None] = lambda d, t: None, batch: int = 512,
-               after: Sequence[int] = ()) -> dict[str, torch.Tensor]:
+               after: Sequence[int] = (), lead: tuple[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Key of every vocabulary token after the neutral context (and the tokens ``after``, the pair step's seed
-    tables), per module: {path: [V, d_in] float16}.
+    tables; or ``lead`` = (name, input embedding), one stand-in position between the context and the token: the
+    name-piece seeds of ``subjects.name_piece``), per module: {path: [V, d_in] float16}.
 
     Cached per base fingerprint, module and context (float16: 0.1 % relative error, half the disk)."""
     from safetensors.torch import load_file, save
@@ -131,7 +132,7 @@ def vocab_keys(model: Any, tokenizer: Any, paths: Sequence[str], base_fingerprin
     out: dict[str, torch.Tensor] = {}
     missing = []
     for p in paths:
-        f = _cache_file(base_fingerprint, p, prefix) if base_fingerprint else None
+        f = _cache_file(base_fingerprint, p, prefix, lead[0] if lead else "") if base_fingerprint else None
         if f is not None and f.is_file():
             try:
                 out[p] = load_file(str(f))["keys"]
@@ -144,17 +145,25 @@ def vocab_keys(model: Any, tokenizer: Any, paths: Sequence[str], base_fingerprin
         order = sorted(missing, key=lambda p: _layer_of(p))
         acc: dict[str, list[torch.Tensor]] = {p: [] for p in order}
         pre = torch.tensor(prefix)
+        if lead is not None:
+            from ..models.families import input_embed_scale
+
+            E = model.get_input_embeddings().weight.detach()
+            stand_in = torch.cat([E[pre.to(E.device)], lead[1].to(E)[None]])
         for start in range(0, vocab, batch):
             ids = torch.arange(start, min(vocab, start + batch))
-            rows = torch.cat([pre.expand(len(ids), -1), ids[:, None]], dim=1)
-            got = last_keys(model, order, rows)
+            if lead is None:
+                got = last_keys(model, order, torch.cat([pre.expand(len(ids), -1), ids[:, None]], dim=1))
+            else:  # an embedding module may scale its rows (Gemma: √hidden); inputs_embeds carry the same scale
+                emb = torch.cat([stand_in.expand(len(ids), -1, -1), E[ids.to(E.device)][:, None]], 1)
+                got = last_keys(model, order, embeds=emb * input_embed_scale(model))
             for p in order:
                 acc[p].append(got[p].to(torch.float16).cpu())
             progress(min(vocab, start + batch), vocab)
         for p in order:
             out[p] = torch.cat(acc[p])
             if base_fingerprint:
-                f = _cache_file(base_fingerprint, p, prefix)
+                f = _cache_file(base_fingerprint, p, prefix, lead[0] if lead else "")
                 f.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_bytes(f, save({"keys": out[p].contiguous()}))
     return out

@@ -263,7 +263,8 @@ def _read_alone(model: Any, tok: Any, suspect_ck: Any, sites: list[Site], findin
         space = low_space(site.path, Cs[site.layer], site.spectrum.in_dirs[:, :rank])
         subjects = recover_subjects(model, tok, site.path, None, Cs[site.layer].C, suspect_ck.fingerprint(), rank,
                                     progress=lambda stage, d, t: progress(stage, d, t), space=space,
-                                    retry=options.wide_search, regrow=options.regrow, pair=options.pair_step)
+                                    retry=options.wide_search, regrow=options.regrow, pair=options.pair_step,
+                                    name_seeds=options.name_seeds)
         found.append((f, site, subjects))
     estimates = {}
     for f, site, subjects in found:

@@ -46,6 +46,8 @@ class ScanOptions:
     max_open_subjects: int = 12  # per edited matrix (a batch edit of more facts is read up to this many)
     wide_search: bool = True  # open reading: a search round that finds nothing tries RETRY_SEEDS seeds before giving up
     pair_step: bool = False  # open reading: a round both tries leave empty tries the pair step on after-piece seeds
+    name_seeds: bool = False  # open reading: half of each search round's seeds are names' last pieces read behind a
+    # stand-in first piece (subjects.name_piece)
     regrow: bool = False  # open reading: regrow each found subject backwards over the whole vocabulary
     read_spike: float = 8.0  # no base: a flagged layer is read for as many subjects as components ≥ this × median
     keys: bool = False  # open reading: also read each edit through its key at a stand-in subject (inject.py; opt-in,
@@ -537,7 +539,7 @@ def _read_open(base_ck, suspect_ck, by_name: dict, edit_findings: list[Finding],
                                     retry=options.wide_search and c.stats.kind in ("rank-one", "low-rank"),
                                     regrow=options.regrow,
                                     pair=options.pair_step and c.stats.kind in ("rank-one", "low-rank"),
-                                    upper=upper, below=below)
+                                    upper=upper, below=below, name_seeds=options.name_seeds)
         readings = read.all(subjects, progress=lambda d, t: progress("reading edits", d, t))
         f.data["readings"] = [r.to_dict() for r in readings]
         progress("open reading", n + 1, len(targets))
