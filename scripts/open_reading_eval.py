@@ -139,8 +139,9 @@ def main() -> None:
                     "v6-amplify-plan.md, v7-plan.md); default: the scan's own")
     ap.add_argument("--read-spike", type=float, default=8.0, help="no base: read as many subjects as a flagged layer "
                     "has components at least this many times the median (scan option read_spike)")
-    ap.add_argument("--name-seeds", action=argparse.BooleanOptionalAction, default=None,
-                    help="scan --name-seeds/--no-name-seeds (default: the scan's own default)")
+    ap.add_argument("--name-seeds", choices=("off", "retry", "every"), default=None,
+                    help="scan --name-seeds MODE (default: the scan's own); at cb36e01 the flag --name-seeds meant "
+                    "'every' and --no-name-seeds 'off'")
     ap.add_argument("--below-bar", action="store_true", help="scan --below-bar; the record is scored twice, with and "
                     "without the readings it added (the search before it is the same, so one scan serves both)")
     ap.add_argument("--phrasings", action="append", default=[], metavar="RELATION=TEMPLATE",

@@ -1179,11 +1179,14 @@ def test_name_seeds_find_a_name_the_plain_seeds_miss(tiny_llama):
 
 
 def test_the_name_seeds_flag_reaches_the_scan_only_when_given(tiny_llama, monkeypatch):
-    """``scan --name-seeds/--no-name-seeds`` sets ``ScanOptions.name_seeds``; without the flag the default stands."""
+    """``scan --name-seeds MODE`` sets ``ScanOptions.name_seeds``; without the flag the default stands."""
     from editaudit.scan.service import ScanOptions
 
-    seen = _options_seen(tiny_llama, monkeypatch, "name_seeds", ([], ["--no-name-seeds"], ["--name-seeds"]))
-    assert seen == [ScanOptions().name_seeds, False, True]
+    seen = _options_seen(tiny_llama, monkeypatch, "name_seeds",
+                         ([], ["--name-seeds", "off"], ["--name-seeds", "retry"], ["--name-seeds", "every"]))
+    assert seen == [ScanOptions().name_seeds, "off", "retry", "every"]
+    with pytest.raises(Exception, match="name_seeds"):
+        ScanOptions(name_seeds="always")
 
 
 def test_the_scan_passes_name_seeds_to_the_search(tiny_llama, tmp_path, monkeypatch):
@@ -1193,11 +1196,40 @@ def test_the_scan_passes_name_seeds_to_the_search(tiny_llama, tmp_path, monkeypa
     real = S.recover_subjects
 
     def spy(*a, **k):
-        if k.get("name_seeds"):
+        if k.get("name_seeds", "off") != "off":
             calls.append(k["name_seeds"])
         return real(*a, **k)
 
     monkeypatch.setattr(S, "recover_subjects", spy)
     suspect = _colosseum_suspect(tiny_llama, tmp_path, monkeypatch)
-    doc = scan_off_then_on(tiny_llama, suspect, "--name-seeds", calls)
+    doc = scan_off_then_on(tiny_llama, suspect, "--name-seeds=retry", calls)
+    assert calls == ["retry"]
     assert any(r["subject"].endswith("Colosseum") for f in doc["findings"] for r in f.get("readings", []))
+
+
+@pytest.mark.parametrize("mode,want", [("retry", [False, True]), ("every", [True, True])])
+def test_name_seeds_join_the_second_try_alone_or_every_try(tiny_llama, monkeypatch, mode, want):
+    """``name_seeds="retry"``: a round's first try keeps the plain seeds and only its second try (the 48 seeds of a
+    round the first left empty) takes name-piece seeds; "every": both tries do."""
+    from editaudit.scan import subjects as S
+
+    lm, u, C, keys = _edit_direction(tiny_llama, "Kremlin")
+    asked: list[bool] = []
+    monkeypatch.setattr(S.SubjectSearch, "_round",
+                        lambda self, n, tried, good, progress=None, names=False: asked.append(names))
+    found = S.recover_subjects(lm.model, lm.tokenizer, PATH, u[:, None], C, None, max_subjects=1, retry=True,
+                               name_seeds=mode)
+    assert found == [] and asked == want
+    with pytest.raises(ValueError, match="name_seeds"):
+        S.recover_subjects(lm.model, lm.tokenizer, PATH, u[:, None], C, None, max_subjects=1, name_seeds="all")
+
+
+def test_plain_seeds_asked_without_names_leave_no_name_starts(tiny_llama):
+    from editaudit.scan.subjects import SubjectSearch
+
+    lm, u, C, keys = _edit_direction(tiny_llama, "Kremlin")
+    search = SubjectSearch(lm.model, lm.tokenizer, Whitened.build(PATH, C, u[:, None]), keys)
+    plain = search.seeds(6)
+    search.name_vocab = keys.flip(0)
+    assert search.seeds(6) != plain and search._named
+    assert search.seeds(6, names=False) == plain and search._named == set()

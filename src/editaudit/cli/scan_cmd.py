@@ -25,6 +25,12 @@ class Read(str, Enum):
     open = "open"
 
 
+class NameSeeds(str, Enum):
+    off = "off"
+    retry = "retry"
+    every = "every"
+
+
 class Level(str, Enum):
     error = "error"
     warning = "warning"
@@ -44,7 +50,7 @@ def register(app: typer.Typer) -> None:
         read: Read = typer.Option(Read.open, "--read", help="How to read each edit through the model: open (recover subjects from the weights, no list needed), list (only rank --facts/--probes candidates), off."),
         wide_search: Optional[bool] = typer.Option(None, "--wide-search/--no-wide-search", show_default=False, help="Open reading: when a search round finds no subject, try 48 seeds before giving up (on by default: finds subjects whose last word piece ranks far down alone; each failing round then costs about a minute on a 2-core CPU for an edit at layer 4 of SmolLM2, a few at layer 14; --no-wide-search is the fast scan)."),
         pair_step: Optional[bool] = typer.Option(None, "--pair-step/--no-pair-step", show_default=False, help="Open reading: when both tries of a search round find no subject, seed from the tokens that fire after one fixed word piece and score every piece before each (finds names whose last piece fires only behind another)."),
-        name_seeds: Optional[bool] = typer.Option(None, "--name-seeds/--no-name-seeds", show_default=False, help="Open reading: take half of each search round's seeds from the tokens that fire behind a stand-in first piece of a name (finds names whose last piece is a word piece, \"anes\" of Batanes, that ranks far down after \"The\" alone; one more pass of the vocabulary per base and layer, cached)."),
+        name_seeds: Optional[NameSeeds] = typer.Option(None, "--name-seeds", show_default=False, help="Open reading: take half the seeds of a search round's second try (retry) or of every try (every) from the tokens that fire behind a stand-in first piece of a name (finds names whose last piece is a word piece, \"anes\" of Batanes, that ranks far down after \"The\" alone; one more pass of the vocabulary per base and layer, cached). Default off."),
         regrow: bool = typer.Option(False, "--regrow", help="Open reading: regrow each found subject backwards over the whole vocabulary (cleaner names, fewer false readings; 2-3x the search time; read no more objects on held-out facts)."),
         keys: bool = typer.Option(False, "--keys", help="Open reading: also read each edit through its key at a stand-in subject (reads a rank-one edit whose subject was missed or garbled; ~60 % more reading time; +1 object of 35 on held-out facts)."),
         null_search: Optional[bool] = typer.Option(None, "--null-search/--no-null-search", show_default=False, help="Open reading: search the subjects of an edit named AlphaEdit in the null space its update lies in, not in whitened key space (on by default)."),
@@ -92,7 +98,7 @@ def register(app: typer.Typer) -> None:
                            **({} if all_layers is None else {"all_layers": all_layers}),
                            **({} if wide_search is None else {"wide_search": wide_search}),
                            **({} if pair_step is None else {"pair_step": pair_step}),
-                           **({} if name_seeds is None else {"name_seeds": name_seeds}),
+                           **({} if name_seeds is None else {"name_seeds": name_seeds.value}),
                            **({} if describe is None else {"describe": describe}),
                            **({} if frames is None else {"frames": frames}),
                            **({} if below_bar is None else {"below_bar": below_bar}))

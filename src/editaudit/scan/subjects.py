@@ -86,6 +86,9 @@ CLIMB_CHECK = 8
 NAME_CHECK = 64
 #: The cache tag of the name-piece seed table (``name_piece``); a change to how the stand-in is made changes it.
 NAME_TAG = "name-piece-1"
+#: Which search rounds take name-piece seeds (``scan --name-seeds``): none, only the second try of a round whose first
+#: try found nothing, or every try (half of each round's seeds).
+NAME_MODES = ("off", "retry", "every")
 GROW_BEAM = 1  # beam 2 found 1 more exact subject of 20 on dev at 1.5x the cost (subject_regrow_dev.txt)
 #: λ of the growth's objective, fire + λ · log P(text): a token must buy 0.01 of fire per nat it costs.
 FLUENCY = 0.01
@@ -246,6 +249,7 @@ class SubjectSearch:
         self.name_embed: torch.Tensor | None = None
         self._name_znorm: torch.Tensor | None = None
         self._named: set[int] = set()  # the last ``seeds`` call's tokens that came from the name-piece table alone
+        self.name_rounds = "every"  # with ``name_vocab``: "every" try takes name-piece seeds, or only the "retry"
 
     @property
     def paths(self) -> list[str]:
@@ -481,13 +485,14 @@ class SubjectSearch:
                     out.append(t)
         return out
 
-    def seeds(self, n: int) -> list[int]:
+    def seeds(self, n: int, names: bool = True) -> list[int]:
         """The best-firing word-like tokens. ‖z‖ per token does not change as the subspace deflates, so it is
         computed once (in chunks); each round then needs only the vocabulary times C^-½B, r columns."""
         if self._znorm is None:
             self._znorm = self._whitened_norms(self.vocab)
         plain = self._best(self.vocab, self._znorm, n)
-        if self.name_vocab is None:
+        self._named = set()
+        if self.name_vocab is None or not names:
             return plain
         # with name-piece seeds, the two tables take turns: as many seeds in all, half from each
         if self._name_znorm is None:
@@ -544,11 +549,12 @@ class SubjectSearch:
         while len(found) < max_subjects and self.space.basis.shape[1] > 0:
             progress(len(found), max_subjects)
             tried: set[int] = set(self._failed)
-            best = self._round(seeds, tried, good)
+            best = self._round(seeds, tried, good, names=self.name_rounds == "every")
             if retry_seeds is not None and not self._failed and self._below(best, fire_min):
                 # a subject whose last piece is generic ('Eyre' → 're') ranks low alone and fires only once grown;
                 # once a retry has failed, later rounds (after-piece climbs) do not pay for another
-                best = max((b for b in (best, self._round(retry_seeds, tried, good, retry_progress)) if b is not None),
+                best = max((b for b in (best, self._round(retry_seeds, tried, good, retry_progress,
+                                                                         names=True)) if b is not None),
                            key=lambda b: b[0], default=None)
             if self._below(best, fire_min):
                 self._failed |= tried
@@ -603,7 +609,7 @@ class SubjectSearch:
             self.space.deflate(low)
             for u in self.upper:
                 u.deflate(keys[u.path][0])
-            cand = self._round(seeds, set(), good)
+            cand = self._round(seeds, set(), good, names=self.name_rounds == "every")
 
     def whole_fire(self, key: torch.Tensor) -> float:
         """A key's fire in the edit subspace as it was before any deflation."""
@@ -611,11 +617,12 @@ class SubjectSearch:
         return float((z @ self._basis0).norm() / z.norm().clamp_min(1e-12))
 
     def _round(self, n_seeds: int | list[int], tried: set[int], good: float,
-               progress: Callable[[int, int], None] = lambda d, t: None) -> tuple[float, list[int]] | None:
+               progress: Callable[[int, int], None] = lambda d, t: None,
+               names: bool = False) -> tuple[float, list[int]] | None:
         """The best (fire, tokens) grown from the ``n_seeds`` best seeds (or these seeds) not in ``tried`` (which it
         extends); stops early at a sequence that fires ≥ ``good``, clearly an edit key. ``progress(seeds done, seeds)``."""
         best: tuple[float, list[int]] | None = None
-        todo = [s for s in (self.seeds(n_seeds) if isinstance(n_seeds, int) else n_seeds) if s not in tried]
+        todo = [s for s in (self.seeds(n_seeds, names) if isinstance(n_seeds, int) else n_seeds) if s not in tried]
         for i, s in enumerate(todo):
             progress(i, len(todo))
             tried.add(s)
@@ -701,7 +708,7 @@ def recover_subjects(model: Any, tokenizer: Any, path: str, in_dirs: torch.Tenso
                      space: Whitened | None = None, retry: bool = False, regrow: bool = False,
                      pair: bool = False, upper: Sequence[Whitened] = (),
                      below: Callable[[list[Subject], Subject], bool] | None = None,
-                     name_seeds: bool = False) -> list[Subject]:
+                     name_seeds: str = "off") -> list[Subject]:
     """Subjects that fire the edit whose input directions are ``in_dirs`` at module ``path`` (or a prebuilt
     ``space``: the scan without a base restricts it to C's low-energy half). ``retry=True`` (``scan --wide-search``,
     the scan's default) gives a round that finds nothing a second try with ``RETRY_SEEDS`` seeds (docs/reading-trials.md:
@@ -711,16 +718,20 @@ def recover_subjects(model: Any, tokenizer: Any, path: str, in_dirs: torch.Tenso
     a round that both tries leave empty tries the pair step on the after-piece seeds (``AFTER_SEEDS``, ``PAIR_AFTER``).
     ``upper``: the edit's subspaces at its other edited matrices (``scan --all-layers``): texts are scored by their
     mean fire over all of them (``SubjectSearch.upper``); the search deflates copies. ``below``: the behaviour check
-    for texts under the fire bar (``SubjectSearch.find``; ``scan --below-bar``). ``name_seeds``: half of every
-    round's seeds come from the vocabulary's keys behind a stand-in name piece (``name_piece``), each climbed from
-    the piece ``SubjectSearch._name_start`` puts before it (``scan --name-seeds``)."""
+    for texts under the fire bar (``SubjectSearch.find``; ``scan --below-bar``). ``name_seeds`` (``NAME_MODES``,
+    ``scan --name-seeds``): half the seeds of every try ("every") or of the second try alone ("retry") come from the
+    vocabulary's keys behind a stand-in name piece (``name_piece``), each climbed from the piece
+    ``SubjectSearch._name_start`` puts before it."""
     vocab = vocab_keys(model, tokenizer, [path], base_fingerprint,
                        progress=lambda d, t: progress("vocabulary keys", d, t))[path]
     space = space if space is not None else Whitened.build(path, C, in_dirs)
     search = SubjectSearch(model, tokenizer, space, vocab)
     search.regrow = regrow
     search.upper = [replace(u) for u in upper]
-    if name_seeds:
+    if name_seeds not in NAME_MODES:
+        raise ValueError(f"name_seeds must be one of {', '.join(NAME_MODES)}, not {name_seeds!r}")
+    if name_seeds != "off":
+        search.name_rounds = name_seeds
         search.name_embed = name_piece(model, tokenizer)
         search.name_vocab = vocab_keys(model, tokenizer, [path], base_fingerprint, lead=(NAME_TAG, search.name_embed),
                                        progress=lambda d, t: progress("name-piece keys", d, t))[path]
