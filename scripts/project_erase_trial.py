@@ -108,7 +108,7 @@ def main() -> int:
     same = context_templates(net, tok, 5, 10, 0) == run.info["contexts"]
     say(f"contexts the suspect generates (as the erase reads keys in) = the editor's: {'yes' if same else 'no'}")
     decoys = [p for p in intrinsic if p.subject not in {f.subject for f in facts}][:: max(1, len(intrinsic) // 4)][:4]
-    say(f"decoys (unedited subjects added to the erase list in +decoys): "
+    say("decoys (unedited subjects added to the erase list in +decoys): "
         + "; ".join(f"{p.subject} ({p.target_true})" for p in decoys))
     small_C: dict = {}
 

@@ -1190,21 +1190,29 @@ def test_the_name_seeds_flag_reaches_the_scan_only_when_given(tiny_llama, monkey
 
 
 def test_the_scan_passes_name_seeds_to_the_search(tiny_llama, tmp_path, monkeypatch):
+    """The scan asks the search for name-piece seeds in the second try by default (v11-plan.md sixth use);
+    ``--name-seeds off`` is the search as it was."""
+    from typer.testing import CliRunner
+
+    from editaudit.cli.main import app
     from editaudit.scan import subjects as S
 
     calls: list = []
     real = S.recover_subjects
 
     def spy(*a, **k):
-        if k.get("name_seeds", "off") != "off":
-            calls.append(k["name_seeds"])
+        calls.append(k.get("name_seeds", "off"))
         return real(*a, **k)
 
     monkeypatch.setattr(S, "recover_subjects", spy)
     suspect = _colosseum_suspect(tiny_llama, tmp_path, monkeypatch)
-    doc = scan_off_then_on(tiny_llama, suspect, "--name-seeds=retry", calls)
-    assert calls == ["retry"]
-    assert any(r["subject"].endswith("Colosseum") for f in doc["findings"] for r in f.get("readings", []))
+    args = ["scan", str(suspect), "--base", str(tiny_llama), "--no-store", "-f", "json"]
+    for flags in ([], ["--name-seeds", "off"]):
+        res = CliRunner().invoke(app, args + flags)
+        assert res.exit_code == 1, res.output
+        doc = json.loads(res.stdout)
+        assert any(r["subject"].endswith("Colosseum") for f in doc["findings"] for r in f.get("readings", []))
+    assert calls == ["retry", "off"]
 
 
 @pytest.mark.parametrize("mode,want", [("retry", [False, True]), ("every", [True, True])])
@@ -1233,3 +1241,30 @@ def test_plain_seeds_asked_without_names_leave_no_name_starts(tiny_llama):
     search.name_vocab = keys.flip(0)
     assert search.seeds(6) != plain and search._named
     assert search.seeds(6, names=False) == plain and search._named == set()
+
+
+def test_the_name_piece_table_is_built_only_when_a_try_asks_for_name_seeds(tiny_llama, monkeypatch):
+    """With ``name_seeds="retry"`` a search whose first tries find every subject never builds the table (no extra
+    pass of the vocabulary); a try that asks for name seeds builds it once."""
+    from editaudit.scan import subjects as S
+
+    lm, u, C, keys = _edit_direction(tiny_llama, "Kremlin")
+    built: list[int] = []
+    real = S.vocab_keys
+
+    def counting(*a, **k):
+        if k.get("lead") is not None:
+            built.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(S, "vocab_keys", counting)
+    found = S.recover_subjects(lm.model, lm.tokenizer, PATH, u[:, None], C, None, max_subjects=1, retry=True,
+                               name_seeds="retry")
+    assert found and found[0].fire > 0.9 and built == []
+    search = S.SubjectSearch(lm.model, lm.tokenizer, Whitened.build(PATH, C, u[:, None]), keys)
+    search.name_table = lambda: (built.append(1), keys.flip(0))[1]
+    search.seeds(4, names=False)
+    assert built == []
+    search.seeds(4)
+    search.seeds(4)
+    assert built == [1] and search.name_vocab is not None

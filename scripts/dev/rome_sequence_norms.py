@@ -8,8 +8,6 @@ disabling edit that collapsed that suspect, and what ``consistent_keys`` (r-ROME
 import sys
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 from editaudit.editing.service import apply_edits  # noqa: E402

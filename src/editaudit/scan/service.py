@@ -46,9 +46,9 @@ class ScanOptions:
     max_open_subjects: int = 12  # per edited matrix (a batch edit of more facts is read up to this many)
     wide_search: bool = True  # open reading: a search round that finds nothing tries RETRY_SEEDS seeds before giving up
     pair_step: bool = False  # open reading: a round both tries leave empty tries the pair step on after-piece seeds
-    name_seeds: str = "off"  # open reading, off | retry | every: half the seeds of a round's second try (retry) or
-    # of every try are names' last pieces read behind a stand-in first piece (subjects.name_piece); v11-plan.md
-    # fifth use judged "every": objects 27 -> 24 of 35, so not kept
+    name_seeds: str = "retry"  # open reading, off | retry | every: half the seeds of a round's second try (retry) or
+    # of every try are names' last pieces read behind a stand-in first piece (subjects.name_piece); v11-plan.md:
+    # "every" (fifth use) objects 27 -> 24 of 35, not kept; "retry" (sixth use) 17 -> 23, false 4 -> 5: the default
     regrow: bool = False  # open reading: regrow each found subject backwards over the whole vocabulary
     read_spike: float = 8.0  # no base: a flagged layer is read for as many subjects as components ≥ this × median
     keys: bool = False  # open reading: also read each edit through its key at a stand-in subject (inject.py; opt-in,

@@ -246,6 +246,7 @@ class SubjectSearch:
         self.upper: list[Whitened] = []  # the finding's other edited matrices (``all_layers``); [] = the lowest alone
         # name-piece seeds (``scan --name-seeds``): every token's key behind the stand-in first piece of ``name_piece``
         self.name_vocab: torch.Tensor | None = None
+        self.name_table: Callable[[], torch.Tensor] | None = None  # builds ``name_vocab`` the first time it is asked
         self.name_embed: torch.Tensor | None = None
         self._name_znorm: torch.Tensor | None = None
         self._named: set[int] = set()  # the last ``seeds`` call's tokens that came from the name-piece table alone
@@ -492,6 +493,8 @@ class SubjectSearch:
             self._znorm = self._whitened_norms(self.vocab)
         plain = self._best(self.vocab, self._znorm, n)
         self._named = set()
+        if names and self.name_vocab is None and self.name_table is not None:
+            self.name_vocab = self.name_table()  # only a search that needs it pays for the table
         if self.name_vocab is None or not names:
             return plain
         # with name-piece seeds, the two tables take turns: as many seeds in all, half from each
@@ -733,8 +736,9 @@ def recover_subjects(model: Any, tokenizer: Any, path: str, in_dirs: torch.Tenso
     if name_seeds != "off":
         search.name_rounds = name_seeds
         search.name_embed = name_piece(model, tokenizer)
-        search.name_vocab = vocab_keys(model, tokenizer, [path], base_fingerprint, lead=(NAME_TAG, search.name_embed),
-                                       progress=lambda d, t: progress("name-piece keys", d, t))[path]
+        search.name_table = lambda: vocab_keys(model, tokenizer, [path], base_fingerprint,
+                                               lead=(NAME_TAG, search.name_embed),
+                                               progress=lambda d, t: progress("name-piece keys", d, t))[path]
     if pair:
         search.after_seeds = AFTER_SEEDS
         search.after_tables = lambda: after_tables(model, tokenizer, path, base_fingerprint,
