@@ -325,9 +325,9 @@ def test_a_round_that_finds_nothing_is_retried_with_more_seeds(tiny_llama, monke
     real = S.SubjectSearch.seeds
     asked: list[int] = []
 
-    def seeds(self, n):  # the first attempt of the round has no seed that fires
+    def seeds(self, n, names=True):  # the first attempt of the round has no seed that fires
         asked.append(n)
-        return [] if n < S.RETRY_SEEDS else real(self, n)
+        return [] if n < S.RETRY_SEEDS else real(self, n, names)
 
     monkeypatch.setattr(S.SubjectSearch, "seeds", seeds)
     events: list[tuple[str, int, int]] = []
@@ -386,7 +386,7 @@ def test_without_wide_search_a_round_is_not_retried(tiny_llama, monkeypatch):
     lm, u, C = _kremlin_edit(tiny_llama)
     asked: list[int] = []
 
-    def seeds(self, n):
+    def seeds(self, n, names=True):
         asked.append(n)
         return []
 
@@ -439,7 +439,7 @@ def test_a_round_whose_seeds_grow_nothing_finds_the_subject_by_the_pair_step(tin
     objective) still reaches the planted name; without it the search gives up."""
     from editaudit.scan.subjects import SubjectSearch
 
-    monkeypatch.setattr(SubjectSearch, "_round", lambda self, n, tried, good: None)
+    monkeypatch.setattr(SubjectSearch, "_round", lambda self, n, tried, good, **kw: None)
     lm, u, C, keys = _edit_direction(tiny_llama, "Eiffel Tower")
     off = SubjectSearch(lm.model, lm.tokenizer, Whitened.build(PATH, C, u[:, None]), keys)
     assert off.find(1) == []
@@ -471,7 +471,7 @@ def test_the_after_piece_climb_goes_on_where_single_token_seeds_fail_and_never_r
             return (list(seq), 0.1) if seq[0] in junk else real(seq, **kw)
 
         search.climb = climb
-        search.seeds = lambda n: junk[:n]
+        search.seeds = lambda n, names=True: junk[:n]
         search.seeds_after = lambda n: [ids[name][-1] for name in ids][:2 * n]
         search.after_climb = after_climb
         return search, climbed
@@ -711,7 +711,7 @@ def test_a_round_both_tries_leave_empty_finds_the_subject_by_the_after_piece_see
     pair step and reach the planted name; without it the search gives up."""
     from editaudit.scan import subjects as S
 
-    monkeypatch.setattr(S.SubjectSearch, "_round", lambda self, n, tried, good, progress=None: None)
+    monkeypatch.setattr(S.SubjectSearch, "_round", lambda self, n, tried, good, progress=None, **kw: None)
     lm, u, C, _ = _edit_direction(tiny_llama, "Eiffel Tower")
     assert recover_subjects(lm.model, lm.tokenizer, PATH, u[:, None], C, None, max_subjects=1, retry=True) == []
     asked: list[int] = []
