@@ -112,14 +112,16 @@ def word_tokens(tokenizer: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return start, cont
 
 
-def name_piece(model: Any, tokenizer: Any) -> torch.Tensor:
+def name_piece(model: Any, tokenizer: Any, start: torch.Tensor | None = None) -> torch.Tensor:
     """A stand-in for "some name's first piece": the mean input embedding of the tokens that start a capitalised
     word. A name's last piece is usually a word piece ("anes" of Batanes, "ky" of Zlinsky) whose key after "The"
     alone fires the edit 0.1–0.3 and ranks thousands down the vocabulary; behind this stand-in it comes near the top
     (a development ROME sequence of ten region names: 8 of the 10 last pieces in the top 30, against 2 after "The").
+    ``start``: the word-start mask of ``word_tokens``, when the caller has it already.
     """
     E = model.get_input_embeddings().weight.detach()
-    start, _ = word_tokens(tokenizer, E.shape[0])
+    if start is None:
+        start, _ = word_tokens(tokenizer, E.shape[0])
     raw = tokenizer.convert_ids_to_tokens(list(range(min(E.shape[0], len(tokenizer)))))
     caps = [i for i, t in enumerate(raw) if start[i] and isinstance(t, str) and t[1:2].isupper()]
     return E[torch.tensor(caps, device=E.device)].float().mean(0).cpu() if caps else E.float().mean(0).cpu()
@@ -735,10 +737,13 @@ def recover_subjects(model: Any, tokenizer: Any, path: str, in_dirs: torch.Tenso
         raise ValueError(f"name_seeds must be one of {', '.join(NAME_MODES)}, not {name_seeds!r}")
     if name_seeds != "off":
         search.name_rounds = name_seeds
-        search.name_embed = name_piece(model, tokenizer)
-        search.name_table = lambda: vocab_keys(model, tokenizer, [path], base_fingerprint,
-                                               lead=(NAME_TAG, search.name_embed),
-                                               progress=lambda d, t: progress("name-piece keys", d, t))[path]
+
+        def name_table() -> torch.Tensor:  # the stand-in and its table, built the first time a try asks for them
+            search.name_embed = name_piece(model, tokenizer, search.start_ok)
+            return vocab_keys(model, tokenizer, [path], base_fingerprint, lead=(NAME_TAG, search.name_embed),
+                              progress=lambda d, t: progress("name-piece keys", d, t))[path]
+
+        search.name_table = name_table
     if pair:
         search.after_seeds = AFTER_SEEDS
         search.after_tables = lambda: after_tables(model, tokenizer, path, base_fingerprint,
