@@ -480,13 +480,7 @@ class SubjectSearch:
         if self._after is None:
             tables = self.after_tables() if self.after_tables is not None else []
             self._after = [(t, self._whitened_norms(t)) for t in tables]
-        ranked = [self._best(keys, znorm, n) for keys, znorm in self._after]
-        out: list[int] = []
-        for group in zip(*ranked):
-            for t in group:
-                if t not in out:
-                    out.append(t)
-        return out
+        return _interleave(*(self._best(keys, znorm, n) for keys, znorm in self._after))
 
     def seeds(self, n: int, names: bool = True) -> list[int]:
         """The best-firing word-like tokens. ‖z‖ per token does not change as the subspace deflates, so it is
@@ -503,12 +497,8 @@ class SubjectSearch:
         if self._name_znorm is None:
             self._name_znorm = self._whitened_norms(self.name_vocab)
         named = self._best(self.name_vocab, self._name_znorm, n)
-        out: list[int] = []
-        for t in (t for pair in zip(plain, named) for t in pair):
-            if t not in out:
-                out.append(t)
-        out = out[:n]
-        self._named = {t for t in out if t in named and t not in plain[:len(out)]}
+        out = _interleave(plain, named)[:n]
+        self._named = {t for t in out if t not in plain}
         return out
 
     def _name_start(self, t: int) -> list[int]:
@@ -640,6 +630,16 @@ class SubjectSearch:
                 break
         progress(len(todo), len(todo))
         return best
+
+
+def _interleave(*ranked: Sequence[int]) -> list[int]:
+    """The lists' tokens taken in turn, best first, each once."""
+    out: list[int] = []
+    for group in zip(*ranked):
+        for t in group:
+            if t not in out:
+                out.append(t)
+    return out
 
 
 def function_words(tokenizer: Any, n: int) -> torch.Tensor:
