@@ -110,6 +110,29 @@ def score_suspect(tok, facts, readings: list[dict], single: bool) -> tuple[list[
     return rows, false, len(edits)
 
 
+def reread(lm, suspect_path: Path, readings: list[dict], capitalise: bool) -> list[dict]:
+    """The scan's found texts read again as the scan reads them at its defaults (``scan.reading.read_edits`` with no
+    amplification, keys or frames), with ``scan.reading.CAPITALISE`` set to ``capitalise`` for the call."""
+    import torch
+
+    from editaudit.models.loading import load_model
+    from editaudit.scan import reading
+    from editaudit.scan.subjects import Subject
+
+    suspect = load_model(suspect_path)
+    kept, reading.CAPITALISE = reading.CAPITALISE, capitalise
+    out = []
+    try:
+        with torch.inference_mode():
+            for r in readings:
+                s = Subject(r.get("found") or r["subject"], [], r["fire"], torch.empty(0))
+                out += [x.to_dict() for x in reading.read_edits(lm.model, suspect.model, lm.tokenizer, [s],
+                                                                r.get("layer"), r.get("tensor"))]
+    finally:
+        reading.CAPITALISE = kept
+    return out
+
+
 def first_token_said(model, tokenizer, texts, top_k, seen=None, lead=3):
     """``scan.reading.said`` as it was before answers were words: each prompt's first token, stop word or not."""
     from editaudit.probing.evaluate import predict
@@ -144,6 +167,9 @@ def main() -> None:
                     "'every' and --no-name-seeds 'off'")
     ap.add_argument("--below-bar", action="store_true", help="scan --below-bar; the record is scored twice, with and "
                     "without the readings it added (the search before it is the same, so one scan serves both)")
+    ap.add_argument("--reread-capitalised", action="store_true", help="a second arm on the same scans: every found "
+                    "text read again with its lower-case forms also read capitalised (scan.reading.CAPITALISE); the "
+                    "record is scored for the scan as it ran and for the re-read")
     ap.add_argument("--phrasings", action="append", default=[], metavar="RELATION=TEMPLATE",
                     help="add a phrasing to the relation library for this run (a trial; the library is not changed), "
                          "e.g. 'P131 located in={} is located in the state of'")
@@ -206,6 +232,8 @@ def main() -> None:
             groups = [[f] for f in chunk] if mode == "single" else [chunk]
             rows, false, reported, took, t_scan, layer_ok, methods, extra_layers = [], 0, 0, 0, 0.0, 0, [], 0
             without = {"objects": 0, "whole": 0, "false": 0, "edit_readings": 0}
+            caps = {"objects": 0, "whole": 0, "false": 0, "edit_readings": 0, "seconds": 0.0, "plain_seconds": 0.0,
+                    "plain_same": 0, "plain_n": 0}
             for i, group in enumerate(groups):
                 out = Path(tmp) / f"{method}-{mode}-{i}"
                 hp = {"mode": "sequential"} if mode == "sequential" else FT_HPARAMS if method == "ft" else None
@@ -245,6 +273,24 @@ def main() -> None:
                     without["whole"] += sum(r["object_whole"] for r in w_rows)
                     without["false"] += w_false
                     without["edit_readings"] += w_n
+                if args.reread_capitalised:  # the same found texts, read again with capitalised forms
+                    t_re = time.perf_counter()  # the plain re-read: its time, and that it gives the scan's readings
+                    plain = reread(lm, out, readings, capitalise=False)
+                    caps["plain_seconds"] += time.perf_counter() - t_re
+                    caps["plain_n"] += len(readings)
+                    caps["plain_same"] += sum((a["subject"], a["after"], a["status"]) == (b["subject"], b["after"],
+                                                                                        b["status"])
+                                              for a, b in zip(plain, readings))
+                    t_re = time.perf_counter()
+                    again = reread(lm, out, readings, capitalise=True)
+                    c_rows, c_false, c_n = score_suspect(tok, group, again, mode == "single")
+                    caps["objects"] += sum(r["object_read"] for r in c_rows)
+                    caps["whole"] += sum(r["object_whole"] for r in c_rows)
+                    caps["false"] += c_false
+                    caps["edit_readings"] += c_n
+                    caps["seconds"] += time.perf_counter() - t_re
+                    detail.extend(f"    [{method}/{mode}] re-read capitalised: {r['found']!r} → {r['subject']!r} · "
+                                  f"{r['after']!r} (conf {r['confidence']:.2f} {r['status']})" for r in again)
                 for r, f, says in zip(r_rows, group, states):
                     r["relation"], r["stated"] = f.relation, says
                 rows += r_rows
@@ -263,6 +309,11 @@ def main() -> None:
                     f"{sum(r['object_named'] for r in rows) / k:6.0%} {false:3d}/{reported:<5d} {t_scan / len(groups):7.1f} {t_scan / k:7.1f}")
             lines.append(line)
             print(line, file=sys.stderr)
+            if args.reread_capitalised:
+                lines.append(f"{'  re-read capitalised':22s} objects {caps['objects']}/{k}, whole {caps['whole']}, "
+                             f"false {caps['false']}/{caps['edit_readings']}, re-reading {caps['seconds']:.0f} s "
+                             f"(plain re-read {caps['plain_seconds']:.0f} s, {caps['plain_same']}/{caps['plain_n']} "
+                             "readings as the scan's)")
             if args.below_bar:
                 lines.append(f"{'  without below-bar':22s} objects {without['objects']}/{k}, whole {without['whole']}, "
                              f"false {without['false']}/{without['edit_readings']}")
@@ -281,7 +332,8 @@ def main() -> None:
                                 "object_named": sum(r["object_named"] for r in rows),
                                 "object_whole": sum(r["object_whole"] for r in rows),
                                 "edit_readings": reported, "scan_seconds": round(t_scan, 1), "rows": rows,
-                                "extra_layers": extra_layers, **({"without_below_bar": without} if args.below_bar else {})})
+                                "extra_layers": extra_layers, **({"without_below_bar": without} if args.below_bar else {}),
+                                **({"reread_capitalised": caps} if args.reread_capitalised else {})})
     for name in [c for c in args.controls.split(",") if c]:  # unedited checkpoints: every finding is a false alarm
         t = time.perf_counter()
         control = run_scan(ensure_model(name), None if args.no_base else base, ScanOptions(read="off"), store=None)

@@ -787,6 +787,51 @@ def test_a_reading_is_named_by_the_fewest_words_that_state_the_same_new_object()
     assert pick_reading([key, name]) is key
 
 
+def test_found_texts_are_read_as_their_word_suffixes_and_capitalised_when_asked():
+    """A found text is read whole and as its two shorter word-suffixes; with ``capitalise`` each form that starts
+    with a lower-case letter is read capitalised too (a search that lands inside a name: "ailuk" for *Ailuk*), and a
+    form already capitalised, or starting with no letter, is not read twice."""
+    from editaudit.scan import reading
+
+    assert reading.subject_forms("Cities inherical Syria", capitalise=False) == [
+        "Cities inherical Syria", "inherical Syria", "Syria"]
+    assert reading.subject_forms("a b c d", capitalise=False) == ["a b c d", "b c d", "c d"]
+    assert reading.subject_forms("ailuk", capitalise=True) == ["ailuk", "Ailuk"]
+    assert reading.subject_forms("for What r oraa", capitalise=True) == [
+        "for What r oraa", "What r oraa", "r oraa", "For What r oraa", "R oraa"]
+    assert reading.subject_forms("Glaud", capitalise=True) == ["Glaud"]
+    assert reading.subject_forms("'s Kaafu", capitalise=True) == ["'s Kaafu", "Kaafu"]
+
+
+def test_the_reader_keeps_the_capitalised_form_that_states_the_edit(monkeypatch):
+    """read_edits reads every form and keeps the most confident edit reading: where the lower-case text states
+    nothing and its capitalised form states the object, the reading is the capitalised one's, found text kept."""
+    from editaudit.scan import reading
+    from editaudit.scan.subjects import Subject
+
+    def fake(base, suspect, tok, subject, **kw):
+        named = subject.text[:1].isupper()
+        return reading.Reading(subject.text, subject.fire, "city_country", f"{subject.text} is a city in the country of",
+                               "Chile", "Mexico" if named else "blood", 0.9 if named else 0.05,
+                               0.9 if named else 0.1, "edit" if named else "uncertain")
+
+    monkeypatch.setattr(reading, "read_subject", fake)
+    s = Subject("ailuk", [1], 0.9, torch.empty(0))
+    monkeypatch.setattr(reading, "CAPITALISE", True)
+    (r,) = reading.read_edits(None, None, None, [s], 4, "t")
+    assert (r.subject, r.after, r.status, r.found) == ("Ailuk", "Mexico", "edit", "ailuk")
+    monkeypatch.setattr(reading, "CAPITALISE", False)
+    (r,) = reading.read_edits(None, None, None, [s], 4, "t")
+    assert (r.subject, r.status) == ("ailuk", "uncertain")
+    # a text whose own forms already read an edit surely is not read capitalised: no extra cost, nothing changed
+    asked = []
+    monkeypatch.setattr(reading, "CAPITALISE", True)
+    monkeypatch.setattr(reading, "read_subject", lambda b, sp, tk, subject, **kw: asked.append(subject.text) or
+                        reading.Reading(subject.text, 0.9, "r", "p", "a", "Peru", 0.9, 0.8, "edit"))
+    (r,) = reading.read_edits(None, None, None, [s], 4, "t")
+    assert (asked, r.subject) == (["ailuk"], "ailuk")
+
+
 def test_described_prompts_are_cut_from_the_base_own_greedy_description(monkeypatch):
     """Each description prompt is an opening plus the base's greedy continuation up to one of its first few words
     that are not stop words (a piece inside a word, punctuation or a stop word starts none), with the space a

@@ -264,11 +264,26 @@ def _first_word(text: str) -> str:
     return words[0] if words else ""
 
 
-def subject_forms(text: str) -> list[str]:
+#: Whether a found text's forms that start with a lower-case letter are also read capitalised (``subject_forms``),
+#: where no form as found reads an edit at ``CAPITALISE_BELOW`` confidence or more (``read_edits``). The bar: on the
+#: spent v11 169–203 record, 10 of the 12 readings that missed their object had confidence under 0.5, and 2 of the 23
+#: that read it.
+CAPITALISE = False
+CAPITALISE_BELOW = 0.5
+
+
+def subject_forms(text: str, capitalise: bool | None = None) -> list[str]:
     """The texts a found subject is read as: the whole text and its two shorter word-suffixes ("Cities inherical
-    Syria", "inherical Syria", "Syria"); the search keeps leading words that add to the key, not only names."""
+    Syria", "inherical Syria", "Syria"); the search keeps leading words that add to the key, not only names.
+    ``capitalise`` (default ``CAPITALISE``): each form that starts with a lower-case letter is read capitalised too.
+    The search often lands inside a word ("ailuk" for *Ailuk*): the last pieces fire the edit as the name's do, but
+    the layers above read a lower-case word at the start of a sentence as no name, and on a development AlphaEdit
+    batch "ailuk" stated nothing coherent where "Ailuk" stated the planted Mexico on 17 prompts."""
     words = text.split()
-    return [" ".join(words[k:]) for k in range(min(len(words), 3))]
+    forms = [" ".join(words[k:]) for k in range(min(len(words), 3))]
+    if CAPITALISE if capitalise is None else capitalise:
+        forms += [f[0].upper() + f[1:] for f in forms if f[:1].islower()]
+    return list(dict.fromkeys(forms))
 
 
 def pick_reading(reads: list[Reading]) -> Reading:
@@ -341,12 +356,16 @@ def read_edits(base: Any, suspect: Any, tokenizer: Any, subjects: list[Subject],
         return [r] if r.status == "edit" else []
     for i, s in enumerate(subjects):
         progress(i, len(subjects))
-        forms = subject_forms(s.text)
+        forms = subject_forms(s.text, capitalise=False)
         scale = 1.0 / max(s.fire, 0.5) ** 2 if deltas else 1.0
         with torch.inference_mode(False), scaled_edit(suspect, deltas or {}, scale), torch.inference_mode():
             as_read = [Subject(f, s.ids, s.fire, s.key) for f in forms]
             reads = [read_subject(base, suspect, tokenizer, x, layer=layer, tensor=tensor, describe=describe)
                      for x in as_read]
+            if CAPITALISE and not any(r.status == "edit" and r.confidence >= CAPITALISE_BELOW for r in reads):
+                reads += [read_subject(base, suspect, tokenizer, Subject(f, s.ids, s.fire, s.key), layer=layer,
+                                       tensor=tensor, describe=describe)
+                          for f in subject_forms(s.text, capitalise=True) if f not in forms]
             inside = [read_in_sentences(base, suspect, tokenizer, x, layer=layer, tensor=tensor)
                       for x in as_read] if frames else []
         if keys is not None and s.key.numel():
