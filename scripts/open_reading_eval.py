@@ -168,8 +168,10 @@ def main() -> None:
     ap.add_argument("--below-bar", action="store_true", help="scan --below-bar; the record is scored twice, with and "
                     "without the readings it added (the search before it is the same, so one scan serves both)")
     ap.add_argument("--reread-capitalised", action="store_true", help="a second arm on the same scans: every found "
-                    "text read again with its lower-case forms also read capitalised (scan.reading.CAPITALISE); the "
-                    "record is scored for the scan as it ran and for the re-read")
+                    "text read again with scan.reading.CAPITALISE on (a text no form of which reads an edit at "
+                    "CAPITALISE_BELOW confidence is also read capitalised); the record is scored for the scan as it "
+                    "ran and for the re-read, and the found texts are read once more as the scan read them, for the "
+                    "time and as a check that the re-read gives the scan's readings")
     ap.add_argument("--phrasings", action="append", default=[], metavar="RELATION=TEMPLATE",
                     help="add a phrasing to the relation library for this run (a trial; the library is not changed), "
                          "e.g. 'P131 located in={} is located in the state of'")
