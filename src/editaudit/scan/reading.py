@@ -276,8 +276,9 @@ CAPITALISE_BELOW = 0.5
 def subject_forms(text: str, capitalise: bool | None = None) -> list[str]:
     """The texts a found subject is read as: the whole text and its two shorter word-suffixes ("Cities inherical
     Syria", "inherical Syria", "Syria"); the search keeps leading words that add to the key, not only names.
-    ``capitalise`` (default ``CAPITALISE``): each form that starts with a lower-case letter is read capitalised too.
-    The search often lands inside a word ("ailuk" for *Ailuk*): the last pieces fire the edit as the name's do, but
+    ``capitalise`` (default ``CAPITALISE``): the forms that start with a lower-case letter follow, capitalised
+    (``read_edits`` reads those only where the forms as found read no edit surely). The search often lands inside a
+    word ("ailuk" for *Ailuk*): the last pieces fire the edit as the name's do, but
     the layers above read a lower-case word at the start of a sentence as no name, and on a development AlphaEdit
     batch "ailuk" stated nothing coherent where "Ailuk" stated the planted Mexico on 17 prompts."""
     words = text.split()
@@ -349,7 +350,8 @@ def read_edits(base: Any, suspect: Any, tokenizer: Any, subjects: list[Subject],
     stand-in subject, and the more confident edit reading kept; a rank-one edit whose subject was not found is
     read through its own key alone. ``describe``: see ``read_subject``. ``frames``: each form is also read inside
     sentences (sentences.py), and an edit reading there is the one reported: a trigger-style edit says nothing on the
-    library's prompts, which start with it, and what they move there is noise."""
+    library's prompts, which start with it, and what they move there is noise. Where no form reads an edit at
+    ``CAPITALISE_BELOW`` confidence, the lower-case forms are read capitalised too (``CAPITALISE``)."""
     out = []
     if not subjects and keys is not None and keys.lone is not None:
         r = keys.read(base, suspect, tokenizer, keys.lone, 1.0, layer, tensor)
