@@ -110,16 +110,15 @@ def score_suspect(tok, facts, readings: list[dict], single: bool) -> tuple[list[
     return rows, false, len(edits)
 
 
-def reread(lm, suspect_path: Path, readings: list[dict], capitalise: bool) -> list[dict]:
+def reread(lm, suspect, readings: list[dict], capitalise: bool) -> list[dict]:
     """The scan's found texts read again as the scan reads them at its defaults (``scan.reading.read_edits`` with no
-    amplification, keys or frames), with ``scan.reading.CAPITALISE`` set to ``capitalise`` for the call."""
+    amplification, keys or frames), with ``scan.reading.CAPITALISE`` set to ``capitalise`` for the call; ``lm`` and
+    ``suspect`` are loaded models (``models.loading.load_model``)."""
     import torch
 
-    from editaudit.models.loading import load_model
     from editaudit.scan import reading
     from editaudit.scan.subjects import Subject
 
-    suspect = load_model(suspect_path)
     kept, reading.CAPITALISE = reading.CAPITALISE, capitalise
     out = []
     try:
@@ -276,15 +275,17 @@ def main() -> None:
                     without["false"] += w_false
                     without["edit_readings"] += w_n
                 if args.reread_capitalised:  # the same found texts, read again with capitalised forms
+                    suspect = load_model(out)
                     t_re = time.perf_counter()  # the plain re-read: its time, and that it gives the scan's readings
-                    plain = reread(lm, out, readings, capitalise=False)
+                    plain = reread(lm, suspect, readings, capitalise=False)
                     caps["plain_seconds"] += time.perf_counter() - t_re
                     caps["plain_n"] += len(readings)
                     caps["plain_same"] += sum((a["subject"], a["after"], a["status"]) == (b["subject"], b["after"],
                                                                                         b["status"])
                                               for a, b in zip(plain, readings))
                     t_re = time.perf_counter()
-                    again = reread(lm, out, readings, capitalise=True)
+                    again = reread(lm, suspect, readings, capitalise=True)
+                    del suspect
                     c_rows, c_false, c_n = score_suspect(tok, group, again, mode == "single")
                     caps["objects"] += sum(r["object_read"] for r in c_rows)
                     caps["whole"] += sum(r["object_whole"] for r in c_rows)

@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts"))
-from open_reading_eval import score_suspect  # noqa: E402
+from open_reading_eval import reread, score_suspect  # noqa: E402
 
 
 def capital(text: str) -> str:
@@ -59,28 +59,21 @@ def main() -> None:
     from editaudit.models.registry import ensure_model
     from editaudit.probing.format import load_probes
     from editaudit.scan import reading
-    from editaudit.scan.subjects import Subject
 
     facts = load_probes(args.facts)
     doc = json.loads(args.scan_json.read_text())
     lm, sus = load_model(ensure_model("smollm2-135m")), load_model(args.suspect)
     tok = lm.tokenizer
-    found = [(f, r) for f in doc["findings"] for r in f.get("readings", [])]
+    found = [r for f in doc["findings"] for r in f.get("readings", [])]
     shipped = reading.subject_forms
     lines = [f"forms trial: {args.suspect.name}, {len(found)} found texts"]
     for arm in args.arms.split(","):
         reading.subject_forms = forms_for(arm, tok, shipped)
-        reading.CAPITALISE = arm != "shipped"
         reading.CAPITALISE_BELOW = 0.5 if arm == "caps" else 1.01
         t = time.perf_counter()
-        out = []
-        with torch.inference_mode():
-            for f, r in found:
-                s = Subject(r.get("found") or r["subject"], [], r["fire"], torch.empty(0))
-                out += [x.to_dict() for x in reading.read_edits(lm.model, sus.model, tok, [s], r.get("layer"),
-                                                                r.get("tensor"))]
+        out = reread(lm, sus, found, capitalise=arm != "shipped")
         secs = time.perf_counter() - t
-        reading.subject_forms, reading.CAPITALISE, reading.CAPITALISE_BELOW = shipped, False, 0.5
+        reading.subject_forms, reading.CAPITALISE_BELOW = shipped, 0.5
         rows, false, n = score_suspect(tok, facts, out, single=False)
         lines.append(f"{arm:8s} objects {sum(x['object_read'] for x in rows)}/{len(rows)}  false {false}/{n}  "
                      f"reading {secs:.0f} s")
