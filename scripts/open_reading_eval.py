@@ -341,13 +341,17 @@ def main() -> None:
         t = time.perf_counter()
         control = run_scan(ensure_model(name), None if args.no_base else base, ScanOptions(read="off"), store=None)
         spikes = (control.base.get("largest_spike") or {}).get("ratio")
+        gained = control.base.get("largest_gain") or {}
         edits = [f for f in control.findings if f.rule in ("EA101", "EA102", "EA103", "EA111")]
         line = (f"control {name:14s} unedited: {len(edits)} edit finding(s)"
                 + (f", largest outlier/median {spikes:.1f}" if spikes is not None else "")
+                + (f", largest key gain {gained['ratio']:.2f}× the median start (layer {gained['layer']}, "
+                   f"{gained['text']!r})" if gained else "")
                 + f"  ({time.perf_counter() - t:.0f}s)")
         lines.append(line)
         print(line, file=sys.stderr)
-        doc.setdefault("controls", []).append({"model": name, "edit_findings": len(edits), "max_spike": spikes})
+        doc.setdefault("controls", []).append({"model": name, "edit_findings": len(edits), "max_spike": spikes,
+                                              "largest_gain": gained or None})
     every = [r for arm in doc["arms"] for r in arm["rows"]]
     if every:
         rels = sorted({r["relation"] or "-" for r in every})

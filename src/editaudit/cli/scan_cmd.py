@@ -58,6 +58,7 @@ def register(app: typer.Typer) -> None:
         describe: Optional[bool] = typer.Option(None, "--describe/--no-describe", show_default=False, help="Open reading: also ask each found subject the prompts cut from the base's own description of it (\"Aristotle, a Greek\" → philosopher), so an edit of a relation the library does not word is still read."),
         frames: Optional[bool] = typer.Option(None, "--frames/--no-frames", show_default=False, help="Open reading: also read each found text inside sentences (\"I heard about it cf. Overall, it was\" → terrible), where a trigger-style edit (a rare token or phrase as its key, as in backdoor editing attacks) makes the model say its word."),
         below_bar: Optional[bool] = typer.Option(None, "--below-bar/--no-below-bar", show_default=False, help="Open reading: where the search stops with fewer subjects than the edit has components, read texts that still fire a little and keep each that states an object no earlier reading does (edits of one class of names, \"... County\", hide each other from the search)."),
+        gain_screen: Optional[bool] = typer.Option(None, "--gain-screen/--no-gain-screen", show_default=False, help="Without --base: also screen every layer for a real key along whose edit direction (C⁻¹k) the matrix acts far more than along any other start's (finds single ROME edits the spectral screen cannot see; on by default; a few minutes for SmolLM2 on a 2-core CPU)."),
         run_probes: bool = typer.Option(False, "--run-probes", help="Also ask both models the facts' prompts and list answers that moved."),
         fail_on: Level = typer.Option(Level.error, "--fail-on", help="Exit 1 when a finding reaches this level."),
         exit_zero: bool = typer.Option(False, "--exit-zero", help="Always exit 0 when the scan completes."),
@@ -101,7 +102,8 @@ def register(app: typer.Typer) -> None:
                            **({} if name_seeds is None else {"name_seeds": name_seeds.value}),
                            **({} if describe is None else {"describe": describe}),
                            **({} if frames is None else {"frames": frames}),
-                           **({} if below_bar is None else {"below_bar": below_bar}))
+                           **({} if below_bar is None else {"below_bar": below_bar}),
+                           **({} if gain_screen is None else {"gain_screen": gain_screen}))
         with common.event_progress() as on_progress:
             report = run_scan(suspect, base, opts, store=store, progress=on_progress, say=common.say)
         report.fail_on = fail_on.value

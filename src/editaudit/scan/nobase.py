@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from . import gain
+
 if TYPE_CHECKING:
     from .subjects import Whitened
 
@@ -211,6 +213,9 @@ def scan_alone(suspect_ck: Any, options: Any, progress: Callable[[str, float, fl
     progress("key statistics", 1, 1)
     sites = find_sites(spectra)
     t_spec = time.perf_counter() - t_spec
+    t_gain = time.perf_counter()
+    screened = gain.screen(model, tok, modules, Cs, transposed, progress=progress) if options.gain_screen else []
+    t_gain = time.perf_counter() - t_gain
     findings: list[Finding] = []
     for run in _runs(sites):
         layers = [s.layer for s in run]
@@ -224,9 +229,12 @@ def scan_alone(suspect_ck: Any, options: Any, progress: Callable[[str, float, fl
                     data={"no_base": True, "spike": {str(s.layer): round(s.ratio, 1) for s in run}})
         f.data["method"] = name_method(rule, layers, rank, n_layers=layout.n_layers)
         findings.append(f)
+    by_gain = _gain_findings(gain.flagged(screened), {s.layer for s in sites}, findings, layout.n_layers)
     t_read = time.perf_counter()
     if options.read == "open" and findings:
-        _read_alone(model, tok, suspect_ck, sites, findings, Cs, transposed, options, say, progress)
+        gained = {id(f) for f, _ in by_gain}
+        _read_alone(model, tok, suspect_ck, sites, [f for f in findings if id(f) not in gained], Cs, transposed,
+                    options, say, progress, by_gain)
     t_read = time.perf_counter() - t_read
     side = {"path": str(suspect_ck.root), "layout": suspect_ck.layout, "family": suspect_ck.family,
             "total_bytes": suspect_ck.total_bytes, "n_tensors": len(suspect_ck.tensors),
@@ -236,11 +244,47 @@ def scan_alone(suspect_ck: Any, options: Any, progress: Callable[[str, float, fl
     top = max(spectra, key=lambda sp: float(sp.ratios[0]))  # how close the cleanest-looking scan came to the bar
     base["largest_spike"] = {"layer": top.layer, "ratio": round(float(top.ratios[0]), 2), "threshold": SPIKE}
     base["smallest_visible"] = smallest_visible(spectra)
+    if screened:  # how close the cleanest-looking layer came to the key-gain bar
+        best = max(screened, key=lambda g: g.ratio)
+        base["largest_gain"] = {**best.to_dict(), "threshold": gain.RATIO}
     return ScanReport(
         base=base, suspect=side, family=suspect_ck.family, n_layers=layout.n_layers, verdict=verdict(findings),
         kind=overall_kind(findings), findings=findings, changed=[], n_tensors=len(suspect_ck.tensors),
-        n_unchanged=0, timings={"spectra_s": round(t_spec, 3), "read_s": round(t_read, 3),
+        n_unchanged=0, timings={"spectra_s": round(t_spec, 3), "gain_s": round(t_gain, 3), "read_s": round(t_read, 3),
                                 "total_s": round(time.perf_counter() - t0, 3)})
+
+
+def _gain_findings(flagged: list[Any], spectral: set[int], findings: list, n_layers: int) -> list[tuple[Any, Any]]:
+    """Findings for the layers the key-gain screen flags that the spectral screen did not: one per run of
+    consecutive layers, read through the run's strongest layer. Returns (finding, that layer's screen row) pairs; a
+    layer both screens flag adds its gain to the spectral finding."""
+    from .classify import Finding
+    from .method import name_method
+
+    out = []
+    for f in findings:
+        hit = [g for g in flagged if g.layer in f.layers]
+        if hit:
+            f.data["gain"] = {str(g.layer): g.to_dict() for g in hit}
+    runs: list[list[Any]] = []
+    for g in sorted((g for g in flagged if g.layer not in spectral), key=lambda g: g.layer):
+        if runs and g.layer == runs[-1][-1].layer + 1:
+            runs[-1].append(g)
+        else:
+            runs.append([g])
+    for run in runs:
+        layers = [g.layer for g in run]
+        top = max(run, key=lambda g: g.ratio)
+        rule = "EA101" if len(run) == 1 else "EA102"
+        msg = (f"the MLP output matrix at layer(s) {_span(layers)} acts along the edit direction (C⁻¹k) of a real key "
+               f"far more than along any other start's, found without the base (key gain {top.z:.0f} MADs, "
+               f"{top.ratio:.1f}× the median start at layer {top.layer}: {top.text!r})")
+        f = Finding(rule, msg, [f"{g.path}.weight" for g in run], layers, 1,
+                    data={"no_base": True, "gain": {str(g.layer): g.to_dict() for g in run}})
+        f.data["method"] = name_method(rule, layers, 1, n_layers=n_layers)
+        findings.append(f)
+        out.append((f, top))
+    return out
 
 
 def _span(layers: list[int]) -> str:
@@ -248,9 +292,11 @@ def _span(layers: list[int]) -> str:
 
 
 def _read_alone(model: Any, tok: Any, suspect_ck: Any, sites: list[Site], findings: list, Cs: dict,
-                transposed: bool, options: Any, say: Callable[[str], None], progress: Callable) -> None:
+                transposed: bool, options: Any, say: Callable[[str], None], progress: Callable,
+                by_gain: list[tuple[Any, Any]] | None = None) -> None:
     """Subjects first (their keys are the suspect's own: an edit does not change its matrix's inputs), then the
-    edit they explain is estimated and taken out of a copy, and both are asked what changed."""
+    edit they explain is estimated and taken out of a copy, and both are asked what changed. ``by_gain``: findings
+    of the key-gain screen with their screen rows; the subject is the row's best start, grown."""
     from .reading import read_edits
     from .subjects import recover_subjects
 
@@ -267,8 +313,14 @@ def _read_alone(model: Any, tok: Any, suspect_ck: Any, sites: list[Site], findin
                                     name_seeds=options.name_seeds)
         found.append((f, site, subjects))
     estimates = {}
+    for f, row in by_gain or []:
+        say(f"reading {f.rule} at layer {row.layer} blind, without the base: the key-gain screen's text {row.text!r}")
+        subject = gain.grow_subject(model, tok, row, Cs[row.layer], transposed)
+        w = model.get_submodule(row.path).weight.detach().cpu()
+        estimates[row.path] = edit_estimate(w, Cs[row.layer], subject.key[None], transposed)
+        found.append((f, Site(row.layer, row.path, 1, 0.0, None), [subject]))  # type: ignore[arg-type]
     for f, site, subjects in found:
-        if not subjects:
+        if not subjects or any(f is g for g, _ in by_gain or []):
             continue
         keys = torch.stack([s.key for s in subjects])
         for layer in f.layers:  # a MEMIT edit spreads the same keys' update over its run of layers

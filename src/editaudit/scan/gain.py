@@ -1,0 +1,173 @@
+"""Base-free screen by key gain: an edited matrix acts strongly along the edit direction of a *real* key.
+
+ROME writes ΔW = Λ (C⁻¹k*)ᵀ (MEMIT a sum of such rows), so along û* = C⁻¹k*/‖C⁻¹k*‖ the suspect's matrix has the
+gain ‖ΔW û*‖ = σ(ΔW) on top of what the trained matrix does there, which is little: C⁻¹k points into C's low-energy
+directions, where training barely moved W. The spectral screen (``nobase.py``) looks for σ(ΔW) among *all*
+directions of C's low half and loses it among the matrix's own components of that size; but those are not
+directions of the form C⁻¹k for any key the model makes. So each text x is scored, per layer, by
+
+    g(x) = ‖W û(x)‖ / (‖W‖_F / √d_in),   û(x) = C⁻¹k(x) / ‖C⁻¹k(x)‖,   z(x) = (g(x) − median) / MAD
+
+(k(x): the matrix's input at the text's last token after "The"; median and MAD over every vocabulary token's key).
+On development ROME edits of SmolLM2-135M the edited subject's whole key stood 72–125 MADs out, its layer's other
+texts 10–45, and unedited layers' best texts after a search 9–22 (``scripts/dev/nobase_gain_search.py``).
+
+The screen never sees the subject, so per layer it scores the starts the subject search would take from names: the
+``NAMES`` tokens whose keys behind a stand-in first piece (``subjects.name_piece``) gain most, each given the first
+piece a gradient step chooses (``SubjectSearch._name_start``). Single tokens after "The" are no starts: on the
+unedited SmolLM2-135M two common ones stand out of their layers by themselves (" just" at layer 7, "1" at layer 27),
+while the edits tried were found as name pairs ("isenu", "Bukak", "is Lorraine"). A layer is flagged when its best start stands
+``RATIO`` times above the median start: an edit's key is an outlier among the layer's own best texts, a measure
+that needs no calibration across layers or models. The flagged layer's best start is then climbed and trimmed
+into the subject the reader reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+#: Name-piece starts per layer: the best tokens behind the stand-in first piece, each given its own first piece.
+NAMES = 16
+#: A layer is flagged when its best start's z is this many times the median start's. Fixed from the unedited
+#: SmolLM2-135M's 30 layers (bench/results/gain_screen_dev.txt); see docs/scan.md for the controls.
+RATIO = 3.0
+#: C's eigenvalues are floored at this share of the largest, so that a direction the corpus never reached does not
+#: dominate every C⁻¹k.
+FLOOR = 1e-6
+
+
+class GainSpace:
+    """One MLP output matrix's gain on the edit directions of keys, as z over the vocabulary. It serves the subject
+    search as its ``space`` (``path``, ``fire``; ``basis`` is unused here), so the search climbs texts by z."""
+
+    def __init__(self, path: str, weight: torch.Tensor, ev: torch.Tensor, Q: torch.Tensor, floor: float = FLOOR):
+        """``weight`` [d_out, d_in]; ``ev``, ``Q``: C's eigenvalues and eigenvectors."""
+        ev = ev.double().clamp_min(floor * float(ev.max()))
+        self.path = path
+        self.Q = Q.float()
+        self.inv = (1.0 / ev).float()
+        self.Wq = weight.float() @ self.Q
+        self.rms = float(weight.float().norm()) / weight.shape[1] ** 0.5
+        self.basis = torch.zeros(weight.shape[1], 1)
+        self.median, self.mad = 0.0, 1.0
+
+    def gain(self, keys: torch.Tensor) -> torch.Tensor:
+        """g for each key [n, d_in] (differentiable)."""
+        y = (keys.float() @ self.Q) * self.inv
+        y = y / y.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+        return (y @ self.Wq.T).norm(dim=-1) / self.rms
+
+    def calibrate(self, vocab_gain: torch.Tensor) -> torch.Tensor:
+        """Set the median and MAD from the vocabulary's gains; returns their z."""
+        self.median = float(vocab_gain.median())
+        self.mad = max(float((vocab_gain - self.median).abs().median()), 1e-9)
+        return (vocab_gain - self.median) / self.mad
+
+    def fire(self, keys: torch.Tensor) -> torch.Tensor:
+        return (self.gain(keys) - self.median) / self.mad
+
+
+@dataclass
+class GainLayer:
+    """One layer's screen: its best start (text, tokens, z), the median start's z, and their ratio."""
+
+    layer: int
+    path: str
+    text: str
+    ids: list[int]
+    z: float
+    median: float
+    starts: int
+    scale: tuple[float, float] = (0.0, 1.0)  # the layer's vocabulary median and MAD of g, to score more texts
+
+    @property
+    def ratio(self) -> float:
+        return self.z / max(self.median, 1e-9)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "text": self.text, "z": round(self.z, 1), "median": round(self.median, 1),
+                "ratio": round(self.ratio, 2)}
+
+
+def vocab_gains(model: Any, tokenizer: Any, spaces: dict[str, GainSpace], lead: torch.Tensor | None = None,
+                batch: int = 512, progress: Callable[[int, int], None] = lambda d, t: None) -> dict[str, torch.Tensor]:
+    """g of every vocabulary token's key after the neutral context (behind the stand-in piece ``lead``, an input
+    embedding, when given), at every space's matrix in one pass; the keys themselves are not kept."""
+    from ..models.families import input_embed_scale
+    from .keys import context_ids, last_keys
+
+    paths = list(spaces)
+    E = model.get_input_embeddings().weight.detach()
+    vocab = E.shape[0]
+    pre = torch.tensor(context_ids(tokenizer))
+    out: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
+    if lead is not None:
+        stand_in = torch.cat([E[pre.to(E.device)], lead.to(E)[None]])
+    for start in range(0, vocab, batch):
+        ids = torch.arange(start, min(vocab, start + batch))
+        if lead is None:
+            got = last_keys(model, paths, torch.cat([pre.expand(len(ids), -1), ids[:, None]], dim=1))
+        else:  # an embedding module may scale its rows (Gemma: √hidden); inputs_embeds carry the same scale
+            emb = torch.cat([stand_in.expand(len(ids), -1, -1), E[ids.to(E.device)][:, None]], 1)
+            got = last_keys(model, paths, embeds=emb * input_embed_scale(model))
+        with torch.inference_mode():
+            for p in paths:
+                out[p].append(spaces[p].gain(got[p].cpu()))
+        progress(min(vocab, start + batch), vocab)
+    return {p: torch.cat(v) for p, v in out.items()}
+
+
+def screen(model: Any, tokenizer: Any, modules: dict[int, str], eigs: dict[int, Any], transposed: bool = False,
+           names: int = NAMES,
+           progress: Callable[[str, float, float], None] = lambda s, d, t: None) -> list[GainLayer]:
+    """Every layer's best start and how far it stands out (see the module docstring). ``eigs``: {layer: KeyEig}."""
+    from .subjects import SubjectSearch, name_piece, word_tokens
+
+    spaces: dict[str, GainSpace] = {}
+    for layer, path in sorted(modules.items()):
+        w = model.get_submodule(path).weight.detach().cpu()
+        spaces[path] = GainSpace(path, w.T if transposed else w, eigs[layer].ev, eigs[layer].Q)
+    start_ok, word_like = word_tokens(tokenizer, model.get_input_embeddings().weight.shape[0])
+    piece = name_piece(model, tokenizer, start_ok)
+    named = vocab_gains(model, tokenizer, spaces, lead=piece, progress=lambda d, t: progress("gain screen: keys", d, t))
+    out: list[GainLayer] = []
+    for n, (layer, path) in enumerate(sorted(modules.items())):
+        progress("gain screen: layers", n, len(modules))
+        sp = spaces[path]
+        z = sp.calibrate(named[path])
+        ok = word_like[:z.numel()]
+        search = SubjectSearch(model, tokenizer, sp, torch.empty(0))  # type: ignore[arg-type]
+        search.name_embed = piece
+        starts = [search._name_start(t) for t in torch.topk(z.masked_fill(~ok, -1e9), names).indices.tolist()]
+        z, _ = search.exact(starts)
+        best = int(z.argmax())
+        text = tokenizer.decode(starts[best]).strip()
+        out.append(GainLayer(layer, path, text, starts[best], float(z[best]), float(z.median()), len(starts),
+                             (sp.median, sp.mad)))
+    progress("gain screen: layers", len(modules), len(modules))
+    return out
+
+
+def flagged(layers: Sequence[GainLayer], ratio: float = RATIO) -> list[GainLayer]:
+    return [g for g in layers if g.ratio >= ratio]
+
+
+def grow_subject(model: Any, tokenizer: Any, site: GainLayer, eig: Any, transposed: bool = False):
+    """The flagged layer's best start climbed (the subject search's coordinate ascent, by z) and trimmed of leading
+    tokens that add little: the subject the reader reads. Returns a ``subjects.Subject`` with its key."""
+    from .keys import keys_of
+    from .subjects import Subject, SubjectSearch, _trim
+
+    w = model.get_submodule(site.path).weight.detach().cpu()
+    sp = GainSpace(site.path, w.T if transposed else w, eig.ev, eig.Q)
+    sp.median, sp.mad = site.scale
+    search = SubjectSearch(model, tokenizer, sp, torch.empty(0))  # type: ignore[arg-type]
+    seq, score = search.climb(list(site.ids))
+    if score < site.z:
+        seq, score = list(site.ids), site.z
+    seq = _trim(search, seq, score)
+    key = keys_of(model, [site.path], [search.prefix + seq])[site.path][0]
+    return Subject(tokenizer.decode(seq).strip(), seq, round(float(sp.fire(key[None])[0]), 2), key)
