@@ -1,0 +1,120 @@
+"""The key-gain screen: an edited matrix acts along the edit direction C⁻¹k of a real key far more than along others'."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from editaudit.scan.gain import RATIO, GainLayer, GainSpace, flagged
+from tests.test_nobase import _rome, _trained_like
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _space(W: torch.Tensor, C: torch.Tensor) -> GainSpace:
+    ev, Q = torch.linalg.eigh(C.double())
+    return GainSpace("m", W, ev, Q)
+
+
+def _keys(C: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    ev, Q = torch.linalg.eigh(C.double())
+    return ((Q * ev.clamp_min(0).sqrt()) @ torch.randn(C.shape[0], n, generator=g, dtype=torch.float64)).T.float()
+
+
+def test_the_edited_key_stands_out_where_the_spectrum_does_not():
+    """A trained matrix has components of its own in C's low half, as large as a small edit: the spectral screen
+    cannot see the edit there, but along the edit key's own direction C⁻¹k the edit is all there is."""
+    from editaudit.scan.nobase import KeyEig, restricted_spectrum
+
+    W, C = _trained_like(48, 96, 0)
+    low = KeyEig.of(C).low
+    g = torch.Generator().manual_seed(3)
+    W = W + (torch.randn(48, low.shape[1], generator=g, dtype=torch.float64) @ low.T).float()
+    med = restricted_spectrum(W, C, 0, "m").median
+    dW, k = _rome(W, C, 1)
+    dW = dW * (3 * med / float(restricted_spectrum(dW, C, 0, "m").svals[0]))  # 3× the median: under the bar of 8
+    assert restricted_spectrum(W + dW, C, 0, "m").outliers() == 0
+    others = _keys(C, 500, 2)
+    clean, edited = _space(W, C), _space(W + dW, C)
+    z_clean = clean.calibrate(clean.gain(others))
+    z_edit = edited.calibrate(edited.gain(others))
+    assert float(clean.fire(k[None])[0]) < float(z_clean.max()) + 1  # unedited: the key is one of many
+    assert float(edited.fire(k[None])[0]) > 2 * float(z_edit.max())  # edited: twice as far out as any of 500 others
+    # the gain is a smooth function of the key: the search climbs it by its gradient
+    x = k[None].clone().requires_grad_(True)
+    edited.fire(x).sum().backward()
+    assert x.grad is not None and float(x.grad.norm()) > 0
+
+
+def test_a_layer_is_flagged_by_its_best_start_against_the_median_start():
+    rows = [GainLayer(0, "a", "x", [1], 20.0, 10.0, 24), GainLayer(1, "b", "Seenu", [2, 3], 120.0, 15.0, 24)]
+    assert [g.layer for g in flagged(rows)] == [1]
+    assert rows[1].ratio == 8.0 and rows[0].ratio < RATIO
+    assert rows[1].to_dict()["text"] == "Seenu"
+
+
+@pytest.mark.integration
+def test_screen_finds_a_single_rome_edit_on_smollm2(smollm2):
+    """A regression check on one development edit (Seenu → Zimbabwe, a spent held-apart fact): the key-gain screen
+    flags its layer alone among layers 3–5, through the name pair ending in its last piece. Rates over fresh edits come from scripts/open_reading_eval.py --no-base, not from here."""
+    from editaudit.editing import covariance
+    from editaudit.editing.service import apply_edits
+    from editaudit.models.loading import load_model
+    from editaudit.probing.format import load_probes
+    from editaudit.scan import gain
+    from editaudit.scan.nobase import KeyEig
+
+    fact = next(p for p in load_probes(ROOT / "bench/heldout/smollm2-135m-v11.jsonl")
+                if p.id == "heldout-v11-region_country-2353")
+    lm = load_model(smollm2)
+    model, tok = lm.model, lm.tokenizer
+    for p in model.parameters():
+        p.requires_grad_(False)
+    run = apply_edits(lm, [fact], "rome", layers=[4], evaluate=False)
+    assert run.results[0].target_prob > 0.5  # the edit took (evaluate=False leaves success unset)
+    paths = {i: f"model.layers.{i}.mlp.down_proj" for i in (3, 4, 5)}
+    moms = covariance.second_moments(model, tok, paths, model_key=covariance.weights_key(model))
+    eigs = {i: KeyEig.of(m.matrix) for i, m in moms.items()}
+    rows = gain.screen(model, tok, paths, eigs)
+    hits = flagged(rows)
+    assert [g.layer for g in hits] == [4], [g.to_dict() for g in rows]
+    last = tok(" " + fact.subject, add_special_tokens=False)["input_ids"][-1]
+    assert hits[0].ids[-1] == last
+    subject = gain.grow_subject(model, tok, hits[0], eigs[4])
+    assert subject.ids[-1] == last and subject.fire >= 0.9 * hits[0].z
+
+
+def test_a_flagged_layer_becomes_a_finding_read_through_its_start(tiny_llama, monkeypatch):
+    """The scan without a base on a tiny model, the screen's verdict forced on layer 2: one EA101 finding at that
+    layer, with the screen's row in its data, read through the row's grown start; the unflagged layers add nothing."""
+    from editaudit.editing import covariance
+    from editaudit.models.loading import load_model
+    from editaudit.scan import gain
+    from editaudit.scan.keys import vocab_keys
+    from editaudit.scan.service import ScanOptions, run_scan
+
+    lm = load_model(tiny_llama)
+    paths = {i: f"model.layers.{i}.mlp.down_proj" for i in range(lm.model.config.num_hidden_layers)}
+    keys = vocab_keys(lm.model, lm.tokenizer, list(paths.values()), None)
+    Cs = {i: keys[p].float().T @ keys[p].float() / keys[p].shape[0] for i, p in paths.items()}
+    monkeypatch.setattr(covariance, "second_moments",
+                        lambda model, tok, modules, **kw: {i: covariance.SecondMoment(i, Cs[i], 1, "t") for i in modules})
+    seen = {}
+
+    def forced(rows, ratio=gain.RATIO):
+        seen["rows"] = rows
+        return [g for g in rows if g.layer == 2]
+
+    monkeypatch.setattr(gain, "flagged", forced)
+    doc = run_scan(tiny_llama, None, ScanOptions(read="open", max_open_subjects=1), store=None).to_dict()
+    assert len(seen["rows"]) == len(paths)  # every layer screened
+    edits = [f for f in doc["findings"] if f["rule"] in ("EA101", "EA102")]
+    assert [f["layers"] for f in edits] == [[2]]
+    row = edits[0]["gain"]["2"]
+    assert row["ratio"] == round(row["z"] / row["median"], 2) or abs(row["ratio"] - row["z"] / row["median"]) < 0.02
+    assert "readings" in edits[0]
+    assert doc["base"]["largest_gain"]["threshold"] == gain.RATIO
+    assert "gain_s" in doc["summary"]
