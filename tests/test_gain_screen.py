@@ -109,7 +109,7 @@ def test_a_flagged_layer_becomes_a_finding_read_through_its_start(tiny_llama, mo
         return [g for g in rows if g.layer == 2]
 
     monkeypatch.setattr(gain, "flagged", forced)
-    doc = run_scan(tiny_llama, None, ScanOptions(read="open", max_open_subjects=1), store=None).to_dict()
+    doc = run_scan(tiny_llama, None, ScanOptions(read="open", max_open_subjects=1, gain_screen=True), store=None).to_dict()
     assert len(seen["rows"]) == len(paths)  # every layer screened
     edits = [f for f in doc["findings"] if f["rule"] in ("EA101", "EA102")]
     assert [f["layers"] for f in edits] == [[2]]
