@@ -25,6 +25,26 @@ def edited_copy(model, deltas_file: Path):
     return suspect
 
 
+def load_in_place(model, clean: dict, folder: Path, name: str) -> tuple[list[dict], list[int]]:
+    """Set ``model``'s weights to ``clean`` ({parameter: tensor}) plus suspect ``name``'s deltas from ``folder``
+    (make_dev_suspects.py), or to ``clean`` alone for ``base``; returns the suspect's facts and edited layers. In
+    place, for scripts that walk several suspects on one loaded model."""
+    import json
+
+    facts: list[dict] = []
+    delta: dict = {}
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(clean[n])
+        if name != "base":
+            delta = torch.load(folder / f"{name}.pt", weights_only=True)
+            for n, p in model.named_parameters():
+                if n in delta:
+                    p += delta[n].to(p.dtype)
+            facts = [json.loads(x) for x in (folder / f"{name}.jsonl").read_text().splitlines() if x.strip()]
+    return facts, sorted({int(n.split(".")[2]) for n in delta})
+
+
 def suspect_parser(doc: str):
     """An argument parser for a script on one development suspect: FOLDER (make_dev_suspects.py's) and STEM."""
     import argparse

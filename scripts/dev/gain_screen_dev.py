@@ -8,7 +8,6 @@ SUSPECT: a delta file of scripts/dev/make_dev_suspects.py in DIR (without .pt), 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "scripts" / "dev"))
+
+from dev_model import load_in_place  # noqa: E402
 
 from editaudit.editing import covariance  # noqa: E402
 from editaudit.editing.layers import layout_for  # noqa: E402
@@ -55,18 +57,7 @@ def main() -> None:
     D = Path(args.dir)
     for name in args.suspects.split(","):
         t0 = time.perf_counter()
-        facts: list = []
-        delta: dict = {}
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                p.copy_(clean[n])
-            if name != "base":
-                delta = torch.load(D / f"{name}.pt", weights_only=True)
-                for n, p in model.named_parameters():
-                    if n in delta:
-                        p += delta[n].to(p.dtype)
-                facts = [json.loads(x) for x in (D / f"{name}.jsonl").read_text().splitlines() if x.strip()]
-        edited = sorted({int(n.split(".")[2]) for n in delta})
+        facts, edited = load_in_place(model, clean, D, name)
         moms = covariance.second_moments(model, tok, modules, model_key=covariance.weights_key(model))
         eigs = {layer: KeyEig.of(m.matrix) for layer, m in moms.items()}
         t1 = time.perf_counter()

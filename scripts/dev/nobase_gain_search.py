@@ -13,7 +13,6 @@ trial prints each climb's best text and its z per layer. Nothing here is judged.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "scripts" / "dev"))
+
+from dev_model import load_in_place  # noqa: E402
 
 from editaudit.editing import covariance  # noqa: E402
 from editaudit.editing.layers import layout_for  # noqa: E402
@@ -80,16 +82,7 @@ def main() -> None:
     for name, layers in [(n, w) for n in args.suspects.split(",") for w in windows]:
         t0 = time.perf_counter()
         paths = {l: layout.rewrite_name(l) for l in layers}
-        facts: list = []
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                p.copy_(clean[n])
-            if name != "base":
-                delta = torch.load(D / f"{name}.pt", weights_only=True)
-                for n, p in model.named_parameters():
-                    if n in delta:
-                        p += delta[n].to(p.dtype)
-                facts = [json.loads(l) for l in (D / f"{name}.jsonl").read_text().splitlines() if l.strip()]
+        facts, edited = load_in_place(model, clean, D, name)
         moms = covariance.second_moments(model, tok, paths, model_key=covariance.weights_key(model))
         keys = vocab_keys(model, tok, list(paths.values()), None)
         spaces = [GainSpace(paths[l], model.get_submodule(paths[l]).weight.detach(), moms[l].matrix, keys[paths[l]])

@@ -32,7 +32,7 @@ import torch
 #: Name-piece starts per layer: the best tokens behind the stand-in first piece, each given its own first piece.
 NAMES = 16
 #: A layer is flagged when its best start's z is this many times the median start's. Fixed from the unedited
-#: SmolLM2-135M's 30 layers (bench/results/gain_screen_dev.txt); see docs/scan.md for the controls.
+#: SmolLM2-135M's 30 layers (bench/results/gain_tables_dev.txt: its name table at most 1.7x); see docs/scan.md.
 RATIO = 3.0
 #: C's eigenvalues are floored at this share of the largest, so that a direction the corpus never reached does not
 #: dominate every C⁻¹k.
