@@ -84,7 +84,10 @@ def test_screen_finds_a_single_rome_edit_on_smollm2(smollm2):
     last = tok(" " + fact.subject, add_special_tokens=False)["input_ids"][-1]
     assert hits[0].ids[-1] == last
     subject = gain.grow_subject(model, tok, hits[0], eigs[4])
-    assert subject.ids[-1] == last and subject.fire >= 0.9 * hits[0].z
+    assert subject.ids[-1] == last and subject.fire == 1.0
+    space = gain.GainSpace(paths[4], model.get_submodule(paths[4]).weight.detach(), eigs[4].ev, eigs[4].Q)
+    space.median, space.mad = hits[0].scale
+    assert float(space.fire(subject.key[None])[0]) >= 0.9 * hits[0].z  # grown and trimmed, it still stands out
 
 
 def test_a_flagged_layer_becomes_a_finding_read_through_its_start(tiny_llama, monkeypatch):

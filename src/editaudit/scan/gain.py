@@ -157,7 +157,9 @@ def flagged(layers: Sequence[GainLayer], ratio: float = RATIO) -> list[GainLayer
 
 def grow_subject(model: Any, tokenizer: Any, site: GainLayer, eig: Any, transposed: bool = False):
     """The flagged layer's best start climbed (the subject search's coordinate ascent, by z) and trimmed of leading
-    tokens that add little: the subject the reader reads. Returns a ``subjects.Subject`` with its key."""
+    tokens that add little: the subject the reader reads. Returns a ``subjects.Subject`` with its key and ``fire`` 1:
+    the edit the reader takes out of the stand-in base is fitted from this very key (``nobase.edit_estimate``), so the
+    key fires that edit fully; how far the key stood out is the finding's ``gain`` (its z and ratio)."""
     from .keys import keys_of
     from .subjects import Subject, SubjectSearch, _trim
 
@@ -170,4 +172,4 @@ def grow_subject(model: Any, tokenizer: Any, site: GainLayer, eig: Any, transpos
         seq, score = list(site.ids), site.z
     seq = _trim(search, seq, score)
     key = keys_of(model, [site.path], [search.prefix + seq])[site.path][0]
-    return Subject(tokenizer.decode(seq).strip(), seq, round(float(sp.fire(key[None])[0]), 2), key)
+    return Subject(tokenizer.decode(seq).strip(), seq, 1.0, key)
