@@ -96,27 +96,14 @@ def vocab_gains(model: Any, tokenizer: Any, spaces: dict[str, GainSpace], lead: 
                 batch: int = 512, progress: Callable[[int, int], None] = lambda d, t: None) -> dict[str, torch.Tensor]:
     """g of every vocabulary token's key after the neutral context (behind the stand-in piece ``lead``, an input
     embedding, when given), at every space's matrix in one pass; the keys themselves are not kept."""
-    from ..models.families import input_embed_scale
-    from .keys import context_ids, last_keys
+    from .keys import context_ids, vocab_batches
 
     paths = list(spaces)
-    E = model.get_input_embeddings().weight.detach()
-    vocab = E.shape[0]
-    pre = torch.tensor(context_ids(tokenizer))
     out: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
-    if lead is not None:
-        stand_in = torch.cat([E[pre.to(E.device)], lead.to(E)[None]])
-    for start in range(0, vocab, batch):
-        ids = torch.arange(start, min(vocab, start + batch))
-        if lead is None:
-            got = last_keys(model, paths, torch.cat([pre.expand(len(ids), -1), ids[:, None]], dim=1))
-        else:  # an embedding module may scale its rows (Gemma: √hidden); inputs_embeds carry the same scale
-            emb = torch.cat([stand_in.expand(len(ids), -1, -1), E[ids.to(E.device)][:, None]], 1)
-            got = last_keys(model, paths, embeds=emb * input_embed_scale(model))
+    for got in vocab_batches(model, paths, context_ids(tokenizer), lead, batch, progress):
         with torch.inference_mode():
             for p in paths:
                 out[p].append(spaces[p].gain(got[p].cpu()))
-        progress(min(vocab, start + batch), vocab)
     return {p: torch.cat(v) for p, v in out.items()}
 
 

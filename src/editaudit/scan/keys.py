@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -141,25 +141,11 @@ def vocab_keys(model: Any, tokenizer: Any, paths: Sequence[str], base_fingerprin
                 pass
         missing.append(p)
     if missing:
-        vocab = model.get_input_embeddings().weight.shape[0]
         order = sorted(missing, key=lambda p: _layer_of(p))
         acc: dict[str, list[torch.Tensor]] = {p: [] for p in order}
-        pre = torch.tensor(prefix)
-        if lead is not None:
-            from ..models.families import input_embed_scale
-
-            E = model.get_input_embeddings().weight.detach()
-            stand_in = torch.cat([E[pre.to(E.device)], lead[1].to(E)[None]])
-        for start in range(0, vocab, batch):
-            ids = torch.arange(start, min(vocab, start + batch))
-            if lead is None:
-                got = last_keys(model, order, torch.cat([pre.expand(len(ids), -1), ids[:, None]], dim=1))
-            else:  # an embedding module may scale its rows (Gemma: √hidden); inputs_embeds carry the same scale
-                emb = torch.cat([stand_in.expand(len(ids), -1, -1), E[ids.to(E.device)][:, None]], 1)
-                got = last_keys(model, order, embeds=emb * input_embed_scale(model))
+        for got in vocab_batches(model, order, prefix, lead[1] if lead else None, batch, progress):
             for p in order:
                 acc[p].append(got[p].to(torch.float16).cpu())
-            progress(min(vocab, start + batch), vocab)
         for p in order:
             out[p] = torch.cat(acc[p])
             if base_fingerprint:
@@ -167,6 +153,28 @@ def vocab_keys(model: Any, tokenizer: Any, paths: Sequence[str], base_fingerprin
                 f.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_bytes(f, save({"keys": out[p].contiguous()}))
     return out
+
+
+def vocab_batches(model: Any, paths: Sequence[str], prefix: Sequence[int], lead: torch.Tensor | None = None,
+                  batch: int = 512, progress: Callable[[int, int], None] = lambda d, t: None
+                  ) -> Iterator[dict[str, torch.Tensor]]:
+    """The keys at ``paths`` of every vocabulary token after ``prefix`` (behind the stand-in input embedding ``lead``
+    when given), batch by batch in vocabulary order: {path: [batch, d_in]}."""
+    from ..models.families import input_embed_scale
+
+    E = model.get_input_embeddings().weight.detach()
+    vocab = E.shape[0]
+    pre = torch.tensor(list(prefix))
+    if lead is not None:
+        stand_in = torch.cat([E[pre.to(E.device)], lead.to(E)[None]])
+    for start in range(0, vocab, batch):
+        ids = torch.arange(start, min(vocab, start + batch))
+        if lead is None:
+            yield last_keys(model, paths, torch.cat([pre.expand(len(ids), -1), ids[:, None]], dim=1))
+        else:  # an embedding module may scale its rows (Gemma: √hidden); inputs_embeds carry the same scale
+            emb = torch.cat([stand_in.expand(len(ids), -1, -1), E[ids.to(E.device)][:, None]], 1)
+            yield last_keys(model, paths, embeds=emb * input_embed_scale(model))
+        progress(min(vocab, start + batch), vocab)
 
 
 def _layer_of(path: str) -> int:
