@@ -180,7 +180,10 @@ def main() -> None:
                     "its first token, stop word or not (the reader before scan.reading.said; for comparison)")
     ap.add_argument("--no-base", action="store_true", help="scan each suspect alone (no --base), and scan the unedited "
                     "controls of --controls the same way")
-    ap.add_argument("--controls", default="", help="registry names of unedited checkpoints to scan alone (false positives)")
+    ap.add_argument("--controls", default="", help="unedited checkpoints (registry names or folders) to scan the "
+                    "suspects' way (false positives)")
+    ap.add_argument("--gain-screen", action="store_true", help="no base: scan --gain-screen, the key-gain screen (on "
+                    "the suspects and the controls)")
     args = ap.parse_args()
     if args.start < 0:
         ap.error(f"--start must be 0 or more, not {args.start}")
@@ -250,7 +253,7 @@ def main() -> None:
                 t = time.perf_counter()
                 opts = ScanOptions(read="open", regrow=args.regrow,
                                    **({} if args.wide_search is None else {"wide_search": args.wide_search}),
-                                   read_spike=args.read_spike, below_bar=args.below_bar,
+                                   read_spike=args.read_spike, below_bar=args.below_bar, gain_screen=args.gain_screen,
                                    **({} if args.name_seeds is None else {"name_seeds": args.name_seeds}),
                                    **({"amplify": args.amplify} if args.amplify else {}))
                 offers: list[str] = []  # what reading past the bar saw (scan --below-bar), kept or not
@@ -339,11 +342,13 @@ def main() -> None:
                                 **({"reread_capitalised": caps} if args.reread_capitalised else {})})
     for name in [c for c in args.controls.split(",") if c]:  # unedited checkpoints: every finding is a false alarm
         t = time.perf_counter()
-        control = run_scan(ensure_model(name), None if args.no_base else base, ScanOptions(read="off"), store=None)
+        where = Path(name) if Path(name).exists() else ensure_model(name)
+        control = run_scan(where, None if args.no_base else base,
+                           ScanOptions(read="off", gain_screen=args.gain_screen), store=None)
         spikes = (control.base.get("largest_spike") or {}).get("ratio")
         gained = control.base.get("largest_gain") or {}
         edits = [f for f in control.findings if f.rule in ("EA101", "EA102", "EA103", "EA111")]
-        line = (f"control {name:14s} unedited: {len(edits)} edit finding(s)"
+        line = (f"control {Path(name).name:14s} unedited: {len(edits)} edit finding(s)"
                 + (f", largest outlier/median {spikes:.1f}" if spikes is not None else "")
                 + (f", largest key gain {gained['ratio']:.2f}× the median start (layer {gained['layer']}, "
                    f"{gained['text']!r})" if gained else "")

@@ -353,3 +353,37 @@ def test_memit_through_a_post_mlp_norm_writes_one_direction_per_fact(tmp_path):
         delta = run.model.model.get_parameter(name).detach() - before[name]
         s = torch.linalg.svdvals(delta.double())
         assert int((s > 1e-6 * s[0]).sum()) <= len(facts), s[:5]
+
+
+@pytest.mark.parametrize("model_type", KINDS)
+def test_vocabulary_pass_from_a_cached_prefix_matches_plain_forwards(model_type, tmp_path):
+    """The vocabulary pass runs each token's position alone after the prefix's cached keys and values; on every family
+    it gives the keys of plain forwards, behind the neutral context and behind a stand-in input embedding."""
+    from editaudit.models.loading import load_model
+    from editaudit.scan import keys
+
+    lm = load_model(make(model_type, tmp_path / model_type))
+    paths = [families.of_model(lm.model).rewrite_template.format(i) for i in (0, 2)]
+    prefix = keys.context_ids(lm.tokenizer)
+    lead = torch.randn(lm.model.get_input_embeddings().weight.shape[1]) * 0.02
+    for stand_in in (None, lead):
+        pre = torch.tensor(prefix)
+        assert keys._prefix_cache(lm.model, paths, pre, None if stand_in is None else torch.cat(
+            [lm.model.get_input_embeddings().weight[pre].detach(), stand_in[None]]), 1.0) is not None
+        got = {p: torch.cat([b[p] for b in keys.vocab_batches(lm.model, paths, prefix, stand_in, batch=96)])
+               for p in paths}
+        vocab = lm.model.get_input_embeddings().weight.shape[0]
+        for p in paths:
+            assert got[p].shape[0] == vocab
+        E = lm.model.get_input_embeddings().weight.detach()
+        from editaudit.models.families import input_embed_scale
+
+        ids = torch.arange(0, vocab, 7)
+        if stand_in is None:
+            ref = keys.last_keys(lm.model, paths, torch.cat([pre.expand(len(ids), -1), ids[:, None]], 1))
+        else:
+            emb = torch.cat([E[pre].expand(len(ids), -1, -1), stand_in.to(E)[None].expand(len(ids), 1, -1),
+                             E[ids][:, None]], 1)
+            ref = keys.last_keys(lm.model, paths, embeds=emb * input_embed_scale(lm.model))
+        for p in paths:
+            torch.testing.assert_close(got[p][ids], ref[p], rtol=1e-4, atol=1e-4)
