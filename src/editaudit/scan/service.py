@@ -51,8 +51,9 @@ class ScanOptions:
     # "every" (fifth use) objects 27 -> 24 of 35, not kept; "retry" (sixth use) 17 -> 23, false 4 -> 5: the default
     regrow: bool = False  # open reading: regrow each found subject backwards over the whole vocabulary
     read_spike: float = 8.0  # no base: a flagged layer is read for as many subjects as components ≥ this × median
-    gain_screen: bool = False  # no base: also screen every layer by its gain on real keys' edit directions (gain.py);
-    # opt-in until a record on fresh facts (bench/heldout/v13-plan.md third use: not completed)
+    gain_screen: bool = True  # no base: also screen every layer by its gain on real keys' edit directions (gain.py);
+    # on by default since its record (bench/heldout/v13-plan.md fourth use: 5 of 5 single ROME layers, 0 findings on
+    # three unedited controls)
     keys: bool = False  # open reading: also read each edit through its key at a stand-in subject (inject.py; opt-in,
     # v7-plan.md sixth use: +1 object of 35, short of the +2 the rule asked)
     amplify: str = "off"  # open reading, off | memit | all: subjects read with the edit scaled by 1/fire² (read_edits)
