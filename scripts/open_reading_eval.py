@@ -235,6 +235,7 @@ def main() -> None:
             layers = None if method in ("mend", "malmen") else default_layers(method, n_layers)
             groups = [[f] for f in chunk] if mode == "single" else [chunk]
             rows, false, reported, took, t_scan, layer_ok, methods, extra_layers = [], 0, 0, 0, 0.0, 0, [], 0
+            hit_suspects, layers_hit, layers_wrote = 0, 0, 0  # suspects with any edited layer flagged; layers flagged
             without = {"objects": 0, "whole": 0, "false": 0, "edit_readings": 0}
             caps = {"objects": 0, "whole": 0, "false": 0, "edit_readings": 0, "seconds": 0.0, "plain_seconds": 0.0,
                     "plain_same": 0, "plain_n": 0}
@@ -268,6 +269,9 @@ def main() -> None:
                 found_layers = {x for f in edits for x in f["layers"]}
                 layer_ok += len(group) if set(wrote) <= found_layers else 0
                 extra_layers += len(found_layers - set(wrote))
+                hit_suspects += bool(found_layers & set(wrote))
+                layers_hit += len(found_layers & set(wrote))
+                layers_wrote += len(set(wrote))
                 readings = [r for f in doc_r["findings"] for r in f.get("readings", [])]
                 r_rows, r_false, r_n = score_suspect(tok, group, readings, mode == "single")
                 if args.below_bar:  # the same scan without what the readings below the bar added
@@ -331,6 +335,8 @@ def main() -> None:
             want = {"rome": "rome", "memit": "memit", "alphaedit": "alphaedit", "ft": "ft-l", "mend": "mend",
             "malmen": "malmen"}[method]
             detail.append(f"    [{method}/{mode}] layers flagged that were not edited: {extra_layers}")
+            detail.append(f"    [{method}/{mode}] suspects with an edited layer flagged: {hit_suspects}/{len(groups)}; "
+                          f"edited layers flagged: {layers_hit}/{layers_wrote}")
             detail.append(f"    [{method}/{mode}] method named: {', '.join(methods)} "
                           f"({sum(m == want for m in methods)}/{len(methods)} correct)")
             doc["arms"].append({"methods_named": methods, "method_correct": sum(m == want for m in methods),"method": method, "mode": mode, "edits": k, "took": took, "layer_found": layer_ok,
@@ -338,7 +344,8 @@ def main() -> None:
                                 "object_named": sum(r["object_named"] for r in rows),
                                 "object_whole": sum(r["object_whole"] for r in rows),
                                 "edit_readings": reported, "scan_seconds": round(t_scan, 1), "rows": rows,
-                                "extra_layers": extra_layers, **({"without_below_bar": without} if args.below_bar else {}),
+                                "extra_layers": extra_layers, "suspects_flagged": hit_suspects, "layers_flagged": layers_hit, "layers_edited": layers_wrote,
+                                **({"without_below_bar": without} if args.below_bar else {}),
                                 **({"reread_capitalised": caps} if args.reread_capitalised else {})})
     for name in [c for c in args.controls.split(",") if c]:  # unedited checkpoints: every finding is a false alarm
         t = time.perf_counter()
