@@ -121,3 +121,29 @@ def test_a_flagged_layer_becomes_a_finding_read_through_its_start(tiny_llama, mo
     assert "readings" in edits[0]
     assert doc["base"]["largest_gain"]["threshold"] == gain.RATIO
     assert "gain_s" in doc["summary"]
+
+
+def test_the_vocabulary_pass_falls_back_to_plain_forwards_when_the_cache_disagrees(tiny_llama, monkeypatch):
+    """A model whose cached prefix does not reproduce plain forwards (checked on the first batch) is run plainly:
+    the keys are the plain ones, never the cache's."""
+    from editaudit.models.loading import load_model
+    from editaudit.scan import keys
+
+    model = load_model(tiny_llama).model
+    paths = ["model.layers.1.mlp.down_proj"]
+    prefix = [5, 6]
+    real = keys._continue
+    calls = []
+
+    def off(*a, **k):  # a cache that gives wrong keys
+        calls.append(1)
+        got = real(*a, **k)
+        return {p: v + 1.0 for p, v in got.items()}
+
+    monkeypatch.setattr(keys, "_continue", off)
+    got = torch.cat([b[paths[0]] for b in keys.vocab_batches(model, paths, prefix, batch=64)])
+    vocab = model.get_input_embeddings().weight.shape[0]
+    ids = torch.arange(vocab)
+    ref = keys.last_keys(model, paths, torch.cat([torch.tensor(prefix).expand(vocab, -1), ids[:, None]], 1))[paths[0]]
+    assert len(calls) == 1  # tried on the first batch only
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
