@@ -1206,6 +1206,20 @@ def test_a_name_seed_starts_from_the_piece_that_fires_most_behind_it(tiny_llama)
     assert float(fire[0]) >= float(search.exact([[c, last] for c in ok[:S.NAME_CHECK]])[0].max()) - 0.2
 
 
+def test_name_starts_of_many_seeds_at_once_are_each_seeds_own(tiny_llama):
+    """The batched name starts (one backward for every stand-in piece, one exact scoring of every pair; the key-gain
+    screen's 16 per layer) give each seed the pair it gets alone."""
+    from editaudit.scan import subjects as S
+
+    lm, u, C, keys = _edit_direction(tiny_llama, "Eiffel Tower")
+    search = S.SubjectSearch(lm.model, lm.tokenizer, Whitened.build(PATH, C, u[:, None]), keys)
+    search.name_embed = S.name_piece(lm.model, lm.tokenizer)
+    seeds = torch.topk(search.space.fire(keys), 6).indices.tolist()
+    together = search.name_starts(seeds)
+    assert [p[1] for p in together] == seeds
+    assert together == [search.name_starts([t])[0] for t in seeds]
+
+
 def test_name_seeds_find_a_name_the_plain_seeds_miss(tiny_llama):
     """With plain seeds that point nowhere (a scrambled table) and no climbing past the start, the search finds
     nothing; with name-piece seeds beside them the start alone is the planted name."""

@@ -128,7 +128,7 @@ def screen(model: Any, tokenizer: Any, modules: dict[int, str], eigs: dict[int, 
         ok = word_like[:z.numel()]
         search = SubjectSearch(model, tokenizer, sp, torch.empty(0))  # type: ignore[arg-type]
         search.name_embed = piece
-        starts = [search._name_start(t) for t in torch.topk(z.masked_fill(~ok, -1e9), names).indices.tolist()]
+        starts = search.name_starts(torch.topk(z.masked_fill(~ok, -1e9), names).indices.tolist())
         z, _ = search.exact(starts)
         best = int(z.argmax())
         text = tokenizer.decode(starts[best]).strip()

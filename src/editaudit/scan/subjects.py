@@ -506,17 +506,26 @@ class SubjectSearch:
         token, (E_x − stand-in) · ∂fire/∂stand-in, then the ``NAME_CHECK`` best scored exactly. On the development ROME
         sequence it gave the true pair for 6 of 10 names and 0.4–0.6 for the others, where the gradient at a real
         token ranks the right piece no better than chance (``grow``)."""
+        return self.name_starts([t])[0]
+
+    def name_starts(self, seeds: Sequence[int]) -> list[list[int]]:
+        """``_name_start`` of many seeds at once: one forward and backward for all their stand-in pieces (the rows are
+        independent, so the summed objective's gradient is each row's own) and one exact scoring of every candidate
+        pair; the same pairs as one seed at a time, in a fraction of the time (the key-gain screen's 16 per layer)."""
         E = self.embed.detach()
-        x = self.name_embed.to(device=E.device, dtype=E.dtype).clone().requires_grad_(True)
-        emb = torch.cat([E[torch.tensor(self.prefix, device=E.device, dtype=torch.long)], x[None],
-                         E[torch.tensor([t], device=E.device)]])[None] * input_embed_scale(self.model)
-        keys = last_keys(self.model, self.paths, embeds=emb, grad=True)
-        self.objective({p: k.cpu() for p, k in keys.items()})[0].backward()
-        score = ((E.float() - x.detach().float()) @ x.grad.float()).cpu()
-        ok = self.cont_ok[:score.numel()]
-        cand = torch.topk(score.masked_fill(~ok, float("-inf")), min(NAME_CHECK, int(ok.sum()))).indices.tolist()
-        fires, _ = self.exact([[c, t] for c in cand])
-        return [cand[int(fires.argmax())], t]
+        n = len(seeds)
+        x = self.name_embed.to(device=E.device, dtype=E.dtype)[None].repeat(n, 1).requires_grad_(True)
+        pre = E[torch.tensor(self.prefix, device=E.device, dtype=torch.long)]
+        emb = torch.cat([pre.expand(n, -1, -1), x[:, None], E[torch.tensor(list(seeds), device=E.device)][:, None]], 1)
+        keys = last_keys(self.model, self.paths, embeds=emb * input_embed_scale(self.model), grad=True)
+        self.objective({p: k.cpu() for p, k in keys.items()}).sum().backward()
+        score = (E.float() @ x.grad.float().T - (x.detach().float() * x.grad.float()).sum(1)[None]).T.cpu()  # [n, V]
+        ok = self.cont_ok[:score.shape[1]]
+        k = min(NAME_CHECK, int(ok.sum()))
+        cands = torch.topk(score.masked_fill(~ok[None], float("-inf")), k, dim=1).indices.tolist()
+        fires, _ = self.exact([[c, t] for t, row in zip(seeds, cands) for c in row])
+        best = fires.view(n, k).argmax(1).tolist()
+        return [[row[b], t] for t, row, b in zip(seeds, cands, best)]
 
     def _whitened_norms(self, keys: torch.Tensor) -> torch.Tensor:
         return torch.cat([(chunk.float() @ self.space.whiten).norm(dim=1) for chunk in keys.split(8192)])
