@@ -10,24 +10,17 @@ Usage: python bench/name_starts_speed.py [--layers 4,15,25] [--repeats 2] [--thr
 
 from __future__ import annotations
 
-import argparse
-import platform
 import time
-from pathlib import Path
 
 import torch
 
+import common
+
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = common.parser(__doc__)
     ap.add_argument("--layers", default="4,15,25")
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from editaudit.atomic import atomic_write_text
+    args = common.parse(ap)
     from editaudit.editing import covariance
     from editaudit.editing.layers import layout_for
     from editaudit.models.loading import load_model
@@ -73,17 +66,12 @@ def main() -> int:
     same = outs["one at a time"] == outs["all at once"]
     a, b = min(times["one at a time"]), min(times["all at once"])
     lines = [f"# python bench/name_starts_speed.py --layers {args.layers} --repeats {args.repeats}",
-             f"# python {platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
-             f"{platform.processor() or platform.machine()}",
+             common.where(),
              f"layers {layers}, {gain.NAMES} name starts each",
              f"one at a time  best {a:6.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times['one at a time'])})",
              f"all at once    best {b:6.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times['all at once'])})",
              f"speed-up {a / b:.2f}x; the same pairs: {same}"]
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out, text)
+    common.finish(lines, args.out)
     return 0 if same else 1
 
 

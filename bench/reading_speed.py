@@ -16,14 +16,14 @@ Usage: python bench/reading_speed.py [--edits 3] [--repeats 2] [--threads N] [--
 
 from __future__ import annotations
 
-import argparse
 import copy
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+import common
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,15 +62,9 @@ def best_of(fn, repeats: int, times: list[float]):
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = common.parser(__doc__)
     ap.add_argument("--edits", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from editaudit.atomic import atomic_write_text
+    args = common.parse(ap)
     from editaudit.checkpoint.folder import open_checkpoint
     from editaudit.editing import covariance
     from editaudit.editing.layers import default_layers, layout_for
@@ -122,8 +116,8 @@ def main() -> int:
     lines = [
         "# editaudit open-reading speed (bench/reading_speed.py)",
         f"# command: python {' '.join(sys.argv)}",
-        f"# python {platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
-        f"SmolLM2-135M, {args.edits} ROME edits in sequence at layer {layer} (v9b facts 220+); best of {args.repeats}",
+        common.where(),
+        f"# SmolLM2-135M, {args.edits} ROME edits in sequence at layer {layer} (v9b facts 220+); best of {args.repeats}",
         "",
         f"{'arm':34s} {'best s':>8s} {'runs':>20s}",
     ]
@@ -135,11 +129,7 @@ def main() -> int:
         f"reading ({len(texts)} prompts, base and suspect): {min(times[names[3]]) / min(times[names[2]]):.2f}x the time; "
         f"answer words, contexts and odds equal: {same_words}",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out, text)
+    common.finish(lines, args.out)
     return 0 if same_texts and same_words else 3
 
 

@@ -11,24 +11,17 @@ Usage: python bench/vocab_pass_speed.py [--tokens 8192] [--repeats 2] [--threads
 
 from __future__ import annotations
 
-import argparse
-import platform
 import time
-from pathlib import Path
 
 import torch
 
+import common
+
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = common.parser(__doc__)
     ap.add_argument("--tokens", type=int, default=8192)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from editaudit.atomic import atomic_write_text
+    args = common.parse(ap)
     from editaudit.editing.layers import layout_for
     from editaudit.models.loading import load_model
     from editaudit.models.registry import ensure_model
@@ -75,8 +68,7 @@ def main() -> int:
     plain, cached = min(times["plain"]), min(times["cached"])
     lines = [
         f"# python bench/vocab_pass_speed.py --tokens {args.tokens} --repeats {args.repeats}",
-        f"# python {platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
-        f"{platform.processor() or platform.machine()}",
+        common.where(),
         f"tokens {args.tokens}, prefix {len(prefix)} ids + the stand-in piece, {len(paths)} matrices",
         f"plain forwards   best {plain:7.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times['plain'])})",
         f"cached prefix    best {cached:7.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times['cached'])})",
@@ -84,11 +76,7 @@ def main() -> int:
         f"whole vocabulary ({E.shape[0]} tokens), estimated: plain {plain * E.shape[0] / args.tokens:.0f} s, "
         f"cached {cached * E.shape[0] / args.tokens:.0f} s",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out, text)
+    common.finish(lines, args.out)
     return 0
 
 

@@ -77,6 +77,23 @@ def frozen_base():
     return lm, open_checkpoint(folder).fingerprint()
 
 
+def every_layer(name: str = "smollm2-135m"):
+    """The screens' setup: (model, tokenizer, {layer: MLP output matrix path}, transposed, the clean weights to load
+    suspects onto with ``load_in_place``), the model frozen."""
+    from editaudit.editing.layers import layout_for
+    from editaudit.models import families
+    from editaudit.models.loading import load_model
+    from editaudit.models.registry import ensure_model
+
+    lm = load_model(ensure_model(name))
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    layout = layout_for(lm.model)
+    modules = {layer: layout.rewrite_name(layer) for layer in range(layout.n_layers)}
+    clean = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    return lm.model, lm.tokenizer, modules, families.family(layout.family).conv1d, clean
+
+
 def lowest_search(lm, fingerprint: str, deltas: dict, rank: int, null: bool = False):
     """(layer, SubjectSearch) over the lowest edited MLP output matrix of ``deltas`` ({parameter: ΔW}), its top ``rank`` input
     directions whitened by the cached key statistics. ``null``: an edit the scan names AlphaEdit is searched in the

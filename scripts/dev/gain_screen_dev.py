@@ -18,13 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts" / "dev"))
 
-from dev_model import load_in_place  # noqa: E402
+from dev_model import every_layer, load_in_place  # noqa: E402
 
 from editaudit.editing import covariance  # noqa: E402
-from editaudit.editing.layers import layout_for  # noqa: E402
-from editaudit.models import families  # noqa: E402
-from editaudit.models.loading import load_model  # noqa: E402
-from editaudit.models.registry import ensure_model  # noqa: E402
 from editaudit.scan import gain  # noqa: E402
 from editaudit.scan.nobase import KeyEig  # noqa: E402
 
@@ -40,17 +36,10 @@ def main() -> None:
     ap.add_argument("--tables", action="store_true", help="only the two vocabulary tables' statistics per layer")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    lm = load_model(ensure_model(args.model))
-    model, tok = lm.model, lm.tokenizer
-    for p in model.parameters():
-        p.requires_grad_(False)
-    layout = layout_for(model)
-    transposed = families.family(layout.family).conv1d
-    modules = {layer: layout.rewrite_name(layer) for layer in range(layout.n_layers)}
+    model, tok, modules, transposed, clean = every_layer(args.model)
     if args.layers:
         a, _, b = args.layers.partition("-")
         modules = {layer: modules[layer] for layer in range(int(a), int(b or a) + 1)}
-    clean = {n: p.detach().clone() for n, p in model.named_parameters()}
     lines = [f"# key-gain screen on development suspects ({args.model}); command: python scripts/dev/gain_screen_dev.py "
              + " ".join(sys.argv[1:]), f"# bar: ratio ≥ {gain.RATIO}; starts: {gain.NAMES} name pieces"]
     print("\n".join(lines), flush=True)

@@ -25,13 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts" / "dev"))
 
-from dev_model import load_in_place  # noqa: E402
+from dev_model import every_layer, load_in_place  # noqa: E402
 
 from editaudit.editing import covariance  # noqa: E402
-from editaudit.editing.layers import layout_for  # noqa: E402
-from editaudit.models import families  # noqa: E402
-from editaudit.models.loading import load_model  # noqa: E402
-from editaudit.models.registry import ensure_model  # noqa: E402
 from editaudit.scan import gain  # noqa: E402
 from editaudit.scan.keys import keys_of  # noqa: E402
 from editaudit.scan.nobase import KeyEig  # noqa: E402
@@ -48,14 +44,7 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    lm = load_model(ensure_model(args.model))
-    model, tok = lm.model, lm.tokenizer
-    for p in model.parameters():
-        p.requires_grad_(False)
-    layout = layout_for(model)
-    transposed = families.family(layout.family).conv1d
-    modules = {layer: layout.rewrite_name(layer) for layer in range(layout.n_layers)}
-    clean = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model, tok, modules, transposed, clean = every_layer(args.model)
     lines = [f"# key-gain screen over runs of {args.width} layers ({args.model}); command: python "
              "scripts/dev/gain_window_dev.py " + " ".join(sys.argv[1:]),
              f"# starts: {gain.NAMES} name pieces per window; z: the window's mean; least: the start's least z in it"]
@@ -80,7 +69,7 @@ def main() -> None:
                              + tok(" " + f["subject"], add_special_tokens=False)["input_ids"] for f in facts]) \
             if facts else {}
         out = [f"== {name}: edited layers {edited}; {len(facts)} subjects; statistics + vocabulary pass {t1 - t0:.0f} s"]
-        for lo in range(0, layout.n_layers - args.width + 1):
+        for lo in range(0, len(modules) - args.width + 1):
             win = list(range(lo, lo + args.width))
             mean = torch.stack([z[layer] for layer in win]).mean(0).masked_fill(~ok, -1e9)
             search = SubjectSearch(model, tok, spaces[win[0]], torch.empty(0))  # type: ignore[arg-type]
