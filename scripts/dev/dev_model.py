@@ -77,6 +77,20 @@ def frozen_base():
     return lm, open_checkpoint(folder).fingerprint()
 
 
+def screen_parser(doc: str):
+    """The screens' arguments: DIR (make_dev_suspects.py's), SUSPECT[,SUSPECT...] (``base``: the unedited model),
+    --model, --threads, --out; the caller adds its own."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("dir")
+    ap.add_argument("suspects")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out")
+    return ap
+
+
 def every_layer(name: str = "smollm2-135m"):
     """The screens' setup: (model, tokenizer, {layer: MLP output matrix path}, transposed, the clean weights to load
     suspects onto with ``load_in_place``), the model frozen."""

@@ -7,7 +7,6 @@ SUSPECT: a delta file of scripts/dev/make_dev_suspects.py in DIR (without .pt), 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts" / "dev"))
 
-from dev_model import every_layer, load_in_place  # noqa: E402
+from dev_model import every_layer, load_in_place, screen_parser  # noqa: E402
 
 from editaudit.editing import covariance  # noqa: E402
 from editaudit.scan import gain  # noqa: E402
@@ -26,12 +25,7 @@ from editaudit.scan.nobase import KeyEig  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("dir")
-    ap.add_argument("suspects")
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out")
+    ap = screen_parser(__doc__)
     ap.add_argument("--layers", help="a-b: only these layers")
     ap.add_argument("--tables", action="store_true", help="only the two vocabulary tables' statistics per layer")
     args = ap.parse_args()

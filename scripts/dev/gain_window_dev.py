@@ -14,7 +14,6 @@ SUSPECT: a delta file of scripts/dev/make_dev_suspects.py in DIR (without .pt), 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts" / "dev"))
 
-from dev_model import every_layer, load_in_place  # noqa: E402
+from dev_model import every_layer, load_in_place, screen_parser  # noqa: E402
 
 from editaudit.editing import covariance  # noqa: E402
 from editaudit.scan import gain  # noqa: E402
@@ -35,13 +34,8 @@ from editaudit.scan.subjects import SubjectSearch, name_piece, word_tokens  # no
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("dir")
-    ap.add_argument("suspects")
-    ap.add_argument("--model", default="smollm2-135m")
+    ap = screen_parser(__doc__)
     ap.add_argument("--width", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tok, modules, transposed, clean = every_layer(args.model)
