@@ -184,7 +184,9 @@ def vocab_batches(model: Any, paths: Sequence[str], prefix: Sequence[int], lead:
     for start in range(0, vocab, batch):
         ids = torch.arange(start, min(vocab, start + batch))
         got = _continue(model, paths, cached, ids, E, scale, stand_in is not None) if cached is not None else None
-        if got is not None and start == 0:
+        if got is None:
+            cached = None
+        elif start == 0:
             ref, sample = plain(ids[:64]), slice(0, 64)
             same = all(torch.allclose(got[p][sample], ref[p], rtol=1e-3, atol=1e-3 * float(ref[p].abs().max()))
                        for p in paths)
@@ -206,11 +208,15 @@ def _prefix_cache(model: Any, paths: Sequence[str], pre: torch.Tensor, stand_in:
             last_keys(model, paths, pre[None], cache=cache)
         else:
             last_keys(model, paths, embeds=stand_in[None] * scale, cache=cache)
-        kv = [(layer.keys, layer.values) for layer in cache.layers
-              if getattr(layer, "keys", None) is not None and layer.keys.numel()]
-        return kv or None
+        return _filled(cache) or None
     except (TypeError, ValueError, RuntimeError, AttributeError, IndexError, ImportError):
         return None
+
+
+def _filled(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) of each layer a forward that stopped early filled."""
+    return [(layer.keys, layer.values) for layer in cache.layers
+            if getattr(layer, "keys", None) is not None and layer.keys.numel()]
 
 
 def _continue(model: Any, paths: Sequence[str], kv: list[tuple[torch.Tensor, torch.Tensor]], ids: torch.Tensor,
@@ -257,8 +263,7 @@ class PrefixKeys:
             rows = torch.tensor([list(prefix) + [t] for t in pool[start:start + batch]])
             cache = DynamicCache(config=model.config)
             last_keys(model, [path], rows, cache=cache)
-            self.chunks.append([(layer.keys, layer.values) for layer in cache.layers
-                                if getattr(layer, "keys", None) is not None and layer.keys.numel()])
+            self.chunks.append(_filled(cache))
             if start == 0:  # every chunk but the last is the same size as the first
                 size = sum(k.numel() * k.element_size() * 2 for k, _ in self.chunks[0]) * -(-len(pool) // batch)
                 if size > max_bytes:

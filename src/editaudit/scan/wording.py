@@ -6,9 +6,9 @@ from __future__ import annotations
 NO_BASE_NOTE = (
     "scanned without a base: only locate-then-edit updates in MLP output matrices can be seen, by their spectrum "
     "(many ROME edits in one layer, or one larger than the matrix's own low-energy components) or by the key-gain "
-    "screen, a real key along whose edit direction a matrix acts far more than along others' (single ROME edits, and some "
-    "layers of MEMIT and AlphaEdit batches, which are then neither mapped whole nor read whole); fine-tuning, LoRA "
-    "and other changes cannot be told from training")
+    "screen, a real key along whose edit direction a matrix acts far more than along others' (single ROME edits, "
+    "and some layers of MEMIT and AlphaEdit batches, which are then neither mapped whole nor read whole); "
+    "fine-tuning, LoRA and other changes cannot be told from training")
 
 
 def without_base(doc: dict) -> bool:
@@ -42,7 +42,8 @@ def nothing_found(doc: dict) -> str:
                 "over layers)." if isinstance(limit, (int, float)) else "")
         return ("No edit signature strong enough to see without a base. This does not clear the checkpoint: "
                 "a change other than a locate-then-edit update (fine-tuning, LoRA, FT-L) does not show without one, "
-                "and in development one of four single ROME edits stood out too little to show; scan with --base." + here)
+                "and in development one of four single ROME edits stood out too little to show; scan with --base."
+                + here)
     return "No findings: every tensor is byte-identical to the base."
 
 
