@@ -19,7 +19,6 @@ plan.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "scripts" / "dev"))
+
+from dev_model import load_in_place  # noqa: E402
 
 from editaudit.editing import covariance  # noqa: E402
 from editaudit.editing.layers import layout_for  # noqa: E402
@@ -60,17 +62,7 @@ def main() -> None:
     D = Path(args.dir)
     for name in args.suspects.split(","):
         t0 = time.perf_counter()
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                p.copy_(clean[n])
-            facts = []
-            if name != "base":
-                delta = torch.load(D / f"{name}.pt", weights_only=True)
-                for n, p in model.named_parameters():
-                    if n in delta:
-                        p += delta[n].to(p.dtype)
-                facts = [json.loads(l) for l in (D / f"{name}.jsonl").read_text().splitlines() if l.strip()]
-        edited = sorted({int(n.split(".")[2]) for n in (delta if name != "base" else {})})
+        facts, edited = load_in_place(model, clean, D, name)
         lasts = {f["subject"]: tok(" " + f["subject"], add_special_tokens=False)["input_ids"][-1] for f in facts}
         key = covariance.weights_key(model)
         moms = covariance.second_moments(model, tok, paths, model_key=key)
