@@ -115,6 +115,17 @@ def write(lines, header, rows_out, details, doc, t_start, out: Path | None, done
         atomic_write_text(out.with_suffix(".json"), json.dumps(doc, indent=2, default=str) + "\n")
 
 
+def stored_report(store, suspect: Path) -> dict | None:
+    """The newest finished scan report of ``suspect`` in ``store`` (``--work``), or None."""
+    from editaudit.checkpoint import open_checkpoint
+    from editaudit.store.mitigation_runs import finished_scans
+
+    for scan in finished_scans(store, open_checkpoint(suspect).fingerprint()):
+        if scan.get("report"):
+            return json.loads(scan["report"])
+    return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--facts", type=Path, default=ROOT / "bench/heldout/smollm2-135m.jsonl")
@@ -126,6 +137,9 @@ def main() -> int:
                     "first facts were used)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="write the table here (and the details as .json)")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="keep the suspects and the session database here, and reuse them when present (the same "
+                         "facts, a finished scan): another --methods on the same suspects and scans, for development")
     args = ap.parse_args()
     if args.start < 0:
         ap.error(f"--start must be 0 or more, not {args.start}")
@@ -178,7 +192,9 @@ def main() -> int:
 
         data = hypernet_data.build()
         trained_subjects = {c.subject.casefold() for c in data.train + data.val}
-    with tempfile.TemporaryDirectory(prefix="editaudit-erase-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="editaudit-erase-") as scratch:
+        tmp = args.work or Path(scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
         store = Store(Path(tmp) / "sessions.db")
         for method, mode, a, b in SUSPECTS:
             if method not in wanted:
@@ -192,23 +208,35 @@ def main() -> int:
             suspect = Path(tmp) / f"{method}-{mode}"
             t0 = time.perf_counter()
             layers = None if method in HYPERNETS else default_layers(method, n_layers)  # the editor's own layers
-            run = apply_edits(lm, chunk, method, layers=layers, out=suspect, hparams={"mode": mode}, evaluate=False)
-            run.restore()
+            made = suspect / "erase_eval_facts.json"
+            ids = [f.id for f in chunk]
+            kept = json.loads(made.read_text()) if args.work and made.exists() else {}
+            if kept.get("facts") == ids and kept.get("layers") == layers:
+                edited_layers = kept["edited"]
+                log(f"{method} {mode}: reusing {suspect}")
+            else:
+                run = apply_edits(lm, chunk, method, layers=layers, out=suspect, hparams={"mode": mode},
+                                  evaluate=False)
+                run.restore()
+                edited_layers = run.layers
+                made.write_text(json.dumps({"facts": ids, "layers": layers, "edited": edited_layers}))
             t_edit = time.perf_counter() - t0
-            log(f"{method} {mode}: {len(chunk)} edits at layers {run.layers} ({t_edit:.0f}s); scanning")
+            log(f"{method} {mode}: {len(chunk)} edits at layers {edited_layers} ({t_edit:.0f}s); scanning")
             t0 = time.perf_counter()
-            report = run_scan(suspect, base, ScanOptions(read="open"), store=store).to_dict()
+            report = stored_report(store, suspect) if args.work else None
+            if report is None:
+                report = run_scan(suspect, base, ScanOptions(read="open"), store=store).to_dict()
             t_scan = time.perf_counter() - t0
             readings = [r for f in report["findings"] for r in f.get("readings", []) if r.get("status") == "edit"]
             sus_lm = load_model(suspect, device="cpu")
             sus = measure(sus_lm.model, sus_lm.tokenizer, chunk, paras, neighbours, intrinsic)
             del sus_lm
-            entry = {"method": method, "mode": mode, "facts": [f.id for f in chunk], "layers": run.layers,
+            entry = {"method": method, "mode": mode, "facts": ids, "layers": edited_layers,
                      "edit_seconds": round(t_edit, 1), "scan_seconds": round(t_scan, 1),
                      "readings": [{k: r.get(k) for k in ("subject", "prompt", "after", "before", "layer")}
                                   for r in readings],
                      "suspect": {"stated": sum(sus["edits_new"]), "intrinsic": sus["intrinsic"]}, "erase": {}}
-            details.append(f"{method} {mode}: layers {run.layers}, edit {t_edit:.0f}s, scan {t_scan:.0f}s, "
+            details.append(f"{method} {mode}: layers {edited_layers}, edit {t_edit:.0f}s, scan {t_scan:.0f}s, "
                            f"suspect states {sum(sus['edits_new'])}/{len(chunk)} edits, "
                            f"{sum(sus['paras_new'])}/{len(paras)} paraphrases; intrinsic {sus['intrinsic']:.1%}")
             for r in readings:
