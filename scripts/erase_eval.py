@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -244,6 +245,8 @@ def main() -> int:
             for m in methods:
                 name, _, settings = m.partition(":")
                 out = Path(tmp) / f"{method}-{mode}-{len(entry['erase'])}"
+                if args.work and out.exists():  # an earlier run's output: this arm writes afresh
+                    shutil.rmtree(out)
                 t0 = time.perf_counter()
                 try:
                     given = parse_assignments(settings.split("/")) if settings else {}
@@ -273,6 +276,9 @@ def main() -> int:
                 rows_out.append(line)
                 log(line)
                 details.append(f"    {m}: stop: {arm.stop_reason}")
+                lost = [f.subject for f, a, b in zip(neighbours, sus["neighbours_true"], aft["neighbours_true"]) if a and not b]
+                if lost:
+                    details.append(f"      neighbours lost: {', '.join(lost)}")
                 for i, f in enumerate(chunk):
                     if sus["edits_new"][i]:
                         state = ("kept" if aft["edits_new"][i] else "true back" if aft["edits_true"][i] else "third")

@@ -415,6 +415,32 @@ def test_service_takes_the_subjects_from_the_scans_readings(rome_suspect, tmp_pa
     assert res.arms["project"].residual["mean_share"] < 0.02
 
 
+def test_the_object_guided_sweep_runs_in_the_layers_its_setting_names(rome_suspect, tmp_path, monkeypatch):
+    """``object_sweep=all`` adds one object-guided direction for the read edit in its layer, and the edit is still
+    erased; ``unswept`` (the layers the low-half sweep skips) leaves a ROME layer, which that sweep reaches, alone."""
+    from editaudit.mitigation import evidence as ev_mod
+    from editaudit.mitigation.service import MitigationOptions, run_mitigation
+
+    base, suspect = rome_suspect
+    name = "model.layers.2.mlp.down_proj.weight"
+    real = ev_mod.evidence_from_report
+
+    def with_readings(doc, source="scan", scan_id=None):
+        for f in doc.get("findings", []):
+            if f.get("rule") == "EA101":
+                f["readings"] = [{"subject": "France", "prompt": "The capital city of France", "status": "edit",
+                                  "before": "Paris", "after": "Tokyo", "confidence": 0.9, "layer": 2, "tensor": name}]
+        return real(doc, source, scan_id)
+
+    monkeypatch.setattr(ev_mod, "evidence_from_report", with_readings)
+    for setting, guided in (("all", 1), ("unswept", 0)):
+        opts = MitigationOptions(base=str(base), out=tmp_path / setting, method="project",
+                                 project=dict(SETTINGS, object_sweep=setting))
+        arm = run_mitigation(suspect, "erase", opts).arms["project"]
+        assert [r["guided"] for r in arm.project["layers"]] == [guided]
+        assert arm.residual["mean_share"] < 0.02
+
+
 def test_cli_mitigate_method_project_with_a_subjects_file(rome_suspect, tmp_path):
     from typer.testing import CliRunner
 
@@ -444,7 +470,8 @@ def test_project_settings_are_checked():
     assert got["target"] == "project" and got["cov_tokens"] == 5000 and got["nullspace_rel"] == 1.0 and got["rekey"]
     for bad, match in (({"lr": 1}, "no setting"), ({"target": "median"}, "target must be"),
                        ({"cov_tokens": "many"}, "bad value"), ({"rekey": 1}, "bad value"),
-                       ({"cov_tokens": 0}, "at least 1"), ({"sweep_space": "high"}, "sweep_space must be")):
+                       ({"cov_tokens": 0}, "at least 1"), ({"sweep_space": "high"}, "sweep_space must be"),
+                       ({"object_sweep": "some"}, "object_sweep must be"), ({"object_space": "auto"}, "object_space")):
         with pytest.raises(BadInput, match=match):
             project_settings(bad)
     # `--hparam directions=null` parses as JSON null: the choice named "null" is meant

@@ -129,6 +129,22 @@ def sweep_ranks(evidence, low_rank: int, memit_sweep: str = "off") -> dict[int, 
     return out
 
 
+#: ``object_sweep`` settings: the object-guided sweep (mitigation/object_sweep.py) in no layer, in the edited layers
+#: the low-half sweep skips (``unswept``: those of findings named MEMIT), or in every edited layer.
+OBJECT_SWEEP_SETTINGS = ("off", "unswept", "all")
+#: ``object_space``: where its directions are taken (``object_sweep.guided_directions``).
+OBJECT_SPACES = ("whiten", "low", "null")
+
+
+def object_sweep_layers(layers, swept: dict, setting: str) -> list[int]:
+    """The layers the object-guided sweep works in, of the projection's ``layers``, by the setting."""
+    if setting == "all":
+        return list(layers)
+    if setting == "unswept":
+        return [layer for layer in layers if layer not in swept]
+    return []
+
+
 def _project_in_place(ctx: "RunContext", net, tok, targets: dict, stage: str) -> "ProjectionResult":
     """Run the projection erase on ``net`` (changed in place), counting its layers in ``stage``; its result."""
     import torch
@@ -155,15 +171,40 @@ def _project_in_place(ctx: "RunContext", net, tok, targets: dict, stage: str) ->
 
     contexts = context_templates(net, tok, hp["contexts"], hp["context_length"], hp["seed"])
     swept = sweep_plan(ctx.evidence, hp)
+    guided = object_sweep_layers(layers, swept, hp["object_sweep"])
+    guides = object_guides(ctx.evidence, net, tok, {layer: names[layer] for layer in guided}) if guided else None
     res = erase_by_projection(net, tok, targets, cov_for_layer, layout=layout, target=hp["target"],
                               key_mode=hp["key_mode"], directions=hp["directions"],
                               nullspace_rel=hp["nullspace_rel"], contexts=contexts, rekey=hp["rekey"],
                               subject_alone=hp["subject_alone"],
                               low_rank={layer: r for layer, (r, _) in swept.items()},
                               sweep_space={layer: space for layer, (_, space) in swept.items()},
+                              guides=guides, object_space=hp["object_space"],
                               texts=corpus_mod.texts(hp["corpus"], ctx.say) if hp["target"] == "mean" else None,
                               text_seq_len=hp["cov_seq_len"], progress=ctx.steps_in(stage))
     return res
+
+
+def object_guides(evidence, net, tok, names: dict[int, str]) -> dict:
+    """{layer: object gradients} of the scan's edit readings with an object, on the suspect as it is (before any
+    change), each reading's rows only in its own finding's layers (mitigation/object_sweep.py)."""
+    import torch
+
+    from .object_sweep import object_gradients
+    from .unlearn import prime_tokens, targets_from_readings
+
+    targets = targets_from_readings(evidence.readings if evidence is not None else [])
+    if not targets:
+        return {}
+    prime_tokens(net, tok, targets)
+    grads = object_gradients(net, tok, targets, names)
+    out = {}
+    for layer, G in grads.items():
+        if G.shape[1] == 0:
+            continue
+        own = torch.tensor([layer in t.layers for t in targets], dtype=torch.bool)
+        out[layer] = G * own[:, None]
+    return out
 
 
 def _still_stated(net, tok, targets) -> list:

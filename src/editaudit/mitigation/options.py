@@ -47,7 +47,8 @@ PROJECT_DEFAULTS: dict[str, Any] = {"target": "mean", "key_mode": "auto", "direc
                                     "cov_tokens": 20000,
                                     "cov_seq_len": 256, "contexts": 5, "context_length": 10, "seed": 0,
                                     "low_rank": 16, "sweep_space": "auto", "memit_sweep": "off",
-                                    "uncertain": True}
+                                    "uncertain": True, "object_sweep": "off",
+                                    "object_space": "whiten"}
 
 
 def split_hparams(values: dict, method: str) -> tuple[dict, dict]:
@@ -70,7 +71,7 @@ def split_hparams(values: dict, method: str) -> tuple[dict, dict]:
 def project_settings(overrides: dict | None) -> dict:
     """The projection erase's settings with ``overrides`` checked (unknown keys and wrong types are BadInput)."""
     from .project import DIRECTIONS, KEY_MODES, TARGETS
-    from .erase import MEMIT_SWEEP_SETTINGS, SWEEP_SETTINGS
+    from .erase import MEMIT_SWEEP_SETTINGS, OBJECT_SPACES, OBJECT_SWEEP_SETTINGS, SWEEP_SETTINGS
 
     hp = dict(PROJECT_DEFAULTS)
     for key, value in (overrides or {}).items():
@@ -94,7 +95,8 @@ def project_settings(overrides: dict | None) -> dict:
             raise BadInput(f"project setting {key!r}: bad value {value!r}")
         hp[key] = value
     for key, choices in (("target", TARGETS), ("key_mode", KEY_MODES), ("directions", DIRECTIONS),
-                         ("sweep_space", SWEEP_SETTINGS), ("memit_sweep", MEMIT_SWEEP_SETTINGS)):
+                         ("sweep_space", SWEEP_SETTINGS), ("memit_sweep", MEMIT_SWEEP_SETTINGS),
+                         ("object_sweep", OBJECT_SWEEP_SETTINGS), ("object_space", OBJECT_SPACES)):
         if hp[key] not in choices:
             raise BadInput(f"project setting {key} must be one of {', '.join(choices)}, not {hp[key]!r}")
     if hp["cov_tokens"] < 1 or hp["cov_seq_len"] < 1:

@@ -127,6 +127,7 @@ class LayerReport:
     weight_change: float  # ‖ΔW‖ / ‖W‖
     text_change: float   # √(tr ΔW C ΔWᵀ / tr W C Wᵀ): how much ordinary text's outputs move
     swept: int = 0       # rank of the low-half sweep (0: none)
+    guided: int = 0      # directions of the object-guided sweep (mitigation/object_sweep.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -309,6 +310,7 @@ def erase_by_projection(model, tokenizer, targets: Mapping[int, Sequence[EraseSu
                         texts: Sequence[str] | None = None, text_seq_len: int = 256, subject_alone: bool = True,
                         answers: bool = True, low_rank: int | Mapping[int, int] = 0,
                         sweep_space: str | Mapping[int, str] = "low",
+                        guides: Mapping[int, torch.Tensor] | None = None, object_space: str = "whiten",
                         progress: Progress = ignore) -> ProjectionResult:
     """Erase the edits of ``targets`` ({layer: subjects}) from ``model`` in place; see the module docstring.
 
@@ -326,6 +328,9 @@ def erase_by_projection(model, tokenizer, targets: Mapping[int, Sequence[EraseSu
     ``low_rank`` > 0 adds the low-half sweep of that rank to every layer of ``targets`` (see the module
     docstring), or ``{layer: rank}`` to the layers named; a layer whose subject list is empty gets the sweep alone.
     ``sweep_space`` (one for all layers, or ``{layer: space}``, default ``low``) is where each layer's sweep works.
+    ``guides`` ({layer: [n, d_out] object gradients}, ``object_sweep.object_gradients``) add the object-guided
+    sweep to those layers after the subjects' solve and the low-half sweep, its directions C⁻¹Wᵀg
+    (``object_space="whiten"``) or in a sweep space (``low``, ``null``).
     ``progress`` receives typed events (editaudit.progress): the stage ``re-solving layers``, a Step per layer.
     """
     import time
@@ -401,14 +406,25 @@ def erase_by_projection(model, tokenizer, targets: Mapping[int, Sequence[EraseSu
                 subject_reports.append(SubjectReport(
                     s.subject, layer, list(s.prompts), len(rows), round(gain, 3), round(float(change[rows].mean()), 4)))
         swept = ranks.get(layer, 0)
+        space = sweep_space.get(layer, "low") if isinstance(sweep_space, Mapping) else sweep_space
         if swept:
-            space = sweep_space.get(layer, "low") if isinstance(sweep_space, Mapping) else sweep_space
             delta = delta + low_half_sweep(W + delta, C, swept, space, nullspace_rel)
+        guided = 0
+        G = guides.get(layer) if guides else None
+        if G is not None and G.numel():
+            from .object_sweep import object_sweep
+
+            if object_space == "whiten":
+                change, guided = object_sweep(W + delta, G, C=C)
+            else:
+                change, guided = object_sweep(W + delta, G, sweep_basis(C, object_space, nullspace_rel))
+            delta = delta + change
         text_change = float(torch.sqrt(torch.trace(delta @ C @ delta.T) / torch.trace(W @ C @ W.T).clamp_min(1e-30)))
         add_delta(module, delta.to(torch.float32))
         param = f"{name}.weight"
         tensors[param] = module.weight.detach().to("cpu", torch.float32).clone()
-        layer_reports.append(LayerReport(layer, param, n_dirs, float(delta.norm() / W.norm()), text_change, swept))
+        layer_reports.append(LayerReport(layer, param, n_dirs, float(delta.norm() / W.norm()), text_change, swept,
+                                         guided))
     progress(Step(STAGE, len(layers), len(layers)))
     after = _answers(model, tokenizer, all_subjects) if answers else [[] for _ in all_subjects]
     index = {s.subject: i for i, s in enumerate(all_subjects)}
