@@ -15,8 +15,8 @@ them, 10 MEND edits one after another (5–14) and a MALMEN batch of 10 (15–24
 layers (a subject in the editors' training data stops the run). Neighbours: the 25 held-apart facts no suspect edits
 (0–4, 35–54). Intrinsic: the built-in intrinsic set.
 
-Each suspect is scanned against the base (``ScanOptions(read="open")``, stored in a fresh session database); the
-erase then runs as ``run_mitigation(SUSPECT, "erase", MitigationOptions(method=M))`` with **no base**: the subjects,
+Each suspect is scanned against the base (``ScanOptions(read="open")``, stored in a fresh session database), or
+without it (``--no-base-scan``: no base anywhere, as a reviewer without one would run it); the erase then runs as ``run_mitigation(SUSPECT, "erase", MitigationOptions(method=M))`` with **no base**: the subjects,
 prompts and objects come from the stored scan's blind readings only, never from the facts. The facts are used to
 measure, after the erase, the checkpoint as written:
 
@@ -116,14 +116,16 @@ def write(lines, header, rows_out, details, doc, t_start, out: Path | None, done
         atomic_write_text(out.with_suffix(".json"), json.dumps(doc, indent=2, default=str) + "\n")
 
 
-def stored_report(store, suspect: Path) -> dict | None:
-    """The newest finished scan report of ``suspect`` in ``store`` (``--work``), or None."""
+def stored_report(store, suspect: Path, no_base: bool) -> dict | None:
+    """The newest finished scan report of ``suspect`` in ``store`` (``--work``) made with or without the base, or
+    None."""
     from editaudit.checkpoint import open_checkpoint
     from editaudit.store.mitigation_runs import finished_scans
 
     for scan in finished_scans(store, open_checkpoint(suspect).fingerprint()):
-        if scan.get("report"):
-            return json.loads(scan["report"])
+        doc = json.loads(scan["report"]) if scan.get("report") else None
+        if doc is not None and bool((doc.get("base") or {}).get("no_base")) == no_base:
+            return doc
     return None
 
 
@@ -140,7 +142,10 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="write the table here (and the details as .json)")
     ap.add_argument("--work", type=Path, default=None,
                     help="keep the suspects and the session database here, and reuse them when present (the same "
-                         "facts, a finished scan): another --methods on the same suspects and scans, for development")
+                         "facts, a finished scan): another --methods on the same suspects and scans, for development. "
+                         "The erase takes the newest stored scan, so keep scans with and without the base apart")
+    ap.add_argument("--no-base-scan", action="store_true",
+                    help="scan each suspect without the base as well (`editaudit scan SUSPECT`): no base anywhere")
     args = ap.parse_args()
     if args.start < 0:
         ap.error(f"--start must be 0 or more, not {args.start}")
@@ -174,6 +179,8 @@ def main() -> int:
     lines = [f"# editaudit base-free erase on SmolLM2-135M-Instruct (CPU), facts from {args.facts.name}"
              + (f" from fact {args.start}" if args.start else ""),
              "# command: python scripts/erase_eval.py " + " ".join(sys.argv[1:]),
+             "# scans " + ("without the base (no base anywhere)" if args.no_base_scan else "against the base; the erase "
+                           "without it"),
              f"# python {platform.python_version()}, torch {torch.__version__}, {args.threads} thread(s); "
              f"default --method auto for erase = {ERASE_DEFAULT}",
              f"# pass: erased ≥ {PASS['erased']:.0%}, intrinsic ≥ {PASS['intrinsic_points']:+.0f} points, neighbours "
@@ -224,9 +231,10 @@ def main() -> int:
             t_edit = time.perf_counter() - t0
             log(f"{method} {mode}: {len(chunk)} edits at layers {edited_layers} ({t_edit:.0f}s); scanning")
             t0 = time.perf_counter()
-            report = stored_report(store, suspect) if args.work else None
+            report = stored_report(store, suspect, args.no_base_scan) if args.work else None
             if report is None:
-                report = run_scan(suspect, base, ScanOptions(read="open"), store=store).to_dict()
+                report = run_scan(suspect, None if args.no_base_scan else base, ScanOptions(read="open"),
+                                  store=store).to_dict()
             t_scan = time.perf_counter() - t0
             readings = [r for f in report["findings"] for r in f.get("readings", []) if r.get("status") == "edit"]
             sus_lm = load_model(suspect, device="cpu")
