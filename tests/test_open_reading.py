@@ -202,6 +202,11 @@ def test_method_named_from_signatures():
     assert name_method("EA101", [4], 1)["name"] == "rome"
     assert name_method("EA111", [4], None)["name"] == "ft-l"
     assert name_method("EA102", [2, 3], 2)["confidence"] < 0.6  # no key statistics: MEMIT or AlphaEdit
+    # found without the base: the same name, hedged, and the report says why
+    blind = name_method("EA101", [4], 1, no_base=True)
+    assert blind["name"] == "rome" and blind["confidence"] < name_method("EA101", [4], 1)["confidence"]
+    assert "without the base" in blind["why"]
+    assert name_method("EA111", [4], None, no_base=True) == name_method("EA111", [4], None)
 
 
 def test_reading_prefers_an_object_stated_on_several_phrasings(monkeypatch):

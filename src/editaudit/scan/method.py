@@ -40,9 +40,25 @@ def top_run(layers: list[int], n_layers: int | None) -> bool:
             and min(layers) >= n_layers // 2)
 
 
+#: Without the base a finding is only the layers a screen flagged: a MEMIT or AlphaEdit batch was seen at one to
+#: four of its five layers on held-apart batches (bench/heldout/v13-plan.md, seventh use), so a name from the
+#: flagged layers alone is held at this share of its confidence.
+NO_BASE_DISCOUNT = 0.6
+
+
 def name_method(rule: str, layers: list[int], rank: int | None, occupied: float | None = None,
-                n_layers: int | None = None) -> dict:
-    """{"name", "confidence", "why"} for one finding (``n_layers``: the model's depth, to place the layers)."""
+                n_layers: int | None = None, no_base: bool = False) -> dict:
+    """{"name", "confidence", "why"} for one finding (``n_layers``: the model's depth, to place the layers;
+    ``no_base``: found without the base, the name is hedged — see ``NO_BASE_DISCOUNT``)."""
+    named = _name(rule, layers, rank, occupied, n_layers)
+    if no_base and named["name"] in ("rome", "memit", "alphaedit"):
+        named = _named(named["name"], round(named["confidence"] * NO_BASE_DISCOUNT, 2),
+                       named["why"] + "; found without the base, so a batch editor's other layers may be unseen "
+                       "(ROME, MEMIT and AlphaEdit look alike at the layers a screen flags)")
+    return named
+
+
+def _name(rule: str, layers: list[int], rank: int | None, occupied: float | None, n_layers: int | None) -> dict:
     multi = len(layers) > 1
     if rule == "EA102" and top_run(layers, n_layers):
         span = f"layers {min(layers)}–{max(layers)} of {n_layers}"

@@ -227,7 +227,7 @@ def scan_alone(suspect_ck: Any, options: Any, progress: Callable[[str, float, fl
                f"output matrix at layer(s) {_span(layers)}, found without the base (outlier/median {spikes})")
         f = Finding(rule, msg, tensors, layers, rank,
                     data={"no_base": True, "spike": {str(s.layer): round(s.ratio, 1) for s in run}})
-        f.data["method"] = name_method(rule, layers, rank, n_layers=layout.n_layers)
+        f.data["method"] = name_method(rule, layers, rank, n_layers=layout.n_layers, no_base=True)
         findings.append(f)
     by_gain = _gain_findings(gain.flagged(screened), {s.layer for s in sites}, findings, layout.n_layers)
     t_read = time.perf_counter()
@@ -281,7 +281,7 @@ def _gain_findings(flagged: list[Any], spectral: set[int], findings: list, n_lay
                f"{top.ratio:.1f}× the median start at layer {top.layer}: {top.text!r})")
         f = Finding(rule, msg, [f"{g.path}.weight" for g in run], layers, 1,
                     data={"no_base": True, "gain": {str(g.layer): g.to_dict() for g in run}})
-        f.data["method"] = name_method(rule, layers, 1, n_layers=n_layers)
+        f.data["method"] = name_method(rule, layers, 1, n_layers=n_layers, no_base=True)
         findings.append(f)
         out.append((f, top))
     return out
