@@ -358,8 +358,9 @@ def propose(doc: dict) -> Proposal:
         why["method"] = ("full fine-tuning of exactly the planned matrices; LoRA/DoRA adapt fewer weights and are "
                          "merged at the end.")
     why["modules"] = "every matrix of the chosen layers; ROME and MEMIT write into the MLP output matrix (mlp_out)."
-    why["task"] = ("language modelling on prose needs no labels; its default data is public-domain CIA World "
-                   "Factbook text, fetched once from PyPI. Give a text or JSONL file to use your own.")
+    why["task"] = ("language modelling on prose needs no labels; its default data is the New York Times editorial "
+                   "snippets of the vaderSentiment release, fetched once from PyPI (not the Factbook prose the key "
+                   "statistics come from). Give a text or JSONL file to use your own.")
     why["stop"] = ("a step budget, evaluating every N steps (edited and intrinsic retention are measured and the "
                    "run can be resumed from there); optional early stops on validation loss or accuracy.")
     return Proposal(goal, method, layers, "all", "lm", why)
@@ -372,7 +373,7 @@ def require_edits(evidence, what: str, alternatives: str) -> None:
         raise BadInput(f"{what}, but there is no scan of this suspect: run `editaudit scan SUSPECT` first (with "
                        f"--base BASE when you have it), pass --base, {alternatives}")
     if not evidence.found:
-        blind = ("; it ran without a base, which sees only strong edits (MEMIT and AlphaEdit batches and most single "
-                 "ROME edits stay hidden): with the base, pass --base BASE to find edits by their difference"
+        blind = ("; it ran without a base, which finds single ROME edits but sees a MEMIT or AlphaEdit batch at few "
+                 "of its layers or not at all: with the base, pass --base BASE to find edits by their difference"
                  if evidence.base is None else "")
         raise BadInput(f"{evidence.source} found no edit to erase{blind}")
