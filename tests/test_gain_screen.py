@@ -123,6 +123,53 @@ def test_a_flagged_layer_becomes_a_finding_read_through_its_start(tiny_llama, mo
     assert "gain_s" in doc["summary"]
 
 
+def test_taking_the_found_edit_out_leaves_the_next_one_standing():
+    """Two ROME edits in one matrix, the second smaller: beside the first it barely stands out of 500 other keys.
+    Once the first key's edit direction is taken out (``deflate``), the first key is one of many again and the
+    second stands clearly above every other key."""
+    from editaudit.scan.gain import deflate
+    from editaudit.scan.nobase import KeyEig
+
+    W, C = _trained_like(48, 96, 0)
+    d1, k1 = _rome(W, C, 1, size=2.0)
+    d2, k2 = _rome(W, C, 2, size=1.0)
+    edited = W + d1 + d2
+    others = _keys(C, 500, 5)
+    before = _space(edited, C)
+    top0 = float(before.calibrate(before.gain(others)).max())
+    after = _space(deflate(edited, KeyEig.of(C), k1[None]), C)
+    top1 = float(after.calibrate(after.gain(others)).max())
+    assert float(before.fire(k1[None])[0]) > 2 * top0                   # the first edit stands far out
+    assert float(after.fire(k1[None])[0]) < top1                        # and is gone once taken out
+    second0, second1 = float(before.fire(k2[None])[0]) / top0, float(after.fire(k2[None])[0]) / top1
+    assert second0 < 1.1 and second1 > 1.25                             # the second: hidden, then standing
+
+
+def test_a_flagged_layer_is_searched_again_with_its_subjects_taken_out(tiny_llama, monkeypatch):
+    """With the bar for further subjects at 0, a flagged layer of a tiny model yields ``max_open_subjects`` subjects:
+    the first from the screen, the rest from the deflated matrix, each in the finding's ``gain_more`` and read."""
+    from editaudit.editing import covariance
+    from editaudit.scan import gain
+    from editaudit.models.loading import load_model
+    from editaudit.scan.keys import vocab_keys
+    from editaudit.scan.service import ScanOptions, run_scan
+
+    lm = load_model(tiny_llama)
+    paths = {i: f"model.layers.{i}.mlp.down_proj" for i in range(lm.model.config.num_hidden_layers)}
+    keys = vocab_keys(lm.model, lm.tokenizer, list(paths.values()), None)
+    Cs = {i: keys[p].float().T @ keys[p].float() / keys[p].shape[0] for i, p in paths.items()}
+    monkeypatch.setattr(covariance, "second_moments",
+                        lambda model, tok, modules, **kw: {i: covariance.SecondMoment(i, Cs[i], 1, "t") for i in modules})
+    monkeypatch.setattr(gain, "flagged", lambda rows, ratio=gain.RATIO: [g for g in rows if g.layer == 2])
+    monkeypatch.setattr(gain, "DEFLATED_RATIO", -1e9)
+    doc = run_scan(tiny_llama, None, ScanOptions(read="open", max_open_subjects=3), store=None).to_dict()
+    edit = next(f for f in doc["findings"] if f["rule"] in ("EA101", "EA102"))
+    assert len(edit["gain_more"]) == 2 and all(r["layer"] == 2 for r in edit["gain_more"])
+    off = run_scan(tiny_llama, None, ScanOptions(read="open", max_open_subjects=3, gain_rounds=False),
+                   store=None).to_dict()
+    assert "gain_more" not in next(f for f in off["findings"] if f["rule"] in ("EA101", "EA102"))
+
+
 def test_the_vocabulary_pass_falls_back_to_plain_forwards_when_the_cache_disagrees(tiny_llama, monkeypatch):
     """A model whose cached prefix does not reproduce plain forwards (checked on the first batch) is run plainly:
     the keys are the plain ones, never the cache's."""

@@ -20,6 +20,11 @@ while the edits tried were found as name pairs ("isenu", "Bukak", "is Lorraine")
 ``RATIO`` times above the median start: an edit's key is an outlier among the layer's own best texts, a measure
 that needs no calibration across layers or models. The flagged layer's best start is then climbed and trimmed
 into the subject the reader reads.
+
+Several edits in one matrix (ROME edits in sequence) leave several such keys, but the strongest hides the others: the
+median start of a flagged layer is itself raised by it. So the found subject's edit direction is taken out of the
+matrix, W ← W − (W û)ûᵀ, the layer's starts are scored again, and a start that now stands ``DEFLATED_RATIO`` times
+above the median start is grown into the next subject, until none does (``more_subjects``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ NAMES = 16
 #: A layer is flagged when its best start's z is this many times the median start's. Fixed from the unedited
 #: SmolLM2-135M's 30 layers (bench/results/gain_tables_dev.txt: its name table at most 1.7x); see docs/scan.md.
 RATIO = 3.0
+#: In a flagged layer, once the subjects found are taken out of the matrix, a further start is read when it stands this
+#: many times above the median start. Set on a development ROME sequence of spent facts (v13 35-89: the next four
+#: edited names stood 1.8-2.4x, then 1.5x), above the unedited SmolLM2-135M's best layer (1.70x); only layers the
+#: screen flagged at ``RATIO`` are searched again, so an unedited checkpoint is not affected.
+DEFLATED_RATIO = 1.75
 #: C's eigenvalues are floored at this share of the largest, so that a direction the corpus never reached does not
 #: dominate every C⁻¹k.
 FLOOR = 1e-6
@@ -111,7 +121,7 @@ def screen(model: Any, tokenizer: Any, modules: dict[int, str], eigs: dict[int, 
            names: int = NAMES,
            progress: Callable[[str, float, float], None] = lambda s, d, t: None) -> list[GainLayer]:
     """Every layer's best start and how far it stands out (see the module docstring). ``eigs``: {layer: KeyEig}."""
-    from .subjects import SubjectSearch, name_piece, word_tokens
+    from .subjects import name_piece, word_tokens
 
     spaces: dict[str, GainSpace] = {}
     for layer, path in sorted(modules.items()):
@@ -123,35 +133,46 @@ def screen(model: Any, tokenizer: Any, modules: dict[int, str], eigs: dict[int, 
     out: list[GainLayer] = []
     for n, (layer, path) in enumerate(sorted(modules.items())):
         progress("gain screen: layers", n, len(modules))
-        sp = spaces[path]
-        z = sp.calibrate(named[path])
-        ok = word_like[:z.numel()]
-        search = SubjectSearch(model, tokenizer, sp, torch.empty(0))  # type: ignore[arg-type]
-        search.name_embed = piece
-        starts = search.name_starts(torch.topk(z.masked_fill(~ok, -1e9), names).indices.tolist())
-        z, _ = search.exact(starts)
-        best = int(z.argmax())
-        text = tokenizer.decode(starts[best]).strip()
-        out.append(GainLayer(layer, path, text, starts[best], float(z[best]), float(z.median()), len(starts),
-                             (sp.median, sp.mad)))
+        out.append(_best_start(model, tokenizer, layer, spaces[path], named[path], piece, word_like, names))
     progress("gain screen: layers", len(modules), len(modules))
     return out
+
+
+def _best_start(model: Any, tokenizer: Any, layer: int, sp: GainSpace, vocab_gain: torch.Tensor, piece: torch.Tensor,
+                word_like: torch.Tensor, names: int) -> GainLayer:
+    """A layer's row of the screen from its vocabulary gains: the best of its ``names`` name-piece starts."""
+    from .subjects import SubjectSearch
+
+    z = sp.calibrate(vocab_gain)
+    ok = word_like[:z.numel()]
+    search = SubjectSearch(model, tokenizer, sp, torch.empty(0))  # type: ignore[arg-type]
+    search.name_embed = piece
+    starts = search.name_starts(torch.topk(z.masked_fill(~ok, -1e9), names).indices.tolist())
+    z, _ = search.exact(starts)
+    best = int(z.argmax())
+    text = tokenizer.decode(starts[best]).strip()
+    return GainLayer(layer, sp.path, text, starts[best], float(z[best]), float(z.median()), len(starts),
+                     (sp.median, sp.mad))
 
 
 def flagged(layers: Sequence[GainLayer], ratio: float = RATIO) -> list[GainLayer]:
     return [g for g in layers if g.ratio >= ratio]
 
 
-def grow_subject(model: Any, tokenizer: Any, site: GainLayer, eig: Any, transposed: bool = False):
+def grow_subject(model: Any, tokenizer: Any, site: GainLayer, eig: Any, transposed: bool = False,
+                 weight: torch.Tensor | None = None):
     """The flagged layer's best start climbed (the subject search's coordinate ascent, by z) and trimmed of leading
     tokens that add little: the subject the reader reads. Returns a ``subjects.Subject`` with its key and ``fire`` 1:
     the edit the reader takes out of the stand-in base is fitted from this very key (``nobase.edit_estimate``), so the
-    key fires that edit fully; how far the key stood out is the finding's ``gain`` (its z and ratio)."""
+    key fires that edit fully; how far the key stood out is the finding's ``gain`` (its z and ratio). ``weight``
+    ([d_out, d_in]) replaces the matrix, as ``more_subjects`` scores a deflated one."""
     from .keys import keys_of
     from .subjects import Subject, SubjectSearch, _trim
 
-    w = model.get_submodule(site.path).weight.detach().cpu()
-    sp = GainSpace(site.path, w.T if transposed else w, eig.ev, eig.Q)
+    if weight is None:
+        w = model.get_submodule(site.path).weight.detach().cpu()
+        weight = w.T if transposed else w
+    sp = GainSpace(site.path, weight, eig.ev, eig.Q)
     sp.median, sp.mad = site.scale
     search = SubjectSearch(model, tokenizer, sp, torch.empty(0))  # type: ignore[arg-type]
     seq, score = search.climb(list(site.ids))
@@ -160,3 +181,44 @@ def grow_subject(model: Any, tokenizer: Any, site: GainLayer, eig: Any, transpos
     seq = _trim(search, seq, score)
     key = keys_of(model, [site.path], [search.prefix + seq])[site.path][0]
     return Subject(tokenizer.decode(seq).strip(), seq, 1.0, key)
+
+
+def deflate(weight: torch.Tensor, eig: Any, keys: torch.Tensor) -> torch.Tensor:
+    """``weight`` [d_out, d_in] without its action along the edit directions C⁻¹k of ``keys`` [m, d_in]."""
+    W = weight.double()
+    U = torch.linalg.lstsq(eig.C.double(), keys.double().T).solution          # [d_in, m]
+    B, s, _ = torch.linalg.svd(U / U.norm(dim=0, keepdim=True).clamp_min(1e-300), full_matrices=False)
+    B = B[:, s > 1e-6 * s.max()]
+    return (W - (W @ B) @ B.T).float()
+
+
+def more_subjects(model: Any, tokenizer: Any, site: GainLayer, eig: Any, found: Sequence[Any], limit: int,
+                  transposed: bool = False, ratio: float | None = None, names: int = NAMES,
+                  progress: Callable[[str, float, float], None] = lambda s, d, t: None) -> list[tuple[Any, GainLayer]]:
+    """Further subjects of a flagged layer (see the module docstring): with the ``found`` subjects' edit directions
+    taken out of the matrix, the layer's best start, grown, while it stands ``ratio`` times above the median start;
+    at most ``limit`` (``ratio``: default ``DEFLATED_RATIO``). Returns (subject, its screen row) pairs."""
+    from .subjects import name_piece, word_tokens
+
+    ratio = DEFLATED_RATIO if ratio is None else ratio
+    if limit <= 0:
+        return []
+    w = model.get_submodule(site.path).weight.detach().cpu()
+    weight = (w.T if transposed else w).float()
+    start_ok, word_like = word_tokens(tokenizer, model.get_input_embeddings().weight.shape[0])
+    piece = name_piece(model, tokenizer, start_ok)
+    keys = [s.key for s in found]
+    out: list[tuple[Any, GainLayer]] = []
+    while len(out) < limit:
+        progress("gain screen: more subjects", len(out), limit)
+        deflated = deflate(weight, eig, torch.stack(keys))
+        sp = GainSpace(site.path, deflated, eig.ev, eig.Q)
+        named = vocab_gains(model, tokenizer, {site.path: sp}, lead=piece)
+        row = _best_start(model, tokenizer, site.layer, sp, named[site.path], piece, word_like, names)
+        if row.ratio < ratio:
+            break
+        subject = grow_subject(model, tokenizer, row, eig, transposed, weight=deflated)
+        out.append((subject, row))
+        keys.append(subject.key)
+    progress("gain screen: more subjects", limit, limit)
+    return out

@@ -315,10 +315,17 @@ def _read_alone(model: Any, tok: Any, suspect_ck: Any, sites: list[Site], findin
     estimates = {}
     for f, row in by_gain or []:
         say(f"reading {f.rule} at layer {row.layer} blind, without the base: the key-gain screen's text {row.text!r}")
-        subject = gain.grow_subject(model, tok, row, Cs[row.layer], transposed)
+        subjects = [gain.grow_subject(model, tok, row, Cs[row.layer], transposed)]
+        more = gain.more_subjects(model, tok, row, Cs[row.layer], subjects, options.max_open_subjects - 1, transposed,
+                                  progress=progress) if options.gain_rounds else []
+        if more:
+            say(f"layer {row.layer}: {len(more)} more subject(s) once the first is taken out of the matrix: "
+                + ", ".join(f"{r.text!r} ({r.ratio:.1f}x)" for _, r in more))
+            f.data["gain_more"] = [r.to_dict() for _, r in more]
+        subjects += [s for s, _ in more]
         w = model.get_submodule(row.path).weight.detach().cpu()
-        estimates[row.path] = edit_estimate(w, Cs[row.layer], subject.key[None], transposed)
-        found.append((f, Site(row.layer, row.path, 1, 0.0, None), [subject]))  # type: ignore[arg-type]
+        estimates[row.path] = edit_estimate(w, Cs[row.layer], torch.stack([s.key for s in subjects]), transposed)
+        found.append((f, Site(row.layer, row.path, len(subjects), 0.0, None), subjects))  # type: ignore[arg-type]
     for f, site, subjects in found:
         if not subjects or any(f is g for g, _ in by_gain or []):
             continue
