@@ -162,7 +162,8 @@ def test_a_flagged_layer_is_searched_again_with_its_subjects_taken_out(tiny_llam
                         lambda model, tok, modules, **kw: {i: covariance.SecondMoment(i, Cs[i], 1, "t") for i in modules})
     monkeypatch.setattr(gain, "flagged", lambda rows, ratio=gain.RATIO: [g for g in rows if g.layer == 2])
     monkeypatch.setattr(gain, "DEFLATED_RATIO", -1e9)
-    doc = run_scan(tiny_llama, None, ScanOptions(read="open", max_open_subjects=3), store=None).to_dict()
+    doc = run_scan(tiny_llama, None, ScanOptions(read="open", max_open_subjects=3, gain_rounds=True),
+                   store=None).to_dict()
     edit = next(f for f in doc["findings"] if f["rule"] in ("EA101", "EA102"))
     assert len(edit["gain_more"]) == 2 and all(r["layer"] == 2 for r in edit["gain_more"])
     off = run_scan(tiny_llama, None, ScanOptions(read="open", max_open_subjects=3, gain_rounds=False),

@@ -54,8 +54,9 @@ class ScanOptions:
     gain_screen: bool = True  # no base: also screen every layer by its gain on real keys' edit directions (gain.py);
     # on by default since its record (bench/heldout/v13-plan.md fourth use: 5 of 5 single ROME layers, 0 findings on
     # three unedited controls)
-    gain_rounds: bool = True  # no base: in a layer the gain screen flags, take each subject found out of the matrix and
-    # look again (gain.more_subjects: several edits in one matrix)
+    gain_rounds: bool = False  # no base: in a layer the gain screen flags, take each subject found out of the matrix
+    # and look again (gain.more_subjects: several edits in one matrix); off since its record read no more edits
+    # (bench/heldout/v13-plan.md ninth use: 2 of 20, one per suspect)
     keys: bool = False  # open reading: also read each edit through its key at a stand-in subject (inject.py; opt-in,
     # v7-plan.md sixth use: +1 object of 35, short of the +2 the rule asked)
     amplify: str = "off"  # open reading, off | memit | all: subjects read with the edit scaled by 1/fire² (read_edits)
