@@ -90,21 +90,28 @@ def test_screen_finds_a_single_rome_edit_on_smollm2(smollm2):
     assert float(space.fire(subject.key[None])[0]) >= 0.9 * hits[0].z  # grown and trimmed, it still stands out
 
 
-def test_a_flagged_layer_becomes_a_finding_read_through_its_start(tiny_llama, monkeypatch):
-    """The scan without a base on a tiny model, the screen's verdict forced on layer 2: one EA101 finding at that
-    layer, with the screen's row in its data, read through the row's grown start; the unflagged layers add nothing."""
+def _vocab_statistics(folder, monkeypatch) -> dict[int, str]:
+    """Key statistics of a tiny model from its own vocabulary's keys (no corpus): {layer: MLP output path}."""
     from editaudit.editing import covariance
     from editaudit.models.loading import load_model
-    from editaudit.scan import gain
     from editaudit.scan.keys import vocab_keys
-    from editaudit.scan.service import ScanOptions, run_scan
 
-    lm = load_model(tiny_llama)
+    lm = load_model(folder)
     paths = {i: f"model.layers.{i}.mlp.down_proj" for i in range(lm.model.config.num_hidden_layers)}
     keys = vocab_keys(lm.model, lm.tokenizer, list(paths.values()), None)
     Cs = {i: keys[p].float().T @ keys[p].float() / keys[p].shape[0] for i, p in paths.items()}
     monkeypatch.setattr(covariance, "second_moments",
                         lambda model, tok, modules, **kw: {i: covariance.SecondMoment(i, Cs[i], 1, "t") for i in modules})
+    return paths
+
+
+def test_a_flagged_layer_becomes_a_finding_read_through_its_start(tiny_llama, monkeypatch):
+    """The scan without a base on a tiny model, the screen's verdict forced on layer 2: one EA101 finding at that
+    layer, with the screen's row in its data, read through the row's grown start; the unflagged layers add nothing."""
+    from editaudit.scan import gain
+    from editaudit.scan.service import ScanOptions, run_scan
+
+    paths = _vocab_statistics(tiny_llama, monkeypatch)
     seen = {}
 
     def forced(rows, ratio=gain.RATIO):
@@ -148,18 +155,10 @@ def test_taking_the_found_edit_out_leaves_the_next_one_standing():
 def test_a_flagged_layer_is_searched_again_with_its_subjects_taken_out(tiny_llama, monkeypatch):
     """With the bar for further subjects at 0, a flagged layer of a tiny model yields ``max_open_subjects`` subjects:
     the first from the screen, the rest from the deflated matrix, each in the finding's ``gain_more`` and read."""
-    from editaudit.editing import covariance
     from editaudit.scan import gain
-    from editaudit.models.loading import load_model
-    from editaudit.scan.keys import vocab_keys
     from editaudit.scan.service import ScanOptions, run_scan
 
-    lm = load_model(tiny_llama)
-    paths = {i: f"model.layers.{i}.mlp.down_proj" for i in range(lm.model.config.num_hidden_layers)}
-    keys = vocab_keys(lm.model, lm.tokenizer, list(paths.values()), None)
-    Cs = {i: keys[p].float().T @ keys[p].float() / keys[p].shape[0] for i, p in paths.items()}
-    monkeypatch.setattr(covariance, "second_moments",
-                        lambda model, tok, modules, **kw: {i: covariance.SecondMoment(i, Cs[i], 1, "t") for i in modules})
+    _vocab_statistics(tiny_llama, monkeypatch)
     monkeypatch.setattr(gain, "flagged", lambda rows, ratio=gain.RATIO: [g for g in rows if g.layer == 2])
     monkeypatch.setattr(gain, "DEFLATED_RATIO", -1e9)
     doc = run_scan(tiny_llama, None, ScanOptions(read="open", max_open_subjects=3, gain_rounds=True),

@@ -391,12 +391,11 @@ def test_service_without_readings_or_subjects_says_the_scan_read_no_subject(rome
         run_mitigation(suspect, "preserve", MitigationOptions(out=tmp_path / "out", method="project"))
 
 
-def test_service_takes_the_subjects_from_the_scans_readings(rome_suspect, tmp_path, monkeypatch):
-    """With a scan that read the subject (faked here: the scan's readings are another module's work)."""
+def _read_france(monkeypatch) -> None:
+    """Stored scans read the ROME edit of FACTS[0] at layer 2 (faked: the scan's readings are another module's
+    work)."""
     from editaudit.mitigation import evidence as ev_mod
-    from editaudit.mitigation.service import MitigationOptions, run_mitigation
 
-    base, suspect = rome_suspect
     name = "model.layers.2.mlp.down_proj.weight"
     real = ev_mod.evidence_from_report
 
@@ -408,6 +407,14 @@ def test_service_takes_the_subjects_from_the_scans_readings(rome_suspect, tmp_pa
         return real(doc, source, scan_id)
 
     monkeypatch.setattr(ev_mod, "evidence_from_report", with_readings)
+
+
+def test_service_takes_the_subjects_from_the_scans_readings(rome_suspect, tmp_path, monkeypatch):
+    """With a scan that read the subject (faked here: the scan's readings are another module's work)."""
+    from editaudit.mitigation.service import MitigationOptions, run_mitigation
+
+    base, suspect = rome_suspect
+    _read_france(monkeypatch)
     opts = MitigationOptions(base=str(base), out=tmp_path / "out", method="project", project=dict(SETTINGS))
     res = run_mitigation(suspect, "erase", opts)
     assert res.evidence.readings and res.arms["project"].layers == [2]
@@ -418,21 +425,10 @@ def test_service_takes_the_subjects_from_the_scans_readings(rome_suspect, tmp_pa
 def test_the_object_guided_sweep_runs_in_the_layers_its_setting_names(rome_suspect, tmp_path, monkeypatch):
     """``object_sweep=all`` adds one object-guided direction for the read edit in its layer, and the edit is still
     erased; ``unswept`` (the layers the low-half sweep skips) leaves a ROME layer, which that sweep reaches, alone."""
-    from editaudit.mitigation import evidence as ev_mod
     from editaudit.mitigation.service import MitigationOptions, run_mitigation
 
     base, suspect = rome_suspect
-    name = "model.layers.2.mlp.down_proj.weight"
-    real = ev_mod.evidence_from_report
-
-    def with_readings(doc, source="scan", scan_id=None):
-        for f in doc.get("findings", []):
-            if f.get("rule") == "EA101":
-                f["readings"] = [{"subject": "France", "prompt": "The capital city of France", "status": "edit",
-                                  "before": "Paris", "after": "Tokyo", "confidence": 0.9, "layer": 2, "tensor": name}]
-        return real(doc, source, scan_id)
-
-    monkeypatch.setattr(ev_mod, "evidence_from_report", with_readings)
+    _read_france(monkeypatch)
     for setting, guided in (("all", 1), ("unswept", 0)):
         opts = MitigationOptions(base=str(base), out=tmp_path / setting, method="project",
                                  project=dict(SETTINGS, object_sweep=setting))
