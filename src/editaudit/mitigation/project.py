@@ -169,7 +169,12 @@ def edit_directions(C: torch.Tensor, K: torch.Tensor, directions: str = "ckey",
         from ..editing.alphaedit import null_projector
 
         parts.append(null_projector(C, nullspace_rel)[0] @ Kt)
-    U = torch.cat(parts, 1)
+    return orthonormal_span(torch.cat(parts, 1))
+
+
+def orthonormal_span(U: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis [d, r] of the columns of U [d, n], each normalised first, dropping directions below
+    ``RANK_TOL`` of the largest (near-collinear columns count once)."""
     U = U / U.norm(dim=0, keepdim=True).clamp_min(1e-300)
     B, s, _ = torch.linalg.svd(U, full_matrices=False)
     return B[:, s > RANK_TOL * s.max()]
