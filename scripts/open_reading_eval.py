@@ -184,6 +184,9 @@ def main() -> None:
                     "suspects' way (false positives)")
     ap.add_argument("--gain-screen", action=argparse.BooleanOptionalAction, default=None, help="no base: the key-gain "
                     "screen on or off (suspects and controls; default: the scan's default, on)")
+    ap.add_argument("--map-runs", action=argparse.BooleanOptionalAction, default=None, help="no base: extend each "
+                    "layer the key-gain screen flags to the run its text's output direction follows (scan "
+                    "--map-runs; default: the scan's default)")
     args = ap.parse_args()
     if args.start < 0:
         ap.error(f"--start must be 0 or more, not {args.start}")
@@ -222,7 +225,9 @@ def main() -> None:
     lines = [f"open-set reading on {args.model}, facts from {args.facts.name} ({took}), no list, answers: {args.answers}",
              "command: python scripts/open_reading_eval.py " + " ".join(sys.argv[1:]),
              "no base: " + ("yes, key-gain screen " + ("on" if (ScanOptions().gain_screen if args.gain_screen is None
-                                                             else args.gain_screen) else "off") if args.no_base else "no"),
+                                                             else args.gain_screen) else "off")
+                          + ", runs mapped " + ("on" if (ScanOptions().map_runs if args.map_runs is None
+                                                         else args.map_runs) else "off") if args.no_base else "no"),
              f"{'suspects':22s} {'edits':>5s} {'took':>5s} {'layer':>6s} {'subject':>8s} {'object':>7s} "
              f"{'subj+obj':>8s} {'named':>6s} {'false':>9s} {'s/scan':>7s} {'s/edit':>7s}"]
     print(lines[0], file=sys.stderr)
@@ -258,6 +263,7 @@ def main() -> None:
                                    **({} if args.wide_search is None else {"wide_search": args.wide_search}),
                                    read_spike=args.read_spike, below_bar=args.below_bar,
                                    **({} if args.gain_screen is None else {"gain_screen": args.gain_screen}),
+                                   **({} if args.map_runs is None else {"map_runs": args.map_runs}),
                                    **({} if args.name_seeds is None else {"name_seeds": args.name_seeds}),
                                    **({"amplify": args.amplify} if args.amplify else {}))
                 offers: list[str] = []  # what reading past the bar saw (scan --below-bar), kept or not
@@ -354,7 +360,8 @@ def main() -> None:
         t = time.perf_counter()
         where = Path(name) if Path(name).exists() else ensure_model(name)
         control = run_scan(where, None if args.no_base else base,
-                           ScanOptions(read="off", **({} if args.gain_screen is None else {"gain_screen": args.gain_screen})), store=None)
+                           ScanOptions(read="off", **({} if args.gain_screen is None else {"gain_screen": args.gain_screen}),
+                                       **({} if args.map_runs is None else {"map_runs": args.map_runs})), store=None)
         spikes = (control.base.get("largest_spike") or {}).get("ratio")
         gained = control.base.get("largest_gain") or {}
         edits = [f for f in control.findings if f.rule in ("EA101", "EA102", "EA103", "EA111")]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from . import gain
+from . import gain, runs
 
 if TYPE_CHECKING:
     from .subjects import Whitened
@@ -229,7 +229,10 @@ def scan_alone(suspect_ck: Any, options: Any, progress: Callable[[str, float, fl
                     data={"no_base": True, "spike": {str(s.layer): round(s.ratio, 1) for s in run}})
         f.data["method"] = name_method(rule, layers, rank, n_layers=layout.n_layers, no_base=True)
         findings.append(f)
-    by_gain = _gain_findings(gain.flagged(screened), {s.layer for s in sites}, findings, layout.n_layers)
+    hits = gain.flagged(screened)
+    mapped = ({g.layer: runs.map_run(model, tok, modules, Cs, g.layer, g.ids, transposed)
+               for g in hits if g.layer not in {s.layer for s in sites}} if options.map_runs else {})
+    by_gain = _gain_findings(hits, {s.layer for s in sites}, findings, layout.n_layers, mapped, modules)
     t_read = time.perf_counter()
     if options.read == "open" and findings:
         gained = {id(f) for f, _ in by_gain}
@@ -254,36 +257,64 @@ def scan_alone(suspect_ck: Any, options: Any, progress: Callable[[str, float, fl
                                 "total_s": round(time.perf_counter() - t0, 3)})
 
 
-def _gain_findings(flagged: list[Any], spectral: set[int], findings: list, n_layers: int) -> list[tuple[Any, Any]]:
-    """Findings for the layers the key-gain screen flags that the spectral screen did not: one per run of
-    consecutive layers, read through the run's strongest layer. Returns (finding, that layer's screen row) pairs; a
-    layer both screens flag adds its gain to the spectral finding."""
+def _gain_findings(flagged: list[Any], spectral: set[int], findings: list, n_layers: int,
+                   mapped: dict[int, tuple[list[int], dict[int, float]]] | None = None,
+                   modules: dict[int, str] | None = None) -> list[tuple[Any, list[Any]]]:
+    """Findings for the layers the key-gain screen flags that the spectral screen did not: one per run of layers, read
+    through its flagged layers' starts. ``mapped`` ({flagged layer: (its run, every layer's cosine)}, runs.py) extends
+    each flagged layer to the run its start's output direction follows; without it a run is flagged layers that touch.
+    Returns (finding, its screen rows, strongest first) pairs; a layer both screens flag adds its gain to the spectral
+    finding."""
     from .classify import Finding
     from .method import name_method
 
+    mapped = mapped or {}
     out = []
     for f in findings:
         hit = [g for g in flagged if g.layer in f.layers]
         if hit:
             f.data["gain"] = {str(g.layer): g.to_dict() for g in hit}
-    runs: list[list[Any]] = []
+    groups: list[tuple[set[int], list[Any]]] = []  # (layers, rows): flagged layers whose runs touch, merged
     for g in sorted((g for g in flagged if g.layer not in spectral), key=lambda g: g.layer):
-        if runs and g.layer == runs[-1][-1].layer + 1:
-            runs[-1].append(g)
-        else:
-            runs.append([g])
-    for run in runs:
-        layers = [g.layer for g in run]
-        top = max(run, key=lambda g: g.ratio)
-        rule = "EA101" if len(run) == 1 else "EA102"
+        span = set(mapped[g.layer][0]) - spectral if g.layer in mapped else {g.layer}
+        near = [grp for grp in groups if min(grp[0]) - 1 <= max(span) and min(span) <= max(grp[0]) + 1]
+        for grp in near:
+            groups.remove(grp)
+        groups.append((span.union(*(grp[0] for grp in near)), [r for grp in near for r in grp[1]] + [g]))
+    for span, rows in sorted(groups, key=lambda grp: min(grp[0])):
+        layers = sorted(span)
+        rows = sorted(rows, key=lambda g: -g.ratio)
+        top = rows[0]
+        rule = "EA101" if len(layers) == 1 else "EA102"
         msg = (f"the MLP output matrix at layer(s) {_span(layers)} acts along the edit direction (C⁻¹k) of a real key "
                f"far more than along any other start's, found without the base (key gain {top.z:.0f} MADs, "
                f"{top.ratio:.1f}× the median start at layer {top.layer}: {top.text!r})")
-        f = Finding(rule, msg, [f"{g.path}.weight" for g in run], layers, 1,
-                    data={"no_base": True, "gain": {str(g.layer): g.to_dict() for g in run}})
+        flagged_layers = sorted(g.layer for g in rows)
+        if layers != flagged_layers:
+            msg += (f"; flagged at layer(s) {', '.join(map(str, flagged_layers))}, the rest of the run mapped by the "
+                    f"start's output direction (cos ≥ {runs.RUN_COS})")
+        paths = {**(modules or {}), **{g.layer: g.path for g in rows}}
+        f = Finding(rule, msg, [f"{paths[x]}.weight" for x in layers], layers, 1,
+                    data={"no_base": True, "gain": {str(g.layer): g.to_dict() for g in rows}})
+        if top.layer in mapped:
+            f.data["run"] = {"from": top.layer, "cos": {str(k): round(v, 3) for k, v in sorted(mapped[top.layer][1].items())
+                                                        if abs(k - top.layer) <= 8}, "bar": runs.RUN_COS}
         f.data["method"] = name_method(rule, layers, 1, n_layers=n_layers, no_base=True)
         findings.append(f)
-        out.append((f, top))
+        out.append((f, rows))
+    return out
+
+
+def _grown(model: Any, tok: Any, rows: list[Any], Cs: dict, transposed: bool, limit: int) -> list[Any]:
+    """The subjects of a gain finding: each flagged layer's best start grown (strongest layer first), one per text."""
+    out, seen = [], set()
+    for row in rows:
+        if len(out) >= max(1, limit):
+            break
+        s = gain.grow_subject(model, tok, row, Cs[row.layer], transposed)
+        if s.text.casefold() not in seen:
+            seen.add(s.text.casefold())
+            out.append(s)
     return out
 
 
@@ -297,8 +328,9 @@ def _read_alone(model: Any, tok: Any, suspect_ck: Any, sites: list[Site], findin
     """Subjects first (their keys are the suspect's own: an edit does not change its matrix's inputs), then the
     edit they explain is estimated and taken out of a copy, and both are asked what changed. ``by_gain``: findings
     of the key-gain screen with their screen rows; the subject is the row's best start, grown."""
+    from .keys import context_ids, keys_of
     from .reading import read_edits
-    from .subjects import recover_subjects
+    from .subjects import Subject, recover_subjects
 
     by_layer = {s.layer: s for s in sites}
     found: list[tuple[Any, Site, list]] = []
@@ -313,18 +345,28 @@ def _read_alone(model: Any, tok: Any, suspect_ck: Any, sites: list[Site], findin
                                     name_seeds=options.name_seeds)
         found.append((f, site, subjects))
     estimates = {}
-    for f, row in by_gain or []:
-        say(f"reading {f.rule} at layer {row.layer} blind, without the base: the key-gain screen's text {row.text!r}")
-        subjects = [gain.grow_subject(model, tok, row, Cs[row.layer], transposed)]
-        more = gain.more_subjects(model, tok, row, Cs[row.layer], subjects, options.max_open_subjects - 1, transposed,
-                                  progress=progress) if options.gain_rounds else []
+    for f, rows in by_gain or []:
+        row = rows[0]
+        say(f"reading {f.rule} at layer(s) {_span(f.layers)} blind, without the base: the key-gain screen's text "
+            f"{row.text!r}" + (f" and {len(rows) - 1} more flagged layer(s)' texts" if len(rows) > 1 else ""))
+        # with the runs mapped, every flagged layer's start is grown and the edit fitted over the whole run; without,
+        # the strongest layer's alone (the reader before runs.py)
+        subjects = _grown(model, tok, rows if options.map_runs else rows[:1], Cs, transposed, options.max_open_subjects)
+        more = gain.more_subjects(model, tok, row, Cs[row.layer], subjects[:1], options.max_open_subjects - len(subjects),
+                                  transposed, progress=progress) if options.gain_rounds else []
         if more:
             say(f"layer {row.layer}: {len(more)} more subject(s) once the first is taken out of the matrix: "
                 + ", ".join(f"{r.text!r} ({r.ratio:.1f}x)" for _, r in more))
             f.data["gain_more"] = [r.to_dict() for _, r in more]
         subjects += [s for s, _ in more]
-        w = model.get_submodule(row.path).weight.detach().cpu()
-        estimates[row.path] = edit_estimate(w, Cs[row.layer], torch.stack([s.key for s in subjects]), transposed)
+        paths = {x: t[: -len(".weight")] for x, t in zip(f.layers, f.tensors) if options.map_runs or x == row.layer}
+        # each subject's own key at every layer of the run: a batch editor wrote its update there from those keys
+        keys = keys_of(model, list(paths.values()), [context_ids(tok) + list(s.ids) for s in subjects])
+        for layer, path in paths.items():
+            w = model.get_submodule(path).weight.detach().cpu()
+            estimates[path] = edit_estimate(w, Cs[layer], keys[path], transposed)
+        at = keys[paths[row.layer]]  # the reader asks each subject's key at the layer it reads
+        subjects = [Subject(s.text, s.ids, s.fire, at[i]) for i, s in enumerate(subjects)]
         found.append((f, Site(row.layer, row.path, len(subjects), 0.0, None), subjects))  # type: ignore[arg-type]
     for f, site, subjects in found:
         if not subjects or any(f is g for g, _ in by_gain or []):

@@ -1,0 +1,94 @@
+"""A batch's run of layers, mapped without the base from one flagged layer: the edited subject's output direction
+W_l û_l follows the run (runs.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from editaudit.scan import runs
+
+
+def test_the_run_is_walked_outward_while_the_cosine_holds():
+    cos = {0: 0.1, 1: 0.5, 2: 1.0, 3: 0.35, 4: 0.2, 5: 0.9}
+    assert runs.walk(cos, 2, 0.3) == [1, 2, 3]      # layer 5 is past a gap
+    assert runs.walk(cos, 2, 0.6) == [2]
+    assert runs.walk({0: 1.0}, 0) == [0]
+
+
+def _model_and_keys(folder):
+    from editaudit.models.loading import load_model
+
+    lm = load_model(folder)
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    paths = {i: f"model.layers.{i}.mlp.down_proj" for i in range(lm.model.config.num_hidden_layers)}
+    return lm.model, lm.tokenizer, paths
+
+
+def _eigs(model, tok, paths):
+    from editaudit.scan.keys import vocab_keys
+    from editaudit.scan.nobase import KeyEig
+
+    keys = vocab_keys(model, tok, list(paths.values()), None)
+    return {i: KeyEig.of(keys[p].double().T @ keys[p].double() / keys[p].shape[0]) for i, p in paths.items()}
+
+
+def _write(model, tok, paths, layers, ids, r, size):
+    """A batch editor's update for one subject: at each layer, lowest first (so that the next layer's key is the
+    edited model's), W_l += size·‖W_l‖ r ûᵀ with û the subject key's edit direction C_l⁻¹k_l."""
+    from editaudit.scan.keys import context_ids, keys_of
+
+    for layer in layers:
+        eig = _eigs(model, tok, paths)[layer]
+        k = keys_of(model, [paths[layer]], [context_ids(tok) + ids])[paths[layer]][0].double()
+        u = torch.linalg.solve(eig.C + 1e-6 * torch.eye(len(k), dtype=torch.float64), k)
+        W = model.get_submodule(paths[layer]).weight
+        W += (size * float(W.norm()) * torch.outer(r, u / u.norm())).to(W.dtype)
+
+
+def test_a_batch_spread_over_layers_is_mapped_and_a_single_edit_is_not(tiny_llama):
+    """One residual written over layers 1-3 (a MEMIT-like batch of one) is mapped to 1-3 from its middle layer; the
+    same update written at layer 4 alone (ROME-like) maps to layer 4 alone."""
+    ids = [101, 202]
+    g = torch.Generator().manual_seed(0)
+    model, tok, paths = _model_and_keys(tiny_llama)
+    r = torch.randn(model.config.hidden_size, generator=g, dtype=torch.float64)
+    r = r / r.norm()
+    _write(model, tok, paths, [1, 2, 3], ids, r, 0.5)
+    got, cos = runs.map_run(model, tok, paths, _eigs(model, tok, paths), 2, ids)
+    assert got == [1, 2, 3], cos
+    assert all(cos[x] < runs.RUN_COS for x in (0, 4, 5))
+
+    single, tok, paths = _model_and_keys(tiny_llama)
+    _write(single, tok, paths, [4], ids, r, 0.5)
+    got, cos = runs.map_run(single, tok, paths, _eigs(single, tok, paths), 4, ids)
+    assert got == [4], cos
+
+
+def test_a_flagged_layer_becomes_a_finding_over_its_mapped_run(tiny_llama, monkeypatch):
+    """The scan without a base on a tiny model, the screen's verdict forced on layer 2 and the run mapped to 1-3: one
+    EA102 finding over layers 1-3 with all three matrices, the mapping's cosines in its data, and the edit read; with
+    ``map_runs`` off, the flagged layer alone."""
+    from editaudit.scan import gain
+    from editaudit.scan.service import ScanOptions, run_scan
+    from tests.test_gain_screen import _vocab_statistics
+
+    _vocab_statistics(tiny_llama, monkeypatch)
+    monkeypatch.setattr(gain, "flagged", lambda rows, ratio=gain.RATIO: [g for g in rows if g.layer == 2])
+    calls = []
+
+    def mapped(model, tok, modules, eigs, layer, ids, transposed=False, bar=runs.RUN_COS):
+        calls.append((layer, list(ids)))
+        return [1, 2, 3], {x: (1.0 if x in (1, 2, 3) else 0.0) for x in modules}
+
+    monkeypatch.setattr(runs, "map_run", mapped)
+    doc = run_scan(tiny_llama, None, ScanOptions(read="open", max_open_subjects=1), store=None).to_dict()
+    edit = next(f for f in doc["findings"] if f["rule"] in ("EA101", "EA102"))
+    assert calls and calls[0][0] == 2
+    assert edit["rule"] == "EA102" and edit["layers"] == [1, 2, 3]
+    assert edit["tensors"] == [f"model.layers.{x}.mlp.down_proj.weight" for x in (1, 2, 3)]
+    assert edit["run"]["from"] == 2 and edit["run"]["cos"]["1"] == 1.0
+    assert edit["method"]["name"] == "memit" and "readings" in edit
+    off = run_scan(tiny_llama, None, ScanOptions(read="open", max_open_subjects=1, map_runs=False), store=None).to_dict()
+    edit = next(f for f in off["findings"] if f["rule"] in ("EA101", "EA102"))
+    assert edit["layers"] == [2] and "run" not in edit
