@@ -101,7 +101,7 @@ def guided_directions(W: torch.Tensor, G: torch.Tensor, basis: torch.Tensor | No
     W [d_out, d_in], ``basis`` Q [d_in, m] the space the sweep works in. With ``C`` instead of a basis:
     C⁻¹ Wᵀ g, the direction that carries the most of W's output along g per unit of ordinary text's key energy."""
     from ..editing.rome import solve_psd
-    from .project import orthonormal_span
+    from ..editing.span import orthonormal_span
 
     Wd, Gd = W.to(torch.float64), G.to(torch.float64)
     Gd = Gd[Gd.norm(dim=1) > 0]

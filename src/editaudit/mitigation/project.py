@@ -68,6 +68,7 @@ from ..editing.hooks import StopForward, add_delta, by_token, weight_out_in
 from ..editing.layers import Layout, layout_for
 from ..editing.prompts import context_templates, pad_id, right_pad
 from ..editing.rome import solve_psd
+from ..editing.span import orthonormal_span  # keys of one subject in several contexts are nearly collinear
 from ..errors import BadInput
 from ..probing.format import Probe
 from ..progress import Progress, Stage, Step, ignore
@@ -77,9 +78,6 @@ KEY_MODES = ("auto", "mean", "each")
 DIRECTIONS = ("ckey", "null", "both")
 #: where the low-half sweep works: C's low-energy half, or AlphaEdit's null space within it
 SWEEP_SPACES = ("low", "null")
-#: span(C⁻¹K) directions with a singular value below this share of the largest are dropped
-#: (keys of one subject in several contexts are nearly collinear).
-RANK_TOL = 1e-6
 
 CovForLayer = Callable[[int], torch.Tensor]
 #: the stage ``erase_by_projection`` reports (a Step per layer re-solved)
@@ -170,14 +168,6 @@ def edit_directions(C: torch.Tensor, K: torch.Tensor, directions: str = "ckey",
 
         parts.append(null_projector(C, nullspace_rel)[0] @ Kt)
     return orthonormal_span(torch.cat(parts, 1))
-
-
-def orthonormal_span(U: torch.Tensor) -> torch.Tensor:
-    """An orthonormal basis [d, r] of the columns of U [d, n], each normalised first, dropping directions below
-    ``RANK_TOL`` of the largest (near-collinear columns count once)."""
-    U = U / U.norm(dim=0, keepdim=True).clamp_min(1e-300)
-    B, s, _ = torch.linalg.svd(U, full_matrices=False)
-    return B[:, s > RANK_TOL * s.max()]
 
 
 def sweep_basis(C: torch.Tensor, space: str = "low", nullspace_rel: float = 0.5) -> torch.Tensor:

@@ -185,10 +185,10 @@ def grow_subject(model: Any, tokenizer: Any, site: GainLayer, eig: Any, transpos
 
 def deflate(weight: torch.Tensor, eig: Any, keys: torch.Tensor) -> torch.Tensor:
     """``weight`` [d_out, d_in] without its action along the edit directions C⁻¹k of ``keys`` [m, d_in]."""
+    from ..editing.span import orthonormal_span
+
     W = weight.double()
-    U = torch.linalg.lstsq(eig.C.double(), keys.double().T).solution          # [d_in, m]
-    B, s, _ = torch.linalg.svd(U / U.norm(dim=0, keepdim=True).clamp_min(1e-300), full_matrices=False)
-    B = B[:, s > 1e-6 * s.max()]
+    B = orthonormal_span(torch.linalg.lstsq(eig.C.double(), keys.double().T).solution)  # [d_in, r]
     return (W - (W @ B) @ B.T).float()
 
 
