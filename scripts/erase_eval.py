@@ -146,6 +146,8 @@ def main() -> int:
                          "The erase takes the newest stored scan, so keep scans with and without the base apart")
     ap.add_argument("--no-base-scan", action="store_true",
                     help="scan each suspect without the base as well (`editaudit scan SUSPECT`): no base anywhere")
+    ap.add_argument("--map-runs", action="store_true", help="with --no-base-scan: scan --map-runs (each layer the "
+                    "key-gain screen flags extended to its batch's run of layers; off by default)")
     args = ap.parse_args()
     if args.start < 0:
         ap.error(f"--start must be 0 or more, not {args.start}")
@@ -179,7 +181,8 @@ def main() -> int:
     lines = [f"# editaudit base-free erase on SmolLM2-135M-Instruct (CPU), facts from {args.facts.name}"
              + (f" from fact {args.start}" if args.start else ""),
              "# command: python scripts/erase_eval.py " + " ".join(sys.argv[1:]),
-             "# scans " + ("without the base (no base anywhere)" if args.no_base_scan else "against the base; the erase "
+             "# scans " + ("without the base (no base anywhere" + (", runs mapped)" if args.map_runs else ")")
+                           if args.no_base_scan else "against the base; the erase "
                            "without it"),
              f"# python {platform.python_version()}, torch {torch.__version__}, {args.threads} thread(s); "
              f"default --method auto for erase = {ERASE_DEFAULT}",
@@ -233,7 +236,8 @@ def main() -> int:
             t0 = time.perf_counter()
             report = stored_report(store, suspect, args.no_base_scan) if args.work else None
             if report is None:
-                report = run_scan(suspect, None if args.no_base_scan else base, ScanOptions(read="open"),
+                report = run_scan(suspect, None if args.no_base_scan else base,
+                                  ScanOptions(read="open", map_runs=args.map_runs),
                                   store=store).to_dict()
             t_scan = time.perf_counter() - t0
             readings = [r for f in report["findings"] for r in f.get("readings", []) if r.get("status") == "edit"]
