@@ -229,10 +229,10 @@ def scan_alone(suspect_ck: Any, options: Any, progress: Callable[[str, float, fl
                     data={"no_base": True, "spike": {str(s.layer): round(s.ratio, 1) for s in run}})
         f.data["method"] = name_method(rule, layers, rank, n_layers=layout.n_layers, no_base=True)
         findings.append(f)
-    hits = gain.flagged(screened)
+    hits, spectral = gain.flagged(screened), {s.layer for s in sites}
     mapped = ({g.layer: runs.map_run(model, tok, modules, Cs, g.layer, g.ids, transposed)
-               for g in hits if g.layer not in {s.layer for s in sites}} if options.map_runs else {})
-    by_gain = _gain_findings(hits, {s.layer for s in sites}, findings, layout.n_layers, mapped, modules)
+               for g in hits if g.layer not in spectral} if options.map_runs else {})
+    by_gain = _gain_findings(hits, spectral, findings, layout.n_layers, mapped, modules)
     t_read = time.perf_counter()
     if options.read == "open" and findings:
         gained = {id(f) for f, _ in by_gain}
