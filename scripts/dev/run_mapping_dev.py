@@ -27,34 +27,20 @@ from editaudit.editing import covariance  # noqa: E402
 from editaudit.editing.layers import layout_for  # noqa: E402
 from editaudit.models.loading import load_model  # noqa: E402
 from editaudit.models.registry import resolve_model  # noqa: E402
-from editaudit.scan import gain  # noqa: E402
-from editaudit.scan.keys import context_ids, keys_of  # noqa: E402
+from editaudit.scan import gain, runs  # noqa: E402
 from editaudit.scan.nobase import KeyEig  # noqa: E402
 
 BARS = (0.1, 0.15, 0.2, 0.25, 0.3)
 
 
-def profile(model, modules, eigs, ids, layer):
-    ks = keys_of(model, list(modules.values()), [ids])
-    v = {}
-    for lay, path in modules.items():
-        e = eigs[lay]
-        ev = e.ev.clamp_min(gain.FLOOR * float(e.ev.max()))
-        y = (ks[path][0].double() @ e.Q) / ev
-        u = e.Q @ y
-        W = model.get_submodule(path).weight.detach().double()
-        v[lay] = W @ (u / u.norm())
-    ref = v[layer] / v[layer].norm()
-    return {lay: float(v[lay] @ ref / v[lay].norm()) for lay in v}
+def profile(model, tok, modules, eigs, ids, layer):
+    """cos(v_l, v_layer) at every layer for the text ``ids`` (runs.py, as the scan maps a run)."""
+    return runs.cosines(runs.directions(model, tok, modules, eigs, ids), layer)
 
 
-def walk(cos, layer, bar, n):
-    lo = hi = layer
-    while lo - 1 >= 0 and cos[lo - 1] >= bar:
-        lo -= 1
-    while hi + 1 < n and cos[hi + 1] >= bar:
-        hi += 1
-    return lo, hi
+def walk(cos, layer, bar):
+    got = runs.walk(cos, layer, bar)
+    return got[0], got[-1]
 
 
 def main() -> None:
@@ -84,22 +70,22 @@ def main() -> None:
                      f"({time.perf_counter() - t0:.0f} s)")
         if a.every_layer:  # every layer's best start, flagged or not: the run it maps at each bar
             for g in rows:
-                cos = profile(model, modules, eigs, context_ids(tok) + list(g.ids), g.layer)
-                got = {b: walk(cos, g.layer, b, lay.n_layers) for b in BARS}
+                cos = profile(model, tok, modules, eigs, list(g.ids), g.layer)
+                got = {b: walk(cos, g.layer, b) for b in BARS}
                 near = range(max(0, g.layer - 3), min(lay.n_layers, g.layer + 4))
-                lines.append(f"L{g.layer} ratio {g.ratio:.2f} {g.text!r}: " + " ".join(f"L{x}:{cos[x]:+.2f}" for x in near)
+                lines.append(f"L{g.layer} ratio {g.ratio:.2f} {g.text!r}: "
+                             + " ".join(f"L{x}:{cos[x]:+.2f}" for x in near)
                              + " | runs " + " ".join(f"τ{b}:{hi - lo + 1}" for b, (lo, hi) in got.items()))
             print("\n".join(lines), flush=True)
             lines_out = lines
             continue
         for g in hit:
             grown = gain.grow_subject(model, tok, g, eigs[g.layer])
-            pre = context_ids(tok)
             for tag, ids, text in (("start", list(g.ids), g.text), ("grown", list(grown.ids), grown.text)):
-                cos = profile(model, modules, eigs, pre + ids, g.layer)
+                cos = profile(model, tok, modules, eigs, ids, g.layer)
                 near = range(max(0, g.layer - 6), min(lay.n_layers, g.layer + 7))
                 lines.append(f"L{g.layer} {tag} {text!r}: " + " ".join(f"L{x}:{cos[x]:+.2f}" for x in near))
-                lines.append("   runs: " + "  ".join(f"τ{b}: {walk(cos, g.layer, b, lay.n_layers)}" for b in BARS))
+                lines.append("   runs: " + "  ".join(f"τ{b}: {walk(cos, g.layer, b)}" for b in BARS))
         print("\n".join(lines), flush=True)
         lines_out = lines
     if a.out:

@@ -297,8 +297,9 @@ def _gain_findings(flagged: list[Any], spectral: set[int], findings: list, n_lay
         f = Finding(rule, msg, [f"{paths[x]}.weight" for x in layers], layers, 1,
                     data={"no_base": True, "gain": {str(g.layer): g.to_dict() for g in rows}})
         if top.layer in mapped:
-            f.data["run"] = {"from": top.layer, "cos": {str(k): round(v, 3) for k, v in sorted(mapped[top.layer][1].items())
-                                                        if abs(k - top.layer) <= 8}, "bar": runs.RUN_COS}
+            cos = mapped[top.layer][1]
+            f.data["run"] = {"from": top.layer, "bar": runs.RUN_COS,
+                             "cos": {str(k): round(v, 3) for k, v in sorted(cos.items()) if abs(k - top.layer) <= 8}}
         f.data["method"] = name_method(rule, layers, 1, n_layers=n_layers, no_base=True)
         findings.append(f)
         out.append((f, rows))
@@ -352,8 +353,9 @@ def _read_alone(model: Any, tok: Any, suspect_ck: Any, sites: list[Site], findin
         # with the runs mapped, every flagged layer's start is grown and the edit fitted over the whole run; without,
         # the strongest layer's alone (the reader before runs.py)
         subjects = _grown(model, tok, rows if options.map_runs else rows[:1], Cs, transposed, options.max_open_subjects)
-        more = gain.more_subjects(model, tok, row, Cs[row.layer], subjects[:1], options.max_open_subjects - len(subjects),
-                                  transposed, progress=progress) if options.gain_rounds else []
+        room = options.max_open_subjects - len(subjects)
+        more = gain.more_subjects(model, tok, row, Cs[row.layer], subjects[:1], room, transposed,
+                                  progress=progress) if options.gain_rounds else []
         if more:
             say(f"layer {row.layer}: {len(more)} more subject(s) once the first is taken out of the matrix: "
                 + ", ".join(f"{r.text!r} ({r.ratio:.1f}x)" for _, r in more))

@@ -23,16 +23,17 @@ RUN_COS = 0.2
 
 
 def directions(model: Any, tokenizer: Any, modules: dict[int, str], eigs: dict[int, Any], ids: Sequence[int],
-               transposed: bool = False, floor: float = 1e-6) -> dict[int, torch.Tensor]:
+               transposed: bool = False) -> dict[int, torch.Tensor]:
     """W_l û_l for one text (``ids`` after the neutral context) at every layer of ``modules`` ({layer: module path});
     ``eigs``: {layer: nobase.KeyEig}. One forward pass gives every layer's key."""
+    from .gain import FLOOR
     from .keys import context_ids, keys_of
 
     keys = keys_of(model, list(modules.values()), [context_ids(tokenizer) + list(ids)])
     out = {}
     for layer, path in modules.items():
         eig = eigs[layer]
-        ev = eig.ev.double().clamp_min(floor * float(eig.ev.max()))
+        ev = eig.ev.double().clamp_min(FLOOR * float(eig.ev.max()))  # as the gain screen floors C
         u = eig.Q.double() @ ((eig.Q.double().T @ keys[path][0].double()) / ev)
         w = model.get_submodule(path).weight.detach().cpu().double()
         out[layer] = (w.T if transposed else w) @ (u / u.norm().clamp_min(1e-300))
