@@ -227,7 +227,9 @@ def main() -> None:
              "no base: " + ("yes, key-gain screen " + ("on" if (ScanOptions().gain_screen if args.gain_screen is None
                                                              else args.gain_screen) else "off")
                           + ", runs mapped " + ("on" if (ScanOptions().map_runs if args.map_runs is None
-                                                         else args.map_runs) else "off") if args.no_base else "no"),
+                                                         else args.map_runs) else "off")
+                          + ", editor told by the null-space lean " + ("on" if ScanOptions().null_lean else "off")
+                          if args.no_base else "no"),
              f"{'suspects':22s} {'edits':>5s} {'took':>5s} {'layer':>6s} {'subject':>8s} {'object':>7s} "
              f"{'subj+obj':>8s} {'named':>6s} {'false':>9s} {'s/scan':>7s} {'s/edit':>7s}"]
     print(lines[0], file=sys.stderr)
@@ -275,6 +277,9 @@ def main() -> None:
                 edits = [f for f in doc_r["findings"] if f["rule"] in ("EA101", "EA102", "EA103", "EA111")]
                 named = [f["method"]["name"] for f in edits if f.get("method")]
                 methods.append(named[0] if named else "-")
+                detail.extend(f"    [{method}/{mode}] layers {f['layers']}: named {f['method']['name']}, null-space lean "
+                              f"{f['null_lean']['median']} (by flagged layer {f['null_lean']['by_layer']})"
+                              for f in edits if f.get("null_lean") and f.get("method"))
                 found_layers = {x for f in edits for x in f["layers"]}
                 layer_ok += len(group) if set(wrote) <= found_layers else 0
                 extra_layers += len(found_layers - set(wrote))

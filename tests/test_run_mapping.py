@@ -82,7 +82,7 @@ def test_a_flagged_layer_becomes_a_finding_over_its_mapped_run(tiny_llama, monke
         return [1, 2, 3], {x: (1.0 if x in (1, 2, 3) else 0.0) for x in modules}
 
     monkeypatch.setattr(runs, "map_run", mapped)
-    doc = run_scan(tiny_llama, None, ScanOptions(read="open", max_open_subjects=1, map_runs=True), store=None).to_dict()
+    doc = run_scan(tiny_llama, None, ScanOptions(read="open", max_open_subjects=1, map_runs=True, null_lean=False), store=None).to_dict()
     edit = next(f for f in doc["findings"] if f["rule"] in ("EA101", "EA102"))
     assert calls and calls[0][0] == 2
     assert edit["rule"] == "EA102" and edit["layers"] == [1, 2, 3]

@@ -60,6 +60,7 @@ def register(app: typer.Typer) -> None:
         below_bar: Optional[bool] = typer.Option(None, "--below-bar/--no-below-bar", show_default=False, help="Open reading: where the search stops with fewer subjects than the edit has components, read texts that still fire a little and keep each that states an object no earlier reading does (edits of one class of names, \"... County\", hide each other from the search)."),
         gain_screen: Optional[bool] = typer.Option(None, "--gain-screen/--no-gain-screen", show_default=False, help="Without --base: also screen every layer for a real key along whose edit direction (C⁻¹k) the matrix acts far more than along any other start's (single ROME edits the spectral screen cannot see: 5 of 5 found on fresh facts, no finding on three unedited checkpoints; on by default; about 2 minutes for SmolLM2 on a 2-core CPU)."),
         map_runs: Optional[bool] = typer.Option(None, "--map-runs/--no-map-runs", show_default=False, help="Without --base: extend a layer the key-gain screen flags to the run of layers its text's output direction follows (a MEMIT or AlphaEdit batch spreads one residual per subject over a run), and read the edit over that run (off by default: on fresh batches it found no layer the screen had not flagged)."),
+        null_lean: Optional[bool] = typer.Option(None, "--null-lean/--no-null-lean", show_default=False, help="Without --base: tell AlphaEdit from ROME and MEMIT by whether a flagged text's key gains more along its null-space part than along C⁻¹k (one more pass of the vocabulary through the flagged layers)."),
         gain_rounds: Optional[bool] = typer.Option(None, "--gain-rounds/--no-gain-rounds", show_default=False, help="Without --base: in a layer the key-gain screen flags, take each subject found out of the matrix and look for the next (several ROME edits in one layer; off by default: on fresh ROME sequences it read no more edits)."),
         run_probes: bool = typer.Option(False, "--run-probes", help="Also ask both models the facts' prompts and list answers that moved."),
         fail_on: Level = typer.Option(Level.error, "--fail-on", help="Exit 1 when a finding reaches this level."),
@@ -107,7 +108,8 @@ def register(app: typer.Typer) -> None:
                            **({} if below_bar is None else {"below_bar": below_bar}),
                            **({} if gain_screen is None else {"gain_screen": gain_screen}),
                            **({} if gain_rounds is None else {"gain_rounds": gain_rounds}),
-                           **({} if map_runs is None else {"map_runs": map_runs}))
+                           **({} if map_runs is None else {"map_runs": map_runs}),
+                           **({} if null_lean is None else {"null_lean": null_lean}))
         with common.event_progress() as on_progress:
             report = run_scan(suspect, base, opts, store=store, progress=on_progress, say=common.say)
         report.fail_on = fail_on.value

@@ -21,6 +21,16 @@ while the edits tried were found as name pairs ("isenu", "Bukak", "is Lorraine")
 that needs no calibration across layers or models. The flagged layer's best start is then climbed and trimmed
 into the subject the reader reads.
 
+Which editor wrote a flagged layer (``null_lean``): ROME and MEMIT write a subject's key k into ΔW along C⁻¹k, AlphaEdit
+along its null-space part P k (P: C's eigen-directions under a share of the median eigenvalue, the editor's own rule),
+and of all unit directions each editor's update acts most along its own. So the flagged start's key is scored along
+both, each gain with the trained matrix's typical gain there taken off (the vocabulary's median m):
+
+    e = √(g² − m²),   lean = e_P / e_C
+
+For an update of size s along û_P (AlphaEdit) e_P ≈ s and e_C ≈ s·|û_P·û_C|, so the lean is 1/|cos| > 1; along û_C
+(ROME, MEMIT) it is |cos| < 1.
+
 Several edits in one matrix (ROME edits in sequence) leave several such keys, but the strongest hides the others: the
 median start of a flagged layer is itself raised by it. So the found subject's edit direction is taken out of the
 matrix, W ← W − (W û)ûᵀ, the layer's starts are scored again, and a start that now stands ``DEFLATED_RATIO`` times
@@ -78,6 +88,15 @@ class GainSpace:
 
     def fire(self, keys: torch.Tensor) -> torch.Tensor:
         return (self.gain(keys) - self.median) / self.mad
+
+
+class NullGainSpace(GainSpace):
+    """``GainSpace`` along a key's null-space part P k instead of C⁻¹k: P keeps C's eigen-directions under ``share`` ×
+    the median eigenvalue, where AlphaEdit writes (``editing/alphaedit.py: null_projector``)."""
+
+    def __init__(self, path: str, weight: torch.Tensor, ev: torch.Tensor, Q: torch.Tensor, share: float):
+        super().__init__(path, weight, ev, Q)
+        self.inv = (ev.double() < share * float(ev.double().median())).float()
 
 
 @dataclass
@@ -222,3 +241,45 @@ def more_subjects(model: Any, tokenizer: Any, site: GainLayer, eig: Any, found: 
         keys.append(subject.key)
     progress("gain screen: more subjects", limit, limit)
     return out
+
+
+def null_share() -> float:
+    """AlphaEdit's null space as its editor here takes it by default: eigenvalues under this share of the median."""
+    from ..editing.hparams import DEFAULTS
+
+    return float(DEFAULTS["alphaedit"]["nullspace_rel"])
+
+
+def null_lean(model: Any, tokenizer: Any, rows: Sequence[GainLayer], eigs: dict[int, Any], transposed: bool = False,
+              share: float | None = None) -> list[float]:
+    """For each flagged row, the lean e_P / e_C of its start's key (see the module docstring): above 1 where AlphaEdit
+    wrote the layer, below where ROME or MEMIT did. The C⁻¹ side comes from the row (its z and the layer's vocabulary
+    median and MAD); one vocabulary pass through the rows' layers gives the null-space side's median."""
+    from .keys import context_ids, keys_of
+    from .subjects import name_piece, word_tokens
+
+    if not rows:
+        return []
+    share = null_share() if share is None else share
+    spaces: dict[str, NullGainSpace] = {}
+    for row in rows:
+        w = model.get_submodule(row.path).weight.detach().cpu()
+        spaces[row.path] = NullGainSpace(row.path, w.T if transposed else w, eigs[row.layer].ev, eigs[row.layer].Q,
+                                         share)
+    start_ok, _ = word_tokens(tokenizer, model.get_input_embeddings().weight.shape[0])
+    piece = name_piece(model, tokenizer, start_ok)
+    for path, g in vocab_gains(model, tokenizer, spaces, lead=piece).items():
+        spaces[path].calibrate(g)
+    keys = keys_of(model, list(spaces), [context_ids(tokenizer) + list(row.ids) for row in rows])
+    out = []
+    for i, row in enumerate(rows):
+        sp = spaces[row.path]
+        e_p = _excess(float(sp.gain(keys[row.path][i:i + 1])[0]), sp.median)
+        e_c = _excess(row.z * row.scale[1] + row.scale[0], row.scale[0])
+        out.append(e_p / max(e_c, 1e-12))
+    return out
+
+
+def _excess(g: float, median: float) -> float:
+    """A gain with the trained matrix's typical gain along such directions taken off (both add in quadrature)."""
+    return max(g * g - median * median, 0.0) ** 0.5

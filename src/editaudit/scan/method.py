@@ -23,6 +23,10 @@ import torch
 
 #: Below this occupied share an MLP-output edit counts as null-space projected (AlphaEdit).
 NULL_SPACE_MAX = 0.02
+#: Without the base: a finding whose flagged starts' update gains more along their keys' null-space part than along
+#: C⁻¹k (``scan/gain.py: null_lean``, the median over its flagged layers) is named AlphaEdit. The lean is 1/|cos| for
+#: AlphaEdit and |cos| for ROME and MEMIT (cos between the two directions), so 1 is the bar.
+NULL_LEAN_MIN = 1.0
 
 
 def occupied_share(in_dirs: torch.Tensor, svals: torch.Tensor, C: torch.Tensor) -> float:
@@ -47,14 +51,31 @@ NO_BASE_DISCOUNT = 0.6
 
 
 def name_method(rule: str, layers: list[int], rank: int | None, occupied: float | None = None,
-                n_layers: int | None = None, no_base: bool = False) -> dict:
+                n_layers: int | None = None, no_base: bool = False, lean: float | None = None) -> dict:
     """{"name", "confidence", "why"} for one finding (``n_layers``: the model's depth, to place the layers;
-    ``no_base``: found without the base, the name is hedged — see ``NO_BASE_DISCOUNT``)."""
+    ``no_base``: found without the base, the name is hedged — see ``NO_BASE_DISCOUNT``; ``lean``: without the base,
+    the null-space lean of the finding's flagged starts, which tells AlphaEdit from ROME and MEMIT)."""
     named = _name(rule, layers, rank, occupied, n_layers)
+    if lean is not None and named["name"] in ("rome", "memit", "alphaedit"):
+        named = _by_lean(named, lean)
     if no_base and named["name"] in ("rome", "memit", "alphaedit"):
+        alike = "ROME and MEMIT" if lean is not None else "ROME, MEMIT and AlphaEdit"
         named = _named(named["name"], round(named["confidence"] * NO_BASE_DISCOUNT, 2),
                        named["why"] + "; found without the base, so a batch editor's other layers may be unseen "
-                       "(ROME, MEMIT and AlphaEdit look alike at the layers a screen flags)")
+                       f"({alike} look alike at the layers a screen flags)")
+    return named
+
+
+def _by_lean(named: dict, lean: float) -> dict:
+    if lean >= NULL_LEAN_MIN:
+        return _named("alphaedit", 0.85, f"the update gains {lean:.2f}x as much along the flagged key's null-space "
+                                         "part as along its C⁻¹k: null-space projected")
+    why = (f"the update gains {lean:.2f}x as much along the flagged key's null-space part as along its C⁻¹k: not "
+           "null-space projected")
+    if named["name"] == "memit":
+        return _named("memit", 0.7, f"low-rank changes over consecutive layers; {why}")
+    if named["name"] == "rome":
+        return _named("rome", named["confidence"], f"{named['why']}; {why}")
     return named
 
 

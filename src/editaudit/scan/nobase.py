@@ -233,6 +233,8 @@ def scan_alone(suspect_ck: Any, options: Any, progress: Callable[[str, float, fl
     mapped = ({g.layer: runs.map_run(model, tok, modules, Cs, g.layer, g.ids, transposed)
                for g in hits if g.layer not in spectral} if options.map_runs else {})
     by_gain = _gain_findings(hits, spectral, findings, layout.n_layers, mapped, modules)
+    if options.null_lean and by_gain:
+        _name_by_lean(model, tok, by_gain, Cs, transposed, layout.n_layers, progress)
     t_read = time.perf_counter()
     if options.read == "open" and findings:
         gained = {id(f) for f, _ in by_gain}
@@ -304,6 +306,24 @@ def _gain_findings(flagged: list[Any], spectral: set[int], findings: list, n_lay
         findings.append(f)
         out.append((f, rows))
     return out
+
+
+def _name_by_lean(model: Any, tok: Any, by_gain: list[tuple[Any, list[Any]]], Cs: dict, transposed: bool,
+                  n_layers: int, progress: Callable[[str, float, float], None]) -> None:
+    """Name each gain finding again with its flagged starts' null-space lean (gain.null_lean): AlphaEdit or not."""
+    import statistics
+
+    from .method import name_method
+
+    progress("gain screen: null-space lean", 0, 1)
+    rows = [r for _, rs in by_gain for r in rs]
+    leans = dict(zip((id(r) for r in rows), gain.null_lean(model, tok, rows, Cs, transposed)))
+    for f, rs in by_gain:
+        lean = statistics.median(leans[id(r)] for r in rs)
+        f.data["null_lean"] = {"median": round(lean, 3), "share": gain.null_share(),
+                               "by_layer": {str(r.layer): round(leans[id(r)], 3) for r in rs}}
+        f.data["method"] = name_method(f.rule, f.layers, 1, n_layers=n_layers, no_base=True, lean=lean)
+    progress("gain screen: null-space lean", 1, 1)
 
 
 def _grown(model: Any, tok: Any, rows: list[Any], Cs: dict, transposed: bool, limit: int) -> list[Any]:

@@ -61,6 +61,9 @@ class ScanOptions:
     # output direction follows (runs.py: a MEMIT or AlphaEdit batch), every flagged layer's start is read, and the edit
     # is fitted over the run; off since its record (bench/heldout/v13-plan.md tenth use: the one batch flagged was
     # flagged at all five layers by the screen itself, so no layer more; objects 2 against 1, no false reading)
+    null_lean: bool = True  # no base: name a gain finding AlphaEdit when its flagged starts' keys gain more along
+    # their null-space part than along C⁻¹k (gain.null_lean), else ROME or MEMIT; one vocabulary pass through the
+    # flagged layers
     keys: bool = False  # open reading: also read each edit through its key at a stand-in subject (inject.py; opt-in,
     # v7-plan.md sixth use: +1 object of 35, short of the +2 the rule asked)
     amplify: str = "off"  # open reading, off | memit | all: subjects read with the edit scaled by 1/fire² (read_edits)
