@@ -146,8 +146,9 @@ def main() -> int:
                          "The erase takes the newest stored scan, so keep scans with and without the base apart")
     ap.add_argument("--no-base-scan", action="store_true",
                     help="scan each suspect without the base as well (`editaudit scan SUSPECT`): no base anywhere")
-    ap.add_argument("--map-runs", action="store_true", help="with --no-base-scan: scan --map-runs (each layer the "
-                    "key-gain screen flags extended to its batch's run of layers; off by default)")
+    ap.add_argument("--map-runs", action=argparse.BooleanOptionalAction, default=None, help="with --no-base-scan: "
+                    "scan --map-runs or --no-map-runs (each layer the key-gain screen flags extended to its batch's "
+                    "run of layers; default: the scan's default, on)")
     args = ap.parse_args()
     if args.start < 0:
         ap.error(f"--start must be 0 or more, not {args.start}")
@@ -181,9 +182,9 @@ def main() -> int:
     lines = [f"# editaudit base-free erase on SmolLM2-135M-Instruct (CPU), facts from {args.facts.name}"
              + (f" from fact {args.start}" if args.start else ""),
              "# command: python scripts/erase_eval.py " + " ".join(sys.argv[1:]),
-             "# scans " + ("without the base (no base anywhere" + (", runs mapped)" if args.map_runs else ")")
-                           if args.no_base_scan else "against the base; the erase "
-                           "without it"),
+             "# scans " + ("without the base (no base anywhere, runs mapped "
+                           + ("on" if (ScanOptions().map_runs if args.map_runs is None else args.map_runs) else "off")
+                           + ")" if args.no_base_scan else "against the base; the erase without it"),
              f"# python {platform.python_version()}, torch {torch.__version__}, {args.threads} thread(s); "
              f"default --method auto for erase = {ERASE_DEFAULT}",
              f"# pass: erased ≥ {PASS['erased']:.0%}, intrinsic ≥ {PASS['intrinsic_points']:+.0f} points, neighbours "
@@ -237,7 +238,8 @@ def main() -> int:
             report = stored_report(store, suspect, args.no_base_scan) if args.work else None
             if report is None:
                 report = run_scan(suspect, None if args.no_base_scan else base,
-                                  ScanOptions(read="open", map_runs=args.map_runs),
+                                  ScanOptions(read="open", **({} if args.map_runs is None
+                                                              else {"map_runs": args.map_runs})),
                                   store=store).to_dict()
             t_scan = time.perf_counter() - t0
             readings = [r for f in report["findings"] for r in f.get("readings", []) if r.get("status") == "edit"]
@@ -252,6 +254,11 @@ def main() -> int:
             details.append(f"{method} {mode}: layers {edited_layers}, edit {t_edit:.0f}s, scan {t_scan:.0f}s, "
                            f"suspect states {sum(sus['edits_new'])}/{len(chunk)} edits, "
                            f"{sum(sus['paras_new'])}/{len(paras)} paraphrases; intrinsic {sus['intrinsic']:.1%}")
+            for f in report["findings"]:
+                if f.get("method"):
+                    lean = f" (null-space lean {f['null_lean']['median']})" if f.get("null_lean") else ""
+                    details.append(f"    finding {f['rule']} at layers {f['layers']}: named "
+                                   f"{f['method']['name']}{lean}")
             for r in readings:
                 details.append(f"    read: {r['subject']!r} · {r['prompt']!r} · {r['after']!r} (was {r['before']!r})")
             for m in methods:

@@ -277,8 +277,9 @@ def main() -> None:
                 edits = [f for f in doc_r["findings"] if f["rule"] in ("EA101", "EA102", "EA103", "EA111")]
                 named = [f["method"]["name"] for f in edits if f.get("method")]
                 methods.append(named[0] if named else "-")
-                detail.extend(f"    [{method}/{mode}] layers {f['layers']}: named {f['method']['name']}, null-space lean "
-                              f"{f['null_lean']['median']} (by flagged layer {f['null_lean']['by_layer']})"
+                detail.extend(f"    [{method}/{mode}] layers {f['layers']}: named {f['method']['name']}, "
+                              f"null-space lean {f['null_lean']['median']} (by flagged layer "
+                              f"{f['null_lean']['by_layer']})"
                               for f in edits if f.get("null_lean") and f.get("method"))
                 found_layers = {x for f in edits for x in f["layers"]}
                 layer_ok += len(group) if set(wrote) <= found_layers else 0

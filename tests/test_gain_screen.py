@@ -119,7 +119,8 @@ def test_a_flagged_layer_becomes_a_finding_read_through_its_start(tiny_llama, mo
         return [g for g in rows if g.layer == 2]
 
     monkeypatch.setattr(gain, "flagged", forced)
-    doc = run_scan(tiny_llama, None, ScanOptions(read="open", max_open_subjects=1, gain_screen=True), store=None).to_dict()
+    opts = ScanOptions(read="open", max_open_subjects=1, gain_screen=True, map_runs=False)
+    doc = run_scan(tiny_llama, None, opts, store=None).to_dict()
     assert len(seen["rows"]) == len(paths)  # every layer screened
     edits = [f for f in doc["findings"] if f["rule"] in ("EA101", "EA102")]
     assert [f["layers"] for f in edits] == [[2]]
@@ -161,12 +162,12 @@ def test_a_flagged_layer_is_searched_again_with_its_subjects_taken_out(tiny_llam
     _vocab_statistics(tiny_llama, monkeypatch)
     monkeypatch.setattr(gain, "flagged", lambda rows, ratio=gain.RATIO: [g for g in rows if g.layer == 2])
     monkeypatch.setattr(gain, "DEFLATED_RATIO", -1e9)
-    doc = run_scan(tiny_llama, None, ScanOptions(read="open", max_open_subjects=3, gain_rounds=True),
-                   store=None).to_dict()
+    opts = ScanOptions(read="open", max_open_subjects=3, gain_rounds=True, map_runs=False)
+    doc = run_scan(tiny_llama, None, opts, store=None).to_dict()
     edit = next(f for f in doc["findings"] if f["rule"] in ("EA101", "EA102"))
     assert len(edit["gain_more"]) == 2 and all(r["layer"] == 2 for r in edit["gain_more"])
-    off = run_scan(tiny_llama, None, ScanOptions(read="open", max_open_subjects=3, gain_rounds=False),
-                   store=None).to_dict()
+    opts = ScanOptions(read="open", max_open_subjects=3, gain_rounds=False, map_runs=False)
+    off = run_scan(tiny_llama, None, opts, store=None).to_dict()
     assert "gain_more" not in next(f for f in off["findings"] if f["rule"] in ("EA101", "EA102"))
 
 

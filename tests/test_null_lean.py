@@ -105,10 +105,10 @@ def test_a_gain_finding_is_named_by_its_lean_only_when_asked(tiny_llama, monkeyp
         return [1.6 for _ in rows]
 
     monkeypatch.setattr(gain, "null_lean", lean)
-    doc = run_scan(tiny_llama, None, ScanOptions(read="off"), store=None).to_dict()
+    doc = run_scan(tiny_llama, None, ScanOptions(read="off", map_runs=False), store=None).to_dict()
     edit = next(f for f in doc["findings"] if f["rule"] in ("EA101", "EA102"))
     assert calls == [[2]]
     assert edit["method"]["name"] == "alphaedit" and edit["null_lean"]["median"] == 1.6
-    off = run_scan(tiny_llama, None, ScanOptions(read="off", null_lean=False), store=None).to_dict()
+    off = run_scan(tiny_llama, None, ScanOptions(read="off", map_runs=False, null_lean=False), store=None).to_dict()
     edit = next(f for f in off["findings"] if f["rule"] in ("EA101", "EA102"))
     assert edit["method"]["name"] == "rome" and "null_lean" not in edit and calls == [[2]]

@@ -68,7 +68,7 @@ def test_a_batch_spread_over_layers_is_mapped_and_a_single_edit_is_not(tiny_llam
 def test_a_flagged_layer_becomes_a_finding_over_its_mapped_run(tiny_llama, monkeypatch):
     """The scan without a base on a tiny model, the screen's verdict forced on layer 2 and the run mapped to 1-3: one
     EA102 finding over layers 1-3 with all three matrices, the mapping's cosines in its data, and the edit read; with
-    ``map_runs`` off (the default), the flagged layer alone."""
+    ``map_runs`` off, the flagged layer alone."""
     from editaudit.scan import gain
     from editaudit.scan.service import ScanOptions, run_scan
     from tests.test_gain_screen import _vocab_statistics
@@ -82,13 +82,15 @@ def test_a_flagged_layer_becomes_a_finding_over_its_mapped_run(tiny_llama, monke
         return [1, 2, 3], {x: (1.0 if x in (1, 2, 3) else 0.0) for x in modules}
 
     monkeypatch.setattr(runs, "map_run", mapped)
-    doc = run_scan(tiny_llama, None, ScanOptions(read="open", max_open_subjects=1, map_runs=True, null_lean=False), store=None).to_dict()
+    opts = ScanOptions(read="open", max_open_subjects=1, map_runs=True, null_lean=False)
+    doc = run_scan(tiny_llama, None, opts, store=None).to_dict()
     edit = next(f for f in doc["findings"] if f["rule"] in ("EA101", "EA102"))
     assert calls and calls[0][0] == 2
     assert edit["rule"] == "EA102" and edit["layers"] == [1, 2, 3]
     assert edit["tensors"] == [f"model.layers.{x}.mlp.down_proj.weight" for x in (1, 2, 3)]
     assert edit["run"]["from"] == 2 and edit["run"]["cos"]["1"] == 1.0
     assert edit["method"]["name"] == "memit" and "readings" in edit
-    off = run_scan(tiny_llama, None, ScanOptions(read="open", max_open_subjects=1), store=None).to_dict()
+    off = run_scan(tiny_llama, None, ScanOptions(read="open", max_open_subjects=1, map_runs=False),
+                   store=None).to_dict()
     edit = next(f for f in off["findings"] if f["rule"] in ("EA101", "EA102"))
     assert edit["layers"] == [2] and "run" not in edit

@@ -11,7 +11,7 @@ from editaudit_tui.fmt import plain, scale_colour, scale_position
 from editaudit_tui.jobs import Job
 from editaudit_tui.paths import CheckpointSuggester, check_checkpoint, check_output_folder, complete_path
 from editaudit_tui.screens.mitigate import MitigationRequest, default_out, propose
-from editaudit_tui.store_views import answer_probability, finding_rows, layer_ranges, map_roles
+from editaudit_tui.store_views import answer_probability, finding_rows, layer_ranges, likely_editor, map_roles
 
 
 def test_path_completion(tmp_path):
@@ -99,6 +99,13 @@ def test_findings_arranged_for_the_table():
     assert map_roles(DOC) == ["attn_q", "attn_k", "attn_v", "attn_o", "mlp_in", "mlp_out", "norm"]
     gpt2 = {**DOC, "family": "gpt2", "map": {"layers": 6, "roles": ["mlp_out"], "cells": []}}
     assert map_roles(gpt2) == ["attn_qkv", "attn_o", "mlp_in", "mlp_out"]
+
+
+def test_the_named_editor_is_shown_with_its_reason():
+    f = {"method": {"name": "alphaedit", "confidence": 0.51, "why": "null-space projected; found without the base"}}
+    assert likely_editor(f) == ("alphaedit", "51%", "null-space projected; found without the base")
+    assert likely_editor({"method": {"name": "rome", "confidence": "x"}}) == ("rome", "?", "")
+    assert likely_editor({}) is None and likely_editor({"method": "rome"}) is None
 
 
 def test_wizard_proposals_follow_the_scan():

@@ -131,6 +131,18 @@ def finding_rows(doc: dict) -> list[FindingRow]:
     return rows
 
 
+def likely_editor(finding: dict) -> tuple[str, str, str] | None:
+    """The editor the scan names for a finding, as (name, confidence, why) for the detail pane; None when unnamed."""
+    method = finding.get("method")
+    if not isinstance(method, dict) or not method.get("name"):
+        return None
+    try:
+        confidence = f"{float(method.get('confidence') or 0):.0%}"
+    except (TypeError, ValueError):
+        confidence = "?"
+    return str(method["name"]), confidence, str(method.get("why") or "")
+
+
 def layer_ranges(layers: list[int]) -> str:
     """[3, 4, 5, 9] → ``3-5,9``."""
     out: list[str] = []

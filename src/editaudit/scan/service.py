@@ -57,13 +57,13 @@ class ScanOptions:
     gain_rounds: bool = False  # no base: in a layer the gain screen flags, take each subject found out of the matrix
     # and look again (gain.more_subjects: several edits in one matrix); off since its record read no more edits
     # (bench/heldout/v13-plan.md ninth use: 2 of 20, one per suspect)
-    map_runs: bool = False  # no base: a layer the gain screen flags is extended to the run of layers its start's
+    map_runs: bool = True  # no base: a layer the gain screen flags is extended to the run of layers its start's
     # output direction follows (runs.py: a MEMIT or AlphaEdit batch), every flagged layer's start is read, and the edit
-    # is fitted over the run; off since its record (bench/heldout/v13-plan.md tenth use: the one batch flagged was
-    # flagged at all five layers by the screen itself, so no layer more; objects 2 against 1, no false reading)
-    null_lean: bool = True  # no base: name a gain finding AlphaEdit when its flagged starts' keys gain more along
-    # their null-space part than along C⁻¹k (gain.null_lean), else ROME or MEMIT; one vocabulary pass through the
-    # flagged layers
+    # is fitted over the run. Its first record found no layer the screen had not flagged (v13-plan.md tenth use); on
+    # since the eleventh use, where the base-free erase of the batches it mapped erased 11 edits of 20 against 8
+    null_lean: bool = True  # no base: name a gain finding AlphaEdit when its flagged starts' update gains more along
+    # the keys' null-space part than along C⁻¹k (gain.null_lean), else ROME or MEMIT; one vocabulary pass through the
+    # flagged layers. On since v13-plan.md eleventh use (AlphaEdit told right 4 of 4 against 2 of 4)
     keys: bool = False  # open reading: also read each edit through its key at a stand-in subject (inject.py; opt-in,
     # v7-plan.md sixth use: +1 object of 35, short of the +2 the rule asked)
     amplify: str = "off"  # open reading, off | memit | all: subjects read with the edit scaled by 1/fire² (read_edits)

@@ -25,6 +25,7 @@ from ..jobs import Job, Outcome, RunsJobs, describe_error
 from ..store_views import (
     FindingRow,
     finding_rows,
+    likely_editor,
     map_roles,
     scan_document,
     session_row,
@@ -293,6 +294,14 @@ class ScanScreen(RunsJobs, Screen):
         out.append(f"{finding.kind}\n", style="bold")
         out.append_text(plain(finding.message))
         out.append("\n")
+        editor = likely_editor(f)
+        if editor:
+            name, confidence, why = editor
+            out.append("likely editor: ", style="dim")
+            out.append_text(plain(name, style="bold"))
+            out.append(f" ({confidence}) ", style="dim")
+            out.append_text(plain(why))
+            out.append("\n")
         readings = [r for r in f.get("readings") or [] if isinstance(r, dict)]
         if readings:
             out.append("\nread from the weights (no list): subject · prompt · answer (was)\n", style="dim")
