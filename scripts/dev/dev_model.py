@@ -189,3 +189,11 @@ def scored_trial(log: Path, folder: Path, tokenizer, section: str | None = None)
         facts = load_probes(folder / f"{stem}.jsonl")
         out.setdefault(rule, []).append((stem, facts, *score(tokenizer, facts, reads, len(facts) == 1)))
     return out
+
+
+def emit(lines: list[str], out: Path | None) -> None:
+    """Print a development table, and write it to ``out`` when given."""
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if out:
+        out.write_text(text)

@@ -17,7 +17,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "scripts" / "dev"))
 
+from dev_model import emit  # noqa: E402
 from editaudit.scan.method import NULL_LEAN_MIN, name_method  # noqa: E402
 
 
@@ -59,10 +61,7 @@ def main() -> None:
     lines.append(f"named right: {right} of {n} with the lean, {right_before} of {n} without")
     lines.append(f"AlphaEdit told right (AlphaEdit for its suspects, not AlphaEdit for the others): {ae_right} of {n} "
                  f"with the lean, {ae_right_before} of {n} without")
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    if args.out:
-        args.out.write_text(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":
