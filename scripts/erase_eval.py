@@ -149,6 +149,9 @@ def main() -> int:
     ap.add_argument("--map-runs", action=argparse.BooleanOptionalAction, default=None, help="with --no-base-scan: "
                     "scan --map-runs or --no-map-runs (each layer the key-gain screen flags extended to its batch's "
                     "run of layers; default: the scan's default, on)")
+    ap.add_argument("--scan-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a scan setting (a ScanOptions field, e.g. read_spike=4) for the scans this run makes, "
+                         "for development; repeatable")
     args = ap.parse_args()
     if args.start < 0:
         ap.error(f"--start must be 0 or more, not {args.start}")
@@ -176,6 +179,10 @@ def main() -> int:
     facts = round_robin(load_probes(args.facts))[args.start:]
     neighbours = [f for a, b in NEIGHBOURS for f in facts[a:b]]
     intrinsic = default_intrinsic()
+    scan_set = parse_assignments(args.scan_set)
+    unknown = sorted(set(scan_set) - set(ScanOptions.__dataclass_fields__))
+    if unknown:
+        ap.error(f"--scan-set: no scan setting {', '.join(unknown)}")
     base = ensure_model("smollm2-135m")
     lm = load_model(base, device="cpu")
     n_layers = lm.model.config.num_hidden_layers
@@ -184,7 +191,8 @@ def main() -> int:
              "# command: python scripts/erase_eval.py " + " ".join(sys.argv[1:]),
              "# scans " + ("without the base (no base anywhere, runs mapped "
                            + ("on" if (ScanOptions().map_runs if args.map_runs is None else args.map_runs) else "off")
-                           + ")" if args.no_base_scan else "against the base; the erase without it"),
+                           + ")" if args.no_base_scan else "against the base; the erase without it")
+             + "".join(f"; scan {k}={v}" for k, v in scan_set.items()),
              f"# python {platform.python_version()}, torch {torch.__version__}, {args.threads} thread(s); "
              f"default --method auto for erase = {ERASE_DEFAULT}",
              f"# pass: erased ≥ {PASS['erased']:.0%}, intrinsic ≥ {PASS['intrinsic_points']:+.0f} points, neighbours "
@@ -239,7 +247,7 @@ def main() -> int:
             if report is None:
                 report = run_scan(suspect, None if args.no_base_scan else base,
                                   ScanOptions(read="open", **({} if args.map_runs is None
-                                                              else {"map_runs": args.map_runs})),
+                                                              else {"map_runs": args.map_runs}), **scan_set),
                                   store=store).to_dict()
             t_scan = time.perf_counter() - t0
             readings = [r for f in report["findings"] for r in f.get("readings", []) if r.get("status") == "edit"]

@@ -110,6 +110,35 @@ def test_low_half_sweep_removes_an_edit_written_in_the_low_energy_half():
     assert torch.allclose(low_half_sweep(W, C, 0), torch.zeros_like(W))
 
 
+def test_sweep_reach_takes_what_a_rome_edit_left_above_the_low_half():
+    """ROME-like edits δuᵀ, u = C⁻¹k, of keys whose energy lies mostly but not wholly below C's top fifth: part of
+    u's action on k sits above the median eigenvalue, which the low-half sweep leaves. With ``reach`` 0.8 the sweep
+    removes its components' output over the lowest four fifths and takes that part too, while W's action on C's top
+    fifth (where ordinary text's energy is) stays as it was; reach 0.5 is the low-half sweep itself."""
+    gen, C, W_base, _ = _problem(4, d_out=16, d_in=40)
+    ev, Q = torch.linalg.eigh(C)
+    rest, top = Q[:, :32], Q[:, 32:]
+    W_base = W_base @ top @ top.T + 0.01 * W_base @ rest @ rest.T       # trained: acts on the top fifth
+    scale = torch.ones(40, dtype=torch.float64)
+    scale[32:] = 0.05                                                   # rare keys: little energy on the top fifth
+    K = (Q @ (ev.sqrt() * scale * torch.randn(2, 40, generator=gen, dtype=torch.float64)).T).T
+    W = W_base.clone()
+    for k in K:
+        u = torch.linalg.solve(C, k)
+        W += torch.outer(3 * torch.randn(16, generator=gen, dtype=torch.float64), u / (u @ k))
+
+    def left(fixed: torch.Tensor) -> float:  # the edits' action left on their own keys
+        return float(((fixed - W_base) @ K.T).norm() / ((W - W_base) @ K.T).norm())
+
+    half = W + low_half_sweep(W, C, 2)
+    reach = W + low_half_sweep(W, C, 2, reach=0.8)
+    assert torch.allclose(low_half_sweep(W, C, 2, reach=0.5), half - W)
+    assert left(half) > 0.2                      # the part above the median eigenvalue stays
+    assert left(reach) < 0.05
+    assert torch.allclose(reach @ top, W @ top, atol=1e-9)              # the top fifth is not touched
+    assert torch.allclose(low_half_sweep(W, C, 2, space="null", reach=0.8), low_half_sweep(W, C, 2, space="null"))
+
+
 def test_null_space_sweep_takes_the_edit_and_leaves_the_rest_of_the_low_half():
     """An AlphaEdit-like edit written only in C's null space (eigenvalues below half the median) on a W that acts
     on the whole low half: the null-space sweep takes the edit out and leaves W's own action outside the null
@@ -467,7 +496,8 @@ def test_project_settings_are_checked():
     for bad, match in (({"lr": 1}, "no setting"), ({"target": "median"}, "target must be"),
                        ({"cov_tokens": "many"}, "bad value"), ({"rekey": 1}, "bad value"),
                        ({"cov_tokens": 0}, "at least 1"), ({"sweep_space": "high"}, "sweep_space must be"),
-                       ({"object_sweep": "some"}, "object_sweep must be"), ({"object_space": "auto"}, "object_space")):
+                       ({"object_sweep": "some"}, "object_sweep must be"), ({"object_space": "auto"}, "object_space"),
+                       ({"sweep_reach": 0.3}, "sweep_reach must be"), ({"sweep_reach": 1.5}, "sweep_reach must be")):
         with pytest.raises(BadInput, match=match):
             project_settings(bad)
     # `--hparam directions=null` parses as JSON null: the choice named "null" is meant

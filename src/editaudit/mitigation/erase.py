@@ -179,6 +179,7 @@ def _project_in_place(ctx: "RunContext", net, tok, targets: dict, stage: str) ->
                               subject_alone=hp["subject_alone"],
                               low_rank={layer: r for layer, (r, _) in swept.items()},
                               sweep_space={layer: space for layer, (_, space) in swept.items()},
+                              sweep_reach=hp["sweep_reach"],
                               guides=guides, object_space=hp["object_space"],
                               texts=corpus_mod.texts(hp["corpus"], ctx.say) if hp["target"] == "mean" else None,
                               text_seq_len=hp["cov_seq_len"], progress=ctx.steps_in(stage))

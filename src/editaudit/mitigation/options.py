@@ -46,7 +46,7 @@ PROJECT_DEFAULTS: dict[str, Any] = {"target": "mean", "key_mode": "auto", "direc
                                     "nullspace_rel": 0.5, "rekey": False, "subject_alone": True, "corpus": None,
                                     "cov_tokens": 20000,
                                     "cov_seq_len": 256, "contexts": 5, "context_length": 10, "seed": 0,
-                                    "low_rank": 16, "sweep_space": "auto", "memit_sweep": "off",
+                                    "low_rank": 16, "sweep_space": "auto", "sweep_reach": 0.5, "memit_sweep": "off",
                                     "uncertain": True, "object_sweep": "off",
                                     "object_space": "whiten"}
 
@@ -99,6 +99,8 @@ def project_settings(overrides: dict | None) -> dict:
                          ("object_sweep", OBJECT_SWEEP_SETTINGS), ("object_space", OBJECT_SPACES)):
         if hp[key] not in choices:
             raise BadInput(f"project setting {key} must be one of {', '.join(choices)}, not {hp[key]!r}")
+    if not 0.5 <= hp["sweep_reach"] <= 1.0:
+        raise BadInput(f"project setting sweep_reach must be from 0.5 (the low half) to 1.0, not {hp['sweep_reach']}")
     if hp["cov_tokens"] < 1 or hp["cov_seq_len"] < 1:
         raise BadInput("cov_tokens and cov_seq_len must be at least 1")
     return hp

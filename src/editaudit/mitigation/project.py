@@ -184,17 +184,30 @@ def sweep_basis(C: torch.Tensor, space: str = "low", nullspace_rel: float = 0.5)
 
 
 def low_half_sweep(W: torch.Tensor, C: torch.Tensor, rank: int, space: str = "low",
-                   nullspace_rel: float = 0.5) -> torch.Tensor:
+                   nullspace_rel: float = 0.5, reach: float = 0.5) -> torch.Tensor:
     """ΔW [out, in] (float64) = −(W D) Dᵀ, D the top ``rank`` right singular directions of W restricted to C's
-    low-energy half of eigen-directions, or to its null space (``space``; see the module docstring)."""
+    low-energy half of eigen-directions, or to its null space (``space``; see the module docstring).
+
+    ``reach`` > 0.5 (space ``low`` only): W's output along those components' output directions P = U_r U_rᵀ is
+    removed over the lowest ``reach`` share of C's eigen-directions, ΔW = −P W Q_f Q_fᵀ (at 0.5 exactly the
+    sweep above). An edit's u = C⁻¹k keeps part of its action on k above the median eigenvalue (a quarter of uᵀk on a
+    development ROME sequence), which the low half leaves in place; ordinary text, whose energy is in C's top
+    directions, is barely touched."""
     Wd = W.to(torch.float64)
     low = sweep_basis(C, space, nullspace_rel)
     if low.shape[1] == 0:
         return torch.zeros_like(Wd)
     rank = min(rank, low.shape[1])
-    _, _, Vh = torch.linalg.svd(Wd @ low, full_matrices=False)
-    D = low @ Vh[:rank].T
-    return -(Wd @ D) @ D.T
+    U, _, Vh = torch.linalg.svd(Wd @ low, full_matrices=False)
+    if space != "low" or reach <= 0.5:
+        D = low @ Vh[:rank].T
+        return -(Wd @ D) @ D.T
+    from ..scan.nobase import KeyEig
+
+    Q = KeyEig.of(C.to(torch.float64)).Q  # ascending: the lowest-energy directions first
+    Qf = Q[:, : int(round(min(reach, 1.0) * Q.shape[1]))]
+    P = U[:, :rank]
+    return -(P @ ((P.T @ Wd) @ Qf)) @ Qf.T
 
 
 def solve_layer(W: torch.Tensor, K: torch.Tensor, C: torch.Tensor, target: str = "project",
@@ -304,7 +317,7 @@ def erase_by_projection(model, tokenizer, targets: Mapping[int, Sequence[EraseSu
                         contexts: list[str] | None = None, rekey: bool = False,
                         texts: Sequence[str] | None = None, text_seq_len: int = 256, subject_alone: bool = True,
                         answers: bool = True, low_rank: int | Mapping[int, int] = 0,
-                        sweep_space: str | Mapping[int, str] = "low",
+                        sweep_space: str | Mapping[int, str] = "low", sweep_reach: float = 0.5,
                         guides: Mapping[int, torch.Tensor] | None = None, object_space: str = "whiten",
                         progress: Progress = ignore) -> ProjectionResult:
     """Erase the edits of ``targets`` ({layer: subjects}) from ``model`` in place; see the module docstring.
@@ -322,7 +335,8 @@ def erase_by_projection(model, tokenizer, targets: Mapping[int, Sequence[EraseSu
     for that key, it stands out (a rough, base-free check of a reading) — and its answers before and after.
     ``low_rank`` > 0 adds the low-half sweep of that rank to every layer of ``targets`` (see the module
     docstring), or ``{layer: rank}`` to the layers named; a layer whose subject list is empty gets the sweep alone.
-    ``sweep_space`` (one for all layers, or ``{layer: space}``, default ``low``) is where each layer's sweep works.
+    ``sweep_space`` (one for all layers, or ``{layer: space}``, default ``low``) is where each layer's sweep works;
+    ``sweep_reach`` how far up C's eigen-directions a ``low`` sweep removes its components' output (``low_half_sweep``).
     ``guides`` ({layer: [n, d_out] object gradients}, ``object_sweep.object_gradients``) add the object-guided
     sweep to those layers after the subjects' solve and the low-half sweep, its directions C⁻¹Wᵀg
     (``object_space="whiten"``) or in a sweep space (``low``, ``null``).
@@ -403,7 +417,7 @@ def erase_by_projection(model, tokenizer, targets: Mapping[int, Sequence[EraseSu
         swept = ranks.get(layer, 0)
         space = sweep_space.get(layer, "low") if isinstance(sweep_space, Mapping) else sweep_space
         if swept:
-            delta = delta + low_half_sweep(W + delta, C, swept, space, nullspace_rel)
+            delta = delta + low_half_sweep(W + delta, C, swept, space, nullspace_rel, sweep_reach)
         guided = 0
         G = guides.get(layer) if guides else None
         if G is not None and G.numel():
