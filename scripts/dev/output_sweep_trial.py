@@ -1,10 +1,12 @@
 """Trial: sweep a flagged layer on its *output* side. The low-half sweep (mitigation/project.py) removes W's action on
 the top directions of W restricted to C's low half, which leaves the part of a ROME edit δuᵀ that its u = C⁻¹k has in
 the high half (about a quarter of uᵀk on a development ROME sequence, scripts/dev/rome_seq_spectrum.py). The edit's
-output directions δ are seen whole in the low-half spectrum's left singular vectors, so here W's output along them is
-pinned to its mean over ordinary text instead: W' x = W x − P (W x − W μ), P = U_r U_rᵀ; or only the low-half sweep.
+output directions δ are seen whole in the low-half spectrum's left singular vectors U_r, so here W's output along them
+is removed over the lowest share f of C's eigen-directions, W' = W − P W Q_f Q_fᵀ with P = U_r U_rᵀ (f = 0.5 is the
+low-half sweep itself; f = 1 removes the output along P for every input), in every edited layer; the low-half sweep of
+rank 16 is the first row.
 
-    python scripts/dev/output_sweep_trial.py SUSPECT_FOLDER
+    python scripts/dev/output_sweep_trial.py SUSPECT_FOLDER [RANKS] [SHARES] [shared]
 """
 import json
 import sys
