@@ -51,7 +51,10 @@ the top r right singular directions of W Q:
 
 This takes what the recovered keys missed of the edit — all of an AlphaEdit edit, which lives in that half —
 and on the development suspects also undid the collateral damage of a disabling ROME edit; a layer with no
-subject read gets the sweep alone. The edit's part in C's high-energy half stays; that is the keys' job.
+subject read gets the sweep alone. The edit's part in C's high-energy half stays; that is the keys' job, or:
+``sweep_reach`` = R > 0.5 takes the same components further: with P = U_r U_rᵀ their output directions,
+W' = W − P W Q_R Q_Rᵀ, Q_R the lowest R share of C's eigen-directions — the part of a ROME edit's uᵀk that lies above
+the median eigenvalue goes too, while ordinary text, whose energy is in C's top directions, barely moves.
 ``sweep_space="null"`` restricts Q to AlphaEdit's null space (eigenvalues below ``nullspace_rel`` × the median),
 where all of its edit is and a trained W acts least: the same edit swept, less of W's own action taken with it.
 """
