@@ -550,3 +550,19 @@ def test_the_sweep_skips_the_layers_of_edits_the_scan_names_memit():
     doc = _report()
     doc["findings"][1]["method"] = {"name": "memit", "confidence": 0.9}
     assert [f["method"] for f in evidence_from_report(doc).findings] == [None, "memit"]
+
+
+def test_project_plan_says_how_far_the_sweep_reaches(monkeypatch):
+    from editaudit.cli import common
+    from editaudit.cli.mitigate_cmd import show_project_plan
+    from editaudit.mitigation.project import EraseSubject
+
+    monkeypatch.setattr(common.err, "width", 400)
+    with common.err.capture() as cap:
+        show_project_plan({2: [EraseSubject("France")], 3: []}, [], "scan", {2: (16, "low"), 3: (16, "null")}, 0.8)
+    lines = {line.split(":")[0].strip("│ •"): line for line in cap.get().splitlines() if "layer" in line}
+    assert "low-energy directions swept, their output removed up to 80%" in lines["layer 2"]
+    assert "null-space (AlphaEdit's) directions swept" in lines["layer 3"] and "removed" not in lines["layer 3"]
+    with common.err.capture() as cap:
+        show_project_plan({2: [EraseSubject("France")]}, [], "scan", {2: (16, "low")}, 0.5)
+    assert "directions swept" in cap.get() and "removed up to" not in cap.get()

@@ -156,10 +156,11 @@ def register(app: typer.Typer) -> None:
                 from ..mitigation.service import project_targets
 
                 from ..mitigation.erase import sweep_plan
+                from ..mitigation.options import project_settings
 
                 targets, notes = project_targets(evidence, opts)
                 show_project_plan(targets, notes, evidence.source if evidence and not opts.subjects else "--subjects",
-                                  sweep_plan(evidence, opts.project))
+                                  sweep_plan(evidence, opts.project), project_settings(opts.project)["sweep_reach"])
             if opts.method in ("unlearn", "project+unlearn"):
                 from ..mitigation.erase import unlearn_targets
 
@@ -284,7 +285,7 @@ def eval_line(arm: str, m: dict) -> Text:
 
 
 def show_project_plan(targets: dict, notes: list[str], source: str,
-                      sweep: dict[int, tuple[int, str]] | None = None) -> None:
+                      sweep: dict[int, tuple[int, str]] | None = None, reach: float = 0.5) -> None:
     lines = [f"training-free erase of the subjects from {escape(source)}: each edited MLP output matrix is "
              "re-solved so their keys no longer carry the edit (no base, no training)"]
     sweep = sweep or {}
@@ -293,6 +294,8 @@ def show_project_plan(targets: dict, notes: list[str], source: str,
         rank, space = sweep.get(layer, (0, "low"))
         where = "null-space (AlphaEdit's)" if space == "null" else "low-energy"
         extra = f"; then its top {rank} {where} directions swept" if rank else ""
+        if rank and space != "null" and reach > 0.5:
+            extra += f", their output removed up to {reach:.0%} of the key statistics' eigen-directions"
         lines.append(f"  • layer {layer}: {names}{extra}")
     lines += [f"[yellow]note:[/] {escape(n)}" for n in notes]
     common.err.print(Panel("\n".join(lines), title="mitigation plan", border_style="cyan"))
