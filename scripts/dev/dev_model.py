@@ -197,3 +197,20 @@ def emit(lines: list[str], out: Path | None) -> None:
     print(text, end="")
     if out:
         out.write_text(text)
+
+
+def erase_eval_suspect(folder: Path, facts_file: Path | None = None):
+    """A suspect folder ``scripts/erase_eval.py --work`` keeps (its ``erase_eval_facts.json`` beside the weights):
+    (meta, its facts as Probes, the loaded model, frozen). ``facts_file``: the held-apart set (default v13)."""
+    import json
+
+    from editaudit.models.loading import load_model
+    from editaudit.probing.format import load_probes
+
+    root = Path(__file__).resolve().parents[2]
+    meta = json.loads((folder / "erase_eval_facts.json").read_text())
+    by_id = {p.id: p for p in load_probes(facts_file or root / "bench/heldout/smollm2-135m-v13.jsonl")}
+    lm = load_model(folder)
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    return meta, [by_id[i] for i in meta["facts"]], lm

@@ -9,7 +9,6 @@ deflated from the space and the climb restarts. The keys found are then erased b
 
     python scripts/dev/key_inversion_trial.py SUSPECT_FOLDER [RANK] [BAR]
 """
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,12 +18,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 from editaudit.editing import corpus  # noqa: E402
+from dev_model import erase_eval_suspect  # noqa: E402
 from editaudit.editing.covariance import token_windows, weights_key  # noqa: E402
 from editaudit.editing.layers import layout_for  # noqa: E402
 from editaudit.mitigation.project import solve_layer  # noqa: E402
-from editaudit.models.loading import load_model  # noqa: E402
 from editaudit.probing.evaluate import retention  # noqa: E402
-from editaudit.probing.format import load_probes  # noqa: E402
 from editaudit.scan import nobase  # noqa: E402
 from editaudit.scan.keys import context_ids, keys_of  # noqa: E402
 
@@ -33,13 +31,8 @@ torch.manual_seed(0)
 folder = Path(sys.argv[1])
 RANK = int(sys.argv[2]) if len(sys.argv) > 2 else 10
 BAR = float(sys.argv[3]) if len(sys.argv) > 3 else 0.9
-meta = json.loads((folder / "erase_eval_facts.json").read_text())
-by_id = {p.id: p for p in load_probes(ROOT / "bench/heldout/smollm2-135m-v13.jsonl")}
-facts = [by_id[i] for i in meta["facts"]]
-lm = load_model(folder)
+meta, facts, lm = erase_eval_suspect(folder)
 model, tok = lm.model, lm.tokenizer
-for p in model.parameters():
-    p.requires_grad_(False)
 layout = layout_for(model)
 modules = {x: layout.rewrite_name(x) for x in range(layout.n_layers)}
 spectra, Cs = nobase.layer_spectra(model, tok, modules, weights_key(model))

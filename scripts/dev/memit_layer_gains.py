@@ -5,7 +5,6 @@ consecutive layers (a batch editor writes every layer of its run from the same k
 
     python scripts/dev/memit_layer_gains.py SUSPECT_FOLDER [LAST_LAYER]
 """
-import json
 import sys
 from pathlib import Path
 
@@ -13,9 +12,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
+from dev_model import erase_eval_suspect  # noqa: E402
 from editaudit.editing.covariance import weights_key  # noqa: E402
 from editaudit.editing.layers import layout_for  # noqa: E402
-from editaudit.models.loading import load_model  # noqa: E402
 from editaudit.probing.format import load_probes  # noqa: E402
 from editaudit.scan import gain, nobase  # noqa: E402
 from editaudit.scan.keys import context_ids, keys_of  # noqa: E402
@@ -24,13 +23,8 @@ from editaudit.scan.subjects import name_piece, word_tokens  # noqa: E402
 torch.set_num_threads(2)
 folder = Path(sys.argv[1])
 last = int(sys.argv[2]) if len(sys.argv) > 2 else 10
-meta = json.loads((folder / "erase_eval_facts.json").read_text())
-by_id = {p.id: p for p in load_probes(ROOT / "bench/heldout/smollm2-135m-v13.jsonl")}
-facts = [by_id[i] for i in meta["facts"]]
-lm = load_model(folder)
+meta, facts, lm = erase_eval_suspect(folder)
 model, tok = lm.model, lm.tokenizer
-for p in model.parameters():
-    p.requires_grad_(False)
 layout = layout_for(model)
 modules = {x: layout.rewrite_name(x) for x in range(last + 1)}
 _, Cs = nobase.layer_spectra(model, tok, modules, weights_key(model))
