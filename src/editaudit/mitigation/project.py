@@ -196,19 +196,20 @@ def low_half_sweep(W: torch.Tensor, C: torch.Tensor, rank: int, space: str = "lo
     sweep above). An edit's u = C⁻¹k keeps part of its action on k above the median eigenvalue (a quarter of uᵀk on a
     development ROME sequence), which the low half leaves in place; ordinary text, whose energy is in C's top
     directions, is barely touched."""
+    from ..scan.nobase import KeyEig
+
     Wd = W.to(torch.float64)
-    low = sweep_basis(C, space, nullspace_rel)
+    # one eigen-decomposition serves both the low half and the reach
+    eig = KeyEig.of(C.to(torch.float64)) if space == "low" and reach > 0.5 else None
+    low = eig.low if eig is not None else sweep_basis(C, space, nullspace_rel)
     if low.shape[1] == 0:
         return torch.zeros_like(Wd)
     rank = min(rank, low.shape[1])
     U, _, Vh = torch.linalg.svd(Wd @ low, full_matrices=False)
-    if space != "low" or reach <= 0.5:
+    if eig is None:
         D = low @ Vh[:rank].T
         return -(Wd @ D) @ D.T
-    from ..scan.nobase import KeyEig
-
-    Q = KeyEig.of(C.to(torch.float64)).Q  # ascending: the lowest-energy directions first
-    Qf = Q[:, : int(round(min(reach, 1.0) * Q.shape[1]))]
+    Qf = eig.Q[:, : int(round(min(reach, 1.0) * eig.Q.shape[1]))]  # ascending: the lowest-energy directions first
     P = U[:, :rank]
     return -(P @ ((P.T @ Wd) @ Qf)) @ Qf.T
 
