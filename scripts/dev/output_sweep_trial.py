@@ -8,7 +8,6 @@ rank 16 is the first row.
 
     python scripts/dev/output_sweep_trial.py SUSPECT_FOLDER [RANKS] [SHARES] [shared]
 """
-import json
 import sys
 from pathlib import Path
 
@@ -16,25 +15,22 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
+from dev_model import erase_eval_suspect  # noqa: E402
 from editaudit.editing.covariance import weights_key  # noqa: E402
 from editaudit.editing.layers import layout_for  # noqa: E402
 from editaudit.mitigation.project import low_half_sweep  # noqa: E402
 from editaudit.mitigation.service import default_intrinsic  # noqa: E402
-from editaudit.models.loading import load_model  # noqa: E402
 from editaudit.probing.evaluate import retention  # noqa: E402
 from editaudit.probing.format import load_probes  # noqa: E402
 from editaudit.scan import nobase  # noqa: E402
 
 torch.set_num_threads(2)
 folder = Path(sys.argv[1])
-meta = json.loads((folder / "erase_eval_facts.json").read_text())
+meta, facts, lm = erase_eval_suspect(folder)
 allf = load_probes(ROOT / "bench/heldout/smollm2-135m-v13.jsonl")
-by_id = {p.id: p for p in allf}
-facts = [by_id[i] for i in meta["facts"]]
-start = allf.index(facts[0]) - 5
+start = allf.index(facts[0]) - 5  # neighbours: the 25 facts around the first edited one, in the file's order
 neigh = allf[start:start + 5] + allf[start + 35:start + 55]
 intrinsic = default_intrinsic()
-lm = load_model(folder)
 model, tok = lm.model, lm.tokenizer
 layout = layout_for(model)
 layers = meta["edited"]

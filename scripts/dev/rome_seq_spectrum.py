@@ -5,7 +5,6 @@ can take) and how much of each subject's low-half direction C⁻¹k lies in the 
 
     python scripts/dev/rome_seq_spectrum.py SUSPECT_FOLDER [FACTS.jsonl]
 """
-import json
 import sys
 from pathlib import Path
 
@@ -13,20 +12,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
+from dev_model import erase_eval_suspect  # noqa: E402
 from editaudit.editing.covariance import weights_key  # noqa: E402
 from editaudit.editing.layers import layout_for  # noqa: E402
-from editaudit.models.loading import load_model  # noqa: E402
-from editaudit.probing.format import load_probes  # noqa: E402
 from editaudit.scan import nobase  # noqa: E402
 from editaudit.scan.keys import context_ids, keys_of  # noqa: E402
 
 torch.set_num_threads(2)
 folder = Path(sys.argv[1])
 facts_path = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "bench/heldout/smollm2-135m-v13.jsonl"
-meta = json.loads((folder / "erase_eval_facts.json").read_text())
-by_id = {p.id: p for p in load_probes(facts_path)}
-facts = [by_id[i] for i in meta["facts"]]
-lm = load_model(folder)
+meta, facts, lm = erase_eval_suspect(folder, facts_path)
 model, tok = lm.model, lm.tokenizer
 layout = layout_for(model)
 modules = {x: layout.rewrite_name(x) for x in range(layout.n_layers)}
