@@ -108,6 +108,26 @@ def every_layer(name: str = "smollm2-135m"):
     return lm.model, lm.tokenizer, modules, families.family(layout.family).conv1d, clean
 
 
+def with_key_stats(spec: str):
+    """A model folder or registry name loaded frozen, for the base-free screens: (model, tokenizer, {layer: MLP output
+    matrix path}, transposed, {layer: KeyEig} from the model's own key statistics)."""
+    from editaudit.editing import covariance
+    from editaudit.editing.layers import layout_for
+    from editaudit.models import families
+    from editaudit.models.loading import load_model
+    from editaudit.models.registry import resolve_model
+    from editaudit.scan.nobase import KeyEig
+
+    lm = load_model(spec if Path(spec).is_dir() else resolve_model(spec))
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    layout = layout_for(lm.model)
+    modules = {layer: layout.rewrite_name(layer) for layer in range(layout.n_layers)}
+    moms = covariance.second_moments(lm.model, lm.tokenizer, modules, model_key=covariance.weights_key(lm.model))
+    eigs = {layer: KeyEig.of(moms[layer].matrix) for layer in modules}
+    return lm.model, lm.tokenizer, modules, families.family(layout.family).conv1d, eigs
+
+
 def lowest_search(lm, fingerprint: str, deltas: dict, rank: int, null: bool = False):
     """(layer, SubjectSearch) over the lowest edited MLP output matrix of ``deltas`` ({parameter: ΔW}), its top ``rank`` input
     directions whitened by the cached key statistics. ``null``: an edit the scan names AlphaEdit is searched in the

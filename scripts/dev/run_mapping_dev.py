@@ -22,13 +22,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "scripts" / "dev"))
 
-from editaudit.editing import covariance  # noqa: E402
-from editaudit.editing.layers import layout_for  # noqa: E402
-from editaudit.models.loading import load_model  # noqa: E402
-from editaudit.models.registry import resolve_model  # noqa: E402
+from dev_model import with_key_stats  # noqa: E402
+
 from editaudit.scan import gain, runs  # noqa: E402
-from editaudit.scan.nobase import KeyEig  # noqa: E402
 
 BARS = (0.1, 0.15, 0.2, 0.25, 0.3)
 
@@ -56,14 +54,7 @@ def main() -> None:
         t0 = time.perf_counter()
         meta = Path(spec) / "erase_eval_facts.json"
         edited = json.loads(meta.read_text())["edited"] if meta.exists() else []
-        lm = load_model(spec if Path(spec).is_dir() else resolve_model(spec))
-        model, tok = lm.model, lm.tokenizer
-        for p in model.parameters():
-            p.requires_grad_(False)
-        lay = layout_for(model)
-        modules = {layer: lay.rewrite_name(layer) for layer in range(lay.n_layers)}
-        moms = covariance.second_moments(model, tok, modules, model_key=covariance.weights_key(model))
-        eigs = {layer: KeyEig.of(moms[layer].matrix) for layer in modules}
+        model, tok, modules, _, eigs = with_key_stats(spec)
         rows = gain.screen(model, tok, modules, eigs)
         hit = gain.flagged(rows)
         lines.append(f"\n## {spec}: edited layers {edited}; flagged {[(g.layer, round(g.ratio, 2)) for g in hit]} "
@@ -72,7 +63,7 @@ def main() -> None:
             for g in rows:
                 cos = profile(model, tok, modules, eigs, list(g.ids), g.layer)
                 got = {b: walk(cos, g.layer, b) for b in BARS}
-                near = range(max(0, g.layer - 3), min(lay.n_layers, g.layer + 4))
+                near = range(max(0, g.layer - 3), min(len(modules), g.layer + 4))
                 lines.append(f"L{g.layer} ratio {g.ratio:.2f} {g.text!r}: "
                              + " ".join(f"L{x}:{cos[x]:+.2f}" for x in near)
                              + " | runs " + " ".join(f"τ{b}:{hi - lo + 1}" for b, (lo, hi) in got.items()))
@@ -83,7 +74,7 @@ def main() -> None:
             grown = gain.grow_subject(model, tok, g, eigs[g.layer])
             for tag, ids, text in (("start", list(g.ids), g.text), ("grown", list(grown.ids), grown.text)):
                 cos = profile(model, tok, modules, eigs, ids, g.layer)
-                near = range(max(0, g.layer - 6), min(lay.n_layers, g.layer + 7))
+                near = range(max(0, g.layer - 6), min(len(modules), g.layer + 7))
                 lines.append(f"L{g.layer} {tag} {text!r}: " + " ".join(f"L{x}:{cos[x]:+.2f}" for x in near))
                 lines.append("   runs: " + "  ".join(f"τ{b}: {walk(cos, g.layer, b)}" for b in BARS))
         print("\n".join(lines), flush=True)

@@ -22,14 +22,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "scripts" / "dev"))
 
-from editaudit.editing import covariance  # noqa: E402
-from editaudit.editing.layers import layout_for  # noqa: E402
-from editaudit.models import families  # noqa: E402
-from editaudit.models.loading import load_model  # noqa: E402
+from dev_model import with_key_stats  # noqa: E402
+
 from editaudit.models.registry import resolve_model  # noqa: E402
 from editaudit.scan import gain  # noqa: E402
-from editaudit.scan.nobase import KeyEig  # noqa: E402
 
 
 def edited_layers(folder: Path) -> list[int]:
@@ -55,23 +53,16 @@ def main() -> None:
     out = Path(a.out)
     with out.open("a") as fh:
         for spec in a.models.split(","):
-            folder = Path(spec) if Path(spec).exists() else Path(resolve_model(spec))
+            folder = Path(spec) if Path(spec).is_dir() else Path(resolve_model(spec))
             t0 = time.perf_counter()
-            lm = load_model(folder)
-            model, tok = lm.model, lm.tokenizer
-            for p in model.parameters():
-                p.requires_grad_(False)
-            lay = layout_for(model)
-            modules = {layer: lay.rewrite_name(layer) for layer in range(lay.n_layers)}
-            moms = covariance.second_moments(model, tok, modules, model_key=covariance.weights_key(model))
-            eigs = {layer: KeyEig.of(moms[layer].matrix) for layer in modules}
-            rows = gain.screen(model, tok, modules, eigs, families.family(lay.family).conv1d)
+            model, tok, modules, transposed, eigs = with_key_stats(spec)
+            rows = gain.screen(model, tok, modules, eigs, transposed)
             rec = {"model": spec, "edited": edited_layers(folder), "code": rev.strip(),
                    "seconds": round(time.perf_counter() - t0, 1), "rows": [r.to_dict() for r in rows]}
             fh.write(json.dumps(rec) + "\n")
             fh.flush()
             print(spec, rec["edited"], " ".join(f"L{r.layer}:{r.ratio:.2f}" for r in rows), flush=True)
-            del model, lm
+            del model
 
 
 if __name__ == "__main__":
