@@ -27,6 +27,8 @@ that every rule reads the same texts. Rules (``scan.reading.choose_prompt`` repl
     forms    score, with the forms of one word counted as one answer ("Italy", "Italian": ``forms_answer`` below
              replaces ``scan.reading.same_answer`` for the run; taken to v7's facts 145–179 with count: not kept)
     forms-count  count, likewise
+    thrice   score, but an edit reading needs its object stated on three prompts at least, not two (the others
+             are reported uncertain): a rewritten fact is stated on many phrasings, a side effect on few
     broad    score, with the answer the edit raises most over the whole library (summed rise of its probability
              on every prompt, ``broad``) before p_base × rise (bench/heldout/v10-plan.md, fifth use)
     count    the answer the suspect states on the most prompts (numbers excluded), then p_base × rise: the key
@@ -428,7 +430,13 @@ def main() -> None:
     shipped_forms, shipped_pick = reading.subject_forms, reading.pick_reading
     shipped_prompts = reading.prompts_for
     count = with_shipped_fallback(reading.most_stated, shipped)
-    rules = {"score": shipped, "numbers": numbers, "sure": sure, "sure-numbers": sure_numbers, "mass": mass, "broad": broad, "token": shipped, "keys": shipped, "count": count,
+    stated: list[tuple[str, int]] = []  # (context of the chosen prompt, prompts stating its answer), for "thrice"
+
+    def counting(s1, score, says, gain=None):
+        i = shipped(s1, score, says, gain)
+        stated.append((s1[i].context, reading.times_stated(s1[i].word, says)))
+        return i
+    rules = {"score": shipped, "numbers": numbers, "sure": sure, "sure-numbers": sure_numbers, "mass": mass, "broad": broad, "token": shipped, "keys": shipped, "count": count, "thrice": counting,
              "forms": shipped, "forms-count": count, "allforms": shipped, "short": shipped,
              "allshort": shipped, "library": shipped, "describe": shipped, "frames": shipped,
              "lift": lift_rule(False), "info": lift_rule(True), "before-info": with_shipped_fallback(plain_score, shipped)}
@@ -437,7 +445,7 @@ def main() -> None:
     for rule in args.rules.split(","):
         t_rule = time.time()
         # the shipped choice takes read_subject's ``gain`` (reading.kl_term); the older rules ignore it
-        reading.choose_prompt = (rules[rule] if rules[rule] is shipped
+        reading.choose_prompt = (rules[rule] if rules[rule] in (shipped, counting)
                                  else (lambda r: lambda s1, score, says, gain=None: r(s1, score, says))(rules[rule]))
         reading.said = (ev["first_token_said"] if rule == "token" else catching_said(shipped_said) if rule in ("broad", "lift", "info")
                         else shipped_said)
@@ -454,6 +462,11 @@ def main() -> None:
             keys = key_reader(lm, pt, found[pt.stem]["layer"], len(facts), subs, args.model) if rule == "keys" else None
             reads = [r.to_dict() for r in reading.read_edits(lm.model, suspect, lm.tokenizer, subs, None, None,
                                                              keys=keys, frames=rule == "frames")]
+            if rule == "thrice":
+                for r in reads:
+                    times = [n for context, n in stated if context.startswith(r["prompt"])]
+                    if r["status"] == "edit" and times and times[-1] < 3:
+                        r["status"] = "uncertain"
             rows, false, n_edit = ev["score_suspect"](lm.tokenizer, facts, reads, len(facts) == 1)
             arm = pt.stem.rsplit("-", 1)[0]
             t = tally.setdefault(arm, [0, 0, 0, 0, 0, 0])
