@@ -20,11 +20,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
-from editaudit.editing import covariance  # noqa: E402
-from editaudit.editing.layers import layout_for  # noqa: E402
-from editaudit.models.loading import load_model  # noqa: E402
-from editaudit.models.registry import resolve_model  # noqa: E402
-from editaudit.scan.nobase import KeyEig  # noqa: E402
+sys.path.insert(0, str(ROOT / "scripts" / "dev"))
+
+from dev_model import with_key_stats  # noqa: E402
 
 
 def main() -> None:
@@ -37,18 +35,11 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     lines = ["# command: python scripts/dev/joint_spectrum_trial.py " + " ".join(sys.argv[1:])]
     for spec in a.models.split(","):
-        folder = spec if Path(spec).exists() else resolve_model(spec)
-        lm = load_model(folder)
-        model, tok = lm.model, lm.tokenizer
-        lay = layout_for(model)
-        modules = {layer: lay.rewrite_name(layer) for layer in range(lay.n_layers)}
-        moms = covariance.second_moments(model, tok, modules, model_key=covariance.weights_key(model))
+        model, _, modules, transposed, eigs = with_key_stats(spec)
         Ms, s1 = [], []
         for layer, path in modules.items():
             w = model.get_submodule(path).weight.detach().double()
-            if w.shape[1] != moms[layer].matrix.shape[0]:
-                w = w.T
-            M = w @ KeyEig.of(moms[layer].matrix).low
+            M = (w.T if transposed else w) @ eigs[layer].low
             S = torch.linalg.svdvals(M)
             Ms.append(M / S.median())
             s1.append(float(S[0] / S.median()))
@@ -69,7 +60,7 @@ def main() -> None:
                          + " ".join(f"L{r[0]}:{r[4]:.1f}" for r in row))
             lines.append(f"  width {width}: most coherent window L{best[0]}-{best[0] + width - 1} {best[3]:.2f}")
         print("\n".join(lines[-(1 + 4 * len(a.width.split(','))):]), flush=True)
-        del model, lm
+        del model
     if a.out:
         Path(a.out).write_text("\n".join(lines) + "\n")
 

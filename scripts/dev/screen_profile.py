@@ -31,14 +31,9 @@ from editaudit.scan import gain  # noqa: E402
 
 
 def edited_layers(folder: Path) -> list[int]:
+    """The layers scripts/erase_eval.py edited, from the note it keeps beside a suspect; none for other folders."""
     meta = folder / "erase_eval_facts.json"
-    if meta.exists():
-        return list(json.loads(meta.read_text()).get("edited", []))
-    src = folder / "SOURCE.json"
-    if src.exists():
-        got = json.loads(src.read_text()).get("edit", {}) or {}
-        return list(got.get("layers", []))
-    return []
+    return list(json.loads(meta.read_text()).get("edited", [])) if meta.exists() else []
 
 
 def main() -> None:
