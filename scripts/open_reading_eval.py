@@ -187,6 +187,9 @@ def main() -> None:
     ap.add_argument("--map-runs", action=argparse.BooleanOptionalAction, default=None, help="no base: extend each "
                     "layer the key-gain screen flags to the run its text's output direction follows (scan "
                     "--map-runs; default: the scan's default)")
+    ap.add_argument("--bos-context", action=argparse.BooleanOptionalAction, default=None,
+                    help="the subject search reads candidates behind the tokenizer's BOS (scan.keys.BOS_CONTEXT) or "
+                    "not; default: the scan's own. No effect on a tokenizer without a BOS (SmolLM2's)")
     args = ap.parse_args()
     if args.start < 0:
         ap.error(f"--start must be 0 or more, not {args.start}")
@@ -201,9 +204,14 @@ def main() -> None:
     from editaudit.probing.evaluate import retention
     from editaudit.probing.format import load_probes
     from editaudit.probing.sets import round_robin
+    from editaudit.scan.keys import context_ids
     from editaudit.scan.service import ScanOptions, run_scan
 
     torch.manual_seed(0)
+    if args.bos_context is not None:
+        from editaudit.scan import keys as keys_mod
+
+        keys_mod.BOS_CONTEXT = args.bos_context
     if args.phrasings:
         from editaudit.scan.relations import RELATIONS
 
@@ -230,6 +238,7 @@ def main() -> None:
                                                          else args.map_runs) else "off")
                           + ", editor told by the null-space lean " + ("on" if ScanOptions().null_lean else "off")
                           if args.no_base else "no"),
+             "subject search context: " + repr(tok.convert_ids_to_tokens(context_ids(tok))),
              f"{'suspects':22s} {'edits':>5s} {'took':>5s} {'layer':>6s} {'subject':>8s} {'object':>7s} "
              f"{'subj+obj':>8s} {'named':>6s} {'false':>9s} {'s/scan':>7s} {'s/edit':>7s}"]
     print(lines[0], file=sys.stderr)
