@@ -20,7 +20,7 @@ from editaudit.mitigation.train import Interrupted, TrainConfig, batch_indices, 
 from editaudit.models.loading import load_model
 from editaudit.progress import Note, Stage, Step
 from editaudit.store import Store
-from editaudit.testing import SENTENCES, edited_pair, make_tiny_model, plant, rank_delta
+from editaudit.testing import SENTENCES, edited_pair, plant, rank_delta
 
 EDITED = "model.layers.2.mlp.down_proj.weight"
 

@@ -23,7 +23,7 @@ from editaudit.scan import keys as keys_mod  # noqa: E402
 from editaudit.scan.service import search_space  # noqa: E402
 from editaudit.scan.subjects import recover_subjects  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", "2")))
 suspect_dir, base_name, layer, texts = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split(",")
 base, sus = load_model(resolve_model(base_name)), load_model(suspect_dir)
 for m in (base.model, sus.model):
@@ -40,12 +40,22 @@ space = search_space(path, C, in_dirs)
 fingerprint = open_checkpoint(resolve_model(base_name)).fingerprint()
 for bos in (False, True):
     keys_mod.BOS_CONTEXT = bos
+    space = search_space(path, C, in_dirs)  # afresh: the search deflates what it finds
     ctx = keys_mod.context_ids(tok)
     print(f"context {tok.decode(ctx)!r}:")
     for t in texts:
         ids = tok(" " + t, add_special_tokens=False)["input_ids"]
         k = keys_mod.keys_of(base.model, [path], [ctx + ids])[path]
         print(f"  {t!r} ({len(ids)} pieces) fires {float(space.fire(k)[0]):.2f}")
+        if len(ids) > 1:  # how the name fires as it grows backwards from its last piece
+            tails = [ids[j:] for j in range(len(ids) - 1, 0, -1)]
+            fires = [float(space.fire(keys_mod.keys_of(base.model, [path], [ctx + x])[path])[0]) for x in tails]
+            print("    from its last piece: " + ", ".join(f"{tok.decode(x)!r} {f:.2f}" for x, f in zip(tails, fires)))
+    vocab = space.fire(keys_mod.vocab_keys(base.model, tok, [path], fingerprint)[path].float())
+    for t in texts:
+        last = tok(" " + t, add_special_tokens=False)["input_ids"][-1]
+        rank = int((vocab > vocab[last]).sum()) + 1
+        print(f"  last piece {tok.decode([last])!r} of {t!r}: fire {float(vocab[last]):.2f}, rank {rank} of {len(vocab)}")
     found = recover_subjects(base.model, tok, path, in_dirs, C, fingerprint, 1, space=space, retry=True,
                              name_seeds="retry")
     print(f"  the search finds: {[(s.text, round(s.fire, 2)) for s in found] or 'nothing'}", flush=True)
