@@ -4,7 +4,9 @@ check on Gemma 3 270M, whose editors compute keys on prompts that start with <bo
 
 For the suspect's one edited MLP output matrix: ΔW against the base, its top input direction, the search space the
 scan builds (scan/service.py: search_space), the fire of each given text after "The" with and without the BOS, and
-what recover_subjects finds either way (the scan's defaults: retry on, name seeds "retry").
+what recover_subjects finds either way (the scan's defaults: retry on, name seeds "retry"); for a text of several
+pieces, the fire of each of its endings, and its last piece's rank among the whole vocabulary's keys (where the
+search starts).
 
     python scripts/dev/bos_fire_check.py SUSPECT_DIR BASE_NAME LAYER TEXT[,TEXT...]
 """
@@ -36,7 +38,6 @@ _, S, Vh = torch.linalg.svd(dW, full_matrices=False)
 print(f"{suspect_dir}: {path}, top singular values of ΔW {[f'{float(x):.3g}' for x in S[:3]]}")
 in_dirs = Vh[:1].T.float()
 C = covariance.second_moments(base.model, tok, {layer: path}, model_key=covariance.weights_key(base.model))[layer].matrix
-space = search_space(path, C, in_dirs)
 fingerprint = open_checkpoint(resolve_model(base_name)).fingerprint()
 for bos in (False, True):
     keys_mod.BOS_CONTEXT = bos
