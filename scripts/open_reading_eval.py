@@ -193,7 +193,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.start < 0:
         ap.error(f"--start must be 0 or more, not {args.start}")
-    plan = [(m, mode, int(n)) for m, mode, n in (x.split(":") for x in args.plan.split(","))] if args.plan else PLAN
+    try:
+        plan = [(m, mode, int(n)) for m, mode, n in (x.split(":") for x in args.plan.split(","))] if args.plan else PLAN
+    except ValueError:
+        ap.error(f"--plan wants METHOD:MODE:N,... (e.g. rome:single:5,memit:batch:10), not {args.plan!r}")
+    if any(n < 1 for _, _, n in plan):
+        ap.error(f"--plan wants METHOD:MODE:N with N of 1 or more, not {args.plan!r}")
 
     import torch
 
@@ -204,14 +209,12 @@ def main() -> None:
     from editaudit.probing.evaluate import retention
     from editaudit.probing.format import load_probes
     from editaudit.probing.sets import round_robin
-    from editaudit.scan.keys import context_ids
+    from editaudit.scan import keys as scan_keys
     from editaudit.scan.service import ScanOptions, run_scan
 
     torch.manual_seed(0)
     if args.bos_context is not None:
-        from editaudit.scan import keys as keys_mod
-
-        keys_mod.BOS_CONTEXT = args.bos_context
+        scan_keys.BOS_CONTEXT = args.bos_context
     if args.phrasings:
         from editaudit.scan.relations import RELATIONS
 
@@ -238,7 +241,7 @@ def main() -> None:
                                                          else args.map_runs) else "off")
                           + ", editor told by the null-space lean " + ("on" if ScanOptions().null_lean else "off")
                           if args.no_base else "no"),
-             "subject search context: " + repr(tok.convert_ids_to_tokens(context_ids(tok))),
+             "subject search context: " + repr(tok.convert_ids_to_tokens(scan_keys.context_ids(tok))),
              f"{'suspects':22s} {'edits':>5s} {'took':>5s} {'layer':>6s} {'subject':>8s} {'object':>7s} "
              f"{'subj+obj':>8s} {'named':>6s} {'false':>9s} {'s/scan':>7s} {'s/edit':>7s}"]
     print(lines[0], file=sys.stderr)

@@ -10,6 +10,7 @@ search starts).
 
     python scripts/dev/bos_fire_check.py SUSPECT_DIR BASE_NAME LAYER TEXT[,TEXT...]
 """
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from editaudit.scan import keys as keys_mod  # noqa: E402
 from editaudit.scan.service import search_space  # noqa: E402
 from editaudit.scan.subjects import recover_subjects  # noqa: E402
 
-torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", "2")))
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 suspect_dir, base_name, layer, texts = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split(",")
 base, sus = load_model(resolve_model(base_name)), load_model(suspect_dir)
 for m in (base.model, sus.model):
