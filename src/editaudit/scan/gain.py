@@ -211,6 +211,22 @@ def deflate(weight: torch.Tensor, eig: Any, keys: torch.Tensor) -> torch.Tensor:
     return (W - (W @ B) @ B.T).float()
 
 
+def ratio_beside(model: Any, tokenizer: Any, site: GainLayer, eig: Any, found: Sequence[Any],
+                 transposed: bool = False) -> float:
+    """How far a flagged layer's start stands above its median start once the ``found`` subjects' edit directions
+    (their keys at this layer) are taken out of its matrix. A batch editor writes one subject at every layer of its
+    run, and each layer's best start may be a different fragment of it ("Wood Heath", "Honey Heath" for *Washwood
+    Heath*); under ``DEFLATED_RATIO`` the start is that same edit again, not another one."""
+    from .keys import context_ids, keys_of
+
+    prefix = context_ids(tokenizer)
+    keys = keys_of(model, [site.path], [prefix + list(s.ids) for s in found] + [prefix + list(site.ids)])[site.path]
+    w = model.get_submodule(site.path).weight.detach().cpu()
+    sp = GainSpace(site.path, deflate((w.T if transposed else w).float(), eig, keys[:-1]), eig.ev, eig.Q)
+    sp.median, sp.mad = site.scale
+    return float(sp.fire(keys[-1:])[0]) / max(site.median, 1e-9)
+
+
 def more_subjects(model: Any, tokenizer: Any, site: GainLayer, eig: Any, found: Sequence[Any], limit: int,
                   transposed: bool = False, ratio: float | None = None, names: int = NAMES,
                   progress: Callable[[str, float, float], None] = lambda s, d, t: None) -> list[tuple[Any, GainLayer]]:

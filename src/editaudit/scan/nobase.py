@@ -326,17 +326,36 @@ def _name_by_lean(model: Any, tok: Any, by_gain: list[tuple[Any, list[Any]]], Cs
     progress("gain screen: null-space lean", 1, 1)
 
 
-def _grown(model: Any, tok: Any, rows: list[Any], Cs: dict, transposed: bool, limit: int) -> list[Any]:
-    """The subjects of a gain finding: each flagged layer's best start grown (strongest layer first), one per text."""
-    out, seen = [], set()
+def _grown(model: Any, tok: Any, rows: list[Any], Cs: dict, transposed: bool, limit: int,
+           drop_repeats: bool = False, say: Callable[[str], None] = lambda m: None) -> tuple[list[Any], list[int]]:
+    """The subjects of a gain finding: each flagged layer's best start grown (strongest layer first), one per text,
+    each with the index of the first subject of its edit. A start the edits already grown explain
+    (``gain.ratio_beside`` under ``DEFLATED_RATIO``) is the same edit seen at another layer of the run; it is said,
+    and with ``drop_repeats`` not grown at all."""
+    out: list[Any] = []
+    edit_of: list[int] = []
+    seen: set[str] = set()
     for row in rows:
         if len(out) >= max(1, limit):
             break
+        heads = [i for i, e in enumerate(edit_of) if e == i]
+        same = None
+        if heads:
+            left = gain.ratio_beside(model, tok, row, Cs[row.layer], [out[i] for i in heads], transposed)
+            if left < gain.DEFLATED_RATIO:
+                same = heads[0] if len(heads) == 1 else min(
+                    heads, key=lambda i: gain.ratio_beside(model, tok, row, Cs[row.layer], [out[i]], transposed))
+                say(f"layer {row.layer}: its text {row.text!r} stands {row.ratio:.1f}x the median start, {left:.1f}x "
+                    f"once the edits already found are taken out: the edit of {out[same].text!r} again"
+                    + (", not read again" if drop_repeats else ""))
+                if drop_repeats:
+                    continue
         s = gain.grow_subject(model, tok, row, Cs[row.layer], transposed)
         if s.text.casefold() not in seen:
             seen.add(s.text.casefold())
+            edit_of.append(len(out) if same is None else same)
             out.append(s)
-    return out
+    return out, edit_of
 
 
 def _span(layers: list[int]) -> str:
@@ -350,7 +369,7 @@ def _read_alone(model: Any, tok: Any, suspect_ck: Any, sites: list[Site], findin
     edit they explain is estimated and taken out of a copy, and both are asked what changed. ``by_gain``: findings
     of the key-gain screen with their screen rows; the subject is the row's best start, grown."""
     from .keys import context_ids, keys_of
-    from .reading import read_edits
+    from .reading import merge_repeats, read_edits
     from .subjects import Subject, recover_subjects
 
     by_layer = {s.layer: s for s in sites}
@@ -366,13 +385,15 @@ def _read_alone(model: Any, tok: Any, suspect_ck: Any, sites: list[Site], findin
                                     name_seeds=options.name_seeds)
         found.append((f, site, subjects))
     estimates = {}
+    repeats: dict[int, list[int]] = {}  # {id(gain finding): each subject's first subject of its edit (_grown)}
     for f, rows in by_gain or []:
         row = rows[0]
         say(f"reading {f.rule} at layer(s) {_span(f.layers)} blind, without the base: the key-gain screen's text "
             f"{row.text!r}" + (f" and {len(rows) - 1} more flagged layer(s)' texts" if len(rows) > 1 else ""))
         # with the runs mapped, every flagged layer's start is grown and the edit fitted over the whole run; without,
         # the strongest layer's alone (the reader before runs.py)
-        subjects = _grown(model, tok, rows if options.map_runs else rows[:1], Cs, transposed, options.max_open_subjects)
+        subjects, edit_of = _grown(model, tok, rows if options.map_runs else rows[:1], Cs, transposed,
+                                   options.max_open_subjects, options.drop_repeats, say)
         room = options.max_open_subjects - len(subjects)
         more = gain.more_subjects(model, tok, row, Cs[row.layer], subjects[:1], room, transposed,
                                   progress=progress) if options.gain_rounds else []
@@ -380,7 +401,9 @@ def _read_alone(model: Any, tok: Any, suspect_ck: Any, sites: list[Site], findin
             say(f"layer {row.layer}: {len(more)} more subject(s) once the first is taken out of the matrix: "
                 + ", ".join(f"{r.text!r} ({r.ratio:.1f}x)" for _, r in more))
             f.data["gain_more"] = [r.to_dict() for _, r in more]
+        edit_of += range(len(subjects), len(subjects) + len(more))
         subjects += [s for s, _ in more]
+        repeats[id(f)] = edit_of
         paths = {x: t[: -len(".weight")] for x, t in zip(f.layers, f.tensors) if options.map_runs or x == row.layer}
         # each subject's own key at every layer of the run: a batch editor wrote its update there from those keys
         keys = keys_of(model, list(paths.values()), [context_ids(tok) + list(s.ids) for s in subjects])
@@ -409,5 +432,10 @@ def _read_alone(model: Any, tok: Any, suspect_ck: Any, sites: list[Site], findin
         readings = read_edits(stand_in, model, tok, subjects, site.layer, f"{site.path}.weight",
                               progress=lambda d, t: progress("reading edits", d, t), describe=options.describe,
                               frames=options.frames)
+        for r, s, j in zip(readings, subjects, repeats.get(id(f), [])):
+            if subjects[j] is not s:
+                r.same_edit_as = subjects[j].text
+        if options.merge_repeats:
+            readings = merge_repeats(readings)
         f.data["readings"] = [r.to_dict() for r in readings]
         progress("open reading", n + 1, len(found))

@@ -51,6 +51,9 @@ class Reading:
     found: str = ""      # the text the subject search recovered, whole (``subject`` may be a shorter suffix of it)
     via: str = "text"    # "text": asked with the subject's text; "key": through its key at a stand-in (inject.py)
     below_bar: bool = False  # its text fired under the search's bar and was kept by ``new_object`` (scan --below-bar)
+    same_edit_as: str = ""  # no base: the found text of the reading whose edit this one's text was found for again,
+    # at another layer of a batch's run (nobase._grown)
+    forms: list[dict] = field(default_factory=list)  # the repeats merged into this reading (``merge_repeats``)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -297,6 +300,28 @@ def pick_reading(reads: list[Reading]) -> Reading:
         return best
     same = [r for r in reads if r.status == "edit" and r.via == best.via and r.after == best.after]
     return min(same, key=lambda r: (len(r.subject.split()), -r.confidence))
+
+
+def merge_repeats(readings: list[Reading]) -> list[Reading]:
+    """One reading per edit where the base-free reader found one edit several times, once per layer of a batch's run
+    (``same_edit_as``). Each of its texts may read another relation of the edit ("Wood Heath" its continent, "Honey
+    Heath" its country), so the answer most of them give as an edit is taken for the edit's, the most confident
+    reading of it kept, and the others listed in its ``forms``."""
+    from collections import Counter
+
+    heads = {r.same_edit_as for r in readings if r.same_edit_as}
+    groups: dict[Any, list[Reading]] = {}
+    for i, r in enumerate(readings):
+        groups.setdefault(r.same_edit_as or (r.found if r.found in heads else i), []).append(r)
+    out = []
+    for rs in groups.values():
+        pool = [r for r in rs if r.status == "edit"] or rs
+        votes = Counter(r.after for r in pool)
+        best = max(pool, key=lambda r: (votes[r.after], r.confidence))
+        best.forms = [{"subject": r.subject, "prompt": r.prompt, "after": r.after, "status": r.status,
+                       "confidence": round(r.confidence, 3)} for r in rs if r is not best]
+        out.append(best)
+    return out
 
 
 @dataclass
