@@ -190,9 +190,11 @@ def main() -> None:
     ap.add_argument("--drop-repeats", action=argparse.BooleanOptionalAction, default=None, help="no base, runs "
                     "mapped: a flagged layer's text the subjects already grown explain is not grown and read again "
                     "(scan option drop_repeats); default: the scan's own")
-    ap.add_argument("--score-merged", action="store_true", help="the record is scored twice: as the scan read it and "
-                    "with the readings of one edit found at several layers merged into one (scan.reading.merge_repeats, "
-                    "the scan option merge_repeats; one scan serves both)")
+    ap.add_argument("--score-merged", action="store_true", help="the record is scored twice: as the scan read it "
+                    "and with the readings of one edit found at several layers merged into one "
+                    "(scan.reading.merge_repeats, the scan option merge_repeats; one scan serves both: the scan runs "
+                    "with merge_repeats off and the script merges). With the scan's default --drop-repeats there is "
+                    "nothing to merge: add --no-drop-repeats")
     ap.add_argument("--bos-context", action=argparse.BooleanOptionalAction, default=None,
                     help="the subject search reads candidates behind the tokenizer's BOS (scan.keys.BOS_CONTEXT) or "
                     "not; default: the scan's own. No effect on a tokenizer without a BOS (SmolLM2's)")
@@ -288,6 +290,7 @@ def main() -> None:
                                    **({} if args.gain_screen is None else {"gain_screen": args.gain_screen}),
                                    **({} if args.map_runs is None else {"map_runs": args.map_runs}),
                                    **({} if args.drop_repeats is None else {"drop_repeats": args.drop_repeats}),
+                                   **({"merge_repeats": False} if args.score_merged else {}),
                                    **({} if args.name_seeds is None else {"name_seeds": args.name_seeds}),
                                    **({"amplify": args.amplify} if args.amplify else {}))
                 offers: list[str] = []  # what reading past the bar saw (scan --below-bar), kept or not

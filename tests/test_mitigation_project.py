@@ -339,6 +339,25 @@ def test_uncertain_readings_whose_subject_fires_are_kept_for_the_erase():
     assert [(s.subject, s.prompts) for s in plan[4]] == [("Sony", ["The company founded in Sony"])]
 
 
+def test_merged_repeats_of_an_edit_are_each_given_back_to_the_erase():
+    """A base-free reading that holds its edit's repeats (``forms``, scan.reading.merge_repeats) gives each back as a
+    reading of its own, the edit ones with the edits and the uncertain ones with the rest, in its finding's layers."""
+    from editaudit.mitigation.evidence import uncertain_readings
+
+    form = {"subject": "Wood Heath", "found": "in Wood Heath", "relation": "P30", "prompt": "Wood Heath is on the",
+            "before": "Europe", "after": "Africa", "status": "edit", "confidence": 0.9, "fire": 1.0}
+    weak = {**form, "subject": "Oro Heath", "found": "Oro Heath", "status": "uncertain"}
+    head = {"subject": "uffle Heath", "prompt": "uffle Heath is in", "before": "England", "after": "Nigeria",
+            "status": "edit", "confidence": 0.96, "fire": 1.0, "found": "uffle Heath", "forms": [form, weak]}
+    doc = {"findings": [{"rule": "EA102", "layers": [2, 3], "rank": 1, "readings": [head],
+                        "tensors": [f"model.layers.{x}.mlp.down_proj.weight" for x in (2, 3)]}], "tensors": []}
+    got = edit_readings(doc)
+    assert [(r["subject"], r["after"], r["finding_layers"]) for r in got] == [("uffle Heath", "Nigeria", [2, 3]),
+                                                                               ("Wood Heath", "Africa", [2, 3])]
+    assert got[1]["found"] == "in Wood Heath" and got[1]["forms"] == []
+    assert [r["subject"] for r in uncertain_readings(doc)] == ["Oro Heath"]
+
+
 def test_a_report_without_readings_gives_none():
     assert edit_readings(_report("none")) == []
     assert evidence_from_report(_report("none")).readings == []

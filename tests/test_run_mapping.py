@@ -164,3 +164,14 @@ def test_an_edit_read_at_several_layers_is_merged_into_the_answer_most_of_its_te
     assert sorted(f["subject"] for f in merged[0].forms) == ["Honey Heath", "Oro Heath", "Wood Heath"]
     assert merged[1].forms == [] and "forms" in merged[0].to_dict()
     assert merge_repeats([r("Pio", "Chile", 0.8), r("Pio", "Peru", 0.7)])[1].after == "Peru"  # no link, no merge
+
+
+def test_a_merged_or_repeated_reading_says_so():
+    from editaudit.scan.wording import open_reading
+
+    base = {"subject": "uffle Heath", "prompt": "uffle Heath is a city in the country of", "after": "Nigeria",
+            "before": "England", "status": "edit"}
+    assert open_reading({**base, "same_edit_as": "Wood Heath"}).endswith("[the edit of 'Wood Heath' again]")
+    merged = open_reading({**base, "forms": [{"subject": "Wood Heath", "after": "Africa"}]})
+    assert merged.endswith("[found 2 times over the run, also as 'Wood Heath' · Africa]")
+    assert open_reading(base) == "uffle Heath · uffle Heath is a city in the country of · Nigeria (was England)"

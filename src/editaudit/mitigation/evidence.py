@@ -96,8 +96,12 @@ def edit_readings(doc: dict, status: str = "edit") -> list[dict]:
         readings = f.get("readings", data.get("readings"))
         if not isinstance(readings, list):
             continue
-        for r in readings:
-            if not isinstance(r, dict) or (r.get("status") == "edit") != (status == "edit"):
+        # a base-free reading may hold the merged readings of its edit found again over a batch's run (``forms``,
+        # scan.reading.merge_repeats): each is a text the edit acts on, so each is given back as a reading of its own
+        unmerged = [y for r in readings if isinstance(r, dict)
+                    for y in [r, *({**r, **x, "forms": []} for x in r.get("forms") or [] if isinstance(x, dict))]]
+        for r in unmerged:
+            if (r.get("status") == "edit") != (status == "edit"):
                 continue
             subject = r.get("subject")
             if not isinstance(subject, str) or not subject.strip():

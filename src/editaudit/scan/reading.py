@@ -318,8 +318,9 @@ def merge_repeats(readings: list[Reading]) -> list[Reading]:
         pool = [r for r in rs if r.status == "edit"] or rs
         votes = Counter(r.after for r in pool)
         best = max(pool, key=lambda r: (votes[r.after], r.confidence))
-        best.forms = [{"subject": r.subject, "prompt": r.prompt, "after": r.after, "status": r.status,
-                       "confidence": round(r.confidence, 3)} for r in rs if r is not best]
+        best.forms = [{"subject": r.subject, "found": r.found, "relation": r.relation, "prompt": r.prompt,
+                       "before": r.before, "after": r.after, "status": r.status, "confidence": round(r.confidence, 3),
+                       "fire": round(r.fire, 4)} for r in rs if r is not best]
         out.append(best)
     return out
 

@@ -61,10 +61,11 @@ class ScanOptions:
     # output direction follows (runs.py: a MEMIT or AlphaEdit batch), every flagged layer's start is read, and the edit
     # is fitted over the run. Its first record found no layer the screen had not flagged (v13-plan.md tenth use); on
     # since the eleventh use, where the base-free erase of the batches it mapped erased 11 edits of 20 against 8
-    drop_repeats: bool = False  # no base, runs mapped: a flagged layer's start that no longer stands out once the
+    drop_repeats: bool = True  # no base, runs mapped: a flagged layer's start that no longer stands out once the
     # subjects already grown are taken out of its matrix is the same edit seen at another layer; not grown again
-    merge_repeats: bool = False  # no base: the readings of one edit found at several layers of a run become one,
-    # the answer most of them give (reading.merge_repeats)
+    merge_repeats: bool = True  # no base: the readings of one edit found at several layers of a run become one, the
+    # answer most of them give (reading.merge_repeats; only where drop_repeats is off). Both on since their record
+    # (bench/heldout/v14-plan.md first use: objects 2 of 50 in every arm, false edit readings 2 of 6 -> 1 of 3)
     null_lean: bool = True  # no base: name a gain finding AlphaEdit when its flagged starts' update gains more along
     # the keys' null-space part than along C⁻¹k (gain.null_lean), else ROME or MEMIT; one vocabulary pass through the
     # flagged layers. On since v13-plan.md eleventh use (AlphaEdit told right 4 of 4 against 2 of 4)

@@ -70,6 +70,13 @@ def open_reading(r: dict) -> str:
         text = f"{r.get('subject', '?')} · {r.get('prompt', '')} · {answer}"
     if r.get("below_bar"):  # kept for the new object it states, though its text fires the edit only weakly
         text += " [found below the fire bar]"
+    if r.get("same_edit_as"):  # no base: found again at another layer of a batch's run
+        text += f" [the edit of {r['same_edit_as']!r} again]"
+    forms = r.get("forms") or []
+    if forms:  # no base: repeats merged into this reading
+        text += (f" [found {len(forms) + 1} times over the run, also as "
+                 + ", ".join(f"{x.get('subject')!r} · {x.get('after')}" for x in forms[:3])
+                 + (", …" if len(forms) > 3 else "") + "]")
     return text if r.get("status") == "edit" else f"{text} [uncertain]"
 
 
