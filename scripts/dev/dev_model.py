@@ -45,6 +45,17 @@ def load_in_place(model, clean: dict, folder: Path, name: str) -> tuple[list[dic
     return facts, sorted({int(n.split(".")[2]) for n in delta})
 
 
+def print_findings(report: dict, header: str) -> None:
+    """A scan report's edit findings and their readings, one line each, under ``== header``."""
+    print(f"== {header}")
+    for f in report["findings"]:
+        print(f"  {f['rule']} layers {f['layers']}: {(f.get('method') or {}).get('name') or '-'}")
+        for r in f.get("readings", []):
+            print(f"    {r.get('subject')!r} · {r.get('prompt')!r} · {r.get('after')!r} (was {r.get('before')!r}) "
+                  f"conf {r.get('confidence')} {r.get('status')}")
+    sys.stdout.flush()
+
+
 def suspect_parser(doc: str):
     """An argument parser for a script on one development suspect: FOLDER (make_dev_suspects.py's) and STEM."""
     import argparse
